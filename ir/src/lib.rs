@@ -1,0 +1,23 @@
+//! The graph IR of nnc: tensor types with symbolic dims, a small primitive
+//! op set, a petgraph dataflow graph with shape inference, a verifier, a
+//! textual form that round-trips, and the reference interpreter that defines
+//! what every op means.
+//!
+//! This crate depends on nothing else of ours; every later stage speaks it.
+
+pub mod graph;
+pub mod infer;
+pub mod module;
+pub mod op;
+mod print;
+pub mod types;
+pub mod verify;
+
+pub use graph::{shape_of, Graph, Node, NodeId, Output, Span, Update};
+pub use infer::ShapeError;
+pub use module::{
+    DataField, DataSpec, Metric, Module, Optimizer, Source, TestSet, TrainSpec, Transform, LOSS,
+};
+pub use op::{BinaryOp, Init, Literal, Op, ReduceOp, UnaryOp};
+pub use types::{DType, Dim, Shape, TensorType};
+pub use verify::{verify, VerifyError};
