@@ -242,7 +242,10 @@ pub fn infer(
                     }
                 }
                 match a.shape[*axis].as_const() {
-                    Some(n) => total += n,
+                    Some(n) => match total.checked_add(n) {
+                        Some(t) => total = t,
+                        None => return err(format!("concat size on axis {axis} overflows")),
+                    },
                     None => {
                         return err(format!(
                             "concat needs constant sizes on axis {axis}, found {a}"

@@ -7,17 +7,25 @@
 
 pub mod graph;
 pub mod infer;
+pub mod init;
+pub mod interp;
 pub mod module;
 pub mod op;
 mod print;
+pub mod tensor;
+pub mod text;
 pub mod types;
 pub mod verify;
 
 pub use graph::{shape_of, Graph, Node, NodeId, Output, Span, Update};
 pub use infer::ShapeError;
+pub use init::{initialize, CounterRng};
+pub use interp::{eval, run_updates, Env, EvalError, EvalOptions, Values};
 pub use module::{
     DataField, DataSpec, Metric, Module, Optimizer, Source, TestSet, TrainSpec, Transform, LOSS,
 };
 pub use op::{BinaryOp, Init, Literal, Op, ReduceOp, UnaryOp};
+pub use tensor::{Tensor, TensorError};
+pub use text::{parse_graph, TextError};
 pub use types::{DType, Dim, Shape, TensorType};
 pub use verify::{verify, VerifyError};

@@ -23,7 +23,7 @@ impl fmt::Display for Graph {
         let number: HashMap<NodeId, usize> =
             order.iter().enumerate().map(|(i, &n)| (n, i)).collect();
         let num = |n: NodeId| number.get(&n).copied().unwrap_or(usize::MAX);
-        writeln!(f, "graph {} {{", self.name)?;
+        writeln!(f, "graph {} {{", Name(&self.name))?;
         for &id in &order {
             let node = self.node(id);
             let mut line = format!("  %{} = {}", num(id), node.op.mnemonic());
@@ -35,17 +35,31 @@ impl fmt::Display for Graph {
             }
             write!(line, " : {}", node.ty)?;
             if let Some(name) = &node.name {
-                write!(line, " @{name}")?;
+                write!(line, " @{}", Name(name))?;
             }
             writeln!(f, "{line}")?;
         }
         for o in &self.outputs {
-            writeln!(f, "  output {} = %{}", o.name, num(o.node))?;
+            writeln!(f, "  output {} = %{}", Name(&o.name), num(o.node))?;
         }
         for u in &self.updates {
             writeln!(f, "  update {:?} = %{}", u.target, num(u.value))?;
         }
         writeln!(f, "}}")
+    }
+}
+
+/// A graph, output or node name: bare when it reads back as one word,
+/// quoted (Rust `{:?}`) otherwise, e.g. the empty name of `Graph::default()`.
+struct Name<'a>(&'a str);
+
+impl fmt::Display for Name<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if crate::text::is_plain_name(self.0) {
+            f.write_str(self.0)
+        } else {
+            write!(f, "{:?}", self.0)
+        }
     }
 }
 

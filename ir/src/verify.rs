@@ -4,6 +4,7 @@
 use crate::graph::{Graph, NodeId};
 use crate::infer::infer;
 use crate::op::Op;
+use petgraph::Direction;
 use std::collections::HashMap;
 use thiserror::Error;
 
@@ -23,10 +24,26 @@ pub fn verify(graph: &Graph) -> Result<(), VerifyError> {
     if order.len() != graph.len() {
         return Err(fail("the graph has a cycle".into()));
     }
-    let mut leaves: HashMap<(&str, &str), NodeId> = HashMap::new();
+    // Inputs, params and states share one namespace: `Graph::find_leaf` and
+    // update targets look leaves up by name alone.
+    let mut leaves: HashMap<&str, (&str, NodeId)> = HashMap::new();
     for &id in &order {
         let node = graph.node(id);
         let operands = graph.operands(id);
+        // Each operand edge carries its position; they must be 0..n, or
+        // `operands` would order them arbitrarily.
+        let mut positions: Vec<usize> = graph
+            .g
+            .edges_directed(id, Direction::Incoming)
+            .map(|e| *e.weight())
+            .collect();
+        positions.sort_unstable();
+        if positions.iter().enumerate().any(|(i, &p)| i != p) {
+            return Err(fail(format!(
+                "node `{}` ({id:?}) has operand positions {positions:?}",
+                node.op.mnemonic()
+            )));
+        }
         let types: Vec<_> = operands.iter().map(|&o| graph.ty(o)).collect();
         let inferred = infer(&node.op, &types, Some(&node.ty))
             .map_err(|e| fail(format!("node `{}` ({id:?}): {e}", node.op.mnemonic())))?;
@@ -43,11 +60,18 @@ pub fn verify(graph: &Graph) -> Result<(), VerifyError> {
             Op::State { name, .. } => ("state", name),
             _ => continue,
         };
-        if leaves.insert((kind, name), id).is_some() {
-            return Err(fail(format!("{kind} `{name}` is declared twice")));
+        if let Some((first, _)) = leaves.insert(name, (kind, id)) {
+            return Err(fail(if first == kind {
+                format!("{kind} `{name}` is declared twice")
+            } else {
+                format!("`{name}` is declared both as {first} and as {kind}")
+            }));
         }
     }
-    for o in &graph.outputs {
+    for (i, o) in graph.outputs.iter().enumerate() {
+        if graph.outputs[..i].iter().any(|p| p.name == o.name) {
+            return Err(fail(format!("output `{}` is declared twice", o.name)));
+        }
         if !graph.contains(o.node) {
             return Err(fail(format!(
                 "output `{}` refers to a missing node",
@@ -55,23 +79,31 @@ pub fn verify(graph: &Graph) -> Result<(), VerifyError> {
             )));
         }
     }
-    for u in &graph.updates {
+    for (i, u) in graph.updates.iter().enumerate() {
+        if graph.updates[..i].iter().any(|p| p.target == u.target) {
+            return Err(fail(format!("`{}` is updated twice", u.target)));
+        }
         if !graph.contains(u.value) {
             return Err(fail(format!(
                 "update of `{}` refers to a missing node",
                 u.target
             )));
         }
-        let target = leaves
-            .get(&("param", u.target.as_str()))
-            .or_else(|| leaves.get(&("state", u.target.as_str())))
-            .ok_or_else(|| fail(format!("update of unknown param or state `{}`", u.target)))?;
-        if graph.ty(*target) != graph.ty(u.value) {
+        let target = match leaves.get(u.target.as_str()) {
+            Some(&(kind, id)) if kind != "input" => id,
+            _ => {
+                return Err(fail(format!(
+                    "update of unknown param or state `{}`",
+                    u.target
+                )))
+            }
+        };
+        if graph.ty(target) != graph.ty(u.value) {
             return Err(fail(format!(
                 "update of `{}` has type {} but the target is {}",
                 u.target,
                 graph.ty(u.value),
-                graph.ty(*target)
+                graph.ty(target)
             )));
         }
     }

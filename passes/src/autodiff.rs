@@ -1,0 +1,349 @@
+//! Reverse-mode automatic differentiation as a graph-to-graph pass.
+//!
+//! Walking the graph in reverse topological order, each node's adjoint is
+//! pushed to its operands by the op's vector-Jacobian product (`vjp`). The
+//! backward nodes are appended to the same graph, so the forward values they
+//! need are shared rather than recomputed, and the optimizer later sees
+//! forward and backward as one program.
+
+use crate::PassError;
+use nnc_ir::{BinaryOp, Dim, Graph, NodeId, Op, ReduceOp, TensorType, UnaryOp};
+use std::collections::{HashMap, HashSet};
+
+/// Appends to `graph` the gradient of the scalar `loss` with respect to each
+/// node of `wrt` and returns the gradient nodes, in order. A node the loss
+/// does not depend on gets a zero gradient.
+pub fn gradients(graph: &mut Graph, loss: NodeId, wrt: &[NodeId]) -> Result<Vec<NodeId>, PassError> {
+    let loss_ty = graph.ty(loss).clone();
+    if !loss_ty.shape.is_empty() || !loss_ty.dtype.is_float() {
+        return Err(PassError::new(format!(
+            "the loss must be a float scalar, found {loss_ty}"
+        )));
+    }
+    let order = graph.topo_order();
+    let needs_grad = depends_on(graph, &order, wrt);
+    let saved_span = graph.current_span;
+
+    let mut adjoint: HashMap<NodeId, NodeId> = HashMap::new();
+    let seed = graph.scalar(1.0, loss_ty.dtype);
+    adjoint.insert(loss, seed);
+
+    for &node in order.iter().rev() {
+        let Some(&g) = adjoint.get(&node) else {
+            continue;
+        };
+        if !needs_grad.contains(&node) {
+            continue;
+        }
+        let operands = graph.operands(node);
+        if !operands.iter().any(|o| needs_grad.contains(o)) {
+            continue;
+        }
+        graph.current_span = graph.node(node).span;
+        let contributions = vjp(graph, node, &operands, g)?;
+        for (operand, grad) in operands.iter().zip(contributions) {
+            let Some(grad) = grad else { continue };
+            if !needs_grad.contains(operand) {
+                continue;
+            }
+            let total = match adjoint.get(operand) {
+                Some(&prev) => graph.add_(prev, grad)?,
+                None => grad,
+            };
+            adjoint.insert(*operand, total);
+        }
+    }
+    graph.current_span = saved_span;
+
+    wrt.iter()
+        .map(|&w| match adjoint.get(&w) {
+            Some(&g) => Ok(g),
+            None => {
+                let ty = graph.ty(w).clone();
+                Ok(graph.splat(0.0, ty))
+            }
+        })
+        .collect()
+}
+
+/// Nodes whose value depends on one of `wrt` (including `wrt` itself).
+fn depends_on(graph: &Graph, order: &[NodeId], wrt: &[NodeId]) -> HashSet<NodeId> {
+    let mut set: HashSet<NodeId> = wrt.iter().copied().collect();
+    for &n in order {
+        if graph.operands(n).iter().any(|o| set.contains(o)) {
+            set.insert(n);
+        }
+    }
+    set
+}
+
+/// The gradient contribution of `node`'s adjoint `g` to each operand, or
+/// `None` where the operand is not differentiable (indices, conditions).
+fn vjp(
+    graph: &mut Graph,
+    node: NodeId,
+    x: &[NodeId],
+    g: NodeId,
+) -> Result<Vec<Option<NodeId>>, PassError> {
+    let op = graph.node(node).op.clone();
+    let y = node;
+    let out = match op {
+        Op::Input { .. } | Op::Param { .. } | Op::State { .. } | Op::Const(_) | Op::Iota { .. } => {
+            vec![]
+        }
+        Op::Unary(u) => {
+            let gx = match u {
+                UnaryOp::Neg => graph.neg(g)?,
+                UnaryOp::Exp => graph.mul(g, y)?,
+                UnaryOp::Log => graph.div(g, x[0])?,
+                UnaryOp::Sqrt => {
+                    let half = graph.scalar_like(0.5, g);
+                    let t = graph.div(g, y)?;
+                    graph.mul(t, half)?
+                }
+                UnaryOp::Tanh => {
+                    let one = graph.scalar_like(1.0, g);
+                    let yy = graph.mul(y, y)?;
+                    let d = graph.sub(one, yy)?;
+                    graph.mul(g, d)?
+                }
+                UnaryOp::Sigmoid => {
+                    let one = graph.scalar_like(1.0, g);
+                    let d = graph.sub(one, y)?;
+                    let d = graph.mul(y, d)?;
+                    graph.mul(g, d)?
+                }
+                UnaryOp::Abs => {
+                    let zero = graph.scalar_like(0.0, x[0]);
+                    let pos = graph.binary(BinaryOp::Gt, x[0], zero)?;
+                    let neg_mask = graph.binary(BinaryOp::Lt, x[0], zero)?;
+                    let ng = graph.neg(g)?;
+                    let zg = graph.scalar_like(0.0, g);
+                    let inner = graph.select(neg_mask, ng, zg)?;
+                    graph.select(pos, g, inner)?
+                }
+            };
+            vec![Some(gx)]
+        }
+        Op::Binary(b) => {
+            let (a, bb) = (x[0], x[1]);
+            let (ga, gb) = match b {
+                BinaryOp::Add => (Some(g), Some(g)),
+                BinaryOp::Sub => (Some(g), Some(graph.neg(g)?)),
+                BinaryOp::Mul => (Some(graph.mul(g, bb)?), Some(graph.mul(g, a)?)),
+                BinaryOp::Div => {
+                    let ga = graph.div(g, bb)?;
+                    let gy = graph.mul(g, y)?;
+                    let q = graph.div(gy, bb)?;
+                    (Some(ga), Some(graph.neg(q)?))
+                }
+                BinaryOp::Pow => {
+                    // d/da a^b = b * a^(b-1); d/db a^b = a^b * log(a).
+                    let one = graph.scalar_like(1.0, bb);
+                    let bm1 = graph.sub(bb, one)?;
+                    let p = graph.binary(BinaryOp::Pow, a, bm1)?;
+                    let d = graph.mul(bb, p)?;
+                    let ga = graph.mul(g, d)?;
+                    let la = graph.unary(UnaryOp::Log, a)?;
+                    let gy = graph.mul(g, y)?;
+                    (Some(ga), Some(graph.mul(gy, la)?))
+                }
+                // Ties send the gradient to the second operand, so that
+                // `max(x, 0)` has PyTorch's relu gradient of 0 at 0.
+                BinaryOp::Max | BinaryOp::Min => {
+                    let cmp = if b == BinaryOp::Max { BinaryOp::Gt } else { BinaryOp::Lt };
+                    let first = graph.binary(cmp, a, bb)?;
+                    let zero = graph.scalar_like(0.0, g);
+                    (
+                        Some(graph.select(first, g, zero)?),
+                        Some(graph.select(first, zero, g)?),
+                    )
+                }
+                BinaryOp::Lt
+                | BinaryOp::Le
+                | BinaryOp::Gt
+                | BinaryOp::Ge
+                | BinaryOp::Eq
+                | BinaryOp::Ne => (None, None),
+            };
+            vec![
+                ga.map(|ga| unbroadcast(graph, ga, a)).transpose()?,
+                gb.map(|gb| unbroadcast(graph, gb, bb)).transpose()?,
+            ]
+        }
+        Op::Select => {
+            let zero = graph.scalar_like(0.0, g);
+            let ga = graph.select(x[0], g, zero)?;
+            let gb = graph.select(x[0], zero, g)?;
+            vec![
+                None,
+                Some(unbroadcast(graph, ga, x[1])?),
+                Some(unbroadcast(graph, gb, x[2])?),
+            ]
+        }
+        Op::Cast => {
+            let from = graph.ty(x[0]).dtype;
+            if from.is_float() && graph.ty(y).dtype.is_float() {
+                vec![Some(graph.cast(g, from)?)]
+            } else {
+                vec![None]
+            }
+        }
+        Op::Reduce { op, axes, keepdim } => {
+            let xt = graph.ty(x[0]).clone();
+            let g_keep = if keepdim {
+                g
+            } else {
+                graph.reshape(g, keepdim_shape(&xt.shape, &axes))?
+            };
+            let gx = match op {
+                ReduceOp::Sum => graph.broadcast(g_keep, xt.shape.clone())?,
+                ReduceOp::Mean => {
+                    // 1/n as the mean of ones: exact for symbolic dims, and
+                    // constant-folded once shapes are concrete.
+                    let ones = graph.splat(1.0, xt.clone());
+                    let inv_n = graph.reduce(ReduceOp::Mean, ones, axes.clone(), true)?;
+                    let scaled = graph.mul(g_keep, inv_n)?;
+                    graph.broadcast(scaled, xt.shape.clone())?
+                }
+                ReduceOp::Max => {
+                    // Split evenly among tied maxima, like torch.amax.
+                    let y_keep = if keepdim {
+                        y
+                    } else {
+                        graph.reshape(y, keepdim_shape(&xt.shape, &axes))?
+                    };
+                    let hit = graph.binary(BinaryOp::Eq, x[0], y_keep)?;
+                    let mask = graph.cast(hit, xt.dtype)?;
+                    let count = graph.reduce(ReduceOp::Sum, mask, axes.clone(), true)?;
+                    let share = graph.div(g_keep, count)?;
+                    graph.mul(mask, share)?
+                }
+            };
+            vec![Some(gx)]
+        }
+        Op::ArgMax { .. } => vec![None],
+        Op::MatMul => {
+            let (a, b) = (x[0], x[1]);
+            let bt = transpose_last2(graph, b)?;
+            let at = transpose_last2(graph, a)?;
+            let ga = graph.matmul(g, bt)?;
+            let gb = graph.matmul(at, g)?;
+            vec![
+                Some(unbroadcast(graph, ga, a)?),
+                Some(unbroadcast(graph, gb, b)?),
+            ]
+        }
+        Op::Reshape => {
+            let shape = graph.ty(x[0]).shape.clone();
+            vec![Some(graph.reshape(g, shape)?)]
+        }
+        Op::Transpose { perm } => {
+            let mut inverse = vec![0; perm.len()];
+            for (i, &p) in perm.iter().enumerate() {
+                inverse[p] = i;
+            }
+            vec![Some(graph.transpose(g, inverse)?)]
+        }
+        Op::Broadcast => vec![Some(unbroadcast(graph, g, x[0])?)],
+        Op::Slice { axis, start, end } => {
+            let xt = graph.ty(x[0]).clone();
+            let full = xt.shape[axis].as_const().unwrap_or(end);
+            let mut parts = Vec::new();
+            if start > 0 {
+                parts.push(zeros_along(graph, &xt, axis, start));
+            }
+            parts.push(g);
+            if end < full {
+                parts.push(zeros_along(graph, &xt, axis, full - end));
+            }
+            let gx = if parts.len() == 1 {
+                g
+            } else {
+                graph.concat(&parts, axis)?
+            };
+            vec![Some(gx)]
+        }
+        Op::Concat { axis } => {
+            let mut start = 0;
+            let mut grads = Vec::with_capacity(x.len());
+            for &operand in x {
+                let size = graph.ty(operand).shape[axis].as_const().unwrap_or(0);
+                grads.push(Some(graph.slice(g, axis, start, start + size)?));
+                start += size;
+            }
+            grads
+        }
+        Op::Gather { axis } => {
+            let ty = graph.ty(x[0]).clone();
+            vec![Some(graph.scatter_add(g, x[1], axis, ty)?), None]
+        }
+        Op::ScatterAdd { axis } => vec![Some(graph.gather(g, x[1], axis)?), None],
+    };
+    Ok(out)
+}
+
+/// Sums `grad` down to the shape of `like`, undoing numpy broadcasting.
+fn unbroadcast(graph: &mut Graph, grad: NodeId, like: NodeId) -> Result<NodeId, PassError> {
+    let target = graph.ty(like).shape.clone();
+    let shape = graph.ty(grad).shape.clone();
+    if shape == target {
+        return Ok(grad);
+    }
+    let extra = shape.len() - target.len();
+    let mut g = grad;
+    if extra > 0 {
+        g = graph.reduce(ReduceOp::Sum, g, (0..extra).collect(), false)?;
+    }
+    let shape = graph.ty(g).shape.clone();
+    let stretched: Vec<usize> = (0..target.len())
+        .filter(|&i| target[i].is_one() && !shape[i].is_one())
+        .collect();
+    if !stretched.is_empty() {
+        g = graph.reduce(ReduceOp::Sum, g, stretched, true)?;
+    }
+    Ok(graph.reshape(g, target)?)
+}
+
+fn keepdim_shape(shape: &[Dim], axes: &[usize]) -> Vec<Dim> {
+    shape
+        .iter()
+        .enumerate()
+        .map(|(i, d)| if axes.contains(&i) { Dim::Const(1) } else { d.clone() })
+        .collect()
+}
+
+fn transpose_last2(graph: &mut Graph, x: NodeId) -> Result<NodeId, PassError> {
+    let rank = graph.ty(x).rank();
+    let mut perm: Vec<usize> = (0..rank).collect();
+    perm.swap(rank - 2, rank - 1);
+    Ok(graph.transpose(x, perm)?)
+}
+
+fn zeros_along(graph: &mut Graph, like: &TensorType, axis: usize, size: usize) -> NodeId {
+    let mut shape = like.shape.clone();
+    shape[axis] = Dim::Const(size);
+    graph.splat(0.0, like.with_shape(shape))
+}
+
+/// `--emit grad`: the objective with one extra output `grad.<param>` per
+/// trainable param.
+pub fn differentiate(objective: &Graph, loss: &str) -> Result<Graph, PassError> {
+    let mut graph = objective.clone();
+    graph.name = "grad".into();
+    let loss = graph
+        .output(loss)
+        .ok_or_else(|| PassError::new(format!("the graph has no output `{loss}`")))?;
+    let params: Vec<(NodeId, String)> = graph
+        .params()
+        .into_iter()
+        .map(|(n, name)| (n, name.to_string()))
+        .collect();
+    let ids: Vec<NodeId> = params.iter().map(|(n, _)| *n).collect();
+    let grads = gradients(&mut graph, loss, &ids)?;
+    for ((_, name), g) in params.iter().zip(grads) {
+        graph.set_output(format!("grad.{name}"), g);
+    }
+    Ok(graph)
+}
+

@@ -1,0 +1,148 @@
+//! The training step as one graph: forward, loss, backward, and the
+//! optimizer's update of every param and its state, all written as IR so the
+//! optimizer can fuse the update math like anything else.
+//!
+//! Formulas follow PyTorch's `torch.optim.SGD` and `torch.optim.Adam`, so a
+//! user comparing runs sees the same trajectories.
+
+use crate::autodiff::gradients;
+use crate::PassError;
+use nnc_ir::{BinaryOp, Graph, Init, NodeId, Optimizer, TensorType, UnaryOp, Update, LOSS};
+
+/// State names are `<param>.<slot>`; the shared Adam step counter is this.
+pub const ADAM_STEP: &str = "adam.step";
+
+/// Builds `train_step` from the objective graph (which has a scalar `loss`
+/// output). Every param gets an `update`; optimizer state is `state` leaves.
+pub fn build_train_step(objective: &Graph, optimizer: &Optimizer) -> Result<Graph, PassError> {
+    let mut graph = objective.clone();
+    graph.name = "train_step".into();
+    let loss = graph
+        .output(LOSS)
+        .ok_or_else(|| PassError::new("the objective has no `loss` output"))?;
+    let params: Vec<(NodeId, String)> = graph
+        .params()
+        .into_iter()
+        .map(|(n, name)| (n, name.to_string()))
+        .collect();
+    if params.is_empty() {
+        return Err(PassError::new("the model has no trainable params"));
+    }
+    let ids: Vec<NodeId> = params.iter().map(|(n, _)| *n).collect();
+    let grads = gradients(&mut graph, loss, &ids)?;
+    graph.current_span = None;
+
+    let mut updates = Vec::new();
+    match *optimizer {
+        Optimizer::Sgd {
+            lr,
+            momentum,
+            nesterov,
+            weight_decay,
+        } => {
+            for ((p, name), g) in params.iter().zip(grads) {
+                let g = decayed(&mut graph, *p, g, weight_decay)?;
+                let step = if momentum != 0.0 {
+                    let ty = graph.ty(*p).clone();
+                    let v = graph.state(&format!("{name}.momentum"), ty, Init::Zeros);
+                    // v' = momentum * v + g
+                    let mu = graph.scalar_like(momentum, v);
+                    let mv = graph.mul(mu, v)?;
+                    let v_new = graph.add_(mv, g)?;
+                    updates.push(Update {
+                        target: format!("{name}.momentum"),
+                        value: v_new,
+                    });
+                    if nesterov {
+                        let mv = graph.mul(mu, v_new)?;
+                        graph.add_(g, mv)?
+                    } else {
+                        v_new
+                    }
+                } else {
+                    g
+                };
+                let lr = graph.scalar_like(lr, *p);
+                let delta = graph.mul(lr, step)?;
+                let p_new = graph.sub(*p, delta)?;
+                updates.push(Update {
+                    target: name.clone(),
+                    value: p_new,
+                });
+            }
+        }
+        Optimizer::Adam {
+            lr,
+            beta1,
+            beta2,
+            eps,
+            weight_decay,
+        } => {
+            let dtype = graph.ty(ids[0]).dtype;
+            let t = graph.state(ADAM_STEP, TensorType::scalar(dtype), Init::Zeros);
+            let one = graph.scalar(1.0, dtype);
+            let t_new = graph.add_(t, one)?;
+            updates.push(Update {
+                target: ADAM_STEP.into(),
+                value: t_new,
+            });
+            // Bias corrections 1 - beta^t, shared by every param.
+            let b1 = graph.scalar(beta1, dtype);
+            let b2 = graph.scalar(beta2, dtype);
+            let b1t = graph.binary(BinaryOp::Pow, b1, t_new)?;
+            let b2t = graph.binary(BinaryOp::Pow, b2, t_new)?;
+            let bc1 = graph.sub(one, b1t)?;
+            let bc2 = graph.sub(one, b2t)?;
+            let one_m_b1 = graph.scalar(1.0 - beta1, dtype);
+            let one_m_b2 = graph.scalar(1.0 - beta2, dtype);
+            let lr = graph.scalar(lr, dtype);
+            let eps = graph.scalar(eps, dtype);
+            for ((p, name), g) in params.iter().zip(grads) {
+                let g = decayed(&mut graph, *p, g, weight_decay)?;
+                let ty = graph.ty(*p).clone();
+                let m = graph.state(&format!("{name}.adam_m"), ty.clone(), Init::Zeros);
+                let v = graph.state(&format!("{name}.adam_v"), ty, Init::Zeros);
+                // m' = beta1 m + (1 - beta1) g;  v' = beta2 v + (1 - beta2) g²
+                let bm = graph.mul(b1, m)?;
+                let gm = graph.mul(one_m_b1, g)?;
+                let m_new = graph.add_(bm, gm)?;
+                let bv = graph.mul(b2, v)?;
+                let g2 = graph.mul(g, g)?;
+                let gv = graph.mul(one_m_b2, g2)?;
+                let v_new = graph.add_(bv, gv)?;
+                // p' = p - lr * (m'/bc1) / (sqrt(v'/bc2) + eps)
+                let m_hat = graph.div(m_new, bc1)?;
+                let v_hat = graph.div(v_new, bc2)?;
+                let root = graph.unary(UnaryOp::Sqrt, v_hat)?;
+                let denom = graph.add_(root, eps)?;
+                let ratio = graph.div(m_hat, denom)?;
+                let delta = graph.mul(lr, ratio)?;
+                let p_new = graph.sub(*p, delta)?;
+                updates.push(Update {
+                    target: format!("{name}.adam_m"),
+                    value: m_new,
+                });
+                updates.push(Update {
+                    target: format!("{name}.adam_v"),
+                    value: v_new,
+                });
+                updates.push(Update {
+                    target: name.clone(),
+                    value: p_new,
+                });
+            }
+        }
+    }
+    graph.updates = updates;
+    Ok(graph)
+}
+
+/// L2 weight decay as PyTorch applies it: `g + weight_decay * p`.
+fn decayed(graph: &mut Graph, p: NodeId, g: NodeId, weight_decay: f64) -> Result<NodeId, PassError> {
+    if weight_decay == 0.0 {
+        return Ok(g);
+    }
+    let wd = graph.scalar_like(weight_decay, p);
+    let decay = graph.mul(wd, p)?;
+    Ok(graph.add_(g, decay)?)
+}
