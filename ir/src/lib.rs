@@ -27,5 +27,5 @@ pub use module::{
 pub use op::{BinaryOp, Init, Literal, Op, ReduceOp, UnaryOp};
 pub use tensor::{Tensor, TensorError};
 pub use text::{parse_graph, TextError};
-pub use types::{DType, Dim, Shape, TensorType};
+pub use types::{DType, Dim, Shape, ShapeDisplay, TensorType};
 pub use verify::{verify, VerifyError};

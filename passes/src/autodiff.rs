@@ -13,7 +13,11 @@ use std::collections::{HashMap, HashSet};
 /// Appends to `graph` the gradient of the scalar `loss` with respect to each
 /// node of `wrt` and returns the gradient nodes, in order. A node the loss
 /// does not depend on gets a zero gradient.
-pub fn gradients(graph: &mut Graph, loss: NodeId, wrt: &[NodeId]) -> Result<Vec<NodeId>, PassError> {
+pub fn gradients(
+    graph: &mut Graph,
+    loss: NodeId,
+    wrt: &[NodeId],
+) -> Result<Vec<NodeId>, PassError> {
     let loss_ty = graph.ty(loss).clone();
     if !loss_ty.shape.is_empty() || !loss_ty.dtype.is_float() {
         return Err(PassError::new(format!(
@@ -151,7 +155,11 @@ fn vjp(
                 // Ties send the gradient to the second operand, so that
                 // `max(x, 0)` has PyTorch's relu gradient of 0 at 0.
                 BinaryOp::Max | BinaryOp::Min => {
-                    let cmp = if b == BinaryOp::Max { BinaryOp::Gt } else { BinaryOp::Lt };
+                    let cmp = if b == BinaryOp::Max {
+                        BinaryOp::Gt
+                    } else {
+                        BinaryOp::Lt
+                    };
                     let first = graph.binary(cmp, a, bb)?;
                     let zero = graph.scalar_like(0.0, g);
                     (
@@ -309,7 +317,13 @@ fn keepdim_shape(shape: &[Dim], axes: &[usize]) -> Vec<Dim> {
     shape
         .iter()
         .enumerate()
-        .map(|(i, d)| if axes.contains(&i) { Dim::Const(1) } else { d.clone() })
+        .map(|(i, d)| {
+            if axes.contains(&i) {
+                Dim::Const(1)
+            } else {
+                d.clone()
+            }
+        })
         .collect()
 }
 
@@ -344,6 +358,6 @@ pub fn differentiate(objective: &Graph, loss: &str) -> Result<Graph, PassError> 
     for ((_, name), g) in params.iter().zip(grads) {
         graph.set_output(format!("grad.{name}"), g);
     }
+    graph.prune();
     Ok(graph)
 }
-

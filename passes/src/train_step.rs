@@ -134,11 +134,19 @@ pub fn build_train_step(objective: &Graph, optimizer: &Optimizer) -> Result<Grap
         }
     }
     graph.updates = updates;
+    // Autodiff also builds contributions toward leaves that need none
+    // (constants, data inputs); drop what no output or update reads.
+    graph.prune();
     Ok(graph)
 }
 
 /// L2 weight decay as PyTorch applies it: `g + weight_decay * p`.
-fn decayed(graph: &mut Graph, p: NodeId, g: NodeId, weight_decay: f64) -> Result<NodeId, PassError> {
+fn decayed(
+    graph: &mut Graph,
+    p: NodeId,
+    g: NodeId,
+    weight_decay: f64,
+) -> Result<NodeId, PassError> {
     if weight_decay == 0.0 {
         return Ok(g);
     }

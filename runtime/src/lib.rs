@@ -1,4 +1,30 @@
-//! Runtime support for compiled `nnc` models: what a generated training or
-//! inference program needs at run time besides its own kernels.
+//! Runtime support for compiled `nnc` models: loading data, feeding batches,
+//! and the training loop with its metrics.
+//!
+//! The runtime never sees the source language: it receives an `ir::Module`
+//! and the graphs the passes built from it.
 
 pub mod data;
+pub mod loader;
+pub mod train;
+
+pub use loader::LoadedData;
+pub use train::{train, EpochReport, Executor, Interpreter, Metrics, TrainOptions, TrainReport};
+
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum RuntimeError {
+    #[error(transparent)]
+    Data(#[from] data::DataError),
+    #[error("{0}")]
+    Setup(String),
+    #[error("evaluating the graph failed: {0}")]
+    Eval(#[from] nnc_ir::interp::EvalError),
+    #[error("the loss became {value} at epoch {epoch}, step {step}; training stopped (try a lower learning rate)")]
+    NonFinite {
+        epoch: usize,
+        step: usize,
+        value: f64,
+    },
+}

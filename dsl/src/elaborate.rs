@@ -1,0 +1,1254 @@
+//! Elaboration: runs layer and model bodies at compile time, inlining every
+//! layer call, binding named dims by unifying shape patterns, evaluating
+//! scalars, and emitting tensor operations into one `nnc_ir::Graph`.
+//!
+//! Errors always point into the user's file: an error inside a prelude
+//! layer is reported at the user's call that reached it, with a note naming
+//! the prelude layer.
+
+use crate::ast::{self, Arg, BinOp, DimKind, Expr, ExprKind, LayerDef, Stmt, TypeExpr, TypeKind};
+use crate::error::{did_you_mean, Error};
+use crate::span::Span;
+use crate::value::{dim_value, Value};
+use nnc_ir::{BinaryOp, DType, Dim, Graph, Init, NodeId, ShapeDisplay, TensorType, UnaryOp};
+use std::collections::HashMap;
+
+pub(crate) type Result<T> = std::result::Result<T, Error>;
+
+/// Names in scope, innermost binding wins (bindings are immutable; a new
+/// `let` of the same name shadows).
+#[derive(Debug, Default, Clone)]
+pub(crate) struct Scope {
+    vars: HashMap<String, Value>,
+}
+
+impl Scope {
+    pub(crate) fn get(&self, name: &str) -> Option<&Value> {
+        self.vars.get(name)
+    }
+    pub(crate) fn bind(&mut self, name: &str, value: Value) {
+        self.vars.insert(name.to_string(), value);
+    }
+    fn names(&self) -> impl Iterator<Item = &str> {
+        self.vars.keys().map(String::as_str)
+    }
+}
+
+/// An evaluated call argument.
+#[derive(Debug, Clone)]
+pub(crate) struct ArgVal {
+    pub name: Option<ast::Ident>,
+    pub value: Value,
+    pub span: Span,
+}
+
+#[derive(Clone, Copy)]
+pub(crate) struct LayerRef<'a> {
+    pub def: &'a LayerDef,
+    pub in_prelude: bool,
+}
+
+struct Frame {
+    layer: String,
+    in_prelude: bool,
+}
+
+/// How a pending data field (see `Value::Pending`) becomes a graph input.
+#[derive(Debug, Clone)]
+pub(crate) struct PendingField {
+    pub dtype: Option<DType>,
+    pub ty: Option<TensorType>,
+    pub span: Span,
+}
+
+/// Calls nested deeper than this are reported instead of overflowing the stack.
+const MAX_CALL_DEPTH: usize = 64;
+
+pub(crate) struct Elaborator<'a> {
+    pub graph: Graph,
+    user_layers: HashMap<&'a str, &'a LayerDef>,
+    prelude_layers: HashMap<&'a str, &'a LayerDef>,
+    frames: Vec<Frame>,
+    /// The user-file span of the call that entered the prelude, if inside it.
+    site: Option<Span>,
+    /// Instance path (`block_1`, `dense`) for naming params.
+    path: Vec<String>,
+    counters: HashMap<(String, String), usize>,
+    pub pending: HashMap<String, PendingField>,
+    /// Inputs created for pending fields, in creation order.
+    pub resolved_fields: Vec<String>,
+}
+
+impl<'a> Elaborator<'a> {
+    pub(crate) fn new(user: &'a ast::Program, prelude: &'a ast::Program, graph: Graph) -> Self {
+        let layers = |p: &'a ast::Program| {
+            p.items
+                .iter()
+                .filter_map(|i| match i {
+                    ast::Item::Layer(l) => Some((l.name.name.as_str(), l)),
+                    _ => None,
+                })
+                .collect::<HashMap<_, _>>()
+        };
+        Elaborator {
+            graph,
+            user_layers: layers(user),
+            prelude_layers: layers(prelude),
+            frames: Vec::new(),
+            site: None,
+            path: Vec::new(),
+            counters: HashMap::new(),
+            pending: HashMap::new(),
+            resolved_fields: Vec::new(),
+        }
+    }
+
+    fn in_prelude(&self) -> bool {
+        self.frames.last().is_some_and(|f| f.in_prelude)
+    }
+
+    /// An error at `span`, moved to the user's call site when `span` is in
+    /// the prelude.
+    pub(crate) fn err(&self, span: Span, message: impl Into<String>) -> Error {
+        match (self.in_prelude(), self.site) {
+            (true, Some(site)) => {
+                let chain: Vec<&str> = self
+                    .frames
+                    .iter()
+                    .filter(|f| f.in_prelude)
+                    .map(|f| f.layer.as_str())
+                    .collect();
+                Error::new(site, message).with_note(format!(
+                    "raised inside the prelude layer `{}`",
+                    chain.join("` → `")
+                ))
+            }
+            _ => Error::new(span, message),
+        }
+    }
+
+    fn user_span(&self, span: Span) -> Span {
+        match (self.in_prelude(), self.site) {
+            (true, Some(site)) => site,
+            _ => span,
+        }
+    }
+
+    fn at(&mut self, span: Span) {
+        let s = self.user_span(span);
+        self.graph.current_span = Some(nnc_ir::Span {
+            start: s.start as u32,
+            end: s.end as u32,
+        });
+    }
+
+    fn layer(&self, name: &str) -> Option<LayerRef<'a>> {
+        let user = self.user_layers.get(name).map(|d| LayerRef {
+            def: *d,
+            in_prelude: false,
+        });
+        let prelude = self.prelude_layers.get(name).map(|d| LayerRef {
+            def: *d,
+            in_prelude: true,
+        });
+        // Prelude layers resolve among themselves, so a user layer cannot
+        // change what `cross_entropy` means by defining `log_softmax`.
+        if self.in_prelude() {
+            prelude.or(user)
+        } else {
+            user.or(prelude)
+        }
+    }
+
+    pub(crate) fn known_callables(&self) -> Vec<&str> {
+        let mut names: Vec<&str> = self
+            .user_layers
+            .keys()
+            .chain(self.prelude_layers.keys())
+            .copied()
+            .collect();
+        names.extend(crate::builtins::NAMES);
+        names.extend(INIT_NAMES);
+        names
+    }
+
+    // ------------------------------------------------------------ expressions
+
+    pub(crate) fn eval(&mut self, scope: &Scope, e: &Expr) -> Result<Value> {
+        match &e.kind {
+            ExprKind::Int(v) => i64::try_from(*v)
+                .map(Value::Int)
+                .map_err(|_| self.err(e.span, "integer literal is too large")),
+            ExprKind::Float(v) => Ok(Value::Float(*v)),
+            ExprKind::Str(s) => Ok(Value::Str(s.clone())),
+            ExprKind::Bool(b) => Ok(Value::Bool(*b)),
+            ExprKind::Ident(id) => self.lookup(scope, id),
+            ExprKind::List(items) => items
+                .iter()
+                .map(|i| self.eval(scope, i))
+                .collect::<Result<Vec<_>>>()
+                .map(Value::List),
+            ExprKind::Call { callee, args } => {
+                let args = self.eval_args(scope, args)?;
+                self.call(callee, args, e.span)
+            }
+            ExprKind::Pipe { input, stage } => {
+                let x = self.eval(scope, input)?;
+                let mut args = vec![ArgVal {
+                    name: None,
+                    value: x,
+                    span: input.span,
+                }];
+                args.extend(self.eval_args(scope, &stage.args)?);
+                self.call(&stage.callee, args, stage.span)
+            }
+            ExprKind::Neg(x) => {
+                let v = self.eval(scope, x)?;
+                match v {
+                    Value::Int(i) => Ok(Value::Int(-i)),
+                    Value::Float(f) => Ok(Value::Float(-f)),
+                    Value::Tensor(t) => {
+                        self.at(e.span);
+                        let n = self
+                            .graph
+                            .unary(UnaryOp::Neg, t)
+                            .map_err(|s| self.err(e.span, s.message))?;
+                        Ok(Value::Tensor(n))
+                    }
+                    other => Err(self
+                        .err(x.span, format!("cannot negate {}", other.kind()))
+                        .with_label("expected a number or a tensor")),
+                }
+            }
+            ExprKind::Binary { op, lhs, rhs } => {
+                let a = self.eval(scope, lhs)?;
+                let b = self.eval(scope, rhs)?;
+                self.binary(*op, a, lhs.span, b, rhs.span, e.span)
+            }
+        }
+    }
+
+    fn eval_args(&mut self, scope: &Scope, args: &[Arg]) -> Result<Vec<ArgVal>> {
+        args.iter()
+            .map(|a| {
+                Ok(ArgVal {
+                    name: a.name.clone(),
+                    value: self.eval(scope, &a.value)?,
+                    span: a.value.span,
+                })
+            })
+            .collect()
+    }
+
+    fn lookup(&mut self, scope: &Scope, id: &ast::Ident) -> Result<Value> {
+        if let Some(v) = scope.get(&id.name) {
+            return Ok(v.clone());
+        }
+        if let Some(init) = init_by_name(&id.name) {
+            return Ok(Value::Init(init));
+        }
+        if self.layer(&id.name).is_some() || crate::builtins::NAMES.contains(&id.name.as_str()) {
+            return Err(self
+                .err(id.span, format!("`{}` is a function, not a value", id.name))
+                .with_label("used as a value here")
+                .with_help(format!(
+                    "call it, `{0}(x)`, or use it as a pipeline stage, `x -> {0}`",
+                    id.name
+                )));
+        }
+        let mut err = self
+            .err(id.span, format!("unknown name `{}`", id.name))
+            .with_label("not found in this scope");
+        if let Some(h) = did_you_mean(&id.name, scope.names()) {
+            err = err.with_help(h);
+        }
+        Err(err)
+    }
+
+    fn binary(
+        &mut self,
+        op: BinOp,
+        a: Value,
+        sa: Span,
+        b: Value,
+        sb: Span,
+        span: Span,
+    ) -> Result<Value> {
+        use Value::{Float, Int};
+        match (&a, &b) {
+            (Int(x), Int(y)) if op != BinOp::Div => {
+                let r = match op {
+                    BinOp::Add => x.checked_add(*y),
+                    BinOp::Sub => x.checked_sub(*y),
+                    BinOp::Mul => x.checked_mul(*y),
+                    BinOp::Div => None,
+                };
+                return r
+                    .map(Int)
+                    .ok_or_else(|| self.err(span, "integer overflow in a constant expression"));
+            }
+            (Int(_) | Float(_), Int(_) | Float(_)) => {
+                let (x, y) = (a.as_f64().unwrap_or(0.0), b.as_f64().unwrap_or(0.0));
+                if op == BinOp::Div && y == 0.0 {
+                    return Err(self.err(sb, "division by zero in a constant expression"));
+                }
+                return Ok(Float(match op {
+                    BinOp::Add => x + y,
+                    BinOp::Sub => x - y,
+                    BinOp::Mul => x * y,
+                    BinOp::Div => x / y,
+                }));
+            }
+            _ => {}
+        }
+        let (x, y) = self.tensor_pair(a, sa, b, sb)?;
+        let bop = match op {
+            BinOp::Add => BinaryOp::Add,
+            BinOp::Sub => BinaryOp::Sub,
+            BinOp::Mul => BinaryOp::Mul,
+            BinOp::Div => BinaryOp::Div,
+        };
+        self.at(span);
+        let (tx, ty) = (self.graph.ty(x).clone(), self.graph.ty(y).clone());
+        self.graph.binary(bop, x, y).map(Value::Tensor).map_err(|_| {
+            self.err(span, format!("shape mismatch in `{}`", op.symbol()))
+                .with_label(format!("{tx} {} {ty}", op.symbol()))
+                .with_note(format!(
+                    "shapes broadcast when, aligned from the right, each pair of dims is equal or one of them is 1; {} and {} do not",
+                    ShapeDisplay(&tx.shape),
+                    ShapeDisplay(&ty.shape)
+                ))
+        })
+    }
+
+    /// Two operands as tensors of one dtype; a number becomes a scalar
+    /// constant of the other operand's dtype.
+    pub(crate) fn tensor_pair(
+        &mut self,
+        a: Value,
+        sa: Span,
+        b: Value,
+        sb: Span,
+    ) -> Result<(NodeId, NodeId)> {
+        let a = self.resolve_pending(a, sa)?;
+        let b = self.resolve_pending(b, sb)?;
+        match (&a, &b) {
+            (Value::Tensor(x), Value::Tensor(y)) => {
+                let (dx, dy) = (self.graph.ty(*x).dtype, self.graph.ty(*y).dtype);
+                if dx != dy {
+                    return Err(self
+                        .err(
+                            sb,
+                            format!("cannot combine a {dx} tensor with a {dy} tensor"),
+                        )
+                        .with_label(format!("this is {}", self.graph.ty(*y)))
+                        .with_help("convert with `float(x)`"));
+                }
+                Ok((*x, *y))
+            }
+            (Value::Tensor(x), other) => {
+                let c = self.scalar_like(other, sb, *x)?;
+                Ok((*x, c))
+            }
+            (other, Value::Tensor(y)) => {
+                let c = self.scalar_like(other, sa, *y)?;
+                Ok((c, *y))
+            }
+            (other, _) => Err(self
+                .err(
+                    sa,
+                    format!("expected a number or a tensor, found {}", other.kind()),
+                )
+                .with_label("not a number or a tensor")),
+        }
+    }
+
+    fn scalar_like(&mut self, v: &Value, span: Span, like: NodeId) -> Result<NodeId> {
+        match v.as_f64() {
+            Some(f) => {
+                self.at(span);
+                Ok(self.graph.scalar_like(f, like))
+            }
+            None => Err(self
+                .err(
+                    span,
+                    format!("expected a number or a tensor, found {}", v.kind()),
+                )
+                .with_label("not a number or a tensor")),
+        }
+    }
+
+    /// A value that must be a tensor.
+    pub(crate) fn tensor(&mut self, v: Value, span: Span, what: &str) -> Result<NodeId> {
+        match self.resolve_pending(v, span)? {
+            Value::Tensor(t) => Ok(t),
+            other => Err(self
+                .err(
+                    span,
+                    format!("{what} must be a tensor, found {}", other.kind()),
+                )
+                .with_label("expected a tensor")),
+        }
+    }
+
+    /// Turns a pending data field into a graph input, if its type is known
+    /// from an annotation; otherwise the use site must give it.
+    fn resolve_pending(&mut self, v: Value, span: Span) -> Result<Value> {
+        let Value::Pending(name) = v else {
+            return Ok(v);
+        };
+        let ty = self.pending.get(&name).and_then(|p| p.ty.clone());
+        match ty {
+            Some(ty) => Ok(Value::Tensor(self.pending_input(&name, ty))),
+            None => Err(self
+                .err(span, format!("the type of data field `{name}` is not known here"))
+                .with_label("used here before its type is known")
+                .with_help(format!(
+                    "annotate it in the data block, e.g. `{name}: i32[B] = ...`, or pass it to a layer whose parameter type fixes its shape"
+                ))),
+        }
+    }
+
+    fn pending_input(&mut self, name: &str, ty: TensorType) -> NodeId {
+        if let Some(n) = self.graph.find_leaf(name) {
+            return n;
+        }
+        let saved = self.graph.current_span.take();
+        if let Some(p) = self.pending.get(name) {
+            self.graph.current_span = Some(nnc_ir::Span {
+                start: p.span.start as u32,
+                end: p.span.end as u32,
+            });
+        }
+        let n = self.graph.input(name, ty);
+        self.graph.current_span = saved;
+        self.resolved_fields.push(name.to_string());
+        n
+    }
+
+    // ------------------------------------------------------------------ calls
+
+    fn call(&mut self, callee: &ast::Ident, args: Vec<ArgVal>, span: Span) -> Result<Value> {
+        if let Some(layer) = self.layer(&callee.name) {
+            return self.call_layer(layer, args, span);
+        }
+        if let Some(result) = self.call_init(&callee.name, &args, span) {
+            return result;
+        }
+        if crate::builtins::NAMES.contains(&callee.name.as_str()) {
+            self.at(span);
+            return crate::builtins::call(self, &callee.name, args, span);
+        }
+        let mut err = self
+            .err(
+                callee.span,
+                format!("unknown layer or function `{}`", callee.name),
+            )
+            .with_label("not defined");
+        let known = self.known_callables();
+        if let Some(h) = did_you_mean(&callee.name, known) {
+            err = err.with_help(h);
+        }
+        Err(err)
+    }
+
+    pub(crate) fn call_layer(
+        &mut self,
+        layer: LayerRef<'a>,
+        args: Vec<ArgVal>,
+        span: Span,
+    ) -> Result<Value> {
+        let def = layer.def;
+        let name = def.name.name.as_str();
+        if let Some(pos) = self.frames.iter().position(|f| f.layer == name) {
+            let mut chain: Vec<&str> = self.frames[pos..]
+                .iter()
+                .map(|f| f.layer.as_str())
+                .collect();
+            chain.push(name);
+            return Err(self
+                .err(span, format!("recursive call of layer `{name}`"))
+                .with_label("calls itself")
+                .with_note(format!("call chain: {}", chain.join(" → ")))
+                .with_help("layers are inlined at compile time, so they cannot recurse; use an explicit sequence"));
+        }
+        if self.frames.len() >= MAX_CALL_DEPTH {
+            return Err(self.err(
+                span,
+                format!("layer calls nest deeper than {MAX_CALL_DEPTH}"),
+            ));
+        }
+        let assigned = self.assign_args(&def.params, args, name, span)?;
+
+        // Enter the callee: its own scope, its own error location.
+        let entering_prelude = layer.in_prelude && !self.in_prelude();
+        let saved_site = self.site;
+        if entering_prelude {
+            self.site = Some(span);
+        }
+        let instance = self.instance_name(name);
+        self.path.push(instance);
+        self.frames.push(Frame {
+            layer: name.to_string(),
+            in_prelude: layer.in_prelude,
+        });
+        let result = self.bind_and_run(def, assigned, span);
+        self.frames.pop();
+        self.path.pop();
+        self.site = saved_site;
+        result
+    }
+
+    fn bind_and_run(
+        &mut self,
+        def: &'a LayerDef,
+        assigned: Vec<Option<ArgVal>>,
+        call: Span,
+    ) -> Result<Value> {
+        let mut scope = Scope::default();
+        let mut deferred = Vec::new();
+        for (param, arg) in def.params.iter().zip(assigned) {
+            match arg {
+                Some(a) if matches!(a.value, Value::Pending(_)) => deferred.push((param, a)),
+                Some(a) => self.bind_param(&mut scope, param, a, &def.name.name)?,
+                None => {
+                    let default = param.default.as_ref().ok_or_else(|| {
+                        self.err(
+                            call,
+                            format!(
+                                "missing argument `{}` of `{}`",
+                                param.name.name, def.name.name
+                            ),
+                        )
+                        .with_label(format!("`{}` is not given", param.name.name))
+                        .with_note(format!(
+                            "`{}` is declared as `{}: {}`",
+                            def.name.name, param.name.name, param.ty
+                        ))
+                    })?;
+                    let v = self.eval(&scope, default)?;
+                    let a = ArgVal {
+                        name: None,
+                        value: v,
+                        span: default.span,
+                    };
+                    self.bind_param(&mut scope, param, a, &def.name.name)?;
+                }
+            }
+        }
+        for (param, arg) in deferred {
+            let Value::Pending(field) = &arg.value else {
+                continue;
+            };
+            let field = field.clone();
+            let ty = match self.pending.get(&field).and_then(|p| p.ty.clone()) {
+                Some(ty) => ty,
+                None => self.resolve_type(&scope, &param.ty, false).map_err(|e| {
+                    self.err(
+                        arg.span,
+                        format!(
+                            "cannot infer the type of data field `{field}` from `{}: {}`",
+                            param.name.name, param.ty
+                        ),
+                    )
+                    .with_note(e.message)
+                    .with_help(format!(
+                        "annotate it in the data block, e.g. `{field}: i32[B] = ...`"
+                    ))
+                })?,
+            };
+            if let Some(want) = self.pending.get(&field).and_then(|p| p.dtype) {
+                if want != ty.dtype {
+                    return Err(self
+                        .err(
+                            arg.span,
+                            format!(
+                                "data field `{field}` is {want}, but `{}` expects {}",
+                                def.name.name, ty.dtype
+                            ),
+                        )
+                        .with_label(format!("passed as `{}: {}`", param.name.name, param.ty)));
+                }
+            }
+            let node = self.pending_input(&field, ty);
+            let a = ArgVal {
+                value: Value::Tensor(node),
+                ..arg
+            };
+            self.bind_param(&mut scope, param, a, &def.name.name)?;
+        }
+        self.run_layer_body(def, scope)
+    }
+
+    fn run_layer_body(&mut self, def: &'a LayerDef, mut scope: Scope) -> Result<Value> {
+        let mut result = None;
+        for stmt in &def.body {
+            if result.is_some() {
+                return Err(self
+                    .err(stmt.span(), "unreachable statement after `return`")
+                    .with_help("`return` must be the last statement of a layer"));
+            }
+            match stmt {
+                Stmt::Return { value, .. } => result = Some(self.eval(&scope, value)?),
+                Stmt::Let { name, value, .. } => {
+                    let v = self.eval(&scope, value)?;
+                    self.name_value(&v, &name.name);
+                    scope.bind(&name.name, v);
+                }
+                Stmt::Param {
+                    name,
+                    ty,
+                    init,
+                    span,
+                } => {
+                    let v = self.declare_param(&scope, name, ty, init.as_ref(), *span)?;
+                    scope.bind(&name.name, v);
+                }
+                Stmt::Input { span, .. } | Stmt::Output { span, .. } => {
+                    return Err(self
+                        .err(*span, "`input` and `output` belong in a model, not a layer")
+                        .with_help("a layer receives its inputs as parameters and gives its result with `return`"));
+                }
+            }
+        }
+        result.ok_or_else(|| {
+            self.err(
+                def.name.span,
+                format!("layer `{}` does not return a value", def.name.name),
+            )
+            .with_help("end the layer with `return <expr>`")
+        })
+    }
+
+    /// Matches call arguments to parameters: positional first, then by name.
+    fn assign_args(
+        &self,
+        params: &[ast::Param],
+        args: Vec<ArgVal>,
+        fname: &str,
+        call: Span,
+    ) -> Result<Vec<Option<ArgVal>>> {
+        let mut slots: Vec<Option<ArgVal>> = vec![None; params.len()];
+        let mut positional = 0;
+        for a in args {
+            let index = match &a.name {
+                None => {
+                    if positional >= params.len() {
+                        return Err(self
+                            .err(
+                                a.span,
+                                format!(
+                                    "`{fname}` takes {} argument{} but more were given",
+                                    params.len(),
+                                    plural(params.len())
+                                ),
+                            )
+                            .with_label("unexpected argument")
+                            .with_note(signature(fname, params)));
+                    }
+                    positional += 1;
+                    positional - 1
+                }
+                Some(kw) => match params.iter().position(|p| p.name.name == kw.name) {
+                    Some(i) => i,
+                    None => {
+                        let mut err = self
+                            .err(kw.span, format!("`{fname}` has no parameter `{}`", kw.name))
+                            .with_label("unknown keyword argument")
+                            .with_note(signature(fname, params));
+                        if let Some(h) =
+                            did_you_mean(&kw.name, params.iter().map(|p| p.name.name.as_str()))
+                        {
+                            err = err.with_help(h);
+                        }
+                        return Err(err);
+                    }
+                },
+            };
+            if slots[index].is_some() {
+                return Err(self
+                    .err(
+                        a.span,
+                        format!(
+                            "argument `{}` of `{fname}` is given twice",
+                            params[index].name.name
+                        ),
+                    )
+                    .with_label("given again here"));
+            }
+            slots[index] = Some(a);
+        }
+        let _ = call;
+        Ok(slots)
+    }
+
+    fn bind_param(
+        &mut self,
+        scope: &mut Scope,
+        param: &ast::Param,
+        arg: ArgVal,
+        fname: &str,
+    ) -> Result<()> {
+        let pname = &param.name.name;
+        let mismatch = |this: &Self, found: &Value| {
+            this.err(
+                arg.span,
+                format!(
+                    "argument `{pname}` of `{fname}` must be {}, found {}",
+                    describe_type(&param.ty),
+                    found.kind()
+                ),
+            )
+            .with_label(format!("expected {}", describe_type(&param.ty)))
+        };
+        let value = match (&param.ty.kind, arg.value) {
+            (TypeKind::Int, Value::Int(v)) => Value::Int(v),
+            (TypeKind::Float, Value::Int(v)) => Value::Float(v as f64),
+            (TypeKind::Float, Value::Float(v)) => Value::Float(v),
+            (TypeKind::Bool, Value::Bool(v)) => Value::Bool(v),
+            (TypeKind::Str, Value::Str(v)) => Value::Str(v),
+            (TypeKind::Tensor { .. }, Value::Tensor(t)) => {
+                self.match_pattern(scope, &param.ty, t, arg.span, pname, fname)?;
+                Value::Tensor(t)
+            }
+            (_, other) => return Err(mismatch(self, &other)),
+        };
+        scope.bind(pname, value);
+        Ok(())
+    }
+
+    /// Unifies a tensor's type with a parameter's pattern, binding named dims.
+    fn match_pattern(
+        &mut self,
+        scope: &mut Scope,
+        pattern: &TypeExpr,
+        t: NodeId,
+        span: Span,
+        pname: &str,
+        fname: &str,
+    ) -> Result<()> {
+        let actual = self.graph.ty(t).clone();
+        let TypeKind::Tensor { dtype, dims } = &pattern.kind else {
+            return Ok(());
+        };
+        let want = self.ir_dtype(*dtype, pattern.span)?;
+        let fail = |this: &Self, why: String| {
+            this.err(span, format!("argument `{pname}` of `{fname}` has type {actual}, which does not match `{pattern}`"))
+                .with_label(why)
+        };
+        if want != actual.dtype {
+            return Err(fail(
+                self,
+                format!("expected {want}, found {}", actual.dtype),
+            ));
+        }
+        let Some(dims) = dims else { return Ok(()) };
+        let rest_at = dims.iter().position(|d| matches!(d.kind, DimKind::Rest(_)));
+        if dims
+            .iter()
+            .filter(|d| matches!(d.kind, DimKind::Rest(_)))
+            .count()
+            > 1
+        {
+            return Err(self.err(pattern.span, "a type may contain at most one `...`"));
+        }
+        let fixed = dims.len() - usize::from(rest_at.is_some());
+        let rank = actual.rank();
+        let rank_ok = if rest_at.is_some() {
+            rank >= fixed
+        } else {
+            rank == fixed
+        };
+        if !rank_ok {
+            let need = if rest_at.is_some() {
+                format!("at least {fixed}")
+            } else {
+                fixed.to_string()
+            };
+            return Err(fail(
+                self,
+                format!("expected rank {need}, found rank {rank}"),
+            ));
+        }
+        let mut pairs: Vec<(&ast::DimPattern, Vec<Dim>)> = Vec::new();
+        match rest_at {
+            None => pairs.extend(
+                dims.iter()
+                    .zip(actual.shape.iter().map(|d| vec![d.clone()])),
+            ),
+            Some(r) => {
+                let tail = dims.len() - r - 1;
+                for (i, d) in dims[..r].iter().enumerate() {
+                    pairs.push((d, vec![actual.shape[i].clone()]));
+                }
+                pairs.push((&dims[r], actual.shape[r..rank - tail].to_vec()));
+                for (i, d) in dims[r + 1..].iter().enumerate() {
+                    pairs.push((d, vec![actual.shape[rank - tail + i].clone()]));
+                }
+            }
+        }
+        for (pat, got) in pairs {
+            match &pat.kind {
+                DimKind::Const(n) => {
+                    if got[0] != Dim::Const(*n as usize) {
+                        return Err(fail(self, format!("expected dim {n}, found `{}`", got[0])));
+                    }
+                }
+                DimKind::Named(id) => match scope.get(&id.name) {
+                    None => scope.bind(&id.name, dim_value(&got[0])),
+                    Some(bound) => {
+                        let Some(b) = bound.as_dim() else {
+                            return Err(self.err(
+                                pat.span,
+                                format!("`{}` is {}, not a dim", id.name, bound.kind()),
+                            ));
+                        };
+                        if b != got[0] {
+                            return Err(fail(
+                                self,
+                                format!(
+                                    "`{}` is {b} here, but this argument has `{}`",
+                                    id.name, got[0]
+                                ),
+                            ));
+                        }
+                    }
+                },
+                DimKind::Rest(None) => {}
+                DimKind::Rest(Some(id)) => match scope.get(&id.name) {
+                    None => scope.bind(&id.name, Value::Dims(got)),
+                    Some(Value::Dims(b)) if *b == got => {}
+                    Some(Value::Dims(b)) => {
+                        return Err(fail(
+                            self,
+                            format!(
+                                "`...{}` is {} here, but this argument has {}",
+                                id.name,
+                                ShapeDisplay(b),
+                                ShapeDisplay(&got)
+                            ),
+                        ));
+                    }
+                    Some(other) => {
+                        return Err(self.err(
+                            pat.span,
+                            format!("`{}` is {}, not a run of dims", id.name, other.kind()),
+                        ));
+                    }
+                },
+            }
+        }
+        Ok(())
+    }
+
+    pub(crate) fn ir_dtype(&self, d: ast::DType, span: Span) -> Result<DType> {
+        match d {
+            ast::DType::F32 => Ok(DType::F32),
+            ast::DType::F64 => Ok(DType::F64),
+            ast::DType::I32 => Ok(DType::I32),
+            ast::DType::Bool => Ok(DType::Bool),
+            ast::DType::U8 => Err(self
+                .err(span, "`u8` tensors cannot be computed with")
+                .with_help("u8 is a storage type: data stored as u8 is delivered to the model as f32 (or i32 for labels)")),
+        }
+    }
+
+    /// A concrete type from a type expression: names resolve in `scope`;
+    /// with `symbolic`, unknown names become symbolic dims (model inputs).
+    pub(crate) fn resolve_type(
+        &self,
+        scope: &Scope,
+        te: &TypeExpr,
+        symbolic: bool,
+    ) -> Result<TensorType> {
+        let TypeKind::Tensor { dtype, dims } = &te.kind else {
+            return Err(self.err(te.span, format!("expected a tensor type, found `{te}`")));
+        };
+        let dtype = self.ir_dtype(*dtype, te.span)?;
+        let Some(dims) = dims else {
+            return Err(self
+                .err(te.span, format!("`{te}` gives no shape"))
+                .with_help(format!(
+                    "write the dims, e.g. `{te}[B, 10]`, or `{te}[]` for a scalar"
+                )));
+        };
+        let mut shape = Vec::new();
+        for d in dims {
+            match &d.kind {
+                DimKind::Const(n) => shape.push(Dim::Const(*n as usize)),
+                DimKind::Named(id) => match scope.get(&id.name) {
+                    Some(v) => shape.push(v.as_dim().ok_or_else(|| {
+                        self.err(d.span, format!("`{}` is {}, not a dim", id.name, v.kind()))
+                    })?),
+                    None if symbolic => shape.push(Dim::Sym(id.name.clone())),
+                    None => {
+                        return Err(self
+                            .err(d.span, format!("unknown dim `{}`", id.name))
+                            .with_label("not bound by a parameter or an earlier pattern"))
+                    }
+                },
+                DimKind::Rest(Some(id)) => match scope.get(&id.name) {
+                    Some(Value::Dims(ds)) => shape.extend(ds.iter().cloned()),
+                    _ => {
+                        return Err(self.err(
+                            d.span,
+                            format!("`...{}` is not bound to a run of dims", id.name),
+                        ))
+                    }
+                },
+                DimKind::Rest(None) => {
+                    return Err(self
+                        .err(d.span, "`...` can only match the shape of an argument")
+                        .with_help("declared tensors (params, inputs) need every dim spelled out"))
+                }
+            }
+        }
+        Ok(TensorType::new(dtype, shape))
+    }
+
+    fn declare_param(
+        &mut self,
+        scope: &Scope,
+        name: &ast::Ident,
+        te: &TypeExpr,
+        init: Option<&Expr>,
+        span: Span,
+    ) -> Result<Value> {
+        let ty = self.resolve_type(scope, te, false)?;
+        if let Some(d) = ty.shape.iter().find(|d| d.as_const().is_none()) {
+            return Err(self
+                .err(
+                    te.span,
+                    format!("param `{}` has the symbolic dim `{d}`", name.name),
+                )
+                .with_help("params are allocated once, so every dim must be a constant"));
+        }
+        if !ty.dtype.is_float() {
+            return Err(self.err(
+                te.span,
+                format!(
+                    "param `{}` must be f32 or f64 to be trained, found {}",
+                    name.name, ty.dtype
+                ),
+            ));
+        }
+        let init = match init {
+            None => {
+                return Err(self
+                    .err(span, format!("param `{}` has no initializer", name.name))
+                    .with_help(format!("add one, e.g. `param {}: {te} = xavier_uniform` (or `zeros`, `normal(0, 0.01)`)", name.name)))
+            }
+            Some(e) => match self.eval(scope, e)? {
+                Value::Init(i) => i,
+                Value::Int(v) => Init::Const(v as f64),
+                Value::Float(v) => Init::Const(v),
+                other => {
+                    return Err(self
+                        .err(e.span, format!("expected an initializer, found {}", other.kind()))
+                        .with_label("not an initializer")
+                        .with_help(format!("initializers: {}, normal(mean, std), uniform(low, high), constant(v)", INIT_NAMES.join(", "))))
+                }
+            },
+        };
+        let mut full: Vec<String> = self.path.clone();
+        full.push(name.name.clone());
+        let pname = full.join(".");
+        self.at(span);
+        if self.graph.find_leaf(&pname).is_some() {
+            return Err(self.err(name.span, format!("param `{pname}` is declared twice")));
+        }
+        let node = self.graph.param(&pname, ty, init);
+        Ok(Value::Tensor(node))
+    }
+
+    /// Keras-style instance names: the first `dense` in a scope is `dense`,
+    /// the next `dense_1`, ...
+    fn instance_name(&mut self, kind: &str) -> String {
+        let key = (self.path.join("."), kind.to_string());
+        let n = self.counters.entry(key).or_insert(0);
+        let name = if *n == 0 {
+            kind.to_string()
+        } else {
+            format!("{kind}_{n}")
+        };
+        *n += 1;
+        name
+    }
+
+    /// Names a node after the binding that holds it, for readable IR.
+    pub(crate) fn name_value(&mut self, v: &Value, name: &str) {
+        if let Value::Tensor(t) = v {
+            let node = self.graph.node_mut(*t);
+            if node.name.is_none() && !node.op.is_leaf() {
+                node.name = Some(name.to_string());
+            }
+        }
+    }
+
+    fn call_init(&self, name: &str, args: &[ArgVal], span: Span) -> Option<Result<Value>> {
+        let nums = |n: usize| -> Result<Vec<f64>> {
+            let vals: Option<Vec<f64>> = args.iter().map(|a| a.value.as_f64()).collect();
+            match vals {
+                Some(v) if v.len() == n => Ok(v),
+                _ => Err(self
+                    .err(span, format!("`{name}` takes {n} number{}", plural(n)))
+                    .with_label(format!(
+                        "expected `{name}({})`",
+                        init_params(name).join(", ")
+                    ))),
+            }
+        };
+        let ordered = |this: &Self| -> Result<Vec<f64>> {
+            // Accept positional or keyword (`normal(std: 0.01)` with mean 0).
+            let names = init_params(name);
+            let mut vals: Vec<Option<f64>> = vec![None; names.len()];
+            let mut pos = 0;
+            for a in args {
+                let Some(v) = a.value.as_f64() else {
+                    return Err(this.err(
+                        a.span,
+                        format!("`{name}` takes numbers, found {}", a.value.kind()),
+                    ));
+                };
+                let i = match &a.name {
+                    None => {
+                        pos += 1;
+                        pos - 1
+                    }
+                    Some(k) => names.iter().position(|n| *n == k.name).ok_or_else(|| {
+                        this.err(k.span, format!("`{name}` has no parameter `{}`", k.name))
+                    })?,
+                };
+                if i >= vals.len() {
+                    return nums(names.len());
+                }
+                vals[i] = Some(v);
+            }
+            let defaults: &[f64] = match name {
+                "normal" => &[0.0, 1.0],
+                "uniform" => &[0.0, 1.0],
+                _ => &[],
+            };
+            vals.iter()
+                .enumerate()
+                .map(|(i, v)| {
+                    v.or(defaults.get(i).copied())
+                        .ok_or_else(|| this.err(span, format!("`{name}` needs `{}`", names[i])))
+                })
+                .collect()
+        };
+        let init = match name {
+            "normal" => ordered(self).and_then(|v| {
+                if v[1] < 0.0 {
+                    Err(self.err(span, "`normal` needs std >= 0"))
+                } else {
+                    Ok(Init::Normal {
+                        mean: v[0],
+                        std: v[1],
+                    })
+                }
+            }),
+            "uniform" => ordered(self).and_then(|v| {
+                if v[0] > v[1] {
+                    Err(self.err(span, "`uniform` needs low <= high"))
+                } else {
+                    Ok(Init::Uniform {
+                        low: v[0],
+                        high: v[1],
+                    })
+                }
+            }),
+            "constant" => nums(1).map(|v| Init::Const(v[0])),
+            _ => return None,
+        };
+        Some(init.map(Value::Init))
+    }
+}
+
+const INIT_NAMES: [&str; 6] = [
+    "zeros",
+    "ones",
+    "xavier_uniform",
+    "xavier_normal",
+    "kaiming_uniform",
+    "kaiming_normal",
+];
+
+fn init_by_name(name: &str) -> Option<Init> {
+    Some(match name {
+        "zeros" => Init::Zeros,
+        "ones" => Init::Ones,
+        "xavier_uniform" | "glorot_uniform" => Init::XavierUniform,
+        "xavier_normal" | "glorot_normal" => Init::XavierNormal,
+        "kaiming_uniform" | "he_uniform" => Init::KaimingUniform,
+        "kaiming_normal" | "he_normal" => Init::KaimingNormal,
+        _ => return None,
+    })
+}
+
+fn init_params(name: &str) -> Vec<&'static str> {
+    match name {
+        "normal" => vec!["mean", "std"],
+        "uniform" => vec!["low", "high"],
+        _ => vec!["value"],
+    }
+}
+
+pub(crate) fn plural(n: usize) -> &'static str {
+    if n == 1 {
+        ""
+    } else {
+        "s"
+    }
+}
+
+fn signature(fname: &str, params: &[ast::Param]) -> String {
+    let ps: Vec<String> = params
+        .iter()
+        .map(|p| format!("{}: {}", p.name.name, p.ty))
+        .collect();
+    format!("`{fname}` is declared as `{fname}({})`", ps.join(", "))
+}
+
+fn describe_type(te: &TypeExpr) -> String {
+    match te.kind {
+        TypeKind::Int => "an int".into(),
+        TypeKind::Float => "a float".into(),
+        TypeKind::Bool => "a bool".into(),
+        TypeKind::Str => "a string".into(),
+        TypeKind::Tensor { .. } => format!("a tensor `{te}`"),
+    }
+}
+
+/// A model's outputs, in declaration order.
+pub(crate) struct ModelOutputs {
+    pub outputs: Vec<(String, NodeId)>,
+}
+
+impl<'a> Elaborator<'a> {
+    /// Runs a model body with its parameters bound from `args` (or defaults):
+    /// inputs become graph inputs, `output` statements graph outputs.
+    pub(crate) fn run_model(
+        &mut self,
+        def: &'a ast::ModelDef,
+        args: Vec<ArgVal>,
+        call: Span,
+    ) -> Result<ModelOutputs> {
+        let name = def.name.name.as_str();
+        let assigned = self.assign_args(&def.params, args, name, call)?;
+        let mut scope = Scope::default();
+        for (param, arg) in def.params.iter().zip(assigned) {
+            let arg = match arg {
+                Some(a) => a,
+                None => {
+                    let default = param.default.as_ref().ok_or_else(|| {
+                        self.err(
+                            call,
+                            format!("model `{name}` needs a value for `{}`", param.name.name),
+                        )
+                        .with_label(format!("`{}` has no default", param.name.name))
+                        .with_help(format!(
+                            "pass it, e.g. `train {name}({}: ...) on ...`",
+                            param.name.name
+                        ))
+                    })?;
+                    ArgVal {
+                        name: None,
+                        value: self.eval(&scope, default)?,
+                        span: default.span,
+                    }
+                }
+            };
+            if matches!(param.ty.kind, TypeKind::Tensor { .. }) {
+                return Err(self
+                    .err(
+                        param.ty.span,
+                        "model parameters are settings (int, float, bool, str)",
+                    )
+                    .with_help("declare tensors the model reads with `input NAME: TYPE`"));
+            }
+            self.bind_param(&mut scope, param, arg, name)?;
+        }
+        let mut outputs: Vec<(String, NodeId)> = Vec::new();
+        let mut output_spans: HashMap<String, Span> = HashMap::new();
+        for stmt in &def.body {
+            match stmt {
+                Stmt::Let { name, value, .. } => {
+                    let v = self.eval(&scope, value)?;
+                    self.name_value(&v, &name.name);
+                    scope.bind(&name.name, v);
+                }
+                Stmt::Param {
+                    name,
+                    ty,
+                    init,
+                    span,
+                } => {
+                    let v = self.declare_param(&scope, name, ty, init.as_ref(), *span)?;
+                    scope.bind(&name.name, v);
+                }
+                Stmt::Input { name, ty, span } => {
+                    let t = self.resolve_type(&scope, ty, true)?;
+                    if self.graph.find_leaf(&name.name).is_some() {
+                        return Err(self.err(
+                            name.span,
+                            format!("input `{}` is declared twice", name.name),
+                        ));
+                    }
+                    self.at(*span);
+                    let node = self.graph.input(&name.name, t);
+                    scope.bind(&name.name, Value::Tensor(node));
+                }
+                Stmt::Output { names, value, span } => {
+                    let entries: Vec<(ast::Ident, Value, Span)> = match value {
+                        Some(e) => vec![(names[0].clone(), self.eval(&scope, e)?, e.span)],
+                        None => names
+                            .iter()
+                            .map(|n| Ok((n.clone(), self.lookup(&scope, n)?, n.span)))
+                            .collect::<Result<_>>()?,
+                    };
+                    for (id, v, vspan) in entries {
+                        let node = self.tensor(v, vspan, &format!("output `{}`", id.name))?;
+                        if let Some(prev) = output_spans.get(&id.name) {
+                            return Err(self
+                                .err(id.span, format!("output `{}` is declared twice", id.name))
+                                .with_secondary(*prev, "first declared here"));
+                        }
+                        output_spans.insert(id.name.clone(), *span);
+                        self.name_value(&Value::Tensor(node), &id.name);
+                        outputs.push((id.name.clone(), node));
+                    }
+                }
+                Stmt::Return { span, .. } => {
+                    return Err(self
+                        .err(
+                            *span,
+                            "a model gives its results with `output`, not `return`",
+                        )
+                        .with_help("write `output NAME` for each result"));
+                }
+            }
+        }
+        if outputs.is_empty() {
+            return Err(self
+                .err(def.name.span, format!("model `{name}` has no output"))
+                .with_help("add `output NAME` naming the model's result"));
+        }
+        for (name, node) in &outputs {
+            self.graph.set_output(name.clone(), *node);
+        }
+        Ok(ModelOutputs { outputs })
+    }
+
+    pub(crate) fn scalar_value(&mut self, e: &Expr) -> Result<Value> {
+        self.eval(&Scope::default(), e)
+    }
+
+    pub(crate) fn scope_with(&self, bindings: impl IntoIterator<Item = (String, Value)>) -> Scope {
+        let mut s = Scope::default();
+        for (k, v) in bindings {
+            s.bind(&k, v);
+        }
+        s
+    }
+}

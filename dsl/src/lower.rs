@@ -1,0 +1,1015 @@
+//! From a parsed program to an `nnc_ir::Module`: picks the model (the one
+//! a `train` block names, or the only model), elaborates it, lowers the
+//! data block to a `DataSpec` and the train block to a `TrainSpec` whose
+//! objective graph ends in the loss.
+
+use crate::ast::{self, Expr, ExprKind, Item, Program, TypeKind};
+use crate::elaborate::{ArgVal, Elaborator, PendingField, Result};
+use crate::error::{did_you_mean, Error};
+use crate::span::{SourceFile, Span};
+use crate::value::Value;
+use nnc_ir::{
+    DType, DataField, DataSpec, Graph, Metric, Module, NodeId, Optimizer, Source, TestSet,
+    TrainSpec, Transform, LOSS,
+};
+use std::collections::HashMap;
+
+/// The prelude's source, parsed with every compile (it is small).
+pub const PRELUDE: &str = include_str!("prelude.nn");
+
+pub fn prelude_file() -> SourceFile {
+    SourceFile::new("<prelude>", PRELUDE)
+}
+
+/// Parses `src` into an AST.
+pub fn parse_program(src: &SourceFile) -> Result<Program> {
+    Ok(crate::parse::parse(src)?)
+}
+
+/// Compiles `src` to a module: the model its `train` block trains (or the
+/// model named `model`, or its only model).
+pub fn compile(src: &SourceFile, model: Option<&str>) -> Result<Module> {
+    let program = parse_program(src)?;
+    compile_program(&program, model)
+}
+
+pub fn compile_program(program: &Program, model: Option<&str>) -> Result<Module> {
+    let prelude_src = prelude_file();
+    let prelude = crate::parse::parse(&prelude_src).map_err(|e| {
+        Error::new(
+            Span::default(),
+            format!("internal error: the prelude does not parse: {}", e.message),
+        )
+    })?;
+    check_unique_names(program)?;
+
+    let trains: Vec<&ast::TrainDef> = items(program, |i| match i {
+        Item::Train(t) => Some(t),
+        _ => None,
+    });
+    let models: Vec<&ast::ModelDef> = items(program, |i| match i {
+        Item::Model(m) => Some(m),
+        _ => None,
+    });
+    if let [_, second, ..] = trains.as_slice() {
+        return Err(
+            Error::new(second.span, "a file may have only one `train` block")
+                .with_secondary(trains[0].span, "the first `train` block"),
+        );
+    }
+    let train = trains
+        .first()
+        .copied()
+        .filter(|t| model.is_none_or(|m| m == t.model.name));
+
+    let (model_def, call_span, model_args) = match (train, model) {
+        (Some(t), _) => (
+            find_model(&models, &t.model)?,
+            t.model.span,
+            t.model_args.as_slice(),
+        ),
+        (None, Some(name)) => {
+            let def = models.iter().find(|m| m.name.name == name).ok_or_else(|| {
+                let mut e = Error::new(
+                    Span::default(),
+                    format!("no model named `{name}` in this file"),
+                );
+                if let Some(h) = did_you_mean(name, models.iter().map(|m| m.name.name.as_str())) {
+                    e = e.with_help(h);
+                }
+                e
+            })?;
+            (*def, def.name.span, &[][..])
+        }
+        (None, None) => match models.as_slice() {
+            [only] => (*only, only.name.span, &[][..]),
+            [] => {
+                return Err(Error::new(Span::default(), "this file defines no model")
+                    .with_help("add `model NAME { input ...; output ... }`"))
+            }
+            [_, second, ..] => {
+                return Err(Error::new(
+                    second.name.span,
+                    "this file defines several models and no `train` block",
+                )
+                .with_help("add a `train` block, or pick one with `--model NAME`"))
+            }
+        },
+    };
+
+    let mut el = Elaborator::new(program, &prelude, Graph::new("forward"));
+    let args = model_args
+        .iter()
+        .map(|a| {
+            Ok(ArgVal {
+                name: a.name.clone(),
+                value: el.scalar_value(&a.value)?,
+                span: a.value.span,
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let outputs = el.run_model(model_def, args, call_span)?;
+    let forward = el.graph.clone();
+    let name = model_def.name.name.clone();
+
+    let Some(train) = train else {
+        return Ok(Module {
+            name,
+            forward,
+            data: None,
+            train: None,
+        });
+    };
+
+    let data_def = items(program, |i| match i {
+        Item::Data(d) if d.name.name == train.data.name => Some(d),
+        _ => None,
+    });
+    let data_def = data_def.first().copied().ok_or_else(|| {
+        let names: Vec<&str> = program
+            .items
+            .iter()
+            .filter_map(|i| match i {
+                Item::Data(d) => Some(d.name.name.as_str()),
+                _ => None,
+            })
+            .collect();
+        let mut e = Error::new(
+            train.data.span,
+            format!("unknown data block `{}`", train.data.name),
+        )
+        .with_label("not defined in this file");
+        if let Some(h) = did_you_mean(&train.data.name, names) {
+            e = e.with_help(h);
+        }
+        e
+    })?;
+    let data = lower_data(&mut el, data_def)?;
+    check_inputs_have_fields(&el.graph, &data, data_def, train)?;
+    let spec = lower_train(&mut el, train, &data, data_def, &outputs.outputs)?;
+    Ok(Module {
+        name,
+        forward,
+        data: Some(data),
+        train: Some(spec),
+    })
+}
+
+fn items<'p, T>(program: &'p Program, f: impl Fn(&'p Item) -> Option<T>) -> Vec<T> {
+    program.items.iter().filter_map(f).collect()
+}
+
+fn find_model<'p>(models: &[&'p ast::ModelDef], name: &ast::Ident) -> Result<&'p ast::ModelDef> {
+    models
+        .iter()
+        .find(|m| m.name.name == name.name)
+        .copied()
+        .ok_or_else(|| {
+            let mut e = Error::new(name.span, format!("unknown model `{}`", name.name))
+                .with_label("not defined in this file");
+            if let Some(h) = did_you_mean(&name.name, models.iter().map(|m| m.name.name.as_str())) {
+                e = e.with_help(h);
+            }
+            e
+        })
+}
+
+/// Layers, models and data blocks share one namespace per kind; a second
+/// definition of a name is an error pointing at both.
+fn check_unique_names(program: &Program) -> Result<()> {
+    let mut seen: HashMap<(&str, &str), Span> = HashMap::new();
+    for item in &program.items {
+        let kind = match item {
+            Item::Layer(_) => "layer",
+            Item::Model(_) => "model",
+            Item::Data(_) => "data block",
+            Item::Train(_) => continue,
+        };
+        let id = item.name();
+        if let Some(prev) = seen.insert((kind, id.name.as_str()), id.span) {
+            return Err(Error::new(
+                id.span,
+                format!("the {kind} `{}` is defined twice", id.name),
+            )
+            .with_label("redefined here")
+            .with_secondary(prev, "first defined here"));
+        }
+        let params = match item {
+            Item::Layer(l) => &l.params,
+            Item::Model(m) => &m.params,
+            _ => continue,
+        };
+        let mut names: HashMap<&str, Span> = HashMap::new();
+        for p in params {
+            if let Some(prev) = names.insert(p.name.name.as_str(), p.name.span) {
+                return Err(Error::new(
+                    p.name.span,
+                    format!("parameter `{}` is declared twice", p.name.name),
+                )
+                .with_secondary(prev, "first declared here"));
+            }
+        }
+    }
+    Ok(())
+}
+
+// ------------------------------------------------------------------- data
+
+fn lower_data(el: &mut Elaborator, def: &ast::DataDef) -> Result<DataSpec> {
+    let fields = lower_fields(el, &def.fields)?;
+    if fields.is_empty() {
+        return Err(Error::new(
+            def.name.span,
+            format!("data block `{}` has no fields", def.name.name),
+        ));
+    }
+    let test = match &def.test {
+        None => None,
+        Some(ast::TestSpec::Fields { fields: tf, span }) => {
+            let test_fields = lower_fields(el, tf)?;
+            for f in &fields {
+                if !test_fields.iter().any(|t| t.name == f.name) {
+                    return Err(Error::new(
+                        *span,
+                        format!("the test set has no field `{}`", f.name),
+                    )
+                    .with_help("give the test set the same fields as the training set"));
+                }
+            }
+            for (t, ast_field) in test_fields.iter().zip(tf) {
+                match fields.iter().find(|f| f.name == t.name) {
+                    None => {
+                        return Err(Error::new(
+                            ast_field.name.span,
+                            format!("the training set has no field `{}`", t.name),
+                        ))
+                    }
+                    Some(f) if f.dtype != t.dtype => {
+                        return Err(Error::new(
+                            ast_field.span,
+                            format!(
+                                "test field `{}` is {} but the training field is {}",
+                                t.name, t.dtype, f.dtype
+                            ),
+                        ))
+                    }
+                    Some(_) => {}
+                }
+            }
+            Some(TestSet::Fields(test_fields))
+        }
+        Some(ast::TestSpec::Expr { value, .. }) => {
+            Some(TestSet::Split(split_fraction(el, value, "test")?))
+        }
+    };
+    Ok(DataSpec {
+        name: def.name.name.clone(),
+        fields,
+        test,
+    })
+}
+
+fn lower_fields(el: &mut Elaborator, fields: &[ast::DataField]) -> Result<Vec<DataField>> {
+    let mut out: Vec<DataField> = Vec::new();
+    let mut spans: HashMap<&str, Span> = HashMap::new();
+    for f in fields {
+        if let Some(prev) = spans.insert(f.name.name.as_str(), f.name.span) {
+            return Err(Error::new(
+                f.name.span,
+                format!("data field `{}` is defined twice", f.name.name),
+            )
+            .with_secondary(prev, "first defined here"));
+        }
+        let dtype = match &f.ty {
+            None => DType::F32,
+            Some(te) => match &te.kind {
+                TypeKind::Tensor { dtype, .. } => {
+                    let d = el.ir_dtype(*dtype, te.span)?;
+                    if !matches!(d, DType::F32 | DType::I32) {
+                        return Err(Error::new(
+                            te.span,
+                            format!("data fields are delivered as f32 or i32, not {d}"),
+                        ));
+                    }
+                    d
+                }
+                _ => {
+                    return Err(Error::new(
+                        te.span,
+                        format!("expected an element type such as `f32` or `i32`, found `{te}`"),
+                    ))
+                }
+            },
+        };
+        let (source, transforms) = lower_source(el, &f.value)?;
+        out.push(DataField {
+            name: f.name.name.clone(),
+            dtype,
+            source,
+            transforms,
+        });
+    }
+    Ok(out)
+}
+
+/// `source -> transform -> ...` as written in a data field.
+fn lower_source(el: &mut Elaborator, e: &Expr) -> Result<(Source, Vec<Transform>)> {
+    match &e.kind {
+        ExprKind::Pipe { input, stage } => {
+            let (source, mut transforms) = lower_source(el, input)?;
+            transforms.push(lower_transform(el, &stage.callee, &stage.args, stage.span)?);
+            Ok((source, transforms))
+        }
+        ExprKind::Call { callee, args } => match callee.name.as_str() {
+            "idx" => {
+                let [path] = positional::<1>(el, callee, args, &["path"])?;
+                Ok((
+                    Source::Idx {
+                        path: string(&path)?,
+                    },
+                    Vec::new(),
+                ))
+            }
+            "csv" => lower_csv(el, callee, args),
+            _ => {
+                if TRANSFORMS.contains(&callee.name.as_str()) {
+                    return Err(Error::new(
+                        callee.span,
+                        format!("`{}` is a transform; it needs a source", callee.name),
+                    )
+                    .with_help(format!("write `idx(\"file\") -> {}(...)`", callee.name)));
+                }
+                let mut err = Error::new(
+                    callee.span,
+                    format!("unknown data source `{}`", callee.name),
+                )
+                .with_label("expected `idx(...)` or `csv(...)`");
+                if let Some(h) = did_you_mean(&callee.name, ["idx", "csv"]) {
+                    err = err.with_help(h);
+                }
+                Err(err)
+            }
+        },
+        _ => Err(Error::new(
+            e.span,
+            "expected a data source such as `idx(\"file.gz\")` or `csv(\"file.csv\", ...)`",
+        )
+        .with_label("not a data source")),
+    }
+}
+
+const TRANSFORMS: [&str; 4] = ["scale", "one_hot", "normalize", "reshape"];
+
+struct Evaluated {
+    value: Value,
+    span: Span,
+}
+
+/// Evaluates the args of a data call by name, positionally or by keyword.
+fn named_args(
+    el: &mut Elaborator,
+    callee: &ast::Ident,
+    args: &[ast::Arg],
+    names: &[&str],
+) -> Result<Vec<Option<Evaluated>>> {
+    let mut slots: Vec<Option<Evaluated>> = (0..names.len()).map(|_| None).collect();
+    let mut pos = 0;
+    for a in args {
+        let i = match &a.name {
+            None => {
+                pos += 1;
+                pos - 1
+            }
+            Some(k) => names.iter().position(|n| *n == k.name).ok_or_else(|| {
+                let mut e = Error::new(
+                    k.span,
+                    format!("`{}` has no parameter `{}`", callee.name, k.name),
+                )
+                .with_note(format!("`{}({})`", callee.name, names.join(", ")));
+                if let Some(h) = did_you_mean(&k.name, names.iter().copied()) {
+                    e = e.with_help(h);
+                }
+                e
+            })?,
+        };
+        if i >= names.len() {
+            return Err(Error::new(
+                a.span,
+                format!(
+                    "`{}` takes at most {} argument{}",
+                    callee.name,
+                    names.len(),
+                    if names.len() == 1 { "" } else { "s" }
+                ),
+            )
+            .with_note(format!("`{}({})`", callee.name, names.join(", "))));
+        }
+        if slots[i].is_some() {
+            return Err(Error::new(
+                a.span,
+                format!(
+                    "argument `{}` of `{}` is given twice",
+                    names[i], callee.name
+                ),
+            ));
+        }
+        slots[i] = Some(Evaluated {
+            value: el.scalar_value(&a.value)?,
+            span: a.value.span,
+        });
+    }
+    Ok(slots)
+}
+
+fn positional<const N: usize>(
+    el: &mut Elaborator,
+    callee: &ast::Ident,
+    args: &[ast::Arg],
+    names: &[&str; N],
+) -> Result<[Evaluated; N]> {
+    let slots = named_args(el, callee, args, names)?;
+    let mut out = Vec::with_capacity(N);
+    for (slot, name) in slots.into_iter().zip(names) {
+        out.push(slot.ok_or_else(|| {
+            Error::new(
+                callee.span,
+                format!("missing argument `{name}` of `{}`", callee.name),
+            )
+            .with_note(format!("`{}({})`", callee.name, names.join(", ")))
+        })?);
+    }
+    out.try_into()
+        .map_err(|_| Error::new(callee.span, "internal error: argument count"))
+}
+
+fn string(a: &Evaluated) -> Result<String> {
+    match &a.value {
+        Value::Str(s) if !s.is_empty() => Ok(s.clone()),
+        Value::Str(_) => Err(Error::new(a.span, "the path is empty")),
+        other => Err(Error::new(
+            a.span,
+            format!("expected a file path (a string), found {}", other.kind()),
+        )),
+    }
+}
+
+fn number(a: &Evaluated) -> Result<f64> {
+    match a.value.as_f64() {
+        Some(v) if v.is_finite() => Ok(v),
+        _ => Err(Error::new(
+            a.span,
+            format!("expected a number, found {}", a.value.kind()),
+        )),
+    }
+}
+
+fn index(a: &Evaluated) -> Result<usize> {
+    match a.value {
+        Value::Int(v) if v >= 0 => Ok(v as usize),
+        ref other => Err(Error::new(
+            a.span,
+            format!("expected a non-negative int, found {}", other.kind()),
+        )),
+    }
+}
+
+fn numbers(a: &Evaluated) -> Result<Vec<f64>> {
+    match &a.value {
+        Value::List(items) => items
+            .iter()
+            .map(|v| {
+                v.as_f64().ok_or_else(|| {
+                    Error::new(a.span, format!("expected numbers, found {}", v.kind()))
+                })
+            })
+            .collect(),
+        _ => Ok(vec![number(a)?]),
+    }
+}
+
+fn lower_csv(
+    el: &mut Elaborator,
+    callee: &ast::Ident,
+    args: &[ast::Arg],
+) -> Result<(Source, Vec<Transform>)> {
+    let slots = named_args(el, callee, args, &["path", "columns", "column"])?;
+    let mut it = slots.into_iter();
+    let path = it
+        .next()
+        .flatten()
+        .ok_or_else(|| Error::new(callee.span, "`csv` needs a file path"))?;
+    let path = string(&path)?;
+    let (columns, column) = (it.next().flatten(), it.next().flatten());
+    let source = match (columns, column) {
+        (Some(c), None) => {
+            let bounds = match &c.value {
+                Value::List(v) if v.len() == 2 => v.clone(),
+                _ => {
+                    return Err(Error::new(c.span, "`columns` takes `[from, to]`, a half-open range of column indices")
+                        .with_label(format!("found {}", c.value.kind())))
+                }
+            };
+            let from = index(&Evaluated { value: bounds[0].clone(), span: c.span })?;
+            let to = index(&Evaluated { value: bounds[1].clone(), span: c.span })?;
+            if from >= to {
+                return Err(Error::new(c.span, format!("`columns: [{from}, {to}]` selects no column")).with_help("the range is half-open: `[0, 64]` selects columns 0 to 63"));
+            }
+            Source::CsvColumns { path, from, to }
+        }
+        (None, Some(c)) => Source::CsvColumn { path, column: index(&c)? },
+        (Some(_), Some(c)) => return Err(Error::new(c.span, "give either `columns: [from, to]` or `column: k`, not both")),
+        (None, None) => {
+            return Err(Error::new(callee.span, "`csv` needs `columns: [from, to]` or `column: k`")
+                .with_help("e.g. `csv(\"digits.csv.gz\", columns: [0, 64])` for features, `csv(\"digits.csv.gz\", column: 64)` for labels"))
+        }
+    };
+    Ok((source, Vec::new()))
+}
+
+fn lower_transform(
+    el: &mut Elaborator,
+    callee: &ast::Ident,
+    args: &[ast::Arg],
+    span: Span,
+) -> Result<Transform> {
+    match callee.name.as_str() {
+        "scale" => {
+            let [f] = positional::<1>(el, callee, args, &["factor"])?;
+            Ok(Transform::Scale(number(&f)?))
+        }
+        "one_hot" => {
+            let [n] = positional::<1>(el, callee, args, &["classes"])?;
+            match index(&n)? {
+                0 => Err(Error::new(n.span, "`one_hot` needs at least one class")),
+                k => Ok(Transform::OneHot(k)),
+            }
+        }
+        "normalize" => {
+            let [mean, std] = positional::<2>(el, callee, args, &["mean", "std"])?;
+            let (m, s) = (numbers(&mean)?, numbers(&std)?);
+            if m.len() != s.len() {
+                return Err(Error::new(
+                    span,
+                    format!("`normalize` has {} means but {} stds", m.len(), s.len()),
+                ));
+            }
+            if s.iter().any(|&v| v <= 0.0) {
+                return Err(Error::new(std.span, "every std of `normalize` must be > 0"));
+            }
+            Ok(Transform::Normalize { mean: m, std: s })
+        }
+        "reshape" => {
+            let [dims] = positional::<1>(el, callee, args, &["shape"])?;
+            match &dims.value {
+                Value::List(items) => items
+                    .iter()
+                    .map(|v| match v {
+                        Value::Int(d) if *d > 0 => Ok(*d as usize),
+                        other => Err(Error::new(
+                            dims.span,
+                            format!(
+                                "per-sample dims must be positive ints, found {}",
+                                other.kind()
+                            ),
+                        )),
+                    })
+                    .collect::<Result<Vec<_>>>()
+                    .map(Transform::Reshape),
+                other => Err(Error::new(
+                    dims.span,
+                    format!("`reshape` takes a list of dims, found {}", other.kind()),
+                )),
+            }
+        }
+        "idx" | "csv" => Err(Error::new(
+            callee.span,
+            format!(
+                "`{}` is a source; it starts a field, it cannot follow `->`",
+                callee.name
+            ),
+        )),
+        other => {
+            let mut err = Error::new(callee.span, format!("unknown transform `{other}`"))
+                .with_label(format!(
+                    "expected one of {}",
+                    TRANSFORMS.map(|t| format!("`{t}`")).join(", ")
+                ));
+            if let Some(h) = did_you_mean(other, TRANSFORMS) {
+                err = err.with_help(h);
+            }
+            Err(err)
+        }
+    }
+}
+
+fn split_fraction(el: &mut Elaborator, e: &Expr, what: &str) -> Result<f64> {
+    let ExprKind::Call { callee, args } = &e.kind else {
+        return Err(Error::new(
+            e.span,
+            format!("expected `split(fraction)` for the {what} set"),
+        ));
+    };
+    if callee.name != "split" {
+        return Err(Error::new(
+            callee.span,
+            format!(
+                "expected `split(fraction)` for the {what} set, found `{}`",
+                callee.name
+            ),
+        ));
+    }
+    let [f] = positional::<1>(el, callee, args, &["fraction"])?;
+    let v = number(&f)?;
+    if !(v > 0.0 && v < 1.0) {
+        return Err(Error::new(
+            f.span,
+            format!("the {what} fraction must be between 0 and 1 (exclusive), found {v}"),
+        ));
+    }
+    Ok(v)
+}
+
+fn check_inputs_have_fields(
+    graph: &Graph,
+    data: &DataSpec,
+    def: &ast::DataDef,
+    train: &ast::TrainDef,
+) -> Result<()> {
+    for (node, name) in graph.inputs() {
+        let want = graph.ty(node).dtype;
+        match data.fields.iter().find(|f| f.name == name) {
+            None => {
+                let mut e = Error::new(
+                    train.data.span,
+                    format!(
+                        "data `{}` has no field `{name}` for the model's input `{name}`",
+                        data.name
+                    ),
+                )
+                .with_secondary(def.name.span, "data block defined here");
+                if let Some(h) = did_you_mean(name, data.fields.iter().map(|f| f.name.as_str())) {
+                    e = e.with_help(h);
+                }
+                return Err(e);
+            }
+            Some(f) if f.dtype != want => {
+                let span = def
+                    .fields
+                    .iter()
+                    .find(|d| d.name.name == name)
+                    .map_or(train.data.span, |d| d.span);
+                return Err(Error::new(
+                    span,
+                    format!(
+                        "data field `{name}` is {} but the model's input `{name}` is {want}",
+                        f.dtype
+                    ),
+                )
+                .with_help(format!("annotate the field, e.g. `{name}: {want} = ...`")));
+            }
+            Some(_) => {}
+        }
+    }
+    Ok(())
+}
+
+// ------------------------------------------------------------------ train
+
+const SETTINGS: [&str; 7] = [
+    "loss",
+    "optimizer",
+    "batch",
+    "epochs",
+    "seed",
+    "validate",
+    "metrics",
+];
+
+fn lower_train(
+    el: &mut Elaborator,
+    train: &ast::TrainDef,
+    data: &DataSpec,
+    data_def: &ast::DataDef,
+    outputs: &[(String, NodeId)],
+) -> Result<TrainSpec> {
+    let mut settings: HashMap<&str, &ast::Setting> = HashMap::new();
+    for s in &train.settings {
+        if !SETTINGS.contains(&s.key.name.as_str()) {
+            let mut e = Error::new(
+                s.key.span,
+                format!("unknown train setting `{}`", s.key.name),
+            )
+            .with_label(format!(
+                "expected one of {}",
+                SETTINGS.map(|t| format!("`{t}`")).join(", ")
+            ));
+            if let Some(h) = did_you_mean(&s.key.name, SETTINGS) {
+                e = e.with_help(h);
+            }
+            return Err(e);
+        }
+        if let Some(prev) = settings.insert(s.key.name.as_str(), s) {
+            return Err(
+                Error::new(s.key.span, format!("`{}` is set twice", s.key.name))
+                    .with_secondary(prev.key.span, "first set here"),
+            );
+        }
+    }
+    let required = |key: &str, example: &str| {
+        settings.get(key).copied().ok_or_else(|| {
+            Error::new(train.model.span, format!("the train block has no `{key}`"))
+                .with_help(format!("add `{key} = {example}`"))
+        })
+    };
+    let loss_setting = required("loss", "cross_entropy(logits, label)")?;
+    let optimizer_setting = required("optimizer", "adam(lr: 1e-3)")?;
+
+    // The loss sees the model's outputs and the data fields that are not
+    // model inputs; those become graph inputs once their type is known.
+    let mut scope = Vec::new();
+    for f in &data.fields {
+        if el.graph.find_leaf(&f.name).is_some() {
+            continue;
+        }
+        let ast_field = data_def.fields.iter().find(|d| d.name.name == f.name);
+        let annotated = ast_field.and_then(|d| d.ty.as_ref());
+        let ty = match annotated {
+            Some(te) if matches!(&te.kind, TypeKind::Tensor { dims: Some(_), .. }) => {
+                Some(el.resolve_type(&el.scope_with([]), te, true)?)
+            }
+            _ => None,
+        };
+        el.pending.insert(
+            f.name.clone(),
+            PendingField {
+                dtype: Some(f.dtype).filter(|_| annotated.is_some()),
+                ty,
+                span: ast_field.map_or(train.data.span, |d| d.span),
+            },
+        );
+        scope.push((f.name.clone(), Value::Pending(f.name.clone())));
+    }
+    for (name, node) in outputs {
+        scope.push((name.clone(), Value::Tensor(*node)));
+    }
+    let scope = el.scope_with(scope);
+    let loss_expr = &loss_setting.value;
+    let loss = el.eval(&scope, loss_expr)?;
+    let loss = el.tensor(loss, loss_expr.span, "the loss")?;
+    let loss_ty = el.graph.ty(loss).clone();
+    if !loss_ty.shape.is_empty() || !loss_ty.dtype.is_float() {
+        return Err(Error::new(
+            loss_expr.span,
+            format!("the loss must be a float scalar, found {loss_ty}"),
+        )
+        .with_label("not a scalar")
+        .with_help("reduce it, e.g. `mean(...)`"));
+    }
+    el.graph.set_output(LOSS, loss);
+
+    let optimizer = lower_optimizer(el, &optimizer_setting.value)?;
+    let positive = |el: &mut Elaborator, key: &str, default: usize| -> Result<usize> {
+        match settings.get(key) {
+            None => Ok(default),
+            Some(s) => match el.scalar_value(&s.value)? {
+                Value::Int(v) if v >= 1 => Ok(v as usize),
+                other => Err(Error::new(
+                    s.value.span,
+                    format!("`{key}` must be a positive int, found {}", other.kind()),
+                )),
+            },
+        }
+    };
+    let batch = positive(el, "batch", 32)?;
+    let epochs = positive(el, "epochs", 1)?;
+    let seed = match settings.get("seed") {
+        None => 0,
+        Some(s) => match el.scalar_value(&s.value)? {
+            Value::Int(v) if v >= 0 => v as u64,
+            other => {
+                return Err(Error::new(
+                    s.value.span,
+                    format!("`seed` must be a non-negative int, found {}", other.kind()),
+                ))
+            }
+        },
+    };
+    let validate = match settings.get("validate") {
+        None => None,
+        Some(s) => Some(split_fraction(el, &s.value, "validation")?),
+    };
+    let metrics = match settings.get("metrics") {
+        None => Vec::new(),
+        Some(s) => lower_metrics(el, &s.value, outputs)?,
+    };
+    let mut objective = el.graph.clone();
+    objective.name = "objective".into();
+    Ok(TrainSpec {
+        objective,
+        data: data.name.clone(),
+        optimizer,
+        batch,
+        epochs,
+        seed,
+        validate,
+        metrics,
+    })
+}
+
+fn lower_metrics(
+    el: &mut Elaborator,
+    e: &Expr,
+    outputs: &[(String, NodeId)],
+) -> Result<Vec<Metric>> {
+    let ExprKind::List(items) = &e.kind else {
+        return Err(Error::new(
+            e.span,
+            "`metrics` takes a list, e.g. `[accuracy]`",
+        ));
+    };
+    let mut metrics = Vec::new();
+    for item in items {
+        let ExprKind::Ident(id) = &item.kind else {
+            return Err(Error::new(
+                item.span,
+                "expected a metric name such as `accuracy`",
+            ));
+        };
+        match id.name.as_str() {
+            "accuracy" => {
+                add_accuracy(el, item.span, outputs)?;
+                metrics.push(Metric::Accuracy);
+            }
+            other => {
+                let mut err = Error::new(id.span, format!("unknown metric `{other}`"))
+                    .with_label("expected `accuracy`");
+                if let Some(h) = did_you_mean(other, ["accuracy"]) {
+                    err = err.with_help(h);
+                }
+                return Err(err);
+            }
+        }
+    }
+    Ok(metrics)
+}
+
+/// Accuracy as graph outputs, so it is compiled with the step: the share of
+/// samples whose arg-max of the first output equals the integer label the
+/// loss reads.
+fn add_accuracy(el: &mut Elaborator, span: Span, outputs: &[(String, NodeId)]) -> Result<()> {
+    let Some((out_name, out)) = outputs.first() else {
+        return Err(Error::new(span, "accuracy needs a model output"));
+    };
+    let out_ty = el.graph.ty(*out).clone();
+    let class_shape = &out_ty.shape[..out_ty.rank().saturating_sub(1)];
+    let label = el.resolved_fields.iter().find_map(|name| {
+        let node = el.graph.find_leaf(name)?;
+        let t = el.graph.ty(node);
+        (t.dtype == DType::I32 && t.shape == class_shape).then_some(node)
+    });
+    let Some(label) = label else {
+        return Err(Error::new(span, "accuracy needs integer class labels")
+            .with_label(format!(
+                "no i32 data field read by the loss matches the classes of `{out_name}` ({out_ty})"
+            ))
+            .with_help("annotate the label field as `i32` and use it in the loss"));
+    };
+    let internal = |e: nnc_ir::ShapeError| {
+        Error::new(
+            span,
+            format!("internal error building accuracy: {}", e.message),
+        )
+    };
+    el.graph.current_span = Some(nnc_ir::Span {
+        start: span.start as u32,
+        end: span.end as u32,
+    });
+    let axis = out_ty.rank().saturating_sub(1);
+    let pred = el.graph.argmax(*out, axis).map_err(internal)?;
+    let hit = el
+        .graph
+        .binary(nnc_ir::BinaryOp::Eq, pred, label)
+        .map_err(internal)?;
+    let hit = el.graph.cast(hit, DType::F32).map_err(internal)?;
+    let rank = el.graph.ty(hit).rank();
+    let acc = el
+        .graph
+        .reduce(nnc_ir::ReduceOp::Mean, hit, (0..rank).collect(), false)
+        .map_err(internal)?;
+    el.graph.set_output("accuracy", acc);
+    Ok(())
+}
+
+fn lower_optimizer(el: &mut Elaborator, e: &Expr) -> Result<Optimizer> {
+    let (callee, args): (&ast::Ident, &[ast::Arg]) = match &e.kind {
+        ExprKind::Call { callee, args } => (callee, args),
+        ExprKind::Ident(id) => (id, &[]),
+        _ => {
+            return Err(Error::new(
+                e.span,
+                "expected an optimizer such as `adam(lr: 1e-3)` or `sgd(lr: 0.1)`",
+            ))
+        }
+    };
+    let check = |a: &Option<Evaluated>,
+                 name: &str,
+                 default: f64,
+                 ok: fn(f64) -> bool,
+                 rule: &str|
+     -> Result<f64> {
+        match a {
+            None => Ok(default),
+            Some(v) => {
+                let x = number(v)?;
+                if ok(x) {
+                    Ok(x)
+                } else {
+                    Err(
+                        Error::new(v.span, format!("`{name}` must be {rule}, found {x}"))
+                            .with_label(format!("invalid `{name}`")),
+                    )
+                }
+            }
+        }
+    };
+    match callee.name.as_str() {
+        "sgd" => {
+            let s = named_args(
+                el,
+                callee,
+                args,
+                &["lr", "momentum", "nesterov", "weight_decay"],
+            )?;
+            if s[0].is_none() {
+                return Err(Error::new(callee.span, "`sgd` needs a learning rate")
+                    .with_help("write `sgd(lr: 0.1)`"));
+            }
+            let lr = check(&s[0], "lr", 0.0, |x| x > 0.0, "> 0")?;
+            let momentum = check(
+                &s[1],
+                "momentum",
+                0.0,
+                |x| (0.0..1.0).contains(&x),
+                "in [0, 1)",
+            )?;
+            let nesterov = match &s[2] {
+                None => false,
+                Some(Evaluated {
+                    value: Value::Bool(b),
+                    ..
+                }) => *b,
+                Some(v) => {
+                    return Err(Error::new(
+                        v.span,
+                        format!("`nesterov` must be true or false, found {}", v.value.kind()),
+                    ))
+                }
+            };
+            if nesterov && momentum == 0.0 {
+                return Err(Error::new(e.span, "Nesterov momentum needs `momentum` > 0"));
+            }
+            let weight_decay = check(&s[3], "weight_decay", 0.0, |x| x >= 0.0, ">= 0")?;
+            Ok(Optimizer::Sgd {
+                lr,
+                momentum,
+                nesterov,
+                weight_decay,
+            })
+        }
+        "adam" => {
+            let s = named_args(
+                el,
+                callee,
+                args,
+                &["lr", "beta1", "beta2", "eps", "weight_decay"],
+            )?;
+            Ok(Optimizer::Adam {
+                lr: check(&s[0], "lr", 1e-3, |x| x > 0.0, "> 0")?,
+                beta1: check(
+                    &s[1],
+                    "beta1",
+                    0.9,
+                    |x| (0.0..1.0).contains(&x),
+                    "in [0, 1)",
+                )?,
+                beta2: check(
+                    &s[2],
+                    "beta2",
+                    0.999,
+                    |x| (0.0..1.0).contains(&x),
+                    "in [0, 1)",
+                )?,
+                eps: check(&s[3], "eps", 1e-8, |x| x > 0.0, "> 0")?,
+                weight_decay: check(&s[4], "weight_decay", 0.0, |x| x >= 0.0, ">= 0")?,
+            })
+        }
+        other => {
+            let mut err = Error::new(callee.span, format!("unknown optimizer `{other}`"))
+                .with_label("expected `sgd` or `adam`");
+            if let Some(h) = did_you_mean(other, ["sgd", "adam"]) {
+                err = err.with_help(h);
+            }
+            Err(err)
+        }
+    }
+}

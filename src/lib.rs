@@ -1,0 +1,5 @@
+//! The `nnc` command-line driver: reads a `.nn` file, runs the pipeline
+//! `dsl → ir → passes → runtime`, and renders every error one way.
+
+pub mod diagnostic;
+pub mod driver;
