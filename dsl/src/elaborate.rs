@@ -77,6 +77,9 @@ pub(crate) struct Elaborator<'a> {
     pub pending: HashMap<String, PendingField>,
     /// Inputs created for pending fields, in creation order.
     pub resolved_fields: Vec<String>,
+    /// Set while binding a call's arguments: a bad argument is the caller's
+    /// mistake, so errors are located as if the callee were not entered.
+    blame_caller: bool,
 }
 
 impl<'a> Elaborator<'a> {
@@ -100,11 +103,22 @@ impl<'a> Elaborator<'a> {
             counters: HashMap::new(),
             pending: HashMap::new(),
             resolved_fields: Vec::new(),
+            blame_caller: false,
+        }
+    }
+
+    /// The frames errors are attributed to (see `blame_caller`).
+    fn blamed_frames(&self) -> &[Frame] {
+        let n = self.frames.len();
+        if self.blame_caller && n > 0 {
+            &self.frames[..n - 1]
+        } else {
+            &self.frames
         }
     }
 
     fn in_prelude(&self) -> bool {
-        self.frames.last().is_some_and(|f| f.in_prelude)
+        self.blamed_frames().last().is_some_and(|f| f.in_prelude)
     }
 
     /// An error at `span`, moved to the user's call site when `span` is in
@@ -113,7 +127,7 @@ impl<'a> Elaborator<'a> {
         match (self.in_prelude(), self.site) {
             (true, Some(site)) => {
                 let chain: Vec<&str> = self
-                    .frames
+                    .blamed_frames()
                     .iter()
                     .filter(|f| f.in_prelude)
                     .map(|f| f.layer.as_str())
@@ -144,11 +158,11 @@ impl<'a> Elaborator<'a> {
 
     fn layer(&self, name: &str) -> Option<LayerRef<'a>> {
         let user = self.user_layers.get(name).map(|d| LayerRef {
-            def: *d,
+            def: d,
             in_prelude: false,
         });
         let prelude = self.prelude_layers.get(name).map(|d| LayerRef {
-            def: *d,
+            def: d,
             in_prelude: true,
         });
         // Prelude layers resolve among themselves, so a user layer cannot
@@ -510,22 +524,23 @@ impl<'a> Elaborator<'a> {
         for (param, arg) in def.params.iter().zip(assigned) {
             match arg {
                 Some(a) if matches!(a.value, Value::Pending(_)) => deferred.push((param, a)),
-                Some(a) => self.bind_param(&mut scope, param, a, &def.name.name)?,
+                Some(a) => {
+                    self.blaming_caller(|e| e.bind_param(&mut scope, param, a, &def.name.name))?
+                }
                 None => {
-                    let default = param.default.as_ref().ok_or_else(|| {
-                        self.err(
-                            call,
-                            format!(
-                                "missing argument `{}` of `{}`",
-                                param.name.name, def.name.name
-                            ),
-                        )
-                        .with_label(format!("`{}` is not given", param.name.name))
-                        .with_note(format!(
-                            "`{}` is declared as `{}: {}`",
-                            def.name.name, param.name.name, param.ty
-                        ))
-                    })?;
+                    let Some(default) = param.default.as_ref() else {
+                        return Err(self.blaming_caller(|e| {
+                            e.err(
+                                call,
+                                format!(
+                                    "missing argument `{}` of `{}`",
+                                    param.name.name, def.name.name
+                                ),
+                            )
+                            .with_label(format!("`{}` is not given", param.name.name))
+                            .with_note(signature(&def.name.name, &def.params))
+                        }));
+                    };
                     let v = self.eval(&scope, default)?;
                     let a = ArgVal {
                         name: None,
@@ -536,6 +551,26 @@ impl<'a> Elaborator<'a> {
                 }
             }
         }
+        self.blaming_caller(|e| e.bind_deferred(&mut scope, def, deferred))?;
+        self.run_layer_body(def, scope)
+    }
+
+    /// Runs `f` with errors located at the caller (see `blame_caller`).
+    fn blaming_caller<T>(&mut self, f: impl FnOnce(&mut Self) -> T) -> T {
+        let saved = std::mem::replace(&mut self.blame_caller, true);
+        let out = f(self);
+        self.blame_caller = saved;
+        out
+    }
+
+    /// Binds data fields whose type comes from the parameter they are
+    /// passed to (see `Value::Pending`).
+    fn bind_deferred(
+        &mut self,
+        scope: &mut Scope,
+        def: &'a LayerDef,
+        deferred: Vec<(&'a ast::Param, ArgVal)>,
+    ) -> Result<()> {
         for (param, arg) in deferred {
             let Value::Pending(field) = &arg.value else {
                 continue;
@@ -543,7 +578,7 @@ impl<'a> Elaborator<'a> {
             let field = field.clone();
             let ty = match self.pending.get(&field).and_then(|p| p.ty.clone()) {
                 Some(ty) => ty,
-                None => self.resolve_type(&scope, &param.ty, false).map_err(|e| {
+                None => self.resolve_type(scope, &param.ty, false).map_err(|e| {
                     self.err(
                         arg.span,
                         format!(
@@ -575,9 +610,9 @@ impl<'a> Elaborator<'a> {
                 value: Value::Tensor(node),
                 ..arg
             };
-            self.bind_param(&mut scope, param, a, &def.name.name)?;
+            self.bind_param(scope, param, a, &def.name.name)?;
         }
-        self.run_layer_body(def, scope)
+        Ok(())
     }
 
     fn run_layer_body(&mut self, def: &'a LayerDef, mut scope: Scope) -> Result<Value> {
@@ -1194,6 +1229,14 @@ impl<'a> Elaborator<'a> {
                             name.span,
                             format!("input `{}` is declared twice", name.name),
                         ));
+                    }
+                    // Symbolic dims become names the model body can use (`reshape(x, [B, -1])`).
+                    for d in &t.shape {
+                        if let Dim::Sym(s) = d {
+                            if scope.get(s).is_none() {
+                                scope.bind(s, Value::Sym(s.clone()));
+                            }
+                        }
                     }
                     self.at(*span);
                     let node = self.graph.input(&name.name, t);
