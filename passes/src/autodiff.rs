@@ -207,11 +207,12 @@ fn vjp(
             let gx = match op {
                 ReduceOp::Sum => graph.broadcast(g_keep, xt.shape.clone())?,
                 ReduceOp::Mean => {
-                    // 1/n as the mean of ones: exact for symbolic dims, and
-                    // constant-folded once shapes are concrete.
+                    // n as the sum of ones (the mean of ones would be 1):
+                    // exact for symbolic dims, and constant-folded once
+                    // shapes are concrete.
                     let ones = graph.splat(1.0, xt.clone());
-                    let inv_n = graph.reduce(ReduceOp::Mean, ones, axes.clone(), true)?;
-                    let scaled = graph.mul(g_keep, inv_n)?;
+                    let n = graph.reduce(ReduceOp::Sum, ones, axes.clone(), true)?;
+                    let scaled = graph.div(g_keep, n)?;
                     graph.broadcast(scaled, xt.shape.clone())?
                 }
                 ReduceOp::Max => {
