@@ -412,13 +412,18 @@ impl<'a> Elaborator<'a> {
             return Ok(v);
         };
         let ty = self.pending.get(&name).and_then(|p| p.ty.clone());
+        let dtype = self
+            .pending
+            .get(&name)
+            .and_then(|p| p.dtype)
+            .unwrap_or(DType::F32);
         match ty {
             Some(ty) => Ok(Value::Tensor(self.pending_input(&name, ty))),
             None => Err(self
                 .err(span, format!("the type of data field `{name}` is not known here"))
                 .with_label("used here before its type is known")
                 .with_help(format!(
-                    "annotate it in the data block, e.g. `{name}: i32[B] = ...`, or pass it to a layer whose parameter type fixes its shape"
+                    "annotate it in the data block, e.g. `{name}: {dtype}[B, ...] = ...`, or pass it to a layer whose parameter type fixes its shape"
                 ))),
         }
     }

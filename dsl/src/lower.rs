@@ -752,6 +752,15 @@ fn lower_train(
     for (name, node) in outputs {
         scope.push((name.clone(), Value::Tensor(*node)));
     }
+    // The model's symbolic dims (`B`) are names in the loss too.
+    let inputs: Vec<NodeId> = el.graph.inputs().into_iter().map(|(n, _)| n).collect();
+    for node in inputs {
+        for d in el.graph.ty(node).shape.clone() {
+            if let nnc_ir::Dim::Sym(sym) = d {
+                scope.insert(0, (sym.clone(), Value::Sym(sym)));
+            }
+        }
+    }
     let scope = el.scope_with(scope);
     let loss_expr = &loss_setting.value;
     let loss = el.eval(&scope, loss_expr)?;
