@@ -68,13 +68,11 @@ fn a_missing_data_file_names_the_path() {
 
 #[test]
 fn labels_out_of_range_for_one_hot_are_reported() {
-    let text = format!(
-        "model M {{ input image: f32[B, 64] logits = image -> dense(5) output logits }}\n\
-         data Digits {{ image = csv(\"data/digits.csv.gz\", columns: [0, 64]) onehot: f32[B, 1, 5] = csv(\"data/digits.csv.gz\", columns: [64, 65]) -> one_hot(5) }}\n\
-         train M on Digits {{ loss = mse(softmax(logits), reshape(onehot, [B, 5])) optimizer = adam }}"
-    );
+    let text = "model M { input image: f32[B, 64] logits = image -> dense(5) output logits }\n\
+         data Digits { image = csv(\"data/digits.csv.gz\", columns: [0, 64]) onehot: f32[B, 1, 5] = csv(\"data/digits.csv.gz\", columns: [64, 65]) -> one_hot(5) }\n\
+         train M on Digits { loss = mse(softmax(logits), reshape(onehot, [B, 5])) optimizer = adam }";
     // Labels 5..9 do not fit 5 classes: found when the first batch is built.
-    let err = run("onehot", &text).unwrap_err();
+    let err = run("onehot", text).unwrap_err();
     assert!(
         err.contains("is out of range for one_hot with 5 classes"),
         "{err}"
