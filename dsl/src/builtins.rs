@@ -2,7 +2,8 @@
 //! ops. Everything else (relu, softmax, losses, dense) is written in the
 //! prelude from these.
 
-use crate::elaborate::{plural, ArgVal, Elaborator, Result};
+use crate::args::{assign, Given};
+use crate::elaborate::{ArgVal, Elaborator, Result};
 use crate::span::Span;
 use crate::value::Value;
 use nnc_ir::{BinaryOp, DType, Dim, NodeId, ReduceOp, ShapeDisplay, TensorType, UnaryOp};
@@ -41,55 +42,24 @@ impl Bound {
     }
 }
 
+/// Matches `args` to the builtin's parameters; a trailing `?` marks an
+/// optional one.
 fn bind(e: &Elaborator, name: &str, args: Vec<ArgVal>, span: Span) -> Result<Bound> {
-    let names = params(name);
-    let mut slots: Vec<Option<ArgVal>> = vec![None; names.len()];
-    let mut pos = 0;
-    for a in args {
-        let i = match &a.name {
-            None => {
-                pos += 1;
-                pos - 1
-            }
-            Some(k) => names
-                .iter()
-                .position(|n| n.trim_end_matches('?') == k.name)
-                .ok_or_else(|| {
-                    e.err(k.span, format!("`{name}` has no parameter `{}`", k.name))
-                        .with_label("unknown keyword argument")
-                        .with_note(format!("`{name}({})`", names.join(", ")))
-                })?,
-        };
-        if i >= names.len() {
-            return Err(e
-                .err(
-                    a.span,
-                    format!(
-                        "`{name}` takes {} argument{} but more were given",
-                        names.len(),
-                        plural(names.len())
-                    ),
-                )
-                .with_label("unexpected argument")
-                .with_note(format!("`{name}({})`", names.join(", "))));
-        }
-        if slots[i].is_some() {
-            return Err(e.err(
-                a.span,
-                format!(
-                    "argument `{}` of `{name}` is given twice",
-                    names[i].trim_end_matches('?')
-                ),
-            ));
-        }
-        slots[i] = Some(a);
-    }
-    for (i, n) in names.iter().enumerate() {
+    let declared = params(name);
+    let names: Vec<&str> = declared.iter().map(|n| n.trim_end_matches('?')).collect();
+    let signature = format!("{name}({})", declared.join(", "));
+    let given = args.into_iter().map(|a| Given {
+        keyword: a.name.clone(),
+        span: a.span,
+        value: a,
+    });
+    let slots = assign(name, &names, &signature, given, &|s, m| e.err(s, m))?;
+    for (i, n) in declared.iter().enumerate() {
         if slots[i].is_none() && !n.ends_with('?') {
             return Err(e
                 .err(span, format!("missing argument `{n}` of `{name}`"))
                 .with_label(format!("`{n}` is not given"))
-                .with_note(format!("`{name}({})`", names.join(", "))));
+                .with_note(format!("`{name}` is declared as `{signature}`")));
         }
     }
     Ok(Bound { slots })

@@ -6,6 +6,7 @@
 //! layer is reported at the user's call that reached it, with a note naming
 //! the prelude layer.
 
+use crate::args::{assign, Given};
 use crate::ast::{self, Arg, BinOp, DimKind, Expr, ExprKind, LayerDef, Stmt, TypeExpr, TypeKind};
 use crate::error::{did_you_mean, Error};
 use crate::span::Span;
@@ -497,7 +498,7 @@ impl<'a> Elaborator<'a> {
                 format!("layer calls nest deeper than {MAX_CALL_DEPTH}"),
             ));
         }
-        let assigned = self.assign_args(&def.params, args, name, span)?;
+        let assigned = self.assign_args(&def.params, args, name)?;
 
         // Enter the callee: its own scope, its own error location.
         let entering_prelude = layer.in_prelude && !self.in_prelude();
@@ -543,7 +544,11 @@ impl<'a> Elaborator<'a> {
                                 ),
                             )
                             .with_label(format!("`{}` is not given", param.name.name))
-                            .with_note(signature(&def.name.name, &def.params))
+                            .with_note(format!(
+                                "`{}` is declared as `{}`",
+                                def.name.name,
+                                signature(&def.name.name, &def.params)
+                            ))
                         }));
                     };
                     let v = self.eval(&scope, default)?;
@@ -620,6 +625,28 @@ impl<'a> Elaborator<'a> {
         Ok(())
     }
 
+    /// `let` and `param` mean the same in layers and models.
+    fn bind_statement(&mut self, scope: &mut Scope, stmt: &Stmt) -> Result<()> {
+        match stmt {
+            Stmt::Let { name, value, .. } => {
+                let v = self.eval(scope, value)?;
+                self.name_value(&v, &name.name);
+                scope.bind(&name.name, v);
+            }
+            Stmt::Param {
+                name,
+                ty,
+                init,
+                span,
+            } => {
+                let v = self.declare_param(scope, name, ty, init.as_ref(), *span)?;
+                scope.bind(&name.name, v);
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
     fn run_layer_body(&mut self, def: &'a LayerDef, mut scope: Scope) -> Result<Value> {
         let mut result = None;
         for stmt in &def.body {
@@ -630,20 +657,7 @@ impl<'a> Elaborator<'a> {
             }
             match stmt {
                 Stmt::Return { value, .. } => result = Some(self.eval(&scope, value)?),
-                Stmt::Let { name, value, .. } => {
-                    let v = self.eval(&scope, value)?;
-                    self.name_value(&v, &name.name);
-                    scope.bind(&name.name, v);
-                }
-                Stmt::Param {
-                    name,
-                    ty,
-                    init,
-                    span,
-                } => {
-                    let v = self.declare_param(&scope, name, ty, init.as_ref(), *span)?;
-                    scope.bind(&name.name, v);
-                }
+                Stmt::Let { .. } | Stmt::Param { .. } => self.bind_statement(&mut scope, stmt)?,
                 Stmt::Input { span, .. } | Stmt::Output { span, .. } => {
                     return Err(self
                         .err(*span, "`input` and `output` belong in a model, not a layer")
@@ -661,65 +675,26 @@ impl<'a> Elaborator<'a> {
     }
 
     /// Matches call arguments to parameters: positional first, then by name.
+    /// Matches call arguments to a layer's or model's parameters.
     fn assign_args(
         &self,
         params: &[ast::Param],
         args: Vec<ArgVal>,
         fname: &str,
-        call: Span,
     ) -> Result<Vec<Option<ArgVal>>> {
-        let mut slots: Vec<Option<ArgVal>> = vec![None; params.len()];
-        let mut positional = 0;
-        for a in args {
-            let index = match &a.name {
-                None => {
-                    if positional >= params.len() {
-                        return Err(self
-                            .err(
-                                a.span,
-                                format!(
-                                    "`{fname}` takes {} argument{} but more were given",
-                                    params.len(),
-                                    plural(params.len())
-                                ),
-                            )
-                            .with_label("unexpected argument")
-                            .with_note(signature(fname, params)));
-                    }
-                    positional += 1;
-                    positional - 1
-                }
-                Some(kw) => match params.iter().position(|p| p.name.name == kw.name) {
-                    Some(i) => i,
-                    None => {
-                        let mut err = self
-                            .err(kw.span, format!("`{fname}` has no parameter `{}`", kw.name))
-                            .with_label("unknown keyword argument")
-                            .with_note(signature(fname, params));
-                        if let Some(h) =
-                            did_you_mean(&kw.name, params.iter().map(|p| p.name.name.as_str()))
-                        {
-                            err = err.with_help(h);
-                        }
-                        return Err(err);
-                    }
-                },
-            };
-            if slots[index].is_some() {
-                return Err(self
-                    .err(
-                        a.span,
-                        format!(
-                            "argument `{}` of `{fname}` is given twice",
-                            params[index].name.name
-                        ),
-                    )
-                    .with_label("given again here"));
-            }
-            slots[index] = Some(a);
-        }
-        let _ = call;
-        Ok(slots)
+        let names: Vec<&str> = params.iter().map(|p| p.name.name.as_str()).collect();
+        let given = args.into_iter().map(|a| Given {
+            keyword: a.name.clone(),
+            span: a.span,
+            value: a,
+        });
+        assign(
+            fname,
+            &names,
+            &signature(fname, params),
+            given,
+            &|span, msg| self.err(span, msg),
+        )
     }
 
     fn bind_param(
@@ -1025,82 +1000,56 @@ impl<'a> Elaborator<'a> {
         }
     }
 
+    /// Initializer calls: `normal(mean, std)`, `uniform(low, high)`,
+    /// `constant(value)`; `None` when `name` is not one.
     fn call_init(&self, name: &str, args: &[ArgVal], span: Span) -> Option<Result<Value>> {
-        let nums = |n: usize| -> Result<Vec<f64>> {
-            let vals: Option<Vec<f64>> = args.iter().map(|a| a.value.as_f64()).collect();
-            match vals {
-                Some(v) if v.len() == n => Ok(v),
-                _ => Err(self
-                    .err(span, format!("`{name}` takes {n} number{}", plural(n)))
-                    .with_label(format!(
-                        "expected `{name}({})`",
-                        init_params(name).join(", ")
-                    ))),
-            }
+        let (params, defaults): (&[&str], &[Option<f64>]) = match name {
+            "normal" => (&["mean", "std"], &[Some(0.0), Some(1.0)]),
+            "uniform" => (&["low", "high"], &[Some(0.0), Some(1.0)]),
+            "constant" => (&["value"], &[None]),
+            _ => return None,
         };
-        let ordered = |this: &Self| -> Result<Vec<f64>> {
-            // Accept positional or keyword (`normal(std: 0.01)` with mean 0).
-            let names = init_params(name);
-            let mut vals: Vec<Option<f64>> = vec![None; names.len()];
-            let mut pos = 0;
-            for a in args {
-                let Some(v) = a.value.as_f64() else {
-                    return Err(this.err(
-                        a.span,
-                        format!("`{name}` takes numbers, found {}", a.value.kind()),
-                    ));
-                };
-                let i = match &a.name {
-                    None => {
-                        pos += 1;
-                        pos - 1
-                    }
-                    Some(k) => names.iter().position(|n| *n == k.name).ok_or_else(|| {
-                        this.err(k.span, format!("`{name}` has no parameter `{}`", k.name))
-                    })?,
-                };
-                if i >= vals.len() {
-                    return nums(names.len());
-                }
-                vals[i] = Some(v);
-            }
-            let defaults: &[f64] = match name {
-                "normal" => &[0.0, 1.0],
-                "uniform" => &[0.0, 1.0],
-                _ => &[],
-            };
-            vals.iter()
-                .enumerate()
-                .map(|(i, v)| {
-                    v.or(defaults.get(i).copied())
-                        .ok_or_else(|| this.err(span, format!("`{name}` needs `{}`", names[i])))
+        let numbers = || -> Result<Vec<f64>> {
+            let signature = format!("{name}({})", params.join(", "));
+            let given = args.iter().map(|a| Given {
+                keyword: a.name.clone(),
+                span: a.span,
+                value: a,
+            });
+            let slots = assign(name, params, &signature, given, &|s, m| self.err(s, m))?;
+            slots
+                .iter()
+                .zip(params.iter().zip(defaults))
+                .map(|(slot, (p, default))| match slot {
+                    Some(a) => a.value.as_f64().ok_or_else(|| {
+                        self.err(
+                            a.span,
+                            format!(
+                                "`{p}` of `{name}` must be a number, found {}",
+                                a.value.kind()
+                            ),
+                        )
+                    }),
+                    None => default.ok_or_else(|| {
+                        self.err(span, format!("missing argument `{p}` of `{name}`"))
+                            .with_note(format!("`{name}` is declared as `{signature}`"))
+                    }),
                 })
                 .collect()
         };
-        let init = match name {
-            "normal" => ordered(self).and_then(|v| {
-                if v[1] < 0.0 {
-                    Err(self.err(span, "`normal` needs std >= 0"))
-                } else {
-                    Ok(Init::Normal {
-                        mean: v[0],
-                        std: v[1],
-                    })
-                }
+        let init = numbers().and_then(|v| match name {
+            "normal" if v[1] < 0.0 => Err(self.err(span, "`normal` needs std >= 0")),
+            "normal" => Ok(Init::Normal {
+                mean: v[0],
+                std: v[1],
             }),
-            "uniform" => ordered(self).and_then(|v| {
-                if v[0] > v[1] {
-                    Err(self.err(span, "`uniform` needs low <= high"))
-                } else {
-                    Ok(Init::Uniform {
-                        low: v[0],
-                        high: v[1],
-                    })
-                }
+            "uniform" if v[0] > v[1] => Err(self.err(span, "`uniform` needs low <= high")),
+            "uniform" => Ok(Init::Uniform {
+                low: v[0],
+                high: v[1],
             }),
-            "constant" => nums(1).map(|v| Init::Const(v[0])),
-            _ => return None,
-        };
+            _ => Ok(Init::Const(v[0])),
+        });
         Some(init.map(Value::Init))
     }
 }
@@ -1126,14 +1075,6 @@ fn init_by_name(name: &str) -> Option<Init> {
     })
 }
 
-fn init_params(name: &str) -> Vec<&'static str> {
-    match name {
-        "normal" => vec!["mean", "std"],
-        "uniform" => vec!["low", "high"],
-        _ => vec!["value"],
-    }
-}
-
 pub(crate) fn plural(n: usize) -> &'static str {
     if n == 1 {
         ""
@@ -1147,7 +1088,7 @@ fn signature(fname: &str, params: &[ast::Param]) -> String {
         .iter()
         .map(|p| format!("{}: {}", p.name.name, p.ty))
         .collect();
-    format!("`{fname}` is declared as `{fname}({})`", ps.join(", "))
+    format!("{fname}({})", ps.join(", "))
 }
 
 fn describe_type(te: &TypeExpr) -> String {
@@ -1175,7 +1116,7 @@ impl<'a> Elaborator<'a> {
         call: Span,
     ) -> Result<ModelOutputs> {
         let name = def.name.name.as_str();
-        let assigned = self.assign_args(&def.params, args, name, call)?;
+        let assigned = self.assign_args(&def.params, args, name)?;
         let mut scope = Scope::default();
         for (param, arg) in def.params.iter().zip(assigned) {
             let arg = match arg {
@@ -1213,20 +1154,7 @@ impl<'a> Elaborator<'a> {
         let mut output_spans: HashMap<String, Span> = HashMap::new();
         for stmt in &def.body {
             match stmt {
-                Stmt::Let { name, value, .. } => {
-                    let v = self.eval(&scope, value)?;
-                    self.name_value(&v, &name.name);
-                    scope.bind(&name.name, v);
-                }
-                Stmt::Param {
-                    name,
-                    ty,
-                    init,
-                    span,
-                } => {
-                    let v = self.declare_param(&scope, name, ty, init.as_ref(), *span)?;
-                    scope.bind(&name.name, v);
-                }
+                Stmt::Let { .. } | Stmt::Param { .. } => self.bind_statement(&mut scope, stmt)?,
                 Stmt::Input { name, ty, span } => {
                     let t = self.resolve_type(&scope, ty, true)?;
                     if self.graph.find_leaf(&name.name).is_some() {

@@ -12,6 +12,7 @@
 // built once per failed compile, so their size on the error path is no cost.
 #![allow(clippy::result_large_err)]
 
+mod args;
 pub mod ast;
 mod builtins;
 mod elaborate;

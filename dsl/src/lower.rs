@@ -3,6 +3,7 @@
 //! data block to a `DataSpec` and the train block to a `TrainSpec` whose
 //! objective graph ends in the loss.
 
+use crate::args::{assign, Given};
 use crate::ast::{self, Expr, ExprKind, Item, Program, TypeKind};
 use crate::elaborate::{ArgVal, Elaborator, PendingField, Result};
 use crate::error::{did_you_mean, Error};
@@ -365,60 +366,28 @@ struct Evaluated {
     span: Span,
 }
 
-/// Evaluates the args of a data call by name, positionally or by keyword.
+/// Evaluates the args of a data or optimizer call, positionally or by keyword.
 fn named_args(
     el: &mut Elaborator,
     callee: &ast::Ident,
     args: &[ast::Arg],
     names: &[&str],
 ) -> Result<Vec<Option<Evaluated>>> {
-    let mut slots: Vec<Option<Evaluated>> = (0..names.len()).map(|_| None).collect();
-    let mut pos = 0;
+    let mut given = Vec::with_capacity(args.len());
     for a in args {
-        let i = match &a.name {
-            None => {
-                pos += 1;
-                pos - 1
-            }
-            Some(k) => names.iter().position(|n| *n == k.name).ok_or_else(|| {
-                let mut e = Error::new(
-                    k.span,
-                    format!("`{}` has no parameter `{}`", callee.name, k.name),
-                )
-                .with_note(format!("`{}({})`", callee.name, names.join(", ")));
-                if let Some(h) = did_you_mean(&k.name, names.iter().copied()) {
-                    e = e.with_help(h);
-                }
-                e
-            })?,
-        };
-        if i >= names.len() {
-            return Err(Error::new(
-                a.span,
-                format!(
-                    "`{}` takes at most {} argument{}",
-                    callee.name,
-                    names.len(),
-                    if names.len() == 1 { "" } else { "s" }
-                ),
-            )
-            .with_note(format!("`{}({})`", callee.name, names.join(", "))));
-        }
-        if slots[i].is_some() {
-            return Err(Error::new(
-                a.span,
-                format!(
-                    "argument `{}` of `{}` is given twice",
-                    names[i], callee.name
-                ),
-            ));
-        }
-        slots[i] = Some(Evaluated {
-            value: el.scalar_value(&a.value)?,
-            span: a.value.span,
+        given.push(Given {
+            keyword: a.name.clone(),
+            span: a.span,
+            value: Evaluated {
+                value: el.scalar_value(&a.value)?,
+                span: a.value.span,
+            },
         });
     }
-    Ok(slots)
+    let signature = format!("{}({})", callee.name, names.join(", "));
+    assign(&callee.name, names, &signature, given, &|s, m| {
+        Error::new(s, m)
+    })
 }
 
 fn positional<const N: usize>(
