@@ -27,12 +27,12 @@ impl fmt::Display for Graph {
         for &id in &order {
             let node = self.node(id);
             let mut line = format!("  %{} = {}", num(id), node.op.mnemonic());
-            write_attrs(&mut line, &node.op)?;
             let operands = self.operands(id);
             for (i, o) in operands.iter().enumerate() {
                 line.push_str(if i == 0 { " " } else { ", " });
                 write!(line, "%{}", num(*o))?;
             }
+            write_attrs(&mut line, &node.op)?;
             write!(line, " : {}", node.ty)?;
             if let Some(name) = &node.name {
                 write!(line, " @{}", Name(name))?;

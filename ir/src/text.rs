@@ -661,7 +661,7 @@ impl<'a> Parser<'a> {
         }
     }
 
-    /// `%N = MNEMONIC [attrs] [%a, %b, ...] : TYPE [@name]`.
+    /// `%N = MNEMONIC [%a, %b, ...] [attrs] : TYPE [@name]`.
     fn node(
         &mut self,
         graph: &mut Graph,
@@ -689,6 +689,18 @@ impl<'a> Parser<'a> {
         }
         self.bump();
         let m = mn.text;
+        // Operands come right after the mnemonic, attributes after them;
+        // leaves have no operands.
+        let mut args = Vec::new();
+        if self.at(&Kind::Ref) {
+            loop {
+                args.push(self.reference(defs)?);
+                if !self.at(&Kind::Punct(',')) {
+                    break;
+                }
+                self.bump();
+            }
+        }
         let op = match m {
             "input" => Op::Input {
                 name: self.string("the input's name in quotes")?,
@@ -755,16 +767,6 @@ impl<'a> Parser<'a> {
                 }
             }
         };
-        let mut args = Vec::new();
-        if self.at(&Kind::Ref) {
-            loop {
-                args.push(self.reference(defs)?);
-                if !self.at(&Kind::Punct(',')) {
-                    break;
-                }
-                self.bump();
-            }
-        }
         self.expect_punct(':', "`:` and a type")?;
         let ty_tok = self.peek().clone();
         let ty = self.tensor_type("a type like `f32[B,784]`")?;

@@ -578,7 +578,7 @@ fn error_shape_error() {
         "dense constant has 2 values but type f32[3]",
     );
     assert_err(
-        "  %2 = reduce_sum axes=[1] keepdim=false %0 : f32[]\n}\n",
+        "  %2 = reduce_sum %0 axes=[1] keepdim=false : f32[]\n}\n",
         4,
         8,
         "axis 1 is out of range for rank 1",
@@ -702,7 +702,7 @@ fn error_structure() {
 #[test]
 fn error_huge_concat_does_not_overflow() {
     let src = "graph g {\n  %0 = input \"a\" : f32[18446744073709551615]\n  \
-               %1 = input \"b\" : f32[1]\n  %2 = concat axis=0 %0, %1 : f32[1]\n}\n";
+               %1 = input \"b\" : f32[1]\n  %2 = concat %0, %1 axis=0 : f32[1]\n}\n";
     let e = parse_graph(src).unwrap_err();
     assert_eq!(e.line, 4);
     assert_eq!(e.message, "concat size on axis 0 overflows");
