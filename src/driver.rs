@@ -148,8 +148,13 @@ pub fn run(
     let runtime_err =
         |e: nnc_runtime::RuntimeError| Failure(diagnostic::render_plain(&e.to_string()));
     let data = nnc_runtime::loader::load(data_spec, &base).map_err(runtime_err)?;
-    let mut env = nnc_ir::interp::Env::new();
-    let mut exec = nnc_runtime::Interpreter;
+    let programs = nnc_runtime::Programs {
+        forward: module.forward.clone(),
+        objective: spec.objective.clone(),
+        step: step.clone(),
+    };
+    let mut exec = nnc_runtime::Interpreter::new(programs, settings.options.seed(spec))
+        .map_err(runtime_err)?;
     out(&format!(
         "training {} on {} ({} samples) with {}, backend interp",
         module.name,
@@ -161,9 +166,9 @@ pub fn run(
         spec,
         &step,
         &data,
-        &mut env,
         &mut exec,
         &settings.options,
+        &mut |_, _| {},
         &mut |r| out(&format_epoch(r)),
     )
     .map_err(runtime_err)?;

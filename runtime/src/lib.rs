@@ -5,11 +5,13 @@
 //! and the graphs the passes built from it.
 
 pub mod data;
+pub mod executor;
 pub mod loader;
 pub mod train;
 
+pub use executor::{Batch, BatchData, BatchField, Executor, Interpreter, Programs, StepMetrics};
 pub use loader::LoadedData;
-pub use train::{train, EpochReport, Executor, Interpreter, Metrics, TrainOptions, TrainReport};
+pub use train::{train, EpochReport, Metrics, TrainOptions, TrainReport};
 
 use thiserror::Error;
 

@@ -7,8 +7,9 @@
 //! feed, so a mismatch is reported once, clearly, naming the file.
 
 use crate::data::{self, CsvOptions, Dataset, Field, Storage};
+use crate::executor::{Batch, BatchData, BatchField};
 use crate::RuntimeError;
-use nnc_ir::{DType, DataField, DataSpec, Dim, Graph, Source, Tensor, TestSet, Transform};
+use nnc_ir::{DType, DataField, DataSpec, Dim, Graph, Source, TestSet, Transform};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
@@ -200,32 +201,48 @@ impl LoadedData {
         Ok(())
     }
 
-    /// The tensor for input `name` holding samples `indices` of `dataset`.
-    pub fn batch(
+    /// Fills `batch` with samples `indices` of `dataset` for the inputs
+    /// `names`, reusing its buffers.
+    pub fn fill_batch(
         &self,
         dataset: &Dataset,
-        name: &str,
+        names: &[String],
         indices: &[usize],
-    ) -> Result<Tensor, RuntimeError> {
-        let plan = self
-            .plans
-            .get(name)
-            .ok_or_else(|| RuntimeError::Setup(format!("the data has no field `{name}`")))?;
-        let mut shape = vec![indices.len()];
-        shape.extend(&plan.sample_shape);
-        let values: Vec<f64> = match plan.dtype {
-            DType::I32 => {
-                let mut out = Vec::new();
-                dataset.gather_i32(name, indices, &mut out)?;
-                out.into_iter().map(f64::from).collect()
+        batch: &mut Batch,
+    ) -> Result<(), RuntimeError> {
+        batch.size = indices.len();
+        batch.fields.retain(|f| names.contains(&f.name));
+        for name in names {
+            let plan = self
+                .plans
+                .get(name)
+                .ok_or_else(|| RuntimeError::Setup(format!("the data has no field `{name}`")))?;
+            let pos = match batch.fields.iter().position(|f| &f.name == name) {
+                Some(p) => p,
+                None => {
+                    let data = match plan.dtype {
+                        DType::I32 => BatchData::I32(Vec::new()),
+                        _ => BatchData::F32(Vec::new()),
+                    };
+                    batch.fields.push(BatchField {
+                        name: name.clone(),
+                        shape: Vec::new(),
+                        data,
+                    });
+                    batch.fields.len() - 1
+                }
+            };
+            let field = &mut batch.fields[pos];
+            field.shape.clear();
+            field.shape.push(indices.len());
+            field.shape.extend(&plan.sample_shape);
+            match &mut field.data {
+                BatchData::I32(out) => dataset.gather_i32(name, indices, out)?,
+                BatchData::F32(out) => {
+                    dataset.gather(name, indices, &plan.transforms, out)?;
+                }
             }
-            _ => {
-                let mut out = Vec::new();
-                dataset.gather(name, indices, &plan.transforms, &mut out)?;
-                out.into_iter().map(f64::from).collect()
-            }
-        };
-        Tensor::from_vec(plan.dtype, &shape, values)
-            .map_err(|e| RuntimeError::Setup(format!("field `{name}`: {e}")))
+        }
+        Ok(())
     }
 }

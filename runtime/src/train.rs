@@ -1,51 +1,13 @@
 //! The training loop: epochs over seeded, shuffled batches, the loss and
 //! metrics per epoch on the training and validation samples, and a final
 //! evaluation on the test samples.
-//!
-//! Execution goes through an `Executor`; this issue ships the reference
-//! interpreter, the JIT plugs in behind the same trait.
 
 use crate::data::{train_val_split, Batches, Dataset, SplitMix64};
+use crate::executor::{Batch, Executor, StepMetrics};
 use crate::loader::LoadedData;
 use crate::RuntimeError;
-use nnc_ir::interp::{self, Env, EvalOptions};
-use nnc_ir::{Graph, TrainSpec, LOSS};
+use nnc_ir::{Graph, TrainSpec};
 use std::time::Instant;
-
-/// Runs graphs against a store of params and state.
-pub trait Executor {
-    /// One training step: evaluates `graph` and writes its updates back.
-    /// Returns the named scalar outputs (loss, accuracy).
-    fn step(&mut self, graph: &Graph, env: &mut Env) -> Result<Vec<(String, f64)>, RuntimeError>;
-    /// Evaluates `graph` without updating anything.
-    fn eval(&mut self, graph: &Graph, env: &Env) -> Result<Vec<(String, f64)>, RuntimeError>;
-}
-
-/// The reference interpreter: slow, simple, the definition of correct.
-pub struct Interpreter;
-
-fn scalars(graph: &Graph, values: &interp::Values) -> Vec<(String, f64)> {
-    graph
-        .outputs
-        .iter()
-        .filter_map(|o| {
-            let t = values.get(o.node)?;
-            (t.shape.is_empty()).then(|| (o.name.clone(), t.data[0]))
-        })
-        .collect()
-}
-
-impl Executor for Interpreter {
-    fn step(&mut self, graph: &Graph, env: &mut Env) -> Result<Vec<(String, f64)>, RuntimeError> {
-        let values = interp::step(graph, env, EvalOptions::F32)?;
-        Ok(scalars(graph, &values))
-    }
-
-    fn eval(&mut self, graph: &Graph, env: &Env) -> Result<Vec<(String, f64)>, RuntimeError> {
-        let values = interp::eval(graph, env, EvalOptions::F32)?;
-        Ok(scalars(graph, &values))
-    }
-}
 
 /// Overrides of the train block's settings from the command line.
 #[derive(Debug, Clone, Default)]
@@ -53,6 +15,12 @@ pub struct TrainOptions {
     pub epochs: Option<usize>,
     pub batch: Option<usize>,
     pub seed: Option<u64>,
+}
+
+impl TrainOptions {
+    pub fn seed(&self, spec: &TrainSpec) -> u64 {
+        self.seed.unwrap_or(spec.seed)
+    }
 }
 
 /// Loss and metrics over a set of samples, averaged per sample.
@@ -87,13 +55,10 @@ struct Accumulator {
 }
 
 impl Accumulator {
-    fn add(&mut self, outputs: &[(String, f64)], n: usize) {
-        for (name, v) in outputs {
-            match name.as_str() {
-                LOSS => self.loss += v * n as f64,
-                "accuracy" => *self.accuracy.get_or_insert(0.0) += v * n as f64,
-                _ => {}
-            }
+    fn add(&mut self, m: StepMetrics, n: usize) {
+        self.loss += m.loss * n as f64;
+        if let Some(a) = m.accuracy {
+            *self.accuracy.get_or_insert(0.0) += a * n as f64;
         }
         self.samples += n;
     }
@@ -109,13 +74,15 @@ impl Accumulator {
 }
 
 /// Which samples train, validate and test.
-struct Partition {
-    train: Vec<usize>,
-    validation: Vec<usize>,
-    test: Vec<usize>,
+pub struct Partition {
+    pub train: Vec<usize>,
+    pub validation: Vec<usize>,
+    pub test: Vec<usize>,
 }
 
-fn partition(
+/// Splits `n` samples: first the test share (when the data block holds
+/// one out), then the validation share of the rest; both seeded.
+pub fn partition(
     n: usize,
     test: Option<f64>,
     validate: Option<f64>,
@@ -142,56 +109,50 @@ fn partition(
     })
 }
 
-fn feed(
-    data: &LoadedData,
-    ds: &Dataset,
-    graph: &Graph,
-    env: &mut Env,
-    indices: &[usize],
-) -> Result<(), RuntimeError> {
-    for (_, name) in graph.inputs() {
-        let t = data.batch(ds, name, indices)?;
-        env.insert(name, t);
-    }
-    Ok(())
+/// Names of a graph's inputs, in order.
+pub fn input_names(graph: &Graph) -> Vec<String> {
+    graph
+        .inputs()
+        .into_iter()
+        .map(|(_, n)| n.to_string())
+        .collect()
 }
 
-/// Loss and metrics of `graph` (the objective) over `indices`.
+/// Loss and metrics of the objective over `indices` of `ds`.
 pub fn evaluate(
     exec: &mut dyn Executor,
-    graph: &Graph,
-    env: &mut Env,
+    objective: &Graph,
     data: &LoadedData,
     ds: &Dataset,
     indices: &[usize],
-    batch: usize,
+    batch_size: usize,
 ) -> Result<Metrics, RuntimeError> {
+    let names = input_names(objective);
+    let mut batch = Batch::default();
     let mut acc = Accumulator::default();
-    for chunk in indices.chunks(batch.max(1)) {
-        feed(data, ds, graph, env, chunk)?;
-        let out = exec.eval(graph, env)?;
-        acc.add(&out, chunk.len());
+    for chunk in indices.chunks(batch_size.max(1)) {
+        data.fill_batch(ds, &names, chunk, &mut batch)?;
+        acc.add(exec.evaluate(&batch)?, chunk.len());
     }
     Ok(acc.finish())
 }
 
-/// Trains `env`'s params (initialized here if absent) with `step`, the
-/// training-step graph built from `spec`.
+/// Trains the executor's model as `spec` says, calling `on_epoch` after
+/// each epoch and `on_batch(done, total)` after each step.
 pub fn train(
     spec: &TrainSpec,
     step: &Graph,
     data: &LoadedData,
-    env: &mut Env,
     exec: &mut dyn Executor,
     options: &TrainOptions,
+    on_batch: &mut dyn FnMut(usize, usize),
     on_epoch: &mut dyn FnMut(&EpochReport),
 ) -> Result<TrainReport, RuntimeError> {
     let epochs = options.epochs.unwrap_or(spec.epochs);
-    let batch = options.batch.unwrap_or(spec.batch);
-    let seed = options.seed.unwrap_or(spec.seed);
+    let batch_size = options.batch.unwrap_or(spec.batch);
+    let seed = options.seed(spec);
     data.check_inputs(step)?;
     data.check_inputs(&spec.objective)?;
-    nnc_ir::init::init_leaves(step, seed, env)?;
 
     let parts = partition(data.train.len(), data.test_split, spec.validate, seed)?;
     if parts.train.is_empty() {
@@ -199,27 +160,31 @@ pub fn train(
             "no training samples are left after the test and validation splits".into(),
         ));
     }
+    let names = input_names(step);
+    let mut batch = Batch::default();
     let mut reports = Vec::with_capacity(epochs);
+    let mut order = parts.train.clone();
     for epoch in 1..=epochs {
         let start = Instant::now();
         let mut rng = SplitMix64::new(seed ^ (epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
-        let mut order = parts.train.clone();
+        order.copy_from_slice(&parts.train);
         rng.shuffle(&mut order);
         let mut acc = Accumulator::default();
-        for (i, range) in Batches::new(order.len(), batch, false)?.enumerate() {
+        let batches = Batches::new(order.len(), batch_size, false)?;
+        let total = batches.len();
+        for (i, range) in batches.enumerate() {
             let indices = &order[range];
-            feed(data, &data.train, step, env, indices)?;
-            let out = exec.step(step, env)?;
-            if let Some((_, loss)) = out.iter().find(|(n, _)| n == LOSS) {
-                if !loss.is_finite() {
-                    return Err(RuntimeError::NonFinite {
-                        epoch,
-                        step: i + 1,
-                        value: *loss,
-                    });
-                }
+            data.fill_batch(&data.train, &names, indices, &mut batch)?;
+            let m = exec.train_step(&batch)?;
+            if !m.loss.is_finite() {
+                return Err(RuntimeError::NonFinite {
+                    epoch,
+                    step: i + 1,
+                    value: m.loss,
+                });
             }
-            acc.add(&out, indices.len());
+            acc.add(m, indices.len());
+            on_batch(i + 1, total);
         }
         let validation = if parts.validation.is_empty() {
             None
@@ -227,11 +192,10 @@ pub fn train(
             Some(evaluate(
                 exec,
                 &spec.objective,
-                env,
                 data,
                 &data.train,
                 &parts.validation,
-                batch,
+                batch_size,
             )?)
         };
         let report = EpochReport {
@@ -247,16 +211,15 @@ pub fn train(
     let test = match (&data.test, parts.test.is_empty()) {
         (Some(ds), _) => {
             let all: Vec<usize> = (0..ds.len()).collect();
-            Some(evaluate(exec, &spec.objective, env, data, ds, &all, batch)?)
+            Some(evaluate(exec, &spec.objective, data, ds, &all, batch_size)?)
         }
         (None, false) => Some(evaluate(
             exec,
             &spec.objective,
-            env,
             data,
             &data.train,
             &parts.test,
-            batch,
+            batch_size,
         )?),
         (None, true) => None,
     };

@@ -1,0 +1,179 @@
+//! The boundary between the training loop and whatever runs the graphs.
+//!
+//! An executor owns the compiled programs and the model's state (params and
+//! optimizer state); the loop hands it batches and reads back the scalar
+//! metrics. The reference interpreter implements it here; the JIT does in
+//! its own module.
+
+use crate::RuntimeError;
+use nnc_ir::interp::{self, Env, EvalOptions};
+use nnc_ir::{Graph, Tensor, LOSS};
+
+/// The graphs a model runs: inference, evaluation (loss and metrics) and
+/// the training step.
+#[derive(Debug, Clone)]
+pub struct Programs {
+    pub forward: Graph,
+    pub objective: Graph,
+    pub step: Graph,
+}
+
+/// One input's samples for a batch, in the dtype the graph reads.
+#[derive(Debug, Clone, PartialEq)]
+pub enum BatchData {
+    F32(Vec<f32>),
+    I32(Vec<i32>),
+}
+
+/// One field of a batch: its name (the graph input it feeds), its shape
+/// `[size, ...sample]`, and the values in row-major order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BatchField {
+    pub name: String,
+    pub shape: Vec<usize>,
+    pub data: BatchData,
+}
+
+/// A batch: `size` samples of every field a graph reads. Buffers are reused
+/// from batch to batch.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Batch {
+    pub size: usize,
+    pub fields: Vec<BatchField>,
+}
+
+impl Batch {
+    pub fn get(&self, name: &str) -> Option<&BatchField> {
+        self.fields.iter().find(|f| f.name == name)
+    }
+}
+
+/// The scalars a step or an evaluation reports, averaged over the batch.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StepMetrics {
+    pub loss: f64,
+    pub accuracy: Option<f64>,
+}
+
+pub trait Executor {
+    /// Forward, backward and update on one batch.
+    fn train_step(&mut self, batch: &Batch) -> Result<StepMetrics, RuntimeError>;
+    /// Loss and metrics on one batch, changing nothing.
+    fn evaluate(&mut self, batch: &Batch) -> Result<StepMetrics, RuntimeError>;
+    /// The forward graph's outputs on one batch.
+    fn predict(&mut self, batch: &Batch) -> Result<Vec<(String, Tensor)>, RuntimeError>;
+    /// Every param and state tensor, by name (for checkpoints).
+    fn state(&self) -> Vec<(String, Tensor)>;
+    /// Replaces one param or state tensor (from a checkpoint).
+    fn set_state(&mut self, name: &str, value: Tensor) -> Result<(), RuntimeError>;
+}
+
+/// The reference interpreter as an executor: slow, simple, the definition
+/// of correct.
+pub struct Interpreter {
+    programs: Programs,
+    env: Env,
+}
+
+impl Interpreter {
+    /// Initializes every param and state tensor from `seed`.
+    pub fn new(programs: Programs, seed: u64) -> Result<Interpreter, RuntimeError> {
+        let mut env = Env::new();
+        nnc_ir::init::init_leaves(&programs.step, seed, &mut env)?;
+        Ok(Interpreter { programs, env })
+    }
+
+    fn feed(&mut self, batch: &Batch) -> Result<(), RuntimeError> {
+        for field in &batch.fields {
+            self.env.insert(field.name.clone(), batch_tensor(field)?);
+        }
+        Ok(())
+    }
+}
+
+fn batch_tensor(field: &BatchField) -> Result<Tensor, RuntimeError> {
+    let (dtype, values): (nnc_ir::DType, Vec<f64>) = match &field.data {
+        BatchData::F32(v) => (
+            nnc_ir::DType::F32,
+            v.iter().map(|&x| f64::from(x)).collect(),
+        ),
+        BatchData::I32(v) => (
+            nnc_ir::DType::I32,
+            v.iter().map(|&x| f64::from(x)).collect(),
+        ),
+    };
+    Tensor::from_vec(dtype, &field.shape, values)
+        .map_err(|e| RuntimeError::Setup(format!("field `{}`: {e}", field.name)))
+}
+
+fn metrics(graph: &Graph, values: &interp::Values) -> StepMetrics {
+    let scalar = |name: &str| {
+        graph
+            .output(name)
+            .and_then(|n| values.get(n))
+            .map(|t| t.data[0])
+    };
+    StepMetrics {
+        loss: scalar(LOSS).unwrap_or(f64::NAN),
+        accuracy: scalar("accuracy"),
+    }
+}
+
+impl Executor for Interpreter {
+    fn train_step(&mut self, batch: &Batch) -> Result<StepMetrics, RuntimeError> {
+        self.feed(batch)?;
+        let values = interp::step(&self.programs.step, &mut self.env, EvalOptions::F32)?;
+        Ok(metrics(&self.programs.step, &values))
+    }
+
+    fn evaluate(&mut self, batch: &Batch) -> Result<StepMetrics, RuntimeError> {
+        self.feed(batch)?;
+        let values = interp::eval(&self.programs.objective, &self.env, EvalOptions::F32)?;
+        Ok(metrics(&self.programs.objective, &values))
+    }
+
+    fn predict(&mut self, batch: &Batch) -> Result<Vec<(String, Tensor)>, RuntimeError> {
+        self.feed(batch)?;
+        let values = interp::eval(&self.programs.forward, &self.env, EvalOptions::F32)?;
+        Ok(values
+            .outputs()
+            .map(|(n, t)| (n.to_string(), t.clone()))
+            .collect())
+    }
+
+    fn state(&self) -> Vec<(String, Tensor)> {
+        let mut names: Vec<String> = self
+            .programs
+            .step
+            .topo_order()
+            .into_iter()
+            .filter_map(|n| match &self.programs.step.node(n).op {
+                nnc_ir::Op::Param { name, .. } | nnc_ir::Op::State { name, .. } => {
+                    Some(name.clone())
+                }
+                _ => None,
+            })
+            .collect();
+        names.sort();
+        names
+            .into_iter()
+            .filter_map(|n| self.env.get(&n).cloned().map(|t| (n, t)))
+            .collect()
+    }
+
+    fn set_state(&mut self, name: &str, value: Tensor) -> Result<(), RuntimeError> {
+        match self.env.get(name) {
+            Some(old) if old.shape == value.shape => {
+                self.env.insert(name, value);
+                Ok(())
+            }
+            Some(old) => Err(RuntimeError::Setup(format!(
+                "`{name}` has shape {:?} in the model but {:?} was given",
+                old.shape, value.shape
+            ))),
+            None => Err(RuntimeError::Setup(format!(
+                "the model has no param or state `{name}`"
+            ))),
+        }
+    }
+}
