@@ -1,5 +1,6 @@
 //! The `nnc` command-line driver: reads a `.nn` file, runs the pipeline
 //! `dsl → ir → passes → runtime`, and renders every error one way.
 
+pub mod bench;
 pub mod diagnostic;
 pub mod driver;

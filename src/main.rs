@@ -1,7 +1,7 @@
 //! `nnc`: check, compile and run `.nn` neural-network programs.
 
 use clap::{Parser, Subcommand, ValueEnum};
-use nnc::driver::{self, Emit, RunSettings};
+use nnc::driver::{self, Emit, RunFlags, RunSettings};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -34,7 +34,7 @@ enum Command {
     Run {
         file: PathBuf,
         /// How to execute the graphs.
-        #[arg(long, value_enum, default_value_t = Backend::Interp)]
+        #[arg(long, value_enum, default_value_t = Backend::Jit)]
         backend: Backend,
         /// Resolve the data block's relative paths here instead of next to FILE.
         #[arg(long)]
@@ -50,6 +50,37 @@ enum Command {
         seed: Option<u64>,
         #[arg(long)]
         model: Option<String>,
+        /// Save a checkpoint (safetensors) to PATH after every epoch, atomically.
+        #[arg(long, value_name = "PATH")]
+        save: Option<PathBuf>,
+        /// Start from the params in this checkpoint; with --eval or --predict, use them.
+        #[arg(long, value_name = "PATH", conflicts_with = "resume")]
+        weights: Option<PathBuf>,
+        /// Continue from the --save checkpoint: params, optimizer state and epoch count.
+        #[arg(long, requires = "save")]
+        resume: bool,
+        /// Evaluate the --weights on the validation and test samples, without training.
+        #[arg(long, requires = "weights", conflicts_with_all = ["save", "predict"])]
+        eval: bool,
+        /// Print the outputs (and class) for each sample of an IDX or CSV file; needs --weights.
+        #[arg(long, value_name = "INPUT", requires = "weights", conflicts_with_all = ["save", "resume", "report"])]
+        predict: Option<PathBuf>,
+        /// Write a JSON report: metrics per epoch, test, throughput, times, peak memory.
+        #[arg(long, value_name = "PATH.json")]
+        report: Option<PathBuf>,
+    },
+    /// Measure compile time, training-step and inference latency with the JIT.
+    Bench {
+        file: PathBuf,
+        /// Batch size of the training step (default: the train block's).
+        #[arg(long)]
+        batch: Option<usize>,
+        /// Timed runs per measurement (the median is reported).
+        #[arg(long, default_value_t = 200)]
+        runs: usize,
+        /// Print one JSON object instead of text.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -67,6 +98,8 @@ enum EmitArg {
 
 #[derive(Clone, Copy, ValueEnum)]
 enum Backend {
+    /// Native code compiled with Cranelift.
+    Jit,
     /// The reference interpreter: slow, and the definition of correct.
     Interp,
 }
@@ -98,14 +131,24 @@ fn main() -> ExitCode {
         }
         Command::Run {
             file,
-            backend: Backend::Interp,
+            backend,
             data_dir,
             epochs,
             batch,
             seed,
             model,
+            save,
+            weights,
+            resume,
+            eval,
+            predict,
+            report,
         } => {
             let settings = RunSettings {
+                backend: match backend {
+                    Backend::Jit => driver::Backend::Jit,
+                    Backend::Interp => driver::Backend::Interp,
+                },
                 data_dir,
                 model,
                 options: nnc_runtime::TrainOptions {
@@ -114,7 +157,35 @@ fn main() -> ExitCode {
                     seed,
                 },
             };
-            driver::run(&file, &settings, &mut |line| println!("{line}")).map(|_| ())
+            let flags = RunFlags {
+                save,
+                weights,
+                resume,
+                eval,
+                predict,
+                report,
+                progress: nnc_runtime::progress::stdout_is_terminal(),
+            };
+            driver::run_with(&file, &settings, &flags, &mut |line| println!("{line}")).map(|_| ())
+        }
+        Command::Bench {
+            file,
+            batch,
+            runs,
+            json,
+        } => {
+            let options = nnc::bench::BenchOptions {
+                batch,
+                runs: runs.max(1),
+                ..Default::default()
+            };
+            nnc::bench::bench(&file, &options).map(|r| {
+                if json {
+                    print!("{}", r.to_json())
+                } else {
+                    print!("{}", r.to_text())
+                }
+            })
         }
     };
     match result {

@@ -63,6 +63,7 @@ fn ast_of_every_example_prints() {
 fn train(name: &str) -> nnc_runtime::TrainReport {
     let (path, _) = example(name);
     let settings = RunSettings {
+        backend: nnc::driver::Backend::Interp,
         data_dir: None,
         model: None,
         options: Default::default(),

@@ -15,6 +15,7 @@ fn run(name: &str, text: &str) -> Result<nnc_runtime::TrainReport, String> {
     let path = dir.join(format!("{name}.nn"));
     std::fs::write(&path, text).unwrap();
     let settings = RunSettings {
+        backend: nnc::driver::Backend::Jit,
         data_dir: Some(examples_dir()),
         model: None,
         options: Default::default(),

@@ -1,3 +1,33 @@
-//! Native code generation for nnc graphs (Cranelift JIT, GEMM dispatch,
-//! memory planning). Empty until the JIT lands: today every graph runs on
-//! the reference interpreter in `nnc_ir::interp`.
+//! Native code for nnc graphs: each graph, specialized to concrete shapes,
+//! becomes Cranelift kernels (vectorized loops; matrix products through the
+//! `gemm` crate) run by one compiled schedule over a statically planned
+//! memory arena.
+//!
+//! - `plan`: concrete shapes, views, the liveness-based memory plan.
+//! - `emit`: Cranelift IR for each kernel.
+//! - `program`: the JIT module, arena, state buffer and schedule.
+//! - `vmath`: inline vector `exp`, `log`, `tanh`, `sigmoid`.
+
+pub mod emit;
+pub mod plan;
+pub mod program;
+pub mod vmath;
+
+pub use plan::StateLayout;
+pub use program::{CompileStats, Fault, Program, StateBuffer};
+
+/// The JIT cannot compile a graph: an unsupported op or dtype, or an
+/// internal error.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{message}")]
+pub struct CodegenError {
+    pub message: String,
+}
+
+impl CodegenError {
+    pub fn new(message: impl Into<String>) -> CodegenError {
+        CodegenError {
+            message: message.into(),
+        }
+    }
+}

@@ -4,13 +4,21 @@
 //! The runtime never sees the source language: it receives an `ir::Module`
 //! and the graphs the passes built from it.
 
+pub mod checkpoint;
 pub mod data;
 pub mod executor;
+pub mod jit;
 pub mod loader;
+pub mod progress;
+pub mod report;
 pub mod train;
 
+pub use checkpoint::{Checkpoint, Meta as CheckpointMeta, Scope as CheckpointScope};
 pub use executor::{Batch, BatchData, BatchField, Executor, Interpreter, Programs, StepMetrics};
+pub use jit::Jit;
 pub use loader::LoadedData;
+pub use progress::Progress;
+pub use report::Report;
 pub use train::{train, EpochReport, Metrics, TrainOptions, TrainReport};
 
 use thiserror::Error;

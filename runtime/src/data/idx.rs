@@ -6,11 +6,12 @@
 //! download and extra bytes usually mean a wrong dimension, and both are
 //! reported rather than guessed around.
 
+use std::borrow::Cow;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 use super::error::{DataError, Result};
-use super::source::read_maybe_gz;
+use super::source::{read_maybe_gz, Bytes};
 use super::storage::{ElemType, Storage};
 
 /// An IDX array as stored on disk.
@@ -30,12 +31,22 @@ pub struct IdxArray {
 pub fn load(path: impl AsRef<Path>) -> Result<IdxArray> {
     let path = path.as_ref();
     let loaded = read_maybe_gz(path)?;
-    parse(loaded.bytes, path, loaded.gzipped)
+    match loaded.bytes {
+        // A plain file is parsed straight from its map.
+        Bytes::Mapped(map) => parse_bytes(Cow::Borrowed(&map), path, loaded.gzipped),
+        Bytes::Owned(bytes) => parse(bytes, path, loaded.gzipped),
+    }
 }
 
 /// Parses IDX bytes already in memory. `path` is used only in messages and
 /// `gzipped` tells them that offsets refer to decompressed data.
-pub fn parse(mut bytes: Vec<u8>, path: &Path, gzipped: bool) -> Result<IdxArray> {
+pub fn parse(bytes: Vec<u8>, path: &Path, gzipped: bool) -> Result<IdxArray> {
+    parse_bytes(Cow::Owned(bytes), path, gzipped)
+}
+
+/// [`parse`] on owned bytes (whose buffer `u8` data reuses) or borrowed
+/// ones (a memory map, copied out once).
+fn parse_bytes(bytes: Cow<'_, [u8]>, path: &Path, gzipped: bool) -> Result<IdxArray> {
     let len = bytes.len();
     let magic = &bytes[..len.min(2)];
     if magic.iter().any(|&b| b != 0) {
@@ -108,11 +119,14 @@ pub fn parse(mut bytes: Vec<u8>, path: &Path, gzipped: bool) -> Result<IdxArray>
 
     let payload = &bytes[header_len..];
     let data = match dtype {
-        ElemType::U8 => {
+        ElemType::U8 => match bytes {
             // Reuse the buffer: for MNIST images this is the whole file.
-            bytes.drain(..header_len);
-            Storage::U8(bytes)
-        }
+            Cow::Owned(mut bytes) => {
+                bytes.drain(..header_len);
+                Storage::U8(bytes)
+            }
+            Cow::Borrowed(mapped) => Storage::U8(mapped[header_len..].to_vec()),
+        },
         ElemType::I8 => Storage::I8(payload.iter().map(|&b| b as i8).collect()),
         ElemType::I16 => {
             let (words, _) = payload.as_chunks::<2>();

@@ -1,0 +1,1142 @@
+//! Cranelift emission of one kernel per scheduled node.
+//!
+//! Every kernel is specialized: sizes, strides and buffer addresses are
+//! compile-time constants, so loops have constant bounds and address
+//! arithmetic folds. Elementwise work runs `f32x4`/`i32x4` over the
+//! innermost dimension when it is contiguous (or broadcast), with a scalar
+//! tail; reductions accumulate in registers when they run along the
+//! innermost dimension; matrix products call the `gemm` crate.
+
+use crate::plan::{Base, Plan, StateLayout, View};
+use crate::CodegenError;
+use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
+use cranelift_codegen::ir::{types, AbiParam, InstBuilder, MemFlagsData, Type, Value};
+use cranelift_frontend::FunctionBuilder;
+use nnc_ir::{BinaryOp, DType, Graph, Literal, NodeId, Op, ReduceOp, UnaryOp};
+
+/// Element kinds as the JIT stores them: bool is an i32 0 or 1.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    F32,
+    I32,
+}
+
+impl Kind {
+    pub fn of(d: DType) -> Kind {
+        match d {
+            DType::F32 | DType::F64 => Kind::F32,
+            DType::I32 | DType::Bool => Kind::I32,
+        }
+    }
+    fn scalar(self) -> Type {
+        match self {
+            Kind::F32 => types::F32,
+            Kind::I32 => types::I32,
+        }
+    }
+    fn vector(self) -> Type {
+        match self {
+            Kind::F32 => types::F32X4,
+            Kind::I32 => types::I32X4,
+        }
+    }
+}
+
+/// Absolute addresses of the state and work buffers a program uses.
+pub struct Addresses<'a> {
+    pub state: usize,
+    pub work: usize,
+    pub plan: &'a Plan,
+    pub layout: &'a StateLayout,
+}
+
+impl Addresses<'_> {
+    /// Byte address of element 0 of `view`.
+    pub fn of(&self, view: &View) -> usize {
+        let base = match view.base {
+            Base::State(s) => self.state + self.layout.slots[s].offset,
+            Base::Work(b) => self.work + self.plan.buffers[b].offset,
+        };
+        base + view.offset * 4
+    }
+}
+
+/// Host functions kernels call: `powf` (rare: optimizer bias corrections) and GEMM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Host {
+    Powf,
+    Sgemm,
+}
+
+impl Host {
+    pub fn name(self) -> &'static str {
+        match self {
+            Host::Powf => "nnc_powf",
+            Host::Sgemm => "nnc_sgemm",
+        }
+    }
+
+    pub fn signature(self, sig: &mut cranelift_codegen::ir::Signature) {
+        match self {
+            Host::Powf => {
+                sig.params.push(AbiParam::new(types::F32));
+                sig.params.push(AbiParam::new(types::F32));
+                sig.returns.push(AbiParam::new(types::F32));
+            }
+            Host::Sgemm => {
+                for _ in 0..13 {
+                    sig.params.push(AbiParam::new(types::I64));
+                }
+            }
+        }
+    }
+}
+
+/// What a kernel body needs from its surroundings: a way to call hosts.
+pub trait Calls {
+    fn call(&mut self, b: &mut FunctionBuilder, host: Host, args: &[Value]) -> Vec<Value>;
+}
+
+fn flags() -> MemFlagsData {
+    MemFlagsData::new().with_notrap()
+}
+
+/// Operands of a strided loop nest: a base address and byte strides per dim.
+#[derive(Debug, Clone)]
+struct Strided {
+    addr: usize,
+    strides: Vec<isize>,
+}
+
+fn strided(addr: usize, view: &View) -> Strided {
+    Strided {
+        addr,
+        strides: view.strides.iter().map(|s| s * 4).collect(),
+    }
+}
+
+/// Merges adjacent dims that every operand walks as one, and drops size-1
+/// dims, so a contiguous elementwise op becomes a single loop.
+fn coalesce(dims: &[usize], ops: &mut [Strided]) -> Vec<usize> {
+    let mut out_dims: Vec<usize> = Vec::new();
+    let mut out_strides: Vec<Vec<isize>> = vec![Vec::new(); ops.len()];
+    for (i, &n) in dims.iter().enumerate() {
+        if n == 1 {
+            continue;
+        }
+        let mergeable = !out_dims.is_empty()
+            && ops.iter().enumerate().all(|(k, op)| {
+                let prev = *out_strides[k].last().unwrap_or(&0);
+                prev == op.strides[i] * n as isize
+            });
+        if mergeable {
+            let last = out_dims.len() - 1;
+            out_dims[last] *= n;
+            for (k, op) in ops.iter().enumerate() {
+                let l = out_strides[k].len() - 1;
+                out_strides[k][l] = op.strides[i];
+            }
+        } else {
+            out_dims.push(n);
+            for (k, op) in ops.iter().enumerate() {
+                out_strides[k].push(op.strides[i]);
+            }
+        }
+    }
+    for (op, s) in ops.iter_mut().zip(out_strides) {
+        op.strides = s;
+    }
+    out_dims
+}
+
+/// `for i in (0..n).step_by(step)`, with `i` a block-local i64.
+fn emit_for(
+    b: &mut FunctionBuilder,
+    start: i64,
+    end: i64,
+    step: i64,
+    body: &mut dyn FnMut(&mut FunctionBuilder, Value),
+) {
+    if start >= end {
+        return;
+    }
+    let header = b.create_block();
+    let body_block = b.create_block();
+    let exit = b.create_block();
+    b.append_block_param(header, types::I64);
+    let s = b.ins().iconst(types::I64, start);
+    b.ins().jump(header, &[s.into()]);
+    b.switch_to_block(header);
+    let i = b.block_params(header)[0];
+    let more = b.ins().icmp_imm_s(IntCC::SignedLessThan, i, end);
+    b.ins().brif(more, body_block, &[], exit, &[]);
+    b.switch_to_block(body_block);
+    body(b, i);
+    let next = b.ins().iadd_imm_s(i, step);
+    b.ins().jump(header, &[next.into()]);
+    b.switch_to_block(exit);
+}
+
+/// Loops over every dim but the last; calls `inner` with each operand's
+/// address at the start of an innermost row. `hook(depth, addrs)` may adjust
+/// addresses after the loops of the first `depth` dims are entered.
+fn emit_nest(
+    b: &mut FunctionBuilder,
+    dims: &[usize],
+    ops: &[Strided],
+    hook: &mut dyn FnMut(&mut FunctionBuilder, usize, &mut Vec<Value>),
+    inner: &mut dyn FnMut(&mut FunctionBuilder, &[Value]),
+) {
+    let addrs: Vec<Value> = ops
+        .iter()
+        .map(|o| b.ins().iconst(types::I64, o.addr as i64))
+        .collect();
+    nest_level(b, dims, ops, 0, addrs, hook, inner);
+}
+
+fn nest_level(
+    b: &mut FunctionBuilder,
+    dims: &[usize],
+    ops: &[Strided],
+    depth: usize,
+    mut addrs: Vec<Value>,
+    hook: &mut dyn FnMut(&mut FunctionBuilder, usize, &mut Vec<Value>),
+    inner: &mut dyn FnMut(&mut FunctionBuilder, &[Value]),
+) {
+    hook(b, depth, &mut addrs);
+    if depth + 1 >= dims.len() {
+        inner(b, &addrs);
+        return;
+    }
+    emit_for(b, 0, dims[depth] as i64, 1, &mut |b, i| {
+        let here: Vec<Value> = addrs
+            .iter()
+            .zip(ops)
+            .map(|(&a, op)| match op.strides[depth] {
+                0 => a,
+                s => {
+                    let off = b.ins().imul_imm_s(i, s as i64);
+                    b.ins().iadd(a, off)
+                }
+            })
+            .collect();
+        nest_level(b, dims, ops, depth + 1, here, hook, inner);
+    });
+}
+
+fn addr_at(b: &mut FunctionBuilder, base: Value, i: Value, stride: isize) -> Value {
+    match stride {
+        0 => base,
+        s => {
+            let off = b.ins().imul_imm_s(i, s as i64);
+            b.ins().iadd(base, off)
+        }
+    }
+}
+
+/// The elementwise operation of a map kernel.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum MapOp {
+    Copy,
+    Unary(UnaryOp),
+    Binary(BinaryOp),
+    Select,
+    Cast,
+    /// `x != 0` as a bool (cast to bool).
+    NonZero,
+}
+
+impl MapOp {
+    /// Ops with no `f32x4` form here run the scalar loop.
+    fn vectorizes(self) -> bool {
+        self != MapOp::Binary(BinaryOp::Pow)
+    }
+}
+
+/// Computes one element (or four lanes) of a map kernel.
+fn compute(
+    b: &mut FunctionBuilder,
+    calls: &mut dyn Calls,
+    op: MapOp,
+    vector: bool,
+    ins: &[(Value, Kind)],
+    out: Kind,
+) -> Result<Value, CodegenError> {
+    let ty = |k: Kind| if vector { k.vector() } else { k.scalar() };
+    let v = match op {
+        MapOp::Copy => ins[0].0,
+        MapOp::Unary(u) => {
+            let x = ins[0].0;
+            match u {
+                UnaryOp::Neg => b.ins().fneg(x),
+                UnaryOp::Abs => b.ins().fabs(x),
+                UnaryOp::Sqrt => b.ins().sqrt(x),
+                UnaryOp::Exp => crate::vmath::exp(b, ty(Kind::F32), x),
+                UnaryOp::Log => crate::vmath::log(b, ty(Kind::F32), x),
+                UnaryOp::Tanh => crate::vmath::tanh(b, ty(Kind::F32), x),
+                UnaryOp::Sigmoid => crate::vmath::sigmoid(b, ty(Kind::F32), x),
+            }
+        }
+        MapOp::Binary(op) => {
+            let (x, y) = (ins[0].0, ins[1].0);
+            let kind = ins[0].1;
+            let bool01 = |b: &mut FunctionBuilder, c: Value| -> Value {
+                if vector {
+                    let one = b.ins().iconst(types::I32, 1);
+                    let ones = b.ins().splat(types::I32X4, one);
+                    b.ins().band(c, ones)
+                } else {
+                    b.ins().uextend(types::I32, c)
+                }
+            };
+            match (kind, op) {
+                (Kind::F32, BinaryOp::Add) => b.ins().fadd(x, y),
+                (Kind::F32, BinaryOp::Sub) => b.ins().fsub(x, y),
+                (Kind::F32, BinaryOp::Mul) => b.ins().fmul(x, y),
+                (Kind::F32, BinaryOp::Div) => b.ins().fdiv(x, y),
+                (Kind::F32, BinaryOp::Max) => b.ins().fmax(x, y),
+                (Kind::F32, BinaryOp::Min) => b.ins().fmin(x, y),
+                (Kind::F32, BinaryOp::Pow) => calls.call(b, Host::Powf, &[x, y])[0],
+                (Kind::F32, cmp) => {
+                    let cc = match cmp {
+                        BinaryOp::Lt => FloatCC::LessThan,
+                        BinaryOp::Le => FloatCC::LessThanOrEqual,
+                        BinaryOp::Gt => FloatCC::GreaterThan,
+                        BinaryOp::Ge => FloatCC::GreaterThanOrEqual,
+                        BinaryOp::Eq => FloatCC::Equal,
+                        _ => FloatCC::NotEqual,
+                    };
+                    let c = b.ins().fcmp(cc, x, y);
+                    bool01(b, c)
+                }
+                (Kind::I32, BinaryOp::Add) => b.ins().iadd(x, y),
+                (Kind::I32, BinaryOp::Sub) => b.ins().isub(x, y),
+                (Kind::I32, BinaryOp::Mul) => b.ins().imul(x, y),
+                (Kind::I32, BinaryOp::Max) => b.ins().smax(x, y),
+                (Kind::I32, BinaryOp::Min) => b.ins().smin(x, y),
+                (Kind::I32, BinaryOp::Div | BinaryOp::Pow) => {
+                    return Err(CodegenError::new(format!(
+                        "integer `{op}` is not supported by the JIT (use --backend interp)"
+                    )))
+                }
+                (Kind::I32, cmp) => {
+                    let cc = match cmp {
+                        BinaryOp::Lt => IntCC::SignedLessThan,
+                        BinaryOp::Le => IntCC::SignedLessThanOrEqual,
+                        BinaryOp::Gt => IntCC::SignedGreaterThan,
+                        BinaryOp::Ge => IntCC::SignedGreaterThanOrEqual,
+                        BinaryOp::Eq => IntCC::Equal,
+                        _ => IntCC::NotEqual,
+                    };
+                    let c = b.ins().icmp(cc, x, y);
+                    bool01(b, c)
+                }
+            }
+        }
+        MapOp::Select => {
+            let (c, x, y) = (ins[0].0, ins[1].0, ins[2].0);
+            if vector {
+                let zero = b.ins().iconst(types::I32, 0);
+                let zeros = b.ins().splat(types::I32X4, zero);
+                let mask = b.ins().icmp(IntCC::NotEqual, c, zeros);
+                let mask = if out == Kind::F32 {
+                    b.ins().bitcast(
+                        types::F32X4,
+                        MemFlagsData::new()
+                            .with_endianness(cranelift_codegen::ir::Endianness::Little),
+                        mask,
+                    )
+                } else {
+                    mask
+                };
+                b.ins().bitselect(mask, x, y)
+            } else {
+                b.ins().select(c, x, y)
+            }
+        }
+        MapOp::NonZero => {
+            let (x, from) = ins[0];
+            let c = match from {
+                Kind::F32 => {
+                    let z = b.ins().f32const(0.0);
+                    let z = if vector {
+                        b.ins().splat(types::F32X4, z)
+                    } else {
+                        z
+                    };
+                    b.ins().fcmp(FloatCC::NotEqual, x, z)
+                }
+                Kind::I32 => {
+                    let z = b.ins().iconst(types::I32, 0);
+                    let z = if vector {
+                        b.ins().splat(types::I32X4, z)
+                    } else {
+                        z
+                    };
+                    b.ins().icmp(IntCC::NotEqual, x, z)
+                }
+            };
+            if vector {
+                let one = b.ins().iconst(types::I32, 1);
+                let ones = b.ins().splat(types::I32X4, one);
+                b.ins().band(c, ones)
+            } else {
+                b.ins().uextend(types::I32, c)
+            }
+        }
+        MapOp::Cast => {
+            let (x, from) = ins[0];
+            match (from, out) {
+                (Kind::F32, Kind::I32) => b.ins().fcvt_to_sint_sat(ty(Kind::I32), x),
+                (Kind::I32, Kind::F32) => b.ins().fcvt_from_sint(ty(Kind::F32), x),
+                _ => x,
+            }
+        }
+    };
+    Ok(v)
+}
+
+fn load(b: &mut FunctionBuilder, ty: Type, addr: Value) -> Value {
+    b.ins().load(ty, flags(), addr, 0)
+}
+
+fn store(b: &mut FunctionBuilder, v: Value, addr: Value) {
+    b.ins().store(flags(), v, addr, 0);
+}
+
+/// `out = op(ins...)` over `dims`, every operand a strided view.
+fn emit_map(
+    b: &mut FunctionBuilder,
+    calls: &mut dyn Calls,
+    op: MapOp,
+    dims: &[usize],
+    out: (Strided, Kind),
+    ins: &[(Strided, Kind)],
+) -> Result<(), CodegenError> {
+    let mut ops: Vec<Strided> = std::iter::once(out.0.clone())
+        .chain(ins.iter().map(|i| i.0.clone()))
+        .collect();
+    let mut dims = coalesce(dims, &mut ops);
+    if dims.is_empty() {
+        dims.push(1);
+        for o in &mut ops {
+            o.strides.push(0);
+        }
+    }
+    let n = *dims.last().unwrap_or(&1) as i64;
+    let last = dims.len() - 1;
+    let inner_strides: Vec<isize> = ops.iter().map(|o| o.strides[last]).collect();
+    let kinds: Vec<Kind> = std::iter::once(out.1)
+        .chain(ins.iter().map(|i| i.1))
+        .collect();
+    let vector = n >= 4
+        && op.vectorizes()
+        && inner_strides[0] == 4
+        && inner_strides[1..].iter().all(|&s| s == 0 || s == 4);
+    let mut error = None;
+    emit_nest(b, &dims, &ops, &mut |_, _, _| {}, &mut |b, addrs| {
+        let vec_end = if vector { n / 4 * 4 } else { 0 };
+        if vector {
+            // Broadcast operands: load once, splat.
+            let splats: Vec<Option<Value>> = (1..ops.len())
+                .map(|k| {
+                    (inner_strides[k] == 0).then(|| {
+                        let s = load(b, kinds[k].scalar(), addrs[k]);
+                        b.ins().splat(kinds[k].vector(), s)
+                    })
+                })
+                .collect();
+            emit_for(b, 0, vec_end, 4, &mut |b, i| {
+                let byte = b.ins().imul_imm_s(i, 4);
+                let vals: Vec<(Value, Kind)> = (1..ops.len())
+                    .map(|k| match splats[k - 1] {
+                        Some(v) => (v, kinds[k]),
+                        None => {
+                            let a = b.ins().iadd(addrs[k], byte);
+                            (load(b, kinds[k].vector(), a), kinds[k])
+                        }
+                    })
+                    .collect();
+                match compute(b, calls, op, true, &vals, kinds[0]) {
+                    Ok(v) => {
+                        let a = b.ins().iadd(addrs[0], byte);
+                        store(b, v, a);
+                    }
+                    Err(e) => error = Some(e),
+                }
+            });
+        }
+        emit_for(b, vec_end, n, 1, &mut |b, i| {
+            let vals: Vec<(Value, Kind)> = (1..ops.len())
+                .map(|k| {
+                    let a = addr_at(b, addrs[k], i, inner_strides[k]);
+                    (load(b, kinds[k].scalar(), a), kinds[k])
+                })
+                .collect();
+            match compute(b, calls, op, false, &vals, kinds[0]) {
+                Ok(v) => {
+                    let a = addr_at(b, addrs[0], i, inner_strides[0]);
+                    store(b, v, a);
+                }
+                Err(e) => error = Some(e),
+            }
+        });
+    });
+    error.map_or(Ok(()), Err)
+}
+
+/// Fills a contiguous buffer with one value (reduction identities).
+fn emit_fill(b: &mut FunctionBuilder, addr: usize, n: usize, value: f32) {
+    let out = Strided {
+        addr,
+        strides: vec![4],
+    };
+    let mut ops = [out];
+    let dims = coalesce(&[n], &mut ops);
+    let Some(&n) = dims.first() else {
+        let a = b.ins().iconst(types::I64, addr as i64);
+        let v = b.ins().f32const(value);
+        store(b, v, a);
+        return;
+    };
+    let base = b.ins().iconst(types::I64, addr as i64);
+    let v = b.ins().f32const(value);
+    let vv = b.ins().splat(types::F32X4, v);
+    let n = n as i64;
+    emit_for(b, 0, n / 4 * 4, 4, &mut |b, i| {
+        let off = b.ins().imul_imm_s(i, 4);
+        let a = b.ins().iadd(base, off);
+        store(b, vv, a);
+    });
+    emit_for(b, n / 4 * 4, n, 1, &mut |b, i| {
+        let off = b.ins().imul_imm_s(i, 4);
+        let a = b.ins().iadd(base, off);
+        store(b, v, a);
+    });
+}
+
+/// Sum or max over `axes`: the output is walked with stride 0 along the
+/// reduced dims. A reduction along the innermost dim accumulates in an
+/// `f32x4` register and combines once per row.
+fn emit_reduce(
+    b: &mut FunctionBuilder,
+    op: ReduceOp,
+    x: &View,
+    x_addr: usize,
+    axes: &[usize],
+    out_addr: usize,
+    out_numel: usize,
+) {
+    let identity = if op == ReduceOp::Max {
+        f32::NEG_INFINITY
+    } else {
+        0.0
+    };
+    emit_fill(b, out_addr, out_numel, identity);
+    // Output strides over the input's dims: contiguous over kept dims.
+    let mut out_strides = vec![0isize; x.shape.len()];
+    let mut acc = 4isize;
+    for i in (0..x.shape.len()).rev() {
+        if !axes.contains(&i) {
+            out_strides[i] = acc;
+            acc *= x.shape[i] as isize;
+        }
+    }
+    let mut ops = vec![
+        Strided {
+            addr: out_addr,
+            strides: out_strides,
+        },
+        strided(x_addr, x),
+    ];
+    let mut dims = coalesce(&x.shape, &mut ops);
+    if dims.is_empty() {
+        dims.push(1);
+        for o in &mut ops {
+            o.strides.push(0);
+        }
+    }
+    let last = dims.len() - 1;
+    let n = dims[last] as i64;
+    let (so, sx) = (ops[0].strides[last], ops[1].strides[last]);
+    let combine = |b: &mut FunctionBuilder, a: Value, v: Value| match op {
+        ReduceOp::Max => b.ins().fmax(a, v),
+        _ => b.ins().fadd(a, v),
+    };
+    emit_nest(b, &dims, &ops, &mut |_, _, _| {}, &mut |b, addrs| {
+        if so == 0 {
+            // Reduce the row into a register.
+            let init = b.ins().f32const(identity);
+            let vacc_var = b.declare_var(types::F32X4);
+            let vinit = b.ins().splat(types::F32X4, init);
+            b.def_var(vacc_var, vinit);
+            let vec_end = if sx == 4 { n / 4 * 4 } else { 0 };
+            emit_for(b, 0, vec_end, 4, &mut |b, i| {
+                let off = b.ins().imul_imm_s(i, 4);
+                let a = b.ins().iadd(addrs[1], off);
+                let v = load(b, types::F32X4, a);
+                let cur = b.use_var(vacc_var);
+                let next = combine(b, cur, v);
+                b.def_var(vacc_var, next);
+            });
+            let vacc = b.use_var(vacc_var);
+            let mut total = b.ins().extractlane(vacc, 0);
+            for lane in 1..4 {
+                let l = b.ins().extractlane(vacc, lane);
+                total = combine(b, total, l);
+            }
+            let sacc = b.declare_var(types::F32);
+            b.def_var(sacc, total);
+            emit_for(b, vec_end, n, 1, &mut |b, i| {
+                let a = addr_at(b, addrs[1], i, sx);
+                let v = load(b, types::F32, a);
+                let cur = b.use_var(sacc);
+                let next = combine(b, cur, v);
+                b.def_var(sacc, next);
+            });
+            let total = b.use_var(sacc);
+            let prev = load(b, types::F32, addrs[0]);
+            let r = combine(b, prev, total);
+            store(b, r, addrs[0]);
+        } else {
+            // Accumulate a row of inputs into a row of outputs.
+            let vector = so == 4 && sx == 4;
+            let vec_end = if vector { n / 4 * 4 } else { 0 };
+            emit_for(b, 0, vec_end, 4, &mut |b, i| {
+                let off = b.ins().imul_imm_s(i, 4);
+                let ax = b.ins().iadd(addrs[1], off);
+                let ao = b.ins().iadd(addrs[0], off);
+                let v = load(b, types::F32X4, ax);
+                let o = load(b, types::F32X4, ao);
+                let r = combine(b, o, v);
+                store(b, r, ao);
+            });
+            emit_for(b, vec_end, n, 1, &mut |b, i| {
+                let ax = addr_at(b, addrs[1], i, sx);
+                let ao = addr_at(b, addrs[0], i, so);
+                let v = load(b, types::F32, ax);
+                let o = load(b, types::F32, ao);
+                let r = combine(b, o, v);
+                store(b, r, ao);
+            });
+        }
+    });
+}
+
+/// Index of the first maximum along `axis` (a NaN counts as the maximum).
+fn emit_argmax(
+    b: &mut FunctionBuilder,
+    x: &View,
+    x_addr: usize,
+    kind: Kind,
+    axis: usize,
+    out_addr: usize,
+) {
+    // Loop over the other dims (output order), then along the axis.
+    let mut dims: Vec<usize> = Vec::new();
+    let mut xs: Vec<isize> = Vec::new();
+    for (i, &n) in x.shape.iter().enumerate() {
+        if i != axis {
+            dims.push(n);
+            xs.push(x.strides[i] * 4);
+        }
+    }
+    let out_strides: Vec<isize> = crate::plan::row_major(&dims)
+        .iter()
+        .map(|s| s * 4)
+        .collect();
+    dims.push(1);
+    xs.push(0);
+    let mut out_s = out_strides;
+    out_s.push(0);
+    let ops = [
+        Strided {
+            addr: out_addr,
+            strides: out_s,
+        },
+        Strided {
+            addr: x_addr,
+            strides: xs,
+        },
+    ];
+    let n = x.shape[axis] as i64;
+    let step = x.strides[axis] * 4;
+    emit_nest(b, &dims, &ops, &mut |_, _, _| {}, &mut |b, addrs| {
+        let first = load(b, kind.scalar(), addrs[1]);
+        let best = b.declare_var(kind.scalar());
+        let idx = b.declare_var(types::I32);
+        b.def_var(best, first);
+        let zero = b.ins().iconst(types::I32, 0);
+        b.def_var(idx, zero);
+        emit_for(b, 1, n, 1, &mut |b, i| {
+            let a = addr_at(b, addrs[1], i, step);
+            let v = load(b, kind.scalar(), a);
+            let cur = b.use_var(best);
+            let take = if kind == Kind::I32 {
+                b.ins().icmp(IntCC::SignedGreaterThan, v, cur)
+            } else {
+                let greater = b.ins().fcmp(FloatCC::GreaterThan, v, cur);
+                let v_nan = b.ins().fcmp(FloatCC::Unordered, v, v);
+                let cur_nan = b.ins().fcmp(FloatCC::Unordered, cur, cur);
+                let cur_ok = b.ins().bnot(cur_nan);
+                let nan_wins = b.ins().band(v_nan, cur_ok);
+                b.ins().bor(greater, nan_wins)
+            };
+            let nb = b.ins().select(take, v, cur);
+            b.def_var(best, nb);
+            let i32i = b.ins().ireduce(types::I32, i);
+            let ci = b.use_var(idx);
+            let ni = b.ins().select(take, i32i, ci);
+            b.def_var(idx, ni);
+        });
+        let r = b.use_var(idx);
+        store(b, r, addrs[0]);
+    });
+}
+
+/// Sets the program's status word (checked after each run).
+fn emit_fault(b: &mut FunctionBuilder, status_addr: usize, code: i64) {
+    let a = b.ins().iconst(types::I64, status_addr as i64);
+    let c = b.ins().iconst(types::I32, code);
+    store(b, c, a);
+}
+
+/// Shape bookkeeping for gather/scatter: `[outer.., idx.., inner..]`.
+struct TakeShape {
+    outer: Vec<usize>,
+    idx: Vec<usize>,
+    inner: Vec<usize>,
+    axis_len: usize,
+}
+
+/// numpy `take` (gather) or its adjoint (scatter-add): loops over
+/// `outer × indices × inner`; after the index loops, the data address moves
+/// to the selected row. An out-of-range index sets the status word and is
+/// skipped.
+#[allow(clippy::too_many_arguments)]
+fn emit_take(
+    b: &mut FunctionBuilder,
+    scatter: bool,
+    kind: Kind,
+    table: (usize, &View),
+    idx: (usize, &View),
+    rows: (usize, &View),
+    axis: usize,
+    status: usize,
+) {
+    let (t_addr, t) = table;
+    let shape = TakeShape {
+        outer: t.shape[..axis].to_vec(),
+        idx: idx.1.shape.clone(),
+        inner: t.shape[axis + 1..].to_vec(),
+        axis_len: t.shape[axis],
+    };
+    let mut dims: Vec<usize> = shape
+        .outer
+        .iter()
+        .chain(&shape.idx)
+        .chain(&shape.inner)
+        .copied()
+        .collect();
+    let (no, ni) = (shape.outer.len(), shape.idx.len());
+    let zeros = |n: usize| vec![0isize; n];
+    let mut ts: Vec<isize> = t.strides[..axis].iter().map(|s| s * 4).collect();
+    ts.extend(zeros(ni));
+    ts.extend(t.strides[axis + 1..].iter().map(|s| s * 4));
+    let mut is: Vec<isize> = zeros(no);
+    is.extend(idx.1.strides.iter().map(|s| s * 4));
+    is.extend(zeros(shape.inner.len()));
+    let rs: Vec<isize> = rows.1.strides.iter().map(|s| s * 4).collect();
+    let mut ops = vec![
+        Strided {
+            addr: t_addr,
+            strides: ts,
+        },
+        Strided {
+            addr: idx.0,
+            strides: is,
+        },
+        Strided {
+            addr: rows.0,
+            strides: rs,
+        },
+    ];
+    // The row selection happens at depth `no + ni`; keep a dim there.
+    if dims.len() == no + ni {
+        dims.push(1);
+        for o in &mut ops {
+            o.strides.push(0);
+        }
+    }
+    let axis_stride = t.strides[axis] * 4;
+    let axis_len = shape.axis_len as i64;
+    let valid = b.declare_var(types::I8);
+    let one8 = b.ins().iconst(types::I8, 1);
+    b.def_var(valid, one8);
+    let mut hook = |b: &mut FunctionBuilder, depth: usize, addrs: &mut Vec<Value>| {
+        if depth != no + ni {
+            return;
+        }
+        let i = load(b, types::I32, addrs[1]);
+        let i64v = b.ins().sextend(types::I64, i);
+        let neg = b.ins().icmp_imm_s(IntCC::SignedLessThan, i64v, 0);
+        let big = b
+            .ins()
+            .icmp_imm_s(IntCC::SignedGreaterThanOrEqual, i64v, axis_len);
+        let bad = b.ins().bor(neg, big);
+        // `bad` is 0 or 1: flip the low bit (`bnot` would give 0xFF/0xFE,
+        // both true for `brif`).
+        let ok = b.ins().bxor_imm_s(bad, 1);
+        b.def_var(valid, ok);
+        let zero = b.ins().iconst(types::I64, 0);
+        let safe = b.ins().select(bad, zero, i64v);
+        let off = b.ins().imul_imm_s(safe, axis_stride as i64);
+        addrs[0] = b.ins().iadd(addrs[0], off);
+    };
+    let n = *dims.last().unwrap_or(&1) as i64;
+    let last = dims.len() - 1;
+    let (st, sr) = (ops[0].strides[last], ops[2].strides[last]);
+    emit_nest(b, &dims, &ops, &mut hook, &mut |b, addrs| {
+        let ok = b.use_var(valid);
+        let go = b.create_block();
+        let bad = b.create_block();
+        let done = b.create_block();
+        b.ins().brif(ok, go, &[], bad, &[]);
+        b.switch_to_block(bad);
+        emit_fault(b, status, 1);
+        b.ins().jump(done, &[]);
+        b.switch_to_block(go);
+        emit_for(b, 0, n, 1, &mut |b, i| {
+            let ta = addr_at(b, addrs[0], i, st);
+            let ra = addr_at(b, addrs[2], i, sr);
+            if scatter {
+                let u = load(b, kind.scalar(), ra);
+                let o = load(b, kind.scalar(), ta);
+                let s = if kind == Kind::I32 {
+                    b.ins().iadd(o, u)
+                } else {
+                    b.ins().fadd(o, u)
+                };
+                store(b, s, ta);
+            } else {
+                let v = load(b, types::F32, ta);
+                store(b, v, ra);
+            }
+        });
+        b.ins().jump(done, &[]);
+        b.switch_to_block(done);
+    });
+}
+
+/// Calls `gemm` for every batch of `c = a @ b`; batch dims that all
+/// operands walk uniformly are folded into the rows when the right operand
+/// is shared across them.
+#[allow(clippy::too_many_arguments)]
+fn emit_matmul(
+    b: &mut FunctionBuilder,
+    calls: &mut dyn Calls,
+    a: (usize, &View),
+    bm: (usize, &View),
+    c: (usize, &View),
+) -> Result<(), CodegenError> {
+    let (ra, rb, rc) = (a.1.shape.len(), bm.1.shape.len(), c.1.shape.len());
+    let (m, k, n) = (a.1.shape[ra - 2], a.1.shape[ra - 1], bm.1.shape[rb - 1]);
+    let batch = &c.1.shape[..rc - 2];
+    // Batch strides of each operand, aligned to the output's batch dims.
+    let batch_strides = |v: &View| -> Vec<isize> {
+        let extra = batch.len() - (v.shape.len() - 2);
+        (0..batch.len())
+            .map(|i| match i.checked_sub(extra) {
+                Some(j) if v.shape[j] != 1 => v.strides[j],
+                _ => 0,
+            })
+            .collect()
+    };
+    let (ba, bb, bc) = (batch_strides(a.1), batch_strides(bm.1), batch_strides(c.1));
+    let (a_rs, a_cs) = (a.1.strides[ra - 2], a.1.strides[ra - 1]);
+    let (b_rs, b_cs) = (bm.1.strides[rb - 2], bm.1.strides[rb - 1]);
+    let (c_rs, c_cs) = (c.1.strides[rc - 2], c.1.strides[rc - 1]);
+    // Fold: `b` shared by every batch, `a` and `c` walk batches as more rows.
+    let fold = batch.iter().product::<usize>() > 1
+        && bb.iter().all(|&s| s == 0)
+        && batch.iter().enumerate().all(|(i, _)| {
+            let inner_a: isize = if i + 1 < batch.len() {
+                ba[i + 1] * batch[i + 1] as isize
+            } else {
+                a_rs * m as isize
+            };
+            let inner_c: isize = if i + 1 < batch.len() {
+                bc[i + 1] * batch[i + 1] as isize
+            } else {
+                c_rs * m as isize
+            };
+            ba[i] == inner_a && bc[i] == inner_c
+        });
+    let mut call = |b: &mut FunctionBuilder, rows: usize, ao: isize, bo: isize, co: isize| {
+        let args: Vec<i64> = vec![
+            rows as i64,
+            n as i64,
+            k as i64,
+            c.0 as i64 + co as i64 * 4,
+            c_rs as i64,
+            c_cs as i64,
+            a.0 as i64 + ao as i64 * 4,
+            a_rs as i64,
+            a_cs as i64,
+            bm.0 as i64 + bo as i64 * 4,
+            b_rs as i64,
+            b_cs as i64,
+            0,
+        ];
+        let vals: Vec<Value> = args
+            .iter()
+            .map(|&v| b.ins().iconst(types::I64, v))
+            .collect();
+        calls.call(b, Host::Sgemm, &vals);
+    };
+    if fold || batch.is_empty() {
+        let rows = m * batch.iter().product::<usize>();
+        call(b, rows, 0, 0, 0);
+        return Ok(());
+    }
+    let count: usize = batch.iter().product();
+    if count > 4096 {
+        return Err(CodegenError::new(format!(
+            "a batched matmul with {count} separate products is not supported by the JIT yet"
+        )));
+    }
+    for flat in 0..count {
+        let (mut rem, mut ao, mut bo, mut co) = (flat, 0isize, 0isize, 0isize);
+        for i in (0..batch.len()).rev() {
+            let idx = (rem % batch[i]) as isize;
+            rem /= batch[i];
+            ao += idx * ba[i];
+            bo += idx * bb[i];
+            co += idx * bc[i];
+        }
+        call(b, m, ao, bo, co);
+    }
+    Ok(())
+}
+
+/// Emits the body of the kernel for `id` into `b` (which ends it with a
+/// return).
+pub fn emit_kernel(
+    b: &mut FunctionBuilder,
+    calls: &mut dyn Calls,
+    graph: &Graph,
+    id: NodeId,
+    at: &Addresses,
+    status: usize,
+) -> Result<(), CodegenError> {
+    let plan = at.plan;
+    let node = graph.node(id);
+    let out_view = &plan.views[&id];
+    let out_addr = at.of(out_view);
+    let out_kind = Kind::of(node.ty.dtype);
+    let operands = graph.operands(id);
+    let operand = |i: usize| -> (&View, usize, Kind) {
+        let v = &plan.views[&operands[i]];
+        (v, at.of(v), Kind::of(graph.ty(operands[i]).dtype))
+    };
+    // Operands of elementwise ops are read through their views, stretched
+    // to the output's rank with stride 0 where broadcast.
+    let aligned = |v: &View, addr: usize| -> Strided {
+        let extra = out_view.shape.len() - v.shape.len();
+        let strides = (0..out_view.shape.len())
+            .map(|i| match i.checked_sub(extra) {
+                Some(j) if v.shape[j] == out_view.shape[i] => v.strides[j] * 4,
+                _ => 0,
+            })
+            .collect();
+        Strided { addr, strides }
+    };
+    let map = |b: &mut FunctionBuilder, calls: &mut dyn Calls, op: MapOp, n: usize| {
+        let ins: Vec<(Strided, Kind)> = (0..n)
+            .map(|i| {
+                let (v, a, k) = operand(i);
+                (aligned(v, a), k)
+            })
+            .collect();
+        emit_map(
+            b,
+            calls,
+            op,
+            &out_view.shape,
+            (strided(out_addr, out_view), out_kind),
+            &ins,
+        )
+    };
+    match &node.op {
+        Op::Unary(u) => map(b, calls, MapOp::Unary(*u), 1)?,
+        Op::Binary(op) => map(b, calls, MapOp::Binary(*op), 2)?,
+        Op::Select => map(b, calls, MapOp::Select, 3)?,
+        Op::Cast if node.ty.dtype == DType::Bool => map(b, calls, MapOp::NonZero, 1)?,
+        Op::Cast => map(b, calls, MapOp::Cast, 1)?,
+        Op::Reshape => {
+            // The plan schedules a reshape only for a non-contiguous operand:
+            // walk it in row-major order of its own shape into the result.
+            let (v, a, k) = operand(0);
+            let dst = Strided {
+                addr: out_addr,
+                strides: crate::plan::row_major(&v.shape)
+                    .iter()
+                    .map(|s| s * 4)
+                    .collect(),
+            };
+            emit_map(
+                b,
+                calls,
+                MapOp::Copy,
+                &v.shape,
+                (dst, out_kind),
+                &[(strided(a, v), k)],
+            )?
+        }
+        Op::Broadcast | Op::Transpose { .. } | Op::Slice { .. } => map(b, calls, MapOp::Copy, 1)?,
+        Op::Concat { axis } => {
+            let mut start = 0usize;
+            for i in 0..operands.len() {
+                let (v, a, k) = operand(i);
+                let mut dst = strided(out_addr, out_view);
+                dst.addr =
+                    (dst.addr as isize + start as isize * out_view.strides[*axis] * 4) as usize;
+                emit_map(
+                    b,
+                    calls,
+                    MapOp::Copy,
+                    &v.shape,
+                    (dst, out_kind),
+                    &[(strided(a, v), k)],
+                )?;
+                start += v.shape[*axis];
+            }
+        }
+        Op::Reduce { op, axes, .. } => {
+            let (v, a, k) = operand(0);
+            if k != Kind::F32 {
+                return Err(CodegenError::new(
+                    "the JIT reduces f32 tensors only (use --backend interp)",
+                ));
+            }
+            let numel = out_view.numel();
+            let sum_op = if *op == ReduceOp::Max {
+                ReduceOp::Max
+            } else {
+                ReduceOp::Sum
+            };
+            emit_reduce(b, sum_op, v, a, axes, out_addr, numel);
+            if *op == ReduceOp::Mean {
+                let count: usize = axes.iter().map(|&i| v.shape[i]).product();
+                let base = b.ins().iconst(types::I64, out_addr as i64);
+                // Over no elements: 0 * inf = NaN, like the interpreter.
+                let inv = b.ins().f32const(1.0 / count as f32);
+                let vinv = b.ins().splat(types::F32X4, inv);
+                let n = numel as i64;
+                emit_for(b, 0, n / 4 * 4, 4, &mut |b, i| {
+                    let off = b.ins().imul_imm_s(i, 4);
+                    let p = b.ins().iadd(base, off);
+                    let x = load(b, types::F32X4, p);
+                    let y = b.ins().fmul(x, vinv);
+                    store(b, y, p);
+                });
+                emit_for(b, n / 4 * 4, n, 1, &mut |b, i| {
+                    let off = b.ins().imul_imm_s(i, 4);
+                    let p = b.ins().iadd(base, off);
+                    let x = load(b, types::F32, p);
+                    let y = b.ins().fmul(x, inv);
+                    store(b, y, p);
+                });
+            }
+        }
+        Op::ArgMax { axis } => {
+            let (v, a, k) = operand(0);
+            emit_argmax(b, v, a, k, *axis, out_addr);
+        }
+        Op::MatMul => {
+            let (va, aa, _) = operand(0);
+            let (vb, ab, _) = operand(1);
+            emit_matmul(b, calls, (aa, va), (ab, vb), (out_addr, out_view))?;
+        }
+        Op::Gather { axis } => {
+            let (v, a, _) = operand(0);
+            let (vi, ai, _) = operand(1);
+            emit_take(
+                b,
+                false,
+                out_kind,
+                (a, v),
+                (ai, vi),
+                (out_addr, out_view),
+                *axis,
+                status,
+            );
+        }
+        Op::ScatterAdd { axis } => {
+            emit_fill(b, out_addr, out_view.numel(), 0.0);
+            let (vu, au, _) = operand(0);
+            let (vi, ai, _) = operand(1);
+            emit_take(
+                b,
+                true,
+                out_kind,
+                (out_addr, out_view),
+                (ai, vi),
+                (au, vu),
+                *axis,
+                status,
+            );
+        }
+        Op::Input { .. } | Op::Param { .. } | Op::State { .. } | Op::Const(_) | Op::Iota { .. } => {
+            return Err(CodegenError::new(format!(
+                "`{}` is not a kernel",
+                node.op.mnemonic()
+            )))
+        }
+    }
+    Ok(())
+}
+
+/// The constant data of a `const` or `iota` node, as 4-byte words.
+pub fn constant_words(graph: &Graph, id: NodeId, shape: &[usize]) -> Vec<u32> {
+    let node = graph.node(id);
+    let kind = Kind::of(node.ty.dtype);
+    let word = |v: f64| match kind {
+        Kind::F32 => (v as f32).to_bits(),
+        Kind::I32 if node.ty.dtype == DType::Bool => u32::from(v != 0.0),
+        Kind::I32 => (v as i32) as u32,
+    };
+    let numel: usize = shape.iter().product();
+    match &node.op {
+        Op::Const(Literal::Splat(v)) => vec![word(*v); numel],
+        Op::Const(Literal::Dense(vs)) => vs.iter().map(|&v| word(v)).collect(),
+        Op::Iota { axis } => {
+            let strides = crate::plan::row_major(shape);
+            (0..numel)
+                .map(|i| word(((i as isize / strides[*axis]) as usize % shape[*axis]) as f64))
+                .collect()
+        }
+        _ => Vec::new(),
+    }
+}
+
+/// Copies `src` into `dst` (same shape, any strides).
+#[allow(clippy::too_many_arguments)]
+pub fn emit_copy(
+    b: &mut FunctionBuilder,
+    calls: &mut dyn Calls,
+    src: &View,
+    src_addr: usize,
+    dst: &View,
+    dst_addr: usize,
+    kind: Kind,
+) -> Result<(), CodegenError> {
+    emit_map(
+        b,
+        calls,
+        MapOp::Copy,
+        &dst.shape,
+        (strided(dst_addr, dst), kind),
+        &[(strided(src_addr, src), kind)],
+    )
+}

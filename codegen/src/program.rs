@@ -1,0 +1,523 @@
+//! A compiled program: one Cranelift function per kernel plus a schedule
+//! function that calls them in order and then writes the optimizer updates
+//! back into the model state. The schedule is native code end to end:
+//! running a step is one indirect call.
+
+use crate::emit::{self, Addresses, Calls, Host, Kind};
+use crate::plan::{self, Plan, StateLayout, Step, View, ALIGN};
+use crate::CodegenError;
+use cranelift_codegen::ir::{FuncRef, InstBuilder, Value};
+use cranelift_codegen::settings::{self, Configurable};
+use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext};
+use cranelift_jit::{JITBuilder, JITModule};
+use cranelift_module::{default_libcall_names, FuncId, Linkage, Module};
+use nnc_ir::{DType, Graph, Tensor};
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+/// A 64-byte aligned, zeroed, fixed-size buffer. It never reallocates, so
+/// addresses baked into compiled code stay valid for its lifetime.
+pub struct AlignedBuf {
+    lines: Box<[Line]>,
+}
+
+#[derive(Clone, Copy)]
+#[repr(C, align(64))]
+struct Line([u8; ALIGN]);
+
+impl AlignedBuf {
+    pub fn zeroed(bytes: usize) -> AlignedBuf {
+        AlignedBuf {
+            lines: vec![Line([0; ALIGN]); bytes.div_ceil(ALIGN).max(1)].into_boxed_slice(),
+        }
+    }
+    pub fn addr(&self) -> usize {
+        self.lines.as_ptr() as usize
+    }
+    pub fn len(&self) -> usize {
+        self.lines.len() * ALIGN
+    }
+    pub fn is_empty(&self) -> bool {
+        self.lines.is_empty()
+    }
+    fn words(&self, byte_offset: usize, n: usize) -> &[u32] {
+        assert!(byte_offset.is_multiple_of(4) && byte_offset + n * 4 <= self.len());
+        // SAFETY: in bounds (checked), aligned to 4, and u32 has no invalid values.
+        unsafe { std::slice::from_raw_parts((self.addr() + byte_offset) as *const u32, n) }
+    }
+    fn words_mut(&mut self, byte_offset: usize, n: usize) -> &mut [u32] {
+        assert!(byte_offset.is_multiple_of(4) && byte_offset + n * 4 <= self.len());
+        // SAFETY: as above, and `&mut self` makes the borrow unique.
+        unsafe { std::slice::from_raw_parts_mut((self.addr() + byte_offset) as *mut u32, n) }
+    }
+}
+
+/// The model's persistent state (params and optimizer state), shared by
+/// every program compiled for the model.
+pub struct StateBuffer {
+    pub layout: StateLayout,
+    buf: AlignedBuf,
+}
+
+impl StateBuffer {
+    pub fn new(layout: StateLayout) -> StateBuffer {
+        let buf = AlignedBuf::zeroed(layout.bytes);
+        StateBuffer { layout, buf }
+    }
+
+    /// The tensor `name` (for checkpoints and tests).
+    pub fn get(&self, name: &str) -> Option<Tensor> {
+        let slot = &self.layout.slots[self.layout.slot(name)?];
+        let n: usize = slot.shape.iter().product();
+        let words = self.buf.words(slot.offset, n);
+        let data = words.iter().map(|&w| word_value(w, slot.dtype)).collect();
+        Tensor::from_vec(slot.dtype, &slot.shape, data).ok()
+    }
+
+    /// Overwrites `name` with `value` (rounded to the slot's dtype).
+    pub fn set(&mut self, name: &str, value: &Tensor) -> Result<(), CodegenError> {
+        let i = self.layout.slot(name).ok_or_else(|| {
+            CodegenError::new(format!("the model has no param or state `{name}`"))
+        })?;
+        let slot = self.layout.slots[i].clone();
+        if slot.shape != value.shape {
+            return Err(CodegenError::new(format!(
+                "`{name}` has shape {:?} in the model but {:?} was given",
+                slot.shape, value.shape
+            )));
+        }
+        let words = self.buf.words_mut(slot.offset, value.data.len());
+        for (w, &v) in words.iter_mut().zip(&value.data) {
+            *w = value_word(v, slot.dtype);
+        }
+        Ok(())
+    }
+
+    pub fn addr(&self) -> usize {
+        self.buf.addr()
+    }
+}
+
+fn word_value(w: u32, dtype: DType) -> f64 {
+    match Kind::of(dtype) {
+        Kind::F32 => f64::from(f32::from_bits(w)),
+        Kind::I32 => f64::from(w as i32),
+    }
+}
+
+fn value_word(v: f64, dtype: DType) -> u32 {
+    match Kind::of(dtype) {
+        Kind::F32 => (v as f32).to_bits(),
+        Kind::I32 if dtype == DType::Bool => u32::from(v != 0.0),
+        Kind::I32 => (v as i32) as u32,
+    }
+}
+
+/// The control block at the start of the work arena: a status word that
+/// kernels set on a fault (an index out of range).
+const CONTROL: usize = ALIGN;
+
+/// A fault a kernel reported while running.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Fault {
+    #[error("an index was out of range in a gather or scatter (e.g. an embedding id or a label)")]
+    IndexOutOfRange,
+}
+
+/// Compile statistics, for `nnc bench` and reports.
+#[derive(Debug, Clone, Default)]
+pub struct CompileStats {
+    pub kernels: usize,
+    pub plan_time: Duration,
+    pub codegen_time: Duration,
+    pub arena_bytes: usize,
+    pub unshared_bytes: usize,
+}
+
+pub struct Program {
+    module: Option<JITModule>,
+    entry: unsafe extern "C" fn(),
+    work: AlignedBuf,
+    plan: Plan,
+    graph_outputs: Vec<(String, View, DType)>,
+    inputs: HashMap<String, (View, DType)>,
+    pub stats: CompileStats,
+}
+
+impl Drop for Program {
+    fn drop(&mut self) {
+        if let Some(m) = self.module.take() {
+            // SAFETY: nothing calls into this module's code after the
+            // program (its only owner) is dropped.
+            unsafe { m.free_memory() };
+        }
+    }
+}
+
+struct HostCalls<'m> {
+    module: &'m mut JITModule,
+    ids: &'m mut HashMap<Host, FuncId>,
+    refs: HashMap<Host, FuncRef>,
+}
+
+impl Calls for HostCalls<'_> {
+    fn call(&mut self, b: &mut FunctionBuilder, host: Host, args: &[Value]) -> Vec<Value> {
+        let fref = match self.refs.get(&host) {
+            Some(&r) => r,
+            None => {
+                let id = match self.ids.get(&host) {
+                    Some(&id) => id,
+                    None => {
+                        let mut sig = self.module.make_signature();
+                        host.signature(&mut sig);
+                        let id = self
+                            .module
+                            .declare_function(host.name(), Linkage::Import, &sig)
+                            .expect("host functions are declared once with one signature");
+                        self.ids.insert(host, id);
+                        id
+                    }
+                };
+                let r = self.module.declare_func_in_func(id, b.func);
+                self.refs.insert(host, r);
+                r
+            }
+        };
+        let call = b.ins().call(fref, args);
+        b.inst_results(call).to_vec()
+    }
+}
+
+extern "C" fn nnc_powf(a: f32, b: f32) -> f32 {
+    a.powf(b)
+}
+/// `c = a @ b` through the `gemm` crate; strides in elements.
+#[allow(clippy::too_many_arguments)]
+extern "C" fn nnc_sgemm(
+    m: i64,
+    n: i64,
+    k: i64,
+    c: i64,
+    c_rs: i64,
+    c_cs: i64,
+    a: i64,
+    a_rs: i64,
+    a_cs: i64,
+    b: i64,
+    b_rs: i64,
+    b_cs: i64,
+    accumulate: i64,
+) {
+    let (m, n, k) = (m as usize, n as usize, k as usize);
+    if k == 0 {
+        if accumulate == 0 {
+            for i in 0..m {
+                for j in 0..n {
+                    let p = (c + 4 * (i as i64 * c_rs + j as i64 * c_cs)) as *mut f32;
+                    // SAFETY: the plan sized `c` for m×n elements at these strides.
+                    unsafe { *p = 0.0 };
+                }
+            }
+        }
+        return;
+    }
+    // SAFETY: the plan guarantees the three views are in bounds for these
+    // shapes and strides, and `c` does not overlap `a` or `b`.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            c as *mut f32,
+            c_cs as isize,
+            c_rs as isize,
+            accumulate != 0,
+            a as *const f32,
+            a_cs as isize,
+            a_rs as isize,
+            b as *const f32,
+            b_cs as isize,
+            b_rs as isize,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        )
+    }
+}
+
+fn new_module() -> Result<JITModule, CodegenError> {
+    let mut flags = settings::builder();
+    let set = |f: &mut settings::Builder, k: &str, v: &str| {
+        f.set(k, v)
+            .map_err(|e| CodegenError::new(format!("cranelift setting {k}: {e}")))
+    };
+    set(&mut flags, "opt_level", "speed")?;
+    set(&mut flags, "use_colocated_libcalls", "false")?;
+    set(&mut flags, "is_pic", "false")?;
+    let isa = cranelift_native::builder()
+        .map_err(|e| CodegenError::new(format!("this CPU is not supported by Cranelift: {e}")))?
+        .finish(settings::Flags::new(flags))
+        .map_err(|e| CodegenError::new(format!("cranelift: {e}")))?;
+    let mut jb = JITBuilder::with_isa(isa, default_libcall_names());
+    jb.symbol(Host::Powf.name(), nnc_powf as *const u8);
+    jb.symbol(Host::Sgemm.name(), nnc_sgemm as *const u8);
+    Ok(JITModule::new(jb))
+}
+
+impl Program {
+    /// Specializes `graph` to `bindings`, plans its memory and compiles it.
+    /// `state` must outlive the program.
+    pub fn compile(
+        graph: &Graph,
+        bindings: &HashMap<String, usize>,
+        state: &StateBuffer,
+    ) -> Result<Program, CodegenError> {
+        let t0 = Instant::now();
+        let plan = plan::plan(graph, bindings, &state.layout)?;
+        let plan_time = t0.elapsed();
+        let t1 = Instant::now();
+        let mut work = AlignedBuf::zeroed(CONTROL + plan.arena_bytes);
+        let at = Addresses {
+            state: state.addr(),
+            work: work.addr() + CONTROL,
+            plan: &plan,
+            layout: &state.layout,
+        };
+        let status = work.addr();
+
+        let mut module = new_module()?;
+        let mut host_ids: HashMap<Host, FuncId> = HashMap::new();
+        let mut ctx = module.make_context();
+        let mut fctx = FunctionBuilderContext::new();
+        let mut kernels: Vec<FuncId> = Vec::new();
+        for (i, step) in plan.steps.iter().enumerate() {
+            ctx.func.signature = module.make_signature();
+            {
+                let mut b = FunctionBuilder::new(&mut ctx.func, &mut fctx);
+                let entry = b.create_block();
+                b.switch_to_block(entry);
+                let mut calls = HostCalls {
+                    module: &mut module,
+                    ids: &mut host_ids,
+                    refs: HashMap::new(),
+                };
+                match step {
+                    Step::Compute(id) => {
+                        emit::emit_kernel(&mut b, &mut calls, graph, *id, &at, status)?
+                    }
+                    Step::Copy { src, dst, dtype } => {
+                        emit::emit_copy(
+                            &mut b,
+                            &mut calls,
+                            src,
+                            at.of(src),
+                            dst,
+                            at.of(dst),
+                            Kind::of(*dtype),
+                        )?;
+                    }
+                    Step::Update { slot, value } => {
+                        let s = &state.layout.slots[*slot];
+                        let dst = View::contiguous(plan::Base::State(*slot), s.shape.clone());
+                        emit::emit_copy(
+                            &mut b,
+                            &mut calls,
+                            &plan.views[value],
+                            at.of(&plan.views[value]),
+                            &dst,
+                            at.of(&dst),
+                            Kind::of(s.dtype),
+                        )?;
+                    }
+                }
+                b.ins().return_(&[]);
+                b.seal_all_blocks();
+                b.finalize(module.target_config());
+            }
+            let id = module
+                .declare_function(&format!("k{i}"), Linkage::Local, &ctx.func.signature)
+                .map_err(|e| CodegenError::new(format!("cranelift: {e}")))?;
+            module.define_function(id, &mut ctx).map_err(|e| {
+                CodegenError::new(format!(
+                    "cranelift could not compile kernel {i} ({step:?}): {e:?}"
+                ))
+            })?;
+            module.clear_context(&mut ctx);
+            kernels.push(id);
+        }
+        // The schedule: call every kernel in order.
+        ctx.func.signature = module.make_signature();
+        {
+            let mut b = FunctionBuilder::new(&mut ctx.func, &mut fctx);
+            let entry = b.create_block();
+            b.switch_to_block(entry);
+            for &k in &kernels {
+                let f = module.declare_func_in_func(k, b.func);
+                b.ins().call(f, &[]);
+            }
+            b.ins().return_(&[]);
+            b.seal_all_blocks();
+            b.finalize(module.target_config());
+        }
+        let step_id = module
+            .declare_function("step", Linkage::Local, &ctx.func.signature)
+            .map_err(|e| CodegenError::new(format!("cranelift: {e}")))?;
+        module.define_function(step_id, &mut ctx).map_err(|e| {
+            CodegenError::new(format!("cranelift could not compile the schedule: {e:?}"))
+        })?;
+        module.clear_context(&mut ctx);
+        module
+            .finalize_definitions()
+            .map_err(|e| CodegenError::new(format!("cranelift: {e}")))?;
+        let code = module.get_finalized_function(step_id);
+        // SAFETY: `step` was declared with the signature `fn()` and the
+        // module stays alive (owned by the program) while it can be called.
+        let entry: unsafe extern "C" fn() = unsafe { std::mem::transmute(code) };
+
+        // Constants are data, written once.
+        for &id in &plan.constants {
+            let view = &plan.views[&id];
+            let words = emit::constant_words(graph, id, &view.shape);
+            let offset = at.of(view) - work.addr();
+            work.words_mut(offset, words.len()).copy_from_slice(&words);
+        }
+        let inputs = plan
+            .inputs
+            .iter()
+            .map(|(name, id)| (name.clone(), (plan.views[id].clone(), graph.ty(*id).dtype)))
+            .collect();
+        let graph_outputs = plan
+            .outputs
+            .iter()
+            .map(|(name, id)| (name.clone(), plan.views[id].clone(), graph.ty(*id).dtype))
+            .collect();
+        let stats = CompileStats {
+            kernels: kernels.len(),
+            plan_time,
+            codegen_time: t1.elapsed(),
+            arena_bytes: plan.arena_bytes,
+            unshared_bytes: plan.unshared_bytes,
+        };
+        Ok(Program {
+            module: Some(module),
+            entry,
+            work,
+            plan,
+            graph_outputs,
+            inputs,
+            stats,
+        })
+    }
+
+    fn view_offset(&self, view: &View, state: Option<&StateBuffer>) -> Option<usize> {
+        match view.base {
+            plan::Base::Work(b) => Some(CONTROL + self.plan.buffers[b].offset + view.offset * 4),
+            plan::Base::State(_) => {
+                let _ = state;
+                None
+            }
+        }
+    }
+
+    /// The buffer an input is written into: `[batch, ...sample]` values.
+    pub fn input_words(&mut self, name: &str) -> Option<(&mut [u32], DType)> {
+        let (view, dtype) = self.inputs.get(name)?.clone();
+        let off = self.view_offset(&view, None)?;
+        Some((self.work.words_mut(off, view.numel()), dtype))
+    }
+
+    /// Writes f32 values into input `name` (its length must match).
+    pub fn set_input_f32(&mut self, name: &str, values: &[f32]) -> Result<(), CodegenError> {
+        let (words, dtype) = self
+            .input_words(name)
+            .ok_or_else(|| CodegenError::new(format!("the program has no input `{name}`")))?;
+        if words.len() != values.len() || Kind::of(dtype) != Kind::F32 {
+            return Err(CodegenError::new(format!(
+                "input `{name}` takes {} {dtype} values, got {} f32",
+                words.len(),
+                values.len()
+            )));
+        }
+        for (w, v) in words.iter_mut().zip(values) {
+            *w = v.to_bits();
+        }
+        Ok(())
+    }
+
+    /// Writes i32 values into input `name` (its length must match).
+    pub fn set_input_i32(&mut self, name: &str, values: &[i32]) -> Result<(), CodegenError> {
+        let (words, dtype) = self
+            .input_words(name)
+            .ok_or_else(|| CodegenError::new(format!("the program has no input `{name}`")))?;
+        if words.len() != values.len() || Kind::of(dtype) != Kind::I32 {
+            return Err(CodegenError::new(format!(
+                "input `{name}` takes {} {dtype} values, got {} i32",
+                words.len(),
+                values.len()
+            )));
+        }
+        for (w, v) in words.iter_mut().zip(values) {
+            *w = *v as u32;
+        }
+        Ok(())
+    }
+
+    /// Runs the schedule once.
+    pub fn run(&mut self) -> Result<(), Fault> {
+        // SAFETY: the code was compiled for this program's arena and its
+        // state buffer, both alive; inputs are plain data.
+        unsafe { (self.entry)() };
+        let status = self.work.words_mut(0, 1);
+        if status[0] != 0 {
+            status[0] = 0;
+            return Err(Fault::IndexOutOfRange);
+        }
+        Ok(())
+    }
+
+    /// A one-element output (loss, accuracy), read without allocating.
+    pub fn scalar(&self, name: &str, state: &StateBuffer) -> Option<f64> {
+        let (_, view, dtype) = self.graph_outputs.iter().find(|(n, _, _)| n == name)?;
+        if view.numel() != 1 {
+            return None;
+        }
+        let w = match view.base {
+            plan::Base::Work(b) => self
+                .work
+                .words(CONTROL + self.plan.buffers[b].offset + view.offset * 4, 1)[0],
+            plan::Base::State(s) => state
+                .buf
+                .words(state.layout.slots[s].offset + view.offset * 4, 1)[0],
+        };
+        Some(word_value(w, *dtype))
+    }
+
+    /// An output as a tensor (allocates; not for the training hot path).
+    pub fn output(&self, name: &str, state: &StateBuffer) -> Option<Tensor> {
+        let (_, view, dtype) = self.graph_outputs.iter().find(|(n, _, _)| n == name)?;
+        let (buf, base_off) = match view.base {
+            plan::Base::Work(b) => (&self.work, CONTROL + self.plan.buffers[b].offset),
+            plan::Base::State(s) => (&state.buf, state.layout.slots[s].offset),
+        };
+        let numel = view.numel();
+        let mut data = Vec::with_capacity(numel);
+        let strides = &view.strides;
+        for flat in 0..numel {
+            let (mut rem, mut off) = (flat, view.offset as isize);
+            for i in (0..view.shape.len()).rev() {
+                off += (rem % view.shape[i]) as isize * strides[i];
+                rem /= view.shape[i];
+            }
+            let w = buf.words(base_off + off as usize * 4, 1)[0];
+            data.push(word_value(w, *dtype));
+        }
+        Tensor::from_vec(*dtype, &view.shape, data).ok()
+    }
+
+    pub fn output_names(&self) -> impl Iterator<Item = &str> {
+        self.graph_outputs.iter().map(|(n, _, _)| n.as_str())
+    }
+}

@@ -1,0 +1,235 @@
+//! The JIT executor: each graph is compiled to native code the first time a
+//! batch of a new shape arrives (the smaller last batch of an epoch gets its
+//! own program), and cached; params and optimizer state live in one state
+//! buffer that every program reads and updates in place.
+
+use crate::executor::{Batch, BatchData, Executor, Programs, StepMetrics};
+use crate::RuntimeError;
+use nnc_codegen::{Program, StateBuffer, StateLayout};
+use nnc_ir::{Dim, Graph, Op, Tensor, LOSS};
+use std::collections::HashMap;
+use std::time::Duration;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Which {
+    Step,
+    Objective,
+    Forward,
+}
+
+struct Compiled {
+    which: Which,
+    /// The batch field shapes this program was specialized to.
+    shapes: Vec<Vec<usize>>,
+    program: Program,
+}
+
+pub struct Jit {
+    programs: Programs,
+    // Declared before `state`: compiled code points into the state buffer,
+    // so programs are dropped first.
+    compiled: Vec<Compiled>,
+    state: StateBuffer,
+    /// Total time spent compiling (planning + code generation).
+    pub compile_time: Duration,
+}
+
+fn codegen(e: nnc_codegen::CodegenError) -> RuntimeError {
+    RuntimeError::Setup(format!("the JIT cannot compile this model: {}", e.message))
+}
+
+impl Jit {
+    /// Lays out the model state and initializes every param and state
+    /// tensor from `seed` (the same values the interpreter starts from).
+    pub fn new(programs: Programs, seed: u64) -> Result<Jit, RuntimeError> {
+        let layout = StateLayout::of(&[&programs.step, &programs.objective, &programs.forward])
+            .map_err(codegen)?;
+        let mut state = StateBuffer::new(layout);
+        for g in [&programs.step, &programs.objective, &programs.forward] {
+            for id in g.topo_order() {
+                let node = g.node(id);
+                let (name, init) = match &node.op {
+                    Op::Param { name, init } | Op::State { name, init } => (name, init),
+                    _ => continue,
+                };
+                let shape: Vec<usize> = node.ty.shape.iter().filter_map(Dim::as_const).collect();
+                let t = nnc_ir::init::initialize(init, &shape, node.ty.dtype, seed, name);
+                state.set(name, &t).map_err(codegen)?;
+            }
+        }
+        Ok(Jit {
+            programs,
+            compiled: Vec::new(),
+            state,
+            compile_time: Duration::ZERO,
+        })
+    }
+
+    fn graph(&self, which: Which) -> &Graph {
+        match which {
+            Which::Step => &self.programs.step,
+            Which::Objective => &self.programs.objective,
+            Which::Forward => &self.programs.forward,
+        }
+    }
+
+    /// The program for `which` at this batch's shapes, compiling it on first use.
+    fn program(&mut self, which: Which, batch: &Batch) -> Result<&mut Program, RuntimeError> {
+        let found = self.compiled.iter().position(|c| {
+            c.which == which
+                && c.shapes.len() == batch.fields.len()
+                && c.shapes
+                    .iter()
+                    .zip(&batch.fields)
+                    .all(|(s, f)| *s == f.shape)
+        });
+        let index = match found {
+            Some(i) => i,
+            None => {
+                let graph = self.graph(which);
+                let bindings = bind_symbols(graph, batch)?;
+                let program = Program::compile(graph, &bindings, &self.state).map_err(codegen)?;
+                self.compile_time += program.stats.plan_time + program.stats.codegen_time;
+                self.compiled.push(Compiled {
+                    which,
+                    shapes: batch.fields.iter().map(|f| f.shape.clone()).collect(),
+                    program,
+                });
+                self.compiled.len() - 1
+            }
+        };
+        Ok(&mut self.compiled[index].program)
+    }
+
+    fn run(&mut self, which: Which, batch: &Batch) -> Result<&Program, RuntimeError> {
+        let program = self.program(which, batch)?;
+        for field in &batch.fields {
+            let r = match &field.data {
+                BatchData::F32(v) => program.set_input_f32(&field.name, v),
+                BatchData::I32(v) => program.set_input_i32(&field.name, v),
+            };
+            // A field the graph does not read (a label during prediction) is skipped.
+            if let Err(e) = r {
+                if !e.message.starts_with("the program has no input") {
+                    return Err(codegen(e));
+                }
+            }
+        }
+        program
+            .run()
+            .map_err(|f| RuntimeError::Setup(format!("a kernel stopped: {f}")))?;
+        Ok(program)
+    }
+
+    fn metrics(&mut self, which: Which, batch: &Batch) -> Result<StepMetrics, RuntimeError> {
+        self.run(which, batch)?;
+        let index = self
+            .compiled
+            .iter()
+            .position(|c| {
+                c.which == which
+                    && c.shapes
+                        .iter()
+                        .zip(&batch.fields)
+                        .all(|(s, f)| *s == f.shape)
+            })
+            .ok_or_else(|| RuntimeError::Setup("internal error: program vanished".into()))?;
+        let p = &self.compiled[index].program;
+        Ok(StepMetrics {
+            loss: p.scalar(LOSS, &self.state).unwrap_or(f64::NAN),
+            accuracy: p.scalar("accuracy", &self.state),
+        })
+    }
+
+    /// Compile statistics of every program compiled so far.
+    pub fn stats(&self) -> Vec<nnc_codegen::CompileStats> {
+        self.compiled
+            .iter()
+            .map(|c| c.program.stats.clone())
+            .collect()
+    }
+}
+
+/// Binds the graph's symbolic dims from the batch's field shapes.
+fn bind_symbols(graph: &Graph, batch: &Batch) -> Result<HashMap<String, usize>, RuntimeError> {
+    let mut bindings = HashMap::new();
+    for (id, name) in graph.inputs() {
+        let ty = graph.ty(id);
+        let field = batch.get(name).ok_or_else(|| {
+            RuntimeError::Setup(format!(
+                "the batch has no field `{name}` for the graph input `{name}`"
+            ))
+        })?;
+        if field.shape.len() != ty.rank() {
+            return Err(RuntimeError::Setup(format!(
+                "field `{name}` has shape {:?} but the graph input is {ty}",
+                field.shape
+            )));
+        }
+        for (d, &n) in ty.shape.iter().zip(&field.shape) {
+            match d {
+                Dim::Const(c) if *c == n => {}
+                Dim::Sym(s) if *bindings.entry(s.clone()).or_insert(n) == n => {}
+                _ => {
+                    return Err(RuntimeError::Setup(format!(
+                        "field `{name}` has shape {:?} but the graph input is {ty}",
+                        field.shape
+                    )))
+                }
+            }
+        }
+    }
+    Ok(bindings)
+}
+
+impl Executor for Jit {
+    fn train_step(&mut self, batch: &Batch) -> Result<StepMetrics, RuntimeError> {
+        self.metrics(Which::Step, batch)
+    }
+
+    fn evaluate(&mut self, batch: &Batch) -> Result<StepMetrics, RuntimeError> {
+        self.metrics(Which::Objective, batch)
+    }
+
+    fn predict(&mut self, batch: &Batch) -> Result<Vec<(String, Tensor)>, RuntimeError> {
+        self.run(Which::Forward, batch)?;
+        let index = self
+            .compiled
+            .iter()
+            .position(|c| {
+                c.which == Which::Forward
+                    && c.shapes
+                        .iter()
+                        .zip(&batch.fields)
+                        .all(|(s, f)| *s == f.shape)
+            })
+            .ok_or_else(|| RuntimeError::Setup("internal error: program vanished".into()))?;
+        let p = &self.compiled[index].program;
+        let names: Vec<String> = p.output_names().map(str::to_string).collect();
+        Ok(names
+            .into_iter()
+            .filter_map(|n| p.output(&n, &self.state).map(|t| (n, t)))
+            .collect())
+    }
+
+    fn state(&self) -> Vec<(String, Tensor)> {
+        let mut names: Vec<&str> = self
+            .state
+            .layout
+            .slots
+            .iter()
+            .map(|s| s.name.as_str())
+            .collect();
+        names.sort();
+        names
+            .into_iter()
+            .filter_map(|n| self.state.get(n).map(|t| (n.to_string(), t)))
+            .collect()
+    }
+
+    fn set_state(&mut self, name: &str, value: Tensor) -> Result<(), RuntimeError> {
+        self.state
+            .set(name, &value)
+            .map_err(|e| RuntimeError::Setup(e.message))
+    }
+}

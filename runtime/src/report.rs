@@ -1,0 +1,186 @@
+//! The JSON run report `nnc run --report PATH.json` writes: metrics per
+//! epoch, the final and test metrics, throughput, timings and peak memory.
+//!
+//! Keys (all always present; `null` where a value does not apply):
+//!
+//! | key | value |
+//! |---|---|
+//! | `model`, `backend`, `mode` | the model's name, `interp`, and `train` or `eval` |
+//! | `nnc_version` | the version that wrote the report |
+//! | `epochs` | epochs the model has been trained for in total (with `--resume`, including earlier runs) |
+//! | `first_epoch` | the first epoch this run trained (`1`, or one past the checkpoint's) |
+//! | `per_epoch` | `[{epoch, train, validation, seconds, samples_per_second}]` for this run |
+//! | `train`, `validation` | the last epoch's metrics (`validation` also in `eval` mode) |
+//! | `test` | metrics on the test samples, if the data block has any |
+//! | `samples_per_second` | training samples per second over this run's epochs (evaluated samples per second in `eval` mode) |
+//! | `total_seconds` | wall time from reading the source to the end of the run |
+//! | `compile_seconds` | from the start of parsing to the first executed step (parsing, lowering, autodiff, data loading; JIT compilation when there is one) |
+//! | `peak_rss_bytes` | the process's peak resident set size (`VmHWM` of `/proc/self/status`), `null` where unavailable |
+//!
+//! A metrics object is `{loss, accuracy, samples}` (`accuracy` is `null`
+//! without the metric).
+
+use crate::train::{EpochReport, Metrics};
+use crate::RuntimeError;
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsEntry {
+    pub loss: f64,
+    pub accuracy: Option<f64>,
+    pub samples: usize,
+}
+
+impl From<&Metrics> for MetricsEntry {
+    fn from(m: &Metrics) -> Self {
+        MetricsEntry {
+            loss: m.loss,
+            accuracy: m.accuracy,
+            samples: m.samples,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EpochEntry {
+    pub epoch: usize,
+    pub train: MetricsEntry,
+    pub validation: Option<MetricsEntry>,
+    pub seconds: f64,
+    pub samples_per_second: f64,
+}
+
+impl From<&EpochReport> for EpochEntry {
+    fn from(r: &EpochReport) -> Self {
+        EpochEntry {
+            epoch: r.epoch,
+            train: (&r.train).into(),
+            validation: r.validation.as_ref().map(Into::into),
+            seconds: r.seconds,
+            samples_per_second: r.train.samples as f64 / r.seconds.max(1e-9),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Report {
+    pub model: String,
+    pub backend: String,
+    pub mode: String,
+    pub nnc_version: String,
+    pub epochs: usize,
+    pub first_epoch: usize,
+    pub per_epoch: Vec<EpochEntry>,
+    pub train: Option<MetricsEntry>,
+    pub validation: Option<MetricsEntry>,
+    pub test: Option<MetricsEntry>,
+    pub samples_per_second: f64,
+    pub total_seconds: f64,
+    pub compile_seconds: f64,
+    pub peak_rss_bytes: Option<u64>,
+}
+
+/// Training samples per second over `epochs` (0 without epochs).
+pub fn training_rate(epochs: &[EpochReport]) -> f64 {
+    let samples: usize = epochs.iter().map(|e| e.train.samples).sum();
+    let seconds: f64 = epochs.iter().map(|e| e.seconds).sum();
+    if seconds > 0.0 {
+        samples as f64 / seconds
+    } else {
+        0.0
+    }
+}
+
+impl Report {
+    pub fn to_json(&self) -> String {
+        // Serializing plain structs of numbers and strings cannot fail.
+        let mut s = serde_json::to_string_pretty(self).unwrap_or_default();
+        s.push('\n');
+        s
+    }
+
+    pub fn from_json(text: &str) -> Result<Report, String> {
+        serde_json::from_str(text).map_err(|e| e.to_string())
+    }
+
+    /// Writes the report to `path` atomically (see
+    /// [`crate::checkpoint::write_atomic`]).
+    pub fn write(&self, path: &Path) -> Result<(), RuntimeError> {
+        crate::checkpoint::write_atomic(path, self.to_json().as_bytes()).map_err(|e| {
+            RuntimeError::Setup(format!("cannot write report `{}`: {e}", path.display()))
+        })
+    }
+}
+
+/// The process's peak resident set size in bytes, from `VmHWM` in
+/// `/proc/self/status` (Linux); `None` elsewhere.
+pub fn peak_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    parse_vm_hwm(&status)
+}
+
+fn parse_vm_hwm(status: &str) -> Option<u64> {
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let mut parts = line["VmHWM:".len()..].split_whitespace();
+    let value: u64 = parts.next()?.parse().ok()?;
+    let scale = match parts.next() {
+        Some("kB") | None => 1024,
+        Some("mB") | Some("MB") => 1024 * 1024,
+        Some("B") => 1,
+        Some(_) => return None,
+    };
+    value.checked_mul(scale)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vm_hwm_is_read_in_bytes() {
+        let status = "Name:\tnnc\nVmPeak:\t  10 kB\nVmHWM:\t    2048 kB\nVmRSS:\t 1 kB\n";
+        assert_eq!(parse_vm_hwm(status), Some(2048 * 1024));
+        assert_eq!(parse_vm_hwm("Name: x\n"), None);
+        if cfg!(target_os = "linux") {
+            assert!(peak_rss_bytes().is_some_and(|b| b > 0));
+        }
+    }
+
+    #[test]
+    fn json_round_trips_and_rejects_unknown_keys() {
+        let r = Report {
+            model: "M".into(),
+            backend: "interp".into(),
+            mode: "train".into(),
+            nnc_version: "0".into(),
+            epochs: 1,
+            first_epoch: 1,
+            per_epoch: vec![EpochEntry {
+                epoch: 1,
+                train: MetricsEntry {
+                    loss: 0.5,
+                    accuracy: Some(0.75),
+                    samples: 4,
+                },
+                validation: None,
+                seconds: 0.1,
+                samples_per_second: 40.0,
+            }],
+            train: None,
+            validation: None,
+            test: None,
+            samples_per_second: 40.0,
+            total_seconds: 1.0,
+            compile_seconds: 0.5,
+            peak_rss_bytes: Some(1),
+        };
+        let text = r.to_json();
+        assert_eq!(Report::from_json(&text).unwrap(), r);
+        let extra = text.replacen('{', "{\"surprise\": 1,", 1);
+        assert!(Report::from_json(&extra).is_err());
+    }
+}

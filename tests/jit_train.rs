@@ -1,0 +1,44 @@
+//! End to end with the JIT: the digits MLP trains to the accuracy the
+//! README promises.
+
+use nnc_runtime::{Jit, Programs};
+use std::path::Path;
+
+fn train(name: &str, data_dir: Option<&Path>) -> nnc_runtime::TrainReport {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let path = root.join(format!("examples/{name}.nn"));
+    let src = nnc_dsl::SourceFile::new(name, std::fs::read_to_string(&path).unwrap());
+    let module = nnc::driver::compile_source(&src, None).unwrap();
+    let step = nnc::driver::train_step(&module).unwrap();
+    let spec = module.train.clone().unwrap();
+    let base = nnc::driver::data_base(&path, data_dir);
+    let data = nnc_runtime::loader::load(module.data.as_ref().unwrap(), &base).unwrap();
+    let programs = Programs {
+        forward: module.forward.clone(),
+        objective: spec.objective.clone(),
+        step: step.clone(),
+    };
+    let options = nnc_runtime::TrainOptions::default();
+    let mut jit = Jit::new(programs, options.seed(&spec)).unwrap();
+    nnc_runtime::train(
+        &spec,
+        &step,
+        &data,
+        &mut jit,
+        &options,
+        &mut |_, _| {},
+        &mut |r| println!("{}", nnc::driver::format_epoch(r)),
+    )
+    .unwrap()
+}
+
+#[test]
+fn digits_mlp_reaches_96_percent_with_the_jit() {
+    let report = train("digits_mlp", None);
+    let test = report.test.unwrap();
+    assert!(
+        test.accuracy.unwrap() >= 0.96,
+        "test accuracy {:?}",
+        test.accuracy
+    );
+}
