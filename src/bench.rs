@@ -118,7 +118,8 @@ pub fn bench(path: &Path, options: &BenchOptions) -> Result<BenchReport, Failure
     };
     let fail = |e: nnc_runtime::RuntimeError| Failure(format!("error: {e}\n"));
     let mut jit = Jit::new(programs, spec.seed).map_err(fail)?;
-    let batch = synthetic(&step, size);
+    let mut batch = synthetic(&step, size);
+    nnc_runtime::train::set_hyper(&mut batch, nnc_ir::LEARNING_RATE, spec.optimizer.lr());
     // The first step compiles the training step for this batch size.
     jit.train_step(&batch).map_err(fail)?;
     let stats = jit.stats().first().cloned().unwrap_or_default();

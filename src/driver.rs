@@ -395,7 +395,7 @@ pub fn run_with(
             save.display(),
             done_before
         ));
-        options.epochs = Some(target_epochs.saturating_sub(done_before));
+        options.first_epoch = done_before + 1;
     }
     let batch_size = options.batch.unwrap_or(spec.batch);
     let mut report = nnc_runtime::report::Report {
@@ -479,9 +479,8 @@ pub fn run_with(
             &options,
             &mut |done, total| progress.borrow_mut().batch(done, total),
             &mut |r| {
-                let r = renumber(r, done_before);
                 progress.borrow_mut().finish_epoch();
-                out(&format_epoch(&r));
+                out(&format_epoch(r));
                 if let Some(save) = &flags.save {
                     if failed.borrow().is_some() {
                         return;
@@ -502,10 +501,7 @@ pub fn run_with(
         if let Some(message) = exec.failed.borrow_mut().take() {
             return Err(Failure(diagnostic::render_plain(&message)));
         }
-        let mut trained = result.map_err(runtime_err)?;
-        for r in &mut trained.epochs {
-            *r = renumber(r, done_before);
-        }
+        let trained = result.map_err(runtime_err)?;
         if let Some(save) = &flags.save {
             // Every epoch already saved the state it ended with; save here
             // only when no epoch ran.
@@ -546,14 +542,6 @@ pub fn run_with(
 
 /// An epoch report numbered as part of the whole training, when this run
 /// continues after `done_before` epochs.
-fn renumber(r: &nnc_runtime::EpochReport, done_before: usize) -> nnc_runtime::EpochReport {
-    nnc_runtime::EpochReport {
-        epoch: r.epoch + done_before,
-        epochs: r.epochs + done_before,
-        ..r.clone()
-    }
-}
-
 /// `--eval`: the objective's loss and metrics on the validation and test
 /// samples, split exactly as training splits them; on the training samples
 /// when there are neither.

@@ -155,6 +155,7 @@ fn main() -> ExitCode {
                     epochs,
                     batch,
                     seed,
+                    first_epoch: 1,
                 },
             };
             let flags = RunFlags {

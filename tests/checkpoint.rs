@@ -102,6 +102,7 @@ fn setup(name: &str) -> (String, Programs, nnc_runtime::Batch) {
     let indices: Vec<usize> = (0..spec.batch.min(data.train.len())).collect();
     data.fill_batch(&data.train, &names, &indices, &mut batch)
         .unwrap();
+    nnc_runtime::train::set_hyper(&mut batch, nnc_ir::LEARNING_RATE, spec.optimizer.lr());
     let programs = Programs {
         forward: module.forward.clone(),
         objective: spec.objective.clone(),

@@ -42,3 +42,23 @@ fn digits_mlp_reaches_96_percent_with_the_jit() {
         test.accuracy
     );
 }
+
+#[test]
+fn mnist_mlp_reaches_97_8_percent_in_5_epochs() {
+    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data");
+    if !data.join("mnist/train-images-idx3-ubyte.gz").exists() {
+        println!(
+            "skipping: {} not found (MNIST is not shipped with nnc)",
+            data.join("mnist").display()
+        );
+        return;
+    }
+    let report = train("mnist_mlp", Some(&data));
+    let test = report.test.unwrap();
+    println!("MNIST test accuracy {:.2}%", test.accuracy.unwrap() * 100.0);
+    assert!(
+        test.accuracy.unwrap() >= 0.978,
+        "MNIST test accuracy {:?}",
+        test.accuracy
+    );
+}

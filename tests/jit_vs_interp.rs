@@ -48,6 +48,8 @@ fn random_batch(graph: &nnc_ir::Graph, size: usize, rng: &mut Rng) -> Batch {
             .collect();
         let n: usize = shape.iter().product();
         let data = match ty.dtype {
+            // The learning rate the examples train with.
+            _ if name == nnc_ir::LEARNING_RATE => BatchData::F32(vec![1e-3]),
             nnc_ir::DType::I32 => {
                 BatchData::I32((0..n).map(|_| (rng.next() * 10.0) as i32 % 10).collect())
             }

@@ -424,9 +424,10 @@ impl Program {
 
     /// The buffer an input is written into: `[batch, ...sample]` values.
     pub fn input_words(&mut self, name: &str) -> Option<(&mut [u32], DType)> {
-        let (view, dtype) = self.inputs.get(name)?.clone();
-        let off = self.view_offset(&view, None)?;
-        Some((self.work.words_mut(off, view.numel()), dtype))
+        // No clone of the view: this runs every step and must not allocate.
+        let (view, dtype) = self.inputs.get(name)?;
+        let (off, n, dtype) = (self.view_offset(view, None)?, view.numel(), *dtype);
+        Some((self.work.words_mut(off, n), dtype))
     }
 
     /// Writes f32 values into input `name` (its length must match).

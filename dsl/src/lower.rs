@@ -10,8 +10,8 @@ use crate::error::{did_you_mean, Error};
 use crate::span::{SourceFile, Span};
 use crate::value::Value;
 use nnc_ir::{
-    DType, DataField, DataSpec, Graph, Metric, Module, NodeId, Optimizer, Source, TestSet,
-    TrainSpec, Transform, LOSS,
+    DType, DataField, DataSpec, Graph, Metric, Module, NodeId, Optimizer, Schedule, Source,
+    TestSet, TrainSpec, Transform, LOSS,
 };
 use std::collections::HashMap;
 
@@ -644,9 +644,10 @@ fn check_inputs_have_fields(
 
 // ------------------------------------------------------------------ train
 
-const SETTINGS: [&str; 7] = [
+const SETTINGS: [&str; 8] = [
     "loss",
     "optimizer",
+    "schedule",
     "batch",
     "epochs",
     "seed",
@@ -746,6 +747,10 @@ fn lower_train(
     el.graph.set_output(LOSS, loss);
 
     let optimizer = lower_optimizer(el, &optimizer_setting.value)?;
+    let schedule = match settings.get("schedule") {
+        None => None,
+        Some(s) => Some(lower_schedule(el, &s.value)?),
+    };
     let positive = |el: &mut Elaborator, key: &str, default: usize| -> Result<usize> {
         match settings.get(key) {
             None => Ok(default),
@@ -790,8 +795,92 @@ fn lower_train(
         epochs,
         seed,
         validate,
+        schedule,
         metrics,
     })
+}
+
+/// `step(every: k, gamma: g)`, `exponential(gamma: g)` or `cosine(min_lr: m)`.
+fn lower_schedule(el: &mut Elaborator, e: &Expr) -> Result<Schedule> {
+    let ExprKind::Call { callee, args } = &e.kind else {
+        return Err(Error::new(e.span, "expected a schedule such as `step(every: 5, gamma: 0.5)`, `exponential(gamma: 0.9)` or `cosine()`"));
+    };
+    let positive_int = |a: &Evaluated| match a.value {
+        Value::Int(v) if v >= 1 => Ok(v as usize),
+        ref other => Err(Error::new(
+            a.span,
+            format!("expected a positive int, found {}", other.kind()),
+        )),
+    };
+    let gamma = |a: &Option<Evaluated>, default: f64| -> Result<f64> {
+        match a {
+            None => Ok(default),
+            Some(a) => {
+                let g = number(a)?;
+                if g > 0.0 && g <= 1.0 {
+                    Ok(g)
+                } else {
+                    Err(Error::new(
+                        a.span,
+                        format!("`gamma` must be in (0, 1], found {g}"),
+                    ))
+                }
+            }
+        }
+    };
+    match callee.name.as_str() {
+        "step" => {
+            let s = named_args(el, callee, args, &["every", "gamma"])?;
+            let every = match &s[0] {
+                Some(a) => positive_int(a)?,
+                None => {
+                    return Err(Error::new(
+                        callee.span,
+                        "`step` needs `every`, the number of epochs between decays",
+                    )
+                    .with_help("e.g. `schedule = step(every: 2, gamma: 0.5)`"))
+                }
+            };
+            Ok(Schedule::Step {
+                every,
+                gamma: gamma(&s[1], 0.1)?,
+            })
+        }
+        "exponential" => {
+            let s = named_args(el, callee, args, &["gamma"])?;
+            if s[0].is_none() {
+                return Err(Error::new(
+                    callee.span,
+                    "`exponential` needs `gamma`, the factor per epoch",
+                ));
+            }
+            Ok(Schedule::Exponential {
+                gamma: gamma(&s[0], 1.0)?,
+            })
+        }
+        "cosine" => {
+            let s = named_args(el, callee, args, &["min_lr"])?;
+            let min_lr = match &s[0] {
+                None => 0.0,
+                Some(a) => {
+                    let m = number(a)?;
+                    if m < 0.0 {
+                        return Err(Error::new(a.span, "`min_lr` must be >= 0"));
+                    }
+                    m
+                }
+            };
+            Ok(Schedule::Cosine { min_lr })
+        }
+        other => {
+            let mut err = Error::new(callee.span, format!("unknown schedule `{other}`"))
+                .with_label("expected `step`, `exponential` or `cosine`");
+            if let Some(h) = did_you_mean(other, ["step", "exponential", "cosine"]) {
+                err = err.with_help(h);
+            }
+            Err(err)
+        }
+    }
 }
 
 fn lower_metrics(

@@ -22,7 +22,8 @@ pub use infer::ShapeError;
 pub use init::{initialize, CounterRng};
 pub use interp::{eval, run_updates, Env, EvalError, EvalOptions, Values};
 pub use module::{
-    DataField, DataSpec, Metric, Module, Optimizer, Source, TestSet, TrainSpec, Transform, LOSS,
+    DataField, DataSpec, Metric, Module, Optimizer, Schedule, Source, TestSet, TrainSpec,
+    Transform, HYPER, LEARNING_RATE, LOSS,
 };
 pub use op::{BinaryOp, Init, Literal, Op, ReduceOp, UnaryOp};
 pub use tensor::{Tensor, TensorError};

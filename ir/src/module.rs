@@ -82,11 +82,21 @@ pub struct TrainSpec {
     pub seed: u64,
     /// Fraction of the training samples held out for validation.
     pub validate: Option<f64>,
+    /// How the learning rate changes from epoch to epoch.
+    pub schedule: Option<Schedule>,
     pub metrics: Vec<Metric>,
 }
 
 /// The loss output's name in `TrainSpec::objective`.
 pub const LOSS: &str = "loss";
+
+/// Inputs named `hyper.*` carry hyperparameters that the runtime feeds each
+/// step, rather than data.
+pub const HYPER: &str = "hyper.";
+
+/// The training step's learning-rate input: an input, not a constant, so a
+/// schedule can change it without recompiling.
+pub const LEARNING_RATE: &str = "hyper.lr";
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Optimizer {
@@ -106,6 +116,41 @@ pub enum Optimizer {
         eps: f64,
         weight_decay: f64,
     },
+}
+
+/// Learning-rate schedules, stepped once per epoch like PyTorch's
+/// `lr_scheduler`s.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Schedule {
+    /// `StepLR`: multiply by `gamma` every `every` epochs.
+    Step { every: usize, gamma: f64 },
+    /// `ExponentialLR`: multiply by `gamma` every epoch.
+    Exponential { gamma: f64 },
+    /// `CosineAnnealingLR` over the whole run, down to `min_lr`.
+    Cosine { min_lr: f64 },
+}
+
+impl Schedule {
+    /// The rate for 0-based `epoch` of `epochs`, starting from `base`.
+    pub fn lr(&self, base: f64, epoch: usize, epochs: usize) -> f64 {
+        match *self {
+            Schedule::Step { every, gamma } => base * gamma.powi((epoch / every.max(1)) as i32),
+            Schedule::Exponential { gamma } => base * gamma.powi(epoch as i32),
+            Schedule::Cosine { min_lr } => {
+                let t = epoch as f64 / epochs.max(1) as f64;
+                min_lr + (base - min_lr) * (1.0 + (std::f64::consts::PI * t).cos()) / 2.0
+            }
+        }
+    }
+}
+
+impl Optimizer {
+    /// The base learning rate.
+    pub fn lr(&self) -> f64 {
+        match *self {
+            Optimizer::Sgd { lr, .. } | Optimizer::Adam { lr, .. } => lr,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -137,5 +182,37 @@ impl fmt::Display for Optimizer {
                 "adam(lr: {lr:?}, beta1: {beta1:?}, beta2: {beta2:?}, eps: {eps:?}, weight_decay: {weight_decay:?})"
             ),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Schedule;
+
+    fn close(a: f64, b: f64) -> bool {
+        (a - b).abs() < 1e-12
+    }
+
+    #[test]
+    fn schedules_match_pytorch() {
+        // StepLR(step_size=2, gamma=0.5) from lr 1: 1, 1, .5, .5, .25
+        let s = Schedule::Step {
+            every: 2,
+            gamma: 0.5,
+        };
+        let got: Vec<f64> = (0..5).map(|e| s.lr(1.0, e, 5)).collect();
+        assert_eq!(got, vec![1.0, 1.0, 0.5, 0.5, 0.25]);
+        // ExponentialLR(gamma=0.9)
+        let s = Schedule::Exponential { gamma: 0.9 };
+        assert!(close(s.lr(2.0, 3, 10), 2.0 * 0.729));
+        // CosineAnnealingLR(T_max=4, eta_min=0.1): epoch 0 is the base rate,
+        // epoch 2 halfway between base and minimum.
+        let s = Schedule::Cosine { min_lr: 0.1 };
+        assert!(close(s.lr(1.0, 0, 4), 1.0));
+        assert!(close(s.lr(1.0, 2, 4), 0.55));
+        assert!(close(
+            s.lr(1.0, 1, 4),
+            0.1 + 0.9 * (1.0 + (std::f64::consts::PI / 4.0).cos()) / 2.0
+        ));
     }
 }

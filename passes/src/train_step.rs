@@ -7,7 +7,9 @@
 
 use crate::autodiff::gradients;
 use crate::PassError;
-use nnc_ir::{BinaryOp, Graph, Init, NodeId, Optimizer, TensorType, UnaryOp, Update, LOSS};
+use nnc_ir::{
+    BinaryOp, Graph, Init, NodeId, Optimizer, TensorType, UnaryOp, Update, LEARNING_RATE, LOSS,
+};
 
 /// State names are `<param>.<slot>`; the shared Adam step counter is this.
 pub const ADAM_STEP: &str = "adam.step";
@@ -35,11 +37,13 @@ pub fn build_train_step(objective: &Graph, optimizer: &Optimizer) -> Result<Grap
     let mut updates = Vec::new();
     match *optimizer {
         Optimizer::Sgd {
-            lr,
             momentum,
             nesterov,
             weight_decay,
+            ..
         } => {
+            let dtype = graph.ty(ids[0]).dtype;
+            let lr = graph.input(LEARNING_RATE, TensorType::scalar(dtype));
             for ((p, name), g) in params.iter().zip(grads) {
                 let g = decayed(&mut graph, *p, g, weight_decay)?;
                 let step = if momentum != 0.0 {
@@ -62,7 +66,6 @@ pub fn build_train_step(objective: &Graph, optimizer: &Optimizer) -> Result<Grap
                 } else {
                     g
                 };
-                let lr = graph.scalar_like(lr, *p);
                 let delta = graph.mul(lr, step)?;
                 let p_new = graph.sub(*p, delta)?;
                 updates.push(Update {
@@ -72,11 +75,11 @@ pub fn build_train_step(objective: &Graph, optimizer: &Optimizer) -> Result<Grap
             }
         }
         Optimizer::Adam {
-            lr,
             beta1,
             beta2,
             eps,
             weight_decay,
+            ..
         } => {
             let dtype = graph.ty(ids[0]).dtype;
             let t = graph.state(ADAM_STEP, TensorType::scalar(dtype), Init::Zeros);
@@ -95,7 +98,7 @@ pub fn build_train_step(objective: &Graph, optimizer: &Optimizer) -> Result<Grap
             let bc2 = graph.sub(one, b2t)?;
             let one_m_b1 = graph.scalar(1.0 - beta1, dtype);
             let one_m_b2 = graph.scalar(1.0 - beta2, dtype);
-            let lr = graph.scalar(lr, dtype);
+            let lr = graph.input(LEARNING_RATE, TensorType::scalar(dtype));
             let eps = graph.scalar(eps, dtype);
             for ((p, name), g) in params.iter().zip(grads) {
                 let g = decayed(&mut graph, *p, g, weight_decay)?;

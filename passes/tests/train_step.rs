@@ -253,6 +253,11 @@ fn run_against_reference(label: &str, opt: Optimizer, expected_states: &[&str]) 
     );
 
     let mut env = data_env();
+    // The learning rate is an input of the step (so schedules need no recompile).
+    env.insert(
+        nnc_ir::LEARNING_RATE,
+        nnc_ir::Tensor::scalar(nnc_ir::DType::F32, opt.lr()),
+    );
     let added = init_leaves(&graph, SEED, &mut env).unwrap();
     assert_eq!(
         added,

@@ -168,6 +168,9 @@ impl LoadedData {
     /// input's type `[B, ...]`.
     pub fn check_inputs(&self, graph: &Graph) -> Result<(), RuntimeError> {
         for (node, name) in graph.inputs() {
+            if name.starts_with(nnc_ir::HYPER) {
+                continue;
+            }
             let ty = graph.ty(node);
             let plan = self.plans.get(name).ok_or_else(|| {
                 RuntimeError::Setup(format!(
@@ -211,7 +214,9 @@ impl LoadedData {
         batch: &mut Batch,
     ) -> Result<(), RuntimeError> {
         batch.size = indices.len();
-        batch.fields.retain(|f| names.contains(&f.name));
+        batch
+            .fields
+            .retain(|f| names.contains(&f.name) || f.name.starts_with(nnc_ir::HYPER));
         for name in names {
             let plan = self
                 .plans

@@ -3,18 +3,23 @@
 //! evaluation on the test samples.
 
 use crate::data::{train_val_split, Batches, Dataset, SplitMix64};
-use crate::executor::{Batch, Executor, StepMetrics};
+use crate::executor::{Batch, BatchData, BatchField, Executor, StepMetrics};
 use crate::loader::LoadedData;
 use crate::RuntimeError;
-use nnc_ir::{Graph, TrainSpec};
+use nnc_ir::{Graph, TrainSpec, HYPER, LEARNING_RATE};
 use std::time::Instant;
 
 /// Overrides of the train block's settings from the command line.
 #[derive(Debug, Clone, Default)]
 pub struct TrainOptions {
+    /// The last epoch (1-based), overriding the train block's `epochs`.
     pub epochs: Option<usize>,
     pub batch: Option<usize>,
     pub seed: Option<u64>,
+    /// The first epoch to run (1-based; 0 means 1). A resumed run starts
+    /// after the epochs its checkpoint has done, with the same shuffles and
+    /// learning rates as an uninterrupted run.
+    pub first_epoch: usize,
 }
 
 impl TrainOptions {
@@ -109,13 +114,34 @@ pub fn partition(
     })
 }
 
-/// Names of a graph's inputs, in order.
+/// Names of a graph's data inputs, in order (not the `hyper.*` inputs the
+/// loop feeds itself).
 pub fn input_names(graph: &Graph) -> Vec<String> {
     graph
         .inputs()
         .into_iter()
         .map(|(_, n)| n.to_string())
+        .filter(|n| !n.starts_with(HYPER))
         .collect()
+}
+
+/// Sets the scalar input `name` of `batch` (added once, then overwritten).
+pub fn set_hyper(batch: &mut Batch, name: &str, value: f64) {
+    match batch.fields.iter_mut().find(|f| f.name == name) {
+        Some(BatchField {
+            data: BatchData::F32(v),
+            ..
+        }) => {
+            v.clear();
+            v.push(value as f32);
+        }
+        Some(f) => f.data = BatchData::F32(vec![value as f32]),
+        None => batch.fields.push(BatchField {
+            name: name.to_string(),
+            shape: Vec::new(),
+            data: BatchData::F32(vec![value as f32]),
+        }),
+    }
 }
 
 /// Loss and metrics of the objective over `indices` of `ds`.
@@ -164,7 +190,11 @@ pub fn train(
     let mut batch = Batch::default();
     let mut reports = Vec::with_capacity(epochs);
     let mut order = parts.train.clone();
-    for epoch in 1..=epochs {
+    let base_lr = spec.optimizer.lr();
+    for epoch in options.first_epoch.max(1)..=epochs {
+        let lr = spec
+            .schedule
+            .map_or(base_lr, |s| s.lr(base_lr, epoch - 1, epochs));
         let start = Instant::now();
         let mut rng = SplitMix64::new(seed ^ (epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
         order.copy_from_slice(&parts.train);
@@ -175,6 +205,7 @@ pub fn train(
         for (i, range) in batches.enumerate() {
             let indices = &order[range];
             data.fill_batch(&data.train, &names, indices, &mut batch)?;
+            set_hyper(&mut batch, LEARNING_RATE, lr);
             let m = exec.train_step(&batch)?;
             if !m.loss.is_finite() {
                 return Err(RuntimeError::NonFinite {
