@@ -4,9 +4,8 @@
 use crate::diagnostic;
 use nnc_dsl::SourceFile;
 use nnc_ir::{Graph, Module};
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 use std::path::{Path, PathBuf};
-use std::rc::Rc;
 use std::time::Instant;
 
 /// A failure, already rendered for the terminal.
@@ -240,62 +239,6 @@ fn check_flags(flags: &RunFlags) -> Result<(), Failure> {
     Ok(())
 }
 
-/// Lets the epoch callback read the model's state (to checkpoint it) while
-/// `train` holds the executor, notes when the first step starts (the end
-/// of "compilation"), and stops the run at the next step once a callback
-/// has failed.
-struct Watched {
-    exec: Rc<RefCell<Box<dyn nnc_runtime::Executor>>>,
-    first_call: Rc<Cell<Option<Instant>>>,
-    failed: Rc<RefCell<Option<String>>>,
-}
-
-impl Watched {
-    fn enter(&self) -> Result<(), nnc_runtime::RuntimeError> {
-        if self.first_call.get().is_none() {
-            self.first_call.set(Some(Instant::now()));
-        }
-        match &*self.failed.borrow() {
-            Some(m) => Err(nnc_runtime::RuntimeError::Setup(m.clone())),
-            None => Ok(()),
-        }
-    }
-}
-
-impl nnc_runtime::Executor for Watched {
-    fn train_step(
-        &mut self,
-        batch: &nnc_runtime::Batch,
-    ) -> Result<nnc_runtime::StepMetrics, nnc_runtime::RuntimeError> {
-        self.enter()?;
-        self.exec.borrow_mut().train_step(batch)
-    }
-    fn evaluate(
-        &mut self,
-        batch: &nnc_runtime::Batch,
-    ) -> Result<nnc_runtime::StepMetrics, nnc_runtime::RuntimeError> {
-        self.enter()?;
-        self.exec.borrow_mut().evaluate(batch)
-    }
-    fn predict(
-        &mut self,
-        batch: &nnc_runtime::Batch,
-    ) -> Result<Vec<(String, nnc_ir::Tensor)>, nnc_runtime::RuntimeError> {
-        self.enter()?;
-        self.exec.borrow_mut().predict(batch)
-    }
-    fn state(&self) -> Vec<(String, nnc_ir::Tensor)> {
-        self.exec.borrow().state()
-    }
-    fn set_state(
-        &mut self,
-        name: &str,
-        value: nnc_ir::Tensor,
-    ) -> Result<(), nnc_runtime::RuntimeError> {
-        self.exec.borrow_mut().set_state(name, value)
-    }
-}
-
 fn runtime_failure(e: nnc_runtime::RuntimeError) -> Failure {
     Failure(diagnostic::render_plain(&e.to_string()))
 }
@@ -327,6 +270,7 @@ pub fn run_with(
         return predict(&module, settings, weights, input, out).map(RunOutcome::Predicted);
     }
     let step = train_step(&module)?;
+    let frontend_seconds = started.elapsed().as_secs_f64();
     let spec = module.train.as_ref().ok_or_else(|| internal("no train"))?;
     let data_spec = module.data.as_ref().ok_or_else(|| internal("no data"))?;
     let base = data_base(path, settings.data_dir.as_deref());
@@ -338,23 +282,17 @@ pub fn run_with(
         step: step.clone(),
     };
     let params = nnc_runtime::checkpoint::param_names(&programs);
-    let executor = settings
+    let mut exec = settings
         .backend
         .executor(programs, settings.options.seed(spec))
         .map_err(runtime_err)?;
-    let shared: Rc<RefCell<Box<dyn nnc_runtime::Executor>>> = Rc::new(RefCell::new(executor));
-    let mut exec = Watched {
-        exec: shared.clone(),
-        first_call: Rc::new(Cell::new(None)),
-        failed: Rc::new(RefCell::new(None)),
-    };
     let mut options = settings.options.clone();
     let target_epochs = options.epochs.unwrap_or(spec.epochs);
     let mut done_before = 0;
     if let Some(weights) = &flags.weights {
         let ckpt = nnc_runtime::checkpoint::load(weights).map_err(runtime_err)?;
         ckpt.apply(
-            &mut exec,
+            exec.as_mut(),
             &module.name,
             &params,
             nnc_runtime::CheckpointScope::Params,
@@ -382,7 +320,7 @@ pub fn run_with(
         }
         let ckpt = nnc_runtime::checkpoint::load(save).map_err(runtime_err)?;
         ckpt.apply(
-            &mut exec,
+            exec.as_mut(),
             &module.name,
             &params,
             nnc_runtime::CheckpointScope::Everything,
@@ -425,7 +363,7 @@ pub fn run_with(
         ));
         let eval_start = Instant::now();
         let (train, validation, test) =
-            evaluate_only(spec, &data, &mut exec, &options).map_err(runtime_err)?;
+            evaluate_only(spec, &data, exec.as_mut(), &options).map_err(runtime_err)?;
         let seconds = eval_start.elapsed().as_secs_f64();
         for (name, m) in [
             ("train", &train),
@@ -469,38 +407,29 @@ pub fn run_with(
             done_before + 1,
             target_epochs,
         ));
-        let failed = exec.failed.clone();
         let mut saved_epochs = None;
         let result = nnc_runtime::train(
             spec,
             &step,
             &data,
-            &mut exec,
+            exec.as_mut(),
             &options,
             &mut |done, total| progress.borrow_mut().batch(done, total),
-            &mut |r| {
+            &mut |r, exec| {
                 progress.borrow_mut().finish_epoch();
                 out(&format_epoch(r));
                 if let Some(save) = &flags.save {
-                    if failed.borrow().is_some() {
-                        return;
-                    }
                     let meta = nnc_runtime::CheckpointMeta {
                         epochs_done: r.epoch,
                         params: params.clone(),
                     };
-                    let state = shared.borrow().state();
-                    match nnc_runtime::checkpoint::save(save, &module.name, &state, &meta) {
-                        Ok(()) => saved_epochs = Some(r.epoch),
-                        Err(e) => *failed.borrow_mut() = Some(e.to_string()),
-                    }
+                    nnc_runtime::checkpoint::save(save, &module.name, &exec.state(), &meta)?;
+                    saved_epochs = Some(r.epoch);
                 }
+                Ok(())
             },
         );
         progress.borrow_mut().finish_epoch();
-        if let Some(message) = exec.failed.borrow_mut().take() {
-            return Err(Failure(diagnostic::render_plain(&message)));
-        }
         let trained = result.map_err(runtime_err)?;
         if let Some(save) = &flags.save {
             // Every epoch already saved the state it ended with; save here
@@ -510,8 +439,7 @@ pub fn run_with(
                     epochs_done: done_before,
                     params: params.clone(),
                 };
-                let state = shared.borrow().state();
-                nnc_runtime::checkpoint::save(save, &module.name, &state, &meta)
+                nnc_runtime::checkpoint::save(save, &module.name, &exec.state(), &meta)
                     .map_err(runtime_err)?;
             }
         }
@@ -531,8 +459,8 @@ pub fn run_with(
         RunOutcome::Trained(trained)
     };
     if let Some(path) = &flags.report {
-        let first = exec.first_call.get().unwrap_or_else(Instant::now);
-        report.compile_seconds = first.saturating_duration_since(started).as_secs_f64();
+        // Parse, elaborate and build the step, then the executor's own compiling.
+        report.compile_seconds = frontend_seconds + exec.compile_time().as_secs_f64();
         report.total_seconds = started.elapsed().as_secs_f64();
         report.peak_rss_bytes = nnc_runtime::report::peak_rss_bytes();
         report.write(path).map_err(runtime_err)?;
@@ -540,8 +468,6 @@ pub fn run_with(
     Ok(outcome)
 }
 
-/// An epoch report numbered as part of the whole training, when this run
-/// continues after `done_before` epochs.
 /// `--eval`: the objective's loss and metrics on the validation and test
 /// samples, split exactly as training splits them; on the training samples
 /// when there are neither.

@@ -27,7 +27,10 @@ fn train(name: &str, data_dir: Option<&Path>) -> nnc_runtime::TrainReport {
         &mut jit,
         &options,
         &mut |_, _| {},
-        &mut |r| println!("{}", nnc::driver::format_epoch(r)),
+        &mut |r, _| {
+            println!("{}", nnc::driver::format_epoch(r));
+            Ok(())
+        },
     )
     .unwrap()
 }

@@ -66,6 +66,10 @@ pub trait Executor {
     fn state(&self) -> Vec<(String, Tensor)>;
     /// Replaces one param or state tensor (from a checkpoint).
     fn set_state(&mut self, name: &str, value: Tensor) -> Result<(), RuntimeError>;
+    /// Time spent compiling programs so far (none for an interpreter).
+    fn compile_time(&self) -> std::time::Duration {
+        std::time::Duration::ZERO
+    }
 }
 
 /// The reference interpreter as an executor: slow, simple, the definition

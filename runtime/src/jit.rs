@@ -227,6 +227,10 @@ impl Executor for Jit {
             .collect()
     }
 
+    fn compile_time(&self) -> Duration {
+        self.compile_time
+    }
+
     fn set_state(&mut self, name: &str, value: Tensor) -> Result<(), RuntimeError> {
         self.state
             .set(name, &value)

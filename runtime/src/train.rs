@@ -163,8 +163,10 @@ pub fn evaluate(
     Ok(acc.finish())
 }
 
-/// Trains the executor's model as `spec` says, calling `on_epoch` after
-/// each epoch and `on_batch(done, total)` after each step.
+/// Trains the executor's model as `spec` says, calling `on_batch(done,
+/// total)` after each step and `on_epoch` after each epoch, with the
+/// executor (to checkpoint its state); an error from `on_epoch` stops
+/// training.
 pub fn train(
     spec: &TrainSpec,
     step: &Graph,
@@ -172,7 +174,7 @@ pub fn train(
     exec: &mut dyn Executor,
     options: &TrainOptions,
     on_batch: &mut dyn FnMut(usize, usize),
-    on_epoch: &mut dyn FnMut(&EpochReport),
+    on_epoch: &mut dyn FnMut(&EpochReport, &dyn Executor) -> Result<(), RuntimeError>,
 ) -> Result<TrainReport, RuntimeError> {
     let epochs = options.epochs.unwrap_or(spec.epochs);
     let batch_size = options.batch.unwrap_or(spec.batch);
@@ -236,7 +238,7 @@ pub fn train(
             validation,
             seconds: start.elapsed().as_secs_f64(),
         };
-        on_epoch(&report);
+        on_epoch(&report, exec)?;
         reports.push(report);
     }
     let test = match (&data.test, parts.test.is_empty()) {
