@@ -236,7 +236,7 @@ fn addr_at(b: &mut FunctionBuilder, base: Value, i: Value, stride: isize) -> Val
 
 /// The elementwise operation of a map kernel.
 #[derive(Debug, Clone, Copy, PartialEq)]
-enum MapOp {
+pub(crate) enum MapOp {
     Copy,
     Unary(UnaryOp),
     Binary(BinaryOp),
@@ -251,6 +251,53 @@ impl MapOp {
     fn vectorizes(self) -> bool {
         self != MapOp::Binary(BinaryOp::Pow)
     }
+}
+
+/// One step of a (possibly fused) elementwise expression, evaluated per
+/// element in registers: operands are the kernel's inputs or earlier steps.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Instr {
+    Input(usize),
+    Apply {
+        op: MapOp,
+        args: Vec<usize>,
+        kind: Kind,
+    },
+}
+
+/// `out = op(in0, in1, ...)` as a one-step expression.
+fn single(op: MapOp, inputs: usize, kind: Kind) -> Vec<Instr> {
+    let mut instrs: Vec<Instr> = (0..inputs).map(Instr::Input).collect();
+    instrs.push(Instr::Apply {
+        op,
+        args: (0..inputs).collect(),
+        kind,
+    });
+    instrs
+}
+
+/// Evaluates `instrs` on loaded inputs; the last step is the result.
+fn evaluate(
+    b: &mut FunctionBuilder,
+    calls: &mut dyn Calls,
+    instrs: &[Instr],
+    vector: bool,
+    inputs: &[(Value, Kind)],
+) -> Result<Value, CodegenError> {
+    let mut vals: Vec<(Value, Kind)> = Vec::with_capacity(instrs.len());
+    for instr in instrs {
+        let v = match instr {
+            Instr::Input(i) => inputs[*i],
+            Instr::Apply { op, args, kind } => {
+                let a: Vec<(Value, Kind)> = args.iter().map(|&j| vals[j]).collect();
+                (compute(b, calls, *op, vector, &a, *kind)?, *kind)
+            }
+        };
+        vals.push(v);
+    }
+    vals.last()
+        .map(|v| v.0)
+        .ok_or_else(|| CodegenError::new("internal error: an empty expression"))
 }
 
 /// Computes one element (or four lanes) of a map kernel.
@@ -408,7 +455,7 @@ fn store(b: &mut FunctionBuilder, v: Value, addr: Value) {
 fn emit_map(
     b: &mut FunctionBuilder,
     calls: &mut dyn Calls,
-    op: MapOp,
+    instrs: &[Instr],
     dims: &[usize],
     out: (Strided, Kind),
     ins: &[(Strided, Kind)],
@@ -429,8 +476,12 @@ fn emit_map(
     let kinds: Vec<Kind> = std::iter::once(out.1)
         .chain(ins.iter().map(|i| i.1))
         .collect();
+    let vectorizes = instrs.iter().all(|i| match i {
+        Instr::Apply { op, .. } => op.vectorizes(),
+        Instr::Input(_) => true,
+    });
     let vector = n >= 4
-        && op.vectorizes()
+        && vectorizes
         && inner_strides[0] == 4
         && inner_strides[1..].iter().all(|&s| s == 0 || s == 4);
     let mut error = None;
@@ -457,7 +508,7 @@ fn emit_map(
                         }
                     })
                     .collect();
-                match compute(b, calls, op, true, &vals, kinds[0]) {
+                match evaluate(b, calls, instrs, true, &vals) {
                     Ok(v) => {
                         let a = b.ins().iadd(addrs[0], byte);
                         store(b, v, a);
@@ -473,7 +524,7 @@ fn emit_map(
                     (load(b, kinds[k].scalar(), a), kinds[k])
                 })
                 .collect();
-            match compute(b, calls, op, false, &vals, kinds[0]) {
+            match evaluate(b, calls, instrs, false, &vals) {
                 Ok(v) => {
                     let a = addr_at(b, addrs[0], i, inner_strides[0]);
                     store(b, v, a);
@@ -828,9 +879,10 @@ fn emit_take(
     });
 }
 
-/// Calls `gemm` for every batch of `c = a @ b`; batch dims that all
-/// operands walk uniformly are folded into the rows when the right operand
-/// is shared across them.
+/// `c = a @ b`, batched over the leading dims: small products (see
+/// `matmul::use_cranelift`) run as Cranelift loops, the rest call `gemm`
+/// once per batch. Batch dims that all operands walk uniformly are folded
+/// into the rows when the right operand is shared across them.
 #[allow(clippy::too_many_arguments)]
 fn emit_matmul(
     b: &mut FunctionBuilder,
@@ -872,6 +924,39 @@ fn emit_matmul(
             };
             ba[i] == inner_a && bc[i] == inner_c
         });
+    let folded = fold || batch.is_empty();
+    let rows = if folded {
+        m * batch.iter().product::<usize>()
+    } else {
+        m
+    };
+    if crate::matmul::use_cranelift(rows, n, k) {
+        use crate::matmul::{BatchDim, Mat};
+        let mat = |addr: usize, rs: isize, cs: isize| Mat { addr, rs, cs };
+        let dims: Vec<BatchDim> = if folded {
+            Vec::new()
+        } else {
+            (0..batch.len())
+                .map(|i| BatchDim {
+                    len: batch[i],
+                    a: ba[i],
+                    b: bb[i],
+                    c: bc[i],
+                })
+                .collect()
+        };
+        crate::matmul::emit_small_matmul(
+            b,
+            rows,
+            n,
+            k,
+            mat(c.0, c_rs, c_cs),
+            mat(a.0, a_rs, a_cs),
+            mat(bm.0, b_rs, b_cs),
+            &dims,
+        );
+        return Ok(());
+    }
     let mut call = |b: &mut FunctionBuilder, rows: usize, ao: isize, bo: isize, co: isize| {
         let args: Vec<i64> = vec![
             rows as i64,
@@ -894,8 +979,7 @@ fn emit_matmul(
             .collect();
         calls.call(b, Host::Sgemm, &vals);
     };
-    if fold || batch.is_empty() {
-        let rows = m * batch.iter().product::<usize>();
+    if folded {
         call(b, rows, 0, 0, 0);
         return Ok(());
     }
@@ -917,6 +1001,54 @@ fn emit_matmul(
         call(b, m, ao, bo, co);
     }
     Ok(())
+}
+
+/// The elementwise operation of a node, if it is one.
+pub(crate) fn elementwise(graph: &Graph, id: NodeId) -> Option<MapOp> {
+    let node = graph.node(id);
+    Some(match &node.op {
+        Op::Unary(u) => MapOp::Unary(*u),
+        Op::Binary(op) => MapOp::Binary(*op),
+        Op::Select => MapOp::Select,
+        Op::Cast if node.ty.dtype == DType::Bool => MapOp::NonZero,
+        Op::Cast => MapOp::Cast,
+        _ => return None,
+    })
+}
+
+/// Appends the expression of `id` to `instrs` (operands first): fused
+/// producers inline, everything else an input. Returns `id`'s step index.
+fn fuse_tree(
+    graph: &Graph,
+    plan: &Plan,
+    id: NodeId,
+    inputs: &mut Vec<NodeId>,
+    instrs: &mut Vec<Instr>,
+) -> usize {
+    let mut args = Vec::new();
+    for o in graph.operands(id) {
+        let step = if plan.fused.contains(&o) {
+            fuse_tree(graph, plan, o, inputs, instrs)
+        } else {
+            let i = match inputs.iter().position(|&n| n == o) {
+                Some(i) => i,
+                None => {
+                    inputs.push(o);
+                    inputs.len() - 1
+                }
+            };
+            instrs.push(Instr::Input(i));
+            instrs.len() - 1
+        };
+        args.push(step);
+    }
+    let op = elementwise(graph, id).unwrap_or(MapOp::Copy);
+    instrs.push(Instr::Apply {
+        op,
+        args,
+        kind: Kind::of(graph.ty(id).dtype),
+    });
+    instrs.len() - 1
 }
 
 /// Emits the body of the kernel for `id` into `b` (which ends it with a
@@ -961,18 +1093,38 @@ pub fn emit_kernel(
         emit_map(
             b,
             calls,
-            op,
+            &single(op, n, out_kind),
             &out_view.shape,
             (strided(out_addr, out_view), out_kind),
             &ins,
         )
     };
+    if elementwise(graph, id).is_some() {
+        // The node and the elementwise producers the plan fused into it, as
+        // one expression evaluated per element in registers.
+        let mut inputs: Vec<NodeId> = Vec::new();
+        let mut instrs: Vec<Instr> = Vec::new();
+        fuse_tree(graph, plan, id, &mut inputs, &mut instrs);
+        let ins: Vec<(Strided, Kind)> = inputs
+            .iter()
+            .map(|&n| {
+                let v = &plan.views[&n];
+                (aligned(v, at.of(v)), Kind::of(graph.ty(n).dtype))
+            })
+            .collect();
+        return emit_map(
+            b,
+            calls,
+            &instrs,
+            &out_view.shape,
+            (strided(out_addr, out_view), out_kind),
+            &ins,
+        );
+    }
     match &node.op {
-        Op::Unary(u) => map(b, calls, MapOp::Unary(*u), 1)?,
-        Op::Binary(op) => map(b, calls, MapOp::Binary(*op), 2)?,
-        Op::Select => map(b, calls, MapOp::Select, 3)?,
-        Op::Cast if node.ty.dtype == DType::Bool => map(b, calls, MapOp::NonZero, 1)?,
-        Op::Cast => map(b, calls, MapOp::Cast, 1)?,
+        Op::Unary(_) | Op::Binary(_) | Op::Select | Op::Cast => {
+            unreachable!("elementwise ops return above")
+        }
         Op::Reshape => {
             // The plan schedules a reshape only for a non-contiguous operand:
             // walk it in row-major order of its own shape into the result.
@@ -987,7 +1139,7 @@ pub fn emit_kernel(
             emit_map(
                 b,
                 calls,
-                MapOp::Copy,
+                &single(MapOp::Copy, 1, out_kind),
                 &v.shape,
                 (dst, out_kind),
                 &[(strided(a, v), k)],
@@ -1004,7 +1156,7 @@ pub fn emit_kernel(
                 emit_map(
                     b,
                     calls,
-                    MapOp::Copy,
+                    &single(MapOp::Copy, 1, out_kind),
                     &v.shape,
                     (dst, out_kind),
                     &[(strided(a, v), k)],
@@ -1134,7 +1286,7 @@ pub fn emit_copy(
     emit_map(
         b,
         calls,
-        MapOp::Copy,
+        &single(MapOp::Copy, 1, kind),
         &dst.shape,
         (strided(dst_addr, dst), kind),
         &[(strided(src_addr, src), kind)],

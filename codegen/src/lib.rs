@@ -9,6 +9,7 @@
 //! - `vmath`: inline vector `exp`, `log`, `tanh`, `sigmoid`.
 
 pub mod emit;
+pub mod matmul;
 pub mod plan;
 pub mod program;
 pub mod vmath;

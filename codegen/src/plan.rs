@@ -9,8 +9,8 @@
 //! nothing.
 
 use crate::CodegenError;
-use nnc_ir::{DType, Dim, Graph, NodeId, Op};
-use std::collections::HashMap;
+use nnc_ir::{BinaryOp, DType, Dim, Graph, NodeId, Op};
+use std::collections::{HashMap, HashSet};
 
 /// Where a view's elements live.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -181,6 +181,42 @@ pub struct Plan {
     pub constants: Vec<NodeId>,
     pub inputs: Vec<(String, NodeId)>,
     pub outputs: Vec<(String, NodeId)>,
+    /// Elementwise nodes computed inside their consumer's kernel, in
+    /// registers: they have no buffer and no step of their own.
+    pub fused: HashSet<NodeId>,
+}
+
+/// Elementwise nodes that fuse into their consumer: the only user is an
+/// elementwise op of the same shape, and the value is not a result of the
+/// program. Chains fuse transitively, so a whole elementwise tree (an Adam
+/// update, a relu mask and its gradient) becomes one loop.
+fn fusion(graph: &Graph, order: &[NodeId], bindings: &HashMap<String, usize>) -> HashSet<NodeId> {
+    let results: HashSet<NodeId> = graph
+        .outputs
+        .iter()
+        .map(|o| o.node)
+        .chain(graph.updates.iter().map(|u| u.value))
+        .collect();
+    let fusable = |n: NodeId| match &graph.node(n).op {
+        // `pow` calls out per element; keep it its own kernel.
+        Op::Binary(BinaryOp::Pow) => false,
+        Op::Unary(_) | Op::Binary(_) | Op::Select | Op::Cast => true,
+        _ => false,
+    };
+    let shape = |n: NodeId| concrete(&graph.ty(n).shape, bindings).ok();
+    order
+        .iter()
+        .copied()
+        .filter(|&n| {
+            if !fusable(n) || results.contains(&n) {
+                return false;
+            }
+            match graph.users(n).as_slice() {
+                [user] => fusable(*user) && shape(*user).is_some() && shape(*user) == shape(n),
+                _ => false,
+            }
+        })
+        .collect()
 }
 
 pub fn plan(
@@ -198,8 +234,12 @@ pub fn plan(
     // position of the node that writes it.
     let mut pinned: Vec<bool> = Vec::new();
     let mut born: Vec<usize> = Vec::new();
+    let fused = fusion(graph, &order, bindings);
 
     for (position, &id) in order.iter().enumerate() {
+        if fused.contains(&id) {
+            continue;
+        }
         let mut new_buffer = |shape: &[usize], pin: bool, buffers: &mut Vec<Buffer>| {
             buffers.push(Buffer {
                 bytes: align(shape.iter().product::<usize>() * 4),
@@ -337,11 +377,23 @@ pub fn plan(
     // Liveness: the last step index that reads each buffer.
     let position: HashMap<NodeId, usize> = order.iter().enumerate().map(|(i, &n)| (n, i)).collect();
     let end = order.len();
+    // A fused node's operands are read when its consumer's kernel runs.
+    let mut reader: HashMap<NodeId, usize> = HashMap::new();
+    for &id in order.iter().rev() {
+        let at = match graph.users(id).as_slice() {
+            [user] if fused.contains(&id) => reader[user],
+            _ => position[&id],
+        };
+        reader.insert(id, at);
+    }
     let mut last_use: Vec<usize> = born.clone();
     for &id in &order {
         for o in graph.operands(id) {
+            if fused.contains(&o) {
+                continue;
+            }
             if let Base::Work(b) = views[&o].base {
-                last_use[b] = last_use[b].max(position[&id]);
+                last_use[b] = last_use[b].max(reader[&id]);
             }
         }
     }
@@ -407,6 +459,7 @@ pub fn plan(
         constants,
         inputs,
         outputs,
+        fused,
     })
 }
 
