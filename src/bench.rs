@@ -5,7 +5,7 @@
 //! machine is shared) does not move them. Not a test: a measurement.
 
 use crate::driver::{self, Failure};
-use nnc_runtime::{Batch, BatchData, BatchField, Executor, Jit, Programs};
+use nnc_runtime::{Batch, Executor, Jit, Programs};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -50,39 +50,6 @@ fn median(mut xs: Vec<Duration>) -> Duration {
     xs[xs.len() / 2]
 }
 
-fn synthetic(graph: &nnc_ir::Graph, size: usize) -> Batch {
-    let mut state = 0x2545_F491_4F6C_DD1Du64;
-    let mut next = move || {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        state
-    };
-    let mut batch = Batch {
-        size,
-        fields: Vec::new(),
-    };
-    for (node, name) in graph.inputs() {
-        let ty = graph.ty(node);
-        let shape: Vec<usize> = ty
-            .shape
-            .iter()
-            .map(|d| d.as_const().unwrap_or(size))
-            .collect();
-        let n: usize = shape.iter().product();
-        let data = match ty.dtype {
-            nnc_ir::DType::I32 => BatchData::I32((0..n).map(|_| (next() % 2) as i32).collect()),
-            _ => BatchData::F32((0..n).map(|_| (next() % 1000) as f32 / 1000.0).collect()),
-        };
-        batch.fields.push(BatchField {
-            name: name.to_string(),
-            shape,
-            data,
-        });
-    }
-    batch
-}
-
 fn time(
     runs: usize,
     warmup: usize,
@@ -118,7 +85,7 @@ pub fn bench(path: &Path, options: &BenchOptions) -> Result<BenchReport, Failure
     };
     let fail = |e: nnc_runtime::RuntimeError| Failure(format!("error: {e}\n"));
     let mut jit = Jit::new(programs, spec.seed).map_err(fail)?;
-    let mut batch = synthetic(&step, size);
+    let mut batch = Batch::synthetic(&step, size, 1);
     nnc_runtime::train::set_hyper(&mut batch, nnc_ir::LEARNING_RATE, spec.optimizer.lr());
     // The first step compiles the training step for this batch size.
     jit.train_step(&batch).map_err(fail)?;
@@ -126,11 +93,11 @@ pub fn bench(path: &Path, options: &BenchOptions) -> Result<BenchReport, Failure
     let train_step = time(options.runs, options.warmup, || {
         jit.train_step(&batch).map(|_| ()).map_err(fail)
     })?;
-    let forward_batch = synthetic(&module.forward, size);
+    let forward_batch = Batch::synthetic(&module.forward, size, 2);
     let infer_batch = time(options.runs, options.warmup, || {
         jit.predict(&forward_batch).map(|_| ()).map_err(fail)
     })?;
-    let one = synthetic(&module.forward, 1);
+    let one = Batch::synthetic(&module.forward, 1, 3);
     let infer_one = time(options.runs, options.warmup, || {
         jit.predict(&one).map(|_| ()).map_err(fail)
     })?;

@@ -9,18 +9,7 @@
 //! within 2e-4 absolute (Adam's normalized steps amplify tiny gradient
 //! differences on near-zero gradients), the loss within 1e-4 relative.
 
-use nnc_runtime::{Batch, BatchData, BatchField, Executor, Interpreter, Jit, Programs};
-
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> f64 {
-        self.0 = self
-            .0
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        (self.0 >> 11) as f64 / (1u64 << 53) as f64
-    }
-}
+use nnc_runtime::{Batch, Executor, Interpreter, Jit, Programs};
 
 fn programs(name: &str) -> Programs {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("examples/{name}.nn"));
@@ -32,36 +21,6 @@ fn programs(name: &str) -> Programs {
         objective: module.train.unwrap().objective,
         step,
     }
-}
-
-fn random_batch(graph: &nnc_ir::Graph, size: usize, rng: &mut Rng) -> Batch {
-    let mut batch = Batch {
-        size,
-        fields: Vec::new(),
-    };
-    for (node, name) in graph.inputs() {
-        let ty = graph.ty(node);
-        let shape: Vec<usize> = ty
-            .shape
-            .iter()
-            .map(|d| d.as_const().unwrap_or(size))
-            .collect();
-        let n: usize = shape.iter().product();
-        let data = match ty.dtype {
-            // The learning rate the examples train with.
-            _ if name == nnc_ir::LEARNING_RATE => BatchData::F32(vec![1e-3]),
-            nnc_ir::DType::I32 => {
-                BatchData::I32((0..n).map(|_| (rng.next() * 10.0) as i32 % 10).collect())
-            }
-            _ => BatchData::F32((0..n).map(|_| rng.next() as f32).collect()),
-        };
-        batch.fields.push(BatchField {
-            name: name.to_string(),
-            shape,
-            data,
-        });
-    }
-    batch
 }
 
 fn close(a: f64, b: f64, rtol: f64, atol: f64) -> bool {
@@ -79,9 +38,10 @@ fn jit_matches_interpreter_on_every_example() {
             assert_eq!(n1, n2);
             assert_eq!(t1.max_abs_diff(t2), 0.0, "{name}: initial `{n1}` differs");
         }
-        let mut rng = Rng(11);
         for (step, size) in [7usize, 7, 3].into_iter().enumerate() {
-            let batch = random_batch(&p.step, size, &mut rng);
+            let mut batch = Batch::synthetic(&p.step, size, step as u64);
+            // The learning rate the examples train with.
+            nnc_runtime::train::set_hyper(&mut batch, nnc_ir::LEARNING_RATE, 1e-3);
             let a = interp.evaluate(&batch).unwrap();
             let b = jit.evaluate(&batch).unwrap();
             assert!(

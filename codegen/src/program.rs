@@ -430,6 +430,10 @@ impl Program {
         Some((self.work.words_mut(off, n), dtype))
     }
 
+    pub fn has_input(&self, name: &str) -> bool {
+        self.inputs.contains_key(name)
+    }
+
     /// Writes f32 values into input `name` (its length must match).
     pub fn set_input_f32(&mut self, name: &str, values: &[f32]) -> Result<(), CodegenError> {
         let (words, dtype) = self

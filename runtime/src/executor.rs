@@ -46,6 +46,38 @@ impl Batch {
     pub fn get(&self, name: &str) -> Option<&BatchField> {
         self.fields.iter().find(|f| f.name == name)
     }
+
+    /// A batch of `size` pseudo-random samples for every input of `graph`
+    /// (floats in [0, 1), integers 0 or 1), for benchmarks and differential
+    /// tests. Symbolic dims are `size`.
+    pub fn synthetic(graph: &Graph, size: usize, seed: u64) -> Batch {
+        let mut rng = crate::data::SplitMix64::new(seed);
+        let mut batch = Batch {
+            size,
+            fields: Vec::new(),
+        };
+        for (node, name) in graph.inputs() {
+            let ty = graph.ty(node);
+            let shape: Vec<usize> = ty
+                .shape
+                .iter()
+                .map(|d| d.as_const().unwrap_or(size))
+                .collect();
+            let n: usize = shape.iter().product();
+            let data = match ty.dtype {
+                nnc_ir::DType::I32 | nnc_ir::DType::Bool => {
+                    BatchData::I32((0..n).map(|_| (rng.next_u64() % 2) as i32).collect())
+                }
+                _ => BatchData::F32((0..n).map(|_| rng.next_f64() as f32).collect()),
+            };
+            batch.fields.push(BatchField {
+                name: name.to_string(),
+                shape,
+                data,
+            });
+        }
+        batch
+    }
 }
 
 /// The scalars a step or an evaluation reports, averaged over the batch.

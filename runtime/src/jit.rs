@@ -73,8 +73,9 @@ impl Jit {
         }
     }
 
-    /// The program for `which` at this batch's shapes, compiling it on first use.
-    fn program(&mut self, which: Which, batch: &Batch) -> Result<&mut Program, RuntimeError> {
+    /// The index of the program for `which` at this batch's shapes,
+    /// compiling it on first use.
+    fn program(&mut self, which: Which, batch: &Batch) -> Result<usize, RuntimeError> {
         let found = self.compiled.iter().position(|c| {
             c.which == which
                 && c.shapes.len() == batch.fields.len()
@@ -83,57 +84,45 @@ impl Jit {
                     .zip(&batch.fields)
                     .all(|(s, f)| *s == f.shape)
         });
-        let index = match found {
-            Some(i) => i,
-            None => {
-                let graph = self.graph(which);
-                let bindings = bind_symbols(graph, batch)?;
-                let program = Program::compile(graph, &bindings, &self.state).map_err(codegen)?;
-                self.compile_time += program.stats.plan_time + program.stats.codegen_time;
-                self.compiled.push(Compiled {
-                    which,
-                    shapes: batch.fields.iter().map(|f| f.shape.clone()).collect(),
-                    program,
-                });
-                self.compiled.len() - 1
-            }
-        };
-        Ok(&mut self.compiled[index].program)
+        if let Some(i) = found {
+            return Ok(i);
+        }
+        let graph = self.graph(which);
+        let bindings = bind_symbols(graph, batch)?;
+        let program = Program::compile(graph, &bindings, &self.state).map_err(codegen)?;
+        self.compile_time += program.stats.plan_time + program.stats.codegen_time;
+        self.compiled.push(Compiled {
+            which,
+            shapes: batch.fields.iter().map(|f| f.shape.clone()).collect(),
+            program,
+        });
+        Ok(self.compiled.len() - 1)
     }
 
-    fn run(&mut self, which: Which, batch: &Batch) -> Result<&Program, RuntimeError> {
-        let program = self.program(which, batch)?;
+    /// Feeds `batch` to the program for `which` and runs it; returns the
+    /// program's index.
+    fn run(&mut self, which: Which, batch: &Batch) -> Result<usize, RuntimeError> {
+        let index = self.program(which, batch)?;
+        let program = &mut self.compiled[index].program;
         for field in &batch.fields {
-            let r = match &field.data {
+            // A field the graph does not read (a label during prediction) is skipped.
+            if !program.has_input(&field.name) {
+                continue;
+            }
+            match &field.data {
                 BatchData::F32(v) => program.set_input_f32(&field.name, v),
                 BatchData::I32(v) => program.set_input_i32(&field.name, v),
-            };
-            // A field the graph does not read (a label during prediction) is skipped.
-            if let Err(e) = r {
-                if !e.message.starts_with("the program has no input") {
-                    return Err(codegen(e));
-                }
             }
+            .map_err(codegen)?;
         }
         program
             .run()
             .map_err(|f| RuntimeError::Setup(format!("a kernel stopped: {f}")))?;
-        Ok(program)
+        Ok(index)
     }
 
     fn metrics(&mut self, which: Which, batch: &Batch) -> Result<StepMetrics, RuntimeError> {
-        self.run(which, batch)?;
-        let index = self
-            .compiled
-            .iter()
-            .position(|c| {
-                c.which == which
-                    && c.shapes
-                        .iter()
-                        .zip(&batch.fields)
-                        .all(|(s, f)| *s == f.shape)
-            })
-            .ok_or_else(|| RuntimeError::Setup("internal error: program vanished".into()))?;
+        let index = self.run(which, batch)?;
         let p = &self.compiled[index].program;
         Ok(StepMetrics {
             loss: p.scalar(LOSS, &self.state).unwrap_or(f64::NAN),
@@ -192,18 +181,7 @@ impl Executor for Jit {
     }
 
     fn predict(&mut self, batch: &Batch) -> Result<Vec<(String, Tensor)>, RuntimeError> {
-        self.run(Which::Forward, batch)?;
-        let index = self
-            .compiled
-            .iter()
-            .position(|c| {
-                c.which == Which::Forward
-                    && c.shapes
-                        .iter()
-                        .zip(&batch.fields)
-                        .all(|(s, f)| *s == f.shape)
-            })
-            .ok_or_else(|| RuntimeError::Setup("internal error: program vanished".into()))?;
+        let index = self.run(Which::Forward, batch)?;
         let p = &self.compiled[index].program;
         let names: Vec<String> = p.output_names().map(str::to_string).collect();
         Ok(names
