@@ -235,6 +235,18 @@ pub fn plan(
     let mut pinned: Vec<bool> = Vec::new();
     let mut born: Vec<usize> = Vec::new();
     let fused = fusion(graph, &order, bindings);
+    let position: HashMap<NodeId, usize> = order.iter().enumerate().map(|(i, &n)| (n, i)).collect();
+    // Where each node's value is read: a fused node's operands are read
+    // when its consumer's kernel runs.
+    let mut reader: HashMap<NodeId, usize> = HashMap::new();
+    for &id in order.iter().rev() {
+        let at = match graph.users(id).as_slice() {
+            [user] if fused.contains(&id) => reader[user],
+            _ => position[&id],
+        };
+        reader.insert(id, at);
+    }
+    let in_place = in_place_updates(graph, state, bindings, &position, &reader);
 
     for (position, &id) in order.iter().enumerate() {
         if fused.contains(&id) {
@@ -319,7 +331,10 @@ pub fn plan(
             }
             _ => {
                 steps.push(Step::Compute(id));
-                View::contiguous(new_buffer(&shape, false, &mut buffers), shape)
+                match in_place.get(&id) {
+                    Some(&slot) => View::contiguous(Base::State(slot), shape),
+                    None => View::contiguous(new_buffer(&shape, false, &mut buffers), shape),
+                }
             }
         };
         views.insert(id, view);
@@ -342,6 +357,9 @@ pub fn plan(
     }
     let mut writes = Vec::new();
     for (u, &slot) in graph.updates.iter().zip(&targets) {
+        if in_place.get(&u.value) == Some(&slot) {
+            continue; // its kernel wrote the slot
+        }
         let src = views[&u.value].clone();
         match src.base {
             Base::State(s) if targets.contains(&s) => {
@@ -375,17 +393,7 @@ pub fn plan(
     steps.extend(writes);
 
     // Liveness: the last step index that reads each buffer.
-    let position: HashMap<NodeId, usize> = order.iter().enumerate().map(|(i, &n)| (n, i)).collect();
     let end = order.len();
-    // A fused node's operands are read when its consumer's kernel runs.
-    let mut reader: HashMap<NodeId, usize> = HashMap::new();
-    for &id in order.iter().rev() {
-        let at = match graph.users(id).as_slice() {
-            [user] if fused.contains(&id) => reader[user],
-            _ => position[&id],
-        };
-        reader.insert(id, at);
-    }
     let mut last_use: Vec<usize> = born.clone();
     for &id in &order {
         for o in graph.operands(id) {
@@ -463,6 +471,77 @@ pub fn plan(
     })
 }
 
+/// Updates whose new value can be computed straight into the state slot,
+/// saving a buffer and a copy per param and optimizer slot: the value is an
+/// elementwise kernel of the slot's shape and dtype, and after that kernel
+/// nothing reads the old value — the kernel itself reads it only element
+/// by element (same index, no broadcast or transpose). Returns value node →
+/// slot.
+fn in_place_updates(
+    graph: &Graph,
+    state: &StateLayout,
+    bindings: &HashMap<String, usize>,
+    position: &HashMap<NodeId, usize>,
+    reader: &HashMap<NodeId, usize>,
+) -> HashMap<NodeId, usize> {
+    let is_view = |n: NodeId| {
+        matches!(
+            graph.node(n).op,
+            Op::Reshape | Op::Transpose { .. } | Op::Broadcast | Op::Slice { .. }
+        )
+    };
+    let elementwise = |n: NodeId| {
+        matches!(
+            graph.node(n).op,
+            Op::Unary(_) | Op::Binary(_) | Op::Select | Op::Cast
+        )
+    };
+    let shape = |n: NodeId| concrete(&graph.ty(n).shape, bindings).ok();
+    // Values read after every kernel has run: outputs and update values.
+    let results: HashSet<NodeId> = graph
+        .outputs
+        .iter()
+        .map(|o| o.node)
+        .chain(graph.updates.iter().map(|u| u.value))
+        .collect();
+    let mut chosen = HashMap::new();
+    for u in &graph.updates {
+        let (Some(slot), Some(leaf)) = (state.slot(&u.target), graph.find_leaf(&u.target)) else {
+            continue;
+        };
+        let v = u.value;
+        let s = &state.slots[slot];
+        if !elementwise(v)
+            || chosen.contains_key(&v)
+            || results.contains(&leaf)
+            || graph.ty(v).dtype != s.dtype
+            || shape(v).as_ref() != Some(&s.shape)
+        {
+            continue;
+        }
+        let at = reader[&v];
+        // Every read of the old value, through views too.
+        let mut ok = true;
+        let mut stack = vec![(leaf, true)];
+        while let Some((n, direct)) = stack.pop() {
+            for c in graph.users(n) {
+                if is_view(c) {
+                    ok &= position[&c] < at && !results.contains(&c);
+                    stack.push((c, false));
+                } else if reader[&c] == at {
+                    ok &= direct && elementwise(c) && shape(c) == shape(v);
+                } else {
+                    ok &= reader[&c] < at;
+                }
+            }
+        }
+        if ok {
+            chosen.insert(v, slot);
+        }
+    }
+    chosen
+}
+
 /// Returns a range to the free list, merging with its neighbours.
 fn release(free: &mut Vec<(usize, usize)>, offset: usize, bytes: usize) {
     let i = free.partition_point(|&(o, _)| o < offset);
@@ -474,5 +553,54 @@ fn release(free: &mut Vec<(usize, usize)>, offset: usize, bytes: usize) {
     if i > 0 && free[i - 1].0 + free[i - 1].1 == free[i].0 {
         free[i - 1].1 += free[i].1;
         free.remove(i);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nnc_ir::{shape_of, Init, TensorType};
+
+    fn sgd_like(read_old_after: bool) -> Graph {
+        let mut g = Graph::new("step");
+        let ty = TensorType::new(DType::F32, shape_of(&[4]));
+        let p = g.param("p", ty.clone(), Init::Zeros);
+        let grad = g.input("g", ty);
+        let lr = g.scalar(0.1, DType::F32);
+        let d = g.mul(lr, grad).unwrap();
+        let p_new = g.sub(p, d).unwrap();
+        g.updates.push(nnc_ir::Update {
+            target: "p".into(),
+            value: p_new,
+        });
+        if read_old_after {
+            // A later kernel reads the old `p`: the update cannot be in place.
+            let later = g.add_(p_new, p).unwrap();
+            let later = g
+                .reduce(nnc_ir::ReduceOp::Sum, later, vec![0], false)
+                .unwrap();
+            g.set_output("later", later);
+        }
+        g
+    }
+
+    #[test]
+    fn an_elementwise_update_writes_its_slot_directly() {
+        let g = sgd_like(false);
+        let state = StateLayout::of(&[&g]).unwrap();
+        let plan = plan(&g, &HashMap::new(), &state).unwrap();
+        assert!(!plan.steps.iter().any(|s| matches!(s, Step::Update { .. })));
+        let value = g.updates[0].value;
+        assert_eq!(plan.views[&value].base, Base::State(0));
+    }
+
+    #[test]
+    fn an_update_whose_old_value_is_read_later_is_copied_at_the_end() {
+        let g = sgd_like(true);
+        let state = StateLayout::of(&[&g]).unwrap();
+        let plan = plan(&g, &HashMap::new(), &state).unwrap();
+        assert!(plan.steps.iter().any(|s| matches!(s, Step::Update { .. })));
+        let value = g.updates[0].value;
+        assert!(matches!(plan.views[&value].base, Base::Work(_)));
     }
 }
