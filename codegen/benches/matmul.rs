@@ -3,7 +3,7 @@
 //!
 //! `cargo bench -p nnc-codegen --bench matmul [-- --quick]`
 //!
-//! For every `m ∈ {1, 8, 32, 128}` (a batch) and `k, n ∈ {10, 64, 128,
+//! For every `m ∈ {1, 2, 4, 8, 32, 128}` (a batch) and `k, n ∈ {10, 64, 128,
 //! 256, 784}` and three layouts — `a @ b` (forward), `a @ b^T` (input
 //! gradient: `b` a transposed view) and `a^T @ b` (weight gradient) — each
 //! kernel is compiled once, then timed: samples of enough calls to take
@@ -76,6 +76,7 @@ fn time(mut f: impl FnMut(), target: Duration, samples: usize) -> f64 {
     per_call[samples / 2]
 }
 
+#[derive(Clone, Copy)]
 struct Row {
     m: usize,
     n: usize,
@@ -177,13 +178,15 @@ fn main() {
     } else {
         (Duration::from_micros(200), 21)
     };
-    let ms = [1usize, 8, 32, 128];
+    let ms = [1usize, 2, 4, 8, 32, 128];
     let sizes = [10usize, 64, 128, 256, 784];
     println!(
         "Cranelift matmul vs gemm::gemm (Parallelism::None), GFLOP/s, median of {samples} samples of ~{} µs",
         target.as_micros()
     );
+    // The kernel with the most IR, and the slowest to compile.
     let mut largest: Option<Row> = None;
+    let mut slowest: Option<Row> = None;
     for layout in [Layout::Nn, Layout::Nt, Layout::Tn] {
         println!("\n## {}\n", layout.name());
         println!(
@@ -205,26 +208,36 @@ fn main() {
                         r.cranelift,
                         r.gemm,
                         r.cranelift / r.gemm,
-                        if matmul::use_cranelift(m, n, k) { "yes" } else { "no" },
+                        if matmul::use_cranelift(m, n, k, layout == Layout::Nt) {
+                            "yes"
+                        } else {
+                            "no"
+                        },
                         r.compile.as_secs_f64() * 1e3,
                         r.ir_insts,
                     );
-                    if largest.as_ref().is_none_or(|l| l.compile < r.compile) {
+                    if largest.is_none_or(|l| l.ir_insts < r.ir_insts) {
                         largest = Some(r);
+                    }
+                    if slowest.is_none_or(|l| l.compile < r.compile) {
+                        slowest = Some(r);
                     }
                 }
             }
         }
     }
-    if let Some(r) = largest {
-        println!(
-            "\nslowest Cranelift kernel to compile: {}x{}x{} in {:.2} ms ({} IR instructions, {} bytes of code)",
-            r.m,
-            r.n,
-            r.k,
-            r.compile.as_secs_f64() * 1e3,
-            r.ir_insts,
-            r.code_bytes
-        );
+    for (what, row) in [("most IR", largest), ("slowest to compile", slowest)] {
+        if let Some(r) = row {
+            println!(
+                "\nCranelift kernel with the {what}: {}x{}x{} (m x k x n), {} IR instructions, \
+                 {} bytes of code, compiled in {:.2} ms",
+                r.m,
+                r.k,
+                r.n,
+                r.ir_insts,
+                r.code_bytes,
+                r.compile.as_secs_f64() * 1e3
+            );
+        }
     }
 }

@@ -5,7 +5,9 @@
 //! arithmetic folds. Elementwise work runs `f32x4`/`i32x4` over the
 //! innermost dimension when it is contiguous (or broadcast), with a scalar
 //! tail; reductions accumulate in registers when they run along the
-//! innermost dimension; matrix products call the `gemm` crate.
+//! innermost dimension; matrix products call the `gemm` crate, or, for the
+//! small shapes where that is measured to be slower, Cranelift-emitted
+//! register-tiled loops (`matmul.rs`).
 
 use crate::plan::{Base, Plan, StateLayout, View};
 use crate::CodegenError;
@@ -930,7 +932,7 @@ fn emit_matmul(
     } else {
         m
     };
-    if crate::matmul::use_cranelift(rows, n, k) {
+    if crate::matmul::use_cranelift(rows, n, k, b_rs == 1 && b_cs != 1) {
         use crate::matmul::{BatchDim, Mat};
         let mat = |addr: usize, rs: isize, cs: isize| Mat { addr, rs, cs };
         let dims: Vec<BatchDim> = if folded {

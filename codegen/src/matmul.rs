@@ -1,30 +1,37 @@
 //! Small matrix products emitted as Cranelift loops.
 //!
 //! `c[m×n] = a[m×k] @ b[k×n]` with every size, stride and base address a
-//! compile-time constant. Large products go through the `gemm` crate (see
-//! `emit::emit_matmul`); below the threshold of [`use_cranelift`] the call,
-//! `gemm`'s dispatch and its per-call scratch allocations cost more than
-//! the product, and these loops win.
+//! compile-time constant. `emit::emit_matmul` sends a product here when
+//! [`use_cranelift`] says so and to the `gemm` crate otherwise: `gemm`'s
+//! AVX-512 kernels run about twice as fast as anything Cranelift can emit
+//! (`f32x4` only) once `m`, `n` and `k` fill its tiles, but each call costs
+//! about a microsecond of dispatch and two or more small allocations, and
+//! its `a @ b^T` path is slow at small `m`.
 //!
 //! Two loop forms, chosen by the operands' strides:
 //!
-//! - *Rows* (the general form; `b`'s rows contiguous in the fast case):
-//!   a tile of up to 4 rows × 2 `f32x4` column vectors of `c` is held in
-//!   8 registers, the loop over `k` broadcasts `a[i, k]` (`splat(load)`) and
-//!   multiplies it into the row `b[k, j..j+8]` with `fma`. A `b` whose
-//!   columns are not contiguous is gathered four scalars per vector; fewer
-//!   than 4 columns use a scalar tile. `a` may have any strides (so `a^T @ b`,
-//!   the weight gradient, runs at full speed).
+//! - *Rows* (the general form; `b`'s rows contiguous in the fast case): a
+//!   tile of 4 rows × 2 `f32x4` column vectors of `c` (3×2, 2×4 or 1×8
+//!   when `m` is smaller) is held in 8 registers; the loop over `k`
+//!   broadcasts `a[i, k]` (`splat(load)`) and multiplies it into the row
+//!   `b[k, j..j+8]` with `fma`. A `b` whose columns are not contiguous is
+//!   gathered four scalars per vector; fewer than 4 columns use a scalar
+//!   tile. `a` may have any strides (so `a^T @ b`, the weight gradient,
+//!   runs at full speed).
 //! - *Dots* (`a`'s rows and `b`'s columns both contiguous along `k`, i.e.
-//!   `a @ b^T`, the input gradient): a tile of 4 rows × 2 columns keeps one
-//!   `f32x4` partial dot product per element, runs `k` four at a time,
-//!   then sums the lanes and adds the `k % 4` tail in scalar.
+//!   `a @ b^T`, the input gradient, with `k ≥ 16`): a tile of 4 rows × 2
+//!   columns (3×2, 2×4, 1×8) keeps one `f32x4` partial dot product per
+//!   element, runs `k` four at a time, then sums the lanes and adds the
+//!   `k % 4` tail in scalar.
 //!
-//! Tiles that do not divide the matrix overlap the previous tile instead of
-//! running a narrower copy of the loop (the last row block starts at
-//! `m - 4`; the last column block ends at `n`): the overlapped elements are
-//! computed twice, identically, and the code stays one or two tile loops.
-//! Accumulators are block parameters of top-tested loop headers; `a` and `b`
+//! Rows of `c` that do not fill a 4-row block, and columns of the rows form
+//! that do not fill a vector, are covered by a tile that overlaps its
+//! predecessor (the last row block starts at `m - 4`; the last column tile
+//! ends at `n`): the overlapped elements are computed twice, identically,
+//! and the code stays one or two tile loops per product (80–300 IR
+//! instructions). The `k` loops run two steps per iteration; accumulators
+//! are block parameters of top-tested loop headers, carried in an order
+//! that keeps register pressure low (see `carry_order`); `a` and `b`
 //! loads are `readonly` + `can_move` (the kernel never writes them: `c`
 //! does not overlap its operands).
 
@@ -37,22 +44,67 @@ use cranelift_jit::{JITBuilder, JITModule};
 use cranelift_module::{default_libcall_names, Linkage, Module};
 use std::time::{Duration, Instant};
 
-/// Whether a product of these sizes (one product of a batch; `m` counts
-/// the rows after batch folding) runs as Cranelift loops rather than a
-/// `gemm` call.
+/// Whether one product `c[m×n] = a[m×k] @ b[k×n]` (one product of a
+/// batch; `m` counts the rows after batch folding) runs as Cranelift loops
+/// rather than a `gemm` call. `b_columns_contiguous`: `b` is a transposed
+/// view (`x @ w^T`, the input gradient of a dense layer), for which `gemm`
+/// is slow at small `m`.
 ///
-/// Measured with `CARGO_TARGET_DIR=... cargo bench -p nnc-codegen --bench
-/// matmul` (release, single thread, 2-core EPYC Zen 4); GFLOP/s of the
-/// Cranelift kernel vs `gemm::gemm` (`Parallelism::None`), `c = a @ b` all
-/// contiguous:
+/// Chosen by measurement: `CARGO_TARGET_DIR=... cargo bench -p nnc-codegen
+/// --bench matmul` (release, one thread, 2-core EPYC Zen 4 with AVX-512;
+/// GFLOP/s, median of 21 samples, mean of two runs; `gemm::gemm` with
+/// `Parallelism::None`, called as `nnc_sgemm` calls it):
 ///
-/// THRESHOLD-TABLE
-pub fn use_cranelift(m: usize, n: usize, k: usize) -> bool {
-    m * n * k <= MAX_CRANELIFT_WORK
+/// - Always below 16k multiply-adds (`m·n·k < 2^14`): there `gemm`'s
+///   per-call cost dominates (2–14× slower than these loops at m×10×10
+///   for m ≤ 32), and the loops lose at most 1.2× (4×10×256).
+/// - Otherwise `a @ b` and `a^T @ b` only for one or two rows with
+///   `n·k ≤ 2^16`: from m = 4 on, with n, k ≥ 64, `gemm`'s AVX-512
+///   kernels reach 49–109 GFLOP/s, these 128-bit loops 29–49.
+/// - `a @ b^T` for `m ≤ 8` (with `n·k ≤ 2^20`; 784×784 is the largest
+///   measured): `gemm` drops to 10–40 GFLOP/s there (16–23 at m = 4,
+///   n ≥ 128), these loops run at 22–54.
+///
+/// | m×k×n       | layout  | Cranelift | gemm | chosen    |
+/// |-------------|---------|----------:|-----:|-----------|
+/// | 1×64×64     | a @ b   |        51 |   24 | Cranelift |
+/// | 1×784×784   | a @ b   |        27 |   30 | gemm      |
+/// | 2×64×64     | a @ b   |        42 |   42 | Cranelift |
+/// | 4×10×64     | a @ b   |        46 |   28 | Cranelift |
+/// | 4×64×64     | a @ b   |        46 |   86 | gemm      |
+/// | 8×64×64     | a @ b   |        43 |   71 | gemm      |
+/// | 32×10×10    | a @ b   |        36 |   16 | Cranelift |
+/// | 32×64×10    | a @ b   |        34 |   45 | gemm      |
+/// | 32×64×64    | a @ b   |        46 |  101 | gemm      |
+/// | 128×10×10   | a @ b   |        30 |   25 | Cranelift |
+/// | 128×256×256 | a @ b   |        45 |  109 | gemm      |
+/// | 2×256×128   | a @ b^T |        44 |   55 | Cranelift |
+/// | 4×128×256   | a @ b^T |        47 |   23 | Cranelift |
+/// | 8×784×128   | a @ b^T |        54 |   36 | Cranelift |
+/// | 32×10×64    | a @ b^T |        29 |   43 | gemm      |
+/// | 32×64×64    | a @ b^T |        44 |   68 | gemm      |
+/// | 1×64×64     | a^T @ b |        51 |   30 | Cranelift |
+/// | 32×64×64    | a^T @ b |        49 |   78 | gemm      |
+///
+/// Over all 450 measured cases (m ∈ {1, 2, 4, 8, 32, 128}; k, n ∈ {10,
+/// 64, 128, 256, 784}; three layouts) the rule costs 1.2% over always
+/// picking the faster side (geometric mean; worst 1.30×, 2×256×10
+/// `a @ b^T`), against 21.8% for always calling `gemm`. So the digits MLP
+/// (batch 32, 64→64→10) stays on `gemm`: its products are 32×64×64,
+/// 32×64×10, 32×10×64 (`@ w^T`), 64×32×10 and 64×32×64 (`x^T @`), and
+/// routing them all here made its training step 25 → 30 µs. Compile cost
+/// is no factor: 76–296 IR instructions, about 0.5 ms per product.
+pub fn use_cranelift(m: usize, n: usize, k: usize, b_columns_contiguous: bool) -> bool {
+    let work = m * n * k;
+    if work < 1 << 14 {
+        return true;
+    }
+    if b_columns_contiguous {
+        m <= 8 && n * k <= 1 << 20
+    } else {
+        m <= 2 && n * k <= 1 << 16
+    }
 }
-
-/// The largest `m·n·k` routed to [`use_cranelift`]'s loops.
-pub const MAX_CRANELIFT_WORK: usize = 1 << 18;
 
 /// A matrix operand: the byte address of element `[0, 0]` and the row and
 /// column strides in elements (`0` for a broadcast dimension).
@@ -82,7 +134,7 @@ pub enum Form {
 
 impl Form {
     pub fn of(n: usize, k: usize, a: &Mat, b: &Mat) -> Form {
-        if a.cs == 1 && b.rs == 1 && k >= 4 && (b.cs != 1 || n < 4) {
+        if a.cs == 1 && b.rs == 1 && k >= DOTS_MIN_K && (b.cs != 1 || n < 4) {
             Form::Dots
         } else {
             Form::Rows
@@ -188,8 +240,11 @@ fn emit_loop(
 
 /// Rows of a tile (4, or all of `m` when it is smaller).
 const TILE_ROWS: usize = 4;
-/// `f32x4` column vectors of a one-row tile of the rows form.
-const ROW_VECTORS_1: usize = 4;
+/// `k` steps per loop iteration (both forms).
+const UNROLL: usize = 2;
+/// The dots form from this `k` on (below it, the rows form gathering `b`
+/// was faster).
+const DOTS_MIN_K: usize = 16;
 
 /// Sizes and byte strides of one product.
 struct Geometry {
@@ -248,6 +303,37 @@ fn hsum(b: &mut FunctionBuilder, v: Value) -> Value {
     let lo = b.ins().fadd(l[0], l[1]);
     let hi = b.ins().fadd(l[2], l[3]);
     b.ins().fadd(lo, hi)
+}
+
+/// The order in which the loop header carries a tile's `rows × cols`
+/// accumulators (indexed row-major). At `opt_level=speed` the whole loop
+/// body is pure, so Cranelift emits it depth first in the order of the
+/// back edge's arguments: carried row by row, the `b` operands of every
+/// column stay live across the rows; column by column, the `a` operands of
+/// every row stay live across the columns. Keep the smaller set live
+/// (a 2×4 tile unrolled twice spilled when carried row by row).
+fn carry_order(rows: usize, cols: usize) -> Vec<usize> {
+    if rows >= cols {
+        (0..rows * cols).collect()
+    } else {
+        (0..cols)
+            .flat_map(|c| (0..rows).map(move |r| r * cols + c))
+            .collect()
+    }
+}
+
+/// `accs` (row-major) in carry order.
+fn carried(accs: &[Value], order: &[usize]) -> Vec<Value> {
+    order.iter().map(|&t| accs[t]).collect()
+}
+
+/// Carried values back in row-major order.
+fn uncarried(values: &[Value], order: &[usize]) -> Vec<Value> {
+    let mut accs = values.to_vec();
+    for (&t, &v) in order.iter().zip(values) {
+        accs[t] = v;
+    }
+    accs
 }
 
 /// How the columns of `c` are covered: `main` tiles of `width` columns
@@ -327,13 +413,8 @@ impl Geometry {
             }
             Form::Rows if n < 4 => Columns::cover(n, n, 1),
             Form::Rows => {
-                // 4×2 vectors, 3×2, 2×4, 1×ROW_VECTORS_1.
-                let vectors = match rows {
-                    1 => ROW_VECTORS_1,
-                    2 => 4,
-                    _ => 2,
-                }
-                .min(n / 4);
+                // 4×2 vectors, 3×2, 2×4, 1×8.
+                let vectors = (8 / rows).max(2).min(n / 4);
                 Columns::cover(n, 4 * vectors, 4)
             }
         };
@@ -383,41 +464,54 @@ impl Geometry {
         let zero = b.ins().f32const(0.0);
         let zv = b.ins().splat(types::F32X4, zero);
         let tiles = rows * vectors;
-        let accs = if self.k == 0 {
-            vec![zv; tiles]
-        } else {
-            // State: `a` and `b` pointers, accumulators, and `k` counted
-            // down (`a` or `b` may not move along `k`: stride 0).
+        let mut accs = vec![zv; tiles];
+        // The `k` step `u` after `ap`, `bp`.
+        let step = |b: &mut FunctionBuilder, ap: Value, bp: Value, u: usize, accs: &mut [Value]| {
+            let (ao, bo) = (u as i64 * self.a_cs, u as i64 * self.b_rs);
+            let bv: Vec<Value> = (0..vectors).map(|v| self.b_vector(b, bp, bo, v)).collect();
+            for r in 0..rows {
+                let x = load_ro(b, types::F32, ap, ao + r as i64 * self.a_rs);
+                let xs = b.ins().splat(types::F32X4, x);
+                for (v, &y) in bv.iter().enumerate() {
+                    let t = r * vectors + v;
+                    accs[t] = b.ins().fma(xs, y, accs[t]);
+                }
+            }
+        };
+        if self.k > 0 {
+            // State: the `a` and `b` pointers, the accumulators, and `k`
+            // counted down (`a` or `b` may not move along `k`: stride 0).
+            let order = carry_order(rows, vectors);
             let mut init = vec![ai, bj];
-            init.extend(std::iter::repeat_n(zv, tiles));
+            init.extend(carried(&accs, &order));
             init.push(b.ins().iconst(types::I64, self.k as i64));
+            let count = 2 + tiles;
             let state = emit_loop(
                 b,
                 &init,
                 &mut |b, s| {
                     b.ins()
-                        .icmp_imm_s(IntCC::SignedGreaterThan, s[tiles + 2], 0)
+                        .icmp_imm_s(IntCC::SignedGreaterThanOrEqual, s[count], UNROLL as i64)
                 },
                 &mut |b, s| {
-                    let (ap, bp) = (s[0], s[1]);
-                    let bv: Vec<Value> = (0..vectors).map(|v| self.b_vector(b, bp, v)).collect();
-                    let mut next = vec![
-                        b.ins().iadd_imm_s(ap, self.a_cs),
-                        b.ins().iadd_imm_s(bp, self.b_rs),
-                    ];
-                    for r in 0..rows {
-                        let x = load_ro(b, types::F32, ap, r as i64 * self.a_rs);
-                        let xs = b.ins().splat(types::F32X4, x);
-                        for (v, &y) in bv.iter().enumerate() {
-                            next.push(b.ins().fma(xs, y, s[2 + r * vectors + v]));
-                        }
+                    let mut accs = uncarried(&s[2..count], &order);
+                    for u in 0..UNROLL {
+                        step(b, s[0], s[1], u, &mut accs);
                     }
-                    next.push(b.ins().iadd_imm_s(s[tiles + 2], -1));
+                    let mut next = vec![
+                        b.ins().iadd_imm_s(s[0], UNROLL as i64 * self.a_cs),
+                        b.ins().iadd_imm_s(s[1], UNROLL as i64 * self.b_rs),
+                    ];
+                    next.extend(carried(&accs, &order));
+                    next.push(b.ins().iadd_imm_s(s[count], -(UNROLL as i64)));
                     next
                 },
             );
-            state[2..2 + tiles].to_vec()
-        };
+            accs = uncarried(&state[2..count], &order);
+            for u in 0..self.k % UNROLL {
+                step(b, state[0], state[1], u, &mut accs);
+            }
+        }
         for r in 0..rows {
             for v in 0..vectors {
                 let acc = accs[r * vectors + v];
@@ -427,9 +521,9 @@ impl Geometry {
         }
     }
 
-    /// Columns `4v..4v+4` of the row of `b` at `bp`.
-    fn b_vector(&self, b: &mut FunctionBuilder, bp: Value, v: usize) -> Value {
-        let first = 4 * v as i64 * self.b_cs;
+    /// Columns `4v..4v+4` of the row of `b` at `bp + off` (bytes).
+    fn b_vector(&self, b: &mut FunctionBuilder, bp: Value, off: i64, v: usize) -> Value {
+        let first = off + 4 * v as i64 * self.b_cs;
         if self.b_cs == 4 {
             return load_ro(b, types::F32X4, bp, first);
         }
@@ -523,13 +617,29 @@ impl Geometry {
         let tiles = rows * cols;
         let k4 = self.k / 4 * 4;
         let zero = b.ins().f32const(0.0);
+        // One vector step (4 k) at `ai + off + 16u`, `bj + off + 16u`.
+        let step = |b: &mut FunctionBuilder, pa: Value, pb: Value, u: usize, accs: &mut [Value]| {
+            let o = 16 * u as i64;
+            let bv: Vec<Value> = (0..cols)
+                .map(|j| load_ro(b, types::F32X4, pb, o + j as i64 * self.b_cs))
+                .collect();
+            for r in 0..rows {
+                let x = load_ro(b, types::F32X4, pa, o + r as i64 * self.a_rs);
+                for (j, &y) in bv.iter().enumerate() {
+                    let t = r * cols + j;
+                    accs[t] = b.ins().fma(x, y, accs[t]);
+                }
+            }
+        };
         let mut sums = if k4 == 0 {
             vec![zero; tiles]
         } else {
             let zv = b.ins().splat(types::F32X4, zero);
+            let order = carry_order(rows, cols);
             let mut init = vec![b.ins().iconst(types::I64, 0)];
             init.extend(std::iter::repeat_n(zv, tiles));
-            let end = 4 * k4 as i64;
+            let steps = k4 / 4;
+            let end = 16 * (steps / UNROLL * UNROLL) as i64;
             let state = emit_loop(
                 b,
                 &init,
@@ -538,23 +648,24 @@ impl Geometry {
                     let off = s[0];
                     let pa = b.ins().iadd(ai, off);
                     let pb = b.ins().iadd(bj, off);
-                    let bv: Vec<Value> = (0..cols)
-                        .map(|j| load_ro(b, types::F32X4, pb, j as i64 * self.b_cs))
-                        .collect();
-                    let mut next = vec![b.ins().iadd_imm_s(off, 16)];
-                    for r in 0..rows {
-                        let x = load_ro(b, types::F32X4, pa, r as i64 * self.a_rs);
-                        for (j, &y) in bv.iter().enumerate() {
-                            next.push(b.ins().fma(x, y, s[1 + r * cols + j]));
-                        }
+                    let mut accs = uncarried(&s[1..], &order);
+                    for u in 0..UNROLL {
+                        step(b, pa, pb, u, &mut accs);
                     }
+                    let mut next = vec![b.ins().iadd_imm_s(off, 16 * UNROLL as i64)];
+                    next.extend(carried(&accs, &order));
                     next
                 },
             );
-            state[1..]
-                .iter()
-                .map(|&v| hsum(b, v))
-                .collect::<Vec<Value>>()
+            let mut accs = uncarried(&state[1..], &order);
+            if !steps.is_multiple_of(UNROLL) {
+                let pa = b.ins().iadd(ai, state[0]);
+                let pb = b.ins().iadd(bj, state[0]);
+                for u in 0..steps % UNROLL {
+                    step(b, pa, pb, u, &mut accs);
+                }
+            }
+            accs.iter().map(|&v| hsum(b, v)).collect::<Vec<Value>>()
         };
         for kk in k4..self.k {
             let kb = 4 * kk as i64;

@@ -3,7 +3,7 @@
 //!
 //! Every product is compiled with `matmul::Kernel`, which emits
 //! `emit_small_matmul` whatever `use_cranelift` says, over every
-//! `m, n, k ∈ {0..=9, 15, 16, 17, 33}` with plain, transposed, padded
+//! `m, n, k ∈ {0..=9, 15, 16, 17, 23, 33}` with plain, transposed, padded
 //! (sliced) and broadcast (stride 0) operands and in batches. The operand
 //! buffers have guard zones, and `c` starts as NaN: every element of `c`
 //! must be written, nothing outside it may be.
@@ -21,7 +21,7 @@ use nnc_codegen::{Program, StateBuffer, StateLayout};
 use nnc_ir::{shape_of, DType, Graph, Init, TensorType};
 use std::collections::HashMap;
 
-const SIZES: [usize; 14] = [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 15, 16, 17, 33];
+const SIZES: [usize; 15] = [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 15, 16, 17, 23, 33];
 const GUARD: usize = 16;
 const SENTINEL: f32 = -12345.5;
 
@@ -430,11 +430,17 @@ fn program_products(m: usize, n: usize, k: usize) {
 
 #[test]
 fn program_products_below_and_above_the_threshold() {
-    let below = (32, 64, 64);
-    let above = (128, 256, 256);
-    assert!(matmul::use_cranelift(below.0, below.1, below.2));
-    assert!(!matmul::use_cranelift(above.0, above.1, above.2));
-    for (m, n, k) in [below, above, (7, 5, 0), (1, 10, 3)] {
+    // (m, n, k), and whether `x @ w` and `x @ wt^T` run as Cranelift loops.
+    let cases = [
+        ((4, 10, 64), true, true),
+        ((8, 64, 128), false, true),
+        ((128, 256, 256), false, false),
+        ((7, 5, 0), true, true),
+        ((1, 10, 3), true, true),
+    ];
+    for ((m, n, k), plain, transposed) in cases {
+        assert_eq!(matmul::use_cranelift(m, n, k, false), plain);
+        assert_eq!(matmul::use_cranelift(m, n, k, true), transposed);
         program_products(m, n, k);
     }
 }
