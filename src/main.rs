@@ -27,11 +27,13 @@ enum Command {
         /// What to print.
         #[arg(long, value_enum, default_value_t = EmitArg::Ir)]
         emit: EmitArg,
+        /// The model to compile when the file has several and no `train` block.
         #[arg(long)]
         model: Option<String>,
     },
     /// Train the model as the file's `train` block says.
     Run {
+        /// The `.nn` file.
         file: PathBuf,
         /// How to execute the graphs.
         #[arg(long, value_enum, default_value_t = Backend::Jit)]
@@ -48,6 +50,7 @@ enum Command {
         /// Override the seed.
         #[arg(long)]
         seed: Option<u64>,
+        /// The model to use when the file has several and no `train` block.
         #[arg(long)]
         model: Option<String>,
         /// Save a checkpoint (safetensors) to PATH after every epoch, atomically.

@@ -412,13 +412,11 @@ impl Program {
         })
     }
 
-    fn view_offset(&self, view: &View, state: Option<&StateBuffer>) -> Option<usize> {
+    /// Byte offset of a work-arena view in the arena (`None` for state).
+    fn work_offset(&self, view: &View) -> Option<usize> {
         match view.base {
             plan::Base::Work(b) => Some(CONTROL + self.plan.buffers[b].offset + view.offset * 4),
-            plan::Base::State(_) => {
-                let _ = state;
-                None
-            }
+            plan::Base::State(_) => None,
         }
     }
 
@@ -426,7 +424,7 @@ impl Program {
     pub fn input_words(&mut self, name: &str) -> Option<(&mut [u32], DType)> {
         // No clone of the view: this runs every step and must not allocate.
         let (view, dtype) = self.inputs.get(name)?;
-        let (off, n, dtype) = (self.view_offset(view, None)?, view.numel(), *dtype);
+        let (off, n, dtype) = (self.work_offset(view)?, view.numel(), *dtype);
         Some((self.work.words_mut(off, n), dtype))
     }
 
