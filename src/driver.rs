@@ -239,6 +239,20 @@ fn check_flags(flags: &RunFlags) -> Result<(), Failure> {
     Ok(())
 }
 
+/// Loads the params (not the optimizer state) of a checkpoint into `exec`,
+/// refusing one of another model.
+fn load_params(
+    exec: &mut dyn nnc_runtime::Executor,
+    path: &Path,
+    model: &str,
+    params: &[String],
+) -> Result<nnc_runtime::Checkpoint, Failure> {
+    let ckpt = nnc_runtime::checkpoint::load(path).map_err(runtime_failure)?;
+    ckpt.apply(exec, model, params, nnc_runtime::CheckpointScope::Params)
+        .map_err(runtime_failure)?;
+    Ok(ckpt)
+}
+
 fn runtime_failure(e: nnc_runtime::RuntimeError) -> Failure {
     Failure(diagnostic::render_plain(&e.to_string()))
 }
@@ -290,14 +304,7 @@ pub fn run_with(
     let target_epochs = options.epochs.unwrap_or(spec.epochs);
     let mut done_before = 0;
     if let Some(weights) = &flags.weights {
-        let ckpt = nnc_runtime::checkpoint::load(weights).map_err(runtime_err)?;
-        ckpt.apply(
-            exec.as_mut(),
-            &module.name,
-            &params,
-            nnc_runtime::CheckpointScope::Params,
-        )
-        .map_err(runtime_err)?;
+        let ckpt = load_params(exec.as_mut(), weights, &module.name, &params)?;
         if flags.eval {
             // The report describes the weights evaluated.
             done_before = ckpt.epochs_done;
@@ -628,14 +635,7 @@ fn predict(
         .backend
         .executor(programs, seed)
         .map_err(runtime_err)?;
-    let ckpt = nnc_runtime::checkpoint::load(weights).map_err(runtime_err)?;
-    ckpt.apply(
-        exec.as_mut(),
-        &module.name,
-        &params,
-        nnc_runtime::CheckpointScope::Params,
-    )
-    .map_err(runtime_err)?;
+    load_params(exec.as_mut(), weights, &module.name, &params)?;
 
     // A classifier is trained against `i32` class labels; its first output
     // holds a score per class.

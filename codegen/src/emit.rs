@@ -1138,14 +1138,7 @@ pub fn emit_kernel(
                     .map(|s| s * 4)
                     .collect(),
             };
-            emit_map(
-                b,
-                calls,
-                &single(MapOp::Copy, 1, out_kind),
-                &v.shape,
-                (dst, out_kind),
-                &[(strided(a, v), k)],
-            )?
+            copy(b, calls, &v.shape, dst, strided(a, v), k)?
         }
         Op::Broadcast | Op::Transpose { .. } | Op::Slice { .. } => map(b, calls, MapOp::Copy, 1)?,
         Op::Concat { axis } => {
@@ -1155,14 +1148,7 @@ pub fn emit_kernel(
                 let mut dst = strided(out_addr, out_view);
                 dst.addr =
                     (dst.addr as isize + start as isize * out_view.strides[*axis] * 4) as usize;
-                emit_map(
-                    b,
-                    calls,
-                    &single(MapOp::Copy, 1, out_kind),
-                    &v.shape,
-                    (dst, out_kind),
-                    &[(strided(a, v), k)],
-                )?;
+                copy(b, calls, &v.shape, dst, strided(a, v), k)?;
                 start += v.shape[*axis];
             }
         }
@@ -1285,12 +1271,31 @@ pub fn emit_copy(
     dst_addr: usize,
     kind: Kind,
 ) -> Result<(), CodegenError> {
+    copy(
+        b,
+        calls,
+        &dst.shape,
+        strided(dst_addr, dst),
+        strided(src_addr, src),
+        kind,
+    )
+}
+
+/// `dst = src` element by element over `dims`, any strides.
+fn copy(
+    b: &mut FunctionBuilder,
+    calls: &mut dyn Calls,
+    dims: &[usize],
+    dst: Strided,
+    src: Strided,
+    kind: Kind,
+) -> Result<(), CodegenError> {
     emit_map(
         b,
         calls,
         &single(MapOp::Copy, 1, kind),
-        &dst.shape,
-        (strided(dst_addr, dst), kind),
-        &[(strided(src_addr, src), kind)],
+        dims,
+        (dst, kind),
+        &[(src, kind)],
     )
 }

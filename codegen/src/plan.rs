@@ -186,17 +186,22 @@ pub struct Plan {
     pub fused: HashSet<NodeId>,
 }
 
+/// Values read after every kernel has run: outputs and update values.
+fn results(graph: &Graph) -> HashSet<NodeId> {
+    graph
+        .outputs
+        .iter()
+        .map(|o| o.node)
+        .chain(graph.updates.iter().map(|u| u.value))
+        .collect()
+}
+
 /// Elementwise nodes that fuse into their consumer: the only user is an
 /// elementwise op of the same shape, and the value is not a result of the
 /// program. Chains fuse transitively, so a whole elementwise tree (an Adam
 /// update, a relu mask and its gradient) becomes one loop.
 fn fusion(graph: &Graph, order: &[NodeId], bindings: &HashMap<String, usize>) -> HashSet<NodeId> {
-    let results: HashSet<NodeId> = graph
-        .outputs
-        .iter()
-        .map(|o| o.node)
-        .chain(graph.updates.iter().map(|u| u.value))
-        .collect();
+    let results = results(graph);
     let fusable = |n: NodeId| match &graph.node(n).op {
         // `pow` calls out per element; keep it its own kernel.
         Op::Binary(BinaryOp::Pow) => false,
@@ -497,13 +502,7 @@ fn in_place_updates(
         )
     };
     let shape = |n: NodeId| concrete(&graph.ty(n).shape, bindings).ok();
-    // Values read after every kernel has run: outputs and update values.
-    let results: HashSet<NodeId> = graph
-        .outputs
-        .iter()
-        .map(|o| o.node)
-        .chain(graph.updates.iter().map(|u| u.value))
-        .collect();
+    let results = results(graph);
     let mut chosen = HashMap::new();
     for u in &graph.updates {
         let (Some(slot), Some(leaf)) = (state.slot(&u.target), graph.find_leaf(&u.target)) else {
