@@ -71,12 +71,9 @@ pub fn bench(path: &Path, options: &BenchOptions) -> Result<BenchReport, Failure
     let t0 = Instant::now();
     let src = driver::read_source(path)?;
     let module = driver::compile_source(&src, None)?;
+    let spec = driver::need_train(&module, "`nnc bench`")?.clone();
     let step = driver::train_step(&module)?;
     let frontend = t0.elapsed();
-    let spec = module
-        .train
-        .clone()
-        .ok_or_else(|| Failure("error: `nnc bench` needs a `train` block\n".into()))?;
     let size = options.batch.unwrap_or(spec.batch);
     let programs = Programs {
         forward: module.forward.clone(),

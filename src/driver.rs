@@ -71,14 +71,14 @@ fn internal(e: impl std::fmt::Display) -> Failure {
     )))
 }
 
-fn need_train(module: &Module, what: &str) -> Result<(), Failure> {
-    if module.train.is_none() {
-        return Err(Failure(diagnostic::render_plain(&format!(
-            "`--emit {what}` needs a `train` block: the file defines model `{}` but does not say how to train it",
+/// The module's train spec, or an error saying that `what` needs one.
+pub fn need_train<'m>(module: &'m Module, what: &str) -> Result<&'m nnc_ir::TrainSpec, Failure> {
+    module.train.as_ref().ok_or_else(|| {
+        Failure(diagnostic::render_plain(&format!(
+            "{what} needs a `train` block: the file defines model `{}` but does not say how to train it",
             module.name
-        ))));
-    }
-    Ok(())
+        )))
+    })
 }
 
 /// The text `nnc compile --emit <stage>` prints.
@@ -100,19 +100,20 @@ pub fn emit(src: &SourceFile, stage: Emit, model: Option<&str>) -> Result<String
             Ok(out)
         }
         Emit::Grad => {
-            need_train(&module, "grad")?;
-            let t = module.train.as_ref().ok_or_else(|| internal("no train"))?;
+            let t = need_train(&module, "`--emit grad`")?;
             let g = nnc_passes::differentiate(&t.objective, nnc_ir::LOSS).map_err(internal)?;
             nnc_ir::verify(&g).map_err(internal)?;
             Ok(g.to_string())
         }
-        Emit::TrainStep => Ok(train_step(&module)?.to_string()),
+        Emit::TrainStep => {
+            need_train(&module, "`--emit train-step`")?;
+            Ok(train_step(&module)?.to_string())
+        }
     }
 }
 
 pub fn train_step(module: &Module) -> Result<Graph, Failure> {
-    need_train(module, "train-step")?;
-    let t = module.train.as_ref().ok_or_else(|| internal("no train"))?;
+    let t = need_train(module, "building the training step")?;
     let g = nnc_passes::build_train_step(&t.objective, &t.optimizer).map_err(internal)?;
     nnc_ir::verify(&g).map_err(internal)?;
     Ok(g)
@@ -283,6 +284,7 @@ pub fn run_with(
     if let (Some(input), Some(weights)) = (&flags.predict, &flags.weights) {
         return predict(&module, settings, weights, input, out).map(RunOutcome::Predicted);
     }
+    need_train(&module, "`nnc run`")?;
     let step = train_step(&module)?;
     let frontend_seconds = started.elapsed().as_secs_f64();
     let spec = module.train.as_ref().ok_or_else(|| internal("no train"))?;

@@ -79,3 +79,13 @@ fn labels_out_of_range_for_one_hot_are_reported() {
         "{err}"
     );
 }
+
+#[test]
+fn running_a_file_without_a_train_block_says_so() {
+    let err = run(
+        "no_train",
+        "model M { input x: f32[B, 3] y = x -> dense(2) output y }",
+    )
+    .unwrap_err();
+    assert!(err.contains("`nnc run` needs a `train` block"), "{err}");
+}
