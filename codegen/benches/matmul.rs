@@ -208,7 +208,7 @@ fn main() {
                         r.cranelift,
                         r.gemm,
                         r.cranelift / r.gemm,
-                        if matmul::use_cranelift(m, n, k, layout == Layout::Nt) {
+                        if matmul::use_cranelift(m, n, k) {
                             "yes"
                         } else {
                             "no"

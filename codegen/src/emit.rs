@@ -5,8 +5,8 @@
 //! arithmetic folds. Elementwise work runs `f32x4`/`i32x4` over the
 //! innermost dimension when it is contiguous (or broadcast), with a scalar
 //! tail; reductions accumulate in registers when they run along the
-//! innermost dimension; matrix products call the `gemm` crate, or, for the
-//! small shapes where that is measured to be slower, Cranelift-emitted
+//! innermost dimension; matrix products call the packed `sgemm`, or, for
+//! the small shapes where that is measured to be slower, Cranelift-emitted
 //! register-tiled loops (`matmul.rs`).
 
 use crate::plan::{Base, Plan, StateLayout, View};
@@ -48,6 +48,8 @@ impl Kind {
 pub struct Addresses<'a> {
     pub state: usize,
     pub work: usize,
+    /// The program's GEMM packing scratch (`sgemm::Scratch`).
+    pub scratch: usize,
     pub plan: &'a Plan,
     pub layout: &'a StateLayout,
 }
@@ -63,7 +65,7 @@ impl Addresses<'_> {
     }
 }
 
-/// Host functions kernels call: `powf` (rare: optimizer bias corrections) and GEMM.
+/// Host functions kernels call: `powf` (rare: optimizer bias corrections) and `sgemm`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Host {
     Powf,
@@ -86,7 +88,7 @@ impl Host {
                 sig.returns.push(AbiParam::new(types::F32));
             }
             Host::Sgemm => {
-                for _ in 0..13 {
+                for _ in 0..14 {
                     sig.params.push(AbiParam::new(types::I64));
                 }
             }
@@ -882,7 +884,7 @@ fn emit_take(
 }
 
 /// `c = a @ b`, batched over the leading dims: small products (see
-/// `matmul::use_cranelift`) run as Cranelift loops, the rest call `gemm`
+/// `matmul::use_cranelift`) run as Cranelift loops, the rest call `sgemm`
 /// once per batch. Batch dims that all operands walk uniformly are folded
 /// into the rows when the right operand is shared across them.
 #[allow(clippy::too_many_arguments)]
@@ -892,6 +894,7 @@ fn emit_matmul(
     a: (usize, &View),
     bm: (usize, &View),
     c: (usize, &View),
+    scratch: usize,
 ) -> Result<(), CodegenError> {
     let (ra, rb, rc) = (a.1.shape.len(), bm.1.shape.len(), c.1.shape.len());
     let (m, k, n) = (a.1.shape[ra - 2], a.1.shape[ra - 1], bm.1.shape[rb - 1]);
@@ -932,7 +935,7 @@ fn emit_matmul(
     } else {
         m
     };
-    if crate::matmul::use_cranelift(rows, n, k, b_rs == 1 && b_cs != 1) {
+    if crate::matmul::use_cranelift(rows, n, k) {
         use crate::matmul::{BatchDim, Mat};
         let mat = |addr: usize, rs: isize, cs: isize| Mat { addr, rs, cs };
         let dims: Vec<BatchDim> = if folded {
@@ -974,6 +977,7 @@ fn emit_matmul(
             b_rs as i64,
             b_cs as i64,
             0,
+            scratch as i64,
         ];
         let vals: Vec<Value> = args
             .iter()
@@ -1196,7 +1200,14 @@ pub fn emit_kernel(
         Op::MatMul => {
             let (va, aa, _) = operand(0);
             let (vb, ab, _) = operand(1);
-            emit_matmul(b, calls, (aa, va), (ab, vb), (out_addr, out_view))?;
+            emit_matmul(
+                b,
+                calls,
+                (aa, va),
+                (ab, vb),
+                (out_addr, out_view),
+                at.scratch,
+            )?;
         }
         Op::Gather { axis } => {
             let (v, a, _) = operand(0);

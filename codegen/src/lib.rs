@@ -1,10 +1,12 @@
 //! Native code for nnc graphs: each graph, specialized to concrete shapes,
-//! becomes Cranelift kernels (vectorized loops; matrix products through the
-//! `gemm` crate) run by one compiled schedule over a statically planned
-//! memory arena.
+//! becomes Cranelift kernels (vectorized loops; large matrix products
+//! through our packed, allocation-free `sgemm`) run by one compiled
+//! schedule over a statically planned memory arena.
 //!
 //! - `plan`: concrete shapes, views, the liveness-based memory plan.
 //! - `emit`: Cranelift IR for each kernel.
+//! - `matmul`: small matrix products as Cranelift loops, and the rule.
+//! - `sgemm`: packed SGEMM (AVX-512 / AVX2 / scalar) for the large ones.
 //! - `program`: the JIT module, arena, state buffer and schedule.
 //! - `vmath`: inline vector `exp`, `log`, `tanh`, `sigmoid`.
 
@@ -12,6 +14,7 @@ pub mod emit;
 pub mod matmul;
 pub mod plan;
 pub mod program;
+pub mod sgemm;
 pub mod vmath;
 
 pub use plan::StateLayout;

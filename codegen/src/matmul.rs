@@ -2,11 +2,10 @@
 //!
 //! `c[m×n] = a[m×k] @ b[k×n]` with every size, stride and base address a
 //! compile-time constant. `emit::emit_matmul` sends a product here when
-//! [`use_cranelift`] says so and to the `gemm` crate otherwise: `gemm`'s
+//! [`use_cranelift`] says so and to the packed `sgemm` otherwise: its
 //! AVX-512 kernels run about twice as fast as anything Cranelift can emit
-//! (`f32x4` only) once `m`, `n` and `k` fill its tiles, but each call costs
-//! about a microsecond of dispatch and two or more small allocations, and
-//! its `a @ b^T` path is slow at small `m`.
+//! (`f32x4` only) once `m`, `n` and `k` fill its tiles, but packing `b`
+//! does not pay for a few rows, and each call has a fixed cost.
 //!
 //! Two loop forms, chosen by the operands' strides:
 //!
@@ -46,24 +45,24 @@ use std::time::{Duration, Instant};
 
 /// Whether one product `c[m×n] = a[m×k] @ b[k×n]` (one product of a
 /// batch; `m` counts the rows after batch folding) runs as Cranelift loops
-/// rather than a `gemm` call. `b_columns_contiguous`: `b` is a transposed
-/// view (`x @ w^T`, the input gradient of a dense layer), for which `gemm`
-/// is slow at small `m`.
+/// rather than the packed `sgemm`.
 ///
 /// Chosen by measurement: `CARGO_TARGET_DIR=... cargo bench -p nnc-codegen
 /// --bench matmul` (release, one thread, 2-core EPYC Zen 4 with AVX-512;
-/// GFLOP/s, median of 21 samples, mean of two runs; `gemm::gemm` with
-/// `Parallelism::None`, called as `nnc_sgemm` calls it):
+/// GFLOP/s, median of 21 samples, mean of two runs) against `gemm::gemm`,
+/// which `cargo bench -p nnc-codegen --bench sgemm` shows our `sgemm`
+/// matches within ±8% on these shapes:
 ///
-/// - Always below 16k multiply-adds (`m·n·k < 2^14`): there `gemm`'s
-///   per-call cost dominates (2–14× slower than these loops at m×10×10
-///   for m ≤ 32), and the loops lose at most 1.2× (4×10×256).
-/// - Otherwise `a @ b` and `a^T @ b` only for one or two rows with
-///   `n·k ≤ 2^16`: from m = 4 on, with n, k ≥ 64, `gemm`'s AVX-512
-///   kernels reach 49–109 GFLOP/s, these 128-bit loops 29–49.
-/// - `a @ b^T` for `m ≤ 8` (with `n·k ≤ 2^20`; 784×784 is the largest
-///   measured): `gemm` drops to 10–40 GFLOP/s there (16–23 at m = 4,
-///   n ≥ 128), these loops run at 22–54.
+/// - Always below 16k multiply-adds (`m·n·k < 2^14`): there a packed
+///   product's per-call cost dominates (2–14× slower than these loops at
+///   m×10×10 for m ≤ 32), and the loops lose at most 1.2× (4×10×256).
+/// - Always for `m ≤ 8` rows: a packed product copies all of `b` (k·n
+///   values) to use it for only a few rows; these loops read it in place.
+///   At m = 1 (inference on one sample) the MNIST MLP's forward pass takes
+///   0.012 ms this way and 0.047 ms packed. For `a @ b^T` `gemm` itself
+///   drops to 10–40 GFLOP/s at m ≤ 8, these loops run at 22–54.
+/// - From m ≥ 32 with n, k ≥ 64, the AVX-512 packed kernels reach 49–109
+///   GFLOP/s, these 128-bit loops 29–49.
 ///
 /// | m×k×n       | layout  | Cranelift | gemm | chosen    |
 /// |-------------|---------|----------:|-----:|-----------|
@@ -94,16 +93,8 @@ use std::time::{Duration, Instant};
 /// 32×64×10, 32×10×64 (`@ w^T`), 64×32×10 and 64×32×64 (`x^T @`), and
 /// routing them all here made its training step 25 → 30 µs. Compile cost
 /// is no factor: 76–296 IR instructions, about 0.5 ms per product.
-pub fn use_cranelift(m: usize, n: usize, k: usize, b_columns_contiguous: bool) -> bool {
-    let work = m * n * k;
-    if work < 1 << 14 {
-        return true;
-    }
-    if b_columns_contiguous {
-        m <= 8 && n * k <= 1 << 20
-    } else {
-        m <= 2 && n * k <= 1 << 16
-    }
+pub fn use_cranelift(m: usize, n: usize, k: usize) -> bool {
+    m * n * k < 1 << 14 || m <= 8
 }
 
 /// A matrix operand: the byte address of element `[0, 0]` and the row and

@@ -138,6 +138,9 @@ pub struct Program {
     module: Option<JITModule>,
     entry: unsafe extern "C" fn(),
     work: AlignedBuf,
+    /// GEMM packing space (when the program has matrix products); boxed so
+    /// its address, baked into the code, is stable.
+    _scratch: Option<Box<crate::sgemm::Scratch>>,
     plan: Plan,
     graph_outputs: Vec<(String, View, DType)>,
     inputs: HashMap<String, (View, DType)>,
@@ -191,7 +194,8 @@ impl Calls for HostCalls<'_> {
 extern "C" fn nnc_powf(a: f32, b: f32) -> f32 {
     a.powf(b)
 }
-/// `c = a @ b` through the `gemm` crate; strides in elements.
+/// `c = a @ b` (or `c += a @ b`) through `sgemm`, with the program's
+/// packing scratch; strides in elements. Allocates nothing.
 #[allow(clippy::too_many_arguments)]
 extern "C" fn nnc_sgemm(
     m: i64,
@@ -207,43 +211,27 @@ extern "C" fn nnc_sgemm(
     b_rs: i64,
     b_cs: i64,
     accumulate: i64,
+    scratch: i64,
 ) {
-    let (m, n, k) = (m as usize, n as usize, k as usize);
-    if k == 0 {
-        if accumulate == 0 {
-            for i in 0..m {
-                for j in 0..n {
-                    let p = (c + 4 * (i as i64 * c_rs + j as i64 * c_cs)) as *mut f32;
-                    // SAFETY: the plan sized `c` for m×n elements at these strides.
-                    unsafe { *p = 0.0 };
-                }
-            }
-        }
-        return;
-    }
     // SAFETY: the plan guarantees the three views are in bounds for these
-    // shapes and strides, and `c` does not overlap `a` or `b`.
+    // shapes and strides and that `c` overlaps neither operand; `scratch`
+    // is the program's own `Scratch`, used by one run at a time.
     unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
+        crate::sgemm::sgemm_ex(
+            m as usize,
+            n as usize,
+            k as usize,
             c as *mut f32,
-            c_cs as isize,
             c_rs as isize,
-            accumulate != 0,
+            c_cs as isize,
             a as *const f32,
-            a_cs as isize,
             a_rs as isize,
+            a_cs as isize,
             b as *const f32,
-            b_cs as isize,
             b_rs as isize,
-            1.0,
-            1.0,
-            false,
-            false,
-            false,
-            gemm::Parallelism::None,
+            b_cs as isize,
+            accumulate != 0,
+            &mut *(scratch as *mut crate::sgemm::Scratch),
         )
     }
 }
@@ -280,9 +268,16 @@ impl Program {
         let plan_time = t0.elapsed();
         let t1 = Instant::now();
         let mut work = AlignedBuf::zeroed(CONTROL + plan.arena_bytes);
+        let has_matmul = plan.steps.iter().any(
+            |s| matches!(s, Step::Compute(id) if matches!(graph.node(*id).op, nnc_ir::Op::MatMul)),
+        );
+        let mut scratch = has_matmul.then(|| Box::new(crate::sgemm::Scratch::new()));
         let at = Addresses {
             state: state.addr(),
             work: work.addr() + CONTROL,
+            scratch: scratch
+                .as_mut()
+                .map_or(0, |s| &mut **s as *mut crate::sgemm::Scratch as usize),
             plan: &plan,
             layout: &state.layout,
         };
@@ -405,6 +400,7 @@ impl Program {
             module: Some(module),
             entry,
             work,
+            _scratch: scratch,
             plan,
             graph_outputs,
             inputs,

@@ -1,0 +1,144 @@
+//! `nnc_codegen::sgemm` (allocation-free, packed BLIS-style) vs `gemm::gemm`
+//! (single thread, `Parallelism::None`) on MLP shapes and squares.
+//!
+//! `cargo bench -p nnc-codegen --bench sgemm` (`SGEMM_ISA=avx2` or `scalar` for
+//! a fallback kernel)
+//!
+//! Each row: samples of enough calls to take about 2 ms, median per call over
+//! 15 samples. GFLOP/s counts 2·m·n·k per call; both sides overwrite `c`.
+
+use nnc_codegen::sgemm::{sgemm, Isa, Scratch};
+use std::hint::black_box;
+use std::time::Instant;
+
+#[derive(Clone, Copy)]
+enum Layout {
+    Nn,
+    Nt,
+    Tn,
+}
+
+impl Layout {
+    fn name(self) -> &'static str {
+        match self {
+            Layout::Nn => "a @ b",
+            Layout::Nt => "a @ b^T",
+            Layout::Tn => "a^T @ b",
+        }
+    }
+    /// `(a_rs, a_cs, b_rs, b_cs)`.
+    fn strides(self, m: usize, n: usize, k: usize) -> (isize, isize, isize, isize) {
+        let (m, n, k) = (m as isize, n as isize, k as isize);
+        match self {
+            Layout::Nn => (k, 1, n, 1),
+            Layout::Nt => (k, 1, 1, k),
+            Layout::Tn => (1, m, n, 1),
+        }
+    }
+}
+
+fn time<F: FnMut()>(mut f: F, flops: f64) -> f64 {
+    f();
+    let t = Instant::now();
+    f();
+    let once = t.elapsed().as_secs_f64().max(1e-8);
+    let reps = ((2e-3 / once) as usize).max(1);
+    let mut samples: Vec<f64> = (0..15)
+        .map(|_| {
+            let t = Instant::now();
+            for _ in 0..reps {
+                f();
+            }
+            t.elapsed().as_secs_f64() / reps as f64
+        })
+        .collect();
+    samples.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    flops / samples[samples.len() / 2] / 1e9
+}
+
+fn main() {
+    let mut shapes = Vec::new();
+    for m in [32, 128] {
+        for (k, n) in [(784, 256), (256, 128), (128, 10)] {
+            shapes.push((Layout::Nn, m, n, k));
+        }
+    }
+    for k in [32, 128] {
+        shapes.push((Layout::Tn, 784, 256, k));
+    }
+    for m in [32, 128] {
+        shapes.push((Layout::Nt, m, 784, 256));
+    }
+    for s in [128, 256, 512] {
+        shapes.push((Layout::Nn, s, s, s));
+    }
+    // `SGEMM_ISA=avx2|scalar` benchmarks a fallback kernel.
+    let mut scratch = match std::env::var("SGEMM_ISA").as_deref() {
+        Ok("avx2") => Scratch::with_isa(Isa::Avx2),
+        Ok("scalar") => Scratch::with_isa(Isa::Scalar),
+        _ => Scratch::new(),
+    };
+    println!("kernel: {:?}", scratch.isa());
+    println!(
+        "| layout | m | k | n | nnc sgemm GFLOP/s | gemm GFLOP/s | ratio |\n|---|---|---|---|---|---|---|"
+    );
+    for (layout, m, n, k) in shapes {
+        let (a_rs, a_cs, b_rs, b_cs) = layout.strides(m, n, k);
+        let a: Vec<f32> = (0..m * k).map(|i| (i % 13) as f32 * 0.1 - 0.6).collect();
+        let b: Vec<f32> = (0..k * n).map(|i| (i % 7) as f32 * 0.1 - 0.3).collect();
+        let mut c = vec![0f32; m * n];
+        let flops = 2.0 * (m * n * k) as f64;
+        let ours = time(
+            || unsafe {
+                sgemm(
+                    m,
+                    n,
+                    k,
+                    black_box(c.as_mut_ptr()),
+                    n as isize,
+                    1,
+                    a.as_ptr(),
+                    a_rs,
+                    a_cs,
+                    b.as_ptr(),
+                    b_rs,
+                    b_cs,
+                    &mut scratch,
+                )
+            },
+            flops,
+        );
+        let theirs = time(
+            || unsafe {
+                // Called as `nnc_sgemm` calls it (column stride first).
+                gemm::gemm(
+                    m,
+                    n,
+                    k,
+                    black_box(c.as_mut_ptr()),
+                    1,
+                    n as isize,
+                    false,
+                    a.as_ptr(),
+                    a_cs,
+                    a_rs,
+                    b.as_ptr(),
+                    b_cs,
+                    b_rs,
+                    1.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    gemm::Parallelism::None,
+                )
+            },
+            flops,
+        );
+        println!(
+            "| {} | {m} | {k} | {n} | {ours:.1} | {theirs:.1} | {:.2} |",
+            layout.name(),
+            ours / theirs
+        );
+    }
+}

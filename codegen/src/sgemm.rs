@@ -1,0 +1,631 @@
+//! Allocation-free single-precision GEMM: `c = a @ b` (or `c += a @ b`) for
+//! arbitrary element strides, BLIS-style.
+//!
+//! `b` is packed into `NR`-column panels of a `KC × NC` block and `a` into
+//! `MR`-row panels of an `MC × KC` block, both inside a caller-owned
+//! [`Scratch`]; a register-blocked micro-kernel then computes each
+//! `MR × NR` tile of `c`. The micro-kernel is chosen once, in
+//! [`Scratch::new`], from the CPU features: AVX-512F (8×32 tile, 16 zmm
+//! accumulators), AVX2+FMA (6×16, 12 ymm accumulators) or a portable scalar
+//! kernel (4×4). Edge tiles are computed on zero-padded panels and only the
+//! valid part is written back. [`sgemm`] never allocates.
+
+use std::alloc::{alloc_zeroed, dealloc, Layout};
+
+/// Depth of a packed block (upper bound; `k` is split into even blocks).
+pub const KC: usize = 256;
+/// Rows of a packed `a` block (a multiple of every `MR`: 8, 6 and 4).
+pub const MC: usize = 144;
+/// Columns of a packed `b` block (a multiple of every `NR`: 32, 16 and 4).
+pub const NC: usize = 1024;
+
+/// Which micro-kernel a [`Scratch`] drives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Isa {
+    /// AVX-512F, 8×32 tile.
+    Avx512,
+    /// AVX2 + FMA, 6×16 tile.
+    Avx2,
+    /// Portable scalar code, 4×4 tile.
+    Scalar,
+}
+
+impl Isa {
+    /// The best kernel this CPU supports.
+    pub fn detect() -> Isa {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if is_x86_feature_detected!("avx512f") {
+                return Isa::Avx512;
+            }
+            if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+                return Isa::Avx2;
+            }
+        }
+        Isa::Scalar
+    }
+
+    /// Whether this CPU can run the kernel.
+    pub fn supported(self) -> bool {
+        match self {
+            Isa::Scalar => true,
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => is_x86_feature_detected!("avx512f"),
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"),
+            #[cfg(not(target_arch = "x86_64"))]
+            _ => false,
+        }
+    }
+
+    /// `(MR, NR)`: the register tile.
+    fn tile(self) -> (usize, usize) {
+        match self {
+            Isa::Avx512 => (8, 32),
+            Isa::Avx2 => (6, 16),
+            Isa::Scalar => (4, 4),
+        }
+    }
+}
+
+const ALIGN: usize = 64;
+
+/// Packing space for [`sgemm`], 64-byte aligned, allocated once.
+/// One per thread of calls (it is mutated by every call).
+pub struct Scratch {
+    a: *mut f32,
+    b: *mut f32,
+    isa: Isa,
+}
+
+// SAFETY: `Scratch` owns its buffers exclusively; `&mut` access is required
+// to use them.
+unsafe impl Send for Scratch {}
+// SAFETY: no interior mutability through `&Scratch`.
+unsafe impl Sync for Scratch {}
+
+const A_LEN: usize = MC * KC;
+const B_LEN: usize = KC * NC;
+
+fn layout(len: usize) -> Layout {
+    Layout::from_size_align(len * 4, ALIGN).expect("scratch layout")
+}
+
+impl Scratch {
+    /// Packing space for the best kernel of this CPU (about 1.1 MiB).
+    pub fn new() -> Scratch {
+        Scratch::with_isa(Isa::detect())
+    }
+
+    /// Packing space driving a given kernel. Panics if the CPU cannot run it.
+    pub fn with_isa(isa: Isa) -> Scratch {
+        assert!(isa.supported(), "sgemm: {isa:?} not supported on this CPU");
+        // SAFETY: non-zero sizes.
+        let (a, b) = unsafe {
+            (
+                alloc_zeroed(layout(A_LEN)) as *mut f32,
+                alloc_zeroed(layout(B_LEN)) as *mut f32,
+            )
+        };
+        if a.is_null() || b.is_null() {
+            std::alloc::handle_alloc_error(layout(B_LEN));
+        }
+        Scratch { a, b, isa }
+    }
+
+    /// The kernel this scratch drives.
+    pub fn isa(&self) -> Isa {
+        self.isa
+    }
+}
+
+impl Default for Scratch {
+    fn default() -> Scratch {
+        Scratch::new()
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        // SAFETY: allocated in `with_isa` with these layouts.
+        unsafe {
+            dealloc(self.a as *mut u8, layout(A_LEN));
+            dealloc(self.b as *mut u8, layout(B_LEN));
+        }
+    }
+}
+
+impl std::fmt::Debug for Scratch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Scratch").field("isa", &self.isa).finish()
+    }
+}
+
+/// `c = a @ b` with `a: m×k`, `b: k×n`, `c: m×n`; strides in elements
+/// (either stride of each operand may be 1: transposed views are fine).
+///
+/// # Safety
+/// Every element of the three views must be in bounds for its strides;
+/// `c` must not overlap `a` or `b`, and no two elements of `c` may alias.
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn sgemm(
+    m: usize,
+    n: usize,
+    k: usize,
+    c: *mut f32,
+    c_rs: isize,
+    c_cs: isize,
+    a: *const f32,
+    a_rs: isize,
+    a_cs: isize,
+    b: *const f32,
+    b_rs: isize,
+    b_cs: isize,
+    scratch: &mut Scratch,
+) {
+    // SAFETY: forwarded contract.
+    unsafe {
+        sgemm_ex(
+            m, n, k, c, c_rs, c_cs, a, a_rs, a_cs, b, b_rs, b_cs, false, scratch,
+        )
+    }
+}
+
+/// [`sgemm`] that adds into `c` when `accumulate` (`c += a @ b`) and
+/// overwrites it otherwise.
+///
+/// # Safety
+/// As [`sgemm`].
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn sgemm_ex(
+    m: usize,
+    n: usize,
+    k: usize,
+    c: *mut f32,
+    c_rs: isize,
+    c_cs: isize,
+    a: *const f32,
+    a_rs: isize,
+    a_cs: isize,
+    b: *const f32,
+    b_rs: isize,
+    b_cs: isize,
+    accumulate: bool,
+    scratch: &mut Scratch,
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        if !accumulate {
+            for i in 0..m {
+                for j in 0..n {
+                    // SAFETY: in bounds by the contract.
+                    unsafe { *c.offset(i as isize * c_rs + j as isize * c_cs) = 0.0 };
+                }
+            }
+        }
+        return;
+    }
+    // Column-major `c`: compute `c^T = b^T a^T` so that tiles store rows.
+    if c_cs != 1 && c_rs == 1 {
+        // SAFETY: the same views, transposed.
+        return unsafe {
+            sgemm_ex(
+                n, m, k, c, c_cs, c_rs, b, b_cs, b_rs, a, a_cs, a_rs, accumulate, scratch,
+            )
+        };
+    }
+    let isa = scratch.isa;
+    let (mr, nr) = isa.tile();
+    let nblocks_k = k.div_ceil(KC);
+    let kc_even = k.div_ceil(nblocks_k);
+    let (abuf, bbuf) = (scratch.a, scratch.b);
+
+    let mut jc = 0;
+    while jc < n {
+        let nc = NC.min(n - jc);
+        let mut pc = 0;
+        while pc < k {
+            let kc = kc_even.min(k - pc);
+            let add = accumulate || pc > 0;
+            // Pack b[pc.., jc..] into NR-column panels: panel j is kc×nr.
+            let mut jr = 0;
+            while jr < nc {
+                let len = nr.min(nc - jr);
+                // SAFETY: source in bounds by contract; destination within
+                // the KC×NC buffer (nc ≤ NC, NC a multiple of nr).
+                unsafe {
+                    pack(
+                        bbuf.add(jr * kc),
+                        b.offset(pc as isize * b_rs + (jc + jr) as isize * b_cs),
+                        b_cs,
+                        b_rs,
+                        len,
+                        nr,
+                        kc,
+                    )
+                };
+                jr += nr;
+            }
+            // With a single column panel each element of `a` is used once:
+            // the micro-kernel reads it in place instead of packing it.
+            let direct_a = nc <= 8 * nr;
+            let mut ic = 0;
+            while ic < m {
+                let mc = MC.min(m - ic);
+                let mut ir = 0;
+                while !direct_a && ir < mc {
+                    let len = mr.min(mc - ir);
+                    // SAFETY: as above, within the MC×KC buffer.
+                    unsafe {
+                        pack(
+                            abuf.add(ir * kc),
+                            a.offset((ic + ir) as isize * a_rs + pc as isize * a_cs),
+                            a_rs,
+                            a_cs,
+                            len,
+                            mr,
+                            kc,
+                        )
+                    };
+                    ir += mr;
+                }
+                let mut jr = 0;
+                while jr < nc {
+                    let nlen = nr.min(nc - jr);
+                    let mut ir = 0;
+                    while ir < mc {
+                        let mlen = mr.min(mc - ir);
+                        // SAFETY: panels packed above; the tile of `c` is
+                        // in bounds for (mlen, nlen).
+                        unsafe {
+                            let ct =
+                                c.offset((ic + ir) as isize * c_rs + (jc + jr) as isize * c_cs);
+                            let ap = if direct_a {
+                                ASrc {
+                                    p: a.offset((ic + ir) as isize * a_rs + pc as isize * a_cs),
+                                    rs: a_rs,
+                                    cs: a_cs,
+                                    rows: mlen,
+                                }
+                            } else {
+                                ASrc {
+                                    p: abuf.add(ir * kc),
+                                    rs: 1,
+                                    cs: mr as isize,
+                                    rows: mr,
+                                }
+                            };
+                            let bp = bbuf.add(jr * kc);
+                            let t = Tile {
+                                c: ct,
+                                rs: c_rs,
+                                cs: c_cs,
+                                m: mlen,
+                                n: nlen,
+                                add,
+                            };
+                            match (isa, direct_a) {
+                                #[cfg(target_arch = "x86_64")]
+                                (Isa::Avx512, false) => {
+                                    if nlen > 16 {
+                                        x86::kernel_avx512::<2, true>(kc, ap, bp, &t)
+                                    } else {
+                                        x86::kernel_avx512::<1, true>(kc, ap, bp, &t)
+                                    }
+                                }
+                                #[cfg(target_arch = "x86_64")]
+                                (Isa::Avx512, true) => {
+                                    if nlen > 16 {
+                                        x86::kernel_avx512::<2, false>(kc, ap, bp, &t)
+                                    } else {
+                                        x86::kernel_avx512::<1, false>(kc, ap, bp, &t)
+                                    }
+                                }
+                                #[cfg(target_arch = "x86_64")]
+                                (Isa::Avx2, false) => {
+                                    if nlen > 8 {
+                                        x86::kernel_avx2::<2, true>(kc, ap, bp, &t)
+                                    } else {
+                                        x86::kernel_avx2::<1, true>(kc, ap, bp, &t)
+                                    }
+                                }
+                                #[cfg(target_arch = "x86_64")]
+                                (Isa::Avx2, true) => {
+                                    if nlen > 8 {
+                                        x86::kernel_avx2::<2, false>(kc, ap, bp, &t)
+                                    } else {
+                                        x86::kernel_avx2::<1, false>(kc, ap, bp, &t)
+                                    }
+                                }
+                                _ => kernel_scalar(kc, ap, bp, &t),
+                            }
+                        }
+                        ir += mr;
+                    }
+                    jr += nr;
+                }
+                ic += MC;
+            }
+            pc += kc;
+        }
+        jc += NC;
+    }
+}
+
+/// Where a micro-kernel reads `a`: row `i < rows`, depth `p` at
+/// `p[i * rs + p * cs]` (a packed panel: `rs = 1`, `cs = MR`). Rows
+/// `rows..MR` are computed from row `rows - 1` and never written.
+#[derive(Clone, Copy)]
+struct ASrc {
+    p: *const f32,
+    rs: isize,
+    cs: isize,
+    rows: usize,
+}
+
+impl ASrc {
+    /// Row pointers, clamped to valid rows.
+    #[inline(always)]
+    fn rows<const MR: usize>(self) -> [*const f32; MR] {
+        std::array::from_fn(|i| {
+            self.p
+                .wrapping_offset(i.min(self.rows - 1) as isize * self.rs)
+        })
+    }
+}
+
+/// Where a micro-kernel writes: `m × n` valid elements of `c`.
+struct Tile {
+    c: *mut f32,
+    rs: isize,
+    cs: isize,
+    m: usize,
+    n: usize,
+    add: bool,
+}
+
+impl Tile {
+    /// Write the valid part of a row-major `w`-wide tile buffer.
+    #[inline(always)]
+    unsafe fn write_from(&self, buf: &[f32], w: usize) {
+        for i in 0..self.m {
+            for j in 0..self.n {
+                // SAFETY: (i, j) valid by the caller's contract.
+                unsafe {
+                    let p = self.c.offset(i as isize * self.rs + j as isize * self.cs);
+                    let v = buf[i * w + j];
+                    *p = if self.add { *p + v } else { v };
+                }
+            }
+        }
+    }
+}
+
+/// Pack `len` lines of `kc` elements into a panel `dst[p * w + i]`, lines
+/// `len..w` zero. Line `i`, element `p` is at `src[i * ls + p * ks]`.
+#[inline(always)]
+unsafe fn pack(
+    dst: *mut f32,
+    src: *const f32,
+    ls: isize,
+    ks: isize,
+    len: usize,
+    w: usize,
+    kc: usize,
+) {
+    // SAFETY (whole body): in bounds by the caller.
+    unsafe {
+        if ls == 1 {
+            if len == w {
+                for p in 0..kc {
+                    std::ptr::copy_nonoverlapping(src.offset(p as isize * ks), dst.add(p * w), w);
+                }
+            } else {
+                for p in 0..kc {
+                    let d = dst.add(p * w);
+                    std::ptr::copy_nonoverlapping(src.offset(p as isize * ks), d, len);
+                    std::ptr::write_bytes(d.add(len), 0, w - len);
+                }
+            }
+        } else {
+            if len < w {
+                for p in 0..kc {
+                    std::ptr::write_bytes(dst.add(p * w + len), 0, w - len);
+                }
+            }
+            if ks == 1 {
+                // Transposing copy in blocks of 8 along k, contiguous reads.
+                let mut p0 = 0;
+                while p0 + 8 <= kc {
+                    for i in 0..len {
+                        let s = src.offset(i as isize * ls).add(p0);
+                        let d = dst.add(p0 * w + i);
+                        for q in 0..8 {
+                            *d.add(q * w) = *s.add(q);
+                        }
+                    }
+                    p0 += 8;
+                }
+                for i in 0..len {
+                    let s = src.offset(i as isize * ls);
+                    for p in p0..kc {
+                        *dst.add(p * w + i) = *s.add(p);
+                    }
+                }
+            } else {
+                for p in 0..kc {
+                    for i in 0..len {
+                        *dst.add(p * w + i) = *src.offset(i as isize * ls + p as isize * ks);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Portable 4×4 kernel.
+unsafe fn kernel_scalar(kc: usize, a: ASrc, b: *const f32, t: &Tile) {
+    let mut acc = [0f32; 16];
+    let rows = a.rows::<4>();
+    for p in 0..kc {
+        // SAFETY: the panel holds kc×4 elements; rows of `a` in bounds.
+        let (av, bv) = unsafe {
+            (
+                rows.map(|r| *r.offset(p as isize * a.cs)),
+                std::slice::from_raw_parts(b.add(p * 4), 4),
+            )
+        };
+        for i in 0..4 {
+            for j in 0..4 {
+                acc[i * 4 + j] = av[i].mul_add(bv[j], acc[i * 4 + j]);
+            }
+        }
+    }
+    // SAFETY: tile bounds by contract.
+    unsafe { t.write_from(&acc, 4) };
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use super::{ASrc, Tile};
+    use std::arch::x86_64::*;
+
+    /// 8×(16·NV) AVX-512 kernel over a 32-wide packed `b` panel.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn kernel_avx512<const NV: usize, const PACKED: bool>(
+        kc: usize,
+        a: ASrc,
+        b: *const f32,
+        t: &Tile,
+    ) {
+        const MR: usize = 8;
+        const W: usize = 32;
+        let mut r = [[_mm512_setzero_ps(); NV]; MR];
+        // SAFETY (whole body): panels hold kc×MR and kc×W elements; the
+        // tile of `c` is valid for (t.m, t.n).
+        unsafe {
+            let mut ap = a.p;
+            let rows = a.rows::<MR>();
+            let mut off = 0isize;
+            let mut bp = b;
+            for _ in 0..kc {
+                let mut bv = [_mm512_setzero_ps(); NV];
+                for (v, x) in bv.iter_mut().enumerate() {
+                    *x = _mm512_loadu_ps(bp.add(16 * v));
+                }
+                for (i, row) in r.iter_mut().enumerate() {
+                    let ai = if PACKED {
+                        _mm512_set1_ps(*ap.add(i))
+                    } else {
+                        _mm512_set1_ps(*rows[i].offset(off))
+                    };
+                    for v in 0..NV {
+                        row[v] = _mm512_fmadd_ps(ai, bv[v], row[v]);
+                    }
+                }
+                ap = ap.wrapping_add(MR);
+                off += a.cs;
+                bp = bp.add(W);
+            }
+            if t.cs == 1 {
+                for (i, row) in r.iter().enumerate().take(t.m) {
+                    let cr = t.c.offset(i as isize * t.rs);
+                    for (v, &x) in row.iter().enumerate() {
+                        let lo = 16 * v;
+                        if lo >= t.n {
+                            break;
+                        }
+                        let cp = cr.add(lo);
+                        if t.n - lo >= 16 {
+                            let x = if t.add {
+                                _mm512_add_ps(_mm512_loadu_ps(cp), x)
+                            } else {
+                                x
+                            };
+                            _mm512_storeu_ps(cp, x);
+                        } else {
+                            let mask: __mmask16 = ((1u32 << (t.n - lo)) - 1) as u16;
+                            let x = if t.add {
+                                _mm512_add_ps(_mm512_maskz_loadu_ps(mask, cp), x)
+                            } else {
+                                x
+                            };
+                            _mm512_mask_storeu_ps(cp, mask, x);
+                        }
+                    }
+                }
+            } else {
+                let mut buf = [0f32; MR * W];
+                for (i, row) in r.iter().enumerate() {
+                    for (v, &x) in row.iter().enumerate() {
+                        _mm512_storeu_ps(buf.as_mut_ptr().add(i * W + 16 * v), x);
+                    }
+                }
+                t.write_from(&buf, W);
+            }
+        }
+    }
+
+    /// 6×(8·NV) AVX2+FMA kernel over a 16-wide packed `b` panel.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn kernel_avx2<const NV: usize, const PACKED: bool>(
+        kc: usize,
+        a: ASrc,
+        b: *const f32,
+        t: &Tile,
+    ) {
+        const MR: usize = 6;
+        const W: usize = 16;
+        let mut r = [[_mm256_setzero_ps(); NV]; MR];
+        // SAFETY (whole body): as in `kernel_avx512`.
+        unsafe {
+            let mut ap = a.p;
+            let rows = a.rows::<MR>();
+            let mut off = 0isize;
+            let mut bp = b;
+            for _ in 0..kc {
+                let mut bv = [_mm256_setzero_ps(); NV];
+                for (v, x) in bv.iter_mut().enumerate() {
+                    *x = _mm256_loadu_ps(bp.add(8 * v));
+                }
+                for (i, row) in r.iter_mut().enumerate() {
+                    let ai = if PACKED {
+                        _mm256_broadcast_ss(&*ap.add(i))
+                    } else {
+                        _mm256_broadcast_ss(&*rows[i].offset(off))
+                    };
+                    for v in 0..NV {
+                        row[v] = _mm256_fmadd_ps(ai, bv[v], row[v]);
+                    }
+                }
+                ap = ap.wrapping_add(MR);
+                off += a.cs;
+                bp = bp.add(W);
+            }
+            if t.cs == 1 && t.m == MR && t.n == 8 * NV {
+                for (i, row) in r.iter().enumerate() {
+                    let cr = t.c.offset(i as isize * t.rs);
+                    for (v, &x) in row.iter().enumerate() {
+                        let cp = cr.add(8 * v);
+                        let x = if t.add {
+                            _mm256_add_ps(_mm256_loadu_ps(cp), x)
+                        } else {
+                            x
+                        };
+                        _mm256_storeu_ps(cp, x);
+                    }
+                }
+            } else {
+                let mut buf = [0f32; MR * W];
+                for (i, row) in r.iter().enumerate() {
+                    for (v, &x) in row.iter().enumerate() {
+                        _mm256_storeu_ps(buf.as_mut_ptr().add(i * W + 8 * v), x);
+                    }
+                }
+                t.write_from(&buf, W);
+            }
+        }
+    }
+}
