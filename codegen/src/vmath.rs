@@ -8,7 +8,7 @@
 //! takes the builder positioned in a block, the type and the input, and
 //! returns the result value:
 //!
-//! ```ignore
+//! ```text
 //! let y = vmath::sigmoid(&mut builder, types::F32X4, x);
 //! ```
 //!
