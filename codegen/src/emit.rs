@@ -1238,6 +1238,12 @@ pub fn emit_kernel(
                 status,
             );
         }
+        Op::Unfold { .. } | Op::Fold { .. } | Op::Random { .. } => {
+            return Err(CodegenError::new(format!(
+                "`{}` has no kernel yet",
+                node.op.mnemonic()
+            )))
+        }
         Op::Input { .. } | Op::Param { .. } | Op::State { .. } | Op::Const(_) | Op::Iota { .. } => {
             return Err(CodegenError::new(format!(
                 "`{}` is not a kernel",

@@ -6,7 +6,7 @@
 //! that come from elsewhere (the text parser, rewrites).
 
 use crate::infer::{infer, ShapeError};
-use crate::op::{BinaryOp, Init, Literal, Op, ReduceOp, UnaryOp};
+use crate::op::{BinaryOp, Init, Literal, Op, ReduceOp, UnaryOp, Window};
 use crate::types::{DType, Dim, Shape, TensorType};
 use petgraph::stable_graph::{NodeIndex, StableDiGraph};
 use petgraph::visit::EdgeRef;
@@ -366,6 +366,30 @@ impl Graph {
         ty: TensorType,
     ) -> Result<NodeId, ShapeError> {
         self.add(Op::ScatterAdd { axis }, &[updates, idx], Some(ty))
+    }
+
+    pub fn unfold(&mut self, x: NodeId, window: Window, fill: f64) -> Result<NodeId, ShapeError> {
+        self.add(Op::Unfold { window, fill }, &[x], None)
+    }
+
+    /// The adjoint of `unfold`, producing `ty` (`[N, C, *in]`).
+    pub fn fold(
+        &mut self,
+        cols: NodeId,
+        window: Window,
+        ty: TensorType,
+    ) -> Result<NodeId, ShapeError> {
+        self.add(Op::Fold { window }, &[cols], Some(ty))
+    }
+
+    /// Uniform `[0, 1)` values of type `ty` keyed by the scalar i32 `key`.
+    pub fn random(
+        &mut self,
+        key: NodeId,
+        stream: u32,
+        ty: TensorType,
+    ) -> Result<NodeId, ShapeError> {
+        self.add(Op::Random { stream }, &[key], Some(ty))
     }
 
     // Arithmetic shorthands used all over autodiff and the optimizers.

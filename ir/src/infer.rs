@@ -280,7 +280,59 @@ pub fn infer(
             }
             Ok(t)
         }
+        Op::Unfold { window, .. } => unfold_type(window, args[0]),
+        Op::Fold { window } => {
+            let t = need_declared()?;
+            let unfolded = unfold_type(window, &t)?;
+            if unfolded != *args[0] {
+                return err(format!(
+                    "fold of {} cannot produce {t}: unfolding {t} gives {unfolded}",
+                    args[0]
+                ));
+            }
+            Ok(t)
+        }
+        Op::Random { .. } => {
+            let t = need_declared()?;
+            let key = args[0];
+            if key.dtype != DType::I32 || key.rank() != 0 {
+                return err(format!("random needs a scalar i32 key, found {key}"));
+            }
+            if !t.dtype.is_float() {
+                return err(format!("random produces floats, not {t}"));
+            }
+            Ok(t)
+        }
     }
+}
+
+/// `[N, C, *in]` → `[N, C, *kernel, *out]`; spatial dims must be constant.
+fn unfold_type(window: &crate::op::Window, x: &TensorType) -> Result<TensorType, ShapeError> {
+    window.check().map_err(|m| ShapeError { message: m })?;
+    let d = window.rank();
+    if x.rank() != d + 2 {
+        return err(format!(
+            "a {d}-d window needs a tensor [N, C, {d} spatial dims], found {x}"
+        ));
+    }
+    let mut shape = x.shape[..2].to_vec();
+    shape.extend(window.kernel.iter().map(|&k| Dim::Const(k)));
+    for i in 0..d {
+        let Some(n) = x.shape[2 + i].as_const() else {
+            return err(format!(
+                "spatial dims must be constant, found `{}` in {x}",
+                x.shape[2 + i]
+            ));
+        };
+        let Some(o) = window.out_size(i, n) else {
+            return err(format!(
+                "a kernel of {} (dilation {}) does not fit spatial size {n} padded by {} in {x}",
+                window.kernel[i], window.dilation[i], window.padding[i]
+            ));
+        };
+        shape.push(Dim::Const(o));
+    }
+    Ok(x.with_shape(shape))
 }
 
 fn check_axes(axes: &[usize], rank: usize) -> Result<(), ShapeError> {

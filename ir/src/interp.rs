@@ -612,6 +612,34 @@ fn eval_op(
         (Op::Concat { axis }, _) => concat(at, *axis, args)?,
         (Op::Gather { axis }, [data, idx]) => gather(at, *axis, data, idx)?,
         (Op::ScatterAdd { axis }, [upd, idx]) => scatter_add(at, *axis, upd, idx, dtype, shape)?,
+        (Op::Unfold { window, fill }, [x]) => {
+            let sources = window_sources(at, window, &x.shape, shape)?;
+            let data = sources
+                .iter()
+                .map(|s| s.map_or(*fill, |i| x.data[i]))
+                .collect();
+            tensor(x.dtype, shape, data)
+        }
+        (Op::Fold { window }, [cols]) => {
+            let sources = window_sources(at, window, shape, &cols.shape)?;
+            let mut data = vec![0.0; numel];
+            for (s, &v) in sources.iter().zip(&cols.data) {
+                if let Some(i) = s {
+                    data[*i] += v;
+                }
+            }
+            tensor(dtype, shape, data)
+        }
+        (Op::Random { stream }, [key]) => {
+            let key = match key.data.as_slice() {
+                [k] => *k as i32 as u32,
+                _ => return Err(at.invalid("random needs a scalar key")),
+            };
+            let data = (0..numel)
+                .map(|i| crate::op::random_uniform(key, *stream, i as u32))
+                .collect();
+            tensor(dtype, shape, data)
+        }
         _ => return Err(at.invalid("wrong number of operands")),
     })
 }
@@ -1135,4 +1163,58 @@ fn scatter_add(
         }
     }
     Ok(tensor(dtype, shape, out))
+}
+
+/// For every element of the unfolded `[N, C, *kernel, *out]` tensor (row
+/// major), the flat index of the `[N, C, *in]` element it reads, or `None`
+/// in the padding. `Unfold` gathers through this map and `Fold` scatters.
+fn window_sources(
+    at: &At<'_>,
+    w: &crate::op::Window,
+    input: &[usize],
+    unfolded: &[usize],
+) -> Result<Vec<Option<usize>>, EvalError> {
+    let d = w.rank();
+    let fits = w.check().is_ok()
+        && input.len() == d + 2
+        && unfolded.len() == 2 * d + 2
+        && unfolded[..2] == input[..2]
+        && unfolded[2..2 + d] == w.kernel[..]
+        && (0..d).all(|i| w.out_size(i, input[2 + i]) == Some(unfolded[2 + d + i]));
+    if !fits {
+        return Err(at.invalid(format!(
+            "unfolded shape {unfolded:?} does not match input {input:?} and window {w:?}"
+        )));
+    }
+    let n = checked_numel(unfolded).unwrap_or(0);
+    let planes = input[0] * input[1];
+    let plane: usize = input[2..].iter().product();
+    let per_plane = n.checked_div(planes).unwrap_or(0);
+    let mut out = Vec::with_capacity(n);
+    let mut index = vec![0usize; 2 * d];
+    for p in 0..planes {
+        index.iter_mut().for_each(|i| *i = 0);
+        for _ in 0..per_plane {
+            let mut flat = 0usize;
+            let mut inside = true;
+            for i in 0..d {
+                let pos = (index[d + i] * w.stride[i] + index[i] * w.dilation[i]) as isize
+                    - w.padding[i] as isize;
+                if pos < 0 || pos >= input[2 + i] as isize {
+                    inside = false;
+                    break;
+                }
+                flat = flat * input[2 + i] + pos as usize;
+            }
+            out.push(inside.then_some(p * plane + flat));
+            for ax in (0..2 * d).rev() {
+                index[ax] += 1;
+                if index[ax] < unfolded[2 + ax] {
+                    break;
+                }
+                index[ax] = 0;
+            }
+        }
+    }
+    Ok(out)
 }

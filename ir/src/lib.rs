@@ -25,7 +25,7 @@ pub use module::{
     DataField, DataSpec, Metric, Module, Optimizer, Schedule, Source, TestSet, TrainSpec,
     Transform, HYPER, LEARNING_RATE, LOSS,
 };
-pub use op::{BinaryOp, Init, Literal, Op, ReduceOp, UnaryOp};
+pub use op::{random_uniform, BinaryOp, Init, Literal, Op, ReduceOp, UnaryOp, Window};
 pub use tensor::{Tensor, TensorError};
 pub use text::{parse_graph, TextError};
 pub use types::{DType, Dim, Shape, ShapeDisplay, TensorType};

@@ -76,6 +76,109 @@ pub enum Op {
     ScatterAdd {
         axis: usize,
     },
+    /// im2col, PyTorch's `nn.functional.unfold` generalized to any number
+    /// of spatial dims and kept structured: `[N, C, *in]` becomes
+    /// `[N, C, *kernel, *out]`, element `[n, c, *k, *o]` being input
+    /// `[n, c, *(o * stride + k * dilation - padding)]`, or `fill` where
+    /// that falls in the padding. Convolution is this plus a matmul and
+    /// pooling is this plus a reduction, so one kernel serves both.
+    Unfold {
+        window: Window,
+        fill: f64,
+    },
+    /// col2im, the adjoint of `Unfold`: every element of
+    /// `[N, C, *kernel, *out]` is added into the input position it was read
+    /// from (padding positions are dropped). The result `[N, C, *in]` is
+    /// the node's declared type, since `in` is not implied by `out`.
+    Fold {
+        window: Window,
+    },
+    /// Counter-based uniform random numbers in `[0, 1)` of the node's
+    /// declared shape and float dtype, from the scalar i32 operand `key`
+    /// (fed per step by the runtime) and the call site's `stream`. Same key,
+    /// stream and shape give the same values on every backend; see
+    /// [`random_uniform`].
+    Random {
+        stream: u32,
+    },
+}
+
+/// A sliding window over the trailing spatial dims of `[N, C, *spatial]`,
+/// one entry per spatial dim, with PyTorch's convolution/pooling meaning.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Window {
+    pub kernel: Vec<usize>,
+    pub stride: Vec<usize>,
+    pub padding: Vec<usize>,
+    pub dilation: Vec<usize>,
+}
+
+impl Window {
+    /// The number of spatial dims.
+    pub fn rank(&self) -> usize {
+        self.kernel.len()
+    }
+
+    /// Output size along spatial dim `i` for an input of size `n`:
+    /// `(n + 2·pad − dil·(k − 1) − 1) / stride + 1`, or `None` when the
+    /// dilated kernel does not fit in the padded input.
+    pub fn out_size(&self, i: usize, n: usize) -> Option<usize> {
+        let span = self.dilation[i] * (self.kernel[i].checked_sub(1)?) + 1;
+        let padded = n + 2 * self.padding[i];
+        if self.stride[i] == 0 || span > padded {
+            return None;
+        }
+        Some((padded - span) / self.stride[i] + 1)
+    }
+
+    /// Checks that all four lists have one entry per spatial dim, and that
+    /// kernel, stride and dilation are positive.
+    pub fn check(&self) -> Result<(), String> {
+        let d = self.rank();
+        if d == 0 {
+            return Err("a window needs at least one spatial dim".into());
+        }
+        if self.stride.len() != d || self.padding.len() != d || self.dilation.len() != d {
+            return Err(format!(
+                "window lists differ in length: kernel {:?}, stride {:?}, padding {:?}, dilation {:?}",
+                self.kernel, self.stride, self.padding, self.dilation
+            ));
+        }
+        let positive = |v: &[usize]| v.iter().all(|&x| x > 0);
+        if !positive(&self.kernel) || !positive(&self.stride) || !positive(&self.dilation) {
+            return Err(format!(
+                "kernel {:?}, stride {:?} and dilation {:?} must be positive",
+                self.kernel, self.stride, self.dilation
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The bits behind `Op::Random`: two rounds of the `lowbias32` integer
+/// hash (Chris Wellons' constants) over the element's row-major index,
+/// keyed by `key` and `stream`. Pure 32-bit integer arithmetic, so the
+/// reference interpreter and generated vector code agree bit for bit.
+pub fn random_bits(key: u32, stream: u32, index: u32) -> u32 {
+    let seed = lowbias32(key ^ lowbias32(stream.wrapping_add(0x9e37_79b9)));
+    lowbias32(lowbias32(index ^ seed).wrapping_add(seed))
+}
+
+/// Element `index` of `Op::Random`: the top 24 bits of [`random_bits`]
+/// scaled to `[0, 1)`, exact in f32.
+pub fn random_uniform(key: u32, stream: u32, index: u32) -> f64 {
+    (random_bits(key, stream, index) >> 8) as f64 * (1.0 / 16_777_216.0)
+}
+
+/// A bijective 32-bit mixer with low bias (x ^= x >> 16; x *= 0x7feb352d;
+/// x ^= x >> 15; x *= 0x846ca68b; x ^= x >> 16).
+pub fn lowbias32(mut x: u32) -> u32 {
+    x ^= x >> 16;
+    x = x.wrapping_mul(0x7feb_352d);
+    x ^= x >> 15;
+    x = x.wrapping_mul(0x846c_a68b);
+    x ^= x >> 16;
+    x
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -204,6 +307,9 @@ impl Op {
             Op::Concat { .. } => "concat",
             Op::Gather { .. } => "gather",
             Op::ScatterAdd { .. } => "scatter_add",
+            Op::Unfold { .. } => "unfold",
+            Op::Fold { .. } => "fold",
+            Op::Random { .. } => "random",
         }
     }
 
@@ -222,7 +328,10 @@ impl Op {
             | Op::Reshape
             | Op::Transpose { .. }
             | Op::Broadcast
-            | Op::Slice { .. } => 1,
+            | Op::Slice { .. }
+            | Op::Unfold { .. }
+            | Op::Fold { .. }
+            | Op::Random { .. } => 1,
             Op::Binary(_) | Op::MatMul | Op::Gather { .. } | Op::ScatterAdd { .. } => 2,
             Op::Select => 3,
             Op::Concat { .. } => return None,

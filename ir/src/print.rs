@@ -13,7 +13,7 @@
 //! on how the graph was built or edited.
 
 use crate::graph::{Graph, NodeId};
-use crate::op::{Literal, Op};
+use crate::op::{Literal, Op, Window};
 use std::collections::HashMap;
 use std::fmt::{self, Write};
 
@@ -89,6 +89,12 @@ fn write_attrs(line: &mut String, op: &Op) -> fmt::Result {
         Op::Slice { axis, start, end } => {
             write!(line, " axis={axis} start={start} end={end}")
         }
+        Op::Unfold { window, fill } => {
+            write_window(line, window, &ints)?;
+            write!(line, " fill={fill:?}")
+        }
+        Op::Fold { window } => write_window(line, window, &ints),
+        Op::Random { stream } => write!(line, " stream={stream}"),
         Op::Unary(_)
         | Op::Binary(_)
         | Op::Select
@@ -97,4 +103,15 @@ fn write_attrs(line: &mut String, op: &Op) -> fmt::Result {
         | Op::Reshape
         | Op::Broadcast => Ok(()),
     }
+}
+
+fn write_window(line: &mut String, w: &Window, ints: &dyn Fn(&[usize]) -> String) -> fmt::Result {
+    write!(
+        line,
+        " kernel={} stride={} padding={} dilation={}",
+        ints(&w.kernel),
+        ints(&w.stride),
+        ints(&w.padding),
+        ints(&w.dilation)
+    )
 }

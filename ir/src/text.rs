@@ -24,7 +24,7 @@
 
 use crate::graph::{Graph, NodeId, Output, Update};
 use crate::infer::infer;
-use crate::op::{BinaryOp, Init, Literal, Op, ReduceOp, UnaryOp};
+use crate::op::{BinaryOp, Init, Literal, Op, ReduceOp, UnaryOp, Window};
 use crate::types::{DType, Dim, TensorType};
 use std::collections::HashMap;
 use thiserror::Error;
@@ -445,6 +445,20 @@ impl<'a> Parser<'a> {
         }
     }
 
+    /// `kernel=[..] stride=[..] padding=[..] dilation=[..]`.
+    fn window(&mut self, mnemonic: &str) -> Result<Window, TextError> {
+        let kernel = self.attr("kernel", mnemonic, |p, what| p.int_list(what))?;
+        let stride = self.attr("stride", mnemonic, |p, what| p.int_list(what))?;
+        let padding = self.attr("padding", mnemonic, |p, what| p.int_list(what))?;
+        let dilation = self.attr("dilation", mnemonic, |p, what| p.int_list(what))?;
+        Ok(Window {
+            kernel,
+            stride,
+            padding,
+            dilation,
+        })
+    }
+
     fn bool_value(&mut self, what: &str) -> Result<bool, TextError> {
         if self.at_word("true") {
             self.bump();
@@ -749,6 +763,21 @@ impl<'a> Parser<'a> {
                 let end = self.usize_attr("end", m)?;
                 Op::Slice { axis, start, end }
             }
+            "unfold" => Op::Unfold {
+                window: self.window(m)?,
+                fill: self.attr("fill", m, |p, what| p.float(what))?,
+            },
+            "fold" => Op::Fold {
+                window: self.window(m)?,
+            },
+            "random" => Op::Random {
+                stream: {
+                    let tok = self.peek().clone();
+                    let s = self.usize_attr("stream", m)?;
+                    u32::try_from(s)
+                        .map_err(|_| Self::error_at(&tok, "`stream` must fit in 32 bits"))?
+                },
+            },
             "select" => Op::Select,
             "cast" => Op::Cast,
             "matmul" => Op::MatMul,

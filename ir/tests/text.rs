@@ -4,7 +4,7 @@
 use nnc_ir::text::parse_module_graphs;
 use nnc_ir::{
     parse_graph, shape_of, verify, BinaryOp, DType, Dim, Graph, Init, NodeId, Op, ReduceOp,
-    TensorType, TextError, UnaryOp, Update,
+    TensorType, TextError, UnaryOp, Update, Window,
 };
 
 fn f32t(dims: &[usize]) -> TensorType {
@@ -203,6 +203,24 @@ fn all_ops() -> Graph {
     live.push(cc);
     let gat = g.gather(params[1], idx, 0).unwrap();
     let sc = g.scatter_add(gat, idx, 0, f32t(&[4, 4])).unwrap();
+    let img = g.input(
+        "img",
+        TensorType::new(DType::F32, vec![b(), 2.into(), 7.into(), 5.into()]),
+    );
+    let window = Window {
+        kernel: vec![3, 2],
+        stride: vec![2, 1],
+        padding: vec![1, 0],
+        dilation: vec![1, 2],
+    };
+    let cols = g.unfold(img, window.clone(), f64::NEG_INFINITY).unwrap();
+    named(&mut g, cols, "cols");
+    let img_ty = g.ty(img).clone();
+    let back = g.fold(cols, window, img_ty).unwrap();
+    live.push(back);
+    let key = g.input("key", TensorType::scalar(DType::I32));
+    let noise = g.random(key, 7, f32t(&[3, 5])).unwrap();
+    live.push(noise);
     let mut total = sc;
     for &p in &params[2..] {
         total = g.add_(total, p).unwrap();

@@ -288,6 +288,14 @@ fn vjp(
             vec![Some(graph.scatter_add(g, x[1], axis, ty)?), None]
         }
         Op::ScatterAdd { axis } => vec![Some(graph.gather(g, x[1], axis)?), None],
+        // Unfold and fold are each other's adjoints; padding reads a
+        // constant, so its gradient is dropped by the fold.
+        Op::Unfold { window, .. } => {
+            let ty = graph.ty(x[0]).clone();
+            vec![Some(graph.fold(g, window, ty)?)]
+        }
+        Op::Fold { window } => vec![Some(graph.unfold(g, window, 0.0)?)],
+        Op::Random { .. } => vec![None],
     };
     Ok(out)
 }

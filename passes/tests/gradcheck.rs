@@ -22,7 +22,7 @@
 use nnc_ir::interp::{eval, Env, EvalOptions};
 use nnc_ir::{
     shape_of, verify, BinaryOp, DType, Dim, Graph, Init, Literal, NodeId, Op, ReduceOp, Tensor,
-    TensorType, UnaryOp,
+    TensorType, UnaryOp, Window,
 };
 use nnc_passes::gradients;
 
@@ -656,6 +656,114 @@ fn scatter_add_with_duplicate_indices() {
         // Squared, so that accumulated duplicates interact.
         let y = c.g.mul(s, s).unwrap();
         c.check_output(y);
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Windows: unfold (im2col), fold (col2im) and the layers built on them.
+
+/// (input dims [n, c, *spatial], kernel, stride, padding, dilation)
+type WindowCase = (
+    &'static [usize],
+    &'static [usize],
+    &'static [usize],
+    &'static [usize],
+    &'static [usize],
+);
+
+const WINDOW_CASES: [WindowCase; 6] = [
+    (&[1, 1, 5, 5], &[3, 3], &[1, 1], &[0, 0], &[1, 1]),
+    (&[2, 3, 6, 5], &[3, 2], &[2, 1], &[1, 0], &[1, 1]),
+    (&[1, 2, 7, 6], &[2, 2], &[1, 2], &[2, 1], &[2, 2]),
+    (&[2, 1, 4, 4], &[2, 2], &[2, 2], &[0, 0], &[1, 1]),
+    (&[2, 2, 9], &[3], &[2], &[1], &[1]),
+    (&[1, 3, 8], &[2], &[1], &[0], &[3]),
+];
+
+fn window(case: &WindowCase) -> Window {
+    Window {
+        kernel: case.1.to_vec(),
+        stride: case.2.to_vec(),
+        padding: case.3.to_vec(),
+        dilation: case.4.to_vec(),
+    }
+}
+
+#[test]
+fn unfold_across_strides_paddings_dilations() {
+    for (k, case) in WINDOW_CASES.iter().enumerate() {
+        let mut c = Check::new(format!("unfold {case:?}"), 2400 + k as u64);
+        let x = c.param("x", case.0, -2.0, 2.0);
+        let cols = c.g.unfold(x, window(case), 0.0).unwrap();
+        // Squared so that the gradient depends on the value read.
+        let y = c.g.mul(cols, cols).unwrap();
+        c.check_output(y);
+    }
+}
+
+#[test]
+fn fold_across_strides_paddings_dilations() {
+    for (k, case) in WINDOW_CASES.iter().enumerate() {
+        let mut c = Check::new(format!("fold {case:?}"), 2500 + k as u64);
+        let x_ty = ty(DType::F32, case.0);
+        let cols_ty = nnc_ir::infer::infer(
+            &nnc_ir::Op::Unfold {
+                window: window(case),
+                fill: 0.0,
+            },
+            &[&x_ty],
+            None,
+        )
+        .unwrap();
+        let dims: Vec<usize> = cols_ty
+            .shape
+            .iter()
+            .map(|d| d.as_const().unwrap())
+            .collect();
+        let cols = c.param("cols", &dims, -2.0, 2.0);
+        let x = c.g.fold(cols, window(case), x_ty).unwrap();
+        let y = c.g.mul(x, x).unwrap();
+        c.check_output(y);
+    }
+}
+
+/// Convolution as the prelude builds it: unfold, a broadcast matmul over
+/// the batch, a bias; then max pooling as a reduction over an unfold
+/// padded with -inf. Distinct values keep the max away from ties.
+#[test]
+fn conv_bias_relu_maxpool() {
+    for (k, groups) in [1usize, 2].into_iter().enumerate() {
+        let mut c = Check::new(format!("conv groups={groups}"), 2600 + k as u64);
+        let (n, ch, h, w, o, kk) = (2, 2, 6, 6, 4, 3);
+        let data = c.rng.distinct(n * ch * h * w);
+        let x = c.param_with("x", &[n, ch, h, w], data);
+        let per = ch / groups * kk * kk;
+        let wt = c.param("w", &[groups, o / groups, per], -1.0, 1.0);
+        let b = c.param("b", &[o, 1, 1], -0.5, 0.5);
+        let conv = Window {
+            kernel: vec![kk, kk],
+            stride: vec![1, 1],
+            padding: vec![1, 1],
+            dilation: vec![1, 1],
+        };
+        let cols = c.g.unfold(x, conv, 0.0).unwrap();
+        let cols =
+            c.g.reshape(cols, shape_of(&[n, groups, per, h * w]))
+                .unwrap();
+        let y = c.g.matmul(wt, cols).unwrap();
+        let y = c.g.reshape(y, shape_of(&[n, o, h, w])).unwrap();
+        let y = c.g.add_(y, b).unwrap();
+        let pool = Window {
+            kernel: vec![2, 2],
+            stride: vec![2, 2],
+            padding: vec![1, 1],
+            dilation: vec![1, 1],
+        };
+        let windows = c.g.unfold(y, pool, f64::NEG_INFINITY).unwrap();
+        let pooled =
+            c.g.reduce(ReduceOp::Max, windows, vec![2, 3], false)
+                .unwrap();
+        c.check_output(pooled);
     }
 }
 
