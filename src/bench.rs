@@ -77,7 +77,7 @@ pub fn bench(path: &Path, options: &BenchOptions) -> Result<BenchReport, Failure
     let size = options.batch.unwrap_or(spec.batch);
     let programs = Programs {
         forward: module.forward.clone(),
-        objective: spec.objective.clone(),
+        evaluation: spec.evaluation.clone(),
         step: step.clone(),
     };
     let fail = |e: nnc_runtime::RuntimeError| Failure(format!("error: {e}\n"));

@@ -52,6 +52,7 @@ fn module_graphs(m: &Module) -> Vec<&Graph> {
     let mut graphs = vec![&m.forward];
     if let Some(t) = &m.train {
         graphs.push(&t.objective);
+        graphs.push(&t.evaluation);
     }
     graphs
 }
@@ -294,7 +295,7 @@ pub fn run_with(
     let data = nnc_runtime::loader::load(data_spec, &base).map_err(runtime_err)?;
     let programs = nnc_runtime::Programs {
         forward: module.forward.clone(),
-        objective: spec.objective.clone(),
+        evaluation: spec.evaluation.clone(),
         step: step.clone(),
     };
     let params = nnc_runtime::checkpoint::param_names(&programs);
@@ -496,7 +497,7 @@ fn evaluate_only(
 > {
     use nnc_runtime::train::{evaluate, partition};
     let batch = options.batch.unwrap_or(spec.batch);
-    data.check_inputs(&spec.objective)?;
+    data.check_inputs(&spec.evaluation)?;
     let parts = partition(
         data.train.len(),
         data.test_split,
@@ -504,7 +505,7 @@ fn evaluate_only(
         options.seed(spec),
     )?;
     let on_train = |exec: &mut dyn nnc_runtime::Executor, idx: &[usize]| {
-        evaluate(exec, &spec.objective, data, &data.train, idx, batch)
+        evaluate(exec, &spec.evaluation, data, &data.train, idx, batch)
     };
     let validation = match parts.validation.is_empty() {
         true => None,
@@ -513,7 +514,7 @@ fn evaluate_only(
     let test = match &data.test {
         Some(ds) => {
             let all: Vec<usize> = (0..ds.len()).collect();
-            Some(evaluate(exec, &spec.objective, data, ds, &all, batch)?)
+            Some(evaluate(exec, &spec.evaluation, data, ds, &all, batch)?)
         }
         None if !parts.test.is_empty() => Some(on_train(exec, &parts.test)?),
         None => None,
@@ -624,7 +625,7 @@ fn predict(
 
     let programs = nnc_runtime::Programs {
         forward: forward.clone(),
-        objective: forward.clone(),
+        evaluation: forward.clone(),
         step: forward.clone(),
     };
     let params = nnc_runtime::checkpoint::param_names(&programs);

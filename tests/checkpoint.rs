@@ -105,7 +105,7 @@ fn setup(name: &str) -> (String, Programs, nnc_runtime::Batch) {
     nnc_runtime::train::set_hyper(&mut batch, nnc_ir::LEARNING_RATE, spec.optimizer.lr());
     let programs = Programs {
         forward: module.forward.clone(),
-        objective: spec.objective.clone(),
+        evaluation: spec.evaluation.clone(),
         step,
     };
     (module.name, programs, batch)

@@ -15,7 +15,7 @@ fn train(name: &str, data_dir: Option<&Path>) -> nnc_runtime::TrainReport {
     let data = nnc_runtime::loader::load(module.data.as_ref().unwrap(), &base).unwrap();
     let programs = Programs {
         forward: module.forward.clone(),
-        objective: spec.objective.clone(),
+        evaluation: spec.evaluation.clone(),
         step: step.clone(),
     };
     let options = nnc_runtime::TrainOptions::default();

@@ -5,7 +5,8 @@
 //! Tolerances: both run in f32, but the JIT's matrix products and
 //! reductions sum in a different order (and `gemm` uses FMA), so values
 //! agree to about 1e-6 relative per op and 1e-4 relative (1e-5 absolute)
-//! after a 784-long dot product and two more layers; after 3 Adam steps params agree
+//! after a 784-long dot product and two more layers (5e-5 absolute after the
+//! CIFAR net's 800- and 1600-long ones); after 3 Adam steps params agree
 //! within 2e-4 absolute (Adam's normalized steps amplify tiny gradient
 //! differences on near-zero gradients), the loss within 1e-4 relative.
 
@@ -18,7 +19,7 @@ fn programs(name: &str) -> Programs {
     let step = nnc::driver::train_step(&module).unwrap();
     Programs {
         forward: module.forward.clone(),
-        objective: module.train.unwrap().objective,
+        evaluation: module.train.unwrap().evaluation,
         step,
     }
 }
@@ -29,7 +30,14 @@ fn close(a: f64, b: f64, rtol: f64, atol: f64) -> bool {
 
 #[test]
 fn jit_matches_interpreter_on_every_example() {
-    for name in ["xor", "digits_mlp", "mnist_mlp"] {
+    for name in [
+        "xor",
+        "digits_mlp",
+        "mnist_mlp",
+        "lenet",
+        "fashion_cnn",
+        "cifar_cnn",
+    ] {
         let p = programs(name);
         let mut interp = Interpreter::new(p.clone(), 5).unwrap();
         let mut jit = Jit::new(p.clone(), 5).unwrap();
@@ -52,14 +60,15 @@ fn jit_matches_interpreter_on_every_example() {
             );
             assert_eq!(a.accuracy.is_some(), b.accuracy.is_some());
             if let (Some(x), Some(y)) = (a.accuracy, b.accuracy) {
-                assert!(close(y, x, 0.0, 1e-9), "{name}: accuracy {y} vs {x}");
+                // f32 rounding of the mean; one sample more or less moves it by 1/size.
+                assert!(close(y, x, 0.0, 1e-6), "{name}: accuracy {y} vs {x}");
             }
             let fa = interp.predict(&batch).unwrap();
             let fb = jit.predict(&batch).unwrap();
             for ((na, ta), (nb, tb)) in fa.iter().zip(&fb) {
                 assert_eq!(na, nb);
                 assert!(
-                    ta.allclose(tb, 1e-4, 1e-5),
+                    ta.allclose(tb, 1e-4, 5e-5),
                     "{name}: forward output `{na}` differs by {}",
                     ta.max_abs_diff(tb)
                 );

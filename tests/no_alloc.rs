@@ -98,7 +98,7 @@ fn digits_programs() -> (Programs, f64) {
     let spec = module.train.unwrap();
     let programs = Programs {
         forward: module.forward.clone(),
-        objective: spec.objective,
+        evaluation: spec.evaluation,
         step,
     };
     (programs, spec.optimizer.lr())

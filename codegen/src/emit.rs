@@ -30,13 +30,13 @@ impl Kind {
             DType::I32 | DType::Bool => Kind::I32,
         }
     }
-    fn scalar(self) -> Type {
+    pub(crate) fn scalar(self) -> Type {
         match self {
             Kind::F32 => types::F32,
             Kind::I32 => types::I32,
         }
     }
-    fn vector(self) -> Type {
+    pub(crate) fn vector(self) -> Type {
         match self {
             Kind::F32 => types::F32X4,
             Kind::I32 => types::I32X4,
@@ -62,6 +62,11 @@ impl Addresses<'_> {
             Base::Work(b) => self.work + self.plan.buffers[b].offset,
         };
         base + view.offset * 4
+    }
+
+    /// Byte address of work buffer `b`.
+    pub fn buffer(&self, b: usize) -> usize {
+        self.work + self.plan.buffers[b].offset
     }
 }
 
@@ -154,7 +159,7 @@ fn coalesce(dims: &[usize], ops: &mut [Strided]) -> Vec<usize> {
 }
 
 /// `for i in (0..n).step_by(step)`, with `i` a block-local i64.
-fn emit_for(
+pub(crate) fn emit_for(
     b: &mut FunctionBuilder,
     start: i64,
     end: i64,
@@ -164,21 +169,35 @@ fn emit_for(
     if start >= end {
         return;
     }
+    let start = b.ins().iconst(types::I64, start);
+    let end = b.ins().iconst(types::I64, end);
+    range_loop(b, start, end, step, body);
+}
+
+/// `while i < end { body(i); i += step }` from `start`, with run-time
+/// bounds; returns the final `i` (the loop header dominates the exit).
+pub(crate) fn range_loop(
+    b: &mut FunctionBuilder,
+    start: Value,
+    end: Value,
+    step: i64,
+    body: &mut dyn FnMut(&mut FunctionBuilder, Value),
+) -> Value {
     let header = b.create_block();
     let body_block = b.create_block();
     let exit = b.create_block();
     b.append_block_param(header, types::I64);
-    let s = b.ins().iconst(types::I64, start);
-    b.ins().jump(header, &[s.into()]);
+    b.ins().jump(header, &[start.into()]);
     b.switch_to_block(header);
     let i = b.block_params(header)[0];
-    let more = b.ins().icmp_imm_s(IntCC::SignedLessThan, i, end);
+    let more = b.ins().icmp(IntCC::SignedLessThan, i, end);
     b.ins().brif(more, body_block, &[], exit, &[]);
     b.switch_to_block(body_block);
     body(b, i);
     let next = b.ins().iadd_imm_s(i, step);
     b.ins().jump(header, &[next.into()]);
     b.switch_to_block(exit);
+    i
 }
 
 /// Loops over every dim but the last; calls `inner` with each operand's
@@ -541,7 +560,7 @@ fn emit_map(
 }
 
 /// Fills a contiguous buffer with one value (reduction identities).
-fn emit_fill(b: &mut FunctionBuilder, addr: usize, n: usize, value: f32) {
+pub(crate) fn emit_fill(b: &mut FunctionBuilder, addr: usize, n: usize, value: f32) {
     let out = Strided {
         addr,
         strides: vec![4],
@@ -883,10 +902,99 @@ fn emit_take(
     });
 }
 
-/// `c = a @ b`, batched over the leading dims: small products (see
-/// `matmul::use_cranelift`) run as Cranelift loops, the rest call `sgemm`
-/// once per batch. Batch dims that all operands walk uniformly are folded
-/// into the rows when the right operand is shared across them.
+/// A matmul operand or result staged through scratch, one batch index at a
+/// time (see `plan::Staged`): an operand is unfolded from `image` before
+/// each product, a result folded into `image` after it.
+struct Stage<'a> {
+    window: &'a nnc_ir::Window,
+    /// `Some(fill word)` for an unfolded operand, `None` for a folded result.
+    fill: Option<u32>,
+    dtype: DType,
+    /// The `[N, C, *in]` image: its address and view.
+    image: (usize, &'a View),
+    /// Elements per plane of the unfolded tensor, planes per sample.
+    plane: usize,
+    channels: usize,
+    /// Planes per batch index, and the byte address of their scratch.
+    planes: usize,
+    scratch: usize,
+}
+
+/// Emits the matmul `mm` (its operands' views from the plan) into the
+/// result view `c`, with the plan's staging; see [`emit_matmul`].
+fn emit_matmul_node(
+    b: &mut FunctionBuilder,
+    calls: &mut dyn Calls,
+    graph: &Graph,
+    at: &Addresses,
+    mm: NodeId,
+    c: (usize, &View),
+    accumulate: bool,
+) -> Result<(), CodegenError> {
+    let plan = at.plan;
+    let operands = graph.operands(mm);
+    let [x, y] = operands[..] else {
+        return Err(CodegenError::new("internal error: matmul operands"));
+    };
+    let stage = |slot: usize| -> Result<Option<Stage>, CodegenError> {
+        let Some(s) = plan.staged.get(&(mm, slot)) else {
+            return Ok(None);
+        };
+        let node = graph.node(s.window);
+        // The unfolded side: the unfold itself, or the fold's operand.
+        let (cols, image, window, fill) = match &node.op {
+            Op::Unfold { window, fill } => {
+                let image = graph.operands(s.window)[0];
+                let word = crate::program::value_word(*fill, node.ty.dtype);
+                (s.window, image, window, Some(word))
+            }
+            Op::Fold { window } => (graph.operands(s.window)[0], s.window, window, None),
+            _ => return Err(CodegenError::new("internal error: a staged window")),
+        };
+        let shape = &plan.views[&cols].shape;
+        let image = &plan.views[&image];
+        Ok(Some(Stage {
+            window,
+            fill,
+            dtype: node.ty.dtype,
+            image: (at.of(image), image),
+            plane: shape[2..].iter().product(),
+            channels: shape[1],
+            planes: s.planes,
+            scratch: at.buffer(s.scratch),
+        }))
+    };
+    let stages = [stage(0)?, stage(1)?, stage(2)?];
+    let (va, vb) = (&plan.views[&x], &plan.views[&y]);
+    emit_matmul(
+        b,
+        calls,
+        (at.of(va), va),
+        (at.of(vb), vb),
+        c,
+        at.scratch,
+        accumulate,
+        &stages,
+    )
+}
+
+/// `c = a @ b` (or `c += a @ b` when `accumulate`), batched over the
+/// leading dims: small products (see `matmul::use_cranelift`) run as
+/// Cranelift loops, the rest call `sgemm`, one product per batch index from
+/// a run-time loop nest, so code size does not grow with the batch. Batch
+/// dims that all operands walk uniformly are folded into the rows when the
+/// right operand is shared across them. An operand broadcast along a batch
+/// dim (stride 0: a convolution's weight `[G, O/G, K]` against columns
+/// `[N, G, K, L]`) is read in place by every product, never copied.
+///
+/// `accumulate` always takes the `sgemm` path (the Cranelift loops
+/// overwrite); `c` may then have stride 0 along batch dims, which sums the
+/// products of those dims into one matrix (a matmul fused with the
+/// `reduce_sum` over its batch that autodiff emits for a broadcast weight's
+/// gradient).
+///
+/// `stages[slot]` (`a`, `b`, `c`) stages that slot through scratch: its
+/// view then only locates its matrices within the unfolded tensor.
 #[allow(clippy::too_many_arguments)]
 fn emit_matmul(
     b: &mut FunctionBuilder,
@@ -895,26 +1003,21 @@ fn emit_matmul(
     bm: (usize, &View),
     c: (usize, &View),
     scratch: usize,
+    accumulate: bool,
+    stages: &[Option<Stage>; 3],
 ) -> Result<(), CodegenError> {
     let (ra, rb, rc) = (a.1.shape.len(), bm.1.shape.len(), c.1.shape.len());
     let (m, k, n) = (a.1.shape[ra - 2], a.1.shape[ra - 1], bm.1.shape[rb - 1]);
     let batch = &c.1.shape[..rc - 2];
-    // Batch strides of each operand, aligned to the output's batch dims.
-    let batch_strides = |v: &View| -> Vec<isize> {
-        let extra = batch.len() - (v.shape.len() - 2);
-        (0..batch.len())
-            .map(|i| match i.checked_sub(extra) {
-                Some(j) if v.shape[j] != 1 => v.strides[j],
-                _ => 0,
-            })
-            .collect()
-    };
-    let (ba, bb, bc) = (batch_strides(a.1), batch_strides(bm.1), batch_strides(c.1));
+    let strides = |v: &View| crate::plan::batch_strides(v, batch);
+    let (ba, bb, bc) = (strides(a.1), strides(bm.1), strides(c.1));
     let (a_rs, a_cs) = (a.1.strides[ra - 2], a.1.strides[ra - 1]);
     let (b_rs, b_cs) = (bm.1.strides[rb - 2], bm.1.strides[rb - 1]);
     let (c_rs, c_cs) = (c.1.strides[rc - 2], c.1.strides[rc - 1]);
+    let staging = stages.iter().any(Option::is_some);
     // Fold: `b` shared by every batch, `a` and `c` walk batches as more rows.
-    let fold = batch.iter().product::<usize>() > 1
+    let fold = !staging
+        && batch.iter().product::<usize>() > 1
         && bb.iter().all(|&s| s == 0)
         && batch.iter().enumerate().all(|(i, _)| {
             let inner_a: isize = if i + 1 < batch.len() {
@@ -935,78 +1038,204 @@ fn emit_matmul(
     } else {
         m
     };
-    if crate::matmul::use_cranelift(rows, n, k) {
-        use crate::matmul::{BatchDim, Mat};
-        let mat = |addr: usize, rs: isize, cs: isize| Mat { addr, rs, cs };
-        let dims: Vec<BatchDim> = if folded {
-            Vec::new()
-        } else {
-            (0..batch.len())
-                .map(|i| BatchDim {
-                    len: batch[i],
-                    a: ba[i],
-                    b: bb[i],
-                    c: bc[i],
-                })
-                .collect()
-        };
-        crate::matmul::emit_small_matmul(
-            b,
-            rows,
-            n,
-            k,
-            mat(c.0, c_rs, c_cs),
-            mat(a.0, a_rs, a_cs),
-            mat(bm.0, b_rs, b_cs),
-            &dims,
-        );
+    if batch.contains(&0) {
         return Ok(());
     }
-    let mut call = |b: &mut FunctionBuilder, rows: usize, ao: isize, bo: isize, co: isize| {
-        let args: Vec<i64> = vec![
-            rows as i64,
-            n as i64,
-            k as i64,
-            c.0 as i64 + co as i64 * 4,
-            c_rs as i64,
-            c_cs as i64,
-            a.0 as i64 + ao as i64 * 4,
-            a_rs as i64,
-            a_cs as i64,
-            bm.0 as i64 + bo as i64 * 4,
-            b_rs as i64,
-            b_cs as i64,
-            0,
-            scratch as i64,
-        ];
-        let vals: Vec<Value> = args
-            .iter()
-            .map(|&v| b.ins().iconst(types::I64, v))
-            .collect();
-        calls.call(b, Host::Sgemm, &vals);
-    };
-    if folded {
-        call(b, rows, 0, 0, 0);
-        return Ok(());
-    }
-    let count: usize = batch.iter().product();
-    if count > 4096 {
-        return Err(CodegenError::new(format!(
-            "a batched matmul with {count} separate products is not supported by the JIT yet"
-        )));
-    }
-    for flat in 0..count {
-        let (mut rem, mut ao, mut bo, mut co) = (flat, 0isize, 0isize, 0isize);
-        for i in (0..batch.len()).rev() {
-            let idx = (rem % batch[i]) as isize;
-            rem /= batch[i];
-            ao += idx * ba[i];
-            bo += idx * bb[i];
-            co += idx * bc[i];
+    let views = [a.1, bm.1, c.1];
+    // Per slot: where its matrix starts (a staged slot's in its scratch),
+    // and how far it moves per step along each batch dim: bytes, or planes
+    // of the unfolded tensor when staged.
+    let mut bases = [a.0, bm.0, c.0];
+    let mut first_plane = [0usize; 3];
+    for (slot, stage) in stages.iter().enumerate() {
+        if let Some(st) = stage {
+            let offset = views[slot].offset;
+            bases[slot] = st.scratch + offset % st.plane * 4;
+            first_plane[slot] = offset / st.plane;
         }
-        call(b, m, ao, bo, co);
     }
-    Ok(())
+    let steps: Vec<[isize; 3]> = if folded {
+        Vec::new()
+    } else {
+        (0..batch.len())
+            .map(|i| {
+                let elements = [ba[i], bb[i], bc[i]];
+                std::array::from_fn(|slot| match &stages[slot] {
+                    Some(st) => elements[slot] / st.plane as isize,
+                    None => elements[slot] * 4,
+                })
+            })
+            .collect()
+    };
+    let lens: Vec<usize> = if folded { Vec::new() } else { batch.to_vec() };
+    if let Some(st) = &stages[2] {
+        if !st.image.1.is_contiguous() {
+            return Err(CodegenError::new(
+                "internal error: a staged fold's result must be a contiguous buffer",
+            ));
+        }
+        emit_fill(b, st.image.0, st.image.1.numel(), 0.0);
+    }
+    let small = !accumulate && crate::matmul::use_cranelift(rows, n, k);
+    // `at`: each slot's address, or a staged slot's first plane.
+    let mut product = |b: &mut FunctionBuilder, at: [Value; 3]| -> Result<(), CodegenError> {
+        let mut addrs = at;
+        for (slot, stage) in stages.iter().enumerate() {
+            if let Some(st) = stage {
+                addrs[slot] = b.ins().iconst(types::I64, bases[slot] as i64);
+                if let Some(fill) = st.fill {
+                    let image = stage_image(b, st, at[slot]);
+                    crate::window::emit_unfold_planes(
+                        b,
+                        st.window,
+                        fill,
+                        st.dtype,
+                        st.image.1,
+                        st.planes,
+                        image,
+                        addrs[slot],
+                    )?;
+                }
+            }
+        }
+        if small {
+            use crate::matmul::Mat;
+            let mat = |rs: isize, cs: isize| Mat { addr: 0, rs, cs };
+            crate::matmul::emit_small_product(
+                b,
+                rows,
+                n,
+                k,
+                mat(c_rs, c_cs),
+                mat(a_rs, a_cs),
+                mat(b_rs, b_cs),
+                addrs,
+            );
+        } else {
+            let consts = [
+                rows as i64,
+                n as i64,
+                k as i64,
+                c_rs as i64,
+                c_cs as i64,
+                a_rs as i64,
+                a_cs as i64,
+                b_rs as i64,
+                b_cs as i64,
+                i64::from(accumulate),
+                scratch as i64,
+            ];
+            let [m, n, k, c_rs, c_cs, a_rs, a_cs, b_rs, b_cs, acc, scratch] =
+                consts.map(|v| b.ins().iconst(types::I64, v));
+            let [a, bm, c] = addrs;
+            let args = [
+                m, n, k, c, c_rs, c_cs, a, a_rs, a_cs, bm, b_rs, b_cs, acc, scratch,
+            ];
+            calls.call(b, Host::Sgemm, &args);
+        }
+        if let Some(st) = &stages[2] {
+            let image = stage_image(b, st, at[2]);
+            crate::window::emit_fold_planes(
+                b, st.window, st.dtype, st.image.1, st.planes, image, addrs[2],
+            )?;
+        }
+        Ok(())
+    };
+    let start: [Value; 3] = std::array::from_fn(|slot| {
+        let v = if stages[slot].is_some() {
+            first_plane[slot]
+        } else {
+            bases[slot]
+        };
+        b.ins().iconst(types::I64, v as i64)
+    });
+    batch_loops(b, &lens, &steps, start, &mut product)
+}
+
+/// The view a matmul of `a` and `b` writes when its result is summed over
+/// the batch dims `axes` into `out`: `out`'s strides on the kept dims,
+/// stride 0 on the summed ones, so products of a summed batch accumulate
+/// into one matrix.
+fn summed_view(
+    a: &View,
+    b: &View,
+    out: &View,
+    axes: &[usize],
+    keepdim: bool,
+) -> Result<View, CodegenError> {
+    let (ra, rb) = (a.shape.len(), b.shape.len());
+    let r = ra.max(rb);
+    // The batch shape: numpy broadcasting of the operands' batch dims.
+    let dim = |v: &View, i: usize| -> usize {
+        let extra = r - v.shape.len();
+        i.checked_sub(extra).map_or(1, |j| v.shape[j])
+    };
+    let mut shape: Vec<usize> = (0..r - 2).map(|i| dim(a, i).max(dim(b, i))).collect();
+    shape.extend([a.shape[ra - 2], b.shape[rb - 1]]);
+    let mut strides = Vec::with_capacity(r);
+    let mut j = 0;
+    for i in 0..r {
+        if axes.contains(&i) {
+            strides.push(0);
+            if keepdim {
+                j += 1;
+            }
+        } else {
+            let s = out.strides.get(j).copied().ok_or_else(|| {
+                CodegenError::new("internal error: a summed matmul's result shape")
+            })?;
+            strides.push(s);
+            j += 1;
+        }
+    }
+    Ok(View {
+        base: out.base,
+        offset: out.offset,
+        shape,
+        strides,
+    })
+}
+
+/// The address of a staged slice's first image plane: plane `p` of the
+/// unfolded tensor is channel `p % C` of sample `p / C`.
+fn stage_image(b: &mut FunctionBuilder, st: &Stage, plane: Value) -> Value {
+    let (addr, view) = st.image;
+    let c = b.ins().iconst(types::I64, st.channels as i64);
+    let n = b.ins().udiv(plane, c);
+    let ch = b.ins().urem(plane, c);
+    let base = b.ins().iconst(types::I64, addr as i64);
+    let p = addr_at(b, base, n, view.strides[0] * 4);
+    addr_at(b, p, ch, view.strides[1] * 4)
+}
+
+/// The work of one batch index of a matmul, given each slot's state.
+type BatchBody<'a> = dyn FnMut(&mut FunctionBuilder, [Value; 3]) -> Result<(), CodegenError> + 'a;
+
+/// Calls `body` once per index of the batch `lens` (row-major), from
+/// run-time loops; `state[slot]` starts at `state` and moves by
+/// `steps[dim][slot]` per step along each dim.
+fn batch_loops(
+    b: &mut FunctionBuilder,
+    lens: &[usize],
+    steps: &[[isize; 3]],
+    state: [Value; 3],
+    body: &mut BatchBody,
+) -> Result<(), CodegenError> {
+    let Some((&len, rest)) = lens.split_first() else {
+        return body(b, state);
+    };
+    if len == 1 {
+        return batch_loops(b, rest, &steps[1..], state, body);
+    }
+    let mut result = Ok(());
+    emit_for(b, 0, len as i64, 1, &mut |b, i| {
+        let here: [Value; 3] =
+            std::array::from_fn(|slot| addr_at(b, state[slot], i, steps[0][slot]));
+        if let Err(e) = batch_loops(b, rest, &steps[1..], here, body) {
+            result = Err(e);
+        }
+    });
+    result
 }
 
 /// The elementwise operation of a node, if it is one.
@@ -1156,6 +1385,19 @@ pub fn emit_kernel(
                 start += v.shape[*axis];
             }
         }
+        Op::Reduce { axes, keepdim, .. } if plan.fused.contains(&operands[0]) => {
+            // The plan fused the matmul this sums (`plan::summed_products`).
+            let mm = operands[0];
+            let [x, y] = graph.operands(mm)[..] else {
+                return Err(CodegenError::new(
+                    "internal error: a fused matmul's operands",
+                ));
+            };
+            let (va, vb) = (&plan.views[&x], &plan.views[&y]);
+            let c = summed_view(va, vb, out_view, axes, *keepdim)?;
+            emit_fill(b, out_addr, out_view.numel(), 0.0);
+            emit_matmul_node(b, calls, graph, at, mm, (out_addr, &c), true)?;
+        }
         Op::Reduce { op, axes, .. } => {
             let (v, a, k) = operand(0);
             if k != Kind::F32 {
@@ -1197,18 +1439,7 @@ pub fn emit_kernel(
             let (v, a, k) = operand(0);
             emit_argmax(b, v, a, k, *axis, out_addr);
         }
-        Op::MatMul => {
-            let (va, aa, _) = operand(0);
-            let (vb, ab, _) = operand(1);
-            emit_matmul(
-                b,
-                calls,
-                (aa, va),
-                (ab, vb),
-                (out_addr, out_view),
-                at.scratch,
-            )?;
-        }
+        Op::MatMul => emit_matmul_node(b, calls, graph, at, id, (out_addr, out_view), false)?,
         Op::Gather { axis } => {
             let (v, a, _) = operand(0);
             let (vi, ai, _) = operand(1);
@@ -1238,11 +1469,28 @@ pub fn emit_kernel(
                 status,
             );
         }
-        Op::Unfold { .. } | Op::Fold { .. } | Op::Random { .. } => {
-            return Err(CodegenError::new(format!(
-                "`{}` has no kernel yet",
-                node.op.mnemonic()
-            )))
+        Op::Unfold { window, fill } => {
+            let (v, a, _) = operand(0);
+            let word = crate::program::value_word(*fill, node.ty.dtype);
+            crate::window::emit_unfold(
+                b,
+                window,
+                word,
+                node.ty.dtype,
+                (a, v),
+                (out_addr, out_view),
+            )?
+        }
+        Op::Fold { window } => {
+            let (v, a, _) = operand(0);
+            crate::window::emit_fold(b, window, node.ty.dtype, (a, v), (out_addr, out_view))?
+        }
+        Op::Random { stream } => {
+            let (v, a, k) = operand(0);
+            if k != Kind::I32 || v.numel() != 1 {
+                return Err(CodegenError::new("random needs a scalar i32 key"));
+            }
+            crate::random::emit_random(b, *stream, a, (out_addr, out_view))?
         }
         Op::Input { .. } | Op::Param { .. } | Op::State { .. } | Op::Const(_) | Op::Iota { .. } => {
             return Err(CodegenError::new(format!(

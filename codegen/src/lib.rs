@@ -9,13 +9,17 @@
 //! - `sgemm`: packed SGEMM (AVX-512 / AVX2 / scalar) for the large ones.
 //! - `program`: the JIT module, arena, state buffer and schedule.
 //! - `vmath`: inline vector `exp`, `log`, `tanh`, `sigmoid`.
+//! - `window`: `unfold` (im2col) and `fold` (col2im).
+//! - `random`: counter-based uniform random numbers.
 
 pub mod emit;
 pub mod matmul;
 pub mod plan;
 pub mod program;
+pub mod random;
 pub mod sgemm;
 pub mod vmath;
+pub mod window;
 
 pub use plan::StateLayout;
 pub use program::{CompileStats, Fault, Program, StateBuffer};

@@ -150,23 +150,33 @@ pub fn emit_small_matmul(
     if m == 0 || n == 0 || batch.iter().any(|d| d.len == 0) {
         return;
     }
-    let g = Geometry {
-        m,
-        n,
-        k,
-        a_rs: a.rs as i64 * 4,
-        a_cs: a.cs as i64 * 4,
-        b_rs: bm.rs as i64 * 4,
-        b_cs: bm.cs as i64 * 4,
-        c_rs: c.rs as i64 * 4,
-        c_cs: c.cs as i64 * 4,
-        form: Form::of(n, k, &a, &bm),
-    };
+    let g = Geometry::new(m, n, k, c, a, bm);
     let dims: Vec<BatchDim> = batch.iter().copied().filter(|d| d.len > 1).collect();
     let ac = b.ins().iconst(types::I64, a.addr as i64);
     let bc = b.ins().iconst(types::I64, bm.addr as i64);
     let cc = b.ins().iconst(types::I64, c.addr as i64);
     batch_level(b, &g, &dims, [ac, bc, cc]);
+}
+
+/// One product `c = a @ b` as [`emit_small_matmul`] emits it, with the
+/// operands' base addresses given as run-time values `[a, b, c]` (the
+/// `addr` of each `Mat` is not used): for callers that move the operands
+/// themselves between products.
+#[allow(clippy::too_many_arguments)]
+pub fn emit_small_product(
+    b: &mut FunctionBuilder,
+    m: usize,
+    n: usize,
+    k: usize,
+    c: Mat,
+    a: Mat,
+    bm: Mat,
+    addrs: [Value; 3],
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    Geometry::new(m, n, k, c, a, bm).product(b, addrs);
 }
 
 fn batch_level(b: &mut FunctionBuilder, g: &Geometry, dims: &[BatchDim], addrs: [Value; 3]) {
@@ -348,6 +358,21 @@ impl Columns {
 }
 
 impl Geometry {
+    fn new(m: usize, n: usize, k: usize, c: Mat, a: Mat, bm: Mat) -> Geometry {
+        Geometry {
+            m,
+            n,
+            k,
+            a_rs: a.rs as i64 * 4,
+            a_cs: a.cs as i64 * 4,
+            b_rs: bm.rs as i64 * 4,
+            b_cs: bm.cs as i64 * 4,
+            c_rs: c.rs as i64 * 4,
+            c_cs: c.cs as i64 * 4,
+            form: Form::of(n, k, &a, &bm),
+        }
+    }
+
     /// One product at base addresses `[a, b, c]`.
     fn product(&self, b: &mut FunctionBuilder, [a0, b0, c0]: [Value; 3]) {
         let rows = self.m.min(TILE_ROWS);

@@ -9,7 +9,7 @@
 //! nothing.
 
 use crate::CodegenError;
-use nnc_ir::{BinaryOp, DType, Dim, Graph, NodeId, Op};
+use nnc_ir::{BinaryOp, DType, Dim, Graph, NodeId, Op, ReduceOp};
 use std::collections::{HashMap, HashSet};
 
 /// Where a view's elements live.
@@ -181,9 +181,38 @@ pub struct Plan {
     pub constants: Vec<NodeId>,
     pub inputs: Vec<(String, NodeId)>,
     pub outputs: Vec<(String, NodeId)>,
-    /// Elementwise nodes computed inside their consumer's kernel, in
-    /// registers: they have no buffer and no step of their own.
+    /// Nodes computed inside their consumer's kernel: they have no buffer
+    /// and no step of their own. Elementwise producers are evaluated in
+    /// registers (`fusion`); a matmul summed over batch dims by its only
+    /// user accumulates straight into that `reduce_sum`'s result
+    /// (`summed_products`).
     pub fused: HashSet<NodeId>,
+    /// Matmul operands (slot `0`: `a`, `1`: `b`) and results (`2`) that
+    /// are batches of unfolded planes and never exist whole; see
+    /// [`Staged`]. Keyed by (matmul, slot).
+    pub staged: HashMap<(NodeId, usize), Staged>,
+}
+
+/// A matmul operand that is a view of an `unfold`, or a matmul result that
+/// only a `fold` reads (through reshapes): the convolution pattern. The
+/// matmul's kernel unfolds, for each batch index, just the planes (`[n, c]`
+/// blocks of the unfolded `[N, C, *kernel, *out]`) that index's matrix
+/// covers into a scratch buffer and multiplies from there, or multiplies
+/// into the scratch and folds it into the `fold`'s result. Columns of a
+/// whole batch are as large as the image times the kernel size (15 MiB for
+/// the first conv of a CIFAR net at batch 64), so stored whole they stream
+/// through memory on every write and read; a batch index's planes (a few
+/// hundred KiB) stay in cache between the unfold and the product. The
+/// `unfold` then has no buffer and no kernel (each matmul reading it redoes
+/// its share, which is cheaper than a trip to memory), the `fold` no kernel.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Staged {
+    /// The `unfold` the operand views, or the `fold` the result feeds.
+    pub window: NodeId,
+    /// Consecutive planes, all of one sample, per batch index.
+    pub planes: usize,
+    /// The work buffer that holds them.
+    pub scratch: usize,
 }
 
 /// Values read after every kernel has run: outputs and update values.
@@ -224,6 +253,266 @@ fn fusion(graph: &Graph, order: &[NodeId], bindings: &HashMap<String, usize>) ->
         .collect()
 }
 
+/// Matmuls whose only user is a `reduce_sum` over some of their batch
+/// dims, and which go through `sgemm` (see `emit::emit_matmul`): the
+/// reduction's kernel calls `sgemm` in accumulate mode per batch, so the
+/// batch of products is never stored. This is the gradient of a weight
+/// broadcast over a batch (`[G, O/G, K] @ [N, G, K, L]`, a convolution):
+/// autodiff makes it `reduce_sum(g @ cols^T, [0])`, whose `[N, G, O/G, K]`
+/// intermediate is as large as the columns.
+fn summed_products(
+    graph: &Graph,
+    order: &[NodeId],
+    bindings: &HashMap<String, usize>,
+) -> HashSet<NodeId> {
+    let results = results(graph);
+    let shape = |n: NodeId| concrete(&graph.ty(n).shape, bindings).ok();
+    order
+        .iter()
+        .copied()
+        .filter(|&n| {
+            if !matches!(graph.node(n).op, Op::MatMul) || results.contains(&n) {
+                return false;
+            }
+            let [user] = graph.users(n)[..] else {
+                return false;
+            };
+            let Op::Reduce {
+                op: ReduceOp::Sum,
+                axes,
+                ..
+            } = &graph.node(user).op
+            else {
+                return false;
+            };
+            let (Some(c), Some(a)) = (shape(n), shape(graph.operands(n)[0])) else {
+                return false;
+            };
+            let r = c.len();
+            let batch_only = !axes.is_empty() && axes.iter().all(|&i| i + 2 < r);
+            batch_only
+                && graph.ty(n).dtype == DType::F32
+                && !crate::matmul::use_cranelift(c[r - 2], c[r - 1], a[a.len() - 1])
+        })
+        .collect()
+}
+
+/// The view a layout op makes of `src`, for those that are free: reshape
+/// (of contiguous data), transpose, broadcast and slice.
+fn layout_view(op: &Op, src: &View, shape: Vec<usize>) -> Option<View> {
+    Some(match op {
+        Op::Reshape if src.is_contiguous() => View {
+            base: src.base,
+            offset: src.offset,
+            strides: row_major(&shape),
+            shape,
+        },
+        Op::Transpose { perm } => View {
+            base: src.base,
+            offset: src.offset,
+            shape: perm.iter().map(|&p| src.shape[p]).collect(),
+            strides: perm.iter().map(|&p| src.strides[p]).collect(),
+        },
+        Op::Broadcast => {
+            let extra = shape.len() - src.shape.len();
+            let strides = (0..shape.len())
+                .map(|i| match i.checked_sub(extra) {
+                    Some(j) if src.shape[j] == shape[i] => src.strides[j],
+                    _ => 0,
+                })
+                .collect();
+            View {
+                base: src.base,
+                offset: src.offset,
+                shape,
+                strides,
+            }
+        }
+        Op::Slice { axis, start, .. } => View {
+            base: src.base,
+            offset: (src.offset as isize + *start as isize * src.strides[*axis]) as usize,
+            shape,
+            strides: src.strides.clone(),
+        },
+        _ => return None,
+    })
+}
+
+/// Batch strides of a matmul operand or result `v`, aligned to the
+/// result's batch dims `batch` (0 where `v` is broadcast).
+pub fn batch_strides(v: &View, batch: &[usize]) -> Vec<isize> {
+    let extra = batch.len() + 2 - v.shape.len();
+    (0..batch.len())
+        .map(|i| match i.checked_sub(extra) {
+            Some(j) if v.shape[j] != 1 => v.strides[j],
+            _ => 0,
+        })
+        .collect()
+}
+
+/// How many planes of `plane` elements (`channels` planes per sample) the
+/// matrix of each batch index of `v` spans, when that is the same number
+/// of consecutive planes of one sample for every batch index; `v` views
+/// an unfolded tensor, `batch` is the matmul's batch. `None` when the
+/// matrices straddle samples, or when a batch of one would gain nothing.
+fn planes_per_batch(v: &View, batch: &[usize], plane: usize, channels: usize) -> Option<usize> {
+    let r = v.shape.len();
+    let count: usize = batch.iter().product();
+    if r < 2 || plane == 0 || !(2..=1 << 16).contains(&count) {
+        return None;
+    }
+    if v.strides.iter().any(|&s| s < 0) {
+        return None;
+    }
+    let (rows, cols) = (v.shape[r - 2], v.shape[r - 1]);
+    if rows == 0 || cols == 0 {
+        return None;
+    }
+    let extent =
+        (rows - 1) * v.strides[r - 2] as usize + (cols - 1) * v.strides[r - 1] as usize + 1;
+    let strides = batch_strides(v, batch);
+    if strides.iter().any(|&s| !(s as usize).is_multiple_of(plane)) {
+        return None;
+    }
+    let planes = (v.offset % plane + extent).div_ceil(plane);
+    if planes > channels {
+        return None;
+    }
+    // Every batch index's first plane, so that none straddles two samples.
+    let mut index = vec![0usize; batch.len()];
+    for _ in 0..count {
+        let first = v.offset / plane
+            + index
+                .iter()
+                .zip(&strides)
+                .map(|(&i, &s)| i * s as usize / plane)
+                .sum::<usize>();
+        if first % channels + planes > channels {
+            return None;
+        }
+        for d in (0..batch.len()).rev() {
+            index[d] += 1;
+            if index[d] < batch[d] {
+                break;
+            }
+            index[d] = 0;
+        }
+    }
+    Some(planes)
+}
+
+/// Columns smaller than this are stored whole rather than staged: they
+/// largely come back from cache anyway (1 MiB of L2 per core here), and
+/// staging redoes an unfold for every matmul that reads it (forward and
+/// weight gradient). Measured on the forward + backward of two conv layers
+/// (`cargo bench -p nnc-codegen --bench conv`'s nets, each variant run in
+/// alternating blocks): staging everything made LeNet's convs 15% slower
+/// at batch 16 (columns of 1.2 and 0.9 MiB) but 14% and 22% faster at
+/// batch 64 and 256, and the CIFAR net's 6% faster at batch 16 and 16% at 64.
+pub const STAGE_MIN_BYTES: usize = 2 << 20;
+
+/// The staged operands and results of matmuls (see [`Staged`]): (matmul,
+/// slot) → (unfold or fold, planes per batch index). An `unfold` is
+/// staged when every use of it, through reshapes and transposes, is a
+/// matmul operand that stages; a `fold` when its operand is, through
+/// reshapes only, the result of a matmul read by nothing else.
+fn staged_windows(
+    graph: &Graph,
+    order: &[NodeId],
+    bindings: &HashMap<String, usize>,
+) -> HashMap<(NodeId, usize), (NodeId, usize)> {
+    let results = results(graph);
+    let shape = |n: NodeId| concrete(&graph.ty(n).shape, bindings).ok();
+    // Views here only locate elements within the unfolded tensor.
+    let logical = |shape: Vec<usize>| View::contiguous(Base::Work(usize::MAX), shape);
+    let batch_of = |m: NodeId| -> Option<Vec<usize>> {
+        let s = shape(m)?;
+        Some(s[..s.len().checked_sub(2)?].to_vec())
+    };
+    let mut staged = HashMap::new();
+    for &w in order {
+        if graph.ty(w).dtype != DType::F32 {
+            continue;
+        }
+        match &graph.node(w).op {
+            Op::Unfold { .. } if !results.contains(&w) => {
+                let Some(ws) = shape(w).filter(|s| s.len() > 2) else {
+                    continue;
+                };
+                if ws.iter().product::<usize>() * 4 < STAGE_MIN_BYTES {
+                    continue;
+                }
+                let (plane, channels) = (ws[2..].iter().product(), ws[1]);
+                let mut uses = Vec::new();
+                let mut ok = true;
+                let mut stack = vec![(w, logical(ws))];
+                while let Some((n, v)) = stack.pop() {
+                    for user in graph.users(n) {
+                        let op = &graph.node(user).op;
+                        let next = match (op, shape(user)) {
+                            (Op::Reshape | Op::Transpose { .. }, Some(s)) => layout_view(op, &v, s),
+                            _ => None,
+                        };
+                        if results.contains(&user) {
+                            ok = false;
+                        } else if let Op::MatMul = op {
+                            let operands = graph.operands(user);
+                            for (slot, _) in operands.iter().enumerate().filter(|(_, &o)| o == n) {
+                                let planes = batch_of(user).and_then(|batch| {
+                                    planes_per_batch(&v, &batch, plane, channels)
+                                });
+                                match planes {
+                                    Some(p) => uses.push(((user, slot), p)),
+                                    None => ok = false,
+                                }
+                            }
+                        } else if let Some(next) = next {
+                            stack.push((user, next));
+                        } else {
+                            ok = false;
+                        }
+                    }
+                }
+                if ok {
+                    for (key, planes) in uses {
+                        staged.insert(key, (w, planes));
+                    }
+                }
+            }
+            Op::Fold { .. } => {
+                let Some(cols) = shape(graph.operands(w)[0]).filter(|s| s.len() > 2) else {
+                    continue;
+                };
+                if cols.iter().product::<usize>() * 4 < STAGE_MIN_BYTES {
+                    continue;
+                }
+                let (plane, channels) = (cols[2..].iter().product(), cols[1]);
+                // Up through reshapes (which keep row-major order) to a matmul.
+                let mut n = graph.operands(w)[0];
+                let m = loop {
+                    if results.contains(&n) || graph.users(n).len() != 1 {
+                        break None;
+                    }
+                    match graph.node(n).op {
+                        Op::Reshape => n = graph.operands(n)[0],
+                        Op::MatMul => break Some(n),
+                        _ => break None,
+                    }
+                };
+                let Some(m) = m else { continue };
+                let (Some(ms), Some(batch)) = (shape(m), batch_of(m)) else {
+                    continue;
+                };
+                if let Some(p) = planes_per_batch(&logical(ms), &batch, plane, channels) {
+                    staged.insert((m, 2), (w, p));
+                }
+            }
+            _ => {}
+        }
+    }
+    staged
+}
+
 pub fn plan(
     graph: &Graph,
     bindings: &HashMap<String, usize>,
@@ -239,7 +528,8 @@ pub fn plan(
     // position of the node that writes it.
     let mut pinned: Vec<bool> = Vec::new();
     let mut born: Vec<usize> = Vec::new();
-    let fused = fusion(graph, &order, bindings);
+    let mut fused = fusion(graph, &order, bindings);
+    fused.extend(summed_products(graph, &order, bindings));
     let position: HashMap<NodeId, usize> = order.iter().enumerate().map(|(i, &n)| (n, i)).collect();
     // Where each node's value is read: a fused node's operands are read
     // when its consumer's kernel runs.
@@ -251,19 +541,42 @@ pub fn plan(
         };
         reader.insert(id, at);
     }
+    let staged_at = staged_windows(graph, &order, bindings);
+    // No buffer: staged unfolds and matmuls whose result is staged. No
+    // kernel: staged unfolds and folds.
+    let mut virtual_nodes: HashSet<NodeId> = HashSet::new();
+    let mut no_kernel: HashSet<NodeId> = HashSet::new();
+    // A staged fold's result is written by the matmul's kernel.
+    let mut written_at: HashMap<NodeId, usize> = HashMap::new();
+    for (&(m, slot), &(w, _)) in &staged_at {
+        no_kernel.insert(w);
+        if slot == 2 {
+            virtual_nodes.insert(m);
+            written_at.insert(w, reader[&m]);
+        } else {
+            virtual_nodes.insert(w);
+            // The image is read by every matmul that unfolds it.
+            let at = reader[&w].max(reader[&m]);
+            reader.insert(w, at);
+        }
+    }
     let in_place = in_place_updates(graph, state, bindings, &position, &reader);
 
     for (position, &id) in order.iter().enumerate() {
         if fused.contains(&id) {
             continue;
         }
+        let birth = written_at.get(&id).copied().unwrap_or(position);
         let mut new_buffer = |shape: &[usize], pin: bool, buffers: &mut Vec<Buffer>| {
-            buffers.push(Buffer {
-                bytes: align(shape.iter().product::<usize>() * 4),
-                offset: 0,
-            });
+            // A virtual node's views only locate elements (for staging).
+            let bytes = if virtual_nodes.contains(&id) {
+                0
+            } else {
+                align(shape.iter().product::<usize>() * 4)
+            };
+            buffers.push(Buffer { bytes, offset: 0 });
             pinned.push(pin);
-            born.push(if pin { 0 } else { position });
+            born.push(if pin { 0 } else { birth });
             Base::Work(buffers.len() - 1)
         };
         let node = graph.node(id);
@@ -273,6 +586,12 @@ pub fn plan(
         check_dtype(node.ty.dtype, node.op.mnemonic())?;
         let operands = graph.operands(id);
         let operand = |i: usize| -> &View { &views[&operands[i]] };
+        let layout = match &node.op {
+            Op::Reshape | Op::Transpose { .. } | Op::Broadcast | Op::Slice { .. } => {
+                layout_view(&node.op, operand(0), shape.clone())
+            }
+            _ => None,
+        };
         let view = match &node.op {
             Op::Param { name, .. } | Op::State { name, .. } => {
                 let slot = state.slot(name).ok_or_else(|| {
@@ -291,51 +610,15 @@ pub fn plan(
                 constants.push(id);
                 View::contiguous(new_buffer(&shape, true, &mut buffers), shape)
             }
-            Op::Reshape if operand(0).is_contiguous() => {
-                let src = operand(0);
-                View {
-                    base: src.base,
-                    offset: src.offset,
-                    strides: row_major(&shape),
-                    shape,
-                }
-            }
-            Op::Transpose { perm } => {
-                let src = operand(0);
-                View {
-                    base: src.base,
-                    offset: src.offset,
-                    shape: perm.iter().map(|&p| src.shape[p]).collect(),
-                    strides: perm.iter().map(|&p| src.strides[p]).collect(),
-                }
-            }
-            Op::Broadcast => {
-                let src = operand(0);
-                let extra = shape.len() - src.shape.len();
-                let strides = (0..shape.len())
-                    .map(|i| match i.checked_sub(extra) {
-                        Some(j) if src.shape[j] == shape[i] => src.strides[j],
-                        _ => 0,
-                    })
-                    .collect();
-                View {
-                    base: src.base,
-                    offset: src.offset,
-                    shape,
-                    strides,
-                }
-            }
-            Op::Slice { axis, start, .. } => {
-                let src = operand(0);
-                View {
-                    base: src.base,
-                    offset: (src.offset as isize + *start as isize * src.strides[*axis]) as usize,
-                    shape,
-                    strides: src.strides.clone(),
-                }
+            Op::Reshape | Op::Transpose { .. } | Op::Broadcast | Op::Slice { .. }
+                if layout.is_some() =>
+            {
+                layout.expect("matched as some")
             }
             _ => {
-                steps.push(Step::Compute(id));
+                if !no_kernel.contains(&id) {
+                    steps.push(Step::Compute(id));
+                }
                 match in_place.get(&id) {
                     Some(&slot) => View::contiguous(Base::State(slot), shape),
                     None => View::contiguous(new_buffer(&shape, false, &mut buffers), shape),
@@ -396,6 +679,37 @@ pub fn plan(
         }
     }
     steps.extend(writes);
+
+    // Staging scratch, live only while the matmul's kernel runs.
+    let mut staged = HashMap::new();
+    let mut keys: Vec<&(NodeId, usize)> = staged_at.keys().collect();
+    keys.sort_by_key(|&&(m, slot)| (position[&m], slot));
+    for &(m, slot) in keys {
+        let (window, planes) = staged_at[&(m, slot)];
+        let cols = if slot == 2 {
+            graph.operands(window)[0]
+        } else {
+            window
+        };
+        let plane: usize = concrete(&graph.ty(cols).shape, bindings)
+            .map_err(|_| CodegenError::new("internal error: a staged window's shape"))?[2..]
+            .iter()
+            .product();
+        buffers.push(Buffer {
+            bytes: align(planes * plane * 4),
+            offset: 0,
+        });
+        pinned.push(false);
+        born.push(reader[&m]);
+        staged.insert(
+            (m, slot),
+            Staged {
+                window,
+                planes,
+                scratch: buffers.len() - 1,
+            },
+        );
+    }
 
     // Liveness: the last step index that reads each buffer.
     let end = order.len();
@@ -473,6 +787,7 @@ pub fn plan(
         inputs,
         outputs,
         fused,
+        staged,
     })
 }
 

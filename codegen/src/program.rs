@@ -105,7 +105,8 @@ fn word_value(w: u32, dtype: DType) -> f64 {
     }
 }
 
-fn value_word(v: f64, dtype: DType) -> u32 {
+/// The 4-byte word the JIT stores for `v` as a `dtype` element.
+pub(crate) fn value_word(v: f64, dtype: DType) -> u32 {
     match Kind::of(dtype) {
         Kind::F32 => (v as f32).to_bits(),
         Kind::I32 if dtype == DType::Bool => u32::from(v != 0.0),
@@ -142,6 +143,9 @@ pub struct Program {
     /// its address, baked into the code, is stable.
     _scratch: Option<Box<crate::sgemm::Scratch>>,
     plan: Plan,
+    /// Each kernel the schedule calls, in order, with a label (op and
+    /// shape) for [`Program::profile`].
+    kernels: Vec<(String, unsafe extern "C" fn())>,
     graph_outputs: Vec<(String, View, DType)>,
     inputs: HashMap<String, (View, DType)>,
     pub stats: CompileStats,
@@ -236,6 +240,39 @@ extern "C" fn nnc_sgemm(
     }
 }
 
+/// What a step computes, for profiles: `matmul [64,1,6,784]`.
+fn step_label(graph: &Graph, plan: &Plan, step: &Step) -> String {
+    let dims = |v: &View| {
+        let d: Vec<String> = v.shape.iter().map(|d| d.to_string()).collect();
+        format!("[{}]", d.join(","))
+    };
+    match step {
+        Step::Compute(id) => {
+            // A kernel that also does the work of other nodes says so:
+            // `matmul+reduce_sum` (a fused product), `unfold+matmul` and
+            // `matmul+fold` (staged columns).
+            let mut parts: Vec<&str> = Vec::new();
+            let mut matmul = *id;
+            for o in graph.operands(*id) {
+                if plan.fused.contains(&o) && emit::elementwise(graph, o).is_none() {
+                    parts.push(graph.node(o).op.mnemonic());
+                    matmul = o;
+                }
+            }
+            parts.push(graph.node(*id).op.mnemonic());
+            if plan.staged.contains_key(&(matmul, 0)) || plan.staged.contains_key(&(matmul, 1)) {
+                parts.insert(0, "unfold");
+            }
+            if plan.staged.contains_key(&(matmul, 2)) {
+                parts.push("fold");
+            }
+            format!("{} {}", parts.join("+"), dims(&plan.views[id]))
+        }
+        Step::Copy { dst, .. } => format!("copy {}", dims(dst)),
+        Step::Update { value, .. } => format!("update {}", dims(&plan.views[value])),
+    }
+}
+
 fn new_module() -> Result<JITModule, CodegenError> {
     let mut flags = settings::builder();
     let set = |f: &mut settings::Builder, k: &str, v: &str| {
@@ -268,9 +305,14 @@ impl Program {
         let plan_time = t0.elapsed();
         let t1 = Instant::now();
         let mut work = AlignedBuf::zeroed(CONTROL + plan.arena_bytes);
-        let has_matmul = plan.steps.iter().any(
-            |s| matches!(s, Step::Compute(id) if matches!(graph.node(*id).op, nnc_ir::Op::MatMul)),
-        );
+        // A matmul may also run inside another node's kernel (one fused
+        // into the `reduce_sum` of its batch).
+        let is_matmul = |id: &nnc_ir::NodeId| matches!(graph.node(*id).op, nnc_ir::Op::MatMul);
+        let has_matmul = plan.fused.iter().any(is_matmul)
+            || plan
+                .steps
+                .iter()
+                .any(|s| matches!(s, Step::Compute(id) if is_matmul(id)));
         let mut scratch = has_matmul.then(|| Box::new(crate::sgemm::Scratch::new()));
         let at = Addresses {
             state: state.addr(),
@@ -288,6 +330,7 @@ impl Program {
         let mut ctx = module.make_context();
         let mut fctx = FunctionBuilderContext::new();
         let mut kernels: Vec<FuncId> = Vec::new();
+        let mut labels: Vec<String> = Vec::new();
         for (i, step) in plan.steps.iter().enumerate() {
             ctx.func.signature = module.make_signature();
             {
@@ -342,6 +385,7 @@ impl Program {
             })?;
             module.clear_context(&mut ctx);
             kernels.push(id);
+            labels.push(step_label(graph, &plan, step));
         }
         // The schedule: call every kernel in order.
         ctx.func.signature = module.make_signature();
@@ -371,6 +415,16 @@ impl Program {
         // SAFETY: `step` was declared with the signature `fn()` and the
         // module stays alive (owned by the program) while it can be called.
         let entry: unsafe extern "C" fn() = unsafe { std::mem::transmute(code) };
+        let kernel_fns = kernels
+            .iter()
+            .zip(labels)
+            .map(|(&k, label)| {
+                let code = module.get_finalized_function(k);
+                // SAFETY: every kernel was declared `fn()`, as `step` was.
+                let f: unsafe extern "C" fn() = unsafe { std::mem::transmute(code) };
+                (label, f)
+            })
+            .collect();
 
         // Constants are data, written once.
         for &id in &plan.constants {
@@ -402,6 +456,7 @@ impl Program {
             work,
             _scratch: scratch,
             plan,
+            kernels: kernel_fns,
             graph_outputs,
             inputs,
             stats,
@@ -475,6 +530,26 @@ impl Program {
             return Err(Fault::IndexOutOfRange);
         }
         Ok(())
+    }
+
+    /// Runs the schedule once, kernel by kernel, and returns each kernel's
+    /// label (op and result shape) and wall time, in schedule order: where
+    /// a step's time goes (benches, `nnc bench`). Results are those of
+    /// [`Program::run`].
+    pub fn profile(&mut self) -> Result<Vec<(String, Duration)>, Fault> {
+        let mut times = Vec::with_capacity(self.kernels.len());
+        for (label, f) in &self.kernels {
+            let t = Instant::now();
+            // SAFETY: as in `run`: the kernels of the schedule, in its order.
+            unsafe { f() };
+            times.push((label.clone(), t.elapsed()));
+        }
+        let status = self.work.words_mut(0, 1);
+        if status[0] != 0 {
+            status[0] = 0;
+            return Err(Fault::IndexOutOfRange);
+        }
+        Ok(times)
     }
 
     /// A one-element output (loss, accuracy), read without allocating.

@@ -29,7 +29,7 @@ use nnc_codegen::{CodegenError, Fault, Program, StateBuffer, StateLayout};
 use nnc_ir::interp::{self, Env, EvalOptions};
 use nnc_ir::{
     shape_of, BinaryOp, DType, Dim, Graph, Init, Literal, NodeId, Op, ReduceOp, Tensor, TensorType,
-    UnaryOp,
+    UnaryOp, Window,
 };
 
 #[derive(Debug, Clone, Copy)]
@@ -922,6 +922,58 @@ fn matmul_batched_broadcast_and_transposed() {
     c.check();
 }
 
+/// A matmul summed over batch dims by its only user accumulates into the
+/// sum (`sgemm` sizes): every subset of two batch dims, with and without
+/// keepdim, a weight broadcast against the batch, transposed operands; and
+/// a product that is also an output, so it is stored and summed separately.
+#[test]
+fn matmul_summed_over_its_batch_dims() {
+    let mut rng = Rng(16);
+    let mut c = Case::new("summed matmul");
+    let (m, k, n) = (16, 50, 24);
+    let a = c.input("a", rng.unit_tensor(&[3, 2, m, k]));
+    let b = c.param("b", rng.unit_tensor(&[3, 2, k, n]));
+    let w = c.param("w", rng.unit_tensor(&[2, m, k]));
+    let bt = c.input("bt", rng.unit_tensor(&[3, 2, n, k]));
+    let bt = c.g.transpose(bt, vec![0, 1, 3, 2]).unwrap();
+    for (name, x, y) in [("a @ b", a, b), ("w @ b", w, b), ("a @ bt^T", a, bt)] {
+        for axes in [vec![0], vec![1], vec![0, 1]] {
+            for keepdim in [false, true] {
+                let p = c.g.matmul(x, y).unwrap();
+                let r = c.g.reduce(ReduceOp::Sum, p, axes.clone(), keepdim).unwrap();
+                c.out(format!("sum{axes:?} keepdim {keepdim} of {name}"), r, SUM);
+            }
+        }
+    }
+    let p = c.g.matmul(a, b).unwrap();
+    c.out("product", p, SUM);
+    let r = c.g.reduce(ReduceOp::Sum, p, vec![0], false).unwrap();
+    c.out("sum of an output product", r, SUM);
+    let mut jit = c.check();
+    let labels: Vec<String> = jit
+        .program
+        .profile()
+        .unwrap()
+        .into_iter()
+        .map(|(l, _)| l)
+        .collect();
+    let summed = labels
+        .iter()
+        .filter(|l| l.starts_with("matmul+reduce_sum"))
+        .count();
+    assert_eq!(summed, 18, "kernels: {labels:?}");
+
+    // The only product of a program runs inside the sum's kernel (which
+    // must still get the program's GEMM scratch).
+    let mut c = Case::new("lone summed matmul");
+    let a = c.input("a", rng.unit_tensor(&[3, m, k]));
+    let b = c.param("b", rng.unit_tensor(&[3, k, n]));
+    let p = c.g.matmul(a, b).unwrap();
+    let r = c.g.reduce(ReduceOp::Sum, p, vec![0], false).unwrap();
+    c.out("sum", r, SUM);
+    c.check();
+}
+
 // ---- layout ops ----
 
 #[test]
@@ -1501,4 +1553,368 @@ fn zero_size_slices_and_empty_reductions() {
         c.out(format!("{op:?} over empty"), r, EXACT);
     }
     c.check();
+}
+
+// ---- sliding windows and random numbers ----
+
+fn window(kernel: &[usize], stride: &[usize], padding: &[usize], dilation: &[usize]) -> Window {
+    Window {
+        kernel: kernel.to_vec(),
+        stride: stride.to_vec(),
+        padding: padding.to_vec(),
+        dilation: dilation.to_vec(),
+    }
+}
+
+/// Every window of `kernel` with strides 1–3, paddings 0–2 and dilations
+/// 1–2 (the same along every dim) that fits `spatial`.
+fn windows(kernel: &[usize], spatial: &[usize]) -> Vec<Window> {
+    let d = kernel.len();
+    let mut out = Vec::new();
+    for s in 1..=3 {
+        for p in 0..=2 {
+            for dil in 1..=2 {
+                let w = window(kernel, &vec![s; d], &vec![p; d], &vec![dil; d]);
+                if (0..d).all(|i| w.out_size(i, spatial[i]).is_some()) {
+                    out.push(w);
+                }
+            }
+        }
+    }
+    out
+}
+
+fn window_name(w: &Window) -> String {
+    format!(
+        "k{:?} s{:?} p{:?} d{:?}",
+        w.kernel, w.stride, w.padding, w.dilation
+    )
+}
+
+/// The unfolded shape `[N, C, *kernel, *out]` of `image` by `w`.
+fn unfolded_dims(w: &Window, image: &[usize]) -> Vec<usize> {
+    let mut dims = image[..2].to_vec();
+    dims.extend(&w.kernel);
+    dims.extend((0..w.rank()).map(|i| w.out_size(i, image[2 + i]).unwrap()));
+    dims
+}
+
+/// Unfold and fold over every window of an odd-sized image, 1-d and 2-d,
+/// batch 1 and 3, fill 0 and -inf: in the padding and at every run length
+/// the vector paths see (runs of 1–7 and overlapping last vectors).
+#[test]
+fn unfold_and_fold_over_strides_paddings_and_dilations() {
+    let mut rng = Rng(50);
+    let mut c = Case::new("unfold/fold");
+    let shapes: &[(&[usize], &[usize])] = &[
+        (&[1, 2, 7, 5], &[3, 2]),
+        (&[3, 1, 5, 7], &[2, 3]),
+        (&[2, 3, 11], &[3]),
+        (&[1, 1, 9], &[1]),
+    ];
+    for (si, &(image, kernel)) in shapes.iter().enumerate() {
+        let x = c.input(&format!("x{si}"), rng.tensor(DType::F32, image));
+        for (wi, w) in windows(kernel, &image[2..]).into_iter().enumerate() {
+            let name = format!("{} of {}", window_name(&w), dims_name(image));
+            let fill = if wi % 2 == 0 { 0.0 } else { f64::NEG_INFINITY };
+            let u = c.g.unfold(x, w.clone(), fill).unwrap();
+            c.out(format!("unfold fill {fill} {name}"), u, EXACT);
+            let cols_dims = unfolded_dims(&w, image);
+            let cols = c.input(
+                &format!("cols{si}_{wi}"),
+                rng.tensor(DType::F32, &cols_dims),
+            );
+            let f = c.g.fold(cols, w, ty(DType::F32, image)).unwrap();
+            c.out(format!("fold {name}"), f, SUM);
+        }
+    }
+    c.check();
+}
+
+/// Operands that are views: a transposed image (scalar rows), a sliced one
+/// (an offset), transposed columns into fold; i32 and bool data; a 3-d
+/// window; and 1-d kernels longer than the unrolled limit, whose ranges are
+/// computed at run time.
+#[test]
+fn unfold_and_fold_of_views_other_dtypes_and_long_kernels() {
+    let mut rng = Rng(51);
+    let mut c = Case::new("unfold/fold views");
+    let w = window(&[3, 2], &[1, 1], &[1, 2], &[1, 1]);
+    let xt = c.param("xt", rng.tensor(DType::F32, &[2, 3, 5, 7]));
+    let t = c.g.transpose(xt, vec![0, 1, 3, 2]).unwrap();
+    let u = c.g.unfold(t, w.clone(), 0.0).unwrap();
+    c.out("unfold of a transposed image", u, EXACT);
+    let nc = c.g.transpose(xt, vec![1, 0, 2, 3]).unwrap();
+    let u = c.g.unfold(nc, w.clone(), -1.5).unwrap();
+    c.out("unfold with N and C swapped", u, EXACT);
+    let xs = c.input("xs", rng.tensor(DType::F32, &[2, 3, 9, 6]));
+    let s = c.g.slice(xs, 2, 1, 8).unwrap();
+    let s = c.g.slice(s, 3, 1, 6).unwrap();
+    let u = c.g.unfold(s, w.clone(), 0.0).unwrap();
+    c.out("unfold of a slice", u, EXACT);
+
+    // Columns [N, C, kh, kw, oh, ow] stored as [N, C, kh, kw, ow, oh].
+    let dims = unfolded_dims(&w, &[2, 3, 7, 5]);
+    let mut stored = dims.clone();
+    stored.swap(4, 5);
+    let ct = c.input("ct", rng.tensor(DType::F32, &stored));
+    let cols = c.g.transpose(ct, vec![0, 1, 2, 3, 5, 4]).unwrap();
+    let f =
+        c.g.fold(cols, w.clone(), ty(DType::F32, &[2, 3, 7, 5]))
+            .unwrap();
+    c.out("fold of transposed columns", f, SUM);
+
+    let xi = c.input("xi", rng.tensor(DType::I32, &[2, 3, 7, 5]));
+    let u = c.g.unfold(xi, w.clone(), -7.0).unwrap();
+    c.out("unfold i32", u, EXACT);
+    let ci = c.input("ci", rng.tensor(DType::I32, &dims));
+    let f =
+        c.g.fold(ci, w.clone(), ty(DType::I32, &[2, 3, 7, 5]))
+            .unwrap();
+    c.out("fold i32", f, EXACT);
+    let cb = c.input("cb", rng.tensor(DType::Bool, &dims));
+    let f =
+        c.g.fold(cb, w.clone(), ty(DType::Bool, &[2, 3, 7, 5]))
+            .unwrap();
+    c.out("fold bool", f, EXACT);
+
+    let w3 = window(&[2, 3, 2], &[1, 2, 1], &[1, 0, 1], &[1, 1, 2]);
+    let x3 = c.input("x3", rng.tensor(DType::F32, &[2, 2, 4, 7, 5]));
+    let u = c.g.unfold(x3, w3.clone(), 0.0).unwrap();
+    c.out("unfold 3-d", u, EXACT);
+    let c3 = c.input(
+        "c3",
+        rng.tensor(DType::F32, &unfolded_dims(&w3, &[2, 2, 4, 7, 5])),
+    );
+    let f = c.g.fold(c3, w3, ty(DType::F32, &[2, 2, 4, 7, 5])).unwrap();
+    c.out("fold 3-d", f, SUM);
+
+    let x1 = c.input("x1", rng.tensor(DType::F32, &[2, 2, 40]));
+    for w in [
+        window(&[17], &[1], &[3], &[1]),
+        window(&[17], &[2], &[5], &[2]),
+        window(&[20], &[3], &[0], &[1]),
+    ] {
+        let name = window_name(&w);
+        let u = c.g.unfold(x1, w.clone(), f64::NEG_INFINITY).unwrap();
+        c.out(format!("unfold long kernel {name}"), u, EXACT);
+        let cols = c.input(
+            &format!("cols {name}"),
+            rng.tensor(DType::F32, &unfolded_dims(&w, &[2, 2, 40])),
+        );
+        let f = c.g.fold(cols, w, ty(DType::F32, &[2, 2, 40])).unwrap();
+        c.out(format!("fold long kernel {name}"), f, SUM);
+    }
+    // An empty image: every window position is padding.
+    let x0 = c.input("x0", rng.tensor(DType::F32, &[2, 1, 0]));
+    let w0 = window(&[2], &[1], &[1], &[1]);
+    let u = c.g.unfold(x0, w0.clone(), -2.0).unwrap();
+    c.out("unfold of an empty image", u, EXACT);
+    let f = c.g.fold(u, w0, ty(DType::F32, &[2, 1, 0])).unwrap();
+    c.out("fold into an empty image", f, EXACT);
+    // A long row (more vectors than are unrolled) with padding on both sides.
+    let xl = c.input("xl", rng.tensor(DType::F32, &[1, 2, 3, 70]));
+    let w = window(&[1, 3], &[1, 1], &[0, 2], &[1, 1]);
+    let u = c.g.unfold(xl, w.clone(), 0.0).unwrap();
+    c.out("unfold long rows", u, EXACT);
+    let f = c.g.fold(u, w, ty(DType::F32, &[1, 2, 3, 70])).unwrap();
+    c.out("fold long rows", f, SUM);
+    c.check();
+}
+
+#[test]
+fn malformed_windows_are_errors_not_panics() {
+    // A graph from elsewhere (text, a rewrite) may carry a bad window.
+    let mut g = Graph::new("bad");
+    let x = g.input("x", ty(DType::F32, &[1, 1, 5, 5]));
+    let w = window(&[2, 2], &[1, 1], &[0, 0], &[1, 1]);
+    let u = g.unfold(x, w, 0.0).unwrap();
+    g.set_output("u", u);
+    if let Op::Unfold { window, .. } = &mut g.node_mut(u).op {
+        window.stride = vec![0, 1];
+    }
+    let err = compile(
+        &g,
+        &Env::new().with("x", Tensor::zeros(DType::F32, &[1, 1, 5, 5])),
+    );
+    assert!(err.is_err());
+}
+
+#[test]
+fn random_is_bit_identical_to_the_interpreter() {
+    let mut c = Case::new("random");
+    let keys = [0i64, 1, -1, 123_456_789, i64::from(i32::MIN)];
+    for (ki, &k) in keys.iter().enumerate() {
+        let key = c.input(&format!("key{ki}"), i32s(&[], &[k]));
+        for stream in [0u32, 1, 0xdead_beef] {
+            for dims in [&[1usize][..], &[3], &[4], &[17], &[1000], &[3, 7, 5]] {
+                let r = c.g.random(key, stream, ty(DType::F32, dims)).unwrap();
+                c.out(
+                    format!("random key {k} stream {stream} {}", dims_name(dims)),
+                    r,
+                    EXACT,
+                );
+            }
+        }
+    }
+    let jit = c.check();
+    // And against the definition directly, not only through the interpreter.
+    let got = jit
+        .program
+        .output("random key 1 stream 1 [1000]", &jit.state)
+        .unwrap();
+    for (i, &v) in got.data.iter().enumerate() {
+        assert_eq!(v, nnc_ir::random_uniform(1, 1, i as u32), "element {i}");
+    }
+}
+
+// ---- convolution and pooling, forward and backward ----
+
+/// A 2-d convolution as the prelude builds it: `unfold` to
+/// `[N, C, kh, kw, oh, ow]`, viewed as `[N, G, C/G·kh·kw, oh·ow]`, times the
+/// weight `[G, O/G, C/G·kh·kw]` broadcast over `N`, viewed as `[N, O, oh, ow]`.
+/// Returns the result and the columns.
+fn conv2d(g: &mut Graph, x: NodeId, w: NodeId, w_: Window) -> (NodeId, NodeId) {
+    let dims = |g: &Graph, n: NodeId| -> Vec<usize> {
+        g.ty(n)
+            .shape
+            .iter()
+            .map(|d| d.as_const().unwrap())
+            .collect()
+    };
+    let (xd, wd) = (dims(g, x), dims(g, w));
+    let (groups, per_group) = (wd[0], wd[1]);
+    let cols = g.unfold(x, w_, 0.0).unwrap();
+    let cd = dims(g, cols);
+    let (n, k, (oh, ow)) = (xd[0], wd[2], (cd[4], cd[5]));
+    let r = g.reshape(cols, shape_of(&[n, groups, k, oh * ow])).unwrap();
+    let y = g.matmul(w, r).unwrap();
+    let y = g
+        .reshape(y, shape_of(&[n, groups * per_group, oh, ow]))
+        .unwrap();
+    (y, cols)
+}
+
+fn relu(g: &mut Graph, x: NodeId) -> NodeId {
+    let zero = g.scalar(0.0, DType::F32);
+    g.binary(BinaryOp::Max, x, zero).unwrap()
+}
+
+/// Max pooling as `reduce_max(unfold(x, fill = -inf))` over the kernel axes.
+fn max_pool(g: &mut Graph, x: NodeId, w: Window) -> NodeId {
+    let u = g.unfold(x, w, f64::NEG_INFINITY).unwrap();
+    g.reduce(ReduceOp::Max, u, vec![2, 3], false).unwrap()
+}
+
+/// The first layer of [`conv_net_case`]: batch, channels, image size,
+/// kernel and padding.
+struct FirstConv {
+    n: usize,
+    ch: usize,
+    hw: usize,
+    k: usize,
+    pad: usize,
+}
+
+/// Two conv + relu + max-pool layers, a weighted-sum loss, and the
+/// gradients of the loss with respect to the weights, the bias and the
+/// image (`fold` of the first layer), as autodiff builds them. Columns of
+/// 2 MiB and more are staged through scratch (no `unfold` or `fold` kernel
+/// of their own, see `plan::Staged`), unless `keep_cols` makes the first
+/// layer's columns an output.
+fn conv_net_case(l1: FirstConv, groups: usize, keep_cols: bool, seed: u64) -> Case {
+    let mut rng = Rng(seed);
+    let FirstConv { n, ch, hw, k, pad } = l1;
+    let name =
+        format!("conv net, {n}x{ch}x{hw}x{hw}, k{k}, {groups} groups, keep cols {keep_cols}");
+    let mut c = Case::new(&name);
+    let (o1, o2) = (16, 8);
+    let x = c.input("x", rng.unit_tensor(&[n, ch, hw, hw]));
+    let k1 = ch / groups * k * k;
+    let w1 = c.param("w1", rng.unit_tensor(&[groups, o1 / groups, k1]));
+    let b1 = c.param("b1", rng.unit_tensor(&[o1, 1, 1]));
+    let w2 = c.param(
+        "w2",
+        rng.unit_tensor(&[groups, o2 / groups, o1 / groups * 4]),
+    );
+    let win = window(&[k, k], &[1, 1], &[pad, pad], &[1, 1]);
+    let (y, cols) = conv2d(&mut c.g, x, w1, win);
+    let y = c.g.add_(y, b1).unwrap();
+    let y = relu(&mut c.g, y);
+    // 3×3 pooling, stride 2, padding 1 (as in ResNet): -inf in the padding.
+    let p = max_pool(&mut c.g, y, window(&[3, 3], &[2, 2], &[1, 1], &[1, 1]));
+    let (y2, _) = conv2d(&mut c.g, p, w2, window(&[2, 2], &[1, 1], &[0, 0], &[1, 1]));
+    let y2 = relu(&mut c.g, y2);
+    let p2 = max_pool(&mut c.g, y2, window(&[2, 2], &[2, 2], &[0, 0], &[1, 1]));
+    let t_dims: Vec<usize> =
+        c.g.ty(p2)
+            .shape
+            .iter()
+            .map(|d| d.as_const().unwrap())
+            .collect();
+    let t = c.input("t", rng.unit_tensor(&t_dims));
+    let prod = c.g.mul(p2, t).unwrap();
+    let loss =
+        c.g.reduce(ReduceOp::Sum, prod, vec![0, 1, 2, 3], false)
+            .unwrap();
+    let grads = nnc_passes::autodiff::gradients(&mut c.g, loss, &[w1, b1, w2, x]).unwrap();
+    c.out("conv1", y, SUM);
+    c.out("pool1", p, SUM);
+    c.out("pool2", p2, SUM);
+    c.out("loss", loss, SUM);
+    for (name, grad) in ["w1", "b1", "w2", "x"].iter().zip(grads) {
+        c.out(format!("grad {name}"), grad, SUM);
+    }
+    if keep_cols {
+        c.out("cols1", cols, EXACT);
+    }
+    c
+}
+
+/// Forward and gradients, JIT against the interpreter, with the columns
+/// stored whole or staged; the kernel list shows which.
+#[test]
+fn convolution_and_pooling_forward_and_gradients() {
+    let small = || FirstConv {
+        n: 2,
+        ch: 4,
+        hw: 9,
+        k: 3,
+        pad: 1,
+    };
+    // First-layer columns of 4·8·25·32·32 floats, 3.2 MiB: staged.
+    let big = || FirstConv {
+        n: 4,
+        ch: 8,
+        hw: 32,
+        k: 5,
+        pad: 2,
+    };
+    // (layer, groups, keep cols, unfold and fold kernels: two convolutions
+    // and two pools, less the first convolution's when staged).
+    let cases = [
+        (small(), 1, false, 4, 4),
+        (small(), 2, false, 4, 4),
+        (big(), 1, false, 3, 3),
+        (big(), 2, false, 3, 3),
+        (big(), 2, true, 4, 3),
+    ];
+    for (seed, (layer, groups, keep, unfolds, folds)) in (60..).zip(cases) {
+        let case = conv_net_case(layer, groups, keep, seed);
+        let mut jit = case.check();
+        let labels: Vec<String> = jit
+            .program
+            .profile()
+            .unwrap()
+            .into_iter()
+            .map(|(l, _)| l)
+            .collect();
+        let count = |op: &str| labels.iter().filter(|l| l.starts_with(op)).count();
+        assert_eq!(
+            (count("unfold "), count("fold ")),
+            (unfolds, folds),
+            "{}: {labels:?}",
+            case.name
+        );
+    }
 }

@@ -103,6 +103,9 @@ pub enum TypeKind {
     Bool,
     /// `str`
     Str,
+    /// `ints`: an int, or a list of ints (e.g. a kernel size given once for
+    /// every spatial dim, or once per dim).
+    Ints,
     /// `DTYPE[dims]`, or a bare `DTYPE` (`dims == None`: element type only,
     /// allowed only in data-field annotations). `f32[]` has `Some(vec![])`
     /// and is a rank-0 tensor.
@@ -160,6 +163,9 @@ pub enum DimKind {
     Named(Ident),
     /// `...` (`None`) or `...name` (`Some`): any number of dimensions.
     Rest(Option<Ident>),
+    /// A size computed from bound names, e.g. `c / groups` (never a lone
+    /// number or name: those are `Const` and `Named`).
+    Expr(Box<Expr>),
 }
 
 /// A statement in a layer or model body.
@@ -170,6 +176,26 @@ pub enum Stmt {
         name: Ident,
         ty: TypeExpr,
         init: Option<Expr>,
+        span: Span,
+    },
+    /// `state NAME: TENSOR_TYPE (= INIT)?` — a persistent tensor that is
+    /// not trained (running statistics), changed only by `update`.
+    State {
+        name: Ident,
+        ty: TypeExpr,
+        init: Option<Expr>,
+        span: Span,
+    },
+    /// `update NAME = EXPR` — the state's value after each training step.
+    Update {
+        name: Ident,
+        value: Expr,
+        span: Span,
+    },
+    /// `assert COND, MESSAGE` — a compile-time check.
+    Assert {
+        cond: Expr,
+        message: Expr,
         span: Span,
     },
     /// `input NAME: TENSOR_TYPE`
@@ -187,9 +213,11 @@ pub enum Stmt {
     },
     /// `return EXPR`
     Return { value: Expr, span: Span },
-    /// `let NAME = EXPR` or `NAME = EXPR` (identical meaning).
+    /// `let NAME = EXPR` or `NAME = EXPR` (identical meaning), optionally
+    /// with a shape pattern the value must match: `let y: f32[b, n] = EXPR`.
     Let {
         name: Ident,
+        ty: Option<TypeExpr>,
         value: Expr,
         span: Span,
     },
@@ -199,6 +227,9 @@ impl Stmt {
     pub fn span(&self) -> Span {
         match self {
             Stmt::Param { span, .. }
+            | Stmt::State { span, .. }
+            | Stmt::Update { span, .. }
+            | Stmt::Assert { span, .. }
             | Stmt::Input { span, .. }
             | Stmt::Output { span, .. }
             | Stmt::Return { span, .. }
@@ -250,6 +281,8 @@ pub enum BinOp {
     Sub,
     Mul,
     Div,
+    /// `%`: remainder, on compile-time numbers only.
+    Rem,
 }
 
 impl BinOp {
@@ -259,6 +292,15 @@ impl BinOp {
             BinOp::Sub => "-",
             BinOp::Mul => "*",
             BinOp::Div => "/",
+            BinOp::Rem => "%",
+        }
+    }
+
+    /// Binding strength: `+ -` are 1, `* / %` are 2.
+    fn precedence(self) -> u8 {
+        match self {
+            BinOp::Add | BinOp::Sub => 1,
+            BinOp::Mul | BinOp::Div | BinOp::Rem => 2,
         }
     }
 }
@@ -366,7 +408,61 @@ impl fmt::Display for DimPattern {
             DimKind::Named(id) => write!(f, "{id}"),
             DimKind::Rest(None) => f.write_str("..."),
             DimKind::Rest(Some(id)) => write!(f, "...{id}"),
+            DimKind::Expr(e) => write_infix(f, e, 0),
         }
+    }
+}
+
+/// Displays an expression in source form (`c / groups`), where the
+/// `Display` of [`Expr`] gives the S-expression.
+pub struct Infix<'a>(pub &'a Expr);
+
+impl fmt::Display for Infix<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write_infix(f, self.0, 0)
+    }
+}
+
+/// An expression as it would be written (`c / groups`), for dims in types
+/// and error messages; parentheses only where precedence needs them.
+fn write_infix(f: &mut fmt::Formatter<'_>, e: &Expr, outer: u8) -> fmt::Result {
+    match &e.kind {
+        ExprKind::Binary { op, lhs, rhs } => {
+            let p = op.precedence();
+            if p < outer {
+                f.write_str("(")?;
+            }
+            write_infix(f, lhs, p)?;
+            write!(f, " {op} ")?;
+            // Left-associative: a right operand of equal precedence needs
+            // parentheses (`a - (b - c)`).
+            write_infix(f, rhs, p + 1)?;
+            if p < outer {
+                f.write_str(")")?;
+            }
+            Ok(())
+        }
+        ExprKind::Neg(x) => {
+            f.write_str("-")?;
+            write_infix(f, x, 3)
+        }
+        ExprKind::Int(n) => write!(f, "{n}"),
+        ExprKind::Ident(id) => write!(f, "{id}"),
+        ExprKind::Call { callee, args } => {
+            write!(f, "{callee}(")?;
+            for (i, a) in args.iter().enumerate() {
+                if i > 0 {
+                    f.write_str(", ")?;
+                }
+                if let Some(n) = &a.name {
+                    write!(f, "{n}: ")?;
+                }
+                write_infix(f, &a.value, 0)?;
+            }
+            f.write_str(")")
+        }
+        // Rare in a dim; the S-expression form is still unambiguous.
+        _ => write!(f, "{e}"),
     }
 }
 
@@ -378,6 +474,7 @@ impl fmt::Display for TypeExpr {
             TypeKind::Float => f.write_str("float"),
             TypeKind::Bool => f.write_str("bool"),
             TypeKind::Str => f.write_str("str"),
+            TypeKind::Ints => f.write_str("ints"),
             TypeKind::Tensor { dtype, dims: None } => write!(f, "{dtype}"),
             TypeKind::Tensor {
                 dtype,
@@ -480,6 +577,15 @@ impl fmt::Display for Stmt {
                 }
                 Ok(())
             }
+            Stmt::State { name, ty, init, .. } => {
+                write!(f, "state {name}: {ty}")?;
+                if let Some(e) = init {
+                    write!(f, " = {e}")?;
+                }
+                Ok(())
+            }
+            Stmt::Update { name, value, .. } => write!(f, "update {name} = {value}"),
+            Stmt::Assert { cond, message, .. } => write!(f, "assert {cond}, {message}"),
             Stmt::Input { name, ty, .. } => write!(f, "input {name}: {ty}"),
             Stmt::Output { names, value, .. } => {
                 f.write_str("output ")?;
@@ -495,7 +601,18 @@ impl fmt::Display for Stmt {
                 Ok(())
             }
             Stmt::Return { value, .. } => write!(f, "return {value}"),
-            Stmt::Let { name, value, .. } => write!(f, "let {name} = {value}"),
+            Stmt::Let {
+                name,
+                ty: None,
+                value,
+                ..
+            } => write!(f, "let {name} = {value}"),
+            Stmt::Let {
+                name,
+                ty: Some(ty),
+                value,
+                ..
+            } => write!(f, "let {name}: {ty} = {value}"),
         }
     }
 }

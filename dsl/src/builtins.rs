@@ -8,20 +8,52 @@ use crate::span::Span;
 use crate::value::Value;
 use nnc_ir::{BinaryOp, DType, Dim, NodeId, ReduceOp, ShapeDisplay, TensorType, UnaryOp};
 
-pub(crate) const NAMES: [&str; 25] = [
-    "matmul", "exp", "log", "sqrt", "tanh", "sigmoid", "abs", "maximum", "minimum", "pow", "where",
-    "greater", "less", "equal", "sum", "mean", "amax", "argmax", "reshape", "permute", "concat",
-    "slice", "take", "one_hot", "float",
+pub(crate) const NAMES: [&str; 31] = [
+    "matmul",
+    "exp",
+    "log",
+    "sqrt",
+    "tanh",
+    "sigmoid",
+    "abs",
+    "maximum",
+    "minimum",
+    "pow",
+    "where",
+    "greater",
+    "less",
+    "equal",
+    "greater_equal",
+    "less_equal",
+    "sum",
+    "mean",
+    "amax",
+    "argmax",
+    "reshape",
+    "permute",
+    "concat",
+    "slice",
+    "take",
+    "one_hot",
+    "float",
+    "unfold",
+    "uniform_like",
+    "numel",
+    "rank",
 ];
 
 /// Parameter names of each builtin; a trailing `?` marks an optional one.
 fn params(name: &str) -> &'static [&'static str] {
     match name {
-        "exp" | "log" | "sqrt" | "tanh" | "sigmoid" | "abs" | "float" => &["x"],
-        "matmul" | "maximum" | "minimum" | "pow" | "greater" | "less" | "equal" => &["a", "b"],
+        "exp" | "log" | "sqrt" | "tanh" | "sigmoid" | "abs" | "float" | "uniform_like" | "rank" => {
+            &["x"]
+        }
+        "matmul" | "maximum" | "minimum" | "pow" | "greater" | "less" | "equal"
+        | "greater_equal" | "less_equal" => &["a", "b"],
         "where" => &["cond", "a", "b"],
         "sum" | "mean" | "amax" => &["x", "axis?", "keepdim?"],
-        "argmax" => &["x", "axis?"],
+        "argmax" | "numel" => &["x", "axis?"],
+        "unfold" => &["x", "kernel", "stride?", "pad?", "dilation?", "fill?"],
         "reshape" => &["x", "shape"],
         "permute" => &["x", "dims"],
         "concat" => &["tensors", "axis?"],
@@ -102,10 +134,15 @@ pub(crate) fn call(e: &mut Elaborator, name: &str, args: Vec<ArgVal>, span: Span
         "greater" => Some(BinaryOp::Gt),
         "less" => Some(BinaryOp::Lt),
         "equal" => Some(BinaryOp::Eq),
+        "greater_equal" => Some(BinaryOp::Ge),
+        "less_equal" => Some(BinaryOp::Le),
         _ => None,
     };
     if let Some(op) = binary_op {
         let (a, c) = (req(&mut b, 0)?, req(&mut b, 1)?);
+        if let Some(v) = compare_scalars(op, &a.value, &c.value) {
+            return Ok(Value::Bool(v));
+        }
         let (x, y) = e.tensor_pair(a.value, a.span, c.value, c.span)?;
         let (tx, ty) = (e.graph.ty(x).clone(), e.graph.ty(y).clone());
         return e
@@ -128,7 +165,22 @@ pub(crate) fn call(e: &mut Elaborator, name: &str, args: Vec<ArgVal>, span: Span
         }
         "where" => {
             let (c, x, y) = (req(&mut b, 0)?, req(&mut b, 1)?, req(&mut b, 2)?);
-            let cond = e.tensor(c.value, c.span, "the condition of `where`")?;
+            let cond = match c.value {
+                Value::Tensor(_) | Value::Pending(_) => {
+                    e.tensor(c.value, c.span, "the condition of `where`")?
+                }
+                other => {
+                    return Err(e
+                        .err(
+                            c.span,
+                            format!(
+                                "the condition of `where` must be a bool tensor or a compile-time bool, found {}",
+                                other.kind()
+                            ),
+                        )
+                        .with_help("compare with `greater`, `less` or `equal`"))
+                }
+            };
             if e.graph.ty(cond).dtype != DType::Bool {
                 return Err(e
                     .err(
@@ -190,6 +242,26 @@ pub(crate) fn call(e: &mut Elaborator, name: &str, args: Vec<ArgVal>, span: Span
                 .map(Value::Tensor)
                 .map_err(|s| shape_err(e, s.message))
         }
+        "rank" => {
+            let x = req(&mut b, 0)?;
+            let t = e.tensor(x.value, x.span, "the argument of `rank`")?;
+            Ok(Value::Int(e.graph.ty(t).rank() as i64))
+        }
+        "numel" => {
+            let x = req(&mut b, 0)?;
+            let t = e.tensor(x.value, x.span, "the argument of `numel`")?;
+            let axes = match b.take(1) {
+                None => (0..e.graph.ty(t).rank()).collect(),
+                Some(a) => axes(e, t, &a)?,
+            };
+            numel(e, t, &axes).map_err(|s| shape_err(e, s.message))
+        }
+        "uniform_like" => {
+            let x = req(&mut b, 0)?;
+            let t = e.tensor(x.value, x.span, "the argument of `uniform_like`")?;
+            uniform_like(e, t, span)
+        }
+        "unfold" => unfold(e, &mut b, span),
         "float" => {
             let x = req(&mut b, 0)?;
             let t = e.tensor(x.value, x.span, "the argument")?;
@@ -307,6 +379,253 @@ pub(crate) fn call(e: &mut Elaborator, name: &str, args: Vec<ArgVal>, span: Span
                 .map_err(|s| shape_err(e, s.message))
         }
         _ => Err(e.err(span, format!("`{name}` is not a builtin"))),
+    }
+}
+
+/// A comparison of two compile-time numbers (or two bools, for `equal`),
+/// which is a compile-time bool: `assert` and a static `where` need one.
+/// `None` when an operand is not such a value.
+fn compare_scalars(op: BinaryOp, a: &Value, b: &Value) -> Option<bool> {
+    use std::cmp::Ordering;
+    let ord = match (a, b) {
+        // Ints compare exactly, not through f64.
+        (Value::Int(x), Value::Int(y)) => x.cmp(y),
+        (Value::Bool(x), Value::Bool(y)) if op == BinaryOp::Eq => return Some(x == y),
+        // IEEE: every comparison with a NaN (`inf - inf`) is false.
+        _ => match a.as_f64()?.partial_cmp(&b.as_f64()?) {
+            Some(o) => o,
+            None => return Some(false),
+        },
+    };
+    Some(match op {
+        BinaryOp::Gt => ord == Ordering::Greater,
+        BinaryOp::Lt => ord == Ordering::Less,
+        BinaryOp::Ge => ord != Ordering::Less,
+        BinaryOp::Le => ord != Ordering::Greater,
+        BinaryOp::Eq => ord == Ordering::Equal,
+        _ => return None,
+    })
+}
+
+/// The number of elements of `t` over `axes`, as a scalar of its float
+/// dtype (f32 otherwise): a constant when those dims are, else computed
+/// at run time as a sum of ones over the symbolic dims (the batch size is
+/// known only then).
+fn numel(
+    e: &mut Elaborator,
+    t: NodeId,
+    axes: &[usize],
+) -> std::result::Result<Value, nnc_ir::ShapeError> {
+    let ty = e.graph.ty(t).clone();
+    let dtype = if ty.dtype.is_float() {
+        ty.dtype
+    } else {
+        DType::F32
+    };
+    let mut constant = 1.0f64;
+    let mut symbolic = Vec::new();
+    for &a in axes {
+        match &ty.shape[a] {
+            Dim::Const(n) => constant *= *n as f64,
+            d @ Dim::Sym(_) => symbolic.push(d.clone()),
+        }
+    }
+    if symbolic.is_empty() {
+        return Ok(Value::Tensor(e.graph.scalar(constant, dtype)));
+    }
+    let rank = symbolic.len();
+    let ones = e.graph.splat(1.0, TensorType::new(dtype, symbolic));
+    let mut n = e
+        .graph
+        .reduce(ReduceOp::Sum, ones, (0..rank).collect(), false)?;
+    if constant != 1.0 {
+        let c = e.graph.scalar(constant, dtype);
+        n = e.graph.mul(n, c)?;
+    }
+    Ok(Value::Tensor(n))
+}
+
+/// Uniform `[0, 1)` noise shaped like `t` (of its float dtype, f32
+/// otherwise): an `Op::Random` keyed by the scalar input `rng.key`, which
+/// the runtime feeds fresh every step, on its own stream so that two calls
+/// draw different numbers.
+fn uniform_like(e: &mut Elaborator, t: NodeId, span: Span) -> Result<Value> {
+    let key_name = nnc_ir::module::RNG_KEY;
+    let key_ty = TensorType::scalar(DType::I32);
+    let key = match e.graph.find_leaf(key_name) {
+        Some(k) if matches!(e.graph.node(k).op, nnc_ir::Op::Input { .. }) => k,
+        Some(_) => {
+            return Err(e.err(
+                span,
+                format!("`{key_name}` names a param or state, but it is the random key input"),
+            ))
+        }
+        None => {
+            // The key belongs to no source line.
+            let saved = e.graph.current_span.take();
+            let k = e.graph.input(key_name, key_ty);
+            e.graph.current_span = saved;
+            k
+        }
+    };
+    let ty = e.graph.ty(t).clone();
+    let dtype = if ty.dtype.is_float() {
+        ty.dtype
+    } else {
+        DType::F32
+    };
+    let stream = e.next_stream;
+    e.next_stream = e.next_stream.wrapping_add(1);
+    e.graph
+        .random(key, stream, ty.with_dtype(dtype))
+        .map(Value::Tensor)
+        .map_err(|s| e.err(span, format!("in `uniform_like`: {}", s.message)))
+}
+
+/// `unfold(x, kernel, stride: 1, pad: 0, dilation: 1, fill: 0)`: im2col
+/// over the 1 or 2 trailing spatial dims of `x: [N, C, *spatial]`, giving
+/// `[N, C, *kernel, *out]`. Each window setting is an int (every spatial
+/// dim) or a list with one entry per spatial dim.
+fn unfold(e: &mut Elaborator, b: &mut Bound, span: Span) -> Result<Value> {
+    let (Some(x), Some(k)) = (b.take(0), b.take(1)) else {
+        return Err(e_missing(span));
+    };
+    let t = e.tensor(x.value, x.span, "the argument of `unfold`")?;
+    let ty = e.graph.ty(t).clone();
+    if !(3..=4).contains(&ty.rank()) {
+        return Err(e
+            .err(
+                x.span,
+                format!("`unfold` needs [N, C, L] or [N, C, H, W], found {ty}"),
+            )
+            .with_label(format!("rank {}", ty.rank()))
+            .with_note(
+                "the first two dims are the batch and the channels; 1 or 2 spatial dims follow",
+            ));
+    }
+    let d = ty.rank() - 2;
+    let kernel = window_list(e, &k, "kernel", d, 1)?;
+    let setting = |e: &Elaborator, a: Option<ArgVal>, what: &str, default: usize, min: i64| match a
+    {
+        None => Ok(vec![default; d]),
+        Some(a) => window_list(e, &a, what, d, min),
+    };
+    let stride = setting(e, b.take(2), "stride", 1, 1)?;
+    let padding = setting(e, b.take(3), "pad", 0, 0)?;
+    let dilation = setting(e, b.take(4), "dilation", 1, 1)?;
+    let fill = match b.take(5) {
+        None => 0.0,
+        Some(a) => a.value.as_f64().ok_or_else(|| {
+            e.err(
+                a.span,
+                format!("`fill` must be a number, found {}", a.value.kind()),
+            )
+        })?,
+    };
+    let mut sizes = Vec::with_capacity(d);
+    for i in 0..d {
+        match ty.shape[2 + i].as_const() {
+            Some(n) => sizes.push(n),
+            None => {
+                return Err(e
+                    .err(
+                        x.span,
+                        format!(
+                            "`unfold` needs constant spatial dims, found `{}` in {ty}",
+                            ty.shape[2 + i]
+                        ),
+                    )
+                    .with_label("a symbolic spatial dim"))
+            }
+        }
+    }
+    let window = nnc_ir::Window {
+        kernel,
+        stride,
+        padding,
+        dilation,
+    };
+    // The kernel's span and the padded size, checked for overflow here so
+    // that the window's own arithmetic (`out_size`) never overflows.
+    let extent = |i: usize| -> Option<(usize, usize)> {
+        let w = &window;
+        let span = w.dilation[i].checked_mul(w.kernel[i] - 1)?.checked_add(1)?;
+        let padded = w.padding[i].checked_mul(2)?.checked_add(sizes[i])?;
+        Some((span, padded))
+    };
+    if (0..d).any(|i| extent(i).is_none()) {
+        return Err(e.err(span, "the window of `unfold` is too large"));
+    }
+    if (0..d).any(|i| window.out_size(i, sizes[i]).is_none()) {
+        let by = |v: &[usize]| v.iter().map(usize::to_string).collect::<Vec<_>>().join("×");
+        let (spans, padded): (Vec<usize>, Vec<usize>) = (0..d).filter_map(extent).unzip();
+        let padding = if window.padding.iter().all(|&p| p == 0) {
+            String::new()
+        } else {
+            format!(" padded to {}", by(&padded))
+        };
+        let mut err = e
+            .err(
+                span,
+                format!(
+                    "a {} kernel does not fit a {} input{padding}",
+                    by(&window.kernel),
+                    by(&sizes),
+                ),
+            )
+            .with_label(format!("the input is {ty}"));
+        if window.dilation.iter().any(|&v| v != 1) {
+            err = err.with_note(format!(
+                "with dilation {} the kernel spans {}",
+                by(&window.dilation),
+                by(&spans)
+            ));
+        }
+        return Err(err.with_help("use a smaller kernel, more padding or a larger input"));
+    }
+    e.graph
+        .unfold(t, window, fill)
+        .map(Value::Tensor)
+        .map_err(|s| e.err(span, format!("in `unfold`: {}", s.message)))
+}
+
+/// A window setting: an int for every spatial dim, or a list with one int
+/// per spatial dim, each at least `min`.
+fn window_list(e: &Elaborator, a: &ArgVal, what: &str, d: usize, min: i64) -> Result<Vec<usize>> {
+    let bad = |v: &Value| {
+        let rule = if min == 0 { "non-negative" } else { "positive" };
+        e.err(
+            a.span,
+            format!(
+                "`{what}` must be a {rule} int or a list of them, found {}",
+                v.kind()
+            ),
+        )
+    };
+    let one = |v: &Value| match v {
+        Value::Int(n) if *n >= min => Ok(*n as usize),
+        other => Err(bad(other)),
+    };
+    match &a.value {
+        Value::List(items) => {
+            if items.len() != d {
+                return Err(e
+                    .err(
+                        a.span,
+                        format!(
+                            "`{what}` has {} entr{}, but the input has {d} spatial dim{}",
+                            items.len(),
+                            if items.len() == 1 { "y" } else { "ies" },
+                            crate::elaborate::plural(d)
+                        ),
+                    )
+                    .with_help(format!(
+                        "give one int for every spatial dim, or a list of {d}"
+                    )));
+            }
+            items.iter().map(one).collect()
+        }
+        v => Ok(vec![one(v)?; d]),
     }
 }
 

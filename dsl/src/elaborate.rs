@@ -81,10 +81,23 @@ pub(crate) struct Elaborator<'a> {
     /// Set while binding a call's arguments: a bad argument is the caller's
     /// mistake, so errors are located as if the callee were not entered.
     blame_caller: bool,
+    /// The mode being elaborated: the value of the builtin `training`.
+    /// The model is elaborated once per mode (see `lower::compile_program`).
+    pub training: bool,
+    /// The next `Random` stream: one per `uniform_like` call, in
+    /// elaboration order, so two dropouts draw different masks.
+    pub next_stream: u32,
+    /// Where each state's `update` is, to report a second one.
+    update_spans: HashMap<String, Span>,
 }
 
 impl<'a> Elaborator<'a> {
-    pub(crate) fn new(user: &'a ast::Program, prelude: &'a ast::Program, graph: Graph) -> Self {
+    pub(crate) fn new(
+        user: &'a ast::Program,
+        prelude: &'a ast::Program,
+        graph: Graph,
+        training: bool,
+    ) -> Self {
         let layers = |p: &'a ast::Program| {
             p.items
                 .iter()
@@ -105,6 +118,9 @@ impl<'a> Elaborator<'a> {
             pending: HashMap::new(),
             resolved_fields: Vec::new(),
             blame_caller: false,
+            training,
+            next_stream: 0,
+            update_spans: HashMap::new(),
         }
     }
 
@@ -203,17 +219,24 @@ impl<'a> Elaborator<'a> {
                 .map(|i| self.eval(scope, i))
                 .collect::<Result<Vec<_>>>()
                 .map(Value::List),
+            ExprKind::Call { callee, args } if self.is_builtin_where(callee) => {
+                self.eval_where(scope, None, args, e.span)
+            }
             ExprKind::Call { callee, args } => {
                 let args = self.eval_args(scope, args)?;
                 self.call(callee, args, e.span)
             }
             ExprKind::Pipe { input, stage } => {
                 let x = self.eval(scope, input)?;
-                let mut args = vec![ArgVal {
+                let first = ArgVal {
                     name: None,
                     value: x,
                     span: input.span,
-                }];
+                };
+                if self.is_builtin_where(&stage.callee) {
+                    return self.eval_where(scope, Some(first), &stage.args, stage.span);
+                }
+                let mut args = vec![first];
                 args.extend(self.eval_args(scope, &stage.args)?);
                 self.call(&stage.callee, args, stage.span)
             }
@@ -262,6 +285,11 @@ impl<'a> Elaborator<'a> {
         if let Some(init) = init_by_name(&id.name) {
             return Ok(Value::Init(init));
         }
+        match id.name.as_str() {
+            "training" => return Ok(Value::Bool(self.training)),
+            "inf" => return Ok(Value::Float(f64::INFINITY)),
+            _ => {}
+        }
         if self.layer(&id.name).is_some() || crate::builtins::NAMES.contains(&id.name.as_str()) {
             return Err(self
                 .err(id.span, format!("`{}` is a function, not a value", id.name))
@@ -274,10 +302,83 @@ impl<'a> Elaborator<'a> {
         let mut err = self
             .err(id.span, format!("unknown name `{}`", id.name))
             .with_label("not found in this scope");
-        if let Some(h) = did_you_mean(&id.name, scope.names()) {
+        if let Some(h) = did_you_mean(&id.name, scope.names().chain(BUILTIN_VALUES)) {
             err = err.with_help(h);
         }
         Err(err)
+    }
+
+    /// `where` is the builtin unless a layer of that name shadows it.
+    fn is_builtin_where(&self, callee: &ast::Ident) -> bool {
+        callee.name == "where" && self.layer("where").is_none()
+    }
+
+    /// `where(cond, a, b)`. With a compile-time bool `cond` (`training`, a
+    /// `bool` parameter, a comparison of numbers) it is a static choice:
+    /// only the chosen branch is elaborated, so the other one adds nothing
+    /// to the graph (no dropout noise in evaluation, no unused bias param)
+    /// and may even be ill-typed for this call. Otherwise it is the
+    /// elementwise `select`. Arguments are evaluated `cond` first, then the
+    /// branches in order.
+    fn eval_where(
+        &mut self,
+        scope: &Scope,
+        first: Option<ArgVal>,
+        args: &[Arg],
+        span: Span,
+    ) -> Result<Value> {
+        enum Pending<'e> {
+            Done(ArgVal),
+            Lazy(&'e Arg),
+        }
+        let given = first
+            .map(|a| Given {
+                keyword: None,
+                span: a.span,
+                value: Pending::Done(a),
+            })
+            .into_iter()
+            .chain(args.iter().map(|a| Given {
+                keyword: a.name.clone(),
+                span: a.value.span,
+                value: Pending::Lazy(a),
+            }));
+        let names = ["cond", "a", "b"];
+        let signature = "where(cond, a, b)";
+        let slots = assign("where", &names, signature, given, &|s, m| self.err(s, m))?;
+        let mut vals = Vec::with_capacity(3);
+        for (slot, name) in slots.into_iter().zip(names) {
+            let Some(slot) = slot else {
+                return Err(self
+                    .err(span, format!("missing argument `{name}` of `where`"))
+                    .with_label(format!("`{name}` is not given"))
+                    .with_note(format!("`where` is declared as `{signature}`")));
+            };
+            vals.push(slot);
+        }
+        let eval = |this: &mut Self, p: Pending<'_>| -> Result<ArgVal> {
+            match p {
+                Pending::Done(a) => Ok(a),
+                Pending::Lazy(a) => Ok(ArgVal {
+                    name: None,
+                    value: this.eval(scope, &a.value)?,
+                    span: a.value.span,
+                }),
+            }
+        };
+        let mut it = vals.into_iter();
+        let (Some(c), Some(a), Some(b)) = (it.next(), it.next(), it.next()) else {
+            return Err(self.err(span, "internal error: `where` lost an argument"));
+        };
+        let cond = eval(self, c)?;
+        if let Value::Bool(pick) = cond.value {
+            let chosen = if pick { a } else { b };
+            return Ok(eval(self, chosen)?.value);
+        }
+        let a = eval(self, a)?;
+        let b = eval(self, b)?;
+        self.at(span);
+        crate::builtins::call(self, "where", vec![cond, a, b], span)
     }
 
     fn binary(
@@ -290,13 +391,21 @@ impl<'a> Elaborator<'a> {
         span: Span,
     ) -> Result<Value> {
         use Value::{Float, Int};
+        let by_zero = matches!(op, BinOp::Div | BinOp::Rem) && b.as_f64() == Some(0.0);
         match (&a, &b) {
-            (Int(x), Int(y)) if op != BinOp::Div => {
+            (Int(_) | Float(_), Int(_) | Float(_)) if by_zero => {
+                return Err(self.err(sb, "division by zero in a constant expression"));
+            }
+            // Ints stay ints, and so does a division that comes out whole
+            // (`c / groups` is a dim); any other quotient is a float, so
+            // `1 / 255` means what it says.
+            (Int(x), Int(y)) if op != BinOp::Div || x.checked_rem(*y) == Some(0) => {
                 let r = match op {
                     BinOp::Add => x.checked_add(*y),
                     BinOp::Sub => x.checked_sub(*y),
                     BinOp::Mul => x.checked_mul(*y),
-                    BinOp::Div => None,
+                    BinOp::Div => x.checked_div(*y),
+                    BinOp::Rem => x.checked_rem(*y),
                 };
                 return r
                     .map(Int)
@@ -304,17 +413,20 @@ impl<'a> Elaborator<'a> {
             }
             (Int(_) | Float(_), Int(_) | Float(_)) => {
                 let (x, y) = (a.as_f64().unwrap_or(0.0), b.as_f64().unwrap_or(0.0));
-                if op == BinOp::Div && y == 0.0 {
-                    return Err(self.err(sb, "division by zero in a constant expression"));
-                }
                 return Ok(Float(match op {
                     BinOp::Add => x + y,
                     BinOp::Sub => x - y,
                     BinOp::Mul => x * y,
                     BinOp::Div => x / y,
+                    BinOp::Rem => x % y,
                 }));
             }
             _ => {}
+        }
+        if op == BinOp::Rem {
+            return Err(self
+                .err(span, "`%` works only on compile-time numbers")
+                .with_label(format!("{} % {}", a.kind(), b.kind())));
         }
         let (x, y) = self.tensor_pair(a, sa, b, sb)?;
         let bop = match op {
@@ -322,6 +434,8 @@ impl<'a> Elaborator<'a> {
             BinOp::Sub => BinaryOp::Sub,
             BinOp::Mul => BinaryOp::Mul,
             BinOp::Div => BinaryOp::Div,
+            // Rejected above: the IR has no remainder op.
+            BinOp::Rem => BinaryOp::Div,
         };
         self.at(span);
         let (tx, ty) = (self.graph.ty(x).clone(), self.graph.ty(y).clone());
@@ -625,11 +739,31 @@ impl<'a> Elaborator<'a> {
         Ok(())
     }
 
-    /// `let` and `param` mean the same in layers and models.
+    /// `let`, `param`, `state`, `update` and `assert` mean the same in
+    /// layers and models.
     fn bind_statement(&mut self, scope: &mut Scope, stmt: &Stmt) -> Result<()> {
         match stmt {
-            Stmt::Let { name, value, .. } => {
+            Stmt::Let {
+                name,
+                ty: None,
+                value,
+                ..
+            } => {
                 let v = self.eval(scope, value)?;
+                self.name_value(&v, &name.name);
+                scope.bind(&name.name, v);
+            }
+            Stmt::Let {
+                name,
+                ty: Some(ty),
+                value,
+                ..
+            } => {
+                let v = self.eval(scope, value)?;
+                let t = self.tensor(v, value.span, &format!("`{}`", name.name))?;
+                let subject = format!("`{}`", name.name);
+                self.match_pattern(scope, ty, t, value.span, &subject)?;
+                let v = Value::Tensor(t);
                 self.name_value(&v, &name.name);
                 scope.bind(&name.name, v);
             }
@@ -639,12 +773,159 @@ impl<'a> Elaborator<'a> {
                 init,
                 span,
             } => {
-                let v = self.declare_param(scope, name, ty, init.as_ref(), *span)?;
+                let v = self.declare_leaf(Leaf::Param, scope, name, ty, init.as_ref(), *span)?;
                 scope.bind(&name.name, v);
             }
-            _ => {}
+            Stmt::State {
+                name,
+                ty,
+                init,
+                span,
+            } => {
+                let v = self.declare_leaf(Leaf::State, scope, name, ty, init.as_ref(), *span)?;
+                scope.bind(&name.name, v);
+            }
+            Stmt::Update { name, value, span } => self.update(scope, name, value, *span)?,
+            Stmt::Assert {
+                cond,
+                message,
+                span,
+            } => self.assert(scope, cond, message, *span)?,
+            Stmt::Input { .. } | Stmt::Output { .. } | Stmt::Return { .. } => {}
         }
         Ok(())
+    }
+
+    /// `update NAME = EXPR`: in training, the state `NAME` of this layer
+    /// (or model) becomes the value of `EXPR` after the step; `NAME` keeps
+    /// meaning the old value. In evaluation the statement does nothing, so
+    /// its expression is not even elaborated.
+    fn update(&mut self, scope: &Scope, name: &ast::Ident, value: &Expr, span: Span) -> Result<()> {
+        let mut full = self.path.clone();
+        full.push(name.name.clone());
+        let target = full.join(".");
+        let state = match scope.get(&name.name) {
+            Some(Value::Tensor(t)) => match &self.graph.node(*t).op {
+                nnc_ir::Op::State { name: n, .. } if *n == target => Some(*t),
+                _ => None,
+            },
+            _ => None,
+        };
+        let Some(state) = state else {
+            let what = match scope.get(&name.name) {
+                None => "is not defined".to_string(),
+                Some(Value::Tensor(t)) => match &self.graph.node(*t).op {
+                    nnc_ir::Op::Param { .. } => "is a param (the optimizer trains it)".into(),
+                    nnc_ir::Op::State { .. } => "is the state of another layer".into(),
+                    nnc_ir::Op::Input { .. } => "is an input".into(),
+                    _ => "is a computed tensor".into(),
+                },
+                Some(v) => format!("is {}", v.kind()),
+            };
+            return Err(self
+                .err(name.span, format!("`update` needs a state, but `{}` {what}", name.name))
+                .with_label("not a `state` of this layer")
+                .with_help(format!(
+                    "declare it in the same layer or model before the update, e.g. `state {}: f32[n] = zeros`",
+                    name.name
+                )));
+        };
+        if !self.training {
+            return Ok(());
+        }
+        if let Some(prev) = self.update_spans.get(&target) {
+            return Err(self
+                .err(span, format!("state `{}` is updated twice", name.name))
+                .with_secondary(self.user_span(*prev), "first updated here"));
+        }
+        let v = self.eval(scope, value)?;
+        let v = match v {
+            Value::Int(_) | Value::Float(_) => {
+                let f = v.as_f64().unwrap_or(0.0);
+                self.at(value.span);
+                Value::Tensor(self.graph.scalar_like(f, state))
+            }
+            other => other,
+        };
+        let t = self.tensor(v, value.span, &format!("the update of `{}`", name.name))?;
+        let want = self.graph.ty(state).clone();
+        let mut got = self.graph.ty(t).clone();
+        let t = if got != want
+            && got.dtype == want.dtype
+            && nnc_ir::infer::broadcasts_to(&got.shape, &want.shape)
+        {
+            // A scalar or a broadcastable value fills the whole state.
+            self.at(value.span);
+            let b = self
+                .graph
+                .broadcast(t, want.shape.clone())
+                .map_err(|e| self.err(value.span, e.message))?;
+            got = want.clone();
+            b
+        } else {
+            t
+        };
+        if got != want {
+            return Err(self
+                .err(
+                    value.span,
+                    format!(
+                        "the update of `{}` is {got}, but the state is {want}",
+                        name.name
+                    ),
+                )
+                .with_label(format!("expected {want}")));
+        }
+        self.update_spans.insert(target.clone(), span);
+        self.graph.updates.push(nnc_ir::Update { target, value: t });
+        Ok(())
+    }
+
+    /// `assert COND, MESSAGE`: a compile-time check, reported at the
+    /// statement (or at the user's call, inside the prelude) with the
+    /// values of the names the condition reads.
+    fn assert(&mut self, scope: &Scope, cond: &Expr, message: &Expr, span: Span) -> Result<()> {
+        let ok = match self.eval(scope, cond)? {
+            Value::Bool(b) => b,
+            other => {
+                return Err(self
+                    .err(
+                        cond.span,
+                        format!("`assert` needs a compile-time bool, found {}", other.kind()),
+                    )
+                    .with_label("not a bool known while compiling")
+                    .with_help("compare numbers with `less`, `greater`, `equal`, ..."))
+            }
+        };
+        if ok {
+            return Ok(());
+        }
+        let text = match self.eval(scope, message)? {
+            Value::Str(m) => m,
+            other => {
+                return Err(self.err(
+                    message.span,
+                    format!(
+                        "the message of `assert` must be a string, found {}",
+                        other.kind()
+                    ),
+                ))
+            }
+        };
+        let mut err = self.err(span, text).with_label("this check failed");
+        let mut names = Vec::new();
+        idents(cond, &mut names);
+        let mut seen = Vec::new();
+        for n in names {
+            if seen.contains(&n) {
+                continue;
+            }
+            seen.push(n);
+            if let Some(v) = scope.get(n).and_then(show_value) {
+                err = err.with_note(format!("`{n}` is {v}"));
+            }
+        }
+        Err(err)
     }
 
     fn run_layer_body(&mut self, def: &'a LayerDef, mut scope: Scope) -> Result<Value> {
@@ -657,7 +938,11 @@ impl<'a> Elaborator<'a> {
             }
             match stmt {
                 Stmt::Return { value, .. } => result = Some(self.eval(&scope, value)?),
-                Stmt::Let { .. } | Stmt::Param { .. } => self.bind_statement(&mut scope, stmt)?,
+                Stmt::Let { .. }
+                | Stmt::Param { .. }
+                | Stmt::State { .. }
+                | Stmt::Update { .. }
+                | Stmt::Assert { .. } => self.bind_statement(&mut scope, stmt)?,
                 Stmt::Input { span, .. } | Stmt::Output { span, .. } => {
                     return Err(self
                         .err(*span, "`input` and `output` belong in a model, not a layer")
@@ -722,8 +1007,15 @@ impl<'a> Elaborator<'a> {
             (TypeKind::Float, Value::Float(v)) => Value::Float(v),
             (TypeKind::Bool, Value::Bool(v)) => Value::Bool(v),
             (TypeKind::Str, Value::Str(v)) => Value::Str(v),
+            (TypeKind::Ints, Value::Int(v)) => Value::Int(v),
+            (TypeKind::Ints, Value::List(items))
+                if items.iter().all(|i| matches!(i, Value::Int(_))) =>
+            {
+                Value::List(items)
+            }
             (TypeKind::Tensor { .. }, Value::Tensor(t)) => {
-                self.match_pattern(scope, &param.ty, t, arg.span, pname, fname)?;
+                let subject = format!("argument `{pname}` of `{fname}`");
+                self.match_pattern(scope, &param.ty, t, arg.span, &subject)?;
                 Value::Tensor(t)
             }
             (_, other) => return Err(mismatch(self, &other)),
@@ -732,15 +1024,16 @@ impl<'a> Elaborator<'a> {
         Ok(())
     }
 
-    /// Unifies a tensor's type with a parameter's pattern, binding named dims.
+    /// Unifies a tensor's type with a pattern (of a parameter, or of a
+    /// typed `let`), binding named dims; `subject` names the value in
+    /// messages ("argument `x` of `dense`").
     fn match_pattern(
         &mut self,
         scope: &mut Scope,
         pattern: &TypeExpr,
         t: NodeId,
         span: Span,
-        pname: &str,
-        fname: &str,
+        subject: &str,
     ) -> Result<()> {
         let actual = self.graph.ty(t).clone();
         let TypeKind::Tensor { dtype, dims } = &pattern.kind else {
@@ -748,8 +1041,11 @@ impl<'a> Elaborator<'a> {
         };
         let want = self.ir_dtype(*dtype, pattern.span)?;
         let fail = |this: &Self, why: String| {
-            this.err(span, format!("argument `{pname}` of `{fname}` has type {actual}, which does not match `{pattern}`"))
-                .with_label(why)
+            this.err(
+                span,
+                format!("{subject} has type {actual}, which does not match `{pattern}`"),
+            )
+            .with_label(why)
         };
         if want != actual.dtype {
             return Err(fail(
@@ -829,6 +1125,15 @@ impl<'a> Elaborator<'a> {
                         }
                     }
                 },
+                DimKind::Expr(e) => {
+                    let d = self.dim_expr(scope, e, pat.span)?;
+                    if d != got[0] {
+                        return Err(fail(
+                            self,
+                            format!("`{pat}` is {d} here, but this argument has `{}`", got[0]),
+                        ));
+                    }
+                }
                 DimKind::Rest(None) => {}
                 DimKind::Rest(Some(id)) => match scope.get(&id.name) {
                     None => scope.bind(&id.name, Value::Dims(got)),
@@ -871,7 +1176,7 @@ impl<'a> Elaborator<'a> {
     /// A concrete type from a type expression: names resolve in `scope`;
     /// with `symbolic`, unknown names become symbolic dims (model inputs).
     pub(crate) fn resolve_type(
-        &self,
+        &mut self,
         scope: &Scope,
         te: &TypeExpr,
         symbolic: bool,
@@ -916,29 +1221,73 @@ impl<'a> Elaborator<'a> {
                         .err(d.span, "`...` can only match the shape of an argument")
                         .with_help("declared tensors (params, inputs) need every dim spelled out"))
                 }
+                DimKind::Expr(e) => shape.push(self.dim_expr(scope, e, d.span)?),
             }
         }
         Ok(TensorType::new(dtype, shape))
     }
 
-    fn declare_param(
+    /// A computed dim such as `c / groups`: a non-negative int, or a
+    /// symbolic dim passed through unchanged.
+    fn dim_expr(&mut self, scope: &Scope, e: &Expr, span: Span) -> Result<Dim> {
+        let v = self.eval(scope, e)?;
+        let with_values = |mut err: Error| {
+            let mut names = Vec::new();
+            idents(e, &mut names);
+            names.dedup();
+            for n in names {
+                if let Some(v) = scope.get(n).and_then(show_value) {
+                    err = err.with_note(format!("`{n}` is {v}"));
+                }
+            }
+            err
+        };
+        let shown = ast::Infix(e);
+        match v {
+            Value::Int(n) if n >= 0 => Ok(Dim::Const(n as usize)),
+            Value::Sym(s) => Ok(Dim::Sym(s)),
+            Value::Float(f) => Err(with_values(
+                self.err(
+                    span,
+                    format!("the dim `{shown}` is {f}, not a whole number"),
+                )
+                .with_label("does not divide evenly"),
+            )),
+            Value::Int(n) => Err(with_values(
+                self.err(span, format!("the dim `{shown}` is negative ({n})")),
+            )),
+            other => Err(self.err(
+                span,
+                format!("the dim `{shown}` must be an int, found {}", other.kind()),
+            )),
+        }
+    }
+
+    /// `param` (trainable, float) or `state` (not trained, any dtype): a
+    /// named leaf of constant shape with an initializer, named after the
+    /// instance path (`dense_1.w`, `batchnorm.running_mean`).
+    fn declare_leaf(
         &mut self,
+        kind: Leaf,
         scope: &Scope,
         name: &ast::Ident,
         te: &TypeExpr,
         init: Option<&Expr>,
         span: Span,
     ) -> Result<Value> {
+        let word = kind.word();
         let ty = self.resolve_type(scope, te, false)?;
         if let Some(d) = ty.shape.iter().find(|d| d.as_const().is_none()) {
             return Err(self
                 .err(
                     te.span,
-                    format!("param `{}` has the symbolic dim `{d}`", name.name),
+                    format!("{word} `{}` has the symbolic dim `{d}`", name.name),
                 )
-                .with_help("params are allocated once, so every dim must be a constant"));
+                .with_help(format!(
+                    "{word}s are allocated once, so every dim must be a constant"
+                )));
         }
-        if !ty.dtype.is_float() {
+        if kind == Leaf::Param && !ty.dtype.is_float() {
             return Err(self.err(
                 te.span,
                 format!(
@@ -949,9 +1298,16 @@ impl<'a> Elaborator<'a> {
         }
         let init = match init {
             None => {
+                let example = match kind {
+                    Leaf::Param => "xavier_uniform` (or `zeros`, `normal(0, 0.01)`)",
+                    Leaf::State => "zeros` (or `ones`, `constant(v)`)",
+                };
                 return Err(self
-                    .err(span, format!("param `{}` has no initializer", name.name))
-                    .with_help(format!("add one, e.g. `param {}: {te} = xavier_uniform` (or `zeros`, `normal(0, 0.01)`)", name.name)))
+                    .err(span, format!("{word} `{}` has no initializer", name.name))
+                    .with_help(format!(
+                        "add one, e.g. `{word} {}: {te} = {example}",
+                        name.name
+                    )));
             }
             Some(e) => match self.eval(scope, e)? {
                 Value::Init(i) => i,
@@ -959,9 +1315,15 @@ impl<'a> Elaborator<'a> {
                 Value::Float(v) => Init::Const(v),
                 other => {
                     return Err(self
-                        .err(e.span, format!("expected an initializer, found {}", other.kind()))
+                        .err(
+                            e.span,
+                            format!("expected an initializer, found {}", other.kind()),
+                        )
                         .with_label("not an initializer")
-                        .with_help(format!("initializers: {}, normal(mean, std), uniform(low, high), constant(v)", INIT_NAMES.join(", "))))
+                        .with_help(format!(
+                            "initializers: {}, normal(mean, std), uniform(low, high), constant(v)",
+                            INIT_NAMES.join(", ")
+                        )))
                 }
             },
         };
@@ -970,9 +1332,12 @@ impl<'a> Elaborator<'a> {
         let pname = full.join(".");
         self.at(span);
         if self.graph.find_leaf(&pname).is_some() {
-            return Err(self.err(name.span, format!("param `{pname}` is declared twice")));
+            return Err(self.err(name.span, format!("{word} `{pname}` is declared twice")));
         }
-        let node = self.graph.param(&pname, ty, init);
+        let node = match kind {
+            Leaf::Param => self.graph.param(&pname, ty, init),
+            Leaf::State => self.graph.state(&pname, ty, init),
+        };
         Ok(Value::Tensor(node))
     }
 
@@ -1054,6 +1419,62 @@ impl<'a> Elaborator<'a> {
     }
 }
 
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Leaf {
+    Param,
+    State,
+}
+
+impl Leaf {
+    fn word(self) -> &'static str {
+        match self {
+            Leaf::Param => "param",
+            Leaf::State => "state",
+        }
+    }
+}
+
+/// Names that mean a value without being bound in any scope: the mode and
+/// infinity (for `fill: -inf`).
+const BUILTIN_VALUES: [&str; 2] = ["training", "inf"];
+
+/// The names an expression reads, in order (for the notes of a failed
+/// check: "`groups` is 2").
+fn idents<'e>(e: &'e Expr, out: &mut Vec<&'e str>) {
+    match &e.kind {
+        ExprKind::Ident(id) => out.push(&id.name),
+        ExprKind::List(items) => items.iter().for_each(|i| idents(i, out)),
+        ExprKind::Call { args, .. } => args.iter().for_each(|a| idents(&a.value, out)),
+        ExprKind::Pipe { input, stage } => {
+            idents(input, out);
+            stage.args.iter().for_each(|a| idents(&a.value, out));
+        }
+        ExprKind::Binary { lhs, rhs, .. } => {
+            idents(lhs, out);
+            idents(rhs, out);
+        }
+        ExprKind::Neg(x) => idents(x, out),
+        ExprKind::Int(_) | ExprKind::Float(_) | ExprKind::Str(_) | ExprKind::Bool(_) => {}
+    }
+}
+
+/// A compile-time value as a note shows it; tensors are not shown.
+fn show_value(v: &Value) -> Option<String> {
+    Some(match v {
+        Value::Int(i) => i.to_string(),
+        Value::Float(f) => format!("{f}"),
+        Value::Bool(b) => b.to_string(),
+        Value::Str(s) => format!("{s:?}"),
+        Value::Sym(s) => format!("the symbolic dim `{s}`"),
+        Value::Dims(ds) => format!("{}", ShapeDisplay(ds)),
+        Value::List(items) => {
+            let shown: Option<Vec<String>> = items.iter().map(show_value).collect();
+            format!("[{}]", shown?.join(", "))
+        }
+        Value::Tensor(_) | Value::Init(_) | Value::Pending(_) => return None,
+    })
+}
+
 const INIT_NAMES: [&str; 6] = [
     "zeros",
     "ones",
@@ -1097,6 +1518,7 @@ fn describe_type(te: &TypeExpr) -> String {
         TypeKind::Float => "a float".into(),
         TypeKind::Bool => "a bool".into(),
         TypeKind::Str => "a string".into(),
+        TypeKind::Ints => "an int or a list of ints".into(),
         TypeKind::Tensor { .. } => format!("a tensor `{te}`"),
     }
 }
@@ -1154,7 +1576,11 @@ impl<'a> Elaborator<'a> {
         let mut output_spans: HashMap<String, Span> = HashMap::new();
         for stmt in &def.body {
             match stmt {
-                Stmt::Let { .. } | Stmt::Param { .. } => self.bind_statement(&mut scope, stmt)?,
+                Stmt::Let { .. }
+                | Stmt::Param { .. }
+                | Stmt::State { .. }
+                | Stmt::Update { .. }
+                | Stmt::Assert { .. } => self.bind_statement(&mut scope, stmt)?,
                 Stmt::Input { name, ty, span } => {
                     let t = self.resolve_type(&scope, ty, true)?;
                     if self.graph.find_leaf(&name.name).is_some() {

@@ -9,6 +9,7 @@ use crate::elaborate::{ArgVal, Elaborator, PendingField, Result};
 use crate::error::{did_you_mean, Error};
 use crate::span::{SourceFile, Span};
 use crate::value::Value;
+use nnc_ir::module::RNG_KEY;
 use nnc_ir::{
     DType, DataField, DataSpec, Graph, Metric, Module, NodeId, Optimizer, Schedule, Source,
     TestSet, TrainSpec, Transform, LOSS,
@@ -98,19 +99,27 @@ pub fn compile_program(program: &Program, model: Option<&str>) -> Result<Module>
         },
     };
 
-    let mut el = Elaborator::new(program, &prelude, Graph::new("forward"));
+    // The model is elaborated once per mode (spec §9.1): for evaluation,
+    // giving `forward` (prediction, validation, test), and for training,
+    // giving the objective; the builtin `training` tells them apart. The
+    // training elaboration runs even without a `train` block, so `nnc
+    // check` reports errors in training-only code too.
+    let mut ev = Elaborator::new(program, &prelude, Graph::new("forward"), false);
     let args = model_args
         .iter()
         .map(|a| {
             Ok(ArgVal {
                 name: a.name.clone(),
-                value: el.scalar_value(&a.value)?,
+                value: ev.scalar_value(&a.value)?,
                 span: a.value.span,
             })
         })
         .collect::<Result<Vec<_>>>()?;
+    let eval_outputs = ev.run_model(model_def, args.clone(), call_span)?;
+    let mut el = Elaborator::new(program, &prelude, Graph::new("objective"), true);
     let outputs = el.run_model(model_def, args, call_span)?;
-    let forward = el.graph.clone();
+    let forward = finished(&ev.graph);
+    check_same_params(&forward, &finished(&el.graph))?;
     let name = model_def.name.name.clone();
 
     let Some(train) = train else {
@@ -146,14 +155,109 @@ pub fn compile_program(program: &Program, model: Option<&str>) -> Result<Module>
         e
     })?;
     let data = lower_data(&mut el, data_def)?;
-    check_inputs_have_fields(&el.graph, &data, data_def, train)?;
-    let spec = lower_train(&mut el, train, &data, data_def, &outputs.outputs)?;
+    check_inputs_have_fields(&forward, &data, data_def, train)?;
+    let modes = Modes {
+        train: &mut el,
+        train_outputs: &outputs.outputs,
+        eval: &mut ev,
+        eval_outputs: &eval_outputs.outputs,
+    };
+    let spec = lower_train(modes, train, &data, data_def)?;
     Ok(Module {
         name,
         forward,
         data: Some(data),
         train: Some(spec),
     })
+}
+
+/// A graph as the module hands it on: without the nodes no output or
+/// update reads. Elaboration leaves such nodes behind on purpose — a `let`
+/// only the other mode uses, a bias param a static `where` left out — and
+/// they must not become params to train or values to compute. The model's
+/// inputs stay even when unused: they are its interface (the runtime feeds
+/// them from data). The random key does not: only a graph that draws
+/// random numbers reads it.
+fn finished(graph: &Graph) -> Graph {
+    let mut g = graph.clone();
+    let mut live = std::collections::HashSet::new();
+    let mut stack: Vec<NodeId> = g
+        .outputs
+        .iter()
+        .map(|o| o.node)
+        .chain(g.updates.iter().map(|u| u.value))
+        .chain(
+            g.inputs()
+                .into_iter()
+                .filter(|(_, n)| *n != RNG_KEY)
+                .map(|(id, _)| id),
+        )
+        .collect();
+    while let Some(n) = stack.pop() {
+        if live.insert(n) {
+            stack.extend(g.operands(n));
+        }
+    }
+    let dead: Vec<NodeId> = g.g.node_indices().filter(|n| !live.contains(n)).collect();
+    for n in dead {
+        g.g.remove_node(n);
+    }
+    g
+}
+
+/// Training learns the params evaluation uses, so both modes must have the
+/// same params (names, types and initializers).
+fn check_same_params(eval: &Graph, train: &Graph) -> Result<()> {
+    let params = |g: &Graph| -> Vec<(String, NodeId)> {
+        g.params()
+            .into_iter()
+            .map(|(n, name)| (name.to_string(), n))
+            .collect()
+    };
+    let (pe, pt) = (params(eval), params(train));
+    let span_of = |g: &Graph, n: NodeId| {
+        g.node(n).span.map_or(Span::default(), |s| {
+            Span::new(s.start as usize, s.end as usize)
+        })
+    };
+    let only = |name: &str, g: &Graph, n: NodeId, mode: &str, other: &str| {
+        Error::new(
+            span_of(g, n),
+            format!("param `{name}` is used only in {mode}"),
+        )
+        .with_label(format!("not used in {other}"))
+        .with_note(
+            "training learns the params that evaluation uses, so both modes must use every param",
+        )
+        .with_help("use it outside `where(training, ...)`, or make it a `state`")
+    };
+    for (name, n) in &pt {
+        match pe.iter().find(|(m, _)| m == name) {
+            None => return Err(only(name, train, *n, "training", "evaluation")),
+            Some((_, e)) => {
+                let (a, b) = (train.node(*n), eval.node(*e));
+                if a.ty != b.ty || a.op != b.op {
+                    let show = |node: &nnc_ir::Node| match &node.op {
+                        nnc_ir::Op::Param { init, .. } => format!("{} = {init}", node.ty),
+                        _ => node.ty.to_string(),
+                    };
+                    return Err(Error::new(
+                        span_of(train, *n),
+                        format!(
+                            "param `{name}` differs between the modes: {} in training, {} in evaluation",
+                            show(a),
+                            show(b)
+                        ),
+                    )
+                    .with_note("training learns the params that evaluation uses, so they must be the same"));
+                }
+            }
+        }
+    }
+    if let Some((name, n)) = pe.iter().find(|(m, _)| !pt.iter().any(|(t, _)| t == m)) {
+        return Err(only(name, eval, *n, "evaluation", "training"));
+    }
+    Ok(())
 }
 
 fn items<'p, T>(program: &'p Program, f: impl Fn(&'p Item) -> Option<T>) -> Vec<T> {
@@ -332,6 +436,17 @@ fn lower_source(el: &mut Elaborator, e: &Expr) -> Result<(Source, Vec<Transform>
                 ))
             }
             "csv" => lower_csv(el, callee, args),
+            "images" => lower_images(el, callee, args),
+            "image_labels" | "cifar" | "cifar_labels" => {
+                let [path] = positional::<1>(el, callee, args, &["path"])?;
+                let path = string(&path)?;
+                let source = match callee.name.as_str() {
+                    "image_labels" => Source::ImageLabels { path },
+                    "cifar" => Source::Cifar { path },
+                    _ => Source::CifarLabels { path },
+                };
+                Ok((source, Vec::new()))
+            }
             _ => {
                 if TRANSFORMS.contains(&callee.name.as_str()) {
                     return Err(Error::new(
@@ -344,8 +459,11 @@ fn lower_source(el: &mut Elaborator, e: &Expr) -> Result<(Source, Vec<Transform>
                     callee.span,
                     format!("unknown data source `{}`", callee.name),
                 )
-                .with_label("expected `idx(...)` or `csv(...)`");
-                if let Some(h) = did_you_mean(&callee.name, ["idx", "csv"]) {
+                .with_label(format!(
+                    "expected one of {}",
+                    SOURCES.map(|t| format!("`{t}`")).join(", ")
+                ));
+                if let Some(h) = did_you_mean(&callee.name, SOURCES) {
                     err = err.with_help(h);
                 }
                 Err(err)
@@ -360,6 +478,15 @@ fn lower_source(el: &mut Elaborator, e: &Expr) -> Result<(Source, Vec<Transform>
 }
 
 const TRANSFORMS: [&str; 4] = ["scale", "one_hot", "normalize", "reshape"];
+
+const SOURCES: [&str; 6] = [
+    "idx",
+    "csv",
+    "images",
+    "image_labels",
+    "cifar",
+    "cifar_labels",
+];
 
 struct Evaluated {
     value: Value,
@@ -495,6 +622,70 @@ fn lower_csv(
     Ok((source, Vec::new()))
 }
 
+/// `images(path, grayscale: bool, size: [h, w])`: an image folder, one
+/// subfolder per class.
+fn lower_images(
+    el: &mut Elaborator,
+    callee: &ast::Ident,
+    args: &[ast::Arg],
+) -> Result<(Source, Vec<Transform>)> {
+    let slots = named_args(el, callee, args, &["path", "grayscale", "size"])?;
+    let mut it = slots.into_iter();
+    let path = it.next().flatten().ok_or_else(|| {
+        Error::new(callee.span, "`images` needs a folder path").with_help(
+            "e.g. `images(\"cifar10/train\")`, or a folder inside a tar archive: \
+             `images(\"cifar10.tar.gz/train\")`",
+        )
+    })?;
+    let path = string(&path)?;
+    let grayscale = match it.next().flatten() {
+        None => false,
+        Some(g) => match g.value {
+            Value::Bool(b) => b,
+            ref other => {
+                return Err(Error::new(
+                    g.span,
+                    format!(
+                        "`grayscale` takes `true` or `false`, found {}",
+                        other.kind()
+                    ),
+                ))
+            }
+        },
+    };
+    let size = it.next().flatten().map(|s| image_size(&s)).transpose()?;
+    Ok((
+        Source::Images {
+            path,
+            grayscale,
+            size,
+        },
+        Vec::new(),
+    ))
+}
+
+/// `size: [height, width]`. Sides are capped at 65535, JPEG's own limit,
+/// so a typo such as `[32000000, 32]` is caught here rather than as a
+/// failed allocation at run time.
+fn image_size(a: &Evaluated) -> Result<[usize; 2]> {
+    let err = |found: String| {
+        Error::new(
+            a.span,
+            "`size` takes `[height, width]`, two ints from 1 to 65535",
+        )
+        .with_label(found)
+    };
+    let side = |v: &Value| match *v {
+        Value::Int(n) if (1..=65535).contains(&n) => Ok(n as usize),
+        ref other => Err(err(format!("found {}", other.kind()))),
+    };
+    match &a.value {
+        Value::List(v) if v.len() == 2 => Ok([side(&v[0])?, side(&v[1])?]),
+        Value::List(v) => Err(err(format!("found a list of {} values", v.len()))),
+        other => Err(err(format!("found {}", other.kind()))),
+    }
+}
+
 fn lower_transform(
     el: &mut Elaborator,
     callee: &ast::Ident,
@@ -550,7 +741,7 @@ fn lower_transform(
                 )),
             }
         }
-        "idx" | "csv" => Err(Error::new(
+        name if SOURCES.contains(&name) => Err(Error::new(
             callee.span,
             format!(
                 "`{}` is a source; it starts a field, it cannot follow `->`",
@@ -605,6 +796,10 @@ fn check_inputs_have_fields(
     train: &ast::TrainDef,
 ) -> Result<()> {
     for (node, name) in graph.inputs() {
+        // Fed by the training loop, not by data.
+        if nnc_ir::module::is_loop_input(name) {
+            continue;
+        }
         let want = graph.ty(node).dtype;
         match data.fields.iter().find(|f| f.name == name) {
             None => {
@@ -655,13 +850,28 @@ const SETTINGS: [&str; 8] = [
     "metrics",
 ];
 
+/// The model elaborated in both modes, with its outputs in each.
+struct Modes<'m, 'a> {
+    train: &'m mut Elaborator<'a>,
+    train_outputs: &'m [(String, NodeId)],
+    eval: &'m mut Elaborator<'a>,
+    eval_outputs: &'m [(String, NodeId)],
+}
+
+/// The train block: its settings, and the loss and metrics added to the
+/// model of each mode (the objective, and the evaluation graph).
 fn lower_train(
-    el: &mut Elaborator,
+    modes: Modes,
     train: &ast::TrainDef,
     data: &DataSpec,
     data_def: &ast::DataDef,
-    outputs: &[(String, NodeId)],
 ) -> Result<TrainSpec> {
+    let Modes {
+        train: el,
+        train_outputs: outputs,
+        eval: ev,
+        eval_outputs,
+    } = modes;
     let mut settings: HashMap<&str, &ast::Setting> = HashMap::new();
     for s in &train.settings {
         if !SETTINGS.contains(&s.key.name.as_str()) {
@@ -693,59 +903,7 @@ fn lower_train(
     };
     let loss_setting = required("loss", "cross_entropy(logits, label)")?;
     let optimizer_setting = required("optimizer", "adam(lr: 1e-3)")?;
-
-    // The loss sees the model's outputs and the data fields that are not
-    // model inputs; those become graph inputs once their type is known.
-    let mut scope = Vec::new();
-    for f in &data.fields {
-        if el.graph.find_leaf(&f.name).is_some() {
-            continue;
-        }
-        let ast_field = data_def.fields.iter().find(|d| d.name.name == f.name);
-        let annotated = ast_field.and_then(|d| d.ty.as_ref());
-        let ty = match annotated {
-            Some(te) if matches!(&te.kind, TypeKind::Tensor { dims: Some(_), .. }) => {
-                Some(el.resolve_type(&el.scope_with([]), te, true)?)
-            }
-            _ => None,
-        };
-        el.pending.insert(
-            f.name.clone(),
-            PendingField {
-                dtype: Some(f.dtype).filter(|_| annotated.is_some()),
-                ty,
-                span: ast_field.map_or(train.data.span, |d| d.span),
-            },
-        );
-        scope.push((f.name.clone(), Value::Pending(f.name.clone())));
-    }
-    for (name, node) in outputs {
-        scope.push((name.clone(), Value::Tensor(*node)));
-    }
-    // The model's symbolic dims (`B`) are names in the loss too.
-    let inputs: Vec<NodeId> = el.graph.inputs().into_iter().map(|(n, _)| n).collect();
-    for node in inputs {
-        for d in el.graph.ty(node).shape.clone() {
-            if let nnc_ir::Dim::Sym(sym) = d {
-                scope.insert(0, (sym.clone(), Value::Sym(sym)));
-            }
-        }
-    }
-    let scope = el.scope_with(scope);
-    let loss_expr = &loss_setting.value;
-    let loss = el.eval(&scope, loss_expr)?;
-    let loss = el.tensor(loss, loss_expr.span, "the loss")?;
-    let loss_ty = el.graph.ty(loss).clone();
-    if !loss_ty.shape.is_empty() || !loss_ty.dtype.is_float() {
-        return Err(Error::new(
-            loss_expr.span,
-            format!("the loss must be a float scalar, found {loss_ty}"),
-        )
-        .with_label("not a scalar")
-        .with_help("reduce it, e.g. `mean(...)`"));
-    }
-    el.graph.set_output(LOSS, loss);
-
+    add_loss(el, &loss_setting.value, train, data, data_def, outputs)?;
     let optimizer = lower_optimizer(el, &optimizer_setting.value)?;
     let schedule = match settings.get("schedule") {
         None => None,
@@ -785,10 +943,19 @@ fn lower_train(
         None => Vec::new(),
         Some(s) => lower_metrics(el, &s.value, outputs)?,
     };
-    let mut objective = el.graph.clone();
-    objective.name = "objective".into();
+    // The same loss and metrics on the evaluation model, for validation
+    // and test. Any error was reported on the objective already, so these
+    // succeed unless the loss itself depends on `training`.
+    add_loss(ev, &loss_setting.value, train, data, data_def, eval_outputs)?;
+    if let Some(s) = settings.get("metrics") {
+        lower_metrics(ev, &s.value, eval_outputs)?;
+    }
+    let objective = finished(&el.graph);
+    let mut evaluation = finished(&ev.graph);
+    evaluation.name = "evaluation".into();
     Ok(TrainSpec {
         objective,
+        evaluation,
         data: data.name.clone(),
         optimizer,
         batch,
@@ -798,6 +965,70 @@ fn lower_train(
         schedule,
         metrics,
     })
+}
+
+/// Adds the `loss` output to the model elaborated by `el`, whose outputs
+/// are `outputs`.
+fn add_loss(
+    el: &mut Elaborator,
+    loss_expr: &Expr,
+    train: &ast::TrainDef,
+    data: &DataSpec,
+    data_def: &ast::DataDef,
+    outputs: &[(String, NodeId)],
+) -> Result<()> {
+    // The loss sees the model's outputs and the data fields that are not
+    // model inputs; those become graph inputs once their type is known.
+    let mut scope = Vec::new();
+    for f in &data.fields {
+        if el.graph.find_leaf(&f.name).is_some() {
+            continue;
+        }
+        let ast_field = data_def.fields.iter().find(|d| d.name.name == f.name);
+        let annotated = ast_field.and_then(|d| d.ty.as_ref());
+        let ty = match annotated {
+            Some(te) if matches!(&te.kind, TypeKind::Tensor { dims: Some(_), .. }) => {
+                let empty = el.scope_with([]);
+                Some(el.resolve_type(&empty, te, true)?)
+            }
+            _ => None,
+        };
+        el.pending.insert(
+            f.name.clone(),
+            PendingField {
+                dtype: Some(f.dtype).filter(|_| annotated.is_some()),
+                ty,
+                span: ast_field.map_or(train.data.span, |d| d.span),
+            },
+        );
+        scope.push((f.name.clone(), Value::Pending(f.name.clone())));
+    }
+    for (name, node) in outputs {
+        scope.push((name.clone(), Value::Tensor(*node)));
+    }
+    // The model's symbolic dims (`B`) are names in the loss too.
+    let inputs: Vec<NodeId> = el.graph.inputs().into_iter().map(|(n, _)| n).collect();
+    for node in inputs {
+        for d in el.graph.ty(node).shape.clone() {
+            if let nnc_ir::Dim::Sym(sym) = d {
+                scope.insert(0, (sym.clone(), Value::Sym(sym)));
+            }
+        }
+    }
+    let scope = el.scope_with(scope);
+    let loss = el.eval(&scope, loss_expr)?;
+    let loss = el.tensor(loss, loss_expr.span, "the loss")?;
+    let loss_ty = el.graph.ty(loss).clone();
+    if !loss_ty.shape.is_empty() || !loss_ty.dtype.is_float() {
+        return Err(Error::new(
+            loss_expr.span,
+            format!("the loss must be a float scalar, found {loss_ty}"),
+        )
+        .with_label("not a scalar")
+        .with_help("reduce it, e.g. `mean(...)`"));
+    }
+    el.graph.set_output(LOSS, loss);
+    Ok(())
 }
 
 /// `step(every: k, gamma: g)`, `exponential(gamma: g)` or `cosine(min_lr: m)`.

@@ -194,7 +194,7 @@ fn unknown_escape(ch: char, at: usize) -> ParseError {
 
 const KEYWORDS: &[&str] = &[
     "layer", "model", "data", "train", "on", "param", "input", "output", "return", "let", "true",
-    "false", "test",
+    "false", "test", "state", "update", "assert",
 ];
 
 /// Human name of a grammar rule, as used in "expected ..." lists.
@@ -214,6 +214,9 @@ fn human_name(rule: Rule) -> &'static str {
         Rule::setting => "a setting",
         Rule::stmt
         | Rule::param_stmt
+        | Rule::state_stmt
+        | Rule::update_stmt
+        | Rule::assert_stmt
         | Rule::input_stmt
         | Rule::output_stmt
         | Rule::return_stmt
@@ -255,6 +258,9 @@ fn human_name(rule: Rule) -> &'static str {
         Rule::kw_output => "`output`",
         Rule::kw_return => "`return`",
         Rule::kw_let => "`let`",
+        Rule::kw_state => "`state`",
+        Rule::kw_update => "`update`",
+        Rule::kw_assert => "`assert`",
         // Silent rules never appear in pest's attempts; mapped for completeness.
         Rule::WHITESPACE | Rule::COMMENT => "whitespace",
         Rule::param_list => "a parameter",
@@ -377,7 +383,7 @@ fn convert_pest_error(
     // (anywhere else the expression grammar would have taken it), so an
     // operator at the error position with `->` among the alternatives means
     // `x -> f + 1`.
-    if let Some(op @ ("+" | "-" | "*" | "/")) = found_tok.as_deref() {
+    if let Some(op @ ("+" | "-" | "*" | "/" | "%")) = found_tok.as_deref() {
         if expected.iter().any(|e| e == "`->`") {
             return ParseError {
                 message: format!("operator `{op}` cannot follow a pipeline stage"),
@@ -522,6 +528,9 @@ fn is_token(rule: Rule) -> bool {
             | Rule::kw_return
             | Rule::kw_let
             | Rule::kw_test
+            | Rule::kw_state
+            | Rule::kw_update
+            | Rule::kw_assert
             | Rule::EOI
     )
 }
@@ -741,10 +750,47 @@ impl Walker<'_> {
                 let value = self.expr(k.expect(Rule::expr)?)?.expr;
                 Stmt::Return { value, span }
             }
-            Rule::let_stmt | Rule::bind_stmt => {
+            Rule::state_stmt => {
+                let name = ident(k.expect(Rule::ident)?);
+                let ty = self.tensor_type(k.expect(Rule::tensor_type)?)?;
+                let init = match k.accept(Rule::expr) {
+                    Some(e) => Some(self.expr(e)?.expr),
+                    None => None,
+                };
+                Stmt::State {
+                    name,
+                    ty,
+                    init,
+                    span,
+                }
+            }
+            Rule::update_stmt => {
                 let name = ident(k.expect(Rule::ident)?);
                 let value = self.expr(k.expect(Rule::expr)?)?.expr;
-                Stmt::Let { name, value, span }
+                Stmt::Update { name, value, span }
+            }
+            Rule::assert_stmt => {
+                let cond = self.expr(k.expect(Rule::expr)?)?.expr;
+                let message = self.expr(k.expect(Rule::expr)?)?.expr;
+                Stmt::Assert {
+                    cond,
+                    message,
+                    span,
+                }
+            }
+            Rule::let_stmt | Rule::bind_stmt => {
+                let name = ident(k.expect(Rule::ident)?);
+                let ty = match k.accept(Rule::tensor_type) {
+                    Some(t) => Some(self.tensor_type(t)?),
+                    None => None,
+                };
+                let value = self.expr(k.expect(Rule::expr)?)?.expr;
+                Stmt::Let {
+                    name,
+                    ty,
+                    value,
+                    span,
+                }
             }
             r => return Err(internal(span, &format!("unexpected {r:?} statement"))),
         };
@@ -865,6 +911,7 @@ impl Walker<'_> {
                     "float" => TypeKind::Float,
                     "bool" => TypeKind::Bool,
                     "str" => TypeKind::Str,
+                    "ints" => TypeKind::Ints,
                     other => return Err(internal(span, &format!("unknown scalar type {other}"))),
                 };
                 Ok(TypeExpr { kind, span })
@@ -914,25 +961,31 @@ impl Walker<'_> {
         k.end()?;
         let span = span_of(&p);
         let kind = match p.as_rule() {
-            Rule::ident => DimKind::Named(ident(p)),
             Rule::rest_dim => {
                 let mut rk = Kids::of(p);
                 let name = rk.accept(Rule::ident).map(ident);
                 rk.end()?;
                 DimKind::Rest(name)
             }
-            Rule::number => match parse_number(p.as_str(), span)? {
-                ExprKind::Int(n) => DimKind::Const(n),
-                _ => {
-                    return Err(ParseError::new(
-                        format!(
-                        "a dimension must be a non-negative integer, a name or `...`, found `{}`",
-                        p.as_str()
-                    ),
-                        span,
-                    ))
+            // A lone number or name is the common case and keeps its own
+            // kind; anything else is a size computed when the type is used.
+            Rule::arith => {
+                let text = p.as_str().trim();
+                let e = self.arith(p)?.expr;
+                match e.kind {
+                    ExprKind::Int(n) => DimKind::Const(n),
+                    ExprKind::Ident(id) => DimKind::Named(id),
+                    ExprKind::Float(_) => {
+                        return Err(ParseError::new(
+                            format!(
+                                "a dimension must be a non-negative integer, a name or `...`, found `{text}`"
+                            ),
+                            span,
+                        ))
+                    }
+                    _ => DimKind::Expr(Box::new(e)),
                 }
-            },
+            }
             r => return Err(internal(span, &format!("unexpected {r:?} dimension"))),
         };
         Ok(DimPattern { kind, span })
@@ -1017,6 +1070,7 @@ impl Walker<'_> {
                 "-" => BinOp::Sub,
                 "*" => BinOp::Mul,
                 "/" => BinOp::Div,
+                "%" => BinOp::Rem,
                 other => {
                     return Err(internal(
                         span_of(&op_pair),

@@ -307,6 +307,28 @@ fn keywords_and_dtype_names_as_identifiers() {
     ));
 }
 
+#[test]
+fn state_update_assert_and_computed_dims() {
+    insta::assert_snapshot!(parse_ok(
+        r#"
+        layer norm(x: f32[b, c, ...s], groups: int = 1, kernel: ints = [3, 3]) {
+            assert equal(c % groups, 0), "groups must divide the channels"
+            param w: f32[c / groups, c - 1, 2 * (c + 1), -c] = ones
+            state running: f32[c] = zeros
+            let cols: f32[b, c, kh, kw] = x
+            y: f32[b, n] = cols
+            update running = running * 0.9
+            return where(training, x, -inf)
+        }
+    "#
+    )
+    .to_string());
+    // The new keywords are reserved; words that start with them are not.
+    let e = parse_err("model M { let state = 1 }");
+    assert_eq!(e.message, "expected an identifier, found `state`");
+    parse_ok("model M { states = 1 updated = states asserts = updated }");
+}
+
 // ---------------------------------------------------------------- spans
 
 fn span_line(out: &mut String, file: &SourceFile, depth: usize, what: &str, span: Span) {
@@ -417,9 +439,28 @@ fn dump_program(file: &SourceFile, p: &Program) -> String {
                     }
                 }
                 Stmt::Return { value, .. } => dump_expr(&mut out, file, 2, value),
-                Stmt::Let { name, value, .. } => {
+                Stmt::Let {
+                    name, ty, value, ..
+                } => {
+                    span_line(&mut out, file, 2, "name", name.span);
+                    if let Some(t) = ty {
+                        dump_type(&mut out, file, 2, t);
+                    }
+                    dump_expr(&mut out, file, 2, value);
+                }
+                Stmt::State { ty, init, .. } => {
+                    dump_type(&mut out, file, 2, ty);
+                    if let Some(e) = init {
+                        dump_expr(&mut out, file, 2, e);
+                    }
+                }
+                Stmt::Update { name, value, .. } => {
                     span_line(&mut out, file, 2, "name", name.span);
                     dump_expr(&mut out, file, 2, value);
+                }
+                Stmt::Assert { cond, message, .. } => {
+                    dump_expr(&mut out, file, 2, cond);
+                    dump_expr(&mut out, file, 2, message);
                 }
             }
         }

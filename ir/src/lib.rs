@@ -22,8 +22,8 @@ pub use infer::ShapeError;
 pub use init::{initialize, CounterRng};
 pub use interp::{eval, run_updates, Env, EvalError, EvalOptions, Values};
 pub use module::{
-    DataField, DataSpec, Metric, Module, Optimizer, Schedule, Source, TestSet, TrainSpec,
-    Transform, HYPER, LEARNING_RATE, LOSS,
+    is_loop_input, DataField, DataSpec, Metric, Module, Optimizer, Schedule, Source, TestSet,
+    TrainSpec, Transform, HYPER, LEARNING_RATE, LOSS, RNG_KEY,
 };
 pub use op::{random_uniform, BinaryOp, Init, Literal, Op, ReduceOp, UnaryOp, Window};
 pub use tensor::{Tensor, TensorError};

@@ -10,7 +10,10 @@ use std::fmt;
 pub struct Module {
     /// The model's name (`MLP`).
     pub name: String,
-    /// Inputs to outputs; params are leaves.
+    /// Inputs to outputs; params are leaves. This is the model in
+    /// evaluation mode (the DSL's `training` is false): what prediction
+    /// runs. The model's own `state` (running statistics) appears here as
+    /// `state` leaves; optimizer state never does.
     pub forward: Graph,
     pub data: Option<DataSpec>,
     pub train: Option<TrainSpec>,
@@ -47,12 +50,40 @@ pub enum Source {
     },
     /// One column of a numeric CSV file (labels).
     CsvColumn { path: String, column: usize },
+    /// The images of an image folder (torchvision `ImageFolder`: one
+    /// subfolder per class), as `u8` samples `[C, H, W]`. The path may lead
+    /// into a `.tar`, `.tar.gz` or `.tgz` archive (`set.tar.gz/train`).
+    /// Only what was written is kept here; listing, decoding and the
+    /// archive lookup belong to the runtime, which has the files.
+    Images {
+        path: String,
+        /// One luma channel instead of three RGB ones.
+        grayscale: bool,
+        /// Resize every image to `[height, width]`; `None` requires that
+        /// all images already share one size.
+        size: Option<[usize; 2]>,
+    },
+    /// The labels of an image folder: each image's class index, classes in
+    /// sorted folder-name order. A separate source rather than a second
+    /// output of `Images` because every field has exactly one source; the
+    /// runtime lists a folder once for both.
+    ImageLabels { path: String },
+    /// The images of CIFAR-10 binary files, `u8` samples `[3, 32, 32]`: one
+    /// `.bin` file, or a folder meaning its `data_batch_1.bin` to
+    /// `data_batch_5.bin`.
+    Cifar { path: String },
+    /// The labels (0 to 9) of the same CIFAR-10 files.
+    CifarLabels { path: String },
 }
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Transform {
     Scale(f64),
     OneHot(usize),
+    /// `(x - mean) / std`. The lists hold one value (for every element),
+    /// one per channel (the first axis of a sample of rank 2 or more, like
+    /// torchvision's `Normalize`), or one per element; which one follows
+    /// from the sample shape, which only the runtime knows.
     Normalize {
         mean: Vec<f64>,
         std: Vec<f64>,
@@ -71,10 +102,20 @@ pub enum TestSet {
 
 #[derive(Debug, Clone)]
 pub struct TrainSpec {
-    /// The forward graph extended with the loss: its outputs are the model's
-    /// outputs plus `loss` (a scalar); data fields the loss reads (labels)
-    /// are extra inputs.
+    /// The model in training mode (the DSL's `training` is true: dropout
+    /// active, batch statistics) extended with the loss: its outputs are
+    /// the model's outputs plus `loss` (a scalar) and any metrics; data
+    /// fields the loss reads (labels) are extra inputs. Its `updates` are
+    /// the model's own state updates (running statistics), computed from
+    /// this step's forward values; the training step keeps them next to
+    /// the optimizer's. Params are the same (names, types, initializers)
+    /// as in `Module::forward` and `evaluation`.
     pub objective: Graph,
+    /// The same loss and metrics on the model in evaluation mode (the
+    /// graph of `Module::forward`): what validation and test sets are
+    /// scored with, as PyTorch scores a model after `model.eval()`. It has
+    /// no updates.
+    pub evaluation: Graph,
     pub data: String,
     pub optimizer: Optimizer,
     pub batch: usize,
@@ -97,6 +138,18 @@ pub const HYPER: &str = "hyper.";
 /// The training step's learning-rate input: an input, not a constant, so a
 /// schedule can change it without recompiling.
 pub const LEARNING_RATE: &str = "hyper.lr";
+
+/// The key of every `Op::Random` in a graph: a scalar `i32` input that the
+/// runtime feeds with a fresh key every step, derived from the seed, the
+/// epoch and the step, so dropout masks differ from step to step but a run
+/// is reproducible from its seed. Like `hyper.*` inputs it is not data.
+pub const RNG_KEY: &str = "rng.key";
+
+/// Whether a graph input is fed by the training loop itself (`hyper.*`,
+/// the random key) rather than by a data field.
+pub fn is_loop_input(name: &str) -> bool {
+    name.starts_with(HYPER) || name == RNG_KEY
+}
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Optimizer {

@@ -8,7 +8,7 @@
 use crate::autodiff::gradients;
 use crate::PassError;
 use nnc_ir::{
-    BinaryOp, Graph, Init, NodeId, Optimizer, TensorType, UnaryOp, Update, LEARNING_RATE, LOSS,
+    BinaryOp, Graph, Init, NodeId, Op, Optimizer, TensorType, UnaryOp, Update, LEARNING_RATE, LOSS,
 };
 
 /// State names are `<param>.<slot>`; the shared Adam step counter is this.
@@ -16,9 +16,13 @@ pub const ADAM_STEP: &str = "adam.step";
 
 /// Builds `train_step` from the objective graph (which has a scalar `loss`
 /// output). Every param gets an `update`; optimizer state is `state` leaves.
+/// The objective's own updates (a model's running statistics) are kept,
+/// first: their values are forward nodes of this step, so like every update
+/// they are computed from the values before the step.
 pub fn build_train_step(objective: &Graph, optimizer: &Optimizer) -> Result<Graph, PassError> {
     let mut graph = objective.clone();
     graph.name = "train_step".into();
+    let model_updates = std::mem::take(&mut graph.updates);
     let loss = graph
         .output(LOSS)
         .ok_or_else(|| PassError::new("the objective has no `loss` output"))?;
@@ -30,11 +34,33 @@ pub fn build_train_step(objective: &Graph, optimizer: &Optimizer) -> Result<Grap
     if params.is_empty() {
         return Err(PassError::new("the model has no trainable params"));
     }
+    // A param belongs to the optimizer: a model update of one would race
+    // with the optimizer's.
+    if let Some(u) = model_updates
+        .iter()
+        .find(|u| params.iter().any(|(_, name)| *name == u.target))
+    {
+        return Err(PassError::new(format!(
+            "`{}` is a trainable param, but the model also updates it",
+            u.target
+        )));
+    }
     let ids: Vec<NodeId> = params.iter().map(|(n, _)| *n).collect();
     let grads = gradients(&mut graph, loss, &ids)?;
     graph.current_span = None;
 
-    let mut updates = Vec::new();
+    // The optimizer's state must not take the name of the model's own (a
+    // user layer `adam` with a `state step` is `adam.step` too).
+    let model_states: Vec<String> = graph
+        .topo_order()
+        .into_iter()
+        .filter_map(|n| match &graph.node(n).op {
+            Op::State { name, .. } => Some(name.clone()),
+            _ => None,
+        })
+        .collect();
+    let from_model = model_updates.len();
+    let mut updates = model_updates;
     match *optimizer {
         Optimizer::Sgd {
             momentum,
@@ -135,6 +161,15 @@ pub fn build_train_step(objective: &Graph, optimizer: &Optimizer) -> Result<Grap
                 });
             }
         }
+    }
+    if let Some(clash) = updates[from_model..]
+        .iter()
+        .find(|u| model_states.contains(&u.target))
+    {
+        return Err(PassError::new(format!(
+            "the optimizer's state `{}` has the name of a state of the model",
+            clash.target
+        )));
     }
     graph.updates = updates;
     // Autodiff also builds contributions toward leaves that need none

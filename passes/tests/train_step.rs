@@ -441,3 +441,112 @@ fn snapshot_adam() {
     let g = build_train_step(&objective(), &adam(0.001, 0.0)).unwrap();
     insta::assert_snapshot!("adam", format!("{g}"));
 }
+
+// ---------------------------------------------------------------------------
+// Model state: updates already on the objective (a layer's running
+// statistics) survive the training step, next to the optimizer's.
+
+/// The regression objective plus a state `stat: [1]` (zeros) updated to
+/// `0.5 * stat + 0.5 * mean(pred)`, the way batch norm tracks a running
+/// mean: its value is computed from this step's forward pass.
+fn objective_with_state() -> Graph {
+    let mut g = objective();
+    let pred = g
+        .topo_order()
+        .into_iter()
+        .find(|&n| g.node(n).name.as_deref() == Some("pred"))
+        .unwrap();
+    let stat = g.state(
+        "stat",
+        TensorType::new(DType::F32, shape_of(&[1])),
+        Init::Zeros,
+    );
+    let m = g.reduce(ReduceOp::Mean, pred, vec![0], false).unwrap();
+    let half = g.scalar(0.5, DType::F32);
+    let old = g.mul(half, stat).unwrap();
+    let new = g.mul(half, m).unwrap();
+    let value = g.add_(old, new).unwrap();
+    g.updates.push(nnc_ir::Update {
+        target: "stat".into(),
+        value,
+    });
+    verify(&g).unwrap();
+    g
+}
+
+#[test]
+fn model_updates_are_kept_and_read_the_step_before() {
+    for opt in [sgd(0.1, 0.9, false, 0.0), adam(0.05, 0.0)] {
+        let graph = build_train_step(&objective_with_state(), &opt).unwrap();
+        verify(&graph).unwrap();
+        // The model's update comes first, then the optimizer's, all kept.
+        assert_eq!(graph.updates[0].target, "stat");
+        let plain = build_train_step(&objective(), &opt).unwrap();
+        let rest: Vec<&str> = graph.updates[1..]
+            .iter()
+            .map(|u| u.target.as_str())
+            .collect();
+        let want: Vec<&str> = plain.updates.iter().map(|u| u.target.as_str()).collect();
+        assert_eq!(rest, want);
+
+        let mut env = data_env();
+        env.insert(nnc_ir::LEARNING_RATE, Tensor::scalar(DType::F32, opt.lr()));
+        init_leaves(&graph, SEED, &mut env).unwrap();
+        let mut stat = 0.0;
+        for k in 1..=STEPS {
+            // mean(pred) at the params before this step.
+            let (w, b) = (
+                env.get("w").unwrap().data.clone(),
+                env.get("b").unwrap().data[0],
+            );
+            let mean_pred: f64 =
+                X.iter().map(|x| x[0] * w[0] + x[1] * w[1] + b).sum::<f64>() / X.len() as f64;
+            stat = 0.5 * stat + 0.5 * mean_pred;
+            step(&graph, &mut env, EvalOptions::EXACT).unwrap();
+            assert_close(
+                &format!("stat after step {k}"),
+                &env.get("stat").unwrap().data,
+                &[stat],
+            );
+        }
+        // The params trained exactly as without the state.
+        let mut env2 = data_env();
+        env2.insert(nnc_ir::LEARNING_RATE, Tensor::scalar(DType::F32, opt.lr()));
+        init_leaves(&plain, SEED, &mut env2).unwrap();
+        for _ in 0..STEPS {
+            step(&plain, &mut env2, EvalOptions::EXACT).unwrap();
+        }
+        for p in ["w", "b"] {
+            assert_close(p, &env.get(p).unwrap().data, &env2.get(p).unwrap().data);
+        }
+    }
+}
+
+#[test]
+fn a_model_update_of_a_param_is_rejected() {
+    let mut g = objective();
+    let (w, _) = g.params()[0];
+    g.updates.push(nnc_ir::Update {
+        target: "w".into(),
+        value: w,
+    });
+    let err = build_train_step(&g, &sgd(0.1, 0.0, false, 0.0)).unwrap_err();
+    assert!(
+        err.to_string().contains("`w` is a trainable param"),
+        "{err}"
+    );
+}
+
+#[test]
+fn optimizer_state_may_not_reuse_a_model_state_name() {
+    let mut g = objective();
+    let s = g.state("w.momentum", TensorType::scalar(DType::F32), Init::Zeros);
+    let one = g.scalar(1.0, DType::F32);
+    let v = g.add_(s, one).unwrap();
+    g.updates.push(nnc_ir::Update {
+        target: "w.momentum".into(),
+        value: v,
+    });
+    let err = build_train_step(&g, &sgd(0.1, 0.9, false, 0.0)).unwrap_err();
+    assert!(err.to_string().contains("`w.momentum`"), "{err}");
+}

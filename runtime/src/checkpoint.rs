@@ -79,8 +79,10 @@ pub struct Checkpoint {
     pub tensors: Vec<(String, Tensor)>,
 }
 
-/// The names of a model's params (as opposed to optimizer state), sorted:
-/// the param leaves of the training step, or of the forward graph.
+/// The names of a model's weights (as opposed to optimizer state), sorted:
+/// the param leaves of the training step and of the forward graph, plus the
+/// forward graph's state leaves (a batch norm's running statistics), which
+/// evaluation reads and so belong with the weights (PyTorch's buffers).
 pub fn param_names(programs: &Programs) -> Vec<String> {
     let mut names: BTreeSet<String> = programs
         .step
@@ -88,13 +90,14 @@ pub fn param_names(programs: &Programs) -> Vec<String> {
         .into_iter()
         .map(|(_, n)| n.to_string())
         .collect();
-    names.extend(
-        programs
-            .forward
-            .params()
-            .into_iter()
-            .map(|(_, n)| n.to_string()),
-    );
+    let forward = &programs.forward;
+    for id in forward.topo_order() {
+        if let nnc_ir::Op::Param { name, .. } | nnc_ir::Op::State { name, .. } =
+            &forward.node(id).op
+        {
+            names.insert(name.clone());
+        }
+    }
     names.into_iter().collect()
 }
 

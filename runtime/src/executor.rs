@@ -14,7 +14,8 @@ use nnc_ir::{Graph, Tensor, LOSS};
 #[derive(Debug, Clone)]
 pub struct Programs {
     pub forward: Graph,
-    pub objective: Graph,
+    /// The loss and metrics of the model in evaluation mode (validation, test).
+    pub evaluation: Graph,
     pub step: Graph,
 }
 
@@ -164,8 +165,8 @@ impl Executor for Interpreter {
 
     fn evaluate(&mut self, batch: &Batch) -> Result<StepMetrics, RuntimeError> {
         self.feed(batch)?;
-        let values = interp::eval(&self.programs.objective, &self.env, EvalOptions::F32)?;
-        Ok(metrics(&self.programs.objective, &values))
+        let values = interp::eval(&self.programs.evaluation, &self.env, EvalOptions::F32)?;
+        Ok(metrics(&self.programs.evaluation, &values))
     }
 
     fn predict(&mut self, batch: &Batch) -> Result<Vec<(String, Tensor)>, RuntimeError> {

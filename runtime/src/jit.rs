@@ -13,7 +13,7 @@ use std::time::Duration;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Which {
     Step,
-    Objective,
+    Evaluation,
     Forward,
 }
 
@@ -42,10 +42,10 @@ impl Jit {
     /// Lays out the model state and initializes every param and state
     /// tensor from `seed` (the same values the interpreter starts from).
     pub fn new(programs: Programs, seed: u64) -> Result<Jit, RuntimeError> {
-        let layout = StateLayout::of(&[&programs.step, &programs.objective, &programs.forward])
+        let layout = StateLayout::of(&[&programs.step, &programs.evaluation, &programs.forward])
             .map_err(codegen)?;
         let mut state = StateBuffer::new(layout);
-        for g in [&programs.step, &programs.objective, &programs.forward] {
+        for g in [&programs.step, &programs.evaluation, &programs.forward] {
             for id in g.topo_order() {
                 let node = g.node(id);
                 let (name, init) = match &node.op {
@@ -68,7 +68,7 @@ impl Jit {
     fn graph(&self, which: Which) -> &Graph {
         match which {
             Which::Step => &self.programs.step,
-            Which::Objective => &self.programs.objective,
+            Which::Evaluation => &self.programs.evaluation,
             Which::Forward => &self.programs.forward,
         }
     }
@@ -177,7 +177,7 @@ impl Executor for Jit {
     }
 
     fn evaluate(&mut self, batch: &Batch) -> Result<StepMetrics, RuntimeError> {
-        self.metrics(Which::Objective, batch)
+        self.metrics(Which::Evaluation, batch)
     }
 
     fn predict(&mut self, batch: &Batch) -> Result<Vec<(String, Tensor)>, RuntimeError> {

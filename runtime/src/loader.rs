@@ -6,6 +6,7 @@
 //! type (after its transforms) are checked against the graph input they
 //! feed, so a mismatch is reported once, clearly, naming the file.
 
+use crate::data::cifar::Cifar;
 use crate::data::{self, CsvOptions, Dataset, Field, Storage};
 use crate::executor::{Batch, BatchData, BatchField};
 use crate::RuntimeError;
@@ -34,15 +35,19 @@ struct FieldPlan {
 
 /// Loads every field of `spec`, resolving relative paths against `base`.
 pub fn load(spec: &DataSpec, base: &Path) -> Result<LoadedData, RuntimeError> {
-    let mut csv_cache: HashMap<PathBuf, data::CsvTable> = HashMap::new();
+    let test_fields = match &spec.test {
+        Some(TestSet::Fields(fields)) => fields.as_slice(),
+        _ => &[],
+    };
+    let mut cache = Cache::new(spec.fields.iter().chain(test_fields), base)?;
     let mut plans = HashMap::new();
-    let train = load_fields(&spec.fields, base, &mut csv_cache, &mut plans)?;
+    let train = load_fields(&spec.fields, base, &mut cache, &mut plans)?;
     let (test, test_split) = match &spec.test {
         None => (None, None),
         Some(TestSet::Split(f)) => (None, Some(*f)),
         Some(TestSet::Fields(fields)) => {
             let mut test_plans = HashMap::new();
-            let ds = load_fields(fields, base, &mut csv_cache, &mut test_plans)?;
+            let ds = load_fields(fields, base, &mut cache, &mut test_plans)?;
             for (name, plan) in &test_plans {
                 let train_plan: &FieldPlan = &plans[name];
                 if train_plan.sample_shape != plan.sample_shape {
@@ -63,10 +68,92 @@ pub fn load(spec: &DataSpec, base: &Path) -> Result<LoadedData, RuntimeError> {
     })
 }
 
+/// Files that several fields read, loaded once per `load`: a CSV table
+/// gives features and labels, an image folder images and labels, a CIFAR
+/// file images and labels.
+struct Cache {
+    csv: HashMap<PathBuf, data::CsvTable>,
+    /// Listed up front for all fields at once, so an archive holding both
+    /// the training and the test folder is read only once.
+    images: HashMap<PathBuf, data::ImageList>,
+    cifar: HashMap<PathBuf, Cifar>,
+    /// How many fields still need each CIFAR file's pixels: the last one
+    /// takes them instead of copying 150 MB.
+    cifar_pixel_uses: HashMap<PathBuf, usize>,
+}
+
+impl Cache {
+    fn new<'f>(
+        fields: impl Iterator<Item = &'f DataField>,
+        base: &Path,
+    ) -> Result<Cache, RuntimeError> {
+        let mut image_paths: Vec<PathBuf> = Vec::new();
+        let mut cifar_pixel_uses: HashMap<PathBuf, usize> = HashMap::new();
+        for f in fields {
+            match &f.source {
+                Source::Images { path, .. } | Source::ImageLabels { path } => {
+                    let path = base.join(path);
+                    if !image_paths.contains(&path) {
+                        image_paths.push(path);
+                    }
+                }
+                Source::Cifar { path } => {
+                    *cifar_pixel_uses.entry(base.join(path)).or_default() += 1
+                }
+                _ => {}
+            }
+        }
+        let lists = data::images::scan(&image_paths)?;
+        Ok(Cache {
+            csv: HashMap::new(),
+            images: image_paths.into_iter().zip(lists).collect(),
+            cifar: HashMap::new(),
+            cifar_pixel_uses,
+        })
+    }
+
+    fn csv_table(&mut self, path: &Path) -> Result<&data::CsvTable, RuntimeError> {
+        if !self.csv.contains_key(path) {
+            let table = data::csv::load(path, &CsvOptions::default())?;
+            self.csv.insert(path.to_path_buf(), table);
+        }
+        Ok(&self.csv[path])
+    }
+
+    fn image_list(&self, path: &Path) -> Result<&data::ImageList, RuntimeError> {
+        // `Cache::new` listed every image source of the spec.
+        self.images.get(path).ok_or_else(|| {
+            RuntimeError::Setup(format!("internal error: {} was not listed", path.display()))
+        })
+    }
+
+    fn cifar(&mut self, path: &Path) -> Result<&mut Cifar, RuntimeError> {
+        if !self.cifar.contains_key(path) {
+            let loaded = data::cifar::load(path)?;
+            self.cifar.insert(path.to_path_buf(), loaded);
+        }
+        self.cifar.get_mut(path).ok_or_else(|| {
+            RuntimeError::Setup(format!("internal error: {} was not loaded", path.display()))
+        })
+    }
+
+    fn cifar_pixels(&mut self, path: &Path) -> Result<Vec<u8>, RuntimeError> {
+        let remaining = self.cifar_pixel_uses.get_mut(path).map(|n| {
+            *n = n.saturating_sub(1);
+            *n
+        });
+        let cifar = self.cifar(path)?;
+        Ok(match remaining {
+            Some(0) => std::mem::take(&mut cifar.pixels),
+            _ => cifar.pixels.clone(),
+        })
+    }
+}
+
 fn load_fields(
     fields: &[DataField],
     base: &Path,
-    csv_cache: &mut HashMap<PathBuf, data::CsvTable>,
+    cache: &mut Cache,
     plans: &mut HashMap<String, FieldPlan>,
 ) -> Result<Dataset, RuntimeError> {
     let mut loaded = Vec::new();
@@ -80,7 +167,7 @@ fn load_fields(
             }
             Source::CsvColumns { path, from, to } => {
                 let path = base.join(path);
-                let table = csv_table(csv_cache, &path)?;
+                let table = cache.csv_table(&path)?;
                 (
                     Storage::F32(table.columns(*from..*to)?),
                     vec![to - from],
@@ -89,8 +176,36 @@ fn load_fields(
             }
             Source::CsvColumn { path, column } => {
                 let path = base.join(path);
-                let table = csv_table(csv_cache, &path)?;
+                let table = cache.csv_table(&path)?;
                 (Storage::I32(table.labels(*column)?), Vec::new(), path)
+            }
+            Source::Images {
+                path,
+                grayscale,
+                size,
+            } => {
+                let path = base.join(path);
+                let options = data::ImageOptions {
+                    grayscale: *grayscale,
+                    size: *size,
+                };
+                let (pixels, shape) = cache.image_list(&path)?.decode(&options)?;
+                (Storage::U8(pixels), shape.to_vec(), path)
+            }
+            Source::ImageLabels { path } => {
+                let path = base.join(path);
+                let labels = cache.image_list(&path)?.labels();
+                (Storage::I32(labels), Vec::new(), path)
+            }
+            Source::Cifar { path } => {
+                let path = base.join(path);
+                let pixels = cache.cifar_pixels(&path)?;
+                (Storage::U8(pixels), data::cifar::SHAPE.to_vec(), path)
+            }
+            Source::CifarLabels { path } => {
+                let path = base.join(path);
+                let labels = cache.cifar(&path)?.labels.clone();
+                (Storage::U8(labels), Vec::new(), path)
             }
         };
         let mut transforms = Vec::new();
@@ -115,20 +230,7 @@ fn load_fields(
                     sample_shape.push(*n);
                 }
                 Transform::Normalize { mean, std } => {
-                    let per: usize = sample_shape.iter().product();
-                    let (m, s): (Vec<f32>, Vec<f32>) = (
-                        mean.iter().map(|&v| v as f32).collect(),
-                        std.iter().map(|&v| v as f32).collect(),
-                    );
-                    if m.len() != 1 && m.len() != per {
-                        return Err(RuntimeError::Setup(format!(
-                            "{}: `normalize` of field `{}` has {} values, but a sample has {per} elements",
-                            path.display(),
-                            f.name,
-                            m.len()
-                        )));
-                    }
-                    transforms.push(data::Transform::normalize_each(m, s));
+                    transforms.push(normalize(mean, std, &sample_shape, &path, &f.name)?);
                 }
             }
         }
@@ -152,15 +254,38 @@ fn load_fields(
     Ok(Dataset::new(loaded)?)
 }
 
-fn csv_table<'c>(
-    cache: &'c mut HashMap<PathBuf, data::CsvTable>,
+/// `normalize(mean, std)` for samples of `shape` (as they are at that
+/// point of the pipeline): one value for all elements, one per element, or
+/// — for samples of rank 2 or more — one per channel, the first axis, as
+/// torchvision's `Normalize` does for `[C, H, W]` images.
+fn normalize(
+    mean: &[f64],
+    std: &[f64],
+    shape: &[usize],
     path: &Path,
-) -> Result<&'c data::CsvTable, RuntimeError> {
-    if !cache.contains_key(path) {
-        let table = data::csv::load(path, &CsvOptions::default())?;
-        cache.insert(path.to_path_buf(), table);
+    field: &str,
+) -> Result<data::Transform, RuntimeError> {
+    let (m, s): (Vec<f32>, Vec<f32>) = (
+        mean.iter().map(|&v| v as f32).collect(),
+        std.iter().map(|&v| v as f32).collect(),
+    );
+    let elements: usize = shape.iter().product();
+    let channels = shape.first().copied().filter(|_| shape.len() >= 2);
+    let n = m.len();
+    if n == 1 || n == elements {
+        return Ok(data::Transform::normalize_each(m, s));
     }
-    Ok(&cache[path])
+    if Some(n) == channels {
+        return Ok(data::Transform::normalize_channels(m, s));
+    }
+    let accepted = match channels {
+        Some(c) => format!("1 (for all), {c} (one per channel) or {elements} (one per element)"),
+        None => format!("1 (for all) or {elements} (one per element)"),
+    };
+    Err(RuntimeError::Setup(format!(
+        "{}: `normalize` of field `{field}` has {n} values, but samples of shape {shape:?} take {accepted}",
+        path.display()
+    )))
 }
 
 impl LoadedData {
@@ -168,7 +293,7 @@ impl LoadedData {
     /// input's type `[B, ...]`.
     pub fn check_inputs(&self, graph: &Graph) -> Result<(), RuntimeError> {
         for (node, name) in graph.inputs() {
-            if name.starts_with(nnc_ir::HYPER) {
+            if nnc_ir::module::is_loop_input(name) {
                 continue;
             }
             let ty = graph.ty(node);
@@ -216,7 +341,7 @@ impl LoadedData {
         batch.size = indices.len();
         batch
             .fields
-            .retain(|f| names.contains(&f.name) || f.name.starts_with(nnc_ir::HYPER));
+            .retain(|f| names.contains(&f.name) || nnc_ir::module::is_loop_input(&f.name));
         for name in names {
             let plan = self
                 .plans
@@ -249,5 +374,158 @@ impl LoadedData {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::data::testutil::TempDir;
+    use nnc_ir::DataField;
+
+    fn field(name: &str, dtype: DType, source: Source, transforms: Vec<Transform>) -> DataField {
+        DataField {
+            name: name.into(),
+            dtype,
+            source,
+            transforms,
+        }
+    }
+
+    fn spec(fields: Vec<DataField>, test: Option<Vec<DataField>>) -> DataSpec {
+        DataSpec {
+            name: "D".into(),
+            fields,
+            test: test.map(TestSet::Fields),
+        }
+    }
+
+    /// `root/<class>/<i>.png`, 2x2 RGB, every pixel (10 * i, 100, 200).
+    fn image_folder(root: &Path, classes: &[(&str, usize)]) {
+        for (class, n) in classes {
+            std::fs::create_dir_all(root.join(class)).unwrap();
+            for i in 0..*n {
+                let img = image::RgbImage::from_pixel(2, 2, image::Rgb([10 * i as u8, 100, 200]));
+                img.save(root.join(class).join(format!("{i}.png"))).unwrap();
+            }
+        }
+    }
+
+    fn gather(data: &LoadedData, ds: &Dataset, name: &str) -> Vec<f32> {
+        let mut out = Vec::new();
+        let indices: Vec<usize> = (0..ds.len()).collect();
+        ds.gather(name, &indices, &data.plans[name].transforms, &mut out)
+            .unwrap();
+        out
+    }
+
+    #[test]
+    fn image_folders_load_with_labels_and_per_channel_normalize() {
+        let dir = TempDir::new("loader-images");
+        image_folder(&dir.path().join("set/train"), &[("b", 1), ("a", 2)]);
+        image_folder(&dir.path().join("set/test"), &[("a", 1), ("b", 1)]);
+        let images = |split: &str| Source::Images {
+            path: format!("set/{split}"),
+            grayscale: false,
+            size: None,
+        };
+        let labels = |split: &str| Source::ImageLabels {
+            path: format!("set/{split}"),
+        };
+        let norm = Transform::Normalize {
+            mean: vec![0.0, 100.0, 100.0],
+            std: vec![10.0, 1.0, 50.0],
+        };
+        let fields = |split: &str| {
+            vec![
+                field("image", DType::F32, images(split), vec![norm.clone()]),
+                field("label", DType::I32, labels(split), vec![]),
+            ]
+        };
+        // Paths resolve against the base folder, like every other source.
+        let data = load(&spec(fields("train"), Some(fields("test"))), dir.path()).unwrap();
+        assert_eq!(data.plans["image"].sample_shape, [3, 2, 2]);
+        assert_eq!(data.plans["label"].sample_shape, [] as [usize; 0]);
+        let mut got = Vec::new();
+        data.train
+            .gather_i32("label", &[0, 1, 2], &mut got)
+            .unwrap();
+        assert_eq!(got, [0, 0, 1]);
+        let x = gather(&data, &data.train, "image");
+        // Sample 1 is a/1.png: red 10 -> 1, green 100 -> 0, blue 200 -> 2.
+        assert_eq!(&x[12..24], [[1.0; 4], [0.0; 4], [2.0; 4]].concat());
+        let test = data.test.as_ref().unwrap();
+        assert_eq!(test.len(), 2);
+
+        // A list that fits neither the channels nor the elements.
+        let bad = Transform::Normalize {
+            mean: vec![0.0; 2],
+            std: vec![1.0; 2],
+        };
+        let fields = vec![
+            field("image", DType::F32, images("train"), vec![bad]),
+            field("label", DType::I32, labels("train"), vec![]),
+        ];
+        let err = load(&spec(fields, None), dir.path()).err().unwrap();
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "{}: `normalize` of field `image` has 2 values, but samples of shape [3, 2, 2] \
+                 take 1 (for all), 3 (one per channel) or 12 (one per element)",
+                dir.path().join("set/train").display()
+            )
+        );
+
+        let fields = vec![field("image", DType::F32, images("valid"), vec![])];
+        let err = load(&spec(fields, None), dir.path()).err().unwrap();
+        let missing = dir.path().join("set/valid");
+        assert!(
+            err.to_string()
+                .starts_with(&format!("{}: cannot read folder: ", missing.display())),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn cifar_files_load_once_for_images_and_labels() {
+        let dir = TempDir::new("loader-cifar");
+        let mut bytes = Vec::new();
+        for label in [3u8, 7] {
+            bytes.push(label);
+            bytes.extend(std::iter::repeat_n(label, data::cifar::PIXELS));
+        }
+        dir.write("batch.bin", &bytes);
+        let source = Source::Cifar {
+            path: "batch.bin".into(),
+        };
+        let fields = vec![
+            field("image", DType::F32, source.clone(), vec![]),
+            // A second use of the same pixels must not find them taken.
+            field(
+                "flat",
+                DType::F32,
+                source,
+                vec![Transform::Reshape(vec![3072])],
+            ),
+            field(
+                "label",
+                DType::I32,
+                Source::CifarLabels {
+                    path: "batch.bin".into(),
+                },
+                vec![],
+            ),
+        ];
+        let data = load(&spec(fields, None), dir.path()).unwrap();
+        assert_eq!(data.plans["image"].sample_shape, [3, 32, 32]);
+        assert_eq!(data.plans["flat"].sample_shape, [3072]);
+        let image = gather(&data, &data.train, "image");
+        assert_eq!(image, gather(&data, &data.train, "flat"));
+        assert_eq!(image[3072], 7.0);
+        let mut labels = Vec::new();
+        data.train
+            .gather_i32("label", &[1, 0], &mut labels)
+            .unwrap();
+        assert_eq!(labels, [7, 3]);
     }
 }

@@ -6,7 +6,7 @@ use crate::data::{train_val_split, Batches, Dataset, SplitMix64};
 use crate::executor::{Batch, BatchData, BatchField, Executor, StepMetrics};
 use crate::loader::LoadedData;
 use crate::RuntimeError;
-use nnc_ir::{Graph, TrainSpec, HYPER, LEARNING_RATE};
+use nnc_ir::{is_loop_input, Graph, TrainSpec, LEARNING_RATE, RNG_KEY};
 use std::time::Instant;
 
 /// Overrides of the train block's settings from the command line.
@@ -114,15 +114,45 @@ pub fn partition(
     })
 }
 
-/// Names of a graph's data inputs, in order (not the `hyper.*` inputs the
-/// loop feeds itself).
+/// Names of a graph's data inputs, in order (not the `hyper.*` inputs and
+/// the random key the loop feeds itself).
 pub fn input_names(graph: &Graph) -> Vec<String> {
     graph
         .inputs()
         .into_iter()
         .map(|(_, n)| n.to_string())
-        .filter(|n| !n.starts_with(HYPER))
+        .filter(|n| !is_loop_input(n))
         .collect()
+}
+
+/// The random key of one training step (`rng.key`, read by dropout): a
+/// hash of the seed, the epoch and the step, so masks differ between steps
+/// and a resumed run replays the same masks as an uninterrupted one.
+pub fn step_key(seed: u64, epoch: usize, step: usize) -> i32 {
+    let mut rng = SplitMix64::new(
+        seed ^ (epoch as u64).wrapping_mul(0xD1B5_4A32_D192_ED03)
+            ^ (step as u64).wrapping_mul(0x8CB9_2BA7_2F3D_8DD7),
+    );
+    rng.next_u64() as u32 as i32
+}
+
+/// Sets the scalar i32 input `name` of `batch` (added once, then overwritten).
+pub fn set_key(batch: &mut Batch, name: &str, value: i32) {
+    match batch.fields.iter_mut().find(|f| f.name == name) {
+        Some(BatchField {
+            data: BatchData::I32(v),
+            ..
+        }) => {
+            v.clear();
+            v.push(value);
+        }
+        Some(f) => f.data = BatchData::I32(vec![value]),
+        None => batch.fields.push(BatchField {
+            name: name.to_string(),
+            shape: Vec::new(),
+            data: BatchData::I32(vec![value]),
+        }),
+    }
 }
 
 /// Sets the scalar input `name` of `batch` (added once, then overwritten).
@@ -180,7 +210,7 @@ pub fn train(
     let batch_size = options.batch.unwrap_or(spec.batch);
     let seed = options.seed(spec);
     data.check_inputs(step)?;
-    data.check_inputs(&spec.objective)?;
+    data.check_inputs(&spec.evaluation)?;
 
     let parts = partition(data.train.len(), data.test_split, spec.validate, seed)?;
     if parts.train.is_empty() {
@@ -208,6 +238,7 @@ pub fn train(
             let indices = &order[range];
             data.fill_batch(&data.train, &names, indices, &mut batch)?;
             set_hyper(&mut batch, LEARNING_RATE, lr);
+            set_key(&mut batch, RNG_KEY, step_key(seed, epoch, i));
             let m = exec.train_step(&batch)?;
             if !m.loss.is_finite() {
                 return Err(RuntimeError::NonFinite {
@@ -224,7 +255,7 @@ pub fn train(
         } else {
             Some(evaluate(
                 exec,
-                &spec.objective,
+                &spec.evaluation,
                 data,
                 &data.train,
                 &parts.validation,
@@ -244,11 +275,18 @@ pub fn train(
     let test = match (&data.test, parts.test.is_empty()) {
         (Some(ds), _) => {
             let all: Vec<usize> = (0..ds.len()).collect();
-            Some(evaluate(exec, &spec.objective, data, ds, &all, batch_size)?)
+            Some(evaluate(
+                exec,
+                &spec.evaluation,
+                data,
+                ds,
+                &all,
+                batch_size,
+            )?)
         }
         (None, false) => Some(evaluate(
             exec,
-            &spec.objective,
+            &spec.evaluation,
             data,
             &data.train,
             &parts.test,

@@ -110,6 +110,12 @@ pub enum Transform {
     /// `(x - mean) / std`, with one value for all elements or one per
     /// element of a sample (as the sample is at this point in the chain).
     Normalize { mean: Vec<f32>, std: Vec<f32> },
+    /// `(x - mean[c]) / std[c]` for channel `c`, torchvision's
+    /// `Normalize`: a sample is `mean.len()` equal, contiguous planes (the
+    /// first axis of a `[C, H, W]` image). Kept apart from `Normalize`
+    /// because a per-element vector would need the sample shape to tell a
+    /// channel list from an element list, and the gather does not have it.
+    NormalizeChannels { mean: Vec<f32>, std: Vec<f32> },
 }
 
 impl Transform {
@@ -132,6 +138,11 @@ impl Transform {
     /// One mean and std per element of a sample, e.g. per-pixel statistics.
     pub fn normalize_each(mean: Vec<f32>, std: Vec<f32>) -> Transform {
         Transform::Normalize { mean, std }
+    }
+
+    /// One mean and std per channel (the first axis of a sample).
+    pub fn normalize_channels(mean: Vec<f32>, std: Vec<f32>) -> Transform {
+        Transform::NormalizeChannels { mean, std }
     }
 }
 
@@ -297,21 +308,7 @@ fn apply(
                     });
                 }
             }
-            let bad_mean = mean
-                .iter()
-                .position(|m| !m.is_finite())
-                .map(|p| ("mean", p, mean[p]));
-            let bad_std = std
-                .iter()
-                .position(|s| !s.is_finite() || *s == 0.0)
-                .map(|p| ("std", p, std[p]));
-            if let Some((what, position, value)) = bad_mean.or(bad_std) {
-                return Err(DataError::NormalizeValue {
-                    what,
-                    position,
-                    value,
-                });
-            }
+            check_normalize_values(mean, std)?;
             // `cycle` broadcasts a single value and walks a per-element
             // vector in step with each sample.
             for sample in out.chunks_mut(sample_len.max(1)) {
@@ -321,6 +318,27 @@ fn apply(
                     .zip(std.iter().cycle())
                 {
                     *v = (*v - m) / s;
+                }
+            }
+            Ok(sample_len)
+        }
+        Transform::NormalizeChannels { mean, std } => {
+            let channels = mean.len();
+            if channels == 0 || std.len() != channels || !sample_len.is_multiple_of(channels) {
+                return Err(DataError::NormalizeChannels {
+                    field: field.to_string(),
+                    mean_len: channels,
+                    std_len: std.len(),
+                    sample_len,
+                });
+            }
+            check_normalize_values(mean, std)?;
+            // `max(1)`: `chunks_mut(0)` panics, and a zero-length sample
+            // (impossible for a `Field`) must not be what makes it do so.
+            let plane = (sample_len / channels).max(1);
+            for sample in out.chunks_mut(sample_len.max(1)) {
+                for ((values, m), s) in sample.chunks_mut(plane).zip(mean).zip(std) {
+                    values.iter_mut().for_each(|v| *v = (*v - m) / s);
                 }
             }
             Ok(sample_len)
@@ -362,6 +380,27 @@ fn apply(
             }
             Ok(sample_len * classes)
         }
+    }
+}
+
+/// A mean must be finite and a std finite and non-zero, or every value
+/// after the transform would be NaN or infinite.
+fn check_normalize_values(mean: &[f32], std: &[f32]) -> Result<()> {
+    let bad_mean = mean
+        .iter()
+        .position(|m| !m.is_finite())
+        .map(|p| ("mean", p, mean[p]));
+    let bad_std = std
+        .iter()
+        .position(|s| !s.is_finite() || *s == 0.0)
+        .map(|p| ("std", p, std[p]));
+    match bad_mean.or(bad_std) {
+        Some((what, position, value)) => Err(DataError::NormalizeValue {
+            what,
+            position,
+            value,
+        }),
+        None => Ok(()),
     }
 }
 
@@ -536,6 +575,37 @@ mod tests {
                 .unwrap_err()
                 .to_string(),
             "field `y`: element 0 holds 0.5, which is not a 32-bit integer"
+        );
+    }
+
+    #[test]
+    fn normalize_per_channel() {
+        // Two samples of shape [2, 1, 2]: channel 0 is the first two values.
+        let f = Field::new(Storage::U8(vec![1, 3, 10, 20, 5, 7, 30, 40]), vec![2, 1, 2]).unwrap();
+        let ds = Dataset::new([("x", f)]).unwrap();
+        let mut out = Vec::new();
+        let t = Transform::normalize_channels(vec![1.0, 10.0], vec![2.0, 10.0]);
+        let per = ds.gather("x", &[0, 1], &[t], &mut out).unwrap();
+        assert_eq!(per, 4);
+        assert_eq!(out, [0.0, 1.0, 0.0, 1.0, 2.0, 3.0, 2.0, 3.0]);
+        let err = |t: Transform| {
+            ds.gather("x", &[0], &[t], &mut Vec::new())
+                .unwrap_err()
+                .to_string()
+        };
+        assert_eq!(
+            err(Transform::normalize_channels(vec![0.0; 3], vec![1.0; 3])),
+            "normalize: per-channel mean has 3 values and std 3; samples of field `x` have 4 \
+             elements, which must split into that many equal channels"
+        );
+        assert_eq!(
+            err(Transform::normalize_channels(vec![0.0; 2], vec![1.0])),
+            "normalize: per-channel mean has 2 values and std 1; samples of field `x` have 4 \
+             elements, which must split into that many equal channels"
+        );
+        assert_eq!(
+            err(Transform::normalize_channels(vec![0.0; 2], vec![1.0, 0.0])),
+            "normalize: std[1] is 0; mean must be finite and std finite and non-zero"
         );
     }
 

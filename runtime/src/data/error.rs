@@ -24,6 +24,15 @@ pub enum DataError {
         source: std::io::Error,
     },
 
+    /// A folder source (an image folder, a CIFAR batch folder) that is
+    /// missing or unreadable; the same shape as [`DataError::Io`] so a
+    /// missing folder reads like a missing file.
+    #[error("{}: cannot read folder: {source}", path.display())]
+    DirIo {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+
     #[error("{}: gzip stream ends early (the file looks truncated)", path.display())]
     GzipTruncated { path: PathBuf },
 
@@ -147,6 +156,98 @@ pub enum DataError {
     )]
     CsvLabelTooLarge { at: CsvLocation, found: String },
 
+    // ----- image folders -------------------------------------------------
+    #[error(
+        "{}: no class folders: an image folder holds one subfolder per class \
+         (`cat/0001.jpg`, `dog/0002.png`, ...)",
+        path.display()
+    )]
+    ImageFolderEmpty { path: PathBuf },
+
+    #[error(
+        "{}: class folder `{class}` holds no images (supported: .jpg, .jpeg, .png)",
+        path.display()
+    )]
+    ImageClassEmpty { path: PathBuf, class: String },
+
+    #[error("{}: cannot decode image: {message}", path.display())]
+    ImageDecode { path: PathBuf, message: String },
+
+    #[error(
+        "{}: image is {}x{} (height x width) but the first image, {}, is {}x{}; \
+         all images must have one size, or give `size: [h, w]` to resize them",
+        path.display(), size[0], size[1], first.display(), first_size[0], first_size[1]
+    )]
+    ImageSizeMismatch {
+        path: PathBuf,
+        size: [usize; 2],
+        first: PathBuf,
+        first_size: [usize; 2],
+    },
+
+    #[error("image size [{}, {}] is invalid: both sides must be between 1 and 65535", size[0], size[1])]
+    ImageTargetSize { size: [usize; 2] },
+
+    #[error(
+        "{}: {images} images of shape {shape:?} need {bytes} bytes, more than can be allocated",
+        path.display()
+    )]
+    ImagesTooLarge {
+        path: PathBuf,
+        images: usize,
+        shape: [usize; 3],
+        bytes: u128,
+    },
+
+    #[error("{}: cannot read tar archive: {message}", path.display())]
+    Archive { path: PathBuf, message: String },
+
+    #[error(
+        "{}: the archive has no folder `{inner}` (its top-level entries: {top})",
+        path.display()
+    )]
+    ArchiveNoFolder {
+        path: PathBuf,
+        inner: String,
+        top: String,
+    },
+
+    // ----- CIFAR-10 binary -------------------------------------------------
+    #[error(
+        "{}: truncated CIFAR-10 record at offset {offset}{}: {found} of 3073 bytes \
+         (1 label byte + 3072 pixel bytes); the file has {len} bytes, not a multiple of 3073",
+        path.display(), stream_note(*gzipped)
+    )]
+    CifarTruncated {
+        path: PathBuf,
+        offset: usize,
+        found: usize,
+        len: usize,
+        gzipped: bool,
+    },
+
+    #[error("{}: empty CIFAR-10 file: no records", path.display())]
+    CifarEmpty { path: PathBuf },
+
+    #[error(
+        "{}: label byte {value} at offset {offset}{} is not a CIFAR-10 class (0 to 9); \
+         is this CIFAR-100 (whose records have 2 label bytes)?",
+        path.display(), stream_note(*gzipped)
+    )]
+    CifarLabel {
+        path: PathBuf,
+        offset: usize,
+        value: u8,
+        gzipped: bool,
+    },
+
+    #[error(
+        "{}: no CIFAR-10 training batches (data_batch_1.bin ... data_batch_5.bin) in this folder; \
+         for the test set give the file, e.g. `test_batch.bin`",
+        path.display()
+    )]
+    CifarNoBatches { path: PathBuf },
+
     // ----- storage and datasets -----------------------------------------
     #[error("{context}: rows {start}..{end} are out of range for an array of {rows} rows")]
     RowRange {
@@ -229,6 +330,17 @@ pub enum DataError {
         field: String,
         what: &'static str,
         len: usize,
+        sample_len: usize,
+    },
+
+    #[error(
+        "normalize: per-channel mean has {mean_len} values and std {std_len}; samples of field \
+         `{field}` have {sample_len} elements, which must split into that many equal channels"
+    )]
+    NormalizeChannels {
+        field: String,
+        mean_len: usize,
+        std_len: usize,
         sample_len: usize,
     },
 

@@ -7,25 +7,32 @@
 //!
 //! * [`idx`]: the IDX format used by MNIST and Fashion-MNIST, plain or gzipped.
 //! * [`csv`]: numeric CSV tables, plain or gzipped.
+//! * [`images`]: image folders (a subfolder per class), on disk or in a tar
+//!   archive, decoded to `u8` samples `[C, H, W]` on all cores.
+//! * [`cifar`]: the CIFAR-10 binary format.
 //! * [`dataset`]: named, equally long fields and per-batch gathering.
 //! * [`batch`]: seeded shuffling, batching and train/validation splits.
 
 pub mod batch;
+pub mod cifar;
 pub mod csv;
 pub mod dataset;
 mod error;
 pub mod idx;
+pub mod images;
 mod source;
 mod storage;
 
+// Crate-visible so the loader's tests can build files the same way.
 #[cfg(test)]
-mod testutil;
+pub(crate) mod testutil;
 
 pub use batch::{train_val_split, Batches, Split, SplitMix64};
 pub use csv::{CsvOptions, CsvTable, HeaderMode};
 pub use dataset::{Dataset, Field, Transform};
 pub use error::{CsvLocation, DataError, Result};
 pub use idx::IdxArray;
+pub use images::{ImageList, ImageOptions};
 pub use storage::{ElemType, Storage};
 
 /// Largest integer magnitude an `f32` represents exactly (2^24).
