@@ -658,3 +658,73 @@ fn predict_classifies_digits_from_csv_and_idx() {
         "CSV and IDX give the same predictions"
     );
 }
+
+/// A batch norm's running statistics are model state, not optimizer
+/// state: `--weights` restores them with the params, so evaluation after
+/// loading matches evaluation before saving.
+#[test]
+fn weights_carry_batchnorm_running_statistics() {
+    let dir = Scratch::new("batchnorm");
+    let file = dir.path("bn.nn");
+    let text = std::fs::read_to_string(example("digits_mlp"))
+        .unwrap()
+        .replace(
+            "-> dense(hidden) -> relu",
+            "-> dense(hidden) -> batchnorm -> relu -> dropout(0.2)",
+        );
+    assert!(text.contains("batchnorm"));
+    std::fs::write(&file, text).unwrap();
+    let src = driver::read_source(&file).unwrap();
+    let module = driver::compile_source(&src, None).unwrap();
+    let step = driver::train_step(&module).unwrap();
+    let spec = module.train.as_ref().unwrap();
+    let data_dir = example("digits_mlp").parent().unwrap().to_path_buf();
+    let data = nnc_runtime::loader::load(module.data.as_ref().unwrap(), &data_dir).unwrap();
+    let programs = Programs {
+        forward: module.forward.clone(),
+        evaluation: spec.evaluation.clone(),
+        step: step.clone(),
+    };
+    let params = checkpoint::param_names(&programs);
+    for stat in ["batchnorm.running_mean", "batchnorm.running_var"] {
+        assert!(params.iter().any(|p| p == stat), "{stat} in {params:?}");
+    }
+    assert!(!params.iter().any(|p| p.contains("adam")), "{params:?}");
+
+    let mut batch = nnc_runtime::Batch::default();
+    let names = nnc_runtime::train::input_names(&step);
+    let indices: Vec<usize> = (0..32).collect();
+    data.fill_batch(&data.train, &names, &indices, &mut batch)
+        .unwrap();
+    nnc_runtime::train::set_hyper(&mut batch, nnc_ir::LEARNING_RATE, 1e-2);
+    let mut a = Interpreter::new(programs.clone(), 3).unwrap();
+    for i in 0..3 {
+        nnc_runtime::train::set_key(&mut batch, nnc_ir::RNG_KEY, i);
+        a.train_step(&batch).unwrap();
+    }
+    let ckpt = dir.path("bn.safetensors");
+    let meta = Meta {
+        epochs_done: 1,
+        params: params.clone(),
+    };
+    checkpoint::save(&ckpt, &module.name, &a.state(), &meta).unwrap();
+    let mut b = Interpreter::new(programs, 4).unwrap();
+    checkpoint::load(&ckpt)
+        .unwrap()
+        .apply(&mut b, &module.name, &params, Scope::Params)
+        .unwrap();
+    let get =
+        |e: &Interpreter, n: &str| e.state().into_iter().find(|(name, _)| name == n).unwrap().1;
+    let trained_mean = get(&a, "batchnorm.running_mean");
+    assert!(
+        trained_mean.data.iter().any(|&v| v != 0.0),
+        "the steps moved it"
+    );
+    assert_eq!(get(&b, "batchnorm.running_mean"), trained_mean);
+    assert_eq!(
+        get(&b, "batchnorm.running_var"),
+        get(&a, "batchnorm.running_var")
+    );
+    // Evaluation reads the running statistics and draws no random numbers.
+    assert_eq!(a.evaluate(&batch).unwrap(), b.evaluate(&batch).unwrap());
+}
