@@ -1,5 +1,5 @@
-//! End to end with the JIT: the digits MLP trains to the accuracy the
-//! README promises.
+//! End to end with the JIT: the digits MLP and a small CNN with batch norm
+//! and dropout train to the accuracy the README promises.
 
 use nnc_runtime::{Jit, Programs};
 use std::path::Path;
@@ -7,11 +7,21 @@ use std::path::Path;
 fn train(name: &str, data_dir: Option<&Path>) -> nnc_runtime::TrainReport {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let path = root.join(format!("examples/{name}.nn"));
-    let src = nnc_dsl::SourceFile::new(name, std::fs::read_to_string(&path).unwrap());
+    let text = std::fs::read_to_string(&path).unwrap();
+    train_source(name, &path, &text, data_dir)
+}
+
+fn train_source(
+    name: &str,
+    path: &Path,
+    text: &str,
+    data_dir: Option<&Path>,
+) -> nnc_runtime::TrainReport {
+    let src = nnc_dsl::SourceFile::new(name, text.to_string());
     let module = nnc::driver::compile_source(&src, None).unwrap();
     let step = nnc::driver::train_step(&module).unwrap();
     let spec = module.train.clone().unwrap();
-    let base = nnc::driver::data_base(&path, data_dir);
+    let base = nnc::driver::data_base(path, data_dir);
     let data = nnc_runtime::loader::load(module.data.as_ref().unwrap(), &base).unwrap();
     let programs = Programs {
         forward: module.forward.clone(),
@@ -41,6 +51,43 @@ fn digits_mlp_reaches_96_percent_with_the_jit() {
     let test = report.test.unwrap();
     assert!(
         test.accuracy.unwrap() >= 0.96,
+        "test accuracy {:?}",
+        test.accuracy
+    );
+}
+
+/// The digits as 1×8×8 images through conv, batch norm, max pooling and
+/// dropout: every CNN piece at once, on data that ships with nnc.
+#[test]
+fn digits_cnn_with_batchnorm_and_dropout_reaches_95_percent() {
+    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
+    let text = r#"
+model DigitsCNN {
+    input image: f32[B, 1, 8, 8]
+    logits = image
+        -> conv2d(16, kernel: 3, pad: 1, bias: false) -> batchnorm -> relu -> maxpool(2)
+        -> flatten -> dropout(0.2) -> dense(10)
+    output logits
+}
+data Digits {
+    image = csv("data/digits.csv.gz", columns: [0, 64]) -> scale(1 / 16) -> reshape([1, 8, 8])
+    label: i32 = csv("data/digits.csv.gz", column: 64)
+    test = split(0.2)
+}
+train DigitsCNN on Digits {
+    loss      = cross_entropy(logits, label)
+    optimizer = adam(lr: 3e-3)
+    batch     = 32
+    epochs    = 12
+    seed      = 5
+    metrics   = [accuracy]
+}
+"#;
+    let report = train_source("digits_cnn", &examples.join("digits_cnn.nn"), text, None);
+    let test = report.test.unwrap();
+    println!("test accuracy {:?}", test.accuracy);
+    assert!(
+        test.accuracy.unwrap() >= 0.95,
         "test accuracy {:?}",
         test.accuracy
     );
