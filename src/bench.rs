@@ -4,7 +4,7 @@
 //! Times are medians over many runs after a warm-up, so one slow run (the
 //! machine is shared) does not move them. Not a test: a measurement.
 
-use crate::driver::{self, Failure};
+use crate::driver::{self, Failure, OptLevel};
 use nnc_runtime::{Batch, Executor, Jit, Programs};
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -17,6 +17,8 @@ pub struct BenchOptions {
     pub runs: usize,
     /// Warm-up runs before timing.
     pub warmup: usize,
+    /// How the graphs are optimized.
+    pub opt: OptLevel,
 }
 
 impl Default for BenchOptions {
@@ -25,6 +27,7 @@ impl Default for BenchOptions {
             batch: None,
             runs: 200,
             warmup: 20,
+            opt: OptLevel::default(),
         }
     }
 }
@@ -33,8 +36,12 @@ impl Default for BenchOptions {
 pub struct BenchReport {
     pub model: String,
     pub batch: usize,
-    /// Parse, elaborate, build the training step (front end and passes).
+    pub opt: OptLevel,
+    /// Parse, elaborate, build the training step (front end and passes,
+    /// the optimizer included).
     pub frontend: Duration,
+    /// Of `frontend`: the optimizer on the three graphs.
+    pub optimize: Duration,
     /// Plan and generate native code for the training step.
     pub codegen: Duration,
     pub kernels: usize,
@@ -72,14 +79,12 @@ pub fn bench(path: &Path, options: &BenchOptions) -> Result<BenchReport, Failure
     let src = driver::read_source(path)?;
     let module = driver::compile_source(&src, None)?;
     let spec = driver::need_train(&module, "`nnc bench`")?.clone();
-    let step = driver::train_step(&module)?;
+    let t1 = Instant::now();
+    let programs: Programs = driver::programs(&module, options.opt)?;
+    let optimize = t1.elapsed();
+    let step = programs.step.clone();
     let frontend = t0.elapsed();
     let size = options.batch.unwrap_or(spec.batch);
-    let programs = Programs {
-        forward: module.forward.clone(),
-        evaluation: spec.evaluation.clone(),
-        step: step.clone(),
-    };
     let fail = |e: nnc_runtime::RuntimeError| Failure(format!("error: {e}\n"));
     let mut jit = Jit::new(programs, spec.seed).map_err(fail)?;
     let mut batch = Batch::synthetic(&step, size, 1);
@@ -90,6 +95,8 @@ pub fn bench(path: &Path, options: &BenchOptions) -> Result<BenchReport, Failure
     let train_step = time(options.runs, options.warmup, || {
         jit.train_step(&batch).map(|_| ()).map_err(fail)
     })?;
+    // The optimizer keeps every input, so the module's forward graph names
+    // the inputs of the optimized one.
     let forward_batch = Batch::synthetic(&module.forward, size, 2);
     let infer_batch = time(options.runs, options.warmup, || {
         jit.predict(&forward_batch).map(|_| ()).map_err(fail)
@@ -101,7 +108,9 @@ pub fn bench(path: &Path, options: &BenchOptions) -> Result<BenchReport, Failure
     Ok(BenchReport {
         model: module.name.clone(),
         batch: size,
+        opt: options.opt,
         frontend,
+        optimize,
         codegen: stats.plan_time + stats.codegen_time,
         kernels: stats.kernels,
         arena_bytes: stats.arena_bytes,
@@ -119,16 +128,18 @@ fn ms(d: Duration) -> f64 {
 impl BenchReport {
     pub fn to_text(&self) -> String {
         format!(
-            "model {} (batch {})\n\
-             compile      {:8.2} ms  (front end + autodiff {:.2} ms, plan + codegen {:.2} ms, {} kernels)\n\
+            "model {} (batch {}, {})\n\
+             compile      {:8.2} ms  (front end + autodiff + optimizer {:.2} ms of which optimizer {:.2} ms, plan + codegen {:.2} ms, {} kernels)\n\
              memory       arena {:.2} MB (without buffer reuse {:.2} MB)\n\
              train step   {:8.3} ms  median\n\
              inference    {:8.3} ms  batch {}\n\
              inference    {:8.3} ms  batch 1\n",
             self.model,
             self.batch,
+            self.opt,
             ms(self.frontend + self.codegen),
             ms(self.frontend),
+            ms(self.optimize),
             ms(self.codegen),
             self.kernels,
             self.arena_bytes as f64 / 1e6,
@@ -142,11 +153,13 @@ impl BenchReport {
 
     pub fn to_json(&self) -> String {
         format!(
-            "{{\"model\":\"{}\",\"batch\":{},\"compile_ms\":{:.3},\"frontend_ms\":{:.3},\"codegen_ms\":{:.3},\"kernels\":{},\"arena_bytes\":{},\"unshared_bytes\":{},\"train_step_ms\":{:.4},\"infer_batch_ms\":{:.4},\"infer_one_ms\":{:.4}}}\n",
+            "{{\"model\":\"{}\",\"batch\":{},\"opt\":\"{}\",\"compile_ms\":{:.3},\"frontend_ms\":{:.3},\"optimize_ms\":{:.3},\"codegen_ms\":{:.3},\"kernels\":{},\"arena_bytes\":{},\"unshared_bytes\":{},\"train_step_ms\":{:.4},\"infer_batch_ms\":{:.4},\"infer_one_ms\":{:.4}}}\n",
             self.model.replace('"', "\\\""),
             self.batch,
+            self.opt,
             ms(self.frontend + self.codegen),
             ms(self.frontend),
+            ms(self.optimize),
             ms(self.codegen),
             self.kernels,
             self.arena_bytes,

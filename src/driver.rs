@@ -4,6 +4,7 @@
 use crate::diagnostic;
 use nnc_dsl::SourceFile;
 use nnc_ir::{Graph, Module};
+pub use nnc_passes::OptLevel;
 use std::cell::RefCell;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -64,6 +65,18 @@ pub enum Emit {
     Ir,
     Grad,
     TrainStep,
+    /// The training step after the optimizer.
+    Opt,
+}
+
+/// How `nnc compile` optimizes and what it adds to the printed stage.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CompileOptions {
+    /// The optimization level of `--emit opt`.
+    pub opt: OptLevel,
+    /// `--explain`: print the optimizer's report (rule firings, saturation
+    /// statistics) first, as `//` comments, which the IR parser skips.
+    pub explain: bool,
 }
 
 fn internal(e: impl std::fmt::Display) -> Failure {
@@ -82,8 +95,23 @@ pub fn need_train<'m>(module: &'m Module, what: &str) -> Result<&'m nnc_ir::Trai
     })
 }
 
-/// The text `nnc compile --emit <stage>` prints.
+/// The text `nnc compile --emit <stage>` prints, at the default level.
 pub fn emit(src: &SourceFile, stage: Emit, model: Option<&str>) -> Result<String, Failure> {
+    emit_with(src, stage, model, &CompileOptions::default())
+}
+
+/// The text `nnc compile --emit <stage>` prints.
+pub fn emit_with(
+    src: &SourceFile,
+    stage: Emit,
+    model: Option<&str>,
+    options: &CompileOptions,
+) -> Result<String, Failure> {
+    if options.explain && stage != Emit::Opt {
+        return Err(Failure(diagnostic::render_plain(
+            "`--explain` describes the optimizer: use it with `--emit opt`",
+        )));
+    }
     if stage == Emit::Ast {
         let program =
             nnc_dsl::parse_program(src).map_err(|e| Failure(diagnostic::render(src, &e)))?;
@@ -110,6 +138,21 @@ pub fn emit(src: &SourceFile, stage: Emit, model: Option<&str>) -> Result<String
             need_train(&module, "`--emit train-step`")?;
             Ok(train_step(&module)?.to_string())
         }
+        Emit::Opt => {
+            need_train(&module, "`--emit opt`")?;
+            let (step, report) = optimize(&train_step(&module)?, options.opt)?;
+            let mut out = String::new();
+            if options.explain {
+                for line in report.to_string().lines() {
+                    out.push_str("// ");
+                    out.push_str(line);
+                    out.push('\n');
+                }
+                out.push('\n');
+            }
+            out.push_str(&step.to_string());
+            Ok(out)
+        }
     }
 }
 
@@ -118,6 +161,23 @@ pub fn train_step(module: &Module) -> Result<Graph, Failure> {
     let g = nnc_passes::build_train_step(&t.objective, &t.optimizer).map_err(internal)?;
     nnc_ir::verify(&g).map_err(internal)?;
     Ok(g)
+}
+
+/// `graph` through the optimizer at `level` (verified; `-O0` returns it
+/// unchanged).
+pub fn optimize(graph: &Graph, level: OptLevel) -> Result<(Graph, nnc_passes::OptReport), Failure> {
+    nnc_passes::optimize(graph, level).map_err(internal)
+}
+
+/// The three programs a run executes, each optimized at `level`.
+pub fn programs(module: &Module, level: OptLevel) -> Result<nnc_runtime::Programs, Failure> {
+    let spec = need_train(module, "building the training step")?;
+    let step = optimize(&train_step(module)?, level)?.0;
+    Ok(nnc_runtime::Programs {
+        forward: optimize(&module.forward, level)?.0,
+        evaluation: optimize(&spec.evaluation, level)?.0,
+        step,
+    })
 }
 
 /// Where relative data paths resolve: `--data-dir`, else the source's folder.
@@ -191,6 +251,8 @@ pub struct RunFlags {
     pub report: Option<PathBuf>,
     /// Draw a progress bar per epoch (when stdout is a terminal).
     pub progress: bool,
+    /// How the graphs are optimized before they run (`-O0`..`-O2`).
+    pub opt: OptLevel,
 }
 
 /// What a run produced.
@@ -283,21 +345,18 @@ pub fn run_with(
     let src = read_source(path)?;
     let module = compile_source(&src, settings.model.as_deref())?;
     if let (Some(input), Some(weights)) = (&flags.predict, &flags.weights) {
-        return predict(&module, settings, weights, input, out).map(RunOutcome::Predicted);
+        return predict(&module, settings, flags.opt, weights, input, out)
+            .map(RunOutcome::Predicted);
     }
     need_train(&module, "`nnc run`")?;
-    let step = train_step(&module)?;
+    let programs = programs(&module, flags.opt)?;
+    let step = programs.step.clone();
     let frontend_seconds = started.elapsed().as_secs_f64();
     let spec = module.train.as_ref().ok_or_else(|| internal("no train"))?;
     let data_spec = module.data.as_ref().ok_or_else(|| internal("no data"))?;
     let base = data_base(path, settings.data_dir.as_deref());
     let runtime_err = runtime_failure;
     let data = nnc_runtime::loader::load(data_spec, &base).map_err(runtime_err)?;
-    let programs = nnc_runtime::Programs {
-        forward: module.forward.clone(),
-        evaluation: spec.evaluation.clone(),
-        step: step.clone(),
-    };
     let params = nnc_runtime::checkpoint::param_names(&programs);
     let mut exec = settings
         .backend
@@ -534,6 +593,7 @@ fn evaluate_only(
 fn predict(
     module: &Module,
     settings: &RunSettings,
+    level: OptLevel,
     weights: &Path,
     input: &Path,
     out: &mut dyn FnMut(&str),
@@ -541,7 +601,8 @@ fn predict(
     use nnc_runtime::data::DataError;
     let runtime_err = runtime_failure;
     let plain = |m: String| Failure(diagnostic::render_plain(&m));
-    let forward = &module.forward;
+    let optimized = optimize(&module.forward, level)?.0;
+    let forward = &optimized;
     let inputs = forward.inputs();
     let [(input_node, input_name)] = inputs.as_slice() else {
         let names: Vec<&str> = inputs.iter().map(|(_, n)| *n).collect();

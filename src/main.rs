@@ -1,7 +1,7 @@
 //! `nnc`: check, compile and run `.nn` neural-network programs.
 
 use clap::{Parser, Subcommand, ValueEnum};
-use nnc::driver::{self, Emit, RunFlags, RunSettings};
+use nnc::driver::{self, CompileOptions, Emit, OptLevel, RunFlags, RunSettings};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -30,6 +30,12 @@ enum Command {
         /// The model to compile when the file has several and no `train` block.
         #[arg(long)]
         model: Option<String>,
+        /// Optimization level of `--emit opt`: -O0, -O1 or -O2.
+        #[arg(short = 'O', value_name = "LEVEL", default_value = "2", value_parser = parse_level)]
+        opt: OptLevel,
+        /// With `--emit opt`: first print which rules fired and the saturation statistics.
+        #[arg(long)]
+        explain: bool,
     },
     /// Train the model as the file's `train` block says.
     Run {
@@ -71,6 +77,9 @@ enum Command {
         /// Write a JSON report: metrics per epoch, test, throughput, times, peak memory.
         #[arg(long, value_name = "PATH.json")]
         report: Option<PathBuf>,
+        /// Optimization level of the graphs: -O0 (none), -O1 (algebra), -O2 (everything).
+        #[arg(short = 'O', value_name = "LEVEL", default_value = "2", value_parser = parse_level)]
+        opt: OptLevel,
     },
     /// Measure compile time, training-step and inference latency with the JIT.
     Bench {
@@ -84,6 +93,9 @@ enum Command {
         /// Print one JSON object instead of text.
         #[arg(long)]
         json: bool,
+        /// Optimization level of the graphs: -O0 (none), -O1 (algebra), -O2 (everything).
+        #[arg(short = 'O', value_name = "LEVEL", default_value = "2", value_parser = parse_level)]
+        opt: OptLevel,
     },
 }
 
@@ -97,6 +109,12 @@ enum EmitArg {
     Grad,
     /// The whole training step: forward, loss, backward, optimizer update.
     TrainStep,
+    /// The training step after the optimizer (see -O).
+    Opt,
+}
+
+fn parse_level(s: &str) -> Result<OptLevel, String> {
+    s.parse()
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -121,15 +139,23 @@ fn main() -> ExitCode {
                     .sum();
                 println!("{}: ok — model {} with {params} params", src.path, m.name);
             }),
-        Command::Compile { file, emit, model } => {
+        Command::Compile {
+            file,
+            emit,
+            model,
+            opt,
+            explain,
+        } => {
             let stage = match emit {
                 EmitArg::Ast => Emit::Ast,
                 EmitArg::Ir => Emit::Ir,
                 EmitArg::Grad => Emit::Grad,
                 EmitArg::TrainStep => Emit::TrainStep,
+                EmitArg::Opt => Emit::Opt,
             };
+            let options = CompileOptions { opt, explain };
             driver::read_source(&file)
-                .and_then(|src| driver::emit(&src, stage, model.as_deref()))
+                .and_then(|src| driver::emit_with(&src, stage, model.as_deref(), &options))
                 .map(|text| print!("{text}"))
         }
         Command::Run {
@@ -146,6 +172,7 @@ fn main() -> ExitCode {
             eval,
             predict,
             report,
+            opt,
         } => {
             let settings = RunSettings {
                 backend: match backend {
@@ -169,6 +196,7 @@ fn main() -> ExitCode {
                 predict,
                 report,
                 progress: nnc_runtime::progress::stdout_is_terminal(),
+                opt,
             };
             driver::run_with(&file, &settings, &flags, &mut |line| println!("{line}")).map(|_| ())
         }
@@ -177,9 +205,11 @@ fn main() -> ExitCode {
             batch,
             runs,
             json,
+            opt,
         } => {
             let options = nnc::bench::BenchOptions {
                 batch,
+                opt,
                 runs: runs.max(1),
                 ..Default::default()
             };

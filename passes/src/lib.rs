@@ -1,13 +1,16 @@
-//! Graph-to-graph passes: reverse-mode autodiff and the construction of the
-//! whole training step (forward, loss, backward, optimizer update).
+//! Graph-to-graph passes: reverse-mode autodiff, the construction of the
+//! whole training step (forward, loss, backward, optimizer update), and the
+//! optimizer (equality saturation with egg, `opt`).
 //!
 //! Passes see only `nnc_ir`; they never know the source language or the
 //! machine the code will run on.
 
 pub mod autodiff;
+pub mod opt;
 pub mod train_step;
 
 pub use autodiff::{differentiate, gradients};
+pub use opt::{optimize, optimize_with, OptConfig, OptLevel, Report as OptReport};
 pub use train_step::build_train_step;
 
 use thiserror::Error;

@@ -1,0 +1,317 @@
+//! The cost model: FLOPs plus bytes moved, plus a weight per kernel launch,
+//! over a whole graph. It follows the code generator's baseline grouping
+//! of nodes into kernels (`codegen/src/plan.rs`); it is an estimate for
+//! comparing equivalent graphs, not a prediction of the compiled schedule
+//! (which may fuse more):
+//!
+//! - leaves and constants run no kernel (constants are filled once);
+//! - reshape (of contiguous data), transpose, broadcast and slice are
+//!   views: no kernel, no bytes (a reshape of a non-contiguous view is a
+//!   copy kernel);
+//! - an elementwise node (unary, binary except `pow`, select, cast) whose
+//!   only user is an elementwise node of the same shape, and which is not
+//!   an output or update, is computed in its user's registers: no kernel,
+//!   no write, its operands are read by the user's kernel;
+//! - everything else is a kernel that writes its result and reads its
+//!   operands.
+//!
+//! Costs depend on users, so they are a property of the whole graph, not of
+//! one node: this is why extraction evaluates whole candidate graphs.
+//! Symbolic dims (the batch) count as [`NOMINAL_DIM`].
+
+use nnc_ir::{BinaryOp, DType, Dim, Graph, NodeId, Op, TensorType, UnaryOp};
+use std::collections::HashMap;
+use std::fmt;
+
+/// The size assumed for a symbolic dim when counting elements.
+pub const NOMINAL_DIM: f64 = 64.0;
+/// Cost units per FLOP.
+pub const FLOP: f64 = 1.0;
+/// Cost units per byte read or written.
+pub const BYTE: f64 = 1.0;
+/// Cost units per kernel launch: the loop set-up, the pass over memory
+/// that even a small kernel makes, and the scheduling step.
+pub const LAUNCH: f64 = 2048.0;
+/// Cost units per node, free ones included: between graphs that cost the
+/// same, the smaller one wins (fewer views to plan, a shorter listing).
+pub const NODE: f64 = 1.0;
+
+/// How the code generator treats a node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Input, param or state: lives in its own buffer.
+    Leaf,
+    /// Constant or iota: filled once when the program is created.
+    Constant,
+    /// A view of its operand: reshape, transpose, broadcast, slice.
+    View(ViewKind),
+    /// Fusable into an elementwise consumer of the same shape.
+    Elementwise,
+    /// A kernel of its own.
+    Kernel,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ViewKind {
+    Reshape,
+    Transpose,
+    Broadcast,
+    Slice,
+}
+
+/// The cost-relevant facts of one node.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NodeCost {
+    pub role: Role,
+    pub flops: f64,
+    /// Elements of the result.
+    pub elems: f64,
+    pub bytes_per_elem: f64,
+    pub shape: Vec<Dim>,
+}
+
+fn numel(shape: &[Dim]) -> f64 {
+    shape
+        .iter()
+        .map(|d| match d {
+            Dim::Const(n) => *n as f64,
+            Dim::Sym(_) => NOMINAL_DIM,
+        })
+        .product()
+}
+
+/// The cost facts of `op` producing `ty` from operands of `operands` types.
+pub fn node_cost(op: &Op, ty: &TensorType, operands: &[&TensorType]) -> NodeCost {
+    let elems = numel(&ty.shape);
+    let input_elems = operands.first().map_or(elems, |t| numel(&t.shape));
+    // Transcendentals are polynomial evaluations: several FLOPs each.
+    const TRANSCENDENTAL: f64 = 8.0;
+    let (role, flops) = match op {
+        Op::Input { .. } | Op::Param { .. } | Op::State { .. } => (Role::Leaf, 0.0),
+        Op::Const(_) | Op::Iota { .. } => (Role::Constant, 0.0),
+        Op::Unary(UnaryOp::Neg | UnaryOp::Abs) => (Role::Elementwise, elems),
+        Op::Unary(_) => (Role::Elementwise, TRANSCENDENTAL * elems),
+        // `pow` calls out per element: the plan keeps it its own kernel.
+        Op::Binary(BinaryOp::Pow) => (Role::Kernel, TRANSCENDENTAL * elems),
+        Op::Binary(_) | Op::Select | Op::Cast => (Role::Elementwise, elems),
+        Op::Reduce { .. } | Op::ArgMax { .. } => (Role::Kernel, input_elems),
+        Op::MatMul => {
+            let k = operands
+                .first()
+                .and_then(|a| a.shape.last())
+                .map_or(1.0, |d| numel(std::slice::from_ref(d)));
+            (Role::Kernel, 2.0 * elems * k)
+        }
+        Op::Reshape => (Role::View(ViewKind::Reshape), 0.0),
+        Op::Transpose { .. } => (Role::View(ViewKind::Transpose), 0.0),
+        Op::Broadcast => (Role::View(ViewKind::Broadcast), 0.0),
+        Op::Slice { .. } => (Role::View(ViewKind::Slice), 0.0),
+        Op::Random { .. } => (Role::Kernel, TRANSCENDENTAL * elems),
+        Op::Concat { .. }
+        | Op::Gather { .. }
+        | Op::ScatterAdd { .. }
+        | Op::Unfold { .. }
+        | Op::Fold { .. } => (Role::Kernel, elems.max(input_elems)),
+    };
+    NodeCost {
+        role,
+        flops,
+        elems,
+        bytes_per_elem: if ty.dtype == DType::F64 { 8.0 } else { 4.0 },
+        shape: ty.shape.clone(),
+    }
+}
+
+/// Kernels, FLOPs and bytes of a graph under the model.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Totals {
+    pub kernels: usize,
+    pub flops: f64,
+    pub bytes: f64,
+    pub nodes: usize,
+}
+
+impl Totals {
+    /// The single number extraction minimizes.
+    pub fn cost(&self) -> f64 {
+        self.flops * FLOP
+            + self.bytes * BYTE
+            + self.kernels as f64 * LAUNCH
+            + self.nodes as f64 * NODE
+    }
+}
+
+impl fmt::Display for Totals {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} kernels, {:.3} MFLOP, {:.3} MB moved",
+            self.kernels,
+            self.flops / 1e6,
+            self.bytes / 1e6
+        )
+    }
+}
+
+/// One node of a DAG being costed: nodes are numbered in a topological
+/// order, and operands refer to earlier numbers.
+#[derive(Debug, Clone, Copy)]
+pub struct DagNode<'a> {
+    pub cost: &'a NodeCost,
+    pub operands: &'a [u32],
+    /// An output or update value: read after every kernel, never fused.
+    pub result: bool,
+}
+
+/// What [`evaluate`] decides per node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Placement {
+    /// No kernel: a leaf, constant or free view.
+    Free,
+    /// Computed inside its only user's kernel.
+    Fused,
+    /// A kernel of its own (a copying reshape included).
+    Kernel,
+}
+
+/// Reusable buffers for [`evaluate`], which extraction calls thousands of
+/// times.
+#[derive(Debug, Default)]
+pub struct Scratch {
+    users: Vec<u32>,
+    user: Vec<u32>,
+    contiguous: Vec<bool>,
+    read: Vec<f64>,
+    pub placement: Vec<Placement>,
+}
+
+/// Costs a DAG given in topological order.
+pub fn evaluate(nodes: &[DagNode], s: &mut Scratch) -> Totals {
+    let n = nodes.len();
+    s.users.clear();
+    s.users.resize(n, 0);
+    s.user.clear();
+    s.user.resize(n, u32::MAX);
+    for (i, node) in nodes.iter().enumerate() {
+        for (j, &o) in node.operands.iter().enumerate() {
+            // Users are counted once however often they read the value.
+            if node.operands[..j].contains(&o) {
+                continue;
+            }
+            s.users[o as usize] += 1;
+            s.user[o as usize] = i as u32;
+        }
+    }
+    s.contiguous.clear();
+    s.read.clear();
+    s.placement.clear();
+    let mut totals = Totals {
+        nodes: n,
+        ..Totals::default()
+    };
+    for (i, node) in nodes.iter().enumerate() {
+        let c = node.cost;
+        let own_bytes = c.elems * c.bytes_per_elem;
+        let first = node.operands.first().map(|&o| o as usize);
+        let (placement, contiguous, read) = match c.role {
+            Role::Leaf | Role::Constant => (Placement::Free, true, own_bytes),
+            Role::View(kind) => {
+                let src_contiguous = first.is_some_and(|o| s.contiguous[o]);
+                let src_read = first.map_or(own_bytes, |o| s.read[o]);
+                match kind {
+                    ViewKind::Reshape if src_contiguous => (Placement::Free, true, own_bytes),
+                    ViewKind::Reshape => (Placement::Kernel, true, own_bytes),
+                    // A broadcast reads its source's elements again and
+                    // again, from cache.
+                    ViewKind::Broadcast => (Placement::Free, false, src_read),
+                    ViewKind::Transpose | ViewKind::Slice => (Placement::Free, false, own_bytes),
+                }
+            }
+            Role::Elementwise => {
+                let u = s.user[i] as usize;
+                let fused = !node.result
+                    && s.users[i] == 1
+                    && nodes[u].cost.role == Role::Elementwise
+                    && nodes[u].cost.shape == c.shape;
+                let p = if fused {
+                    Placement::Fused
+                } else {
+                    Placement::Kernel
+                };
+                (p, true, own_bytes)
+            }
+            Role::Kernel => (Placement::Kernel, true, own_bytes),
+        };
+        s.placement.push(placement);
+        s.contiguous.push(contiguous);
+        s.read.push(read);
+        if placement == Placement::Free {
+            continue;
+        }
+        totals.flops += c.flops;
+        if placement == Placement::Kernel {
+            totals.kernels += 1;
+            totals.bytes += own_bytes;
+        }
+        // The kernel that runs this node reads every operand that is not
+        // computed in its registers.
+        for (j, &o) in node.operands.iter().enumerate() {
+            if node.operands[..j].contains(&o) {
+                continue;
+            }
+            if s.placement[o as usize] != Placement::Fused {
+                totals.bytes += s.read[o as usize];
+            }
+        }
+    }
+    totals
+}
+
+type Dag = (Vec<NodeId>, Vec<NodeCost>, Vec<Vec<u32>>, Vec<bool>);
+
+fn dag_of(graph: &Graph) -> Dag {
+    let order = graph.topo_order();
+    let position: HashMap<NodeId, u32> = order
+        .iter()
+        .enumerate()
+        .map(|(i, &n)| (n, i as u32))
+        .collect();
+    let results: std::collections::HashSet<NodeId> = graph
+        .outputs
+        .iter()
+        .map(|o| o.node)
+        .chain(graph.updates.iter().map(|u| u.value))
+        .collect();
+    let mut costs = Vec::with_capacity(order.len());
+    let mut operands = Vec::with_capacity(order.len());
+    for &n in &order {
+        let ops = graph.operands(n);
+        let types: Vec<&TensorType> = ops.iter().map(|&o| graph.ty(o)).collect();
+        costs.push(node_cost(&graph.node(n).op, graph.ty(n), &types));
+        operands.push(ops.iter().map(|o| position[o]).collect::<Vec<u32>>());
+    }
+    let is_result = order.iter().map(|n| results.contains(n)).collect();
+    (order, costs, operands, is_result)
+}
+
+fn dag_nodes<'a>(
+    order: &[NodeId],
+    costs: &'a [NodeCost],
+    operands: &'a [Vec<u32>],
+    results: &[bool],
+) -> Vec<DagNode<'a>> {
+    (0..order.len())
+        .map(|i| DagNode {
+            cost: &costs[i],
+            operands: &operands[i],
+            result: results[i],
+        })
+        .collect()
+}
+
+/// The cost of a whole graph under the model.
+pub fn graph_cost(graph: &Graph) -> Totals {
+    let (order, costs, operands, results) = dag_of(graph);
+    let nodes = dag_nodes(&order, &costs, &operands, &results);
+    evaluate(&nodes, &mut Scratch::default())
+}

@@ -1,0 +1,336 @@
+//! Algebraic identities, chains of layout ops, and reductions.
+//!
+//! Exactness: unless a rule's doc says otherwise, both sides compute the
+//! same bits for every input (IEEE `f32` included), except that the sign
+//! of a zero may differ where noted. Rules marked *reassociates* change the
+//! order of a floating-point sum, so results may differ in the last bits;
+//! the differential tests bound that.
+//!
+//! Constant folding is not a rule: the analysis computes the value of any
+//! class whose operands are constants and adds the `const` node (counted
+//! in the report as `algebra/constant-fold`).
+
+use super::{add_op, attr, broadcast, is_splat, reshape, rule, ty, var, widen_to, Rule, EG};
+use crate::opt::lang::Attr;
+use egg::{Id, Subst};
+use nnc_ir::{BinaryOp, Op, ReduceOp, UnaryOp};
+
+const SET: &str = "algebra";
+
+pub fn rules() -> Result<Vec<Rule>, String> {
+    let mut rules = vec![
+        rule(
+            SET,
+            "mul-one",
+            "x * 1 = x (broadcast to the product's shape when the one is larger)",
+            &["(mul ?x ?c)", "(mul ?c ?x)"],
+            |eg, id, s| identity(eg, id, s, 1.0),
+        )?,
+        rule(
+            SET,
+            "add-zero",
+            "x + 0 = x (broadcast as needed; -0 + 0 is +0, so the sign of a zero may change)",
+            &["(add ?x ?c)", "(add ?c ?x)"],
+            |eg, id, s| identity(eg, id, s, 0.0),
+        )?,
+        rule(
+            SET,
+            "sub-zero",
+            "x - 0 = x (broadcast as needed)",
+            &["(sub ?x ?c)"],
+            |eg, id, s| identity(eg, id, s, 0.0),
+        )?,
+        rule(
+            SET,
+            "div-one",
+            "x / 1 = x (broadcast as needed)",
+            &["(div ?x ?c)"],
+            |eg, id, s| identity(eg, id, s, 1.0),
+        )?,
+        rule(
+            SET,
+            "zero-sub",
+            "0 - x = -x (broadcast as needed; the sign of a zero may change)",
+            &["(sub ?c ?x)"],
+            |eg, id, s| {
+                let (x, c) = (var(s, "?x")?, var(s, "?c")?);
+                if !is_splat(eg, c, 0.0) {
+                    return None;
+                }
+                let n = add_op(eg, Op::Unary(UnaryOp::Neg), &[x], None)?;
+                widen_to(eg, n, id)
+            },
+        )?,
+        rule(
+            SET,
+            "neg-neg",
+            "-(-x) = x",
+            &["(neg (neg ?x))"],
+            |_, _, s| var(s, "?x"),
+        )?,
+        rule(
+            SET,
+            "neg-into-constant",
+            "-(x * c) = x * (-c) for a constant c, whose negation folds",
+            &["(neg (mul ?x ?c))", "(neg (mul ?c ?x))"],
+            |eg, _, s| {
+                let (x, c) = (var(s, "?x")?, var(s, "?c")?);
+                eg[c].data.konst.as_ref()?;
+                let nc = add_op(eg, Op::Unary(UnaryOp::Neg), &[c], None)?;
+                add_op(eg, Op::Binary(BinaryOp::Mul), &[x, nc], None)
+            },
+        )?,
+        rule(
+            SET,
+            "exp-log",
+            "exp(log x) = x for x >= +0 (within an ulp or two; log(exp x) is left alone: exp overflows)",
+            &["(exp (log ?x))"],
+            |eg, _, s| {
+                let x = var(s, "?x")?;
+                eg[x].data.nonneg.then_some(x)
+            },
+        )?,
+        rule(
+            SET,
+            "select-same",
+            "select(c, x, x) = x (broadcast as needed)",
+            &["(select ?c ?x ?x)"],
+            |eg, id, s| widen_to(eg, var(s, "?x")?, id),
+        )?,
+        rule(
+            SET,
+            "transpose-transpose",
+            "transpose(transpose(x, p), q) = transpose(x, p∘q), or x when that is the identity",
+            &["(transpose (transpose ?x ?p) ?q)"],
+            |eg, _, s| {
+                let (x, p, q) = (var(s, "?x")?, var(s, "?p")?, var(s, "?q")?);
+                let (Some(Attr::Perm(p)), Some(Attr::Perm(q))) = (attr(eg, p), attr(eg, q))
+                else {
+                    return None;
+                };
+                let perm: Vec<usize> = q.iter().map(|&i| p.get(i).copied()).collect::<Option<_>>()?;
+                if perm.iter().enumerate().all(|(i, &p)| i == p) {
+                    Some(x)
+                } else {
+                    add_op(eg, Op::Transpose { perm }, &[x], None)
+                }
+            },
+        )?,
+        rule(
+            SET,
+            "transpose-identity",
+            "transpose(x, [0, 1, ...]) = x",
+            &["(transpose ?x ?p)"],
+            |eg, _, s| {
+                let (x, p) = (var(s, "?x")?, var(s, "?p")?);
+                match attr(eg, p) {
+                    Some(Attr::Perm(p)) if p.iter().enumerate().all(|(i, &j)| i == j) => Some(x),
+                    _ => None,
+                }
+            },
+        )?,
+        rule(
+            SET,
+            "reshape-reshape",
+            "reshape(reshape(x)) = reshape(x), or x when the shapes agree",
+            &["(reshape (reshape ?x ?t1) ?t2)"],
+            |eg, id, s| {
+                let t = ty(eg, id)?.clone();
+                reshape(eg, var(s, "?x")?, t)
+            },
+        )?,
+        rule(
+            SET,
+            "broadcast-broadcast",
+            "broadcast(broadcast(x)) = broadcast(x)",
+            &["(broadcast (broadcast ?x ?t1) ?t2)"],
+            |eg, id, s| {
+                let t = ty(eg, id)?.clone();
+                broadcast(eg, var(s, "?x")?, t)
+            },
+        )?,
+        rule(
+            SET,
+            "factor",
+            "a*c + b*c = (a + b)*c: one product fewer (reassociates)",
+            &[
+                "(add (mul ?a ?c) (mul ?b ?c))",
+                "(add (mul ?c ?a) (mul ?c ?b))",
+                "(add (mul ?a ?c) (mul ?c ?b))",
+                "(add (mul ?c ?a) (mul ?b ?c))",
+            ],
+            |eg, id, s| factor(eg, id, s, BinaryOp::Add),
+        )?,
+        rule(
+            SET,
+            "factor-sub",
+            "a*c - b*c = (a - b)*c: one product fewer (reassociates)",
+            &[
+                "(sub (mul ?a ?c) (mul ?b ?c))",
+                "(sub (mul ?c ?a) (mul ?c ?b))",
+                "(sub (mul ?a ?c) (mul ?c ?b))",
+                "(sub (mul ?c ?a) (mul ?b ?c))",
+            ],
+            |eg, id, s| factor(eg, id, s, BinaryOp::Sub),
+        )?,
+    ];
+    // Reductions: one rule per kind, as the kind is part of the pattern.
+    for op in [ReduceOp::Sum, ReduceOp::Mean, ReduceOp::Max] {
+        let r = match op {
+            ReduceOp::Sum => "reduce_sum",
+            ReduceOp::Mean => "reduce_mean",
+            ReduceOp::Max => "reduce_max",
+        };
+        let short = op.name();
+        if op != ReduceOp::Max {
+            rules.push(rule(
+                SET,
+                &format!("reduce-neg-{short}"),
+                "reduce(-x) = -reduce(x) for sum and mean (negation commutes with rounding)",
+                &[&format!("({r} (neg ?x) ?a)")],
+                move |eg, _, s| {
+                    let (x, a) = (var(s, "?x")?, var(s, "?a")?);
+                    let Some(Attr::Axes { axes, keepdim }) = attr(eg, a).cloned() else {
+                        return None;
+                    };
+                    let red = add_op(eg, Op::Reduce { op, axes, keepdim }, &[x], None)?;
+                    add_op(eg, Op::Unary(UnaryOp::Neg), &[red], None)
+                },
+            )?);
+        }
+        rules.push(rule(
+            SET,
+            &format!("reduce-reduce-{short}"),
+            "reduce(reduce(x, a1), a2) = one reduction of x over both axis sets, for one kind \
+             (sum and mean reassociate; max is exact)",
+            &[&format!("({r} ({r} ?x ?a1) ?a2)")],
+            move |eg, id, s| {
+                let (x, a1, a2) = (var(s, "?x")?, var(s, "?a1")?, var(s, "?a2")?);
+                merge_reductions(eg, id, op, x, a1, a2)
+            },
+        )?);
+        rules.push(rule(
+            SET,
+            &format!("reshape-of-keepdim-{short}"),
+            "reshape(reduce(x, axes, keepdim=true)) that drops exactly the reduced unit dims = \
+             reduce(x, axes, keepdim=false)",
+            &[&format!("(reshape ({r} ?x ?a) ?t)")],
+            move |eg, _, s| {
+                let (x, a) = (var(s, "?x")?, var(s, "?a")?);
+                let Some(Attr::Axes {
+                    axes,
+                    keepdim: true,
+                }) = attr(eg, a).cloned()
+                else {
+                    return None;
+                };
+                let keepdim = false;
+                add_op(eg, Op::Reduce { op, axes, keepdim }, &[x], None)
+            },
+        )?);
+    }
+    // Implicit broadcasting: every elementwise op broadcasts its operands
+    // itself, so an explicit broadcast of an operand is redundant whenever
+    // the result keeps its type. One rule per op, as the op is the pattern.
+    for &b in BinaryOp::ALL {
+        let name = format!("implicit-broadcast-{}", b.name());
+        let left = format!("({} (broadcast ?x ?t) ?y)", b.name());
+        let right = format!("({} ?y (broadcast ?x ?t))", b.name());
+        rules.push(rule(
+            SET,
+            &name,
+            "op(broadcast(x), y) = op(x, y) when the result's type is unchanged",
+            &[&left],
+            move |eg, _, s| add_op(eg, Op::Binary(b), &[var(s, "?x")?, var(s, "?y")?], None),
+        )?);
+        rules.push(rule(
+            SET,
+            &format!("{name}'"),
+            "op(y, broadcast(x)) = op(y, x) when the result's type is unchanged",
+            &[&right],
+            move |eg, _, s| add_op(eg, Op::Binary(b), &[var(s, "?y")?, var(s, "?x")?], None),
+        )?);
+    }
+    Ok(rules)
+}
+
+/// `x op c = x` when `c` is the splat `v` (the identity of `op`).
+fn identity(eg: &mut EG, id: Id, s: &Subst, v: f64) -> Option<Id> {
+    let (x, c) = (var(s, "?x")?, var(s, "?c")?);
+    if !is_splat(eg, c, v) {
+        return None;
+    }
+    widen_to(eg, x, id)
+}
+
+/// `reduce(reduce(x, a1), a2)` as one reduction of `x`, brought to the
+/// matched class's type.
+fn merge_reductions(eg: &mut EG, id: Id, op: ReduceOp, x: Id, a1: Id, a2: Id) -> Option<Id> {
+    let (
+        Some(Attr::Axes {
+            axes: ax1,
+            keepdim: k1,
+        }),
+        Some(Attr::Axes { axes: ax2, .. }),
+    ) = (attr(eg, a1).cloned(), attr(eg, a2).cloned())
+    else {
+        return None;
+    };
+    let rank = ty(eg, x)?.rank();
+    // Dims of the inner result, as dims of `x`.
+    let inner_dims: Vec<usize> = if k1 {
+        (0..rank).collect()
+    } else {
+        (0..rank).filter(|d| !ax1.contains(d)).collect()
+    };
+    let mut axes = ax1.clone();
+    for &d in &ax2 {
+        axes.push(*inner_dims.get(d)?);
+    }
+    axes.sort_unstable();
+    axes.dedup();
+    let target = ty(eg, id)?.clone();
+    for keepdim in [false, true] {
+        let r = add_op(
+            eg,
+            Op::Reduce {
+                op,
+                axes: axes.clone(),
+                keepdim,
+            },
+            &[x],
+            None,
+        )?;
+        if ty(eg, r)? == &target {
+            return Some(r);
+        }
+    }
+    let r = add_op(
+        eg,
+        Op::Reduce {
+            op,
+            axes,
+            keepdim: true,
+        },
+        &[x],
+        None,
+    )?;
+    reshape(eg, r, target)
+}
+
+/// `(a op b) * c` from a match binding `?a`, `?b`, `?c`, once per class:
+/// a class holding a product already was factored (or is one), and
+/// factoring every pair of its products again multiplies the e-graph
+/// (a class with k products summed with another gives k² new sums).
+fn factor(eg: &mut EG, id: Id, s: &Subst, op: BinaryOp) -> Option<Id> {
+    let has_product = eg[id]
+        .nodes
+        .iter()
+        .any(|n| n.kind() == Some(crate::opt::lang::Kind::Binary(BinaryOp::Mul)));
+    if has_product {
+        return None;
+    }
+    let (a, b, c) = (var(s, "?a")?, var(s, "?b")?, var(s, "?c")?);
+    let sum = add_op(eg, Op::Binary(op), &[a, b], None)?;
+    add_op(eg, Op::Binary(BinaryOp::Mul), &[sum, c], None)
+}
