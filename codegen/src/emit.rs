@@ -1,23 +1,26 @@
-//! Cranelift emission of one kernel per scheduled node.
+//! Cranelift emission of each kernel of the plan.
 //!
 //! Every kernel is specialized: sizes, strides and buffer addresses are
 //! compile-time constants, so loops have constant bounds and address
 //! arithmetic folds. Elementwise work runs `f32x4`/`i32x4` over the
 //! innermost dimension when it is contiguous (or broadcast), with a scalar
-//! tail; reductions accumulate in registers when they run along the
-//! innermost dimension; matrix products call the packed `sgemm`, or, for
+//! tail, evaluating the loop's expression (`expr`: inline elementwise
+//! work, several results per loop) per element; reductions evaluate their
+//! operand's expression and accumulate in registers when they run along
+//! the innermost dimension; matrix products call the packed `sgemm`, or, for
 //! the small shapes where that is measured to be slower, Cranelift-emitted
 //! register-tiled loops (`matmul.rs`).
 
-use crate::plan::{Base, Plan, StateLayout, View};
+use crate::expr::Code;
+use crate::plan::{Base, Body, Kernel, Plan, StateLayout, View};
 use crate::CodegenError;
 use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
 use cranelift_codegen::ir::{types, AbiParam, InstBuilder, MemFlagsData, Type, Value};
 use cranelift_frontend::FunctionBuilder;
-use nnc_ir::{BinaryOp, DType, Graph, Literal, NodeId, Op, ReduceOp, UnaryOp};
+use nnc_ir::{DType, Graph, Literal, NodeId, Op, ReduceOp};
 
 /// Element kinds as the JIT stores them: bool is an i32 0 or 1.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Kind {
     F32,
     I32,
@@ -257,215 +260,6 @@ fn addr_at(b: &mut FunctionBuilder, base: Value, i: Value, stride: isize) -> Val
     }
 }
 
-/// The elementwise operation of a map kernel.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub(crate) enum MapOp {
-    Copy,
-    Unary(UnaryOp),
-    Binary(BinaryOp),
-    Select,
-    Cast,
-    /// `x != 0` as a bool (cast to bool).
-    NonZero,
-}
-
-impl MapOp {
-    /// Ops with no `f32x4` form here run the scalar loop.
-    fn vectorizes(self) -> bool {
-        self != MapOp::Binary(BinaryOp::Pow)
-    }
-}
-
-/// One step of a (possibly fused) elementwise expression, evaluated per
-/// element in registers: operands are the kernel's inputs or earlier steps.
-#[derive(Debug, Clone, PartialEq)]
-pub(crate) enum Instr {
-    Input(usize),
-    Apply {
-        op: MapOp,
-        args: Vec<usize>,
-        kind: Kind,
-    },
-}
-
-/// `out = op(in0, in1, ...)` as a one-step expression.
-fn single(op: MapOp, inputs: usize, kind: Kind) -> Vec<Instr> {
-    let mut instrs: Vec<Instr> = (0..inputs).map(Instr::Input).collect();
-    instrs.push(Instr::Apply {
-        op,
-        args: (0..inputs).collect(),
-        kind,
-    });
-    instrs
-}
-
-/// Evaluates `instrs` on loaded inputs; the last step is the result.
-fn evaluate(
-    b: &mut FunctionBuilder,
-    calls: &mut dyn Calls,
-    instrs: &[Instr],
-    vector: bool,
-    inputs: &[(Value, Kind)],
-) -> Result<Value, CodegenError> {
-    let mut vals: Vec<(Value, Kind)> = Vec::with_capacity(instrs.len());
-    for instr in instrs {
-        let v = match instr {
-            Instr::Input(i) => inputs[*i],
-            Instr::Apply { op, args, kind } => {
-                let a: Vec<(Value, Kind)> = args.iter().map(|&j| vals[j]).collect();
-                (compute(b, calls, *op, vector, &a, *kind)?, *kind)
-            }
-        };
-        vals.push(v);
-    }
-    vals.last()
-        .map(|v| v.0)
-        .ok_or_else(|| CodegenError::new("internal error: an empty expression"))
-}
-
-/// Computes one element (or four lanes) of a map kernel.
-fn compute(
-    b: &mut FunctionBuilder,
-    calls: &mut dyn Calls,
-    op: MapOp,
-    vector: bool,
-    ins: &[(Value, Kind)],
-    out: Kind,
-) -> Result<Value, CodegenError> {
-    let ty = |k: Kind| if vector { k.vector() } else { k.scalar() };
-    let v = match op {
-        MapOp::Copy => ins[0].0,
-        MapOp::Unary(u) => {
-            let x = ins[0].0;
-            match u {
-                UnaryOp::Neg => b.ins().fneg(x),
-                UnaryOp::Abs => b.ins().fabs(x),
-                UnaryOp::Sqrt => b.ins().sqrt(x),
-                UnaryOp::Exp => crate::vmath::exp(b, ty(Kind::F32), x),
-                UnaryOp::Log => crate::vmath::log(b, ty(Kind::F32), x),
-                UnaryOp::Tanh => crate::vmath::tanh(b, ty(Kind::F32), x),
-                UnaryOp::Sigmoid => crate::vmath::sigmoid(b, ty(Kind::F32), x),
-            }
-        }
-        MapOp::Binary(op) => {
-            let (x, y) = (ins[0].0, ins[1].0);
-            let kind = ins[0].1;
-            let bool01 = |b: &mut FunctionBuilder, c: Value| -> Value {
-                if vector {
-                    let one = b.ins().iconst(types::I32, 1);
-                    let ones = b.ins().splat(types::I32X4, one);
-                    b.ins().band(c, ones)
-                } else {
-                    b.ins().uextend(types::I32, c)
-                }
-            };
-            match (kind, op) {
-                (Kind::F32, BinaryOp::Add) => b.ins().fadd(x, y),
-                (Kind::F32, BinaryOp::Sub) => b.ins().fsub(x, y),
-                (Kind::F32, BinaryOp::Mul) => b.ins().fmul(x, y),
-                (Kind::F32, BinaryOp::Div) => b.ins().fdiv(x, y),
-                (Kind::F32, BinaryOp::Max) => b.ins().fmax(x, y),
-                (Kind::F32, BinaryOp::Min) => b.ins().fmin(x, y),
-                (Kind::F32, BinaryOp::Pow) => calls.call(b, Host::Powf, &[x, y])[0],
-                (Kind::F32, cmp) => {
-                    let cc = match cmp {
-                        BinaryOp::Lt => FloatCC::LessThan,
-                        BinaryOp::Le => FloatCC::LessThanOrEqual,
-                        BinaryOp::Gt => FloatCC::GreaterThan,
-                        BinaryOp::Ge => FloatCC::GreaterThanOrEqual,
-                        BinaryOp::Eq => FloatCC::Equal,
-                        _ => FloatCC::NotEqual,
-                    };
-                    let c = b.ins().fcmp(cc, x, y);
-                    bool01(b, c)
-                }
-                (Kind::I32, BinaryOp::Add) => b.ins().iadd(x, y),
-                (Kind::I32, BinaryOp::Sub) => b.ins().isub(x, y),
-                (Kind::I32, BinaryOp::Mul) => b.ins().imul(x, y),
-                (Kind::I32, BinaryOp::Max) => b.ins().smax(x, y),
-                (Kind::I32, BinaryOp::Min) => b.ins().smin(x, y),
-                (Kind::I32, BinaryOp::Div | BinaryOp::Pow) => {
-                    return Err(CodegenError::new(format!(
-                        "integer `{op}` is not supported by the JIT (use --backend interp)"
-                    )))
-                }
-                (Kind::I32, cmp) => {
-                    let cc = match cmp {
-                        BinaryOp::Lt => IntCC::SignedLessThan,
-                        BinaryOp::Le => IntCC::SignedLessThanOrEqual,
-                        BinaryOp::Gt => IntCC::SignedGreaterThan,
-                        BinaryOp::Ge => IntCC::SignedGreaterThanOrEqual,
-                        BinaryOp::Eq => IntCC::Equal,
-                        _ => IntCC::NotEqual,
-                    };
-                    let c = b.ins().icmp(cc, x, y);
-                    bool01(b, c)
-                }
-            }
-        }
-        MapOp::Select => {
-            let (c, x, y) = (ins[0].0, ins[1].0, ins[2].0);
-            if vector {
-                let zero = b.ins().iconst(types::I32, 0);
-                let zeros = b.ins().splat(types::I32X4, zero);
-                let mask = b.ins().icmp(IntCC::NotEqual, c, zeros);
-                let mask = if out == Kind::F32 {
-                    b.ins().bitcast(
-                        types::F32X4,
-                        MemFlagsData::new()
-                            .with_endianness(cranelift_codegen::ir::Endianness::Little),
-                        mask,
-                    )
-                } else {
-                    mask
-                };
-                b.ins().bitselect(mask, x, y)
-            } else {
-                b.ins().select(c, x, y)
-            }
-        }
-        MapOp::NonZero => {
-            let (x, from) = ins[0];
-            let c = match from {
-                Kind::F32 => {
-                    let z = b.ins().f32const(0.0);
-                    let z = if vector {
-                        b.ins().splat(types::F32X4, z)
-                    } else {
-                        z
-                    };
-                    b.ins().fcmp(FloatCC::NotEqual, x, z)
-                }
-                Kind::I32 => {
-                    let z = b.ins().iconst(types::I32, 0);
-                    let z = if vector {
-                        b.ins().splat(types::I32X4, z)
-                    } else {
-                        z
-                    };
-                    b.ins().icmp(IntCC::NotEqual, x, z)
-                }
-            };
-            if vector {
-                let one = b.ins().iconst(types::I32, 1);
-                let ones = b.ins().splat(types::I32X4, one);
-                b.ins().band(c, ones)
-            } else {
-                b.ins().uextend(types::I32, c)
-            }
-        }
-        MapOp::Cast => {
-            let (x, from) = ins[0];
-            match (from, out) {
-                (Kind::F32, Kind::I32) => b.ins().fcvt_to_sint_sat(ty(Kind::I32), x),
-                (Kind::I32, Kind::F32) => b.ins().fcvt_from_sint(ty(Kind::F32), x),
-                _ => x,
-            }
-        }
-    };
-    Ok(v)
-}
-
 fn load(b: &mut FunctionBuilder, ty: Type, addr: Value) -> Value {
     b.ins().load(ty, flags(), addr, 0)
 }
@@ -474,18 +268,35 @@ fn store(b: &mut FunctionBuilder, v: Value, addr: Value) {
     b.ins().store(flags(), v, addr, 0);
 }
 
-/// `out = op(ins...)` over `dims`, every operand a strided view.
+/// The operands of a loop over an expression's space: `outs` (written),
+/// then the expression's leaves.
+fn loop_operands(outs: &[(Strided, Kind)], code: &Code) -> Vec<Strided> {
+    outs.iter()
+        .map(|o| o.0.clone())
+        .chain(
+            code.addrs
+                .iter()
+                .zip(&code.strides)
+                .map(|(&addr, s)| Strided {
+                    addr,
+                    strides: s.clone(),
+                }),
+        )
+        .collect()
+}
+
+/// Evaluates `code` at every index of `dims` and stores each output into
+/// its view in `outs` (same shape, any strides). Every leaf of an element
+/// is loaded before any output of it is stored, so an output may overwrite
+/// a leaf read at the same element (an update computed in place).
 fn emit_map(
     b: &mut FunctionBuilder,
     calls: &mut dyn Calls,
-    instrs: &[Instr],
+    code: &Code,
     dims: &[usize],
-    out: (Strided, Kind),
-    ins: &[(Strided, Kind)],
+    outs: &[(Strided, Kind)],
 ) -> Result<(), CodegenError> {
-    let mut ops: Vec<Strided> = std::iter::once(out.0.clone())
-        .chain(ins.iter().map(|i| i.0.clone()))
-        .collect();
+    let mut ops = loop_operands(outs, code);
     let mut dims = coalesce(dims, &mut ops);
     if dims.is_empty() {
         dims.push(1);
@@ -495,62 +306,56 @@ fn emit_map(
     }
     let n = *dims.last().unwrap_or(&1) as i64;
     let last = dims.len() - 1;
-    let inner_strides: Vec<isize> = ops.iter().map(|o| o.strides[last]).collect();
-    let kinds: Vec<Kind> = std::iter::once(out.1)
-        .chain(ins.iter().map(|i| i.1))
-        .collect();
-    let vectorizes = instrs.iter().all(|i| match i {
-        Instr::Apply { op, .. } => op.vectorizes(),
-        Instr::Input(_) => true,
-    });
+    let inner: Vec<isize> = ops.iter().map(|o| o.strides[last]).collect();
+    let (written, leaves) = inner.split_at(outs.len());
     let vector = n >= 4
-        && vectorizes
-        && inner_strides[0] == 4
-        && inner_strides[1..].iter().all(|&s| s == 0 || s == 4);
+        && code.vectorizes()
+        && written.iter().all(|&s| s == 4)
+        && leaves.iter().all(|&s| s == 0 || s == 4);
+    let k = outs.len();
     let mut error = None;
     emit_nest(b, &dims, &ops, &mut |_, _, _| {}, &mut |b, addrs| {
         let vec_end = if vector { n / 4 * 4 } else { 0 };
         if vector {
-            // Broadcast operands: load once, splat.
-            let splats: Vec<Option<Value>> = (1..ops.len())
-                .map(|k| {
-                    (inner_strides[k] == 0).then(|| {
-                        let s = load(b, kinds[k].scalar(), addrs[k]);
-                        b.ins().splat(kinds[k].vector(), s)
-                    })
-                })
+            // Broadcast leaves: load once per row, splat.
+            let splats: Vec<Option<Value>> = (0..leaves.len())
+                .map(|l| (leaves[l] == 0).then(|| code.load(b, l, addrs[k + l], 0, true, 0)))
                 .collect();
             emit_for(b, 0, vec_end, 4, &mut |b, i| {
                 let byte = b.ins().imul_imm_s(i, 4);
-                let vals: Vec<(Value, Kind)> = (1..ops.len())
-                    .map(|k| match splats[k - 1] {
-                        Some(v) => (v, kinds[k]),
+                let vals: Vec<Value> = (0..leaves.len())
+                    .map(|l| match splats[l] {
+                        Some(v) => v,
                         None => {
-                            let a = b.ins().iadd(addrs[k], byte);
-                            (load(b, kinds[k].vector(), a), kinds[k])
+                            let a = b.ins().iadd(addrs[k + l], byte);
+                            code.load(b, l, a, 0, true, 4)
                         }
                     })
                     .collect();
-                match evaluate(b, calls, instrs, true, &vals) {
-                    Ok(v) => {
-                        let a = b.ins().iadd(addrs[0], byte);
-                        store(b, v, a);
+                match code.evaluate(b, calls, true, &vals) {
+                    Ok(results) => {
+                        for (o, v) in results.into_iter().enumerate() {
+                            let a = b.ins().iadd(addrs[o], byte);
+                            store(b, v, a);
+                        }
                     }
                     Err(e) => error = Some(e),
                 }
             });
         }
         emit_for(b, vec_end, n, 1, &mut |b, i| {
-            let vals: Vec<(Value, Kind)> = (1..ops.len())
-                .map(|k| {
-                    let a = addr_at(b, addrs[k], i, inner_strides[k]);
-                    (load(b, kinds[k].scalar(), a), kinds[k])
+            let vals: Vec<Value> = (0..leaves.len())
+                .map(|l| {
+                    let a = addr_at(b, addrs[k + l], i, leaves[l]);
+                    code.load(b, l, a, 0, false, 0)
                 })
                 .collect();
-            match evaluate(b, calls, instrs, false, &vals) {
-                Ok(v) => {
-                    let a = addr_at(b, addrs[0], i, inner_strides[0]);
-                    store(b, v, a);
+            match code.evaluate(b, calls, false, &vals) {
+                Ok(results) => {
+                    for (o, v) in results.into_iter().enumerate() {
+                        let a = addr_at(b, addrs[o], i, written[o]);
+                        store(b, v, a);
+                    }
                 }
                 Err(e) => error = Some(e),
             }
@@ -589,18 +394,23 @@ pub(crate) fn emit_fill(b: &mut FunctionBuilder, addr: usize, n: usize, value: f
     });
 }
 
-/// Sum or max over `axes`: the output is walked with stride 0 along the
-/// reduced dims. A reduction along the innermost dim accumulates in an
-/// `f32x4` register and combines once per row.
+/// Sum or max over `axes` of `code`'s value at each element of `shape`:
+/// the output is walked with stride 0 along the reduced dims. A reduction
+/// along the innermost dim accumulates in an `f32x4` register and
+/// combines once per row. The operand's expression (a prologue: the
+/// elementwise work that produced it) is evaluated per element in the
+/// loop, so the operand is never stored.
+#[allow(clippy::too_many_arguments)]
 fn emit_reduce(
     b: &mut FunctionBuilder,
+    calls: &mut dyn Calls,
     op: ReduceOp,
-    x: &View,
-    x_addr: usize,
+    code: &Code,
+    shape: &[usize],
     axes: &[usize],
     out_addr: usize,
     out_numel: usize,
-) {
+) -> Result<(), CodegenError> {
     let identity = if op == ReduceOp::Max {
         f32::NEG_INFINITY
     } else {
@@ -608,22 +418,20 @@ fn emit_reduce(
     };
     emit_fill(b, out_addr, out_numel, identity);
     // Output strides over the input's dims: contiguous over kept dims.
-    let mut out_strides = vec![0isize; x.shape.len()];
+    let mut out_strides = vec![0isize; shape.len()];
     let mut acc = 4isize;
-    for i in (0..x.shape.len()).rev() {
+    for i in (0..shape.len()).rev() {
         if !axes.contains(&i) {
             out_strides[i] = acc;
-            acc *= x.shape[i] as isize;
+            acc *= shape[i] as isize;
         }
     }
-    let mut ops = vec![
-        Strided {
-            addr: out_addr,
-            strides: out_strides,
-        },
-        strided(x_addr, x),
-    ];
-    let mut dims = coalesce(&x.shape, &mut ops);
+    let out = Strided {
+        addr: out_addr,
+        strides: out_strides,
+    };
+    let mut ops = loop_operands(&[(out, Kind::F32)], code);
+    let mut dims = coalesce(shape, &mut ops);
     if dims.is_empty() {
         dims.push(1);
         for o in &mut ops {
@@ -632,10 +440,40 @@ fn emit_reduce(
     }
     let last = dims.len() - 1;
     let n = dims[last] as i64;
-    let (so, sx) = (ops[0].strides[last], ops[1].strides[last]);
+    let so = ops[0].strides[last];
+    let sx: Vec<isize> = ops[1..].iter().map(|o| o.strides[last]).collect();
+    let unit = code.vectorizes() && sx.iter().all(|&s| s == 0 || s == 4);
     let combine = |b: &mut FunctionBuilder, a: Value, v: Value| match op {
         ReduceOp::Max => b.ins().fmax(a, v),
         _ => b.ins().fadd(a, v),
+    };
+    let mut error = None;
+    // The operand's value(s) at element `i` of the row at `addrs`.
+    let mut value = |b: &mut FunctionBuilder, addrs: &[Value], i: Value, vector: bool| {
+        let vals: Vec<Value> = (0..sx.len())
+            .map(|l| {
+                if vector {
+                    let a = match sx[l] {
+                        0 => addrs[1 + l],
+                        _ => {
+                            let off = b.ins().imul_imm_s(i, 4);
+                            b.ins().iadd(addrs[1 + l], off)
+                        }
+                    };
+                    code.load(b, l, a, 0, true, sx[l])
+                } else {
+                    let a = addr_at(b, addrs[1 + l], i, sx[l]);
+                    code.load(b, l, a, 0, false, 0)
+                }
+            })
+            .collect();
+        match code.evaluate(b, calls, vector, &vals) {
+            Ok(v) => v[0],
+            Err(e) => {
+                error = Some(e);
+                vals.first().copied().unwrap_or(i)
+            }
+        }
     };
     emit_nest(b, &dims, &ops, &mut |_, _, _| {}, &mut |b, addrs| {
         if so == 0 {
@@ -644,11 +482,9 @@ fn emit_reduce(
             let vacc_var = b.declare_var(types::F32X4);
             let vinit = b.ins().splat(types::F32X4, init);
             b.def_var(vacc_var, vinit);
-            let vec_end = if sx == 4 { n / 4 * 4 } else { 0 };
+            let vec_end = if unit { n / 4 * 4 } else { 0 };
             emit_for(b, 0, vec_end, 4, &mut |b, i| {
-                let off = b.ins().imul_imm_s(i, 4);
-                let a = b.ins().iadd(addrs[1], off);
-                let v = load(b, types::F32X4, a);
+                let v = value(b, addrs, i, true);
                 let cur = b.use_var(vacc_var);
                 let next = combine(b, cur, v);
                 b.def_var(vacc_var, next);
@@ -662,8 +498,7 @@ fn emit_reduce(
             let sacc = b.declare_var(types::F32);
             b.def_var(sacc, total);
             emit_for(b, vec_end, n, 1, &mut |b, i| {
-                let a = addr_at(b, addrs[1], i, sx);
-                let v = load(b, types::F32, a);
+                let v = value(b, addrs, i, false);
                 let cur = b.use_var(sacc);
                 let next = combine(b, cur, v);
                 b.def_var(sacc, next);
@@ -674,27 +509,26 @@ fn emit_reduce(
             store(b, r, addrs[0]);
         } else {
             // Accumulate a row of inputs into a row of outputs.
-            let vector = so == 4 && sx == 4;
+            let vector = so == 4 && unit;
             let vec_end = if vector { n / 4 * 4 } else { 0 };
             emit_for(b, 0, vec_end, 4, &mut |b, i| {
                 let off = b.ins().imul_imm_s(i, 4);
-                let ax = b.ins().iadd(addrs[1], off);
                 let ao = b.ins().iadd(addrs[0], off);
-                let v = load(b, types::F32X4, ax);
+                let v = value(b, addrs, i, true);
                 let o = load(b, types::F32X4, ao);
                 let r = combine(b, o, v);
                 store(b, r, ao);
             });
             emit_for(b, vec_end, n, 1, &mut |b, i| {
-                let ax = addr_at(b, addrs[1], i, sx);
                 let ao = addr_at(b, addrs[0], i, so);
-                let v = load(b, types::F32, ax);
+                let v = value(b, addrs, i, false);
                 let o = load(b, types::F32, ao);
                 let r = combine(b, o, v);
                 store(b, r, ao);
             });
         }
     });
+    error.map_or(Ok(()), Err)
 }
 
 /// Index of the first maximum along `axis` (a NaN counts as the maximum).
@@ -1087,6 +921,7 @@ fn emit_matmul(
                     let image = stage_image(b, st, at[slot]);
                     crate::window::emit_unfold_planes(
                         b,
+                        calls,
                         st.window,
                         fill,
                         st.dtype,
@@ -1136,7 +971,7 @@ fn emit_matmul(
         if let Some(st) = &stages[2] {
             let image = stage_image(b, st, at[2]);
             crate::window::emit_fold_planes(
-                b, st.window, st.dtype, st.image.1, st.planes, image, addrs[2],
+                b, calls, st.window, st.dtype, st.image.1, st.planes, image, addrs[2],
             )?;
         }
         Ok(())
@@ -1238,132 +1073,89 @@ fn batch_loops(
     result
 }
 
-/// The elementwise operation of a node, if it is one.
-pub(crate) fn elementwise(graph: &Graph, id: NodeId) -> Option<MapOp> {
-    let node = graph.node(id);
-    Some(match &node.op {
-        Op::Unary(u) => MapOp::Unary(*u),
-        Op::Binary(op) => MapOp::Binary(*op),
-        Op::Select => MapOp::Select,
-        Op::Cast if node.ty.dtype == DType::Bool => MapOp::NonZero,
-        Op::Cast => MapOp::Cast,
-        _ => return None,
-    })
-}
-
-/// Appends the expression of `id` to `instrs` (operands first): fused
-/// producers inline, everything else an input. Returns `id`'s step index.
-fn fuse_tree(
-    graph: &Graph,
-    plan: &Plan,
-    id: NodeId,
-    inputs: &mut Vec<NodeId>,
-    instrs: &mut Vec<Instr>,
-) -> usize {
-    let mut args = Vec::new();
-    for o in graph.operands(id) {
-        let step = if plan.fused.contains(&o) {
-            fuse_tree(graph, plan, o, inputs, instrs)
-        } else {
-            let i = match inputs.iter().position(|&n| n == o) {
-                Some(i) => i,
-                None => {
-                    inputs.push(o);
-                    inputs.len() - 1
-                }
-            };
-            instrs.push(Instr::Input(i));
-            instrs.len() - 1
-        };
-        args.push(step);
-    }
-    let op = elementwise(graph, id).unwrap_or(MapOp::Copy);
-    instrs.push(Instr::Apply {
-        op,
-        args,
-        kind: Kind::of(graph.ty(id).dtype),
-    });
-    instrs.len() - 1
-}
-
-/// Emits the body of the kernel for `id` into `b` (which ends it with a
-/// return).
+/// Emits the body of `kernel` into `b` (which ends it with a return).
 pub fn emit_kernel(
     b: &mut FunctionBuilder,
     calls: &mut dyn Calls,
     graph: &Graph,
-    id: NodeId,
+    kernel: &Kernel,
     at: &Addresses,
     status: usize,
 ) -> Result<(), CodegenError> {
     let plan = at.plan;
+    let id = kernel.root;
     let node = graph.node(id);
-    let out_view = &plan.views[&id];
+    let view_of = |n: NodeId| -> Result<&View, CodegenError> {
+        plan.views.get(&n).ok_or_else(|| {
+            CodegenError::new(format!(
+                "internal error: `{}` has no buffer",
+                graph.node(n).op.mnemonic()
+            ))
+        })
+    };
+    let out_view = view_of(id)?;
     let out_addr = at.of(out_view);
     let out_kind = Kind::of(node.ty.dtype);
-    let operands = graph.operands(id);
-    let operand = |i: usize| -> (&View, usize, Kind) {
-        let v = &plan.views[&operands[i]];
-        (v, at.of(v), Kind::of(graph.ty(operands[i]).dtype))
-    };
-    // Operands of elementwise ops are read through their views, stretched
-    // to the output's rank with stride 0 where broadcast.
-    let aligned = |v: &View, addr: usize| -> Strided {
-        let extra = out_view.shape.len() - v.shape.len();
-        let strides = (0..out_view.shape.len())
-            .map(|i| match i.checked_sub(extra) {
-                Some(j) if v.shape[j] == out_view.shape[i] => v.strides[j] * 4,
-                _ => 0,
-            })
-            .collect();
-        Strided { addr, strides }
-    };
-    let map = |b: &mut FunctionBuilder, calls: &mut dyn Calls, op: MapOp, n: usize| {
-        let ins: Vec<(Strided, Kind)> = (0..n)
-            .map(|i| {
-                let (v, a, k) = operand(i);
-                (aligned(v, a), k)
-            })
-            .collect();
-        emit_map(
-            b,
-            calls,
-            &single(op, n, out_kind),
-            &out_view.shape,
-            (strided(out_addr, out_view), out_kind),
-            &ins,
-        )
-    };
-    if elementwise(graph, id).is_some() {
-        // The node and the elementwise producers the plan fused into it, as
-        // one expression evaluated per element in registers.
-        let mut inputs: Vec<NodeId> = Vec::new();
-        let mut instrs: Vec<Instr> = Vec::new();
-        fuse_tree(graph, plan, id, &mut inputs, &mut instrs);
-        let ins: Vec<(Strided, Kind)> = inputs
-            .iter()
-            .map(|&n| {
-                let v = &plan.views[&n];
-                (aligned(v, at.of(v)), Kind::of(graph.ty(n).dtype))
-            })
-            .collect();
-        return emit_map(
-            b,
-            calls,
-            &instrs,
-            &out_view.shape,
-            (strided(out_addr, out_view), out_kind),
-            &ins,
-        );
-    }
-    match &node.op {
-        Op::Unary(_) | Op::Binary(_) | Op::Select | Op::Cast => {
-            unreachable!("elementwise ops return above")
+    match &kernel.body {
+        Body::Map { outputs, expr } => {
+            let code = Code::new(b, expr, at)?;
+            let mut outs = Vec::new();
+            for &o in outputs {
+                let v = view_of(o)?;
+                outs.push((strided(at.of(v), v), Kind::of(graph.ty(o).dtype)));
+            }
+            return emit_map(b, calls, &code, &expr.shape, &outs);
         }
+        Body::Operand(expr) => {
+            let code = Code::new(b, expr, at)?;
+            return match &node.op {
+                Op::Reduce { op, axes, .. } => {
+                    if code.output_kind(0) != Kind::F32 {
+                        return Err(CodegenError::new(
+                            "the JIT reduces f32 tensors only (use --backend interp)",
+                        ));
+                    }
+                    emit_reduce_node(b, calls, *op, &code, &expr.shape, axes, out_view, out_addr)
+                }
+                Op::Unfold { window, fill } => {
+                    let word = crate::program::value_word(*fill, node.ty.dtype);
+                    crate::window::emit_unfold(
+                        b,
+                        calls,
+                        window,
+                        word,
+                        node.ty.dtype,
+                        (&code, &expr.shape),
+                        (out_addr, out_view),
+                    )
+                }
+                Op::Fold { window } => crate::window::emit_fold(
+                    b,
+                    calls,
+                    window,
+                    node.ty.dtype,
+                    (&code, &expr.shape),
+                    (out_addr, out_view),
+                ),
+                _ => Err(CodegenError::new(format!(
+                    "internal error: `{}` does not loop over its operand",
+                    node.op.mnemonic()
+                ))),
+            };
+        }
+        Body::Node => {}
+    }
+    let operands = graph.operands(id);
+    let operand = |i: usize| -> Result<(&View, usize, Kind), CodegenError> {
+        let v = view_of(operands[i])?;
+        Ok((v, at.of(v), Kind::of(graph.ty(operands[i]).dtype)))
+    };
+    match &node.op {
         Op::Reshape => {
-            // The plan schedules a reshape only for a non-contiguous operand:
-            // walk it in row-major order of its own shape into the result.
-            let (v, a, k) = operand(0);
+            // The plan schedules a reshape only for an operand no view
+            // reshapes: walk it in row-major order of its own shape into
+            // the result.
+            let (v, a, k) = operand(0)?;
             let dst = Strided {
                 addr: out_addr,
                 strides: crate::plan::row_major(&v.shape)
@@ -1373,11 +1165,10 @@ pub fn emit_kernel(
             };
             copy(b, calls, &v.shape, dst, strided(a, v), k)?
         }
-        Op::Broadcast | Op::Transpose { .. } | Op::Slice { .. } => map(b, calls, MapOp::Copy, 1)?,
         Op::Concat { axis } => {
             let mut start = 0usize;
             for i in 0..operands.len() {
-                let (v, a, k) = operand(i);
+                let (v, a, k) = operand(i)?;
                 let mut dst = strided(out_addr, out_view);
                 dst.addr =
                     (dst.addr as isize + start as isize * out_view.strides[*axis] * 4) as usize;
@@ -1393,56 +1184,19 @@ pub fn emit_kernel(
                     "internal error: a fused matmul's operands",
                 ));
             };
-            let (va, vb) = (&plan.views[&x], &plan.views[&y]);
+            let (va, vb) = (view_of(x)?, view_of(y)?);
             let c = summed_view(va, vb, out_view, axes, *keepdim)?;
             emit_fill(b, out_addr, out_view.numel(), 0.0);
             emit_matmul_node(b, calls, graph, at, mm, (out_addr, &c), true)?;
         }
-        Op::Reduce { op, axes, .. } => {
-            let (v, a, k) = operand(0);
-            if k != Kind::F32 {
-                return Err(CodegenError::new(
-                    "the JIT reduces f32 tensors only (use --backend interp)",
-                ));
-            }
-            let numel = out_view.numel();
-            let sum_op = if *op == ReduceOp::Max {
-                ReduceOp::Max
-            } else {
-                ReduceOp::Sum
-            };
-            emit_reduce(b, sum_op, v, a, axes, out_addr, numel);
-            if *op == ReduceOp::Mean {
-                let count: usize = axes.iter().map(|&i| v.shape[i]).product();
-                let base = b.ins().iconst(types::I64, out_addr as i64);
-                // Over no elements: 0 * inf = NaN, like the interpreter.
-                let inv = b.ins().f32const(1.0 / count as f32);
-                let vinv = b.ins().splat(types::F32X4, inv);
-                let n = numel as i64;
-                emit_for(b, 0, n / 4 * 4, 4, &mut |b, i| {
-                    let off = b.ins().imul_imm_s(i, 4);
-                    let p = b.ins().iadd(base, off);
-                    let x = load(b, types::F32X4, p);
-                    let y = b.ins().fmul(x, vinv);
-                    store(b, y, p);
-                });
-                emit_for(b, n / 4 * 4, n, 1, &mut |b, i| {
-                    let off = b.ins().imul_imm_s(i, 4);
-                    let p = b.ins().iadd(base, off);
-                    let x = load(b, types::F32, p);
-                    let y = b.ins().fmul(x, inv);
-                    store(b, y, p);
-                });
-            }
-        }
         Op::ArgMax { axis } => {
-            let (v, a, k) = operand(0);
+            let (v, a, k) = operand(0)?;
             emit_argmax(b, v, a, k, *axis, out_addr);
         }
         Op::MatMul => emit_matmul_node(b, calls, graph, at, id, (out_addr, out_view), false)?,
         Op::Gather { axis } => {
-            let (v, a, _) = operand(0);
-            let (vi, ai, _) = operand(1);
+            let (v, a, _) = operand(0)?;
+            let (vi, ai, _) = operand(1)?;
             emit_take(
                 b,
                 false,
@@ -1456,8 +1210,8 @@ pub fn emit_kernel(
         }
         Op::ScatterAdd { axis } => {
             emit_fill(b, out_addr, out_view.numel(), 0.0);
-            let (vu, au, _) = operand(0);
-            let (vi, ai, _) = operand(1);
+            let (vu, au, _) = operand(0)?;
+            let (vi, ai, _) = operand(1)?;
             emit_take(
                 b,
                 true,
@@ -1469,35 +1223,57 @@ pub fn emit_kernel(
                 status,
             );
         }
-        Op::Unfold { window, fill } => {
-            let (v, a, _) = operand(0);
-            let word = crate::program::value_word(*fill, node.ty.dtype);
-            crate::window::emit_unfold(
-                b,
-                window,
-                word,
-                node.ty.dtype,
-                (a, v),
-                (out_addr, out_view),
-            )?
-        }
-        Op::Fold { window } => {
-            let (v, a, _) = operand(0);
-            crate::window::emit_fold(b, window, node.ty.dtype, (a, v), (out_addr, out_view))?
-        }
-        Op::Random { stream } => {
-            let (v, a, k) = operand(0);
-            if k != Kind::I32 || v.numel() != 1 {
-                return Err(CodegenError::new("random needs a scalar i32 key"));
-            }
-            crate::random::emit_random(b, *stream, a, (out_addr, out_view))?
-        }
-        Op::Input { .. } | Op::Param { .. } | Op::State { .. } | Op::Const(_) | Op::Iota { .. } => {
+        _ => {
             return Err(CodegenError::new(format!(
-                "`{}` is not a kernel",
+                "internal error: `{}` is not a kernel of its own",
                 node.op.mnemonic()
             )))
         }
+    }
+    Ok(())
+}
+
+/// A reduction (sum, mean or max) of `code` over `axes` of `shape` into
+/// the contiguous `out`.
+#[allow(clippy::too_many_arguments)]
+fn emit_reduce_node(
+    b: &mut FunctionBuilder,
+    calls: &mut dyn Calls,
+    op: ReduceOp,
+    code: &Code,
+    shape: &[usize],
+    axes: &[usize],
+    out: &View,
+    out_addr: usize,
+) -> Result<(), CodegenError> {
+    let numel = out.numel();
+    let sum_op = if op == ReduceOp::Max {
+        ReduceOp::Max
+    } else {
+        ReduceOp::Sum
+    };
+    emit_reduce(b, calls, sum_op, code, shape, axes, out_addr, numel)?;
+    if op == ReduceOp::Mean {
+        let count: usize = axes.iter().map(|&i| shape[i]).product();
+        let base = b.ins().iconst(types::I64, out_addr as i64);
+        // Over no elements: 0 * inf = NaN, like the interpreter.
+        let inv = b.ins().f32const(1.0 / count as f32);
+        let vinv = b.ins().splat(types::F32X4, inv);
+        let n = numel as i64;
+        emit_for(b, 0, n / 4 * 4, 4, &mut |b, i| {
+            let off = b.ins().imul_imm_s(i, 4);
+            let p = b.ins().iadd(base, off);
+            let x = load(b, types::F32X4, p);
+            let y = b.ins().fmul(x, vinv);
+            store(b, y, p);
+        });
+        emit_for(b, n / 4 * 4, n, 1, &mut |b, i| {
+            let off = b.ins().imul_imm_s(i, 4);
+            let p = b.ins().iadd(base, off);
+            let x = load(b, types::F32, p);
+            let y = b.ins().fmul(x, inv);
+            store(b, y, p);
+        });
     }
     Ok(())
 }
@@ -1555,12 +1331,6 @@ fn copy(
     src: Strided,
     kind: Kind,
 ) -> Result<(), CodegenError> {
-    emit_map(
-        b,
-        calls,
-        &single(MapOp::Copy, 1, kind),
-        dims,
-        (dst, kind),
-        &[(src, kind)],
-    )
+    let code = Code::copy(src.addr, src.strides, kind);
+    emit_map(b, calls, &code, dims, &[(dst, kind)])
 }

@@ -4,6 +4,8 @@
 //! schedule over a statically planned memory arena.
 //!
 //! - `plan`: concrete shapes, views, the liveness-based memory plan.
+//! - `group`: kernel grouping: inline values, multi-output loops.
+//! - `expr`: the elementwise expression a loop evaluates per element.
 //! - `emit`: Cranelift IR for each kernel.
 //! - `matmul`: small matrix products as Cranelift loops, and the rule.
 //! - `sgemm`: packed SGEMM (AVX-512 / AVX2 / scalar) for the large ones.
@@ -11,18 +13,24 @@
 //! - `vmath`: inline vector `exp`, `log`, `tanh`, `sigmoid`.
 //! - `window`: `unfold` (im2col) and `fold` (col2im).
 //! - `random`: counter-based uniform random numbers.
+//! - `summary`: what each kernel covers, computes and moves.
 
 pub mod emit;
+pub mod expr;
+pub mod group;
 pub mod matmul;
 pub mod plan;
 pub mod program;
 pub mod random;
 pub mod sgemm;
+pub mod summary;
 pub mod vmath;
 pub mod window;
 
+pub use group::GroupConfig;
 pub use plan::StateLayout;
 pub use program::{CompileStats, Fault, Program, StateBuffer};
+pub use summary::KernelInfo;
 
 /// The JIT cannot compile a graph: an unsupported op or dtype, or an
 /// internal error.

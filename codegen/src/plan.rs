@@ -1,15 +1,21 @@
 //! Specialization and the static memory plan.
 //!
 //! Given a graph and a binding of its symbolic dims (`B = 128`), every node
-//! gets a concrete shape and a *view*: a base buffer, an element offset and
-//! strides. Layout ops (reshape of contiguous data, transpose, broadcast,
-//! slice) are views of their operand and cost nothing; every other op
-//! writes a fresh contiguous buffer. Buffers live in one arena at offsets
-//! chosen by liveness, so intermediates reuse memory and a step allocates
-//! nothing.
+//! gets a concrete shape and, when it is stored, a *view*: a base buffer,
+//! an element offset and strides. Layout ops (reshape, transpose,
+//! broadcast, slice) are views of their operand whenever strides can say
+//! so, and cost nothing. The grouping pass (`group`) decides which values
+//! are computed inline by the loops that read them and which elementwise
+//! kernels share a loop; every other value is a kernel writing a fresh
+//! contiguous buffer. Each loop's per-element work is an expression
+//! (`expr`) over views of stored values. Buffers live in one arena at
+//! offsets chosen by liveness, so intermediates reuse memory and a step
+//! allocates nothing.
 
+use crate::expr::{self, BuildError, Expr, Source};
+use crate::group::{self, GroupConfig, Grouping};
 use crate::CodegenError;
-use nnc_ir::{BinaryOp, DType, Dim, Graph, NodeId, Op, ReduceOp};
+use nnc_ir::{DType, Dim, Graph, NodeId, Op, ReduceOp};
 use std::collections::{HashMap, HashSet};
 
 /// Where a view's elements live.
@@ -22,7 +28,7 @@ pub enum Base {
 }
 
 /// A strided window onto a buffer, in elements.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct View {
     pub base: Base,
     pub offset: usize,
@@ -151,8 +157,8 @@ pub fn concrete(shape: &[Dim], bindings: &HashMap<String, usize>) -> Result<Vec<
 /// What the schedule does, in order.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Step {
-    /// Run the kernel that computes this node into its view.
-    Compute(NodeId),
+    /// Run kernel `k` of [`Plan::kernels`].
+    Kernel(usize),
     /// Copy a node's value into a state slot (an optimizer update).
     Update { slot: usize, value: NodeId },
     /// Copy `src` into `dst` (same shape): stages an update value that is a
@@ -169,6 +175,29 @@ pub struct Buffer {
     pub offset: usize,
 }
 
+/// One compiled function of the schedule.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Kernel {
+    /// The node it is scheduled as: its last result in topological order.
+    pub root: NodeId,
+    pub body: Body,
+}
+
+/// What a kernel's code does.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Body {
+    /// One elementwise loop storing `outputs` (all of one shape; the
+    /// expression's outputs in the same order).
+    Map { outputs: Vec<NodeId>, expr: Expr },
+    /// The root's reduction, `fold` or `unfold`, over its operand computed
+    /// per element by `expr` (a plain read when the operand is stored).
+    Operand(Expr),
+    /// The root's own kernel over stored operands: matmuls (staged or
+    /// summed into their `reduce_sum`), gather, scatter, concat, argmax,
+    /// and the copy of a reshape that no view expresses.
+    Node,
+}
+
 #[derive(Debug, Clone)]
 pub struct Plan {
     pub views: HashMap<NodeId, View>,
@@ -176,16 +205,17 @@ pub struct Plan {
     pub arena_bytes: usize,
     /// The sum of all buffer sizes: what the arena would need without reuse.
     pub unshared_bytes: usize,
+    pub kernels: Vec<Kernel>,
     pub steps: Vec<Step>,
     /// Constants and iotas, filled once when the program is created.
     pub constants: Vec<NodeId>,
     pub inputs: Vec<(String, NodeId)>,
     pub outputs: Vec<(String, NodeId)>,
-    /// Nodes computed inside their consumer's kernel: they have no buffer
-    /// and no step of their own. Elementwise producers are evaluated in
-    /// registers (`fusion`); a matmul summed over batch dims by its only
-    /// user accumulates straight into that `reduce_sum`'s result
-    /// (`summed_products`).
+    /// Nodes computed inside other kernels: they have no buffer and no
+    /// kernel of their own. Inline values are evaluated in registers by
+    /// every loop that reads them (`group`); a matmul summed over batch
+    /// dims by its only user accumulates straight into that `reduce_sum`'s
+    /// result (`summed_products`).
     pub fused: HashSet<NodeId>,
     /// Matmul operands (slot `0`: `a`, `1`: `b`) and results (`2`) that
     /// are batches of unfolded planes and never exist whole; see
@@ -222,34 +252,6 @@ fn results(graph: &Graph) -> HashSet<NodeId> {
         .iter()
         .map(|o| o.node)
         .chain(graph.updates.iter().map(|u| u.value))
-        .collect()
-}
-
-/// Elementwise nodes that fuse into their consumer: the only user is an
-/// elementwise op of the same shape, and the value is not a result of the
-/// program. Chains fuse transitively, so a whole elementwise tree (an Adam
-/// update, a relu mask and its gradient) becomes one loop.
-fn fusion(graph: &Graph, order: &[NodeId], bindings: &HashMap<String, usize>) -> HashSet<NodeId> {
-    let results = results(graph);
-    let fusable = |n: NodeId| match &graph.node(n).op {
-        // `pow` calls out per element; keep it its own kernel.
-        Op::Binary(BinaryOp::Pow) => false,
-        Op::Unary(_) | Op::Binary(_) | Op::Select | Op::Cast => true,
-        _ => false,
-    };
-    let shape = |n: NodeId| concrete(&graph.ty(n).shape, bindings).ok();
-    order
-        .iter()
-        .copied()
-        .filter(|&n| {
-            if !fusable(n) || results.contains(&n) {
-                return false;
-            }
-            match graph.users(n).as_slice() {
-                [user] => fusable(*user) && shape(*user).is_some() && shape(*user) == shape(n),
-                _ => false,
-            }
-        })
         .collect()
 }
 
@@ -297,16 +299,12 @@ fn summed_products(
         .collect()
 }
 
-/// The view a layout op makes of `src`, for those that are free: reshape
-/// (of contiguous data), transpose, broadcast and slice.
-fn layout_view(op: &Op, src: &View, shape: Vec<usize>) -> Option<View> {
+/// The view a layout op makes of `src`: reshape (when strides can express
+/// it, see [`reshape_view`]), transpose, broadcast and slice; `None` for
+/// other ops and for reshapes that need a copy.
+pub(crate) fn view_of(op: &Op, src: &View, shape: Vec<usize>) -> Option<View> {
     Some(match op {
-        Op::Reshape if src.is_contiguous() => View {
-            base: src.base,
-            offset: src.offset,
-            strides: row_major(&shape),
-            shape,
-        },
+        Op::Reshape => reshape_view(src, shape)?,
         Op::Transpose { perm } => View {
             base: src.base,
             offset: src.offset,
@@ -314,7 +312,7 @@ fn layout_view(op: &Op, src: &View, shape: Vec<usize>) -> Option<View> {
             strides: perm.iter().map(|&p| src.strides[p]).collect(),
         },
         Op::Broadcast => {
-            let extra = shape.len() - src.shape.len();
+            let extra = shape.len().checked_sub(src.shape.len())?;
             let strides = (0..shape.len())
                 .map(|i| match i.checked_sub(extra) {
                     Some(j) if src.shape[j] == shape[i] => src.strides[j],
@@ -335,6 +333,66 @@ fn layout_view(op: &Op, src: &View, shape: Vec<usize>) -> Option<View> {
             strides: src.strides.clone(),
         },
         _ => return None,
+    })
+}
+
+/// `src` read in row-major order as `shape`, when strides can express it
+/// (numpy's reshape without a copy): every run of dims that merges into
+/// one must be walked uniformly (`stride[i] = stride[i+1]·size[i+1]`,
+/// which broadcast dims of stride 0 meet among themselves); splitting a
+/// dim always works.
+pub(crate) fn reshape_view(src: &View, shape: Vec<usize>) -> Option<View> {
+    let numel: usize = shape.iter().product();
+    if numel != src.numel() {
+        return None;
+    }
+    if numel == 0 || src.is_contiguous() {
+        return Some(View {
+            base: src.base,
+            offset: src.offset,
+            strides: row_major(&shape),
+            shape,
+        });
+    }
+    let old: Vec<(usize, isize)> = src
+        .shape
+        .iter()
+        .zip(&src.strides)
+        .filter(|(&n, _)| n != 1)
+        .map(|(&n, &s)| (n, s))
+        .collect();
+    let mut strides = vec![0isize; shape.len()];
+    let (mut oi, mut ni) = (0, 0);
+    while oi < old.len() && ni < shape.len() {
+        // The smallest runs old[oi..oj] and shape[ni..nj] of equal size.
+        let (mut oj, mut nj) = (oi + 1, ni + 1);
+        let (mut op, mut np) = (old[oi].0, shape[ni]);
+        while op != np {
+            if np < op {
+                np *= *shape.get(nj)?;
+                nj += 1;
+            } else {
+                op *= old.get(oj)?.0;
+                oj += 1;
+            }
+        }
+        for k in oi..oj - 1 {
+            if old[k].1 != old[k + 1].1 * old[k + 1].0 as isize {
+                return None;
+            }
+        }
+        strides[nj - 1] = old[oj - 1].1;
+        for k in (ni + 1..nj).rev() {
+            strides[k - 1] = strides[k] * shape[k] as isize;
+        }
+        oi = oj;
+        ni = nj;
+    }
+    Some(View {
+        base: src.base,
+        offset: src.offset,
+        shape,
+        strides,
     })
 }
 
@@ -450,7 +508,7 @@ fn staged_windows(
                     for user in graph.users(n) {
                         let op = &graph.node(user).op;
                         let next = match (op, shape(user)) {
-                            (Op::Reshape | Op::Transpose { .. }, Some(s)) => layout_view(op, &v, s),
+                            (Op::Reshape | Op::Transpose { .. }, Some(s)) => view_of(op, &v, s),
                             _ => None,
                         };
                         if results.contains(&user) {
@@ -513,235 +571,521 @@ fn staged_windows(
     staged
 }
 
+/// Why planning stopped: a value to store before trying again, or an error.
+enum Stop {
+    Store(NodeId),
+    Fail(CodegenError),
+}
+
+impl From<CodegenError> for Stop {
+    fn from(e: CodegenError) -> Stop {
+        Stop::Fail(e)
+    }
+}
+
+impl From<BuildError> for Stop {
+    fn from(e: BuildError) -> Stop {
+        match e {
+            BuildError::Compose(l) => Stop::Store(l),
+            BuildError::Internal(m) => {
+                Stop::Fail(CodegenError::new(format!("internal error: {m}")))
+            }
+        }
+    }
+}
+
+/// The plan with the JIT's grouping rule ([`GroupConfig::default`]).
 pub fn plan(
     graph: &Graph,
     bindings: &HashMap<String, usize>,
     state: &StateLayout,
 ) -> Result<Plan, CodegenError> {
-    let order = graph.topo_order();
-    let mut views: HashMap<NodeId, View> = HashMap::new();
-    let mut buffers: Vec<Buffer> = Vec::new();
-    let mut steps = Vec::new();
-    let mut constants = Vec::new();
-    let mut inputs = Vec::new();
-    // Per buffer: kept for the whole step (inputs, constants), and the
-    // position of the node that writes it.
-    let mut pinned: Vec<bool> = Vec::new();
-    let mut born: Vec<usize> = Vec::new();
-    let mut fused = fusion(graph, &order, bindings);
-    fused.extend(summed_products(graph, &order, bindings));
-    let position: HashMap<NodeId, usize> = order.iter().enumerate().map(|(i, &n)| (n, i)).collect();
-    // Where each node's value is read: a fused node's operands are read
-    // when its consumer's kernel runs.
-    let mut reader: HashMap<NodeId, usize> = HashMap::new();
-    for &id in order.iter().rev() {
-        let at = match graph.users(id).as_slice() {
-            [user] if fused.contains(&id) => reader[user],
-            _ => position[&id],
-        };
-        reader.insert(id, at);
-    }
-    let staged_at = staged_windows(graph, &order, bindings);
-    // No buffer: staged unfolds and matmuls whose result is staged. No
-    // kernel: staged unfolds and folds.
-    let mut virtual_nodes: HashSet<NodeId> = HashSet::new();
-    let mut no_kernel: HashSet<NodeId> = HashSet::new();
-    // A staged fold's result is written by the matmul's kernel.
-    let mut written_at: HashMap<NodeId, usize> = HashMap::new();
-    for (&(m, slot), &(w, _)) in &staged_at {
-        no_kernel.insert(w);
-        if slot == 2 {
-            virtual_nodes.insert(m);
-            written_at.insert(w, reader[&m]);
-        } else {
-            virtual_nodes.insert(w);
-            // The image is read by every matmul that unfolds it.
-            let at = reader[&w].max(reader[&m]);
-            reader.insert(w, at);
-        }
-    }
-    let in_place = in_place_updates(graph, state, bindings, &position, &reader);
+    plan_with(graph, bindings, state, &GroupConfig::default())
+}
 
-    for (position, &id) in order.iter().enumerate() {
-        if fused.contains(&id) {
-            continue;
-        }
-        let birth = written_at.get(&id).copied().unwrap_or(position);
-        let mut new_buffer = |shape: &[usize], pin: bool, buffers: &mut Vec<Buffer>| {
-            // A virtual node's views only locate elements (for staging).
-            let bytes = if virtual_nodes.contains(&id) {
-                0
-            } else {
-                align(shape.iter().product::<usize>() * 4)
-            };
-            buffers.push(Buffer { bytes, offset: 0 });
-            pinned.push(pin);
-            born.push(if pin { 0 } else { birth });
-            Base::Work(buffers.len() - 1)
-        };
+/// The plan with the grouping rule `config`.
+pub fn plan_with(
+    graph: &Graph,
+    bindings: &HashMap<String, usize>,
+    state: &StateLayout,
+    config: &GroupConfig,
+) -> Result<Plan, CodegenError> {
+    let order = graph.topo_order();
+    let mut shapes = HashMap::new();
+    for &id in &order {
         let node = graph.node(id);
         let shape = concrete(&node.ty.shape, bindings).map_err(|sym| {
             CodegenError::new(format!("no size is bound for the symbolic dim `{sym}`"))
         })?;
         check_dtype(node.ty.dtype, node.op.mnemonic())?;
-        let operands = graph.operands(id);
-        let operand = |i: usize| -> &View { &views[&operands[i]] };
-        let layout = match &node.op {
-            Op::Reshape | Op::Transpose { .. } | Op::Broadcast | Op::Slice { .. } => {
-                layout_view(&node.op, operand(0), shape.clone())
-            }
-            _ => None,
+        shapes.insert(id, shape);
+    }
+    let results = results(graph);
+    let staged = staged_windows(graph, &order, bindings);
+    let summed = summed_products(graph, &order, bindings);
+    let no_loop: HashSet<NodeId> = staged.values().map(|&(w, _)| w).collect();
+    // Values that must be stored because an inline one could not be viewed
+    // through a reshape: each retry stores one more, so this ends.
+    let mut forced = HashSet::new();
+    loop {
+        let facts = group::Facts {
+            graph,
+            order: &order,
+            shapes: &shapes,
+            results: &results,
+            forced: &forced,
+            no_loop: &no_loop,
         };
-        let view = match &node.op {
-            Op::Param { name, .. } | Op::State { name, .. } => {
-                let slot = state.slot(name).ok_or_else(|| {
-                    CodegenError::new(format!("`{name}` is not in the model's state"))
-                })?;
-                if state.slots[slot].shape != shape {
-                    return Err(CodegenError::new(format!("`{name}` changed shape")));
-                }
-                View::contiguous(Base::State(slot), shape)
-            }
-            Op::Input { name } => {
-                inputs.push((name.clone(), id));
-                View::contiguous(new_buffer(&shape, true, &mut buffers), shape)
-            }
-            Op::Const(_) | Op::Iota { .. } => {
-                constants.push(id);
-                View::contiguous(new_buffer(&shape, true, &mut buffers), shape)
-            }
-            Op::Reshape | Op::Transpose { .. } | Op::Broadcast | Op::Slice { .. }
-                if layout.is_some() =>
-            {
-                layout.expect("matched as some")
-            }
-            _ => {
-                if !no_kernel.contains(&id) {
-                    steps.push(Step::Compute(id));
-                }
-                match in_place.get(&id) {
-                    Some(&slot) => View::contiguous(Base::State(slot), shape),
-                    None => View::contiguous(new_buffer(&shape, false, &mut buffers), shape),
-                }
-            }
+        let grouping = group::group(&facts, config);
+        let planner = Planner {
+            graph,
+            state,
+            order: &order,
+            shapes: &shapes,
+            results: &results,
+            staged: &staged,
+            summed: &summed,
+            grouping: &grouping,
         };
-        views.insert(id, view);
-    }
-
-    // Results leave the program contiguous: copy any that are views.
-    let mut outputs = Vec::new();
-    for o in &graph.outputs {
-        outputs.push((o.name.clone(), o.node));
-    }
-    let mut targets = Vec::new();
-    for u in &graph.updates {
-        let slot = state.slot(&u.target).ok_or_else(|| {
-            CodegenError::new(format!(
-                "update of `{}`, which is not in the state",
-                u.target
-            ))
-        })?;
-        targets.push(slot);
-    }
-    let mut writes = Vec::new();
-    for (u, &slot) in graph.updates.iter().zip(&targets) {
-        if in_place.get(&u.value) == Some(&slot) {
-            continue; // its kernel wrote the slot
-        }
-        let src = views[&u.value].clone();
-        match src.base {
-            Base::State(s) if targets.contains(&s) => {
-                // Copied aside before any update writes the state.
-                buffers.push(Buffer {
-                    bytes: align(src.numel() * 4),
-                    offset: 0,
-                });
-                pinned.push(true);
-                born.push(0);
-                let staged = View::contiguous(Base::Work(buffers.len() - 1), src.shape.clone());
-                let dtype = graph.ty(u.value).dtype;
-                let dst = View::contiguous(Base::State(slot), state.slots[slot].shape.clone());
-                steps.push(Step::Copy {
-                    src,
-                    dst: staged.clone(),
-                    dtype,
-                });
-                writes.push(Step::Copy {
-                    src: staged,
-                    dst,
-                    dtype,
-                });
+        match planner.plan() {
+            Ok(plan) => return Ok(plan),
+            Err(Stop::Fail(e)) => return Err(e),
+            Err(Stop::Store(reshape)) => {
+                // Store the value under the reshape (below any views).
+                let mut n = graph.operands(reshape)[0];
+                while group::is_layout(&graph.node(n).op) {
+                    n = graph.operands(n)[0];
+                }
+                if !forced.insert(n) {
+                    return Err(CodegenError::new(
+                        "internal error: a stored value still cannot be viewed",
+                    ));
+                }
             }
-            _ => writes.push(Step::Update {
-                slot,
-                value: u.value,
-            }),
         }
     }
-    steps.extend(writes);
+}
 
-    // Staging scratch, live only while the matmul's kernel runs.
-    let mut staged = HashMap::new();
-    let mut keys: Vec<&(NodeId, usize)> = staged_at.keys().collect();
-    keys.sort_by_key(|&&(m, slot)| (position[&m], slot));
-    for &(m, slot) in keys {
-        let (window, planes) = staged_at[&(m, slot)];
-        let cols = if slot == 2 {
-            graph.operands(window)[0]
-        } else {
-            window
-        };
-        let plane: usize = concrete(&graph.ty(cols).shape, bindings)
-            .map_err(|_| CodegenError::new("internal error: a staged window's shape"))?[2..]
+struct Planner<'a> {
+    graph: &'a Graph,
+    state: &'a StateLayout,
+    order: &'a [NodeId],
+    shapes: &'a HashMap<NodeId, Vec<usize>>,
+    results: &'a HashSet<NodeId>,
+    staged: &'a HashMap<(NodeId, usize), (NodeId, usize)>,
+    summed: &'a HashSet<NodeId>,
+    grouping: &'a Grouping,
+}
+
+impl Planner<'_> {
+    fn plan(&self) -> Result<Plan, Stop> {
+        let (graph, state) = (self.graph, self.state);
+        let position: HashMap<NodeId, usize> = self
+            .order
             .iter()
-            .product();
-        buffers.push(Buffer {
-            bytes: align(planes * plane * 4),
-            offset: 0,
-        });
-        pinned.push(false);
-        born.push(reader[&m]);
-        staged.insert(
-            (m, slot),
-            Staged {
-                window,
-                planes,
-                scratch: buffers.len() - 1,
-            },
-        );
-    }
+            .enumerate()
+            .map(|(i, &n)| (n, i))
+            .collect();
+        let root_of = |n: NodeId| self.grouping.member_of.get(&n).copied().unwrap_or(n);
+        // Where the kernel that computes `n` runs (a summed matmul: in its
+        // reduction's).
+        let kernel_at = |n: NodeId| -> usize {
+            match graph.users(n).as_slice() {
+                [user] if self.summed.contains(&n) => position[user],
+                _ => position[&root_of(n)],
+            }
+        };
+        let mut fused: HashSet<NodeId> = self.grouping.inline.clone();
+        fused.extend(self.summed);
+        // No buffer: staged unfolds and matmuls whose result is staged. No
+        // kernel: staged unfolds and folds.
+        let mut virtual_nodes: HashSet<NodeId> = HashSet::new();
+        let mut no_kernel: HashSet<NodeId> = HashSet::new();
+        // A staged fold's result is written by the matmul's kernel.
+        let mut written_at: HashMap<NodeId, usize> = HashMap::new();
+        for (&(m, slot), &(w, _)) in self.staged {
+            no_kernel.insert(w);
+            if slot == 2 {
+                virtual_nodes.insert(m);
+                written_at.insert(w, kernel_at(m));
+            } else {
+                virtual_nodes.insert(w);
+            }
+        }
 
-    // Liveness: the last step index that reads each buffer.
-    let end = order.len();
-    let mut last_use: Vec<usize> = born.clone();
-    for &id in &order {
-        for o in graph.operands(id) {
-            if fused.contains(&o) {
+        let mut views: HashMap<NodeId, View> = HashMap::new();
+        let mut buffers: Vec<Buffer> = Vec::new();
+        let mut constants = Vec::new();
+        let mut inputs = Vec::new();
+        // Per buffer: kept for the whole step (inputs, constants), and the
+        // position of the kernel that writes it.
+        let mut pinned: Vec<bool> = Vec::new();
+        let mut born: Vec<usize> = Vec::new();
+        let mut roots: Vec<NodeId> = Vec::new();
+        for &id in self.order {
+            if fused.contains(&id) {
                 continue;
             }
-            if let Base::Work(b) = views[&o].base {
-                last_use[b] = last_use[b].max(reader[&id]);
+            let birth = written_at
+                .get(&id)
+                .copied()
+                .unwrap_or_else(|| position[&root_of(id)]);
+            let mut new_buffer = |shape: &[usize], pin: bool| {
+                // A virtual node's views only locate elements (for staging).
+                let bytes = if virtual_nodes.contains(&id) {
+                    0
+                } else {
+                    align(shape.iter().product::<usize>() * 4)
+                };
+                buffers.push(Buffer { bytes, offset: 0 });
+                pinned.push(pin);
+                born.push(if pin { 0 } else { birth });
+                Base::Work(buffers.len() - 1)
+            };
+            let node = graph.node(id);
+            let shape = self.shapes[&id].clone();
+            let layout = match graph.operands(id).first() {
+                Some(o) if group::is_layout(&node.op) => {
+                    let src = views.get(o).ok_or_else(|| {
+                        CodegenError::new("internal error: a view of a value with no buffer")
+                    })?;
+                    view_of(&node.op, src, shape.clone())
+                }
+                _ => None,
+            };
+            let view = match (&node.op, layout) {
+                (_, Some(view)) => view,
+                (Op::Param { name, .. } | Op::State { name, .. }, None) => {
+                    let slot = state.slot(name).ok_or_else(|| {
+                        CodegenError::new(format!("`{name}` is not in the model's state"))
+                    })?;
+                    if state.slots[slot].shape != shape {
+                        return Err(CodegenError::new(format!("`{name}` changed shape")).into());
+                    }
+                    View::contiguous(Base::State(slot), shape)
+                }
+                (Op::Input { name }, None) => {
+                    inputs.push((name.clone(), id));
+                    View::contiguous(new_buffer(&shape, true), shape)
+                }
+                (Op::Const(_) | Op::Iota { .. }, None) => {
+                    constants.push(id);
+                    View::contiguous(new_buffer(&shape, true), shape)
+                }
+                _ => {
+                    if !no_kernel.contains(&id) && root_of(id) == id {
+                        roots.push(id);
+                    }
+                    View::contiguous(new_buffer(&shape, false), shape)
+                }
+            };
+            views.insert(id, view);
+        }
+
+        // Each kernel's code, and the stored values it reads.
+        let mut kernels = Vec::new();
+        let mut reads: Vec<Vec<NodeId>> = Vec::new();
+        {
+            let builder = expr::Builder {
+                graph,
+                views: &views,
+                shapes: self.shapes,
+                inline: &self.grouping.inline,
+            };
+            for &root in &roots {
+                let op = &graph.node(root).op;
+                let operands = graph.operands(root);
+                let body = match op {
+                    _ if group::is_elementwise(op) || matches!(op, Op::Random { .. }) => {
+                        let outputs = match self.grouping.groups.get(&root) {
+                            Some(members) => members.clone(),
+                            None => vec![root],
+                        };
+                        Body::Map {
+                            expr: builder.map(&outputs)?,
+                            outputs,
+                        }
+                    }
+                    Op::Reduce { .. } if !self.summed.contains(&operands[0]) => {
+                        Body::Operand(builder.operand(operands[0])?)
+                    }
+                    Op::Fold { .. } | Op::Unfold { .. } => {
+                        Body::Operand(builder.operand(operands[0])?)
+                    }
+                    _ => Body::Node,
+                };
+                reads.push(match &body {
+                    Body::Map { expr, .. } | Body::Operand(expr) => leaf_nodes(expr),
+                    Body::Node => self.node_reads(root),
+                });
+                kernels.push(Kernel { root, body });
+            }
+        }
+
+        // Updates computed straight into their state slot.
+        let kernel_pos: Vec<usize> = kernels.iter().map(|k| position[&k.root]).collect();
+        let mut in_place: HashMap<NodeId, usize> = HashMap::new();
+        for u in &graph.updates {
+            let Some(slot) = state.slot(&u.target) else {
+                continue;
+            };
+            let Some(k) = kernels.iter().position(
+                |k| matches!(&k.body, Body::Map { outputs, .. } if outputs.contains(&u.value)),
+            ) else {
+                continue;
+            };
+            if in_place.contains_key(&u.value)
+                || graph.ty(u.value).dtype != state.slots[slot].dtype
+                || self.shapes[&u.value] != state.slots[slot].shape
+                || !self.may_overwrite(slot, k, &kernels, &reads, &kernel_pos, &views)
+            {
+                continue;
+            }
+            let Base::Work(b) = views[&u.value].base else {
+                continue;
+            };
+            in_place.insert(u.value, slot);
+            retarget(&mut views, &mut kernels, Base::Work(b), Base::State(slot));
+            buffers[b].bytes = 0;
+        }
+
+        for o in &graph.outputs {
+            if !views.contains_key(&o.node) {
+                return Err(CodegenError::new(format!(
+                    "output `{}` is not a node of the graph",
+                    o.name
+                ))
+                .into());
+            }
+        }
+        let mut steps: Vec<Step> = (0..kernels.len()).map(Step::Kernel).collect();
+        // Results leave the program contiguous: copy any that are views.
+        let outputs: Vec<(String, NodeId)> = graph
+            .outputs
+            .iter()
+            .map(|o| (o.name.clone(), o.node))
+            .collect();
+        let mut targets = Vec::new();
+        for u in &graph.updates {
+            let slot = state.slot(&u.target).ok_or_else(|| {
+                CodegenError::new(format!(
+                    "update of `{}`, which is not in the state",
+                    u.target
+                ))
+            })?;
+            targets.push(slot);
+        }
+        let mut writes = Vec::new();
+        for (u, &slot) in graph.updates.iter().zip(&targets) {
+            if in_place.get(&u.value) == Some(&slot) {
+                continue; // its kernel wrote the slot
+            }
+            let src = views
+                .get(&u.value)
+                .ok_or_else(|| CodegenError::new("internal error: an update with no buffer"))?
+                .clone();
+            match src.base {
+                Base::State(s) if targets.contains(&s) => {
+                    // Copied aside before any update writes the state.
+                    buffers.push(Buffer {
+                        bytes: align(src.numel() * 4),
+                        offset: 0,
+                    });
+                    pinned.push(true);
+                    born.push(0);
+                    let staged = View::contiguous(Base::Work(buffers.len() - 1), src.shape.clone());
+                    let dtype = graph.ty(u.value).dtype;
+                    let dst = View::contiguous(Base::State(slot), state.slots[slot].shape.clone());
+                    steps.push(Step::Copy {
+                        src,
+                        dst: staged.clone(),
+                        dtype,
+                    });
+                    writes.push(Step::Copy {
+                        src: staged,
+                        dst,
+                        dtype,
+                    });
+                }
+                _ => writes.push(Step::Update {
+                    slot,
+                    value: u.value,
+                }),
+            }
+        }
+        steps.extend(writes);
+
+        // Staging scratch, live only while the matmul's kernel runs.
+        let mut staged = HashMap::new();
+        let mut keys: Vec<&(NodeId, usize)> = self.staged.keys().collect();
+        keys.sort_by_key(|&&(m, slot)| (position[&m], slot));
+        for &(m, slot) in keys {
+            let (window, planes) = self.staged[&(m, slot)];
+            let cols = if slot == 2 {
+                graph.operands(window)[0]
+            } else {
+                window
+            };
+            let plane: usize = self.shapes[&cols][2..].iter().product();
+            buffers.push(Buffer {
+                bytes: align(planes * plane * 4),
+                offset: 0,
+            });
+            pinned.push(false);
+            born.push(kernel_at(m));
+            staged.insert(
+                (m, slot),
+                Staged {
+                    window,
+                    planes,
+                    scratch: buffers.len() - 1,
+                },
+            );
+        }
+
+        // Liveness: the last kernel that reads each buffer.
+        let end = self.order.len();
+        let mut last_use: Vec<usize> = born.clone();
+        for (r, &at) in reads.iter().zip(&kernel_pos) {
+            for n in r {
+                if let Some(View {
+                    base: Base::Work(b),
+                    ..
+                }) = views.get(n)
+                {
+                    last_use[*b] = last_use[*b].max(at);
+                }
+            }
+        }
+        for &n in self.results {
+            if let Some(View {
+                base: Base::Work(b),
+                ..
+            }) = views.get(&n)
+            {
+                last_use[*b] = end;
+            }
+        }
+        for (b, &pin) in pinned.iter().enumerate() {
+            if pin {
+                last_use[b] = end;
+            }
+        }
+        let (unshared_bytes, arena_bytes) = allocate(&mut buffers, &born, &last_use);
+        Ok(Plan {
+            views,
+            buffers,
+            arena_bytes,
+            unshared_bytes,
+            kernels,
+            steps,
+            constants,
+            inputs,
+            outputs,
+            fused,
+            staged,
+        })
+    }
+
+    /// The stored values a kernel of its own (matmul, gather, ...) reads:
+    /// its operands, a summed matmul's operands, the images of staged
+    /// columns.
+    fn node_reads(&self, root: NodeId) -> Vec<NodeId> {
+        let graph = self.graph;
+        let mut reads = Vec::new();
+        let mut products = Vec::new();
+        for o in graph.operands(root) {
+            if self.summed.contains(&o) {
+                reads.extend(graph.operands(o));
+                products.push(o);
+            } else {
+                reads.push(o);
+            }
+        }
+        if matches!(graph.node(root).op, Op::MatMul) {
+            products.push(root);
+        }
+        for m in products {
+            for slot in 0..2 {
+                if let Some(&(w, _)) = self.staged.get(&(m, slot)) {
+                    reads.push(graph.operands(w)[0]);
+                }
+            }
+        }
+        reads
+    }
+
+    /// Whether kernel `k` may write state `slot` in place: no result views
+    /// the slot's old value, every other kernel that reads it runs
+    /// earlier, and `k` itself reads it only at the element it writes.
+    fn may_overwrite(
+        &self,
+        slot: usize,
+        k: usize,
+        kernels: &[Kernel],
+        reads: &[Vec<NodeId>],
+        kernel_pos: &[usize],
+        views: &HashMap<NodeId, View>,
+    ) -> bool {
+        let old = Base::State(slot);
+        let reads_old = |n: &NodeId| views.get(n).is_some_and(|v| v.base == old);
+        if self.results.iter().any(reads_old) {
+            return false;
+        }
+        for (j, kernel) in kernels.iter().enumerate() {
+            if j == k {
+                let Body::Map { expr, .. } = &kernel.body else {
+                    return false;
+                };
+                let elsewhere = expr.leaves.iter().any(|l| {
+                    matches!(l.source, Source::Buffer(_))
+                        && l.view.base == old
+                        && !(l.view.offset == 0 && l.view.is_contiguous())
+                });
+                if elsewhere {
+                    return false;
+                }
+            } else if kernel_pos[j] > kernel_pos[k] && reads[j].iter().any(reads_old) {
+                return false;
+            }
+        }
+        true
+    }
+}
+
+/// The stored values an expression reads (random numbers read their key).
+fn leaf_nodes(expr: &Expr) -> Vec<NodeId> {
+    expr.leaves
+        .iter()
+        .map(|l| match l.source {
+            Source::Buffer(n) => n,
+            Source::Random { key, .. } => key,
+        })
+        .collect()
+}
+
+/// Moves every view of `from` (and every leaf reading it) to `to`.
+fn retarget(views: &mut HashMap<NodeId, View>, kernels: &mut [Kernel], from: Base, to: Base) {
+    for v in views.values_mut() {
+        if v.base == from {
+            v.base = to;
+        }
+    }
+    for k in kernels {
+        if let Body::Map { expr, .. } | Body::Operand(expr) = &mut k.body {
+            for l in &mut expr.leaves {
+                if l.view.base == from {
+                    l.view.base = to;
+                }
             }
         }
     }
-    for &(_, n) in &outputs {
-        if let Base::Work(b) = views[&n].base {
-            last_use[b] = end;
-        }
-    }
-    for u in &graph.updates {
-        if let Base::Work(b) = views[&u.value].base {
-            last_use[b] = end;
-        }
-    }
-    for (b, &pin) in pinned.iter().enumerate() {
-        if pin {
-            last_use[b] = end;
-        }
-    }
+}
 
-    // First-fit allocation in topological order; a buffer is freed after
-    // its last reader, so an op's output never aliases its own operands.
+/// First-fit allocation in order of birth; a buffer is freed after its
+/// last reader, so a kernel's results never alias its operands. Returns
+/// the bytes without reuse and the arena size.
+fn allocate(buffers: &mut [Buffer], born: &[usize], last_use: &[usize]) -> (usize, usize) {
     let unshared_bytes = buffers.iter().map(|b| b.bytes).sum();
     let mut free: Vec<(usize, usize)> = Vec::new(); // (offset, bytes), sorted by offset
     let mut top = 0usize;
@@ -759,6 +1103,9 @@ pub fn plan(
             }
         });
         let bytes = buffers[b].bytes;
+        if bytes == 0 {
+            continue;
+        }
         buffers[b].offset = match free.iter().position(|&(_, n)| n >= bytes) {
             Some(i) => {
                 let (off, n) = free[i];
@@ -777,83 +1124,7 @@ pub fn plan(
         };
         live.push(b);
     }
-    Ok(Plan {
-        views,
-        buffers,
-        arena_bytes: top.max(ALIGN),
-        unshared_bytes,
-        steps,
-        constants,
-        inputs,
-        outputs,
-        fused,
-        staged,
-    })
-}
-
-/// Updates whose new value can be computed straight into the state slot,
-/// saving a buffer and a copy per param and optimizer slot: the value is an
-/// elementwise kernel of the slot's shape and dtype, and after that kernel
-/// nothing reads the old value — the kernel itself reads it only element
-/// by element (same index, no broadcast or transpose). Returns value node →
-/// slot.
-fn in_place_updates(
-    graph: &Graph,
-    state: &StateLayout,
-    bindings: &HashMap<String, usize>,
-    position: &HashMap<NodeId, usize>,
-    reader: &HashMap<NodeId, usize>,
-) -> HashMap<NodeId, usize> {
-    let is_view = |n: NodeId| {
-        matches!(
-            graph.node(n).op,
-            Op::Reshape | Op::Transpose { .. } | Op::Broadcast | Op::Slice { .. }
-        )
-    };
-    let elementwise = |n: NodeId| {
-        matches!(
-            graph.node(n).op,
-            Op::Unary(_) | Op::Binary(_) | Op::Select | Op::Cast
-        )
-    };
-    let shape = |n: NodeId| concrete(&graph.ty(n).shape, bindings).ok();
-    let results = results(graph);
-    let mut chosen = HashMap::new();
-    for u in &graph.updates {
-        let (Some(slot), Some(leaf)) = (state.slot(&u.target), graph.find_leaf(&u.target)) else {
-            continue;
-        };
-        let v = u.value;
-        let s = &state.slots[slot];
-        if !elementwise(v)
-            || chosen.contains_key(&v)
-            || results.contains(&leaf)
-            || graph.ty(v).dtype != s.dtype
-            || shape(v).as_ref() != Some(&s.shape)
-        {
-            continue;
-        }
-        let at = reader[&v];
-        // Every read of the old value, through views too.
-        let mut ok = true;
-        let mut stack = vec![(leaf, true)];
-        while let Some((n, direct)) = stack.pop() {
-            for c in graph.users(n) {
-                if is_view(c) {
-                    ok &= position[&c] < at && !results.contains(&c);
-                    stack.push((c, false));
-                } else if reader[&c] == at {
-                    ok &= direct && elementwise(c) && shape(c) == shape(v);
-                } else {
-                    ok &= reader[&c] < at;
-                }
-            }
-        }
-        if ok {
-            chosen.insert(v, slot);
-        }
-    }
-    chosen
+    (unshared_bytes, top.max(ALIGN))
 }
 
 /// Returns a range to the free list, merging with its neighbours.

@@ -4,6 +4,7 @@
 //! running a step is one indirect call.
 
 use crate::emit::{self, Addresses, Calls, Host, Kind};
+use crate::group::GroupConfig;
 use crate::plan::{self, Plan, StateLayout, Step, View, ALIGN};
 use crate::CodegenError;
 use cranelift_codegen::ir::{FuncRef, InstBuilder, Value};
@@ -146,6 +147,8 @@ pub struct Program {
     /// Each kernel the schedule calls, in order, with a label (op and
     /// shape) for [`Program::profile`].
     kernels: Vec<(String, unsafe extern "C" fn())>,
+    /// What each of them covers, computes and moves.
+    infos: Vec<crate::summary::KernelInfo>,
     graph_outputs: Vec<(String, View, DType)>,
     inputs: HashMap<String, (View, DType)>,
     pub stats: CompileStats,
@@ -240,39 +243,6 @@ extern "C" fn nnc_sgemm(
     }
 }
 
-/// What a step computes, for profiles: `matmul [64,1,6,784]`.
-fn step_label(graph: &Graph, plan: &Plan, step: &Step) -> String {
-    let dims = |v: &View| {
-        let d: Vec<String> = v.shape.iter().map(|d| d.to_string()).collect();
-        format!("[{}]", d.join(","))
-    };
-    match step {
-        Step::Compute(id) => {
-            // A kernel that also does the work of other nodes says so:
-            // `matmul+reduce_sum` (a fused product), `unfold+matmul` and
-            // `matmul+fold` (staged columns).
-            let mut parts: Vec<&str> = Vec::new();
-            let mut matmul = *id;
-            for o in graph.operands(*id) {
-                if plan.fused.contains(&o) && emit::elementwise(graph, o).is_none() {
-                    parts.push(graph.node(o).op.mnemonic());
-                    matmul = o;
-                }
-            }
-            parts.push(graph.node(*id).op.mnemonic());
-            if plan.staged.contains_key(&(matmul, 0)) || plan.staged.contains_key(&(matmul, 1)) {
-                parts.insert(0, "unfold");
-            }
-            if plan.staged.contains_key(&(matmul, 2)) {
-                parts.push("fold");
-            }
-            format!("{} {}", parts.join("+"), dims(&plan.views[id]))
-        }
-        Step::Copy { dst, .. } => format!("copy {}", dims(dst)),
-        Step::Update { value, .. } => format!("update {}", dims(&plan.views[value])),
-    }
-}
-
 fn new_module() -> Result<JITModule, CodegenError> {
     let mut flags = settings::builder();
     let set = |f: &mut settings::Builder, k: &str, v: &str| {
@@ -300,19 +270,28 @@ impl Program {
         bindings: &HashMap<String, usize>,
         state: &StateBuffer,
     ) -> Result<Program, CodegenError> {
+        Program::compile_with(graph, bindings, state, &GroupConfig::default())
+    }
+
+    /// [`Program::compile`] with the kernel grouping rule `config`
+    /// ([`GroupConfig::greedy`] is the baseline grouping, for comparisons).
+    pub fn compile_with(
+        graph: &Graph,
+        bindings: &HashMap<String, usize>,
+        state: &StateBuffer,
+        config: &GroupConfig,
+    ) -> Result<Program, CodegenError> {
         let t0 = Instant::now();
-        let plan = plan::plan(graph, bindings, &state.layout)?;
+        let plan = plan::plan_with(graph, bindings, &state.layout, config)?;
+        let infos = crate::summary::summarize(&plan, graph);
         let plan_time = t0.elapsed();
         let t1 = Instant::now();
         let mut work = AlignedBuf::zeroed(CONTROL + plan.arena_bytes);
         // A matmul may also run inside another node's kernel (one fused
         // into the `reduce_sum` of its batch).
         let is_matmul = |id: &nnc_ir::NodeId| matches!(graph.node(*id).op, nnc_ir::Op::MatMul);
-        let has_matmul = plan.fused.iter().any(is_matmul)
-            || plan
-                .steps
-                .iter()
-                .any(|s| matches!(s, Step::Compute(id) if is_matmul(id)));
+        let has_matmul =
+            plan.fused.iter().any(is_matmul) || plan.kernels.iter().any(|k| is_matmul(&k.root));
         let mut scratch = has_matmul.then(|| Box::new(crate::sgemm::Scratch::new()));
         let at = Addresses {
             state: state.addr(),
@@ -330,7 +309,6 @@ impl Program {
         let mut ctx = module.make_context();
         let mut fctx = FunctionBuilderContext::new();
         let mut kernels: Vec<FuncId> = Vec::new();
-        let mut labels: Vec<String> = Vec::new();
         for (i, step) in plan.steps.iter().enumerate() {
             ctx.func.signature = module.make_signature();
             {
@@ -343,9 +321,14 @@ impl Program {
                     refs: HashMap::new(),
                 };
                 match step {
-                    Step::Compute(id) => {
-                        emit::emit_kernel(&mut b, &mut calls, graph, *id, &at, status)?
-                    }
+                    Step::Kernel(k) => emit::emit_kernel(
+                        &mut b,
+                        &mut calls,
+                        graph,
+                        &plan.kernels[*k],
+                        &at,
+                        status,
+                    )?,
                     Step::Copy { src, dst, dtype } => {
                         emit::emit_copy(
                             &mut b,
@@ -385,7 +368,6 @@ impl Program {
             })?;
             module.clear_context(&mut ctx);
             kernels.push(id);
-            labels.push(step_label(graph, &plan, step));
         }
         // The schedule: call every kernel in order.
         ctx.func.signature = module.make_signature();
@@ -417,7 +399,7 @@ impl Program {
         let entry: unsafe extern "C" fn() = unsafe { std::mem::transmute(code) };
         let kernel_fns = kernels
             .iter()
-            .zip(labels)
+            .zip(infos.iter().map(|i| i.label.clone()))
             .map(|(&k, label)| {
                 let code = module.get_finalized_function(k);
                 // SAFETY: every kernel was declared `fn()`, as `step` was.
@@ -457,6 +439,7 @@ impl Program {
             _scratch: scratch,
             plan,
             kernels: kernel_fns,
+            infos,
             graph_outputs,
             inputs,
             stats,
@@ -530,6 +513,16 @@ impl Program {
             return Err(Fault::IndexOutOfRange);
         }
         Ok(())
+    }
+
+    /// Every step of the schedule in order (kernels, then the copies of
+    /// updates into the state): its label, the IR nodes it covers, its
+    /// FLOPs and the bytes it reads and writes; see
+    /// [`KernelInfo`](crate::KernelInfo). The labels are those of
+    /// [`Program::profile`]. For `nnc compile --emit kernels`, e.g. one
+    /// line per kernel with its `Display`.
+    pub fn kernels(&self) -> &[crate::summary::KernelInfo] {
+        &self.infos
     }
 
     /// Runs the schedule once, kernel by kernel, and returns each kernel's

@@ -1,12 +1,10 @@
-//! The `random` kernel: `nnc_ir::op::random_uniform` for every element,
-//! four at a time in `i32x4` lanes (`pmulld` for the hash's multiplies),
+//! `random` as an elementwise leaf: `nnc_ir::op::random_uniform` of an
+//! element's index, one or four at a time (`i32x4` lanes, `pmulld` for the
+//! hash's multiplies), computed in whatever loop reads it (`expr::Code`),
 //! bit-identical to the interpreter because the hash is pure 32-bit integer
 //! arithmetic and the final conversion is exact (24 bits into an f32
 //! mantissa, then a power-of-two scale).
 
-use crate::emit::emit_for;
-use crate::plan::View;
-use crate::CodegenError;
 use cranelift_codegen::ir::{types, InstBuilder, MemFlagsData, Type, Value};
 use cranelift_frontend::FunctionBuilder;
 use nnc_ir::op::lowbias32;
@@ -44,7 +42,7 @@ fn hash(b: &mut FunctionBuilder, ty: Type, x: Value) -> Value {
 /// Uniform `[0, 1)` f32 values for element indices `index` (`i32` or
 /// `i32x4`, as `ty`) under `seed`: `random_bits`' outer rounds, then the top
 /// 24 bits scaled by 2^-24.
-fn uniform(b: &mut FunctionBuilder, ty: Type, index: Value, seed: Value) -> Value {
+pub(crate) fn uniform(b: &mut FunctionBuilder, ty: Type, index: Value, seed: Value) -> Value {
     let h = b.ins().bxor(index, seed);
     let h = hash(b, ty, h);
     let h = b.ins().iadd(h, seed);
@@ -66,57 +64,25 @@ fn uniform(b: &mut FunctionBuilder, ty: Type, index: Value, seed: Value) -> Valu
     b.ins().fmul(f, scale)
 }
 
-/// `out = random(key)` for `stream`; `key` is the address of the scalar
-/// i32 key, read when the kernel runs.
-pub fn emit_random(
-    b: &mut FunctionBuilder,
-    stream: u32,
-    key: usize,
-    out: (usize, &View),
-) -> Result<(), CodegenError> {
-    if !out.1.is_contiguous() {
-        return Err(CodegenError::new(
-            "internal error: a random result must be a contiguous buffer",
-        ));
-    }
-    let n = out.1.numel() as i64;
+/// The seed of `stream` under the scalar i32 key at `key` (read when the
+/// kernel runs): `random_bits`' inner round, once per kernel.
+pub(crate) fn emit_seed(b: &mut FunctionBuilder, stream: u32, key: usize) -> Value {
     let key_addr = b.ins().iconst(types::I64, key as i64);
     let key = b.ins().load(types::I32, flags(), key_addr, 0);
     // The stream's half of the seed is known now.
     let stream_hash = lowbias32(stream.wrapping_add(0x9e37_79b9));
     let sh = b.ins().iconst(types::I32, i64::from(stream_hash as i32));
     let seed = b.ins().bxor(key, sh);
-    let seed = hash(b, types::I32, seed);
-    let base = b.ins().iconst(types::I64, out.0 as i64);
+    hash(b, types::I32, seed)
+}
 
-    let vec_end = n / 4 * 4;
-    if vec_end > 0 {
-        let seeds = b.ins().splat(types::I32X4, seed);
-        // Lane offsets 0..4, added to the splatted index of each step.
-        let mut lanes = {
-            let z = b.ins().iconst(types::I32, 0);
-            b.ins().scalar_to_vector(types::I32X4, z)
-        };
-        for lane in 1..4u8 {
-            let v = b.ins().iconst(types::I32, i64::from(lane));
-            lanes = b.ins().insertlane(lanes, v, lane);
-        }
-        emit_for(b, 0, vec_end, 4, &mut |b, i| {
-            let i32i = b.ins().ireduce(types::I32, i);
-            let idx = b.ins().splat(types::I32X4, i32i);
-            let idx = b.ins().iadd(idx, lanes);
-            let u = uniform(b, types::I32X4, idx, seeds);
-            let off = b.ins().imul_imm_s(i, 4);
-            let p = b.ins().iadd(base, off);
-            b.ins().store(flags(), u, p, 0);
-        });
+/// `[0, 1, 2, 3]` as `i32x4`: lane offsets of four consecutive indices.
+pub(crate) fn lanes(b: &mut FunctionBuilder) -> Value {
+    let z = b.ins().iconst(types::I32, 0);
+    let mut lanes = b.ins().scalar_to_vector(types::I32X4, z);
+    for lane in 1..4u8 {
+        let v = b.ins().iconst(types::I32, i64::from(lane));
+        lanes = b.ins().insertlane(lanes, v, lane);
     }
-    emit_for(b, vec_end, n, 1, &mut |b, i| {
-        let idx = b.ins().ireduce(types::I32, i);
-        let u = uniform(b, types::I32, idx, seed);
-        let off = b.ins().imul_imm_s(i, 4);
-        let p = b.ins().iadd(base, off);
-        b.ins().store(flags(), u, p, 0);
-    });
-    Ok(())
+    lanes
 }

@@ -23,8 +23,19 @@
 //! accumulate into) it, and the unfolded side streams through memory once.
 //! The same walk over a few planes of one sample runs inside a matmul's
 //! kernel for staged convolutions (`plan::Staged`), into or out of scratch.
+//!
+//! The side a walk reads may be an elementwise expression (`expr`) rather
+//! than a buffer: `fold` then computes its columns per element (max-pool's
+//! gradient `mask * share` is never stored), `unfold` its image per
+//! element read (`relu(conv + bias)` before pooling). With an expression a
+//! row moves four elements at a time even when one side is strided (a
+//! pooling stride of 2): the strided operands are gathered or scattered
+//! lane by lane and the arithmetic runs on vectors. A `fold` whose windows
+//! tile the image (pooling's gradient) stores each element once instead of
+//! zeroing the image and adding into it.
 
-use crate::emit::{emit_fill, emit_for, range_loop, Kind};
+use crate::emit::{emit_fill, emit_for, range_loop, Calls, Kind};
+use crate::expr::Code;
 use crate::plan::View;
 use crate::CodegenError;
 use cranelift_codegen::ir::{types, InstBuilder, MemFlagsData, Value};
@@ -82,6 +93,22 @@ fn address(b: &mut FunctionBuilder, base: Value, at: At, stride: isize) -> (Valu
             let off = b.ins().imul_imm_s(i, stride as i64);
             (b.ins().iadd(base, off), 0)
         }
+    }
+}
+
+/// The address of lane `lane` of a vector starting at `at`, along a row
+/// whose elements are `stride` bytes apart.
+fn lane_address(
+    b: &mut FunctionBuilder,
+    base: Value,
+    at: At,
+    stride: isize,
+    lane: i64,
+) -> (Value, i32) {
+    let (p, o) = address(b, base, at, stride);
+    match i32::try_from(i64::from(o) + lane * stride as i64) {
+        Ok(o) => (p, o),
+        Err(_) => (b.ins().iadd_imm_s(p, lane * stride as i64), o),
     }
 }
 
@@ -187,9 +214,18 @@ enum Mode {
     Unfold { fill: u32 },
     /// Read the columns, add into the image.
     Fold,
+    /// `fold` of windows that tile the image (kernel = stride, no padding
+    /// or dilation, sizes divisible: max or average pooling's gradient):
+    /// every image element receives exactly one column element, so it is
+    /// stored (as `0 + x`, which turns `-0` into `+0` like the sum does)
+    /// without zeroing the image first or reading it back.
+    Tile,
 }
 
-/// One `unfold` or `fold`: sizes, and the byte strides of both sides.
+/// One `unfold` or `fold`: sizes, and the operands on both sides. The side
+/// the walk reads may hold several operands, the leaves of an expression
+/// evaluated at each element read (an elementwise prologue: the operand
+/// of the window op is never stored); the side it writes holds one.
 struct Walk<'a> {
     mode: Mode,
     kind: Kind,
@@ -199,12 +235,15 @@ struct Walk<'a> {
     planes: [usize; 2],
     input: Vec<usize>,
     out: Vec<usize>,
-    /// The image `[N, C, *in]`: address of element 0 and byte strides.
-    x_addr: usize,
-    xs: Vec<isize>,
-    /// The columns `[N, C, *kernel, *out]`.
-    c_addr: usize,
-    cs: Vec<isize>,
+    /// Image-side operands `[N, C, *in]`: addresses of element 0 and byte
+    /// strides.
+    x_addrs: Vec<usize>,
+    xs: Vec<Vec<isize>>,
+    /// Column-side operands `[N, C, *kernel, *out]`.
+    c_addrs: Vec<usize>,
+    cs: Vec<Vec<isize>>,
+    /// The read side's expression; `None`: its one operand as it is.
+    code: Option<&'a Code<'a>>,
 }
 
 /// Values created once at the top of the kernel.
@@ -212,29 +251,63 @@ struct Consts {
     fill: Option<(Value, Value)>,
 }
 
+/// Host calls for expressions, and the first error met inside loops.
+struct Env<'c> {
+    calls: &'c mut dyn Calls,
+    error: Option<CodegenError>,
+}
+
+/// A dim walked by every operand of both sides, with their byte strides.
+type Level = (usize, Vec<isize>, Vec<isize>);
+
+fn offsets(b: &mut FunctionBuilder, bases: &[Value], i: Value, strides: &[isize]) -> Vec<Value> {
+    bases
+        .iter()
+        .zip(strides)
+        .map(|(&a, &s)| offset(b, a, i, s))
+        .collect()
+}
+
+fn shifted(b: &mut FunctionBuilder, bases: &[Value], by: &[i64]) -> Vec<Value> {
+    bases
+        .iter()
+        .zip(by)
+        .map(|(&a, &d)| if d == 0 { a } else { b.ins().iadd_imm_s(a, d) })
+        .collect()
+}
+
 impl Walk<'_> {
     fn d(&self) -> usize {
         self.w.rank()
     }
 
-    /// The byte stride of the columns along output dim `i`.
+    /// The byte stride of the written columns along output dim `i`.
     fn co(&self, i: usize) -> isize {
-        self.cs[2 + self.d() + i]
+        self.cs[0][2 + self.d() + i]
     }
 
-    /// The byte stride of the image along spatial dim `i`.
-    fn xsp(&self, i: usize) -> isize {
-        self.xs[2 + i]
+    /// Byte strides of the image-side operands along spatial dim `i`.
+    fn xsp(&self, i: usize) -> Vec<isize> {
+        self.xs.iter().map(|x| x[2 + i]).collect()
     }
 
-    fn emit(&self, b: &mut FunctionBuilder) {
-        let x = b.ins().iconst(types::I64, self.x_addr as i64);
-        let c = b.ins().iconst(types::I64, self.c_addr as i64);
-        self.emit_at(b, x, c);
+    fn emit(&self, b: &mut FunctionBuilder, env: &mut Env) {
+        let x: Vec<Value> = self
+            .x_addrs
+            .iter()
+            .map(|&a| b.ins().iconst(types::I64, a as i64))
+            .collect();
+        let c: Vec<Value> = self
+            .c_addrs
+            .iter()
+            .map(|&a| b.ins().iconst(types::I64, a as i64))
+            .collect();
+        self.emit_at(b, env, &x, &c);
     }
 
-    /// The walk with the image's element 0 at `x` and the columns' at `c`.
-    fn emit_at(&self, b: &mut FunctionBuilder, x: Value, c: Value) {
+    /// The walk with the image operands' element 0 at `x` and the
+    /// columns' at `c`.
+    fn emit_at(&self, b: &mut FunctionBuilder, env: &mut Env, x: &[Value], c: &[Value]) {
         let consts = Consts {
             fill: match self.mode {
                 Mode::Unfold { fill } => {
@@ -245,79 +318,102 @@ impl Walk<'_> {
                     let v = b.ins().splat(self.kind.vector(), s);
                     Some((s, v))
                 }
-                Mode::Fold => None,
+                Mode::Fold | Mode::Tile => None,
             },
         };
         let [n, ch] = self.planes;
-        // (n, c) as one loop when both sides walk the planes uniformly.
-        let mut outer: Vec<(usize, isize, isize)> =
-            vec![(n, self.xs[0], self.cs[0]), (ch, self.xs[1], self.cs[1])];
-        if self.xs[0] == ch as isize * self.xs[1] && self.cs[0] == ch as isize * self.cs[1] {
-            outer = vec![(n * ch, self.xs[1], self.cs[1])];
-        }
-        outer.retain(|&(len, _, _)| len != 1);
+        let along = |d: usize| -> (Vec<isize>, Vec<isize>) {
+            (
+                self.xs.iter().map(|s| s[d]).collect(),
+                self.cs.iter().map(|s| s[d]).collect(),
+            )
+        };
+        // (n, c) as one loop when every operand walks the planes uniformly.
+        let (xn, cn) = along(0);
+        let (xc, cc) = along(1);
+        let uniform = |outer: &[isize], inner: &[isize]| {
+            outer.iter().zip(inner).all(|(&o, &i)| o == ch as isize * i)
+        };
+        let mut outer: Vec<Level> = if uniform(&xn, &xc) && uniform(&cn, &cc) {
+            vec![(n * ch, xc, cc)]
+        } else {
+            vec![(n, xn, cn), (ch, xc, cc)]
+        };
+        outer.retain(|(len, _, _)| *len != 1);
         // Element 0 of the padded image: addresses below the buffer are
         // formed but never dereferenced (only in-range positions are read).
-        let padding: i64 = (0..self.d())
-            .map(|i| self.w.padding[i] as i64 * self.xsp(i) as i64)
-            .sum();
-        let xa = b.ins().iadd_imm_s(x, -padding);
-        self.planes_level(b, &consts, &outer, xa, c);
+        let padding: Vec<i64> = (0..self.xs.len())
+            .map(|j| {
+                -(0..self.d())
+                    .map(|i| self.w.padding[i] as i64 * self.xs[j][2 + i] as i64)
+                    .sum::<i64>()
+            })
+            .collect();
+        let xa = shifted(b, x, &padding);
+        self.planes_level(b, env, &consts, &outer, &xa, c);
     }
 
     fn planes_level(
         &self,
         b: &mut FunctionBuilder,
+        env: &mut Env,
         consts: &Consts,
-        outer: &[(usize, isize, isize)],
-        xa: Value,
-        ca: Value,
+        outer: &[Level],
+        xa: &[Value],
+        ca: &[Value],
     ) {
-        let Some((&(len, sx, sc), rest)) = outer.split_first() else {
-            self.kernel_level(b, consts, 0, xa, ca, &[]);
+        let Some(((len, sx, sc), rest)) = outer.split_first() else {
+            self.kernel_level(b, env, consts, 0, xa, ca, &[]);
             return;
         };
-        emit_for(b, 0, len as i64, 1, &mut |b, i| {
-            let x = offset(b, xa, i, sx);
-            let c = offset(b, ca, i, sc);
-            self.planes_level(b, consts, rest, x, c);
+        emit_for(b, 0, *len as i64, 1, &mut |b, i| {
+            let x = offsets(b, xa, i, sx);
+            let c = offsets(b, ca, i, sc);
+            self.planes_level(b, env, consts, rest, &x, &c);
         });
     }
 
     /// Loops (or, for the last dim, unrolls) kernel dim `i`; `ranges`
     /// holds the in-image output range of each dim before it.
+    #[allow(clippy::too_many_arguments)]
     fn kernel_level(
         &self,
         b: &mut FunctionBuilder,
+        env: &mut Env,
         consts: &Consts,
         i: usize,
-        xa: Value,
-        ca: Value,
+        xa: &[Value],
+        ca: &[Value],
         ranges: &[(Bound, Bound)],
     ) {
         let d = self.d();
         if i == d {
-            self.out_level(b, consts, 0, xa, ca, ranges);
+            self.out_level(b, env, consts, 0, xa, ca, ranges);
             return;
         }
-        let (kx, kc) = (self.w.dilation[i] as isize * self.xsp(i), self.cs[2 + i]);
+        let dil = self.w.dilation[i] as isize;
+        let kx: Vec<isize> = self.xsp(i).iter().map(|s| dil * s).collect();
+        let kc: Vec<isize> = self.cs.iter().map(|s| s[2 + i]).collect();
         if i == d - 1 && self.w.kernel[i] <= UNROLL_KERNEL {
             for k in 0..self.w.kernel[i] {
-                let x = b.ins().iadd_imm_s(xa, (k as isize * kx) as i64);
-                let c = b.ins().iadd_imm_s(ca, (k as isize * kc) as i64);
+                let by = |s: &[isize]| -> Vec<i64> {
+                    s.iter().map(|&s| (k as isize * s) as i64).collect()
+                };
+                let x = shifted(b, xa, &by(&kx));
+                let c = shifted(b, ca, &by(&kc));
                 let (lo, hi) = self.const_range(i, k);
                 let mut r = ranges.to_vec();
                 r.push((Bound::Const(lo), Bound::Const(hi)));
-                self.kernel_level(b, consts, i + 1, x, c, &r);
+                self.kernel_level(b, env, consts, i + 1, &x, &c, &r);
             }
             return;
         }
         emit_for(b, 0, self.w.kernel[i] as i64, 1, &mut |b, k| {
-            let x = offset(b, xa, k, kx);
-            let c = offset(b, ca, k, kc);
+            let x = offsets(b, xa, k, &kx);
+            let c = offsets(b, ca, k, &kc);
             let mut r = ranges.to_vec();
             r.push(self.dyn_range(b, i, k));
-            self.kernel_level(b, consts, i + 1, x, c, &r);
+            self.kernel_level(b, env, consts, i + 1, &x, &c, &r);
         });
     }
 
@@ -364,33 +460,37 @@ impl Walk<'_> {
     }
 
     /// Output dim `i` and those after it.
+    #[allow(clippy::too_many_arguments)]
     fn out_level(
         &self,
         b: &mut FunctionBuilder,
+        env: &mut Env,
         consts: &Consts,
         i: usize,
-        xa: Value,
-        ca: Value,
+        xa: &[Value],
+        ca: &[Value],
         ranges: &[(Bound, Bound)],
     ) {
         let d = self.d();
         let (lo, hi) = ranges[i];
         if i == d - 1 {
-            self.row(b, consts, xa, ca, lo, hi);
+            self.row(b, env, consts, xa, ca, lo, hi);
             return;
         }
-        let (sx, sc) = (self.w.stride[i] as isize * self.xsp(i), self.co(i));
+        let st = self.w.stride[i] as isize;
+        let sx: Vec<isize> = self.xsp(i).iter().map(|s| st * s).collect();
+        let sc: Vec<isize> = self.cs.iter().map(|s| s[2 + d + i]).collect();
         let o = Bound::Const(self.out[i] as i64);
-        if self.mode != Mode::Fold {
-            self.fill_rows(b, consts, i, ca, Bound::Const(0), lo);
+        if let Mode::Unfold { .. } = self.mode {
+            self.fill_rows(b, consts, i, ca[0], Bound::Const(0), lo);
         }
         bound_loop(b, lo, hi, &mut |b, j| {
-            let x = offset(b, xa, j, sx);
-            let c = offset(b, ca, j, sc);
-            self.out_level(b, consts, i + 1, x, c, ranges);
+            let x = offsets(b, xa, j, &sx);
+            let c = offsets(b, ca, j, &sc);
+            self.out_level(b, env, consts, i + 1, &x, &c, ranges);
         });
-        if self.mode != Mode::Fold {
-            self.fill_rows(b, consts, i, ca, hi, o);
+        if let Mode::Unfold { .. } = self.mode {
+            self.fill_rows(b, consts, i, ca[0], hi, o);
         }
     }
 
@@ -442,50 +542,151 @@ impl Walk<'_> {
         });
     }
 
-    /// One row along the last output dim: image row at `xa` (element 0 of
+    /// Whether a row moves four elements at a time. A plain copy does
+    /// when both sides are contiguous; an expression whenever it has an
+    /// `f32x4` form: operands that are not contiguous (a pooling window's
+    /// stride of 2 along the image) are gathered or scattered lane by lane,
+    /// and the arithmetic runs on vectors.
+    fn vectors(&self, read: &[isize], written: isize) -> bool {
+        match self.code {
+            None => written == 4 && read.iter().all(|&s| s == 4),
+            Some(code) => code.vectorizes(),
+        }
+    }
+
+    /// The value read at position `at` of a row whose read-side operands
+    /// start at `addrs` and move `strides` bytes per position (four lanes
+    /// when `vector`).
+    fn read(
+        &self,
+        b: &mut FunctionBuilder,
+        env: &mut Env,
+        addrs: &[Value],
+        strides: &[isize],
+        at: At,
+        vector: bool,
+    ) -> Value {
+        let ty = if vector {
+            self.kind.vector()
+        } else {
+            self.kind.scalar()
+        };
+        let Some(code) = self.code else {
+            let (p, o) = address(b, addrs[0], at, strides[0]);
+            return b.ins().load(ty, flags(), p, o);
+        };
+        let vals: Vec<Value> = addrs
+            .iter()
+            .zip(strides)
+            .enumerate()
+            .map(|(j, (&base, &s))| {
+                if !vector || s == 0 || s == 4 {
+                    let (p, o) = address(b, base, at, s);
+                    return code.load(b, j, p, o, vector, s);
+                }
+                // Gather: four scalars into the lanes of a vector.
+                let mut v = None;
+                for lane in 0..4 {
+                    let (p, o) = lane_address(b, base, at, s, lane);
+                    let x = code.load(b, j, p, o, false, 0);
+                    v = Some(match v {
+                        None => {
+                            let ty = b.func.dfg.value_type(x);
+                            b.ins().scalar_to_vector(ty.by(4).unwrap_or(ty), x)
+                        }
+                        Some(v) => b.ins().insertlane(v, x, lane as u8),
+                    });
+                }
+                v.unwrap_or(base)
+            })
+            .collect();
+        match code.evaluate(b, env.calls, vector, &vals) {
+            Ok(v) => v[0],
+            Err(e) => {
+                env.error = Some(e);
+                b.ins().iconst(types::I32, 0)
+            }
+        }
+    }
+
+    /// One row along the last output dim: image rows at `xa` (element 0 of
     /// the padded row for this kernel offset), columns at `ca`; positions
     /// `lo..hi` are inside the image.
+    #[allow(clippy::too_many_arguments)]
     fn row(
         &self,
         b: &mut FunctionBuilder,
+        env: &mut Env,
         consts: &Consts,
-        xa: Value,
-        ca: Value,
+        xa: &[Value],
+        ca: &[Value],
         lo: Bound,
         hi: Bound,
     ) {
         let last = self.d() - 1;
-        let sx = self.w.stride[last] as isize * self.xsp(last);
-        let sc = self.co(last);
-        let vector = sx == 4 && sc == 4;
+        let st = self.w.stride[last] as isize;
+        let sx: Vec<isize> = self.xsp(last).iter().map(|s| st * s).collect();
+        let sc: Vec<isize> = self.cs.iter().map(|s| s[2 + self.d() + last]).collect();
         let (scalar_ty, vector_ty) = (self.kind.scalar(), self.kind.vector());
         let ty = |v: bool| if v { vector_ty } else { scalar_ty };
         match self.mode {
             Mode::Unfold { .. } => {
-                self.fill(b, consts, ca, Bound::Const(0), lo);
+                let vector = sc[0] == 4 && self.vectors(&sx, sc[0]);
+                self.fill(b, consts, ca[0], Bound::Const(0), lo);
                 run(b, lo, hi, vector, true, &mut |b, at, v| {
-                    let (px, ox) = address(b, xa, at, sx);
-                    let x = b.ins().load(ty(v), flags(), px, ox);
-                    let (pc, oc) = address(b, ca, at, sc);
+                    let x = self.read(b, env, xa, &sx, at, v);
+                    let (pc, oc) = address(b, ca[0], at, sc[0]);
                     b.ins().store(flags(), x, pc, oc);
                 });
                 let o = Bound::Const(self.out[last] as i64);
-                self.fill(b, consts, ca, hi, o);
+                self.fill(b, consts, ca[0], hi, o);
             }
-            Mode::Fold => {
+            Mode::Fold | Mode::Tile => {
+                let tile = self.mode == Mode::Tile;
+                let vector = self.vectors(&sc, sx[0]);
+                let add = |b: &mut FunctionBuilder, acc: Value, x: Value| match self.dtype {
+                    DType::F32 | DType::F64 => b.ins().fadd(acc, x),
+                    DType::I32 => b.ins().iadd(acc, x),
+                    // The sum of bools is true when any is: bool is 0/1.
+                    DType::Bool => b.ins().bor(acc, x),
+                };
                 // No overlap: a rewritten element would be added twice.
-                run(b, lo, hi, vector, false, &mut |b, at, v| {
-                    let (px, ox) = address(b, xa, at, sx);
-                    let (pc, oc) = address(b, ca, at, sc);
-                    let acc = b.ins().load(ty(v), flags(), px, ox);
-                    let x = b.ins().load(ty(v), flags(), pc, oc);
-                    let sum = match self.dtype {
-                        DType::F32 | DType::F64 => b.ins().fadd(acc, x),
-                        DType::I32 => b.ins().iadd(acc, x),
-                        // The sum of bools is true when any is: bool is 0/1.
-                        DType::Bool => b.ins().bor(acc, x),
+                let zero = |b: &mut FunctionBuilder, v: bool| {
+                    let z = match self.kind {
+                        Kind::F32 => b.ins().f32const(0.0),
+                        Kind::I32 => b.ins().iconst(types::I32, 0),
                     };
-                    b.ins().store(flags(), sum, px, ox);
+                    if v {
+                        b.ins().splat(vector_ty, z)
+                    } else {
+                        z
+                    }
+                };
+                run(b, lo, hi, vector, false, &mut |b, at, v| {
+                    let x = self.read(b, env, ca, &sc, at, v);
+                    if !v || sx[0] == 4 {
+                        let (px, ox) = address(b, xa[0], at, sx[0]);
+                        let acc = if tile {
+                            zero(b, v)
+                        } else {
+                            b.ins().load(ty(v), flags(), px, ox)
+                        };
+                        let sum = add(b, acc, x);
+                        b.ins().store(flags(), sum, px, ox);
+                        return;
+                    }
+                    // Scatter: add each lane at its image position.
+                    for lane in 0..4 {
+                        let (px, ox) = lane_address(b, xa[0], at, sx[0], lane);
+                        let acc = if tile {
+                            zero(b, false)
+                        } else {
+                            b.ins().load(scalar_ty, flags(), px, ox)
+                        };
+                        let l = b.ins().extractlane(x, lane as u8);
+                        let sum = add(b, acc, l);
+                        b.ins().store(flags(), sum, px, ox);
+                    }
                 });
             }
         }
@@ -528,64 +729,84 @@ fn byte_strides(v: &View) -> Vec<isize> {
 }
 
 /// `out = unfold(x)`, `fill` in the padding (any dtype; `fill` as the
-/// 4-byte word the JIT stores for it).
-pub fn emit_unfold(
+/// 4-byte word the JIT stores for it), `x` computed per element read by
+/// `source` (the expression over the image's space and its shape).
+pub(crate) fn emit_unfold(
     b: &mut FunctionBuilder,
+    calls: &mut dyn Calls,
     w: &Window,
     fill: u32,
     dtype: DType,
-    x: (usize, &View),
+    source: (&Code, &[usize]),
     out: (usize, &View),
 ) -> Result<(), CodegenError> {
-    let o = check_shapes(w, &x.1.shape, &out.1.shape)?;
+    let (code, image) = source;
+    let o = check_shapes(w, image, &out.1.shape)?;
+    let mut env = Env { calls, error: None };
     Walk {
         mode: Mode::Unfold { fill },
         kind: Kind::of(dtype),
         dtype,
         w,
-        planes: [x.1.shape[0], x.1.shape[1]],
-        input: x.1.shape[2..].to_vec(),
+        planes: [image[0], image[1]],
+        input: image[2..].to_vec(),
         out: o,
-        x_addr: x.0,
-        xs: byte_strides(x.1),
-        c_addr: out.0,
-        cs: byte_strides(out.1),
+        x_addrs: code.addrs.clone(),
+        xs: code.strides.clone(),
+        c_addrs: vec![out.0],
+        cs: vec![byte_strides(out.1)],
+        code: Some(code),
     }
-    .emit(b);
-    Ok(())
+    .emit(b, &mut env);
+    env.error.map_or(Ok(()), Err)
 }
 
 /// `out = fold(cols)`: zero, then every column element added at the image
-/// position it was read from, in the interpreter's order.
-pub fn emit_fold(
+/// position it was read from, in the interpreter's order; `cols` computed
+/// per element by `source` (the expression over the columns' space and
+/// its shape).
+pub(crate) fn emit_fold(
     b: &mut FunctionBuilder,
+    calls: &mut dyn Calls,
     w: &Window,
     dtype: DType,
-    cols: (usize, &View),
+    source: (&Code, &[usize]),
     out: (usize, &View),
 ) -> Result<(), CodegenError> {
-    let o = check_shapes(w, &out.1.shape, &cols.1.shape)?;
+    let (code, cols) = source;
+    let o = check_shapes(w, &out.1.shape, cols)?;
     if !out.1.is_contiguous() {
         return Err(CodegenError::new(
             "internal error: a fold result must be a contiguous buffer",
         ));
     }
-    emit_fill(b, out.0, out.1.numel(), 0.0);
+    let d = w.rank();
+    let tiles = (0..d).all(|i| {
+        w.kernel[i] == w.stride[i]
+            && w.dilation[i] == 1
+            && w.padding[i] == 0
+            && o[i] * w.stride[i] == out.1.shape[2 + i]
+    });
+    if !tiles {
+        emit_fill(b, out.0, out.1.numel(), 0.0);
+    }
+    let mut env = Env { calls, error: None };
     Walk {
-        mode: Mode::Fold,
+        mode: if tiles { Mode::Tile } else { Mode::Fold },
         kind: Kind::of(dtype),
         dtype,
         w,
         planes: [out.1.shape[0], out.1.shape[1]],
         input: out.1.shape[2..].to_vec(),
         out: o,
-        x_addr: out.0,
-        xs: byte_strides(out.1),
-        c_addr: cols.0,
-        cs: byte_strides(cols.1),
+        x_addrs: vec![out.0],
+        xs: vec![byte_strides(out.1)],
+        c_addrs: code.addrs.clone(),
+        cs: code.strides.clone(),
+        code: Some(code),
     }
-    .emit(b);
-    Ok(())
+    .emit(b, &mut env);
+    env.error.map_or(Ok(()), Err)
 }
 
 /// The `[1, planes, *kernel, *out]` slice of a staged unfold or fold (see
@@ -619,21 +840,23 @@ fn staged_walk<'a>(
         planes: [1, planes],
         input: image.shape[2..].to_vec(),
         out,
-        x_addr: 0,
-        xs: byte_strides(image),
-        c_addr: 0,
-        cs: crate::plan::row_major(&cols)
+        x_addrs: vec![0],
+        xs: vec![byte_strides(image)],
+        c_addrs: vec![0],
+        cs: vec![crate::plan::row_major(&cols)
             .iter()
             .map(|s| s * 4)
-            .collect(),
+            .collect()],
+        code: None,
     })
 }
 
 /// Unfolds `planes` channels of one sample, the first at `image_at`, into
 /// contiguous columns at `cols_at` (a staged matmul operand).
 #[allow(clippy::too_many_arguments)]
-pub fn emit_unfold_planes(
+pub(crate) fn emit_unfold_planes(
     b: &mut FunctionBuilder,
+    calls: &mut dyn Calls,
     w: &Window,
     fill: u32,
     dtype: DType,
@@ -642,15 +865,23 @@ pub fn emit_unfold_planes(
     image_at: Value,
     cols_at: Value,
 ) -> Result<(), CodegenError> {
-    staged_walk(Mode::Unfold { fill }, w, dtype, image, planes)?.emit_at(b, image_at, cols_at);
-    Ok(())
+    let mut env = Env { calls, error: None };
+    staged_walk(Mode::Unfold { fill }, w, dtype, image, planes)?.emit_at(
+        b,
+        &mut env,
+        &[image_at],
+        &[cols_at],
+    );
+    env.error.map_or(Ok(()), Err)
 }
 
 /// Adds contiguous columns at `cols_at` into `planes` channels of one
 /// sample of the (zeroed) image, the first at `image_at` (a staged matmul
 /// result).
-pub fn emit_fold_planes(
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn emit_fold_planes(
     b: &mut FunctionBuilder,
+    calls: &mut dyn Calls,
     w: &Window,
     dtype: DType,
     image: &View,
@@ -658,6 +889,7 @@ pub fn emit_fold_planes(
     image_at: Value,
     cols_at: Value,
 ) -> Result<(), CodegenError> {
-    staged_walk(Mode::Fold, w, dtype, image, planes)?.emit_at(b, image_at, cols_at);
-    Ok(())
+    let mut env = Env { calls, error: None };
+    staged_walk(Mode::Fold, w, dtype, image, planes)?.emit_at(b, &mut env, &[image_at], &[cols_at]);
+    env.error.map_or(Ok(()), Err)
 }

@@ -1,0 +1,431 @@
+//! Kernel grouping: which values get a buffer, and which loop computes
+//! each one.
+//!
+//! The first plan fused an elementwise producer only into a single
+//! elementwise consumer of the same shape; everything else was a kernel
+//! with a buffer. This pass decides two things, from the graph and its
+//! concrete shapes alone (the plan then builds each kernel's expression,
+//! see `expr`):
+//!
+//! 1. **Inline values.** An elementwise value (unary and binary ops but
+//!    `pow`, `select`, `cast`, `random`, splat constants), or a layout view
+//!    (reshape, transpose, broadcast, slice) of one, is *inline* when it is
+//!    not a result and every op that reads it can compute it inside its
+//!    own loop: elementwise ops, reductions (the operand's expression is
+//!    the reduction loop's prologue), `fold` (over the columns it adds up)
+//!    and `unfold` (over the image elements it copies). An inline value has
+//!    no buffer and no kernel; each reading loop evaluates it in registers.
+//!    The rule that decides when recomputing beats storing is on
+//!    [`GroupConfig`]. A convolution's `unfold` reads each image element
+//!    once per kernel offset (25 times for 5×5), so by that rule its
+//!    operand is stored; pooling's `unfold` (each element once) computes
+//!    its operand. Staged `unfold`s and `fold`s (`plan::Staged`, built per
+//!    sample inside a matmul's kernel) take no expression: the former for
+//!    that reason, the latter because their operand is the product.
+//! 2. **Multi-output loops.** Elementwise kernels of one shape that read
+//!    the same data (a buffer of the loop's size, or an inline value), or
+//!    where one reads another's result at the same element, run as one
+//!    loop storing several results: Adam's new `m`, `v` and param are one
+//!    pass over the gradient and the three state tensors, and `p'` takes
+//!    `m'` and `v'` from registers. A group runs where its last member
+//!    did; it forms only when no kernel outside it reads a member's result
+//!    before that point, so the schedule stays a topological order.
+
+use nnc_ir::{BinaryOp, Graph, Literal, NodeId, Op, UnaryOp};
+use std::collections::{HashMap, HashSet};
+
+/// The knobs of grouping. [`GroupConfig::default`] is the rule the JIT
+/// uses; [`GroupConfig::greedy`] reproduces the first plan (the baseline
+/// the egg-based optimizer of issue 6 is measured against).
+///
+/// **When an inline value is recomputed.** Each loop that reads an inline
+/// value evaluates it once per element of its own index space, so a value
+/// is *evaluated* `E` times per element per step: the sum, over the loops
+/// that read it, of their size over its size (a loop that broadcasts a
+/// `[C]` value over `[B, C, L]` evaluates each element `B·L` times).
+///
+/// - `E ≤ 1` is plain fusion and always pays: the value is never written
+///   and read back, and no op runs more often than before.
+/// - `1 < E ≤ max_evaluations` (3) recomputes the value when it is cheap:
+///   its op and the inline ops under it cost at most `recompute_ops` (12)
+///   op units, an `f32x4` add, multiply, compare, select or cast being 1
+///   and a divide or square root 4. `exp`, `log`, `tanh`, `sigmoid` (vector
+///   polynomials of 20–40 instructions), `pow` (a call per element) and
+///   `random` (two rounds of a 32-bit hash with `pmulld`s, about 25 units
+///   measured) are never recomputed.
+///
+/// Why: storing a value costs a write and, per reading loop, a read of 4
+/// bytes per element, which on this machine (2-core Zen 4, Cranelift's
+/// 128-bit vectors) stream at about 4 op units each; recomputing costs
+/// the expression again in every reader after the first, and its
+/// operands are read by every reader instead. `cargo bench -p
+/// nnc-codegen --bench group` measures a chain of `k` units over 4 MiB
+/// read by 2 or 3 loops, stored against recomputed (median step, loaded
+/// machine): recomputing takes 0.61–0.67× the time at `k` = 2–4, 0.70–0.85×
+/// at 8, 0.89–0.94× at 12, and loses from 16 (1.10–1.21×, 1.4–1.7× at 24);
+/// dropout's `random ≥ p` mask recomputed takes 1.4–1.6×. Past three
+/// readers (or when broadcast into its readers) the arithmetic grows
+/// faster than the traffic it saves, and a larger expression in every
+/// reader also raises register pressure (16 vector registers). So the
+/// max-pool backward mask (`cast(eq(cols, y))`, 2 units, read by the
+/// count reduction and by the gradient's fold) and a bias add read by
+/// `relu` and by its gradient (1 unit) are recomputed; dropout's random
+/// numbers and batch norm's per-channel `1/sqrt(var + eps)` (broadcast
+/// over the batch and positions) are stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GroupConfig {
+    /// Evaluations per element an inline value may take per step (see
+    /// above); 1 never recomputes.
+    pub max_evaluations: f64,
+    /// Op units a recomputed value's expression may cost.
+    pub recompute_ops: u32,
+    /// Reductions, `fold` and `unfold` compute their operand in their loop.
+    pub prologues: bool,
+    /// Layout views of inline values, `random` and splat constants may be
+    /// inline, and an inline value may be broadcast into its reader.
+    pub views_and_leaves: bool,
+    /// The most results one elementwise loop stores (1: one per loop).
+    pub max_outputs: usize,
+}
+
+impl Default for GroupConfig {
+    fn default() -> Self {
+        GroupConfig {
+            max_evaluations: 3.0,
+            recompute_ops: 12,
+            prologues: true,
+            views_and_leaves: true,
+            max_outputs: 4,
+        }
+    }
+}
+
+impl GroupConfig {
+    /// The first plan's rule: an elementwise value fuses into its only
+    /// reader when that is elementwise of the same shape; one result per
+    /// loop; reductions, windows and `random` read buffers.
+    pub fn greedy() -> GroupConfig {
+        GroupConfig {
+            max_evaluations: 1.0,
+            recompute_ops: 0,
+            prologues: false,
+            views_and_leaves: false,
+            max_outputs: 1,
+        }
+    }
+}
+
+/// What the plan knows before grouping.
+pub struct Facts<'a> {
+    pub graph: &'a Graph,
+    pub order: &'a [NodeId],
+    pub shapes: &'a HashMap<NodeId, Vec<usize>>,
+    /// Outputs and update values: they are stored.
+    pub results: &'a HashSet<NodeId>,
+    /// Values that must be stored: the plan could not view an inline value
+    /// through a reshape (see `expr::BuildError::Compose`).
+    pub forced: &'a HashSet<NodeId>,
+    /// Windows with no loop of their own (staged into a matmul's kernel).
+    pub no_loop: &'a HashSet<NodeId>,
+}
+
+/// The outcome: inline values, and the loops that store several results.
+#[derive(Debug, Clone, Default)]
+pub struct Grouping {
+    /// Values with no buffer, computed inside every loop that reads them.
+    pub inline: HashSet<NodeId>,
+    /// Multi-output loops: the last member (the kernel's root) → all
+    /// members in topological order, the root last.
+    pub groups: HashMap<NodeId, Vec<NodeId>>,
+    /// Members other than the root → their group's root.
+    pub member_of: HashMap<NodeId, NodeId>,
+}
+
+/// Elementwise ops a loop evaluates per element (`pow` is one, but calls
+/// out per element and is never inline).
+pub(crate) fn is_elementwise(op: &Op) -> bool {
+    matches!(op, Op::Unary(_) | Op::Binary(_) | Op::Select | Op::Cast)
+}
+
+pub(crate) fn is_layout(op: &Op) -> bool {
+    matches!(
+        op,
+        Op::Reshape | Op::Transpose { .. } | Op::Broadcast | Op::Slice { .. }
+    )
+}
+
+/// Op units of one evaluation (see [`GroupConfig`]); `None`: never
+/// recomputed.
+fn op_cost(op: &Op) -> Option<u32> {
+    Some(match op {
+        Op::Const(_) => 0,
+        Op::Unary(UnaryOp::Neg | UnaryOp::Abs) => 1,
+        Op::Unary(UnaryOp::Sqrt) | Op::Binary(BinaryOp::Div) => 4,
+        Op::Unary(_) | Op::Binary(BinaryOp::Pow) => return None,
+        Op::Binary(_) | Op::Select | Op::Cast => 1,
+        _ => return None,
+    })
+}
+
+const EPS: f64 = 1e-9;
+
+pub fn group(f: &Facts, config: &GroupConfig) -> Grouping {
+    let inline = inline_values(f, config);
+    let mut grouping = Grouping {
+        inline,
+        ..Grouping::default()
+    };
+    if config.max_outputs > 1 {
+        multi_output(f, config, &mut grouping);
+    }
+    grouping
+}
+
+fn numel(f: &Facts, n: NodeId) -> f64 {
+    f.shapes[&n].iter().product::<usize>().max(1) as f64
+}
+
+/// Whether `n` may be inline at all, whoever reads it.
+fn candidate(f: &Facts, config: &GroupConfig, n: NodeId) -> bool {
+    if f.results.contains(&n) || f.forced.contains(&n) {
+        return false;
+    }
+    match &f.graph.node(n).op {
+        Op::Binary(BinaryOp::Pow) => false,
+        op if is_elementwise(op) => true,
+        Op::Random { .. } | Op::Const(Literal::Splat(_)) => config.views_and_leaves,
+        op if is_layout(op) => config.views_and_leaves,
+        _ => false,
+    }
+}
+
+/// Inline values (rule 1 of the module doc). Readers are decided before
+/// what they read (reverse topological order), so a value knows how often
+/// its readers evaluate it; then, forward, a recomputed value whose
+/// expression grew too costly is stored after all, and a layout view is
+/// inline exactly when what it views is.
+fn inline_values(f: &Facts, config: &GroupConfig) -> HashSet<NodeId> {
+    let g = f.graph;
+    // Evaluations per element of every tentatively inline value.
+    let mut evals: HashMap<NodeId, f64> = HashMap::new();
+    for &n in f.order.iter().rev() {
+        if !candidate(f, config, n) {
+            continue;
+        }
+        let mut e = 0.0;
+        let mut ok = true;
+        for u in g.users(n) {
+            let per = match &g.node(u).op {
+                // `random` reads its key from a buffer when its loop starts.
+                Op::Random { .. } => {
+                    ok = false;
+                    0.0
+                }
+                _ if evals.contains_key(&u) => evals[&u] * numel(f, u) / numel(f, n),
+                // Reading an inline value through a broadcast is the
+                // default rule's; the greedy one needs the same shape.
+                op if is_elementwise(op) => {
+                    if !config.views_and_leaves && f.shapes[&u] != f.shapes[&n] {
+                        ok = false;
+                    }
+                    numel(f, u) / numel(f, n)
+                }
+                Op::Reduce { .. } | Op::Fold { .. } if config.prologues => {
+                    ok &= !f.no_loop.contains(&u);
+                    1.0
+                }
+                Op::Unfold { .. } if config.prologues => {
+                    ok &= !f.no_loop.contains(&u);
+                    numel(f, u) / numel(f, n)
+                }
+                _ => {
+                    ok = false;
+                    0.0
+                }
+            };
+            e += per;
+        }
+        if !ok {
+            continue;
+        }
+        let op = &g.node(n).op;
+        let keep = is_layout(op)
+            || op_cost(op) == Some(0)
+            || e <= 1.0 + EPS
+            || (e <= config.max_evaluations + EPS && op_cost(op).is_some());
+        if keep {
+            evals.insert(n, e);
+        }
+    }
+    // Forward: expression costs of recomputed values; views follow what
+    // they view.
+    let mut inline = HashSet::new();
+    let mut tree: HashMap<NodeId, u32> = HashMap::new();
+    for &n in f.order {
+        let Some(&e) = evals.get(&n) else { continue };
+        let op = &g.node(n).op;
+        let operands = g.operands(n);
+        if is_layout(op) {
+            if inline.contains(&operands[0]) {
+                inline.insert(n);
+                tree.insert(n, tree[&operands[0]]);
+            }
+            continue;
+        }
+        let cost = operands
+            .iter()
+            .filter(|o| inline.contains(*o))
+            .fold(op_cost(op).unwrap_or(u32::MAX), |acc, o| {
+                acc.saturating_add(tree[o])
+            });
+        if e > 1.0 + EPS && cost > config.recompute_ops {
+            continue;
+        }
+        inline.insert(n);
+        tree.insert(n, cost);
+    }
+    inline
+}
+
+/// What one loop reads: stored values (with whether every read is at the
+/// loop's own element: same shape, reached through no view or
+/// broadcast), and the inline values it evaluates.
+#[derive(Debug, Default)]
+struct Reads {
+    stored: HashSet<NodeId>,
+    /// Stored values read at another element somewhere in the loop.
+    displaced: HashSet<NodeId>,
+    inline: HashSet<NodeId>,
+}
+
+/// The values loop `k` reads, following inline values down to stored ones.
+fn reads_of(f: &Facts, inline: &HashSet<NodeId>, k: NodeId) -> Reads {
+    let mut r = Reads::default();
+    let shape = &f.shapes[&k];
+    let mut stack: Vec<(NodeId, bool)> =
+        f.graph.operands(k).into_iter().map(|o| (o, true)).collect();
+    let mut seen = HashSet::new();
+    while let Some((n, direct)) = stack.pop() {
+        if !seen.insert((n, direct)) {
+            continue;
+        }
+        if inline.contains(&n) {
+            r.inline.insert(n);
+            let through = direct && !is_layout(&f.graph.node(n).op);
+            stack.extend(f.graph.operands(n).into_iter().map(|o| (o, through)));
+        } else {
+            r.stored.insert(n);
+            if !direct || &f.shapes[&n] != shape {
+                r.displaced.insert(n);
+            }
+        }
+    }
+    r
+}
+
+/// Merges elementwise kernels into multi-output loops (rule 2 of the
+/// module doc), greedily in topological order.
+fn multi_output(f: &Facts, config: &GroupConfig, grouping: &mut Grouping) {
+    let g = f.graph;
+    let inline = &grouping.inline;
+    let position: HashMap<NodeId, usize> =
+        f.order.iter().enumerate().map(|(i, &n)| (n, i)).collect();
+    // Every node with a buffer or a kernel, and what it reads: a stored
+    // value's readers are these nodes (views included, conservatively at
+    // their own position).
+    let mut readers: HashMap<NodeId, Vec<NodeId>> = HashMap::new();
+    let mut loops: Vec<(NodeId, Reads)> = Vec::new();
+    for &n in f.order {
+        if inline.contains(&n) || g.operands(n).is_empty() {
+            continue;
+        }
+        let r = reads_of(f, inline, n);
+        for &s in &r.stored {
+            readers.entry(s).or_default().push(n);
+        }
+        let op = &g.node(n).op;
+        if is_elementwise(op) && !matches!(op, Op::Binary(BinaryOp::Pow)) {
+            loops.push((n, r));
+        }
+    }
+    struct Group {
+        members: Vec<NodeId>,
+        shape: Vec<usize>,
+        stored: HashSet<NodeId>,
+        inline: HashSet<NodeId>,
+    }
+    let mut groups: Vec<Group> = Vec::new();
+    // Kernel → its group, and each group's position (its last member's).
+    let mut group_of: HashMap<NodeId, usize> = HashMap::new();
+    let at = |n: NodeId, group_of: &HashMap<NodeId, usize>, groups: &[Group]| -> usize {
+        match group_of.get(&n) {
+            Some(&gi) => groups[gi]
+                .members
+                .iter()
+                .map(|m| position[m])
+                .max()
+                .unwrap_or(0),
+            None => position[&n],
+        }
+    };
+    for (k, r) in loops {
+        let shape = &f.shapes[&k];
+        let full = |n: &NodeId| f.shapes[n].iter().product::<usize>() == shape.iter().product();
+        let here = position[&k];
+        let mut chosen = None;
+        for (gi, grp) in groups.iter().enumerate().rev() {
+            if &grp.shape != shape || grp.members.len() >= config.max_outputs {
+                continue;
+            }
+            let reads_member = grp.members.iter().any(|m| r.stored.contains(m));
+            let shares = reads_member
+                || r.stored.iter().any(|s| full(s) && grp.stored.contains(s))
+                || r.inline.iter().any(|s| full(s) && grp.inline.contains(s));
+            if !shares || grp.members.iter().any(|m| r.displaced.contains(m)) {
+                continue;
+            }
+            // Every other reader of a member must run after the merged loop.
+            let legal = grp.members.iter().all(|m| {
+                readers.get(m).is_none_or(|rs| {
+                    rs.iter().all(|&x| {
+                        x == k || group_of.get(&x) == Some(&gi) || at(x, &group_of, &groups) > here
+                    })
+                })
+            });
+            if legal {
+                chosen = Some(gi);
+                break;
+            }
+        }
+        match chosen {
+            Some(gi) => {
+                let grp = &mut groups[gi];
+                grp.members.push(k);
+                grp.stored.extend(r.stored);
+                grp.inline.extend(r.inline);
+                group_of.insert(k, gi);
+            }
+            None => {
+                group_of.insert(k, groups.len());
+                groups.push(Group {
+                    members: vec![k],
+                    shape: shape.clone(),
+                    stored: r.stored,
+                    inline: r.inline,
+                });
+            }
+        }
+    }
+    for grp in groups {
+        let [others @ .., root] = &grp.members[..] else {
+            continue;
+        };
+        if others.is_empty() {
+            continue;
+        }
+        for &m in others {
+            grouping.member_of.insert(m, *root);
+        }
+        grouping.groups.insert(*root, grp.members.clone());
+    }
+}
