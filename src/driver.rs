@@ -65,8 +65,10 @@ pub enum Emit {
     Ir,
     Grad,
     TrainStep,
-    /// The training step after the optimizer.
+    /// The training step after the optimizer, with its kernels.
     Opt,
+    /// The training step's kernels: what each computes, its FLOPs and bytes.
+    Kernels,
 }
 
 /// How `nnc compile` optimizes and what it adds to the printed stage.
@@ -151,9 +153,67 @@ pub fn emit_with(
                 out.push('\n');
             }
             out.push_str(&step.to_string());
+            let batch = need_train(&module, "`--emit opt`")?.batch;
+            out.push('\n');
+            for line in kernel_listing(&step, batch, options.opt)?.lines() {
+                out.push_str("// ");
+                out.push_str(line);
+                out.push('\n');
+            }
             Ok(out)
         }
+        Emit::Kernels => {
+            let batch = need_train(&module, "`--emit kernels`")?.batch;
+            let (step, _) = optimize(&train_step(&module)?, options.opt)?;
+            kernel_listing(&step, batch, options.opt)
+        }
     }
+}
+
+/// The kernels the JIT makes of `graph` at batch size `batch` with the
+/// grouping of `level`, one per line in schedule order: label (ops and
+/// result shape), FLOPs, bytes read and written, and the `%n` values it
+/// computes (stored results, then values evaluated in registers, then
+/// nodes whose work it absorbs); totals first.
+pub fn kernel_listing(graph: &Graph, batch: usize, level: OptLevel) -> Result<String, Failure> {
+    let synthetic = nnc_runtime::Batch::synthetic(graph, batch, 0);
+    let bindings = nnc_runtime::jit::bind_symbols(graph, &synthetic).map_err(internal)?;
+    let kernels =
+        nnc_codegen::summary::kernels(graph, &bindings, &grouping(level)).map_err(internal)?;
+    let number: std::collections::HashMap<nnc_ir::NodeId, usize> = graph
+        .topo_order()
+        .into_iter()
+        .enumerate()
+        .map(|(i, n)| (n, i))
+        .collect();
+    let flops: u64 = kernels.iter().map(|k| k.flops).sum();
+    let read: u64 = kernels.iter().map(|k| k.bytes_read).sum();
+    let written: u64 = kernels.iter().map(|k| k.bytes_written).sum();
+    let mut out = format!(
+        "kernels of `{}` at batch {batch} ({level}): {} kernels, {:.3} MFLOP, {:.3} MB read, {:.3} MB written\n",
+        graph.name,
+        kernels.len(),
+        flops as f64 / 1e6,
+        read as f64 / 1e6,
+        written as f64 / 1e6,
+    );
+    let width = kernels.len().to_string().len();
+    for (i, k) in kernels.iter().enumerate() {
+        let values: Vec<String> = k
+            .nodes
+            .iter()
+            .filter_map(|n| number.get(n).map(|i| format!("%{i}")))
+            .collect();
+        out.push_str(&format!(
+            "k{i:<width$} {:<44} {:>11} flop {:>10} B read {:>10} B written  {}\n",
+            k.label,
+            k.flops,
+            k.bytes_read,
+            k.bytes_written,
+            values.join(" ")
+        ));
+    }
+    Ok(out)
 }
 
 pub fn train_step(module: &Module) -> Result<Graph, Failure> {
@@ -169,7 +229,9 @@ pub fn optimize(graph: &Graph, level: OptLevel) -> Result<(Graph, nnc_passes::Op
     nnc_passes::optimize(graph, level).map_err(internal)
 }
 
-/// The three programs a run executes, each optimized at `level`.
+/// The three programs a run executes, each optimized at `level`: the
+/// graphs rewritten by the optimizer, grouped into kernels by
+/// [`grouping`].
 pub fn programs(module: &Module, level: OptLevel) -> Result<nnc_runtime::Programs, Failure> {
     let spec = need_train(module, "building the training step")?;
     let step = optimize(&train_step(module)?, level)?.0;
@@ -177,7 +239,21 @@ pub fn programs(module: &Module, level: OptLevel) -> Result<nnc_runtime::Program
         forward: optimize(&module.forward, level)?.0,
         evaluation: optimize(&spec.evaluation, level)?.0,
         step,
+        grouping: grouping(level),
     })
+}
+
+/// The fusion half of an optimization level: at `-O0` the code generator's
+/// baseline grouping (an elementwise op computed inside a single
+/// elementwise consumer of its shape, everything else a kernel of its
+/// own); from `-O1` the full grouping (values computed inside every loop
+/// that reads them, by the recompute rule; several results per loop, so
+/// each param's optimizer update is one kernel).
+pub fn grouping(level: OptLevel) -> nnc_codegen::GroupConfig {
+    match level {
+        OptLevel::O0 => nnc_codegen::GroupConfig::greedy(),
+        OptLevel::O1 | OptLevel::O2 => nnc_codegen::GroupConfig::default(),
+    }
 }
 
 /// Where relative data paths resolve: `--data-dir`, else the source's folder.
@@ -684,11 +760,7 @@ fn predict(
     data.check_inputs(forward)
         .map_err(|e| plain(format!("`{}`: {e}", input.display())))?;
 
-    let programs = nnc_runtime::Programs {
-        forward: forward.clone(),
-        evaluation: forward.clone(),
-        step: forward.clone(),
-    };
+    let programs = nnc_runtime::Programs::new(forward.clone(), forward.clone(), forward.clone());
     let params = nnc_runtime::checkpoint::param_names(&programs);
     let seed = settings
         .options

@@ -30,7 +30,7 @@ enum Command {
         /// The model to compile when the file has several and no `train` block.
         #[arg(long)]
         model: Option<String>,
-        /// Optimization level of `--emit opt`: -O0, -O1 or -O2.
+        /// Optimization level of `--emit opt` and `--emit kernels`: -O0, -O1 or -O2.
         #[arg(short = 'O', value_name = "LEVEL", default_value = "2", value_parser = parse_level)]
         opt: OptLevel,
         /// With `--emit opt`: first print which rules fired and the saturation statistics.
@@ -93,6 +93,9 @@ enum Command {
         /// Print one JSON object instead of text.
         #[arg(long)]
         json: bool,
+        /// Also time the training step kernel by kernel (slowest first).
+        #[arg(long)]
+        profile: bool,
         /// Optimization level of the graphs: -O0 (none), -O1 (algebra), -O2 (everything).
         #[arg(short = 'O', value_name = "LEVEL", default_value = "2", value_parser = parse_level)]
         opt: OptLevel,
@@ -109,8 +112,10 @@ enum EmitArg {
     Grad,
     /// The whole training step: forward, loss, backward, optimizer update.
     TrainStep,
-    /// The training step after the optimizer (see -O).
+    /// The training step after the optimizer (see -O), with its kernels.
     Opt,
+    /// The training step's kernels (see -O) with their FLOPs and bytes.
+    Kernels,
 }
 
 fn parse_level(s: &str) -> Result<OptLevel, String> {
@@ -152,6 +157,7 @@ fn main() -> ExitCode {
                 EmitArg::Grad => Emit::Grad,
                 EmitArg::TrainStep => Emit::TrainStep,
                 EmitArg::Opt => Emit::Opt,
+                EmitArg::Kernels => Emit::Kernels,
             };
             let options = CompileOptions { opt, explain };
             driver::read_source(&file)
@@ -205,11 +211,13 @@ fn main() -> ExitCode {
             batch,
             runs,
             json,
+            profile,
             opt,
         } => {
             let options = nnc::bench::BenchOptions {
                 batch,
                 opt,
+                profile,
                 runs: runs.max(1),
                 ..Default::default()
             };

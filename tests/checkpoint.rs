@@ -103,11 +103,7 @@ fn setup(name: &str) -> (String, Programs, nnc_runtime::Batch) {
     data.fill_batch(&data.train, &names, &indices, &mut batch)
         .unwrap();
     nnc_runtime::train::set_hyper(&mut batch, nnc_ir::LEARNING_RATE, spec.optimizer.lr());
-    let programs = Programs {
-        forward: module.forward.clone(),
-        evaluation: spec.evaluation.clone(),
-        step,
-    };
+    let programs = Programs::new(module.forward.clone(), spec.evaluation.clone(), step);
     (module.name, programs, batch)
 }
 
@@ -680,11 +676,11 @@ fn weights_carry_batchnorm_running_statistics() {
     let spec = module.train.as_ref().unwrap();
     let data_dir = example("digits_mlp").parent().unwrap().to_path_buf();
     let data = nnc_runtime::loader::load(module.data.as_ref().unwrap(), &data_dir).unwrap();
-    let programs = Programs {
-        forward: module.forward.clone(),
-        evaluation: spec.evaluation.clone(),
-        step: step.clone(),
-    };
+    let programs = Programs::new(
+        module.forward.clone(),
+        spec.evaluation.clone(),
+        step.clone(),
+    );
     let params = checkpoint::param_names(&programs);
     for stat in ["batchnorm.running_mean", "batchnorm.running_var"] {
         assert!(params.iter().any(|p| p == stat), "{stat} in {params:?}");

@@ -23,11 +23,11 @@ fn train_source(
     let spec = module.train.clone().unwrap();
     let base = nnc::driver::data_base(path, data_dir);
     let data = nnc_runtime::loader::load(module.data.as_ref().unwrap(), &base).unwrap();
-    let programs = Programs {
-        forward: module.forward.clone(),
-        evaluation: spec.evaluation.clone(),
-        step: step.clone(),
-    };
+    let programs = Programs::new(
+        module.forward.clone(),
+        spec.evaluation.clone(),
+        step.clone(),
+    );
     let options = nnc_runtime::TrainOptions::default();
     let mut jit = Jit::new(programs, options.seed(&spec)).unwrap();
     nnc_runtime::train(

@@ -17,11 +17,11 @@ fn programs(name: &str) -> Programs {
     let src = nnc_dsl::SourceFile::new(name, std::fs::read_to_string(path).unwrap());
     let module = nnc::driver::compile_source(&src, None).unwrap();
     let step = nnc::driver::train_step(&module).unwrap();
-    Programs {
-        forward: module.forward.clone(),
-        evaluation: module.train.unwrap().evaluation,
+    Programs::new(
+        module.forward.clone(),
+        module.train.unwrap().evaluation,
         step,
-    }
+    )
 }
 
 fn close(a: f64, b: f64, rtol: f64, atol: f64) -> bool {

@@ -96,11 +96,7 @@ fn digits_programs() -> (Programs, f64) {
     let module = nnc::driver::compile_source(&src, None).unwrap();
     let step = nnc::driver::train_step(&module).unwrap();
     let spec = module.train.unwrap();
-    let programs = Programs {
-        forward: module.forward.clone(),
-        evaluation: spec.evaluation,
-        step,
-    };
+    let programs = Programs::new(module.forward.clone(), spec.evaluation, step);
     (programs, spec.optimizer.lr())
 }
 

@@ -134,6 +134,11 @@ pub struct CompileStats {
     pub codegen_time: Duration,
     pub arena_bytes: usize,
     pub unshared_bytes: usize,
+    /// Floating-point operations per run, summed over the kernels
+    /// ([`crate::summary::KernelInfo::flops`]).
+    pub flops: u64,
+    /// Bytes read and written per run, summed over the kernels.
+    pub bytes_moved: u64,
 }
 
 pub struct Program {
@@ -431,6 +436,8 @@ impl Program {
             codegen_time: t1.elapsed(),
             arena_bytes: plan.arena_bytes,
             unshared_bytes: plan.unshared_bytes,
+            flops: infos.iter().map(|i| i.flops).sum(),
+            bytes_moved: infos.iter().map(|i| i.bytes_read + i.bytes_written).sum(),
         };
         Ok(Program {
             module: Some(module),

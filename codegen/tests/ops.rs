@@ -1918,3 +1918,38 @@ fn convolution_and_pooling_forward_and_gradients() {
         );
     }
 }
+
+#[test]
+fn concat_along_each_axis_and_a_merged_product_sliced_into_outputs() {
+    let mut rng = Rng(41);
+    let mut c = Case::new("concat");
+    let a = c.input("a", rng.tensor(DType::F32, &[3, 4]));
+    let b = c.input("b", rng.tensor(DType::F32, &[3, 2]));
+    let d = c.input("d", rng.tensor(DType::F32, &[5, 4]));
+    let cols = c.g.concat(&[a, b], 1).unwrap();
+    c.out("concat [3,4]|[3,2] axis 1", cols, EXACT);
+    let rows = c.g.concat(&[a, d, a], 0).unwrap();
+    c.out("concat [3,4];[5,4];[3,4] axis 0", rows, EXACT);
+    let i = c.param("i", rng.tensor(DType::I32, &[2, 3]));
+    let j = c.param("j", rng.tensor(DType::I32, &[2, 1]));
+    let ij = c.g.concat(&[i, j], 1).unwrap();
+    c.out("concat i32 axis 1", ij, EXACT);
+    // The optimizer's merged heads: x @ concat(w1, w2), each output a
+    // slice of the product (a view with a row stride).
+    let x = c.input("x", rng.tensor(DType::F32, &[6, 40]));
+    let w1 = c.param("w1", rng.tensor(DType::F32, &[40, 4]));
+    let w2 = c.param("w2", rng.tensor(DType::F32, &[40, 6]));
+    let w = c.g.concat(&[w1, w2], 1).unwrap();
+    let p = c.g.matmul(x, w).unwrap();
+    let h1 = c.g.slice(p, 1, 0, 4).unwrap();
+    let h2 = c.g.slice(p, 1, 4, 10).unwrap();
+    let separate = c.g.matmul(x, w1).unwrap();
+    c.out("head 1", h1, SUM);
+    c.out("head 2", h2, SUM);
+    c.out("head 1 unmerged", separate, SUM);
+    let jit = c.check();
+    // Merged and separate products agree bit for bit.
+    let merged = jit.program.output("head 1", &jit.state).unwrap();
+    let alone = jit.program.output("head 1 unmerged", &jit.state).unwrap();
+    assert_eq!(merged.data, alone.data);
+}

@@ -385,7 +385,10 @@ fn every_rule_has_a_doc_and_a_unique_name() {
     for (name, doc) in &docs {
         assert!(!doc.is_empty() && !doc.contains('\n'), "{name}: {doc:?}");
         let set = name.split('/').next().unwrap_or_default();
-        assert!(["algebra", "layout", "training"].contains(&set), "{name}");
+        assert!(
+            ["algebra", "layout", "training", "merge"].contains(&set),
+            "{name}"
+        );
     }
 }
 
@@ -451,4 +454,41 @@ fn a_tiny_node_limit_still_gives_a_valid_equivalent_graph() {
     );
     verify(&after).unwrap();
     agree(&step, &after, ROUNDING);
+}
+
+#[test]
+fn merge_two_heads_over_one_feature_map_into_one_product() {
+    // Two narrow heads read one wide input: one product reads it once.
+    let text = r#"graph heads {
+  %0 = input "x" : f32[B,512]
+  %1 = param "w1" init=xavier_uniform : f32[512,4]
+  %2 = param "w2" init=xavier_uniform : f32[512,6]
+  %3 = matmul %0, %1 : f32[B,4]
+  %4 = matmul %0, %2 : f32[B,6]
+  output a = %3
+  output b = %4
+}"#;
+    insta::assert_snapshot!(run(text, OptLevel::O2, EXACT));
+}
+
+#[test]
+fn merge_is_left_alone_when_the_copies_outweigh_the_shared_read() {
+    // Wide weights over a small input: concatenating them every step would
+    // copy more than the second read of the input costs.
+    let text = r#"graph wide {
+  %0 = input "x" : f32[2,64]
+  %1 = param "w1" init=xavier_uniform : f32[64,512]
+  %2 = param "w2" init=xavier_uniform : f32[64,512]
+  %3 = matmul %0, %1 : f32[2,512]
+  %4 = matmul %0, %2 : f32[2,512]
+  %5 = param "v" init=xavier_uniform : f32[512,8]
+  %6 = input "y" : f32[3,512]
+  %7 = matmul %6, %5 : f32[3,8]
+  output a = %3
+  output b = %4
+  output c = %7
+}"#;
+    let story = run(text, OptLevel::O2, EXACT);
+    assert!(story.contains("merge/matmul-shared-left"), "{story}");
+    assert!(!story.contains("concat"), "{story}");
 }

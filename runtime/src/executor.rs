@@ -6,6 +6,7 @@
 //! its own module.
 
 use crate::RuntimeError;
+use nnc_codegen::GroupConfig;
 use nnc_ir::interp::{self, Env, EvalOptions};
 use nnc_ir::{Graph, Tensor, LOSS};
 
@@ -17,6 +18,21 @@ pub struct Programs {
     /// The loss and metrics of the model in evaluation mode (validation, test).
     pub evaluation: Graph,
     pub step: Graph,
+    /// How the JIT groups each graph's nodes into kernels (the fusion
+    /// half of the optimization level); the interpreter ignores it.
+    pub grouping: GroupConfig,
+}
+
+impl Programs {
+    /// The three graphs, grouped by the JIT's default rule.
+    pub fn new(forward: Graph, evaluation: Graph, step: Graph) -> Programs {
+        Programs {
+            forward,
+            evaluation,
+            step,
+            grouping: GroupConfig::default(),
+        }
+    }
 }
 
 /// One input's samples for a batch, in the dtype the graph reads.

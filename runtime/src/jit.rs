@@ -89,7 +89,8 @@ impl Jit {
         }
         let graph = self.graph(which);
         let bindings = bind_symbols(graph, batch)?;
-        let program = Program::compile(graph, &bindings, &self.state).map_err(codegen)?;
+        let program = Program::compile_with(graph, &bindings, &self.state, &self.programs.grouping)
+            .map_err(codegen)?;
         self.compile_time += program.stats.plan_time + program.stats.codegen_time;
         self.compiled.push(Compiled {
             which,
@@ -99,9 +100,9 @@ impl Jit {
         Ok(self.compiled.len() - 1)
     }
 
-    /// Feeds `batch` to the program for `which` and runs it; returns the
-    /// program's index.
-    fn run(&mut self, which: Which, batch: &Batch) -> Result<usize, RuntimeError> {
+    /// Feeds `batch` to the program for `which`, compiling it on first
+    /// use; returns the program's index.
+    fn feed(&mut self, which: Which, batch: &Batch) -> Result<usize, RuntimeError> {
         let index = self.program(which, batch)?;
         let program = &mut self.compiled[index].program;
         for field in &batch.fields {
@@ -115,10 +116,38 @@ impl Jit {
             }
             .map_err(codegen)?;
         }
-        program
+        Ok(index)
+    }
+
+    /// Feeds `batch` to the program for `which` and runs it; returns the
+    /// program's index.
+    fn run(&mut self, which: Which, batch: &Batch) -> Result<usize, RuntimeError> {
+        let index = self.feed(which, batch)?;
+        self.compiled[index]
+            .program
             .run()
             .map_err(|f| RuntimeError::Setup(format!("a kernel stopped: {f}")))?;
         Ok(index)
+    }
+
+    /// Runs one training step on `batch` kernel by kernel (the state is
+    /// updated as by a step) and returns what each kernel computes with its
+    /// wall time, in schedule order: where a step's time goes.
+    pub fn profile_step(
+        &mut self,
+        batch: &Batch,
+    ) -> Result<Vec<(nnc_codegen::KernelInfo, Duration)>, RuntimeError> {
+        let index = self.feed(Which::Step, batch)?;
+        let program = &mut self.compiled[index].program;
+        let times = program
+            .profile()
+            .map_err(|f| RuntimeError::Setup(format!("a kernel stopped: {f}")))?;
+        Ok(program
+            .kernels()
+            .iter()
+            .cloned()
+            .zip(times.into_iter().map(|(_, t)| t))
+            .collect())
     }
 
     fn metrics(&mut self, which: Which, batch: &Batch) -> Result<StepMetrics, RuntimeError> {
@@ -140,7 +169,7 @@ impl Jit {
 }
 
 /// Binds the graph's symbolic dims from the batch's field shapes.
-fn bind_symbols(graph: &Graph, batch: &Batch) -> Result<HashMap<String, usize>, RuntimeError> {
+pub fn bind_symbols(graph: &Graph, batch: &Batch) -> Result<HashMap<String, usize>, RuntimeError> {
     let mut bindings = HashMap::new();
     for (id, name) in graph.inputs() {
         let ty = graph.ty(id);

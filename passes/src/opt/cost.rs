@@ -8,10 +8,14 @@
 //! - reshape (of contiguous data), transpose, broadcast and slice are
 //!   views: no kernel, no bytes (a reshape of a non-contiguous view is a
 //!   copy kernel);
-//! - an elementwise node (unary, binary except `pow`, select, cast) whose
-//!   only user is an elementwise node of the same shape, and which is not
-//!   an output or update, is computed in its user's registers: no kernel,
-//!   no write, its operands are read by the user's kernel;
+//! - an elementwise node (unary, binary except `pow`, select, cast) that
+//!   is not an output or update, and whose every reader computes it in its
+//!   own loop (an elementwise node of the same shape, or a reduction, for
+//!   which it is the loop's prologue), is *fused*: no kernel, no write;
+//!   each reader evaluates it and reads its operands. As in the code
+//!   generator's grouping rule (`codegen/src/group.rs`), a value with one
+//!   reader always fuses, and one with two or three readers when it is
+//!   cheap to recompute ([`RECOMPUTE_FLOPS`] per element at most);
 //! - everything else is a kernel that writes its result and reads its
 //!   operands.
 //!
@@ -25,6 +29,9 @@ use std::fmt;
 
 /// The size assumed for a symbolic dim when counting elements.
 pub const NOMINAL_DIM: f64 = 64.0;
+/// Cost-model FLOPs per element up to which a value read by two or three
+/// loops is recomputed by each (an add or a compare, not a division).
+pub const RECOMPUTE_FLOPS: f64 = 2.0;
 /// Cost units per FLOP.
 pub const FLOP: f64 = 1.0;
 /// Cost units per byte read or written.
@@ -68,6 +75,9 @@ pub struct NodeCost {
     pub elems: f64,
     pub bytes_per_elem: f64,
     pub shape: Vec<Dim>,
+    /// Reads its operands in a loop that can compute a fused operand (a
+    /// reduction).
+    pub loop_reader: bool,
 }
 
 fn numel(shape: &[Dim]) -> f64 {
@@ -84,15 +94,20 @@ fn numel(shape: &[Dim]) -> f64 {
 pub fn node_cost(op: &Op, ty: &TensorType, operands: &[&TensorType]) -> NodeCost {
     let elems = numel(&ty.shape);
     let input_elems = operands.first().map_or(elems, |t| numel(&t.shape));
-    // Transcendentals are polynomial evaluations: several FLOPs each.
+    // Transcendentals are polynomial evaluations: several FLOPs each. A
+    // division (or a square root) is one instruction but occupies the
+    // divider for about four times an add's throughput slot.
     const TRANSCENDENTAL: f64 = 8.0;
+    const DIVIDE: f64 = 4.0;
     let (role, flops) = match op {
         Op::Input { .. } | Op::Param { .. } | Op::State { .. } => (Role::Leaf, 0.0),
         Op::Const(_) | Op::Iota { .. } => (Role::Constant, 0.0),
         Op::Unary(UnaryOp::Neg | UnaryOp::Abs) => (Role::Elementwise, elems),
+        Op::Unary(UnaryOp::Sqrt) => (Role::Elementwise, DIVIDE * elems),
         Op::Unary(_) => (Role::Elementwise, TRANSCENDENTAL * elems),
         // `pow` calls out per element: the plan keeps it its own kernel.
         Op::Binary(BinaryOp::Pow) => (Role::Kernel, TRANSCENDENTAL * elems),
+        Op::Binary(BinaryOp::Div) => (Role::Elementwise, DIVIDE * elems),
         Op::Binary(_) | Op::Select | Op::Cast => (Role::Elementwise, elems),
         Op::Reduce { .. } | Op::ArgMax { .. } => (Role::Kernel, input_elems),
         Op::MatMul => {
@@ -119,6 +134,7 @@ pub fn node_cost(op: &Op, ty: &TensorType, operands: &[&TensorType]) -> NodeCost
         elems,
         bytes_per_elem: if ty.dtype == DType::F64 { 8.0 } else { 4.0 },
         shape: ty.shape.clone(),
+        loop_reader: matches!(op, Op::Reduce { .. }),
     }
 }
 
@@ -179,7 +195,8 @@ pub enum Placement {
 #[derive(Debug, Default)]
 pub struct Scratch {
     users: Vec<u32>,
-    user: Vec<u32>,
+    /// Whether every reader can compute the value in its own loop.
+    fusable: Vec<bool>,
     contiguous: Vec<bool>,
     read: Vec<f64>,
     pub placement: Vec<Placement>,
@@ -190,16 +207,20 @@ pub fn evaluate(nodes: &[DagNode], s: &mut Scratch) -> Totals {
     let n = nodes.len();
     s.users.clear();
     s.users.resize(n, 0);
-    s.user.clear();
-    s.user.resize(n, u32::MAX);
-    for (i, node) in nodes.iter().enumerate() {
+    s.fusable.clear();
+    s.fusable.resize(n, true);
+    for node in nodes {
         for (j, &o) in node.operands.iter().enumerate() {
             // Users are counted once however often they read the value.
             if node.operands[..j].contains(&o) {
                 continue;
             }
-            s.users[o as usize] += 1;
-            s.user[o as usize] = i as u32;
+            let o = o as usize;
+            s.users[o] += 1;
+            let c = node.cost;
+            let computes =
+                c.loop_reader || (c.role == Role::Elementwise && c.shape == nodes[o].cost.shape);
+            s.fusable[o] &= computes;
         }
     }
     s.contiguous.clear();
@@ -228,11 +249,11 @@ pub fn evaluate(nodes: &[DagNode], s: &mut Scratch) -> Totals {
                 }
             }
             Role::Elementwise => {
-                let u = s.user[i] as usize;
+                let users = s.users[i];
                 let fused = !node.result
-                    && s.users[i] == 1
-                    && nodes[u].cost.role == Role::Elementwise
-                    && nodes[u].cost.shape == c.shape;
+                    && s.fusable[i]
+                    && (users == 1
+                        || (users <= 3 && c.flops <= RECOMPUTE_FLOPS * c.elems.max(1.0)));
                 let p = if fused {
                     Placement::Fused
                 } else {
@@ -248,7 +269,13 @@ pub fn evaluate(nodes: &[DagNode], s: &mut Scratch) -> Totals {
         if placement == Placement::Free {
             continue;
         }
-        totals.flops += c.flops;
+        // A fused value is evaluated, and its operands read, by each reader.
+        let times = if placement == Placement::Fused {
+            s.users[i].max(1) as f64
+        } else {
+            1.0
+        };
+        totals.flops += c.flops * times;
         if placement == Placement::Kernel {
             totals.kernels += 1;
             totals.bytes += own_bytes;
@@ -260,7 +287,7 @@ pub fn evaluate(nodes: &[DagNode], s: &mut Scratch) -> Totals {
                 continue;
             }
             if s.placement[o as usize] != Placement::Fused {
-                totals.bytes += s.read[o as usize];
+                totals.bytes += s.read[o as usize] * times;
             }
         }
     }

@@ -14,8 +14,13 @@
 //!    and is never worse than the input graph.
 //! 3. Local search: for each class in use, try each other node (with
 //!    default choices for classes it newly needs); keep a change when the
-//!    whole graph's cost drops and the graph has no cycle. Repeat until a
-//!    sweep changes nothing or the time budget is spent.
+//!    whole graph's cost drops and the graph has no cycle. When a node
+//!    needs a class nothing uses yet and does not pay alone, also try it
+//!    together with one other class in use switching to a node that reads
+//!    the same new class (a *joint move*: two products merged into one
+//!    wider product pay only when both results are sliced from it, see
+//!    `rules/merge.rs`). Repeat until a sweep changes nothing or the time
+//!    budget is spent.
 //!
 //! Only acyclic candidates are ever accepted, so the result has no cycle.
 //! Classes and nodes are visited in a fixed order and only strict
@@ -56,6 +61,8 @@ pub struct Extraction {
 struct Problem {
     ids: Vec<Id>,
     cands: Vec<Vec<Cand>>,
+    /// Per class: the (class, candidate) pairs whose node reads it.
+    readers: Vec<Vec<(u32, u32)>>,
     roots: Vec<u32>,
     results: Vec<bool>,
 }
@@ -97,6 +104,7 @@ pub fn extract(
             .ok_or_else(|| PassError::new("the e-graph has no acyclic extraction of the input"))?;
         evaluated += 1;
         let order = eval.order.clone();
+        let mut in_use = eval.in_use();
         let mut improved = false;
         for c in order {
             let c = c as usize;
@@ -110,14 +118,49 @@ pub fn extract(
                 let old = choice[c];
                 choice[c] = j;
                 evaluated += 1;
-                match eval.cost(&problem, &choice) {
+                let mut accepted = match eval.cost(&problem, &choice) {
                     // Relative slack, so rounding noise never counts as a gain.
                     Some(t) if t.cost() < best.cost() * (1.0 - 1e-12) => {
                         best = t;
-                        improved = true;
-                        improvements += 1;
+                        true
                     }
-                    _ => choice[c] = old,
+                    _ => false,
+                };
+                if !accepted {
+                    // Joint moves with a partner reading a class that only
+                    // this node brings into use.
+                    let fresh = problem.cands[c][j as usize]
+                        .operands
+                        .iter()
+                        .filter(|&&o| !in_use[o as usize]);
+                    'partners: for &o in fresh {
+                        for &(c2, k) in &problem.readers[o as usize] {
+                            let c2 = c2 as usize;
+                            if c2 == c || !in_use[c2] || choice[c2] == k {
+                                continue;
+                            }
+                            let old2 = choice[c2];
+                            choice[c2] = k;
+                            evaluated += 1;
+                            match eval.cost(&problem, &choice) {
+                                Some(t) if t.cost() < best.cost() * (1.0 - 1e-12) => {
+                                    best = t;
+                                    accepted = true;
+                                    improvements += 1;
+                                    break 'partners;
+                                }
+                                _ => choice[c2] = old2,
+                            }
+                        }
+                    }
+                }
+                if accepted {
+                    improved = true;
+                    improvements += 1;
+                    eval.cost(&problem, &choice);
+                    in_use = eval.in_use();
+                } else {
+                    choice[c] = old;
                 }
             }
         }
@@ -191,9 +234,21 @@ impl Problem {
         for &k in keep {
             root_list.push(find(k)?);
         }
+        let mut readers: Vec<Vec<(u32, u32)>> = vec![Vec::new(); ids.len()];
+        for (c, list) in cands.iter().enumerate() {
+            for (j, cand) in list.iter().enumerate() {
+                for &o in &cand.operands {
+                    let entry = (c as u32, j as u32);
+                    if !readers[o as usize].contains(&entry) {
+                        readers[o as usize].push(entry);
+                    }
+                }
+            }
+        }
         Ok(Problem {
             ids,
             cands,
+            readers,
             roots: root_list,
             results,
         })
@@ -276,6 +331,11 @@ impl Evaluator {
             spans: Vec::new(),
             scratch: Scratch::default(),
         }
+    }
+
+    /// Which classes the last costed choice uses.
+    fn in_use(&self) -> Vec<bool> {
+        self.state.iter().map(|&s| s == 2).collect()
     }
 
     /// The totals of the graph `choice` selects, or `None` when it has a

@@ -37,9 +37,11 @@ use std::time::{Duration, Instant};
 pub enum OptLevel {
     /// No rewrites: the graph as autodiff and the train-step builder made it.
     O0,
-    /// Algebraic simplification and constant folding.
+    /// Algebraic simplification and constant folding (and, in the code
+    /// generator, full kernel fusion).
     O1,
-    /// Everything: algebra, layout and the training-step rules.
+    /// Everything: algebra, layout, the training-step rules and merged
+    /// products.
     #[default]
     O2,
 }
@@ -52,7 +54,7 @@ impl OptLevel {
         match self {
             OptLevel::O0 => &[],
             OptLevel::O1 => &["algebra"],
-            OptLevel::O2 => &["algebra", "layout", "training"],
+            OptLevel::O2 => &["algebra", "layout", "training", "merge"],
         }
     }
 }

@@ -10,7 +10,9 @@
 //! class whose operands are constants and adds the `const` node (counted
 //! in the report as `algebra/constant-fold`).
 
-use super::{add_op, attr, broadcast, is_splat, reshape, rule, ty, var, widen_to, Rule, EG};
+use super::{
+    add_op, attr, broadcast, constant, is_splat, reshape, rule, ty, var, widen_to, Rule, EG,
+};
 use crate::opt::lang::Attr;
 use egg::{Id, Subst};
 use nnc_ir::{BinaryOp, Op, ReduceOp, UnaryOp};
@@ -78,6 +80,38 @@ pub fn rules() -> Result<Vec<Rule>, String> {
                 eg[c].data.konst.as_ref()?;
                 let nc = add_op(eg, Op::Unary(UnaryOp::Neg), &[c], None)?;
                 add_op(eg, Op::Binary(BinaryOp::Mul), &[x, nc], None)
+            },
+        )?,
+        rule(
+            SET,
+            "div-by-broadcast",
+            "x / s = x * (1 / s) when s has at most an eighth of the result's elements (a scalar, \
+             a per-row or per-channel divisor): one reciprocal per divisor element instead of a \
+             division per result element (within an ulp: the reciprocal is rounded once more)",
+            &["(div ?x ?s)"],
+            |eg, id, s| {
+                let (x, d) = (var(s, "?x")?, var(s, "?s")?);
+                let divisor = ty(eg, d)?;
+                let result = ty(eg, id)?;
+                if divisor.dtype != nnc_ir::DType::F32 || eg[d].data.konst.is_some() {
+                    return None;
+                }
+                // Symbolic dims (the batch) count as 1: a lower bound.
+                let m: usize = result
+                    .shape
+                    .iter()
+                    .map(|d| match d {
+                        nnc_ir::Dim::Const(n) => *n,
+                        nnc_ir::Dim::Sym(_) => 1,
+                    })
+                    .product();
+                let n = divisor.const_numel()?;
+                if n.saturating_mul(8) > m {
+                    return None;
+                }
+                let one = constant(eg, 1.0, nnc_ir::TensorType::scalar(divisor.dtype));
+                let r = add_op(eg, Op::Binary(BinaryOp::Div), &[one, d], None)?;
+                add_op(eg, Op::Binary(BinaryOp::Mul), &[x, r], None)
             },
         )?,
         rule(

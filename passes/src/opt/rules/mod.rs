@@ -14,6 +14,7 @@
 
 pub mod algebra;
 pub mod layout;
+pub mod merge;
 pub mod training;
 
 use super::analysis::{Konst, TensorAnalysis};
@@ -29,7 +30,7 @@ pub type Rw = Rewrite<TensorLang, TensorAnalysis>;
 /// A rewrite with its documentation.
 pub struct Rule {
     pub rewrite: Rw,
-    /// The rule set (`algebra`, `layout`, `training`).
+    /// The rule set (`algebra`, `layout`, `training`, `merge`).
     pub set: &'static str,
     pub doc: &'static str,
 }
@@ -84,10 +85,23 @@ pub fn multi_rule(
     target: &str,
     build: impl BuildFn,
 ) -> Result<Rule, String> {
-    let full = format!("{set}/{name}");
     let searcher: egg::MultiPattern<TensorLang> = pattern
         .parse()
-        .map_err(|e| format!("rule {full}: pattern `{pattern}`: {e}"))?;
+        .map_err(|e| format!("rule {set}/{name}: pattern `{pattern}`: {e}"))?;
+    searcher_rule(set, name, doc, searcher, target, build)
+}
+
+/// A rule over any searcher (one that finds matches faster than a pattern
+/// would), whose replacement is merged into the class bound to `target`.
+pub fn searcher_rule(
+    set: &'static str,
+    name: &str,
+    doc: &'static str,
+    searcher: impl Searcher<TensorLang, TensorAnalysis> + Send + Sync + 'static,
+    target: &str,
+    build: impl BuildFn,
+) -> Result<Rule, String> {
+    let full = format!("{set}/{name}");
     let target: Var = target
         .parse()
         .map_err(|e| format!("rule {full}: target `{target}`: {e}"))?;
@@ -295,5 +309,6 @@ pub fn all_rules() -> Result<Vec<Rule>, String> {
     let mut rules = algebra::rules()?;
     rules.extend(layout::rules()?);
     rules.extend(training::rules()?);
+    rules.extend(merge::rules()?);
     Ok(rules)
 }
