@@ -40,6 +40,8 @@ pub struct BenchReport {
     pub model: String,
     pub batch: usize,
     pub opt: OptLevel,
+    /// Threads the kernels split their work over.
+    pub threads: usize,
     /// Parse, elaborate, build the training step (front end and passes,
     /// the optimizer included).
     pub frontend: Duration,
@@ -130,6 +132,7 @@ pub fn bench(path: &Path, options: &BenchOptions) -> Result<BenchReport, Failure
         model: module.name.clone(),
         batch: size,
         opt: options.opt,
+        threads: nnc_codegen::threads::threads(),
         frontend,
         optimize,
         codegen: stats.plan_time + stats.codegen_time,
@@ -177,7 +180,7 @@ fn ms(d: Duration) -> f64 {
 impl BenchReport {
     pub fn to_text(&self) -> String {
         format!(
-            "model {} (batch {}, {})\n\
+            "model {} (batch {}, {}, {} thread(s))\n\
              compile      {:8.2} ms  (front end + autodiff + optimizer {:.2} ms of which optimizer {:.2} ms, plan + codegen {:.2} ms, {} kernels)\n\
              work         {} kernels, {:.2} MB moved, {:.1} MFLOP per train step\n\
              memory       arena {:.2} MB (without buffer reuse {:.2} MB)\n\
@@ -187,6 +190,7 @@ impl BenchReport {
             self.model,
             self.batch,
             self.opt,
+            self.threads,
             ms(self.frontend + self.codegen),
             ms(self.frontend),
             ms(self.optimize),
@@ -242,10 +246,11 @@ impl BenchReport {
 
     pub fn to_json(&self) -> String {
         format!(
-            "{{\"model\":\"{}\",\"batch\":{},\"opt\":\"{}\",\"compile_ms\":{:.3},\"frontend_ms\":{:.3},\"optimize_ms\":{:.3},\"codegen_ms\":{:.3},\"kernels\":{},\"flops\":{},\"bytes_moved\":{},\"arena_bytes\":{},\"unshared_bytes\":{},\"train_step_ms\":{:.4},\"infer_batch_ms\":{:.4},\"infer_one_ms\":{:.4}}}\n",
+            "{{\"model\":\"{}\",\"batch\":{},\"opt\":\"{}\",\"threads\":{},\"compile_ms\":{:.3},\"frontend_ms\":{:.3},\"optimize_ms\":{:.3},\"codegen_ms\":{:.3},\"kernels\":{},\"flops\":{},\"bytes_moved\":{},\"arena_bytes\":{},\"unshared_bytes\":{},\"train_step_ms\":{:.4},\"infer_batch_ms\":{:.4},\"infer_one_ms\":{:.4}}}\n",
             self.model.replace('"', "\\\""),
             self.batch,
             self.opt,
+            self.threads,
             ms(self.frontend + self.codegen),
             ms(self.frontend),
             ms(self.optimize),

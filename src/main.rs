@@ -80,6 +80,9 @@ enum Command {
         /// Optimization level of the graphs: -O0 (none), -O1 (algebra), -O2 (everything).
         #[arg(short = 'O', value_name = "LEVEL", default_value = "2", value_parser = parse_level)]
         opt: OptLevel,
+        /// Threads the kernels split their work over (default: every core).
+        #[arg(long, value_name = "N", value_parser = parse_threads)]
+        threads: Option<usize>,
     },
     /// Measure compile time, training-step and inference latency with the JIT.
     Bench {
@@ -99,6 +102,9 @@ enum Command {
         /// Optimization level of the graphs: -O0 (none), -O1 (algebra), -O2 (everything).
         #[arg(short = 'O', value_name = "LEVEL", default_value = "2", value_parser = parse_level)]
         opt: OptLevel,
+        /// Threads the kernels split their work over (default: every core).
+        #[arg(long, value_name = "N", value_parser = parse_threads)]
+        threads: Option<usize>,
     },
 }
 
@@ -120,6 +126,19 @@ enum EmitArg {
 
 fn parse_level(s: &str) -> Result<OptLevel, String> {
     s.parse()
+}
+
+fn parse_threads(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n) if n >= 1 => Ok(n),
+        _ => Err(format!("`{s}` is not a number of threads (1 or more)")),
+    }
+}
+
+/// Sizes the kernels' thread pool: `--threads`, else every core.
+fn start_threads(threads: Option<usize>) -> Result<(), driver::Failure> {
+    let n = threads.unwrap_or_else(nnc_codegen::threads::available);
+    nnc_codegen::set_threads(n).map_err(|e| driver::Failure(format!("error: {e}\n")))
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -179,7 +198,12 @@ fn main() -> ExitCode {
             predict,
             report,
             opt,
+            threads,
         } => {
+            if let Err(e) = start_threads(threads) {
+                eprint!("{e}");
+                return ExitCode::FAILURE;
+            }
             let settings = RunSettings {
                 backend: match backend {
                     Backend::Jit => driver::Backend::Jit,
@@ -213,7 +237,12 @@ fn main() -> ExitCode {
             json,
             profile,
             opt,
+            threads,
         } => {
+            if let Err(e) = start_threads(threads) {
+                eprint!("{e}");
+                return ExitCode::FAILURE;
+            }
             let options = nnc::bench::BenchOptions {
                 batch,
                 opt,

@@ -1,13 +1,17 @@
 //! `nnc_codegen::sgemm` (allocation-free, packed BLIS-style) vs `gemm::gemm`
-//! (single thread, `Parallelism::None`) on MLP shapes and squares.
+//! on MLP, LeNet and CIFAR shapes and squares, on one thread
+//! (`Parallelism::None`) and on two (`sgemm_threads` over our pool against
+//! `Parallelism::Rayon(2)`).
 //!
 //! `cargo bench -p nnc-codegen --bench sgemm` (`SGEMM_ISA=avx2` or `scalar` for
 //! a fallback kernel)
 //!
 //! Each row: samples of enough calls to take about 2 ms, median per call over
 //! 15 samples. GFLOP/s counts 2·m·n·k per call; both sides overwrite `c`.
+//! On two threads the pool's worker is hot (it spins between calls), as it
+//! is inside a training step.
 
-use nnc_codegen::sgemm::{sgemm, Isa, Scratch};
+use nnc_codegen::sgemm::{sgemm, sgemm_threads, Isa, Scratch};
 use std::hint::black_box;
 use std::time::Instant;
 
@@ -69,6 +73,17 @@ fn main() {
     for m in [32, 128] {
         shapes.push((Layout::Nt, m, 784, 256));
     }
+    // LeNet (batch 64): dense layers forward and their weight gradients.
+    for (m, k, n) in [(64, 400, 120), (64, 120, 84)] {
+        shapes.push((Layout::Nn, m, n, k));
+        shapes.push((Layout::Tn, k, n, m));
+    }
+    // Convolutions per sample: LeNet conv2, CIFAR conv1 and conv2.
+    shapes.push((Layout::Nn, 16, 100, 150));
+    shapes.push((Layout::Nn, 32, 784, 75));
+    shapes.push((Layout::Nn, 64, 100, 800));
+    // CIFAR's dense 1600 → 1024 at batch 64.
+    shapes.push((Layout::Nn, 64, 1024, 1600));
     for s in [128, 256, 512] {
         shapes.push((Layout::Nn, s, s, s));
     }
@@ -80,65 +95,99 @@ fn main() {
     };
     println!("kernel: {:?}", scratch.isa());
     println!(
-        "| layout | m | k | n | nnc sgemm GFLOP/s | gemm GFLOP/s | ratio |\n|---|---|---|---|---|---|---|"
+        "| layout | m | k | n | MFLOP | nnc 1 thr | gemm 1 thr | ratio | nnc 2 thr | gemm 2 thr | ratio | nnc 2 thr / 1 thr |"
     );
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
     for (layout, m, n, k) in shapes {
         let (a_rs, a_cs, b_rs, b_cs) = layout.strides(m, n, k);
         let a: Vec<f32> = (0..m * k).map(|i| (i % 13) as f32 * 0.1 - 0.6).collect();
         let b: Vec<f32> = (0..k * n).map(|i| (i % 7) as f32 * 0.1 - 0.3).collect();
         let mut c = vec![0f32; m * n];
         let flops = 2.0 * (m * n * k) as f64;
-        let ours = time(
-            || unsafe {
-                sgemm(
-                    m,
-                    n,
-                    k,
-                    black_box(c.as_mut_ptr()),
-                    n as isize,
-                    1,
-                    a.as_ptr(),
-                    a_rs,
-                    a_cs,
-                    b.as_ptr(),
-                    b_rs,
-                    b_cs,
-                    &mut scratch,
-                )
-            },
-            flops,
-        );
-        let theirs = time(
-            || unsafe {
-                // Called as `nnc_sgemm` calls it (column stride first).
-                gemm::gemm(
-                    m,
-                    n,
-                    k,
-                    black_box(c.as_mut_ptr()),
-                    1,
-                    n as isize,
-                    false,
-                    a.as_ptr(),
-                    a_cs,
-                    a_rs,
-                    b.as_ptr(),
-                    b_cs,
-                    b_rs,
-                    1.0,
-                    1.0,
-                    false,
-                    false,
-                    false,
-                    gemm::Parallelism::None,
-                )
-            },
-            flops,
+        let mut ours = |threads: usize| {
+            nnc_codegen::set_threads(threads).expect("threads");
+            time(
+                || unsafe {
+                    if threads == 1 {
+                        sgemm(
+                            m,
+                            n,
+                            k,
+                            black_box(c.as_mut_ptr()),
+                            n as isize,
+                            1,
+                            a.as_ptr(),
+                            a_rs,
+                            a_cs,
+                            b.as_ptr(),
+                            b_rs,
+                            b_cs,
+                            &mut scratch,
+                        )
+                    } else {
+                        sgemm_threads(
+                            m,
+                            n,
+                            k,
+                            black_box(c.as_mut_ptr()),
+                            n as isize,
+                            1,
+                            a.as_ptr(),
+                            a_rs,
+                            a_cs,
+                            b.as_ptr(),
+                            b_rs,
+                            b_cs,
+                            false,
+                            &mut scratch,
+                        )
+                    }
+                },
+                flops,
+            )
+        };
+        let (ours1, ours2) = (ours(1), ours(2));
+        let mut c = vec![0f32; m * n];
+        let mut theirs = |parallelism: gemm::Parallelism| {
+            time(
+                || unsafe {
+                    // Called as `nnc_sgemm` calls it (column stride first).
+                    gemm::gemm(
+                        m,
+                        n,
+                        k,
+                        black_box(c.as_mut_ptr()),
+                        1,
+                        n as isize,
+                        false,
+                        a.as_ptr(),
+                        a_cs,
+                        a_rs,
+                        b.as_ptr(),
+                        b_cs,
+                        b_rs,
+                        1.0,
+                        1.0,
+                        false,
+                        false,
+                        false,
+                        parallelism,
+                    )
+                },
+                flops,
+            )
+        };
+        let (theirs1, theirs2) = (
+            theirs(gemm::Parallelism::None),
+            theirs(gemm::Parallelism::Rayon(2)),
         );
         println!(
-            "| {} | {m} | {k} | {n} | {ours:.1} | {theirs:.1} | {:.2} |",
+            "| {} | {m} | {k} | {n} | {:.2} | {ours1:.1} | {theirs1:.1} | {:.2} | {ours2:.1} | {theirs2:.1} | {:.2} | {:.2} |",
             layout.name(),
-            ours / theirs
+            flops / 1e6,
+            ours1 / theirs1,
+            ours2 / theirs2,
+            ours2 / ours1
         );
     }
 }

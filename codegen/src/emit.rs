@@ -73,11 +73,14 @@ impl Addresses<'_> {
     }
 }
 
-/// Host functions kernels call: `powf` (rare: optimizer bias corrections) and `sgemm`.
+/// Host functions kernels call: `powf` (rare: optimizer bias corrections),
+/// `sgemm`, and `parallel` (runs a kernel's range of work units over the
+/// thread pool: see [`MapSplit`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Host {
     Powf,
     Sgemm,
+    Parallel,
 }
 
 impl Host {
@@ -85,6 +88,7 @@ impl Host {
         match self {
             Host::Powf => "nnc_powf",
             Host::Sgemm => "nnc_sgemm",
+            Host::Parallel => "nnc_parallel",
         }
     }
 
@@ -97,6 +101,12 @@ impl Host {
             }
             Host::Sgemm => {
                 for _ in 0..14 {
+                    sig.params.push(AbiParam::new(types::I64));
+                }
+            }
+            Host::Parallel => {
+                // The kernel's address, its work units, the most tasks.
+                for _ in 0..3 {
                     sig.params.push(AbiParam::new(types::I64));
                 }
             }
@@ -213,19 +223,34 @@ fn emit_nest(
     hook: &mut dyn FnMut(&mut FunctionBuilder, usize, &mut Vec<Value>),
     inner: &mut dyn FnMut(&mut FunctionBuilder, &[Value]),
 ) {
+    emit_nest_in(b, dims, ops, None, hook, inner);
+}
+
+/// [`emit_nest`] whose outermost loop (of at least two) runs over the
+/// run-time range `outer` instead of all of `dims[0]`.
+fn emit_nest_in(
+    b: &mut FunctionBuilder,
+    dims: &[usize],
+    ops: &[Strided],
+    outer: Option<(Value, Value)>,
+    hook: &mut dyn FnMut(&mut FunctionBuilder, usize, &mut Vec<Value>),
+    inner: &mut dyn FnMut(&mut FunctionBuilder, &[Value]),
+) {
     let addrs: Vec<Value> = ops
         .iter()
         .map(|o| b.ins().iconst(types::I64, o.addr as i64))
         .collect();
-    nest_level(b, dims, ops, 0, addrs, hook, inner);
+    nest_level(b, dims, ops, 0, addrs, outer, hook, inner);
 }
 
+#[allow(clippy::too_many_arguments)]
 fn nest_level(
     b: &mut FunctionBuilder,
     dims: &[usize],
     ops: &[Strided],
     depth: usize,
     mut addrs: Vec<Value>,
+    outer: Option<(Value, Value)>,
     hook: &mut dyn FnMut(&mut FunctionBuilder, usize, &mut Vec<Value>),
     inner: &mut dyn FnMut(&mut FunctionBuilder, &[Value]),
 ) {
@@ -234,7 +259,7 @@ fn nest_level(
         inner(b, &addrs);
         return;
     }
-    emit_for(b, 0, dims[depth] as i64, 1, &mut |b, i| {
+    let mut level = |b: &mut FunctionBuilder, i: Value| {
         let here: Vec<Value> = addrs
             .iter()
             .zip(ops)
@@ -246,8 +271,14 @@ fn nest_level(
                 }
             })
             .collect();
-        nest_level(b, dims, ops, depth + 1, here, hook, inner);
-    });
+        nest_level(b, dims, ops, depth + 1, here, None, hook, inner);
+    };
+    match outer {
+        Some((start, end)) if depth == 0 => {
+            range_loop(b, start, end, 1, &mut level);
+        }
+        _ => emit_for(b, 0, dims[depth] as i64, 1, &mut level),
+    }
 }
 
 fn addr_at(b: &mut FunctionBuilder, base: Value, i: Value, stride: isize) -> Value {
@@ -285,17 +316,51 @@ fn loop_operands(outs: &[(Strided, Kind)], code: &Code) -> Vec<Strided> {
         .collect()
 }
 
+/// The run-time arguments of a split kernel: the work units `[start, end)`
+/// it computes, and its task index (`0` on the calling thread).
+#[derive(Debug, Clone, Copy)]
+pub struct Split {
+    pub start: Value,
+    pub end: Value,
+    pub task: Value,
+}
+
+/// How an elementwise loop is split into work units for the thread pool:
+/// the outermost loop's indices when the (coalesced) loop nest has two or
+/// more dims, else chunks of [`MAP_CHUNK`] elements of the one loop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MapSplit {
+    pub units: usize,
+}
+
+/// Elements per work unit of a one-dim elementwise loop: a multiple of the
+/// vector width, and large enough (16 KiB of `f32`) that a unit's loop
+/// overhead is noise.
+pub const MAP_CHUNK: usize = 4096;
+
+/// Elementwise kernels with at least this many elements run their work
+/// units over the thread pool (with `--threads` above 1). Adam's update of
+/// a 784×256 weight (200,704 elements) took 0.31–0.45 ms on one thread and
+/// is compute-bound (a square root and a division per element in 128-bit
+/// vectors), so it splits well; below about 16K elements waking the other
+/// thread costs more than it saves.
+pub const PARALLEL_ELEMENTS: usize = 16384;
+
 /// Evaluates `code` at every index of `dims` and stores each output into
 /// its view in `outs` (same shape, any strides). Every leaf of an element
 /// is loaded before any output of it is stored, so an output may overwrite
 /// a leaf read at the same element (an update computed in place).
+///
+/// With `range` (run-time `[start, end)` work units, see [`MapSplit`]) only
+/// those units are computed; the split is returned either way.
 fn emit_map(
     b: &mut FunctionBuilder,
     calls: &mut dyn Calls,
     code: &Code,
     dims: &[usize],
     outs: &[(Strided, Kind)],
-) -> Result<(), CodegenError> {
+    range: Option<(Value, Value)>,
+) -> Result<MapSplit, CodegenError> {
     let mut ops = loop_operands(outs, code);
     let mut dims = coalesce(dims, &mut ops);
     if dims.is_empty() {
@@ -306,6 +371,13 @@ fn emit_map(
     }
     let n = *dims.last().unwrap_or(&1) as i64;
     let last = dims.len() - 1;
+    let split = if dims.len() >= 2 {
+        MapSplit { units: dims[0] }
+    } else {
+        MapSplit {
+            units: (n as usize).div_ceil(MAP_CHUNK),
+        }
+    };
     let inner: Vec<isize> = ops.iter().map(|o| o.strides[last]).collect();
     let (written, leaves) = inner.split_at(outs.len());
     let vector = n >= 4
@@ -314,14 +386,36 @@ fn emit_map(
         && leaves.iter().all(|&s| s == 0 || s == 4);
     let k = outs.len();
     let mut error = None;
-    emit_nest(b, &dims, &ops, &mut |_, _, _| {}, &mut |b, addrs| {
+    // A one-dim loop's range, in elements: `[lo, hi)`.
+    let chunked = range.filter(|_| dims.len() == 1).map(|(start, end)| {
+        let lo = b.ins().imul_imm_s(start, MAP_CHUNK as i64);
+        let hi = b.ins().imul_imm_s(end, MAP_CHUNK as i64);
+        let n_val = b.ins().iconst(types::I64, n);
+        let hi = b.ins().smin(hi, n_val);
+        (lo, hi)
+    });
+    let outer = range.filter(|_| dims.len() >= 2);
+    emit_nest_in(b, &dims, &ops, outer, &mut |_, _, _| {}, &mut |b, addrs| {
         let vec_end = if vector { n / 4 * 4 } else { 0 };
+        // The vector loop's and the scalar tail's bounds.
+        let (v_lo, v_hi, t_lo, t_hi) = match chunked {
+            None => {
+                let [a, c, d, e] = [0, vec_end, vec_end, n].map(|v| b.ins().iconst(types::I64, v));
+                (a, c, d, e)
+            }
+            Some((lo, hi)) => {
+                let ve = b.ins().iconst(types::I64, vec_end);
+                let v_hi = b.ins().smin(hi, ve);
+                let t_lo = b.ins().smax(lo, ve);
+                (lo, v_hi, t_lo, hi)
+            }
+        };
         if vector {
             // Broadcast leaves: load once per row, splat.
             let splats: Vec<Option<Value>> = (0..leaves.len())
                 .map(|l| (leaves[l] == 0).then(|| code.load(b, l, addrs[k + l], 0, true, 0)))
                 .collect();
-            emit_for(b, 0, vec_end, 4, &mut |b, i| {
+            range_loop(b, v_lo, v_hi, 4, &mut |b, i| {
                 let byte = b.ins().imul_imm_s(i, 4);
                 let vals: Vec<Value> = (0..leaves.len())
                     .map(|l| match splats[l] {
@@ -343,7 +437,7 @@ fn emit_map(
                 }
             });
         }
-        emit_for(b, vec_end, n, 1, &mut |b, i| {
+        range_loop(b, t_lo, t_hi, 1, &mut |b, i| {
             let vals: Vec<Value> = (0..leaves.len())
                 .map(|l| {
                     let a = addr_at(b, addrs[k + l], i, leaves[l]);
@@ -361,7 +455,28 @@ fn emit_map(
             }
         });
     });
-    error.map_or(Ok(()), Err)
+    error.map_or(Ok(split), Err)
+}
+
+/// Zeroes the `f32` elements `[lo, hi)` of the contiguous buffer at
+/// `addr`, four at a time when `vector` (both bounds multiples of 4).
+fn emit_fill_range(b: &mut FunctionBuilder, addr: usize, lo: Value, hi: Value, vector: bool) {
+    let base = b.ins().iconst(types::I64, addr as i64);
+    let (step, ty) = if vector {
+        (4, types::F32X4)
+    } else {
+        (1, types::F32)
+    };
+    let zero = b.ins().f32const(0.0);
+    let zero = if vector {
+        b.ins().splat(ty, zero)
+    } else {
+        zero
+    };
+    range_loop(b, lo, hi, step, &mut |b, i| {
+        let a = addr_at(b, base, i, 4);
+        store(b, zero, a);
+    });
 }
 
 /// Fills a contiguous buffer with one value (reduction identities).
@@ -749,13 +864,16 @@ struct Stage<'a> {
     /// Elements per plane of the unfolded tensor, planes per sample.
     plane: usize,
     channels: usize,
-    /// Planes per batch index, and the byte address of their scratch.
+    /// Planes per batch index, and the byte address of their scratch (of
+    /// task 0; task `t`'s is `stride` bytes further per task).
     planes: usize,
     scratch: usize,
+    stride: usize,
 }
 
 /// Emits the matmul `mm` (its operands' views from the plan) into the
 /// result view `c`, with the plan's staging; see [`emit_matmul`].
+#[allow(clippy::too_many_arguments)]
 fn emit_matmul_node(
     b: &mut FunctionBuilder,
     calls: &mut dyn Calls,
@@ -764,6 +882,7 @@ fn emit_matmul_node(
     mm: NodeId,
     c: (usize, &View),
     accumulate: bool,
+    split: Option<Split>,
 ) -> Result<(), CodegenError> {
     let plan = at.plan;
     let operands = graph.operands(mm);
@@ -796,6 +915,7 @@ fn emit_matmul_node(
             channels: shape[1],
             planes: s.planes,
             scratch: at.buffer(s.scratch),
+            stride: s.stride,
         }))
     };
     let stages = [stage(0)?, stage(1)?, stage(2)?];
@@ -809,6 +929,7 @@ fn emit_matmul_node(
         at.scratch,
         accumulate,
         &stages,
+        split,
     )
 }
 
@@ -829,6 +950,10 @@ fn emit_matmul_node(
 ///
 /// `stages[slot]` (`a`, `b`, `c`) stages that slot through scratch: its
 /// view then only locates its matrices within the unfolded tensor.
+///
+/// With `split`, only the indices `[start, end)` of the outermost batch dim
+/// are computed (see [`matmul_units`]), staged through the task's slice of
+/// scratch, with the task's own `sgemm` packing space (`0`: the worker's).
 #[allow(clippy::too_many_arguments)]
 fn emit_matmul(
     b: &mut FunctionBuilder,
@@ -839,6 +964,7 @@ fn emit_matmul(
     scratch: usize,
     accumulate: bool,
     stages: &[Option<Stage>; 3],
+    split: Option<Split>,
 ) -> Result<(), CodegenError> {
     let (ra, rb, rc) = (a.1.shape.len(), bm.1.shape.len(), c.1.shape.len());
     let (m, k, n) = (a.1.shape[ra - 2], a.1.shape[ra - 1], bm.1.shape[rb - 1]);
@@ -849,23 +975,7 @@ fn emit_matmul(
     let (b_rs, b_cs) = (bm.1.strides[rb - 2], bm.1.strides[rb - 1]);
     let (c_rs, c_cs) = (c.1.strides[rc - 2], c.1.strides[rc - 1]);
     let staging = stages.iter().any(Option::is_some);
-    // Fold: `b` shared by every batch, `a` and `c` walk batches as more rows.
-    let fold = !staging
-        && batch.iter().product::<usize>() > 1
-        && bb.iter().all(|&s| s == 0)
-        && batch.iter().enumerate().all(|(i, _)| {
-            let inner_a: isize = if i + 1 < batch.len() {
-                ba[i + 1] * batch[i + 1] as isize
-            } else {
-                a_rs * m as isize
-            };
-            let inner_c: isize = if i + 1 < batch.len() {
-                bc[i + 1] * batch[i + 1] as isize
-            } else {
-                c_rs * m as isize
-            };
-            ba[i] == inner_a && bc[i] == inner_c
-        });
+    let fold = folds_batch(a.1, bm.1, c.1, batch, staging);
     let folded = fold || batch.is_empty();
     let rows = if folded {
         m * batch.iter().product::<usize>()
@@ -908,8 +1018,34 @@ fn emit_matmul(
                 "internal error: a staged fold's result must be a contiguous buffer",
             ));
         }
-        emit_fill(b, st.image.0, st.image.1.numel(), 0.0);
+        match split {
+            // Only this task's samples: the products of other tasks fold
+            // into theirs.
+            Some(sp) => {
+                let sample = st.image.1.strides[0] as i64;
+                let lo = b.ins().imul_imm_s(sp.start, sample);
+                let hi = b.ins().imul_imm_s(sp.end, sample);
+                emit_fill_range(b, st.image.0, lo, hi, sample % 4 == 0);
+            }
+            None => emit_fill(b, st.image.0, st.image.1.numel(), 0.0),
+        }
     }
+    // Per slot: the task's offset into its staging scratch.
+    let task_offsets: [Option<Value>; 3] = std::array::from_fn(|slot| {
+        let (st, sp) = (stages[slot].as_ref()?, split?);
+        Some(b.ins().imul_imm_s(sp.task, st.stride as i64))
+    });
+    let scratch_arg = match split {
+        // Task 0 runs on the calling thread, with the program's packing
+        // space; the others pass 0 for their thread's own.
+        Some(sp) => {
+            let first = b.ins().icmp_imm_s(IntCC::Equal, sp.task, 0);
+            let own = b.ins().iconst(types::I64, scratch as i64);
+            let zero = b.ins().iconst(types::I64, 0);
+            b.ins().select(first, own, zero)
+        }
+        None => b.ins().iconst(types::I64, scratch as i64),
+    };
     let small = !accumulate && crate::matmul::use_cranelift(rows, n, k);
     // `at`: each slot's address, or a staged slot's first plane.
     let mut product = |b: &mut FunctionBuilder, at: [Value; 3]| -> Result<(), CodegenError> {
@@ -917,6 +1053,9 @@ fn emit_matmul(
         for (slot, stage) in stages.iter().enumerate() {
             if let Some(st) = stage {
                 addrs[slot] = b.ins().iconst(types::I64, bases[slot] as i64);
+                if let Some(off) = task_offsets[slot] {
+                    addrs[slot] = b.ins().iadd(addrs[slot], off);
+                }
                 if let Some(fill) = st.fill {
                     let image = stage_image(b, st, at[slot]);
                     crate::window::emit_unfold_planes(
@@ -958,10 +1097,10 @@ fn emit_matmul(
                 b_rs as i64,
                 b_cs as i64,
                 i64::from(accumulate),
-                scratch as i64,
             ];
-            let [m, n, k, c_rs, c_cs, a_rs, a_cs, b_rs, b_cs, acc, scratch] =
+            let [m, n, k, c_rs, c_cs, a_rs, a_cs, b_rs, b_cs, acc] =
                 consts.map(|v| b.ins().iconst(types::I64, v));
+            let scratch = scratch_arg;
             let [a, bm, c] = addrs;
             let args = [
                 m, n, k, c, c_rs, c_cs, a, a_rs, a_cs, bm, b_rs, b_cs, acc, scratch,
@@ -984,7 +1123,8 @@ fn emit_matmul(
         };
         b.ins().iconst(types::I64, v as i64)
     });
-    batch_loops(b, &lens, &steps, start, &mut product)
+    let outer = split.map(|sp| (sp.start, sp.end));
+    batch_loops(b, &lens, &steps, start, outer, &mut product)
 }
 
 /// The view a matmul of `a` and `b` writes when its result is summed over
@@ -1049,31 +1189,121 @@ type BatchBody<'a> = dyn FnMut(&mut FunctionBuilder, [Value; 3]) -> Result<(), C
 /// Calls `body` once per index of the batch `lens` (row-major), from
 /// run-time loops; `state[slot]` starts at `state` and moves by
 /// `steps[dim][slot]` per step along each dim.
+///
+/// `outer`: a run-time range of the first dim's indices to loop over
+/// instead of all of them (a split kernel's share; the first dim then has
+/// at least two indices).
 fn batch_loops(
     b: &mut FunctionBuilder,
     lens: &[usize],
     steps: &[[isize; 3]],
     state: [Value; 3],
+    outer: Option<(Value, Value)>,
     body: &mut BatchBody,
 ) -> Result<(), CodegenError> {
     let Some((&len, rest)) = lens.split_first() else {
         return body(b, state);
     };
-    if len == 1 {
-        return batch_loops(b, rest, &steps[1..], state, body);
+    if len == 1 && outer.is_none() {
+        return batch_loops(b, rest, &steps[1..], state, None, body);
     }
     let mut result = Ok(());
-    emit_for(b, 0, len as i64, 1, &mut |b, i| {
+    let mut level = |b: &mut FunctionBuilder, i: Value| {
         let here: [Value; 3] =
             std::array::from_fn(|slot| addr_at(b, state[slot], i, steps[0][slot]));
-        if let Err(e) = batch_loops(b, rest, &steps[1..], here, body) {
+        if let Err(e) = batch_loops(b, rest, &steps[1..], here, None, body) {
             result = Err(e);
         }
-    });
+    };
+    match outer {
+        Some((start, end)) => {
+            range_loop(b, start, end, 1, &mut level);
+        }
+        None => emit_for(b, 0, len as i64, 1, &mut level),
+    }
     result
 }
 
 /// Emits the body of `kernel` into `b` (which ends it with a return).
+///
+/// Whether `kernel`'s work splits into units the thread pool can share
+/// (see [`emit_kernel`]): an elementwise loop of at least
+/// [`PARALLEL_ELEMENTS`], or a batch of matrix products (a convolution's,
+/// one per sample) of at least `sgemm::PARALLEL_FLOPS` over at least two
+/// indices of its outermost batch dim.
+pub fn splits(kernel: &Kernel, graph: &Graph, plan: &Plan) -> bool {
+    match &kernel.body {
+        Body::Map { expr, .. } => expr.shape.iter().product::<usize>() >= PARALLEL_ELEMENTS,
+        Body::Node if matches!(graph.node(kernel.root).op, Op::MatMul) => {
+            matmul_units(graph, plan, kernel.root).is_some()
+        }
+        _ => false,
+    }
+}
+
+/// The outermost batch dim of the matmul `mm` when its products are split
+/// over it: products run one per batch index (not folded into rows), and
+/// are large enough in all.
+fn matmul_units(graph: &Graph, plan: &Plan, mm: NodeId) -> Option<usize> {
+    let operands = graph.operands(mm);
+    let (a, bm, c) = (
+        plan.views.get(&operands[0])?,
+        plan.views.get(&operands[1])?,
+        plan.views.get(&mm)?,
+    );
+    let (ra, rb, rc) = (a.shape.len(), bm.shape.len(), c.shape.len());
+    let (m, k, n) = (a.shape[ra - 2], a.shape[ra - 1], bm.shape[rb - 1]);
+    let batch = &c.shape[..rc - 2];
+    let staging = (0..3).any(|slot| plan.staged.contains_key(&(mm, slot)));
+    let &units = batch.first()?;
+    if units < 2 || folds_batch(a, bm, c, batch, staging) {
+        return None;
+    }
+    if c.strides[0] == 0 {
+        return None;
+    }
+    // A staged fold's image is split by sample: its batch must be the
+    // image's.
+    if let Some(st) = plan.staged.get(&(mm, 2)) {
+        if plan.views.get(&st.window)?.shape.first() != Some(&units) {
+            return None;
+        }
+    }
+    let flops = 2 * m * n * k * batch.iter().product::<usize>();
+    (flops >= crate::sgemm::PARALLEL_FLOPS).then_some(units)
+}
+
+/// Whether a batched product folds its batch into the rows of one product:
+/// `b` shared by every batch index, `a` and `c` walking the batch as more
+/// rows (and nothing staged).
+fn folds_batch(a: &View, bm: &View, c: &View, batch: &[usize], staging: bool) -> bool {
+    let (ra, rc) = (a.shape.len(), c.shape.len());
+    let m = a.shape[ra - 2];
+    let strides = |v: &View| crate::plan::batch_strides(v, batch);
+    let (ba, bb, bc) = (strides(a), strides(bm), strides(c));
+    let (a_rs, c_rs) = (a.strides[ra - 2], c.strides[rc - 2]);
+    !staging
+        && batch.iter().product::<usize>() > 1
+        && bb.iter().all(|&s| s == 0)
+        && batch.iter().enumerate().all(|(i, _)| {
+            let inner_a: isize = if i + 1 < batch.len() {
+                ba[i + 1] * batch[i + 1] as isize
+            } else {
+                a_rs * m as isize
+            };
+            let inner_c: isize = if i + 1 < batch.len() {
+                bc[i + 1] * batch[i + 1] as isize
+            } else {
+                c_rs * m as isize
+            };
+            ba[i] == inner_a && bc[i] == inner_c
+        })
+}
+
+/// With `range`, the kernel is one whose work [`splits`]: it computes the
+/// work units `[start, end)` of the run-time range only, as task `task`
+/// (which selects its slice of staging scratch), and returns how many
+/// units its whole work has.
 pub fn emit_kernel(
     b: &mut FunctionBuilder,
     calls: &mut dyn Calls,
@@ -1081,7 +1311,8 @@ pub fn emit_kernel(
     kernel: &Kernel,
     at: &Addresses,
     status: usize,
-) -> Result<(), CodegenError> {
+    range: Option<Split>,
+) -> Result<Option<usize>, CodegenError> {
     let plan = at.plan;
     let id = kernel.root;
     let node = graph.node(id);
@@ -1104,7 +1335,9 @@ pub fn emit_kernel(
                 let v = view_of(o)?;
                 outs.push((strided(at.of(v), v), Kind::of(graph.ty(o).dtype)));
             }
-            return emit_map(b, calls, &code, &expr.shape, &outs);
+            let units = range.map(|r| (r.start, r.end));
+            let split = emit_map(b, calls, &code, &expr.shape, &outs, units)?;
+            return Ok(Some(split.units));
         }
         Body::Operand(expr) => {
             let code = Code::new(b, expr, at)?;
@@ -1141,7 +1374,8 @@ pub fn emit_kernel(
                     "internal error: `{}` does not loop over its operand",
                     node.op.mnemonic()
                 ))),
-            };
+            }
+            .map(|()| None);
         }
         Body::Node => {}
     }
@@ -1187,13 +1421,26 @@ pub fn emit_kernel(
             let (va, vb) = (view_of(x)?, view_of(y)?);
             let c = summed_view(va, vb, out_view, axes, *keepdim)?;
             emit_fill(b, out_addr, out_view.numel(), 0.0);
-            emit_matmul_node(b, calls, graph, at, mm, (out_addr, &c), true)?;
+            emit_matmul_node(b, calls, graph, at, mm, (out_addr, &c), true, None)?;
         }
         Op::ArgMax { axis } => {
             let (v, a, k) = operand(0)?;
             emit_argmax(b, v, a, k, *axis, out_addr);
         }
-        Op::MatMul => emit_matmul_node(b, calls, graph, at, id, (out_addr, out_view), false)?,
+        Op::MatMul => {
+            let split = range.and_then(|r| Some((r, matmul_units(graph, plan, id)?)));
+            emit_matmul_node(
+                b,
+                calls,
+                graph,
+                at,
+                id,
+                (out_addr, out_view),
+                false,
+                split.map(|(r, _)| r),
+            )?;
+            return Ok(split.map(|(_, units)| units));
+        }
         Op::Gather { axis } => {
             let (v, a, _) = operand(0)?;
             let (vi, ai, _) = operand(1)?;
@@ -1230,7 +1477,7 @@ pub fn emit_kernel(
             )))
         }
     }
-    Ok(())
+    Ok(None)
 }
 
 /// A reduction (sum, mean or max) of `code` over `axes` of `shape` into
@@ -1332,5 +1579,5 @@ fn copy(
     kind: Kind,
 ) -> Result<(), CodegenError> {
     let code = Code::copy(src.addr, src.strides, kind);
-    emit_map(b, calls, &code, dims, &[(dst, kind)])
+    emit_map(b, calls, &code, dims, &[(dst, kind)], None).map(|_| ())
 }

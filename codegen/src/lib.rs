@@ -14,6 +14,7 @@
 //! - `window`: `unfold` (im2col) and `fold` (col2im).
 //! - `random`: counter-based uniform random numbers.
 //! - `summary`: what each kernel covers, computes and moves.
+//! - `threads`: the thread pool parallel kernels split their work over.
 
 pub mod emit;
 pub mod expr;
@@ -24,6 +25,7 @@ pub mod program;
 pub mod random;
 pub mod sgemm;
 pub mod summary;
+pub mod threads;
 pub mod vmath;
 pub mod window;
 
@@ -31,6 +33,7 @@ pub use group::GroupConfig;
 pub use plan::StateLayout;
 pub use program::{CompileStats, Fault, Program, StateBuffer};
 pub use summary::KernelInfo;
+pub use threads::set_threads;
 
 /// The JIT cannot compile a graph: an unsupported op or dtype, or an
 /// internal error.

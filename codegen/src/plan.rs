@@ -221,6 +221,9 @@ pub struct Plan {
     /// are batches of unfolded planes and never exist whole; see
     /// [`Staged`]. Keyed by (matmul, slot).
     pub staged: HashMap<(NodeId, usize), Staged>,
+    /// The most tasks a kernel of this plan splits into (the thread count
+    /// when it was planned): each staging scratch has one slice per task.
+    pub tasks: usize,
 }
 
 /// A matmul operand that is a view of an `unfold`, or a matmul result that
@@ -241,8 +244,10 @@ pub struct Staged {
     pub window: NodeId,
     /// Consecutive planes, all of one sample, per batch index.
     pub planes: usize,
-    /// The work buffer that holds them.
+    /// The work buffer that holds them: [`Plan::tasks`] slices of
+    /// `stride` bytes, one per task of a split kernel.
     pub scratch: usize,
+    pub stride: usize,
 }
 
 /// Values read after every kernel has run: outputs and update values.
@@ -915,7 +920,9 @@ impl Planner<'_> {
         }
         steps.extend(writes);
 
-        // Staging scratch, live only while the matmul's kernel runs.
+        // Staging scratch, live only while the matmul's kernel runs; one
+        // slice per task when the kernel splits over the thread pool.
+        let tasks = crate::threads::threads().max(1);
         let mut staged = HashMap::new();
         let mut keys: Vec<&(NodeId, usize)> = self.staged.keys().collect();
         keys.sort_by_key(|&&(m, slot)| (position[&m], slot));
@@ -927,8 +934,9 @@ impl Planner<'_> {
                 window
             };
             let plane: usize = self.shapes[&cols][2..].iter().product();
+            let stride = align(planes * plane * 4);
             buffers.push(Buffer {
-                bytes: align(planes * plane * 4),
+                bytes: stride * tasks,
                 offset: 0,
             });
             pinned.push(false);
@@ -939,6 +947,7 @@ impl Planner<'_> {
                     window,
                     planes,
                     scratch: buffers.len() - 1,
+                    stride,
                 },
             );
         }
@@ -984,6 +993,7 @@ impl Planner<'_> {
             outputs,
             fused,
             staged,
+            tasks,
         })
     }
 

@@ -7,7 +7,7 @@ use crate::emit::{self, Addresses, Calls, Host, Kind};
 use crate::group::GroupConfig;
 use crate::plan::{self, Plan, StateLayout, Step, View, ALIGN};
 use crate::CodegenError;
-use cranelift_codegen::ir::{FuncRef, InstBuilder, Value};
+use cranelift_codegen::ir::{types, AbiParam, FuncRef, InstBuilder, Value};
 use cranelift_codegen::settings::{self, Configurable};
 use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext};
 use cranelift_jit::{JITBuilder, JITModule};
@@ -203,6 +203,28 @@ impl Calls for HostCalls<'_> {
     }
 }
 
+/// Runs a split kernel's `units` work units over the thread pool: one
+/// contiguous range per task, `kernel(start, end, task)`, with at most
+/// `max_tasks` tasks (the staging scratch the plan made room for) and no
+/// more than units or threads.
+extern "C" fn nnc_parallel(kernel: i64, units: i64, max_tasks: i64) {
+    // SAFETY: `kernel` is the address of a finalized function of this
+    // program's module with the signature `fn(i64, i64, i64)`.
+    let f: extern "C" fn(i64, i64, i64) = unsafe { std::mem::transmute(kernel as usize) };
+    let units = units.max(0) as usize;
+    let tasks = crate::threads::threads()
+        .min(units)
+        .min(max_tasks.max(1) as usize)
+        .max(1);
+    let range = |t: usize| ((units * t / tasks) as i64, (units * (t + 1) / tasks) as i64);
+    crate::threads::run(tasks, &|t| {
+        let (start, end) = range(t);
+        if start < end {
+            f(start, end, t as i64);
+        }
+    });
+}
+
 extern "C" fn nnc_powf(a: f32, b: f32) -> f32 {
     a.powf(b)
 }
@@ -227,24 +249,33 @@ extern "C" fn nnc_sgemm(
 ) {
     // SAFETY: the plan guarantees the three views are in bounds for these
     // shapes and strides and that `c` overlaps neither operand; `scratch`
-    // is the program's own `Scratch`, used by one run at a time.
+    // is the program's own `Scratch`, used by one run (and, in a split
+    // kernel, one task) at a time, or 0: the other tasks of a split kernel,
+    // which use their thread's own.
     unsafe {
-        crate::sgemm::sgemm_ex(
-            m as usize,
-            n as usize,
-            k as usize,
-            c as *mut f32,
-            c_rs as isize,
-            c_cs as isize,
-            a as *const f32,
-            a_rs as isize,
-            a_cs as isize,
-            b as *const f32,
-            b_rs as isize,
-            b_cs as isize,
-            accumulate != 0,
-            &mut *(scratch as *mut crate::sgemm::Scratch),
-        )
+        let call = |scratch: &mut crate::sgemm::Scratch| {
+            crate::sgemm::sgemm_threads(
+                m as usize,
+                n as usize,
+                k as usize,
+                c as *mut f32,
+                c_rs as isize,
+                c_cs as isize,
+                a as *const f32,
+                a_rs as isize,
+                a_cs as isize,
+                b as *const f32,
+                b_rs as isize,
+                b_cs as isize,
+                accumulate != 0,
+                scratch,
+            )
+        };
+        if scratch == 0 {
+            crate::sgemm::with_thread_scratch(crate::sgemm::Isa::detect(), call)
+        } else {
+            call(&mut *(scratch as *mut crate::sgemm::Scratch))
+        }
     }
 }
 
@@ -264,6 +295,7 @@ fn new_module() -> Result<JITModule, CodegenError> {
     let mut jb = JITBuilder::with_isa(isa, default_libcall_names());
     jb.symbol(Host::Powf.name(), nnc_powf as *const u8);
     jb.symbol(Host::Sgemm.name(), nnc_sgemm as *const u8);
+    jb.symbol(Host::Parallel.name(), nnc_parallel as *const u8);
     Ok(JITModule::new(jb))
 }
 
@@ -316,24 +348,48 @@ impl Program {
         let mut kernels: Vec<FuncId> = Vec::new();
         for (i, step) in plan.steps.iter().enumerate() {
             ctx.func.signature = module.make_signature();
+            // A kernel whose work splits takes `(start, end, task)`: work
+            // units and a task index; a trampoline runs it over the pool.
+            let split =
+                matches!(step, Step::Kernel(k) if emit::splits(&plan.kernels[*k], graph, &plan));
+            if split {
+                for _ in 0..3 {
+                    ctx.func.signature.params.push(AbiParam::new(types::I64));
+                }
+            }
+            let mut units = None;
             {
                 let mut b = FunctionBuilder::new(&mut ctx.func, &mut fctx);
                 let entry = b.create_block();
+                if split {
+                    b.append_block_params_for_function_params(entry);
+                }
                 b.switch_to_block(entry);
+                let range = split.then(|| {
+                    let p = b.block_params(entry);
+                    emit::Split {
+                        start: p[0],
+                        end: p[1],
+                        task: p[2],
+                    }
+                });
                 let mut calls = HostCalls {
                     module: &mut module,
                     ids: &mut host_ids,
                     refs: HashMap::new(),
                 };
                 match step {
-                    Step::Kernel(k) => emit::emit_kernel(
-                        &mut b,
-                        &mut calls,
-                        graph,
-                        &plan.kernels[*k],
-                        &at,
-                        status,
-                    )?,
+                    Step::Kernel(k) => {
+                        units = emit::emit_kernel(
+                            &mut b,
+                            &mut calls,
+                            graph,
+                            &plan.kernels[*k],
+                            &at,
+                            status,
+                            range,
+                        )?;
+                    }
                     Step::Copy { src, dst, dtype } => {
                         emit::emit_copy(
                             &mut b,
@@ -363,8 +419,13 @@ impl Program {
                 b.seal_all_blocks();
                 b.finalize(module.target_config());
             }
+            let name = if split {
+                format!("k{i}.units")
+            } else {
+                format!("k{i}")
+            };
             let id = module
-                .declare_function(&format!("k{i}"), Linkage::Local, &ctx.func.signature)
+                .declare_function(&name, Linkage::Local, &ctx.func.signature)
                 .map_err(|e| CodegenError::new(format!("cranelift: {e}")))?;
             module.define_function(id, &mut ctx).map_err(|e| {
                 CodegenError::new(format!(
@@ -372,7 +433,41 @@ impl Program {
                 ))
             })?;
             module.clear_context(&mut ctx);
-            kernels.push(id);
+            if !split {
+                kernels.push(id);
+                continue;
+            }
+            // The trampoline: `nnc_parallel(kernel, units, tasks)`.
+            let units = units.unwrap_or(1);
+            ctx.func.signature = module.make_signature();
+            {
+                let mut b = FunctionBuilder::new(&mut ctx.func, &mut fctx);
+                let entry = b.create_block();
+                b.switch_to_block(entry);
+                let f = module.declare_func_in_func(id, b.func);
+                let addr = b.ins().func_addr(types::I64, f);
+                let n = b.ins().iconst(types::I64, units as i64);
+                let tasks = b.ins().iconst(types::I64, plan.tasks as i64);
+                let mut calls = HostCalls {
+                    module: &mut module,
+                    ids: &mut host_ids,
+                    refs: HashMap::new(),
+                };
+                calls.call(&mut b, emit::Host::Parallel, &[addr, n, tasks]);
+                b.ins().return_(&[]);
+                b.seal_all_blocks();
+                b.finalize(module.target_config());
+            }
+            let tid = module
+                .declare_function(&format!("k{i}"), Linkage::Local, &ctx.func.signature)
+                .map_err(|e| CodegenError::new(format!("cranelift: {e}")))?;
+            module.define_function(tid, &mut ctx).map_err(|e| {
+                CodegenError::new(format!(
+                    "cranelift could not compile kernel {i}'s trampoline: {e:?}"
+                ))
+            })?;
+            module.clear_context(&mut ctx);
+            kernels.push(tid);
         }
         // The schedule: call every kernel in order.
         ctx.func.signature = module.make_signature();

@@ -171,6 +171,157 @@ pub unsafe fn sgemm(
     }
 }
 
+/// Products of at least this many FLOPs (`2·m·n·k`) are split over the
+/// thread pool. Measured on the 2-core Zen 4 (`cargo bench -p nnc-codegen
+/// --bench sgemm`, threads 1 vs 2): a split pays from about 1 MFLOP (the
+/// mlp's `[128,256]×[256,128]` product, 8 MFLOP, runs 1.7× faster on two
+/// threads; below 1 MFLOP waking the worker eats the gain).
+pub const PARALLEL_FLOPS: usize = 1 << 20;
+
+/// [`sgemm_ex`] split over the thread pool ([`crate::threads`]) when the
+/// product is large enough: the columns of `c` (or its rows, when that
+/// duplicates less packing) in one contiguous range per thread, each
+/// computed with its own packing space exactly as the one-thread call
+/// computes them, so results do not depend on the thread count.
+///
+/// # Safety
+/// As [`sgemm`].
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn sgemm_threads(
+    m: usize,
+    n: usize,
+    k: usize,
+    c: *mut f32,
+    c_rs: isize,
+    c_cs: isize,
+    a: *const f32,
+    a_rs: isize,
+    a_cs: isize,
+    b: *const f32,
+    b_rs: isize,
+    b_cs: isize,
+    accumulate: bool,
+    scratch: &mut Scratch,
+) {
+    // Inside a split kernel's task the other threads are busy already.
+    let threads = if crate::threads::in_parallel() {
+        1
+    } else {
+        crate::threads::threads()
+    };
+    let flops = 2usize.saturating_mul(m).saturating_mul(n).saturating_mul(k);
+    // Split along whole register tiles. The columns by default (each
+    // thread then packs its own panels of `b` and re-reads all of `a`);
+    // the rows when the columns split unevenly (more than 15% over an even
+    // share: 100 columns in 32-wide tiles give 64 + 36) and the rows split
+    // better. `cargo bench -p nnc-codegen --bench sgemm`, forcing each
+    // split: columns won or tied on 17 of 21 shapes; the rows won where
+    // `n` is a few tiles (84, 100, 120 columns).
+    let (mr, nr) = scratch.isa.tile();
+    let worst_share = |len: usize, unit: usize| {
+        let per = len.div_ceil(unit).div_ceil(threads) * unit;
+        per.min(len) as f64 * threads as f64 / len as f64
+    };
+    let columns_ok = n.div_ceil(nr) >= threads;
+    let rows_ok = m.div_ceil(mr) >= threads;
+    let (cols_share, rows_share) = (worst_share(n, nr), worst_share(m, mr));
+    let by_columns = columns_ok && (cols_share <= 1.15 || !rows_ok || cols_share <= rows_share);
+    let by_rows = !by_columns && rows_ok;
+    if threads < 2 || flops < PARALLEL_FLOPS || !(by_columns || by_rows) {
+        // SAFETY: forwarded contract.
+        return unsafe {
+            sgemm_ex(
+                m, n, k, c, c_rs, c_cs, a, a_rs, a_cs, b, b_rs, b_cs, accumulate, scratch,
+            )
+        };
+    }
+    let (len, unit) = if by_columns { (n, nr) } else { (m, mr) };
+    // Contiguous ranges of whole tiles, as even as the tiles allow.
+    let tiles = len.div_ceil(unit);
+    let range = |t: usize| {
+        let start = (tiles * t / threads * unit).min(len);
+        let end = (tiles * (t + 1) / threads * unit).min(len);
+        (start, end)
+    };
+    let isa = scratch.isa;
+    let main_scratch = scratch as *mut Scratch as usize;
+    let (c, a, b) = (c as usize, a as usize, b as usize);
+    let task = move |t: usize| {
+        let (start, end) = range(t);
+        if start >= end {
+            return;
+        }
+        let part = |scratch: &mut Scratch| {
+            let (c, a, b) = (c as *mut f32, a as *const f32, b as *const f32);
+            // SAFETY: a sub-block of the caller's views, in bounds by its
+            // contract; the blocks of different tasks do not overlap in `c`.
+            unsafe {
+                if by_columns {
+                    sgemm_ex(
+                        m,
+                        end - start,
+                        k,
+                        c.offset(start as isize * c_cs),
+                        c_rs,
+                        c_cs,
+                        a,
+                        a_rs,
+                        a_cs,
+                        b.offset(start as isize * b_cs),
+                        b_rs,
+                        b_cs,
+                        accumulate,
+                        scratch,
+                    )
+                } else {
+                    sgemm_ex(
+                        end - start,
+                        n,
+                        k,
+                        c.offset(start as isize * c_rs),
+                        c_rs,
+                        c_cs,
+                        a.offset(start as isize * a_rs),
+                        a_rs,
+                        a_cs,
+                        b,
+                        b_rs,
+                        b_cs,
+                        accumulate,
+                        scratch,
+                    )
+                }
+            }
+        };
+        if t == 0 {
+            // SAFETY: only task 0 uses the caller's packing space (on
+            // whichever thread runs it), and the caller waits for it.
+            part(unsafe { &mut *(main_scratch as *mut Scratch) });
+        } else {
+            with_thread_scratch(isa, part);
+        }
+    };
+    crate::threads::run(threads, &task);
+}
+
+thread_local! {
+    /// Packing space of a thread that runs a task of a split kernel, made
+    /// on its first product.
+    static THREAD_SCRATCH: std::cell::RefCell<Option<Scratch>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Runs `f` with this thread's own packing space for `isa`.
+pub fn with_thread_scratch<R>(isa: Isa, f: impl FnOnce(&mut Scratch) -> R) -> R {
+    THREAD_SCRATCH.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        if slot.as_ref().is_none_or(|s| s.isa != isa) {
+            *slot = Some(Scratch::with_isa(isa));
+        }
+        f(slot.as_mut().expect("set above"))
+    })
+}
+
 /// [`sgemm`] that adds into `c` when `accumulate` (`c += a @ b`) and
 /// overwrites it otherwise.
 ///

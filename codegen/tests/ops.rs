@@ -1953,3 +1953,53 @@ fn concat_along_each_axis_and_a_merged_product_sliced_into_outputs() {
     let alone = jit.program.output("head 1 unmerged", &jit.state).unwrap();
     assert_eq!(merged.data, alone.data);
 }
+
+#[test]
+fn split_kernels_match_the_interpreter_on_two_threads() {
+    // Elementwise loops above `emit::PARALLEL_ELEMENTS` run in work units
+    // over the pool; products above `sgemm::PARALLEL_FLOPS` split by
+    // columns or rows. Other tests may run meanwhile on either count: the
+    // results do not depend on it.
+    nnc_codegen::set_threads(2).unwrap();
+    let mut rng = Rng(43);
+    let mut c = Case::new("split");
+    // One contiguous loop of 77,099 elements: 19 chunks and a scalar tail.
+    let x = c.input("x", rng.tensor(DType::F32, &[11, 7009]));
+    let e = c.g.unary(UnaryOp::Exp, x).unwrap();
+    let y = c.g.binary(BinaryOp::Mul, e, x).unwrap();
+    c.out("chunked map", y, CHAIN);
+    // A transposed operand: a two-dim nest split by its outer rows.
+    let a = c.input("a", rng.tensor(DType::F32, &[300, 257]));
+    let b = c.input("b", rng.tensor(DType::F32, &[257, 300]));
+    let bt = c.g.transpose(b, vec![1, 0]).unwrap();
+    let s = c.g.binary(BinaryOp::Sub, a, bt).unwrap();
+    c.out("nested map", s, EXACT);
+    // Products split by columns (256 of them) and by rows (100 columns
+    // split unevenly in tiles). Sums of 300 products of values up to 4 in
+    // size: the f32 rounding of the interpreter's order and ours differ by
+    // up to about 1e-4.
+    const LONG_SUM: Tol = Tol {
+        rel: 1e-4,
+        abs: 1e-4,
+    };
+    let p = c.input("p", rng.tensor(DType::F32, &[128, 300]));
+    let w1 = c.param("w1", rng.tensor(DType::F32, &[300, 256]));
+    let w2 = c.param("w2", rng.tensor(DType::F32, &[300, 100]));
+    let m1 = c.g.matmul(p, w1).unwrap();
+    let m2 = c.g.matmul(p, w2).unwrap();
+    c.out("product by columns", m1, LONG_SUM);
+    c.out("product by rows", m2, LONG_SUM);
+    let two = c.check();
+    nnc_codegen::set_threads(1).unwrap();
+    let one = c.check();
+    for name in [
+        "chunked map",
+        "nested map",
+        "product by columns",
+        "product by rows",
+    ] {
+        let a = two.program.output(name, &two.state).unwrap();
+        let b = one.program.output(name, &one.state).unwrap();
+        assert_eq!(a.data, b.data, "{name}: 1 and 2 threads differ");
+    }
+}
