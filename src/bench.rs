@@ -42,19 +42,21 @@ pub struct BenchReport {
     pub opt: OptLevel,
     /// Threads the kernels split their work over.
     pub threads: usize,
-    /// Parse, elaborate, build the training step (front end and passes,
-    /// the optimizer included).
-    pub frontend: Duration,
-    /// Of `frontend`: the optimizer on the three graphs.
-    pub optimize: Duration,
-    /// Plan and generate native code for the training step.
-    pub codegen: Duration,
+    /// Compile time of the training step by stage, parse to native code:
+    /// parse, elaborate, autodiff (the training step), optimize, plan,
+    /// codegen (Cranelift).
+    pub stages: Vec<(&'static str, Duration)>,
     pub kernels: usize,
     /// Per training step, summed over its kernels.
     pub flops: u64,
     pub bytes_moved: u64,
     pub arena_bytes: usize,
     pub unshared_bytes: usize,
+    /// The most bytes the step's buffers hold at once: no arena can be
+    /// smaller.
+    pub live_bytes: usize,
+    /// The process's peak resident set (Linux `VmHWM`), when known.
+    pub peak_rss: Option<usize>,
     pub train_step: Duration,
     pub infer_batch: Duration,
     pub infer_one: Duration,
@@ -93,15 +95,28 @@ fn time(
 }
 
 pub fn bench(path: &Path, options: &BenchOptions) -> Result<BenchReport, Failure> {
-    let t0 = Instant::now();
+    let timed = |t: Instant| t.elapsed();
+    let t = Instant::now();
     let src = driver::read_source(path)?;
-    let module = driver::compile_source(&src, None)?;
+    let program = driver::parse_source(&src)?;
+    let parse = timed(t);
+    let t = Instant::now();
+    let module = driver::compile_program(&src, &program, None)?;
     let spec = driver::need_train(&module, "`nnc bench`")?.clone();
-    let t1 = Instant::now();
-    let programs: Programs = driver::programs(&module, options.opt)?;
-    let optimize = t1.elapsed();
-    let step = programs.step.clone();
-    let frontend = t0.elapsed();
+    let elaborate = timed(t);
+    let t = Instant::now();
+    let step = driver::train_step(&module)?;
+    let autodiff = timed(t);
+    let t = Instant::now();
+    let step = driver::optimize(&step, options.opt)?.0;
+    let optimize = timed(t);
+    // The inference and evaluation graphs compile when first used.
+    let programs = Programs {
+        forward: driver::optimize(&module.forward, options.opt)?.0,
+        evaluation: driver::optimize(&spec.evaluation, options.opt)?.0,
+        step: step.clone(),
+        grouping: driver::grouping(options.opt),
+    };
     let size = options.batch.unwrap_or(spec.batch);
     let fail = |e: nnc_runtime::RuntimeError| Failure(format!("error: {e}\n"));
     let mut jit = Jit::new(programs, spec.seed).map_err(fail)?;
@@ -133,14 +148,21 @@ pub fn bench(path: &Path, options: &BenchOptions) -> Result<BenchReport, Failure
         batch: size,
         opt: options.opt,
         threads: nnc_codegen::threads::threads(),
-        frontend,
-        optimize,
-        codegen: stats.plan_time + stats.codegen_time,
+        stages: vec![
+            ("parse", parse),
+            ("elaborate", elaborate),
+            ("autodiff", autodiff),
+            ("optimize", optimize),
+            ("plan", stats.plan_time),
+            ("codegen", stats.codegen_time),
+        ],
         kernels: stats.kernels,
         flops: stats.flops,
         bytes_moved: stats.bytes_moved,
         arena_bytes: stats.arena_bytes,
         unshared_bytes: stats.unshared_bytes,
+        live_bytes: stats.live_bytes,
+        peak_rss: peak_rss(),
         train_step,
         infer_batch,
         infer_one,
@@ -177,13 +199,36 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
 
+/// The process's peak resident set size in bytes (`VmHWM` of
+/// `/proc/self/status`; `None` off Linux).
+fn peak_rss() -> Option<usize> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: usize = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
 impl BenchReport {
+    /// Parse to native code of the training step.
+    pub fn compile(&self) -> Duration {
+        self.stages.iter().map(|(_, d)| *d).sum()
+    }
+
     pub fn to_text(&self) -> String {
+        let stages: Vec<String> = self
+            .stages
+            .iter()
+            .map(|(name, d)| format!("{name} {:.2}", ms(*d)))
+            .collect();
+        let mb = |b: usize| b as f64 / 1e6;
+        let rss = self
+            .peak_rss
+            .map_or("unknown".to_string(), |b| format!("{:.1} MB", mb(b)));
         format!(
             "model {} (batch {}, {}, {} thread(s))\n\
-             compile      {:8.2} ms  (front end + autodiff + optimizer {:.2} ms of which optimizer {:.2} ms, plan + codegen {:.2} ms, {} kernels)\n\
+             compile      {:8.2} ms  (training step, parse to native code; ms: {})\n\
              work         {} kernels, {:.2} MB moved, {:.1} MFLOP per train step\n\
-             memory       arena {:.2} MB (without buffer reuse {:.2} MB)\n\
+             memory       arena {:.2} MB = {:.2}× the live-set bound {:.2} MB (no reuse: {:.2} MB); peak RSS {}\n\
              train step   {:8.3} ms  median\n\
              inference    {:8.3} ms  batch {}\n\
              inference    {:8.3} ms  batch 1\n",
@@ -191,21 +236,48 @@ impl BenchReport {
             self.batch,
             self.opt,
             self.threads,
-            ms(self.frontend + self.codegen),
-            ms(self.frontend),
-            ms(self.optimize),
-            ms(self.codegen),
-            self.kernels,
+            ms(self.compile()),
+            stages.join(", "),
             self.kernels,
             self.bytes_moved as f64 / 1e6,
             self.flops as f64 / 1e6,
-            self.arena_bytes as f64 / 1e6,
-            self.unshared_bytes as f64 / 1e6,
+            mb(self.arena_bytes),
+            self.arena_bytes as f64 / self.live_bytes.max(1) as f64,
+            mb(self.live_bytes),
+            mb(self.unshared_bytes),
+            rss,
             ms(self.train_step),
             ms(self.infer_batch),
             self.batch,
             ms(self.infer_one),
         ) + &self.profile_text()
+    }
+
+    pub fn to_json(&self) -> String {
+        let stages: Vec<String> = self
+            .stages
+            .iter()
+            .map(|(name, d)| format!("\"{name}\":{:.3}", ms(*d)))
+            .collect();
+        format!(
+            "{{\"model\":\"{}\",\"batch\":{},\"opt\":\"{}\",\"threads\":{},\"compile_ms\":{:.3},\"stages_ms\":{{{}}},\"kernels\":{},\"flops\":{},\"bytes_moved\":{},\"arena_bytes\":{},\"live_bytes\":{},\"unshared_bytes\":{},\"peak_rss_bytes\":{},\"train_step_ms\":{:.4},\"infer_batch_ms\":{:.4},\"infer_one_ms\":{:.4}}}\n",
+            self.model.replace('"', "\\\""),
+            self.batch,
+            self.opt,
+            self.threads,
+            ms(self.compile()),
+            stages.join(","),
+            self.kernels,
+            self.flops,
+            self.bytes_moved,
+            self.arena_bytes,
+            self.live_bytes,
+            self.unshared_bytes,
+            self.peak_rss.map_or("null".to_string(), |b| b.to_string()),
+            ms(self.train_step),
+            ms(self.infer_batch),
+            ms(self.infer_one),
+        )
     }
 
     /// The profile as a table, slowest kernel first: median time, share of
@@ -242,27 +314,5 @@ impl BenchReport {
             );
         }
         out
-    }
-
-    pub fn to_json(&self) -> String {
-        format!(
-            "{{\"model\":\"{}\",\"batch\":{},\"opt\":\"{}\",\"threads\":{},\"compile_ms\":{:.3},\"frontend_ms\":{:.3},\"optimize_ms\":{:.3},\"codegen_ms\":{:.3},\"kernels\":{},\"flops\":{},\"bytes_moved\":{},\"arena_bytes\":{},\"unshared_bytes\":{},\"train_step_ms\":{:.4},\"infer_batch_ms\":{:.4},\"infer_one_ms\":{:.4}}}\n",
-            self.model.replace('"', "\\\""),
-            self.batch,
-            self.opt,
-            self.threads,
-            ms(self.frontend + self.codegen),
-            ms(self.frontend),
-            ms(self.optimize),
-            ms(self.codegen),
-            self.kernels,
-            self.flops,
-            self.bytes_moved,
-            self.arena_bytes,
-            self.unshared_bytes,
-            ms(self.train_step),
-            ms(self.infer_batch),
-            ms(self.infer_one),
-        )
     }
 }

@@ -38,7 +38,23 @@ pub fn read_source(path: &Path) -> Result<SourceFile, Failure> {
 
 /// Parses and elaborates, rendering any error against the source.
 pub fn compile_source(src: &SourceFile, model: Option<&str>) -> Result<Module, Failure> {
-    let module = nnc_dsl::compile(src, model).map_err(|e| Failure(diagnostic::render(src, &e)))?;
+    let program = parse_source(src)?;
+    compile_program(src, &program, model)
+}
+
+/// The syntax tree of `src` (the first stage of [`compile_source`]).
+pub fn parse_source(src: &SourceFile) -> Result<nnc_dsl::Program, Failure> {
+    nnc_dsl::parse_program(src).map_err(|e| Failure(diagnostic::render(src, &e)))
+}
+
+/// The module of a parsed `program` (the rest of [`compile_source`]).
+pub fn compile_program(
+    src: &SourceFile,
+    program: &nnc_dsl::Program,
+    model: Option<&str>,
+) -> Result<Module, Failure> {
+    let module = nnc_dsl::compile_program(program, model)
+        .map_err(|e| Failure(diagnostic::render(src, &e)))?;
     for graph in module_graphs(&module) {
         nnc_ir::verify(graph).map_err(|e| {
             Failure(diagnostic::render_plain(&format!(

@@ -7,14 +7,8 @@ use nnc::driver::{self, Emit, RunSettings};
 use nnc_dsl::SourceFile;
 use std::path::{Path, PathBuf};
 
-const EXAMPLES: [&str; 6] = [
-    "xor",
-    "digits_mlp",
-    "mnist_mlp",
-    "lenet",
-    "fashion_cnn",
-    "cifar_cnn",
-];
+mod common;
+use common::EXAMPLES;
 
 fn example(name: &str) -> (PathBuf, SourceFile) {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("examples/{name}.nn"));

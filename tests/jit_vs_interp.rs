@@ -12,6 +12,8 @@
 
 use nnc_runtime::{Batch, Executor, Interpreter, Jit, Programs};
 
+mod common;
+
 fn programs(name: &str) -> Programs {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("examples/{name}.nn"));
     let src = nnc_dsl::SourceFile::new(name, std::fs::read_to_string(path).unwrap());
@@ -30,14 +32,7 @@ fn close(a: f64, b: f64, rtol: f64, atol: f64) -> bool {
 
 #[test]
 fn jit_matches_interpreter_on_every_example() {
-    for name in [
-        "xor",
-        "digits_mlp",
-        "mnist_mlp",
-        "lenet",
-        "fashion_cnn",
-        "cifar_cnn",
-    ] {
+    for name in common::EXAMPLES {
         let p = programs(name);
         let mut interp = Interpreter::new(p.clone(), 5).unwrap();
         let mut jit = Jit::new(p.clone(), 5).unwrap();

@@ -17,14 +17,8 @@ use nnc_ir::{Graph, Tensor};
 use nnc_runtime::{Batch, Executor, Interpreter, Jit, Programs};
 use std::time::Duration;
 
-const EXAMPLES: [&str; 6] = [
-    "xor",
-    "digits_mlp",
-    "mnist_mlp",
-    "lenet",
-    "fashion_cnn",
-    "cifar_cnn",
-];
+mod common;
+use common::EXAMPLES;
 
 fn source(name: &str) -> nnc_dsl::SourceFile {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("examples/{name}.nn"));

@@ -205,6 +205,9 @@ pub struct Plan {
     pub arena_bytes: usize,
     /// The sum of all buffer sizes: what the arena would need without reuse.
     pub unshared_bytes: usize,
+    /// The most bytes of buffers live at one point of the schedule: a lower
+    /// bound on any arena for this schedule.
+    pub live_bytes: usize,
     pub kernels: Vec<Kernel>,
     pub steps: Vec<Step>,
     /// Constants and iotas, filled once when the program is created.
@@ -980,12 +983,14 @@ impl Planner<'_> {
                 last_use[b] = end;
             }
         }
+        let live_bytes = live_set_bound(&buffers, &born, &last_use);
         let (unshared_bytes, arena_bytes) = allocate(&mut buffers, &born, &last_use);
         Ok(Plan {
             views,
             buffers,
             arena_bytes,
             unshared_bytes,
+            live_bytes,
             kernels,
             steps,
             constants,
@@ -1095,6 +1100,31 @@ fn retarget(views: &mut HashMap<NodeId, View>, kernels: &mut [Kernel], from: Bas
 /// First-fit allocation in order of birth; a buffer is freed after its
 /// last reader, so a kernel's results never alias its operands. Returns
 /// the bytes without reuse and the arena size.
+/// The most bytes of buffers live at once: buffer `b` is live from the
+/// kernel that writes it (`born`) through its last reader (`last_use`).
+/// No placement of the buffers in one arena can be smaller.
+fn live_set_bound(buffers: &[Buffer], born: &[usize], last_use: &[usize]) -> usize {
+    // (time, kind, bytes): a birth (0) at `born`, a death (-1) just after
+    // the last use, deaths first within a time (a buffer born at another's
+    // last use overlaps it: that one dies only at the next time).
+    let mut events: Vec<(usize, i8, usize)> = Vec::with_capacity(2 * buffers.len());
+    for (b, buf) in buffers.iter().enumerate() {
+        events.push((born[b], 0, buf.bytes));
+        events.push((last_use[b] + 1, -1, buf.bytes));
+    }
+    events.sort_unstable_by_key(|&(t, kind, _)| (t, kind));
+    let (mut live, mut most) = (0usize, 0usize);
+    for (_, kind, bytes) in events {
+        if kind == 0 {
+            live += bytes;
+            most = most.max(live);
+        } else {
+            live -= bytes;
+        }
+    }
+    most
+}
+
 fn allocate(buffers: &mut [Buffer], born: &[usize], last_use: &[usize]) -> (usize, usize) {
     let unshared_bytes = buffers.iter().map(|b| b.bytes).sum();
     let mut free: Vec<(usize, usize)> = Vec::new(); // (offset, bytes), sorted by offset
@@ -1197,5 +1227,29 @@ mod tests {
         assert!(plan.steps.iter().any(|s| matches!(s, Step::Update { .. })));
         let value = g.updates[0].value;
         assert!(matches!(plan.views[&value].base, Base::Work(_)));
+    }
+}
+
+#[cfg(test)]
+mod live_set_tests {
+    use super::*;
+
+    #[test]
+    fn the_bound_is_the_largest_overlap() {
+        let buffers: Vec<Buffer> = [100, 50, 30, 200]
+            .iter()
+            .map(|&bytes| Buffer { bytes, offset: 0 })
+            .collect();
+        // Live: 0 in [0, 1], 1 in [1, 2], 2 in [2, 3], 3 in [4, 4].
+        let (born, last_use) = ([0, 1, 2, 4], [1, 2, 3, 4]);
+        assert_eq!(live_set_bound(&buffers, &born, &last_use), 200);
+        let mut placed = buffers.clone();
+        let (_, arena) = allocate(&mut placed, &born, &last_use);
+        assert!(arena >= 200);
+        // Without the big one: the overlap of 0 and 1.
+        assert_eq!(
+            live_set_bound(&buffers[..3], &born[..3], &last_use[..3]),
+            150
+        );
     }
 }

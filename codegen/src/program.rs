@@ -134,6 +134,8 @@ pub struct CompileStats {
     pub codegen_time: Duration,
     pub arena_bytes: usize,
     pub unshared_bytes: usize,
+    /// The live-set lower bound of the arena ([`crate::plan::Plan::live_bytes`]).
+    pub live_bytes: usize,
     /// Floating-point operations per run, summed over the kernels
     /// ([`crate::summary::KernelInfo::flops`]).
     pub flops: u64,
@@ -531,6 +533,7 @@ impl Program {
             codegen_time: t1.elapsed(),
             arena_bytes: plan.arena_bytes,
             unshared_bytes: plan.unshared_bytes,
+            live_bytes: plan.live_bytes,
             flops: infos.iter().map(|i| i.flops).sum(),
             bytes_moved: infos.iter().map(|i| i.bytes_read + i.bytes_written).sum(),
         };
