@@ -458,16 +458,23 @@ fn emit_map(
     error.map_or(Ok(split), Err)
 }
 
-/// Zeroes the `f32` elements `[lo, hi)` of the contiguous buffer at
-/// `addr`, four at a time when `vector` (both bounds multiples of 4).
-fn emit_fill_range(b: &mut FunctionBuilder, addr: usize, lo: Value, hi: Value, vector: bool) {
+/// Sets the `f32` elements `[lo, hi)` of the contiguous buffer at `addr`
+/// to `value`, four at a time when `vector` (both bounds multiples of 4).
+pub(crate) fn emit_fill_range(
+    b: &mut FunctionBuilder,
+    addr: usize,
+    lo: Value,
+    hi: Value,
+    vector: bool,
+    value: f32,
+) {
     let base = b.ins().iconst(types::I64, addr as i64);
     let (step, ty) = if vector {
         (4, types::F32X4)
     } else {
         (1, types::F32)
     };
-    let zero = b.ins().f32const(0.0);
+    let zero = b.ins().f32const(value);
     let zero = if vector {
         b.ins().splat(ty, zero)
     } else {
@@ -525,13 +532,13 @@ fn emit_reduce(
     axes: &[usize],
     out_addr: usize,
     out_numel: usize,
-) -> Result<(), CodegenError> {
+    range: Option<(Value, Value)>,
+) -> Result<Option<usize>, CodegenError> {
     let identity = if op == ReduceOp::Max {
         f32::NEG_INFINITY
     } else {
         0.0
     };
-    emit_fill(b, out_addr, out_numel, identity);
     // Output strides over the input's dims: contiguous over kept dims.
     let mut out_strides = vec![0isize; shape.len()];
     let mut acc = 4isize;
@@ -553,6 +560,19 @@ fn emit_reduce(
             o.strides.push(0);
         }
     }
+    // Split over the outermost loop when it is a kept dim: its indices own
+    // disjoint, contiguous blocks of the result.
+    let split = range.filter(|_| dims.len() >= 2 && ops[0].strides[0] != 0);
+    match split {
+        Some((start, end)) => {
+            let elems = ops[0].strides[0] as i64 / 4;
+            let lo = b.ins().imul_imm_s(start, elems);
+            let hi = b.ins().imul_imm_s(end, elems);
+            emit_fill_range(b, out_addr, lo, hi, elems % 4 == 0, identity);
+        }
+        None => emit_fill(b, out_addr, out_numel, identity),
+    }
+    let units = split.map(|_| dims[0]);
     let last = dims.len() - 1;
     let n = dims[last] as i64;
     let so = ops[0].strides[last];
@@ -590,7 +610,7 @@ fn emit_reduce(
             }
         }
     };
-    emit_nest(b, &dims, &ops, &mut |_, _, _| {}, &mut |b, addrs| {
+    emit_nest_in(b, &dims, &ops, split, &mut |_, _, _| {}, &mut |b, addrs| {
         if so == 0 {
             // Reduce the row into a register.
             let init = b.ins().f32const(identity);
@@ -643,7 +663,7 @@ fn emit_reduce(
             });
         }
     });
-    error.map_or(Ok(()), Err)
+    error.map_or(Ok(units), Err)
 }
 
 /// Index of the first maximum along `axis` (a NaN counts as the maximum).
@@ -930,6 +950,7 @@ fn emit_matmul_node(
         accumulate,
         &stages,
         split,
+        plan.tasks,
     )
 }
 
@@ -953,7 +974,9 @@ fn emit_matmul_node(
 ///
 /// With `split`, only the indices `[start, end)` of the outermost batch dim
 /// are computed (see [`matmul_units`]), staged through the task's slice of
-/// scratch, with the task's own `sgemm` packing space (`0`: the worker's).
+/// scratch, with the task's own `sgemm` packing space (`0`: the worker's);
+/// a product summed over its batch (`accumulate` with a staged `b`) is
+/// split into `tasks` pieces of channels instead (see [`summed_units`]).
 #[allow(clippy::too_many_arguments)]
 fn emit_matmul(
     b: &mut FunctionBuilder,
@@ -965,6 +988,7 @@ fn emit_matmul(
     accumulate: bool,
     stages: &[Option<Stage>; 3],
     split: Option<Split>,
+    tasks: usize,
 ) -> Result<(), CodegenError> {
     let (ra, rb, rc) = (a.1.shape.len(), bm.1.shape.len(), c.1.shape.len());
     let (m, k, n) = (a.1.shape[ra - 2], a.1.shape[ra - 1], bm.1.shape[rb - 1]);
@@ -1025,7 +1049,7 @@ fn emit_matmul(
                 let sample = st.image.1.strides[0] as i64;
                 let lo = b.ins().imul_imm_s(sp.start, sample);
                 let hi = b.ins().imul_imm_s(sp.end, sample);
-                emit_fill_range(b, st.image.0, lo, hi, sample % 4 == 0);
+                emit_fill_range(b, st.image.0, lo, hi, sample % 4 == 0, 0.0);
             }
             None => emit_fill(b, st.image.0, st.image.1.numel(), 0.0),
         }
@@ -1047,9 +1071,26 @@ fn emit_matmul(
         None => b.ins().iconst(types::I64, scratch as i64),
     };
     let small = !accumulate && crate::matmul::use_cranelift(rows, n, k);
-    // `at`: each slot's address, or a staged slot's first plane.
-    let mut product = |b: &mut FunctionBuilder, at: [Value; 3]| -> Result<(), CodegenError> {
+    // A split product summed over its batch: split by channel pieces of
+    // the staged `b` instead of by batch index (see `summed_units`).
+    let by_planes = match (split, &stages) {
+        (Some(_), [None, Some(st), None]) if accumulate => {
+            let per_plane =
+                columns_per_plane(bm.1, k, st.plane, st.planes, n).ok_or_else(|| {
+                    CodegenError::new("internal error: a split summed product's columns")
+                })?;
+            Some((per_plane, st.planes))
+        }
+        _ => None,
+    };
+    // `at`: each slot's address, or a staged slot's first plane; `piece`:
+    // only the channels `[p0, p1)` of a staged `b` (and their columns).
+    let mut product = |b: &mut FunctionBuilder,
+                       at: [Value; 3],
+                       piece: Option<(usize, usize)>|
+     -> Result<(), CodegenError> {
         let mut addrs = at;
+        let (p0, p1) = piece.unwrap_or((0, 0));
         for (slot, stage) in stages.iter().enumerate() {
             if let Some(st) = stage {
                 addrs[slot] = b.ins().iconst(types::I64, bases[slot] as i64);
@@ -1057,7 +1098,11 @@ fn emit_matmul(
                     addrs[slot] = b.ins().iadd(addrs[slot], off);
                 }
                 if let Some(fill) = st.fill {
-                    let image = stage_image(b, st, at[slot]);
+                    let (first, planes) = match piece {
+                        Some(_) => (b.ins().iadd_imm_s(at[slot], p0 as i64), p1 - p0),
+                        None => (at[slot], st.planes),
+                    };
+                    let image = stage_image(b, st, first);
                     crate::window::emit_unfold_planes(
                         b,
                         calls,
@@ -1065,13 +1110,23 @@ fn emit_matmul(
                         fill,
                         st.dtype,
                         st.image.1,
-                        st.planes,
+                        planes,
                         image,
                         addrs[slot],
                     )?;
                 }
             }
         }
+        // A piece's columns of `c`, and how many.
+        let n = match (piece, by_planes) {
+            (Some(_), Some((per_plane, _))) => {
+                addrs[2] = b
+                    .ins()
+                    .iadd_imm_s(addrs[2], (p0 * per_plane) as i64 * c_cs as i64 * 4);
+                (p1 - p0) * per_plane
+            }
+            _ => n,
+        };
         if small {
             use crate::matmul::Mat;
             let mat = |rs: isize, cs: isize| Mat { addr: 0, rs, cs };
@@ -1123,8 +1178,48 @@ fn emit_matmul(
         };
         b.ins().iconst(types::I64, v as i64)
     });
-    let outer = split.map(|sp| (sp.start, sp.end));
-    batch_loops(b, &lens, &steps, start, outer, &mut product)
+    let (Some(sp), Some((per_plane, planes))) = (split, by_planes) else {
+        let outer = split.map(|sp| (sp.start, sp.end));
+        return batch_loops(b, &lens, &steps, start, outer, &mut |b, at| {
+            product(b, at, None)
+        });
+    };
+    // By channel pieces: unit `u` zeroes its columns of the sum, then adds
+    // every sample's product for them, in sample order.
+    let pieces = plane_pieces(planes, tasks.min(planes));
+    let mut result = Ok(());
+    range_loop(b, sp.start, sp.end, 1, &mut |b, u| {
+        for (i, &(p0, p1)) in pieces.iter().enumerate() {
+            let hit = b.ins().icmp_imm_s(IntCC::Equal, u, i as i64);
+            let (this, next) = (b.create_block(), b.create_block());
+            b.ins().brif(hit, this, &[], next, &[]);
+            b.switch_to_block(this);
+            let columns = (p0 * per_plane)..(p1 * per_plane);
+            emit_for(b, 0, rows as i64, 1, &mut |b, i| {
+                let base = b.ins().iconst(types::I64, c.0 as i64);
+                let row = addr_at(b, base, i, c_rs * 4);
+                let zero = b.ins().f32const(0.0);
+                emit_for(
+                    b,
+                    columns.start as i64,
+                    columns.end as i64,
+                    1,
+                    &mut |b, j| {
+                        let at = addr_at(b, row, j, c_cs * 4);
+                        store(b, zero, at);
+                    },
+                );
+            });
+            if let Err(e) = batch_loops(b, &lens, &steps, start, None, &mut |b, at| {
+                product(b, at, Some((p0, p1)))
+            }) {
+                result = Err(e);
+            }
+            b.ins().jump(next, &[]);
+            b.switch_to_block(next);
+        }
+    });
+    result
 }
 
 /// The view a matmul of `a` and `b` writes when its result is summed over
@@ -1227,18 +1322,80 @@ fn batch_loops(
 /// Emits the body of `kernel` into `b` (which ends it with a return).
 ///
 /// Whether `kernel`'s work splits into units the thread pool can share
-/// (see [`emit_kernel`]): an elementwise loop of at least
-/// [`PARALLEL_ELEMENTS`], or a batch of matrix products (a convolution's,
-/// one per sample) of at least `sgemm::PARALLEL_FLOPS` over at least two
-/// indices of its outermost batch dim.
+/// (see [`emit_kernel`]): an elementwise loop, a reduction that keeps its
+/// outermost dim, an `unfold` or a `fold` of at least
+/// [`PARALLEL_ELEMENTS`]; a batch of matrix products (a convolution's, one
+/// per sample) of at least `sgemm::PARALLEL_FLOPS` over at least two
+/// indices of its outermost batch dim; or such a product summed over its
+/// batch (see [`summed_units`]).
 pub fn splits(kernel: &Kernel, graph: &Graph, plan: &Plan) -> bool {
     match &kernel.body {
         Body::Map { expr, .. } => expr.shape.iter().product::<usize>() >= PARALLEL_ELEMENTS,
+        // Reductions over an outer loop they keep, and window walks, by
+        // their outermost loop (planes of the image).
+        Body::Operand(expr) if expr.shape.iter().product::<usize>() >= PARALLEL_ELEMENTS => {
+            match &graph.node(kernel.root).op {
+                Op::Reduce { op, axes, .. } => *op != ReduceOp::Mean && !axes.contains(&0),
+                Op::Unfold { .. } | Op::Fold { .. } => true,
+                _ => false,
+            }
+        }
         Body::Node if matches!(graph.node(kernel.root).op, Op::MatMul) => {
             matmul_units(graph, plan, kernel.root).is_some()
         }
+        Body::Node if matches!(graph.node(kernel.root).op, Op::Reduce { .. }) => {
+            summed_units(graph, plan, kernel.root).is_some()
+        }
         _ => false,
     }
+}
+
+/// A product summed over its batch (a convolution's weight gradient,
+/// `sum_n g[n] @ cols[n]^T`) splits by the columns of the sum: each work
+/// unit owns the columns of a few channels (`plane_pieces`), unfolds only
+/// those channels of every sample and accumulates them in sample order,
+/// so each element of the sum adds the same products in the same order as
+/// on one thread. The units: pieces of the channels, at most one per task
+/// the plan made room for. Needs the unfolded columns staged as `b`, with
+/// each channel's columns contiguous in it.
+fn summed_units(graph: &Graph, plan: &Plan, reduce: NodeId) -> Option<usize> {
+    let mm = graph.operands(reduce)[0];
+    if !plan.fused.contains(&mm) || !matches!(graph.node(mm).op, Op::MatMul) {
+        return None;
+    }
+    let st = plan.staged.get(&(mm, 1))?;
+    if plan.staged.contains_key(&(mm, 0)) || plan.staged.contains_key(&(mm, 2)) {
+        return None;
+    }
+    let operands = graph.operands(mm);
+    let (a, bm) = (plan.views.get(&operands[0])?, plan.views.get(&operands[1])?);
+    let (ra, rb) = (a.shape.len(), bm.shape.len());
+    let (m, k, n) = (a.shape[ra - 2], a.shape[ra - 1], bm.shape[rb - 1]);
+    let plane: usize = plan.views.get(&st.window)?.shape[2..].iter().product();
+    let per_plane = columns_per_plane(bm, k, plane, st.planes, n)?;
+    let samples: usize = plan.views.get(&st.window)?.shape[0];
+    let flops = 2 * m * n * k * samples;
+    let units = plan.tasks.min(st.planes);
+    (per_plane > 0 && units >= 2 && flops >= crate::sgemm::PARALLEL_FLOPS).then_some(units)
+}
+
+/// Columns of a staged `b` (`k` rows, `n` columns) per channel plane of
+/// `plane` elements, when each plane holds whole, contiguous columns
+/// (`b` is the transposed columns of an unfold: row stride 1, column
+/// stride `k`).
+fn columns_per_plane(bm: &View, k: usize, plane: usize, planes: usize, n: usize) -> Option<usize> {
+    let rb = bm.shape.len();
+    let (b_rs, b_cs) = (bm.strides[rb - 2], bm.strides[rb - 1]);
+    let per_plane = plane / k.max(1);
+    (b_rs == 1 && b_cs == k as isize && per_plane * k == plane && per_plane * planes == n)
+        .then_some(per_plane)
+}
+
+/// `planes` channels in `units` contiguous, even pieces `[p0, p1)`.
+fn plane_pieces(planes: usize, units: usize) -> Vec<(usize, usize)> {
+    (0..units)
+        .map(|u| (planes * u / units, planes * (u + 1) / units))
+        .collect()
 }
 
 /// The outermost batch dim of the matmul `mm` when its products are split
@@ -1341,6 +1498,7 @@ pub fn emit_kernel(
         }
         Body::Operand(expr) => {
             let code = Code::new(b, expr, at)?;
+            let units = range.map(|r| (r.start, r.end));
             return match &node.op {
                 Op::Reduce { op, axes, .. } => {
                     if code.output_kind(0) != Kind::F32 {
@@ -1348,7 +1506,17 @@ pub fn emit_kernel(
                             "the JIT reduces f32 tensors only (use --backend interp)",
                         ));
                     }
-                    emit_reduce_node(b, calls, *op, &code, &expr.shape, axes, out_view, out_addr)
+                    emit_reduce_node(
+                        b,
+                        calls,
+                        *op,
+                        &code,
+                        &expr.shape,
+                        axes,
+                        out_view,
+                        out_addr,
+                        units,
+                    )
                 }
                 Op::Unfold { window, fill } => {
                     let word = crate::program::value_word(*fill, node.ty.dtype);
@@ -1360,6 +1528,7 @@ pub fn emit_kernel(
                         node.ty.dtype,
                         (&code, &expr.shape),
                         (out_addr, out_view),
+                        units,
                     )
                 }
                 Op::Fold { window } => crate::window::emit_fold(
@@ -1369,13 +1538,13 @@ pub fn emit_kernel(
                     node.ty.dtype,
                     (&code, &expr.shape),
                     (out_addr, out_view),
+                    units,
                 ),
                 _ => Err(CodegenError::new(format!(
                     "internal error: `{}` does not loop over its operand",
                     node.op.mnemonic()
                 ))),
-            }
-            .map(|()| None);
+            };
         }
         Body::Node => {}
     }
@@ -1420,8 +1589,22 @@ pub fn emit_kernel(
             };
             let (va, vb) = (view_of(x)?, view_of(y)?);
             let c = summed_view(va, vb, out_view, axes, *keepdim)?;
-            emit_fill(b, out_addr, out_view.numel(), 0.0);
-            emit_matmul_node(b, calls, graph, at, mm, (out_addr, &c), true, None)?;
+            let split = range.and_then(|r| Some((r, summed_units(graph, plan, id)?)));
+            if split.is_none() {
+                emit_fill(b, out_addr, out_view.numel(), 0.0);
+            }
+            let units = split.map(|(_, u)| u);
+            emit_matmul_node(
+                b,
+                calls,
+                graph,
+                at,
+                mm,
+                (out_addr, &c),
+                true,
+                split.map(|(r, _)| r),
+            )?;
+            return Ok(units);
         }
         Op::ArgMax { axis } => {
             let (v, a, k) = operand(0)?;
@@ -1482,6 +1665,9 @@ pub fn emit_kernel(
 
 /// A reduction (sum, mean or max) of `code` over `axes` of `shape` into
 /// the contiguous `out`.
+///
+/// With `range` (a sum or max only), only the indices `[start, end)` of the
+/// outermost loop when it is not reduced; returns how many it has.
 #[allow(clippy::too_many_arguments)]
 fn emit_reduce_node(
     b: &mut FunctionBuilder,
@@ -1492,14 +1678,16 @@ fn emit_reduce_node(
     axes: &[usize],
     out: &View,
     out_addr: usize,
-) -> Result<(), CodegenError> {
+    range: Option<(Value, Value)>,
+) -> Result<Option<usize>, CodegenError> {
     let numel = out.numel();
     let sum_op = if op == ReduceOp::Max {
         ReduceOp::Max
     } else {
         ReduceOp::Sum
     };
-    emit_reduce(b, calls, sum_op, code, shape, axes, out_addr, numel)?;
+    let range = range.filter(|_| op != ReduceOp::Mean);
+    let units = emit_reduce(b, calls, sum_op, code, shape, axes, out_addr, numel, range)?;
     if op == ReduceOp::Mean {
         let count: usize = axes.iter().map(|&i| shape[i]).product();
         let base = b.ins().iconst(types::I64, out_addr as i64);
@@ -1522,7 +1710,7 @@ fn emit_reduce_node(
             store(b, y, p);
         });
     }
-    Ok(())
+    Ok(units)
 }
 
 /// The constant data of a `const` or `iota` node, as 4-byte words.

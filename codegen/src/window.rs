@@ -291,7 +291,7 @@ impl Walk<'_> {
         self.xs.iter().map(|x| x[2 + i]).collect()
     }
 
-    fn emit(&self, b: &mut FunctionBuilder, env: &mut Env) {
+    fn emit(&self, b: &mut FunctionBuilder, env: &mut Env, range: Option<(Value, Value)>) {
         let x: Vec<Value> = self
             .x_addrs
             .iter()
@@ -302,12 +302,57 @@ impl Walk<'_> {
             .iter()
             .map(|&a| b.ins().iconst(types::I64, a as i64))
             .collect();
-        self.emit_at(b, env, &x, &c);
+        self.emit_in(b, env, &x, &c, range);
+    }
+
+    /// The loops over planes: `(n, c)` as one loop when every operand walks
+    /// the planes uniformly, else `n` then `c`; dims of one dropped.
+    fn plane_levels(&self) -> Vec<Level> {
+        let [n, ch] = self.planes;
+        let along = |d: usize| -> (Vec<isize>, Vec<isize>) {
+            (
+                self.xs.iter().map(|s| s[d]).collect(),
+                self.cs.iter().map(|s| s[d]).collect(),
+            )
+        };
+        let (xn, cn) = along(0);
+        let (xc, cc) = along(1);
+        let uniform = |outer: &[isize], inner: &[isize]| {
+            outer.iter().zip(inner).all(|(&o, &i)| o == ch as isize * i)
+        };
+        let mut outer: Vec<Level> = if uniform(&xn, &xc) && uniform(&cn, &cc) {
+            vec![(n * ch, xc, cc)]
+        } else {
+            vec![(n, xn, cn), (ch, xc, cc)]
+        };
+        outer.retain(|(len, _, _)| *len != 1);
+        outer
+    }
+
+    /// Work units of a split walk: the indices of its outermost plane loop,
+    /// and the image-side byte stride of one (`None`: nothing to split).
+    fn units(&self) -> Option<(usize, isize)> {
+        let levels = self.plane_levels();
+        let (len, sx, _) = levels.first()?;
+        (*len >= 2).then(|| (*len, sx.first().copied().unwrap_or(0)))
     }
 
     /// The walk with the image operands' element 0 at `x` and the
     /// columns' at `c`.
     fn emit_at(&self, b: &mut FunctionBuilder, env: &mut Env, x: &[Value], c: &[Value]) {
+        self.emit_in(b, env, x, c, None);
+    }
+
+    /// [`Walk::emit_at`] over the plane indices `range` of the outermost
+    /// plane loop only (see [`Walk::units`]).
+    fn emit_in(
+        &self,
+        b: &mut FunctionBuilder,
+        env: &mut Env,
+        x: &[Value],
+        c: &[Value],
+        range: Option<(Value, Value)>,
+    ) {
         let consts = Consts {
             fill: match self.mode {
                 Mode::Unfold { fill } => {
@@ -321,25 +366,7 @@ impl Walk<'_> {
                 Mode::Fold | Mode::Tile => None,
             },
         };
-        let [n, ch] = self.planes;
-        let along = |d: usize| -> (Vec<isize>, Vec<isize>) {
-            (
-                self.xs.iter().map(|s| s[d]).collect(),
-                self.cs.iter().map(|s| s[d]).collect(),
-            )
-        };
-        // (n, c) as one loop when every operand walks the planes uniformly.
-        let (xn, cn) = along(0);
-        let (xc, cc) = along(1);
-        let uniform = |outer: &[isize], inner: &[isize]| {
-            outer.iter().zip(inner).all(|(&o, &i)| o == ch as isize * i)
-        };
-        let mut outer: Vec<Level> = if uniform(&xn, &xc) && uniform(&cn, &cc) {
-            vec![(n * ch, xc, cc)]
-        } else {
-            vec![(n, xn, cn), (ch, xc, cc)]
-        };
-        outer.retain(|(len, _, _)| *len != 1);
+        let outer = self.plane_levels();
         // Element 0 of the padded image: addresses below the buffer are
         // formed but never dereferenced (only in-range positions are read).
         let padding: Vec<i64> = (0..self.xs.len())
@@ -350,9 +377,11 @@ impl Walk<'_> {
             })
             .collect();
         let xa = shifted(b, x, &padding);
-        self.planes_level(b, env, &consts, &outer, &xa, c);
+        let range = range.filter(|_| !outer.is_empty());
+        self.planes_level(b, env, &consts, &outer, &xa, c, range);
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn planes_level(
         &self,
         b: &mut FunctionBuilder,
@@ -361,16 +390,23 @@ impl Walk<'_> {
         outer: &[Level],
         xa: &[Value],
         ca: &[Value],
+        range: Option<(Value, Value)>,
     ) {
         let Some(((len, sx, sc), rest)) = outer.split_first() else {
             self.kernel_level(b, env, consts, 0, xa, ca, &[]);
             return;
         };
-        emit_for(b, 0, *len as i64, 1, &mut |b, i| {
+        let mut level = |b: &mut FunctionBuilder, i: Value| {
             let x = offsets(b, xa, i, sx);
             let c = offsets(b, ca, i, sc);
-            self.planes_level(b, env, consts, rest, &x, &c);
-        });
+            self.planes_level(b, env, consts, rest, &x, &c, None);
+        };
+        match range {
+            Some((start, end)) => {
+                crate::emit::range_loop(b, start, end, 1, &mut level);
+            }
+            None => emit_for(b, 0, *len as i64, 1, &mut level),
+        }
     }
 
     /// Loops (or, for the last dim, unrolls) kernel dim `i`; `ranges`
@@ -731,6 +767,10 @@ fn byte_strides(v: &View) -> Vec<isize> {
 /// `out = unfold(x)`, `fill` in the padding (any dtype; `fill` as the
 /// 4-byte word the JIT stores for it), `x` computed per element read by
 /// `source` (the expression over the image's space and its shape).
+///
+/// With `range`, only the planes `[start, end)` of the outermost plane
+/// loop; returns how many there are (`None`: the walk does not split).
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn emit_unfold(
     b: &mut FunctionBuilder,
     calls: &mut dyn Calls,
@@ -739,11 +779,12 @@ pub(crate) fn emit_unfold(
     dtype: DType,
     source: (&Code, &[usize]),
     out: (usize, &View),
-) -> Result<(), CodegenError> {
+    range: Option<(Value, Value)>,
+) -> Result<Option<usize>, CodegenError> {
     let (code, image) = source;
     let o = check_shapes(w, image, &out.1.shape)?;
     let mut env = Env { calls, error: None };
-    Walk {
+    let walk = Walk {
         mode: Mode::Unfold { fill },
         kind: Kind::of(dtype),
         dtype,
@@ -756,15 +797,19 @@ pub(crate) fn emit_unfold(
         c_addrs: vec![out.0],
         cs: vec![byte_strides(out.1)],
         code: Some(code),
-    }
-    .emit(b, &mut env);
-    env.error.map_or(Ok(()), Err)
+    };
+    let units = range.and(walk.units()).map(|(n, _)| n);
+    walk.emit(b, &mut env, range.filter(|_| units.is_some()));
+    env.error.map_or(Ok(units), Err)
 }
 
 /// `out = fold(cols)`: zero, then every column element added at the image
 /// position it was read from, in the interpreter's order; `cols` computed
 /// per element by `source` (the expression over the columns' space and
 /// its shape).
+///
+/// With `range`, only the planes `[start, end)` of the outermost plane
+/// loop (zeroing just those planes); returns how many there are.
 pub(crate) fn emit_fold(
     b: &mut FunctionBuilder,
     calls: &mut dyn Calls,
@@ -772,7 +817,8 @@ pub(crate) fn emit_fold(
     dtype: DType,
     source: (&Code, &[usize]),
     out: (usize, &View),
-) -> Result<(), CodegenError> {
+    range: Option<(Value, Value)>,
+) -> Result<Option<usize>, CodegenError> {
     let (code, cols) = source;
     let o = check_shapes(w, &out.1.shape, cols)?;
     if !out.1.is_contiguous() {
@@ -787,11 +833,8 @@ pub(crate) fn emit_fold(
             && w.padding[i] == 0
             && o[i] * w.stride[i] == out.1.shape[2 + i]
     });
-    if !tiles {
-        emit_fill(b, out.0, out.1.numel(), 0.0);
-    }
     let mut env = Env { calls, error: None };
-    Walk {
+    let walk = Walk {
         mode: if tiles { Mode::Tile } else { Mode::Fold },
         kind: Kind::of(dtype),
         dtype,
@@ -804,9 +847,22 @@ pub(crate) fn emit_fold(
         c_addrs: code.addrs.clone(),
         cs: code.strides.clone(),
         code: Some(code),
+    };
+    let split = range.and_then(|r| Some((r, walk.units()?)));
+    if !tiles {
+        match split {
+            // The planes of this range: contiguous in the result.
+            Some(((start, end), (_, plane_bytes))) => {
+                let elems = plane_bytes as i64 / 4;
+                let lo = b.ins().imul_imm_s(start, elems);
+                let hi = b.ins().imul_imm_s(end, elems);
+                crate::emit::emit_fill_range(b, out.0, lo, hi, elems % 4 == 0, 0.0);
+            }
+            None => emit_fill(b, out.0, out.1.numel(), 0.0),
+        }
     }
-    .emit(b, &mut env);
-    env.error.map_or(Ok(()), Err)
+    walk.emit(b, &mut env, split.map(|(r, _)| r));
+    env.error.map_or(Ok(split.map(|(_, (n, _))| n)), Err)
 }
 
 /// The `[1, planes, *kernel, *out]` slice of a staged unfold or fold (see

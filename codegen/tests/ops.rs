@@ -1989,7 +1989,21 @@ fn split_kernels_match_the_interpreter_on_two_threads() {
     let m2 = c.g.matmul(p, w2).unwrap();
     c.out("product by columns", m1, LONG_SUM);
     c.out("product by rows", m2, LONG_SUM);
-    let two = c.check();
+    // Window walks split by planes: an overlapping fold (which zeroes only
+    // its planes), its unfold, and a reduction keeping its outer dim.
+    let w = window(&[3, 3], &[2, 2], &[1, 1], &[1, 1]);
+    let img = c.input("img", rng.tensor(DType::F32, &[8, 4, 20, 20]));
+    let cols = c.g.unfold(img, w.clone(), 0.0).unwrap();
+    let pooled = c.g.reduce(ReduceOp::Max, cols, vec![2, 3], false).unwrap();
+    c.out("window max", pooled, EXACT);
+    let g = c.input("g", rng.tensor(DType::F32, &[8, 4, 3, 3, 10, 10]));
+    let folded = c.g.fold(g, w, ty(DType::F32, &[8, 4, 20, 20])).unwrap();
+    c.out("overlapping fold", folded, SUM);
+    let mut two = c.check();
+    // Again: buffers now hold the first run's values, so a split kernel
+    // that zeroes too little of its result shows.
+    two.program.run().unwrap();
+    two.compare("split, second run", &c.g, &c.env, &c.outputs);
     nnc_codegen::set_threads(1).unwrap();
     let one = c.check();
     for name in [
@@ -1997,6 +2011,8 @@ fn split_kernels_match_the_interpreter_on_two_threads() {
         "nested map",
         "product by columns",
         "product by rows",
+        "window max",
+        "overlapping fold",
     ] {
         let a = two.program.output(name, &two.state).unwrap();
         let b = one.program.output(name, &one.state).unwrap();
