@@ -278,7 +278,7 @@ def run_json(cmd):
 def runs_for(model, mode):
     if mode == "infer":
         return 2000
-    return {"mlp": 300, "lenet": 150, "cifar": 15}[model]
+    return {"mlp": 300, "lenet": 150, "cifar": 30}[model]
 
 
 def main():
@@ -316,7 +316,7 @@ def main():
                 if runner == "nnc":
                     cmd = [args.nnc, "bench", os.path.join(HERE, "models", f"{model}.nn"),
                            "--batch", str(max(batch, 1)), "--threads", str(args.threads),
-                           "--runs", str(runs if mode == "train" else 50), "--json"]
+                           "--runs", str(runs), "--json"]
                     out = run_json(cmd)
                     ms = out["train_step_ms"] if mode == "train" else out["infer_one_ms"]
                     compile_ms.setdefault(f"nnc {model}", []).append(out["compile_ms"])

@@ -9,9 +9,11 @@
 //! Why not rayon: its idle workers go to sleep within microseconds, and a
 //! training step alternates serial kernels with parallel ones, so every
 //! parallel kernel paid a wake-up (a futex round trip, 50–100 µs on this
-//! machine): a LeNet step ran *slower* on two threads. These workers spin
+//! machine): a LeNet step ran *slower* on two threads. These workers wait
 //! for [`SPIN`] after their last task (a whole step, typically) and only
-//! then sleep.
+//! then sleep. Waits spin first and then yield, so that on a machine
+//! running other work a thread that waits does not keep the one it waits
+//! for off the core.
 //!
 //! Work is split so that every output element is computed by exactly the
 //! operations, in exactly the order, of the one-thread code: results are
@@ -25,8 +27,12 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-/// How long an idle worker spins before it sleeps.
+/// How long an idle worker waits for the next parallel kernel before it
+/// sleeps: spinning for [`SPIN_HOT`], then yielding its core between
+/// checks (so a busy machine loses little to it).
 pub const SPIN: Duration = Duration::from_millis(2);
+/// The first part of [`SPIN`], spent spinning.
+pub const SPIN_HOT: Duration = Duration::from_micros(100);
 
 static POOL: Mutex<Option<Arc<Pool>>> = Mutex::new(None);
 static THREADS: AtomicUsize = AtomicUsize::new(1);
@@ -192,8 +198,16 @@ impl Pool {
             },
         );
         IN_PARALLEL.with(|f| f.set(false));
+        // Spin briefly, then yield: on a machine with other work the task
+        // still running may be waiting for this core.
+        let mut spins = 0u32;
         while s.done.load(Ordering::Acquire) < n {
-            std::hint::spin_loop();
+            if spins < 4096 {
+                spins += 1;
+                std::hint::spin_loop();
+            } else {
+                std::thread::yield_now();
+            }
         }
     }
 }
@@ -247,6 +261,10 @@ fn worker(s: &Shared) {
                 break;
             }
             spins = spins.wrapping_add(1);
+            if spins.is_multiple_of(256) && started.elapsed() > SPIN_HOT {
+                // Past the hot phase, give the core away between checks.
+                std::thread::yield_now();
+            }
             if spins.is_multiple_of(256) && started.elapsed() > SPIN {
                 let mut lock = s.sleep.lock().unwrap_or_else(|e| e.into_inner());
                 s.sleepers.fetch_add(1, Ordering::SeqCst);
