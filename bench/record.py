@@ -15,7 +15,8 @@ Two kinds of numbers are kept per (model, batch, threads):
 - *Times* (train step, inference, compile), medians of many runs. This
   machine is shared and drifts by up to ~30%, so a time counts as a
   regression only when it is more than `--tolerance` (default 1.3×) the
-  baseline's; compare runs made one after the other.
+  baseline's and at least 0.01 ms slower (latencies of 15 µs jitter by
+  more than 30%); compare runs made one after the other.
 
 Exit status 1 when anything regressed. Standard library only; needs the
 release build (`cargo build --release`).
@@ -42,6 +43,8 @@ CASES = [
 ]
 EXACT = ["kernels", "flops", "bytes_moved", "arena_bytes", "live_bytes"]
 TIMES = ["train_step_ms", "infer_batch_ms", "infer_one_ms", "compile_ms"]
+# A time regresses only by at least this much too.
+MIN_DELTA_MS = 0.01
 
 
 def measure(nnc):
@@ -73,7 +76,7 @@ def compare(now, before, tolerance):
         for k in TIMES:
             ratio = row[k] / old[k] if old[k] else 1.0
             line = f"{key}: {k} {old[k]:.4f} -> {row[k]:.4f} ms ({ratio:.2f}×)"
-            if ratio > tolerance:
+            if ratio > tolerance and row[k] - old[k] >= MIN_DELTA_MS:
                 regressions.append(line)
             elif ratio < 1 / tolerance:
                 notes.append(line + " (faster)")
