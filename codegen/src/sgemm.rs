@@ -173,9 +173,11 @@ pub unsafe fn sgemm(
 
 /// Products of at least this many FLOPs (`2·m·n·k`) are split over the
 /// thread pool. Measured on the 2-core Zen 4 (`cargo bench -p nnc-codegen
-/// --bench sgemm`, threads 1 vs 2): a split pays from about 1 MFLOP (the
-/// mlp's `[128,256]×[256,128]` product, 8 MFLOP, runs 1.7× faster on two
-/// threads; below 1 MFLOP waking the worker eats the gain).
+/// --bench sgemm`, threads 1 vs 2): the MLP's products (2–51 MFLOP) run
+/// 1.6–2.0× faster on two threads, LeNet's 1.3 MFLOP ones 0.9–1.6×; with
+/// the threshold at 0.26 MFLOP, LeNet's conv2 weight gradient (64
+/// products of 0.48 MFLOP each) ran 3.5× slower: per split, the hand-off
+/// and the second thread's packing cost more than half a small product.
 pub const PARALLEL_FLOPS: usize = 1 << 20;
 
 /// [`sgemm_ex`] split over the thread pool ([`crate::threads`]) when the
