@@ -11,7 +11,7 @@
 //! On two threads the pool's worker is hot (it spins between calls), as it
 //! is inside a training step.
 
-use nnc_codegen::sgemm::{sgemm, sgemm_threads, Isa, Scratch};
+use nnc_codegen::sgemm::{sgemm_threads, Isa, Scratch};
 use std::hint::black_box;
 use std::time::Instant;
 
@@ -107,41 +107,24 @@ fn main() {
         let mut ours = |threads: usize| {
             nnc_codegen::set_threads(threads).expect("threads");
             time(
+                // One thread: `sgemm_threads` calls `sgemm_ex` directly.
                 || unsafe {
-                    if threads == 1 {
-                        sgemm(
-                            m,
-                            n,
-                            k,
-                            black_box(c.as_mut_ptr()),
-                            n as isize,
-                            1,
-                            a.as_ptr(),
-                            a_rs,
-                            a_cs,
-                            b.as_ptr(),
-                            b_rs,
-                            b_cs,
-                            &mut scratch,
-                        )
-                    } else {
-                        sgemm_threads(
-                            m,
-                            n,
-                            k,
-                            black_box(c.as_mut_ptr()),
-                            n as isize,
-                            1,
-                            a.as_ptr(),
-                            a_rs,
-                            a_cs,
-                            b.as_ptr(),
-                            b_rs,
-                            b_cs,
-                            false,
-                            &mut scratch,
-                        )
-                    }
+                    sgemm_threads(
+                        m,
+                        n,
+                        k,
+                        black_box(c.as_mut_ptr()),
+                        n as isize,
+                        1,
+                        a.as_ptr(),
+                        a_rs,
+                        a_cs,
+                        b.as_ptr(),
+                        b_rs,
+                        b_cs,
+                        false,
+                        &mut scratch,
+                    )
                 },
                 flops,
             )
