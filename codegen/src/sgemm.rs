@@ -253,46 +253,39 @@ pub unsafe fn sgemm_threads(
         if start >= end {
             return;
         }
+        // The task's block: columns `start..end` of `c` and `b`, or rows of
+        // `c` and `a`.
+        let (rows, cols) = if by_columns {
+            (m, end - start)
+        } else {
+            (end - start, n)
+        };
+        let (c_at, a_at, b_at) = if by_columns {
+            (start as isize * c_cs, 0, start as isize * b_cs)
+        } else {
+            (start as isize * c_rs, start as isize * a_rs, 0)
+        };
         let part = |scratch: &mut Scratch| {
             let (c, a, b) = (c as *mut f32, a as *const f32, b as *const f32);
             // SAFETY: a sub-block of the caller's views, in bounds by its
             // contract; the blocks of different tasks do not overlap in `c`.
             unsafe {
-                if by_columns {
-                    sgemm_ex(
-                        m,
-                        end - start,
-                        k,
-                        c.offset(start as isize * c_cs),
-                        c_rs,
-                        c_cs,
-                        a,
-                        a_rs,
-                        a_cs,
-                        b.offset(start as isize * b_cs),
-                        b_rs,
-                        b_cs,
-                        accumulate,
-                        scratch,
-                    )
-                } else {
-                    sgemm_ex(
-                        end - start,
-                        n,
-                        k,
-                        c.offset(start as isize * c_rs),
-                        c_rs,
-                        c_cs,
-                        a.offset(start as isize * a_rs),
-                        a_rs,
-                        a_cs,
-                        b,
-                        b_rs,
-                        b_cs,
-                        accumulate,
-                        scratch,
-                    )
-                }
+                sgemm_ex(
+                    rows,
+                    cols,
+                    k,
+                    c.offset(c_at),
+                    c_rs,
+                    c_cs,
+                    a.offset(a_at),
+                    a_rs,
+                    a_cs,
+                    b.offset(b_at),
+                    b_rs,
+                    b_cs,
+                    accumulate,
+                    scratch,
+                )
             }
         };
         if t == 0 {
