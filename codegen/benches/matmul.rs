@@ -208,7 +208,7 @@ fn main() {
                         r.cranelift,
                         r.gemm,
                         r.cranelift / r.gemm,
-                        if matmul::use_cranelift(m, n, k) {
+                        if matmul::use_cranelift(m, n, k, false) {
                             "yes"
                         } else {
                             "no"

@@ -82,6 +82,19 @@ fn main() {
     shapes.push((Layout::Nn, 16, 100, 150));
     shapes.push((Layout::Nn, 32, 784, 75));
     shapes.push((Layout::Nn, 64, 100, 800));
+    shapes.push((Layout::Nn, 6, 784, 25));
+    // Their weight gradients per sample: `dy @ columns^T`.
+    shapes.push((Layout::Nt, 6, 25, 784));
+    shapes.push((Layout::Nt, 16, 150, 100));
+    shapes.push((Layout::Nt, 32, 75, 784));
+    shapes.push((Layout::Nt, 64, 800, 100));
+    // A few rows: inference on one sample, small batches.
+    for m in [1, 2, 4, 8] {
+        shapes.push((Layout::Nn, m, 256, 784));
+        shapes.push((Layout::Nn, m, 64, 64));
+    }
+    // CIFAR's dense input gradient `dy @ w^T`.
+    shapes.push((Layout::Nt, 64, 1600, 1024));
     // CIFAR's dense 1600 → 1024 at batch 64.
     shapes.push((Layout::Nn, 64, 1024, 1600));
     for s in [128, 256, 512] {

@@ -1070,7 +1070,8 @@ fn emit_matmul(
         }
         None => b.ins().iconst(types::I64, scratch as i64),
     };
-    let small = !accumulate && crate::matmul::use_cranelift(rows, n, k);
+    let in_place = crate::sgemm::reads_b_in_place(rows, k, a_cs, b_rs, b_cs);
+    let small = !accumulate && crate::matmul::use_cranelift(rows, n, k, in_place);
     // A split product summed over its batch: split by channel pieces of
     // the staged `b` instead of by batch index (see `summed_units`).
     let by_planes = match (split, &stages) {

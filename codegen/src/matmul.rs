@@ -93,8 +93,16 @@ use std::time::{Duration, Instant};
 /// 32×64×10, 32×10×64 (`@ w^T`), 64×32×10 and 64×32×64 (`x^T @`), and
 /// routing them all here made its training step 25 → 30 µs. Compile cost
 /// is no factor: 76–296 IR instructions, about 0.5 ms per product.
-pub fn use_cranelift(m: usize, n: usize, k: usize) -> bool {
-    m * n * k < 1 << 14 || m <= 8
+///
+/// `b_in_place`: `sgemm` reads this `b` without packing it (see
+/// [`crate::sgemm::reads_b_in_place`]), which removes the reason for the
+/// `m ≤ 8` rule: with a row-major `b` (a convolution's columns, a dense
+/// layer's weight) its AVX-512 kernels run LeNet's conv1 (6×25 @ 25×784)
+/// at 75 GFLOP/s, these loops at 28; batch-1 inference (1×784 @ 784×256)
+/// at 26 against 27, and 4–8 rows at 93–97 against 43–46
+/// (`cargo bench -p nnc-codegen --bench sgemm`).
+pub fn use_cranelift(m: usize, n: usize, k: usize, b_in_place: bool) -> bool {
+    m * n * k < 1 << 14 || (m <= 8 && !b_in_place)
 }
 
 /// A matrix operand: the byte address of element `[0, 0]` and the row and

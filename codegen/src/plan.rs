@@ -302,7 +302,11 @@ fn summed_products(
             let batch_only = !axes.is_empty() && axes.iter().all(|&i| i + 2 < r);
             batch_only
                 && graph.ty(n).dtype == DType::F32
-                && !crate::matmul::use_cranelift(c[r - 2], c[r - 1], a[a.len() - 1])
+                // Not for a few rows even when `sgemm` would read the
+                // columns in place: unsummed, those products split over
+                // samples, while a summed one splits by input channel and
+                // LeNet's conv1 has one.
+                && !crate::matmul::use_cranelift(c[r - 2], c[r - 1], a[a.len() - 1], false)
         })
         .collect()
 }

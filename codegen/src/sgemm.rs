@@ -35,7 +35,7 @@ impl Isa {
     pub fn detect() -> Isa {
         #[cfg(target_arch = "x86_64")]
         {
-            if is_x86_feature_detected!("avx512f") {
+            if is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx2") {
                 return Isa::Avx512;
             }
             if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
@@ -50,7 +50,7 @@ impl Isa {
         match self {
             Isa::Scalar => true,
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx512 => is_x86_feature_detected!("avx512f"),
+            Isa::Avx512 => is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx2"),
             #[cfg(target_arch = "x86_64")]
             Isa::Avx2 => is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"),
             #[cfg(not(target_arch = "x86_64"))]
@@ -237,6 +237,9 @@ pub unsafe fn sgemm_threads(
             )
         };
     }
+    // Decided on the whole product so that every thread count computes
+    // each element the same way.
+    let dots = dots_form(scratch.isa, m, k, a_cs, b_rs);
     let (len, unit) = if by_columns { (n, nr) } else { (m, mr) };
     // Contiguous ranges of whole tiles, as even as the tiles allow.
     let tiles = len.div_ceil(unit);
@@ -270,7 +273,8 @@ pub unsafe fn sgemm_threads(
             // SAFETY: a sub-block of the caller's views, in bounds by its
             // contract; the blocks of different tasks do not overlap in `c`.
             unsafe {
-                sgemm_ex(
+                sgemm_in(
+                    dots,
                     rows,
                     cols,
                     k,
@@ -339,8 +343,81 @@ pub unsafe fn sgemm_ex(
     accumulate: bool,
     scratch: &mut Scratch,
 ) {
+    let dots = dots_form(scratch.isa, m, k, a_cs, b_rs);
+    // SAFETY: forwarded contract.
+    unsafe {
+        sgemm_in(
+            dots, m, n, k, c, c_rs, c_cs, a, a_rs, a_cs, b, b_rs, b_cs, accumulate, scratch,
+        )
+    }
+}
+
+/// Whether `a @ b` runs as dot products of `a`'s rows and `b`'s columns
+/// (both contiguous along `k`) instead of packed tiles: when `k` is long
+/// next to `m`, packing `b` (a transposing copy of all `k·n` elements)
+/// costs more than the few row panels it serves, while a dot product
+/// reads both in place at full width and pays one horizontal sum per
+/// element of `c`. A convolution's weight gradient per sample, `dy @
+/// columns^T`, is this shape: LeNet's conv1 (6×784 @ 784×25) and CIFAR's
+/// (32×784 @ 784×75). Depends on `m` and `k` only, not `n`, so that
+/// products split by columns choose alike.
+fn dots_form(isa: Isa, m: usize, k: usize, a_cs: isize, b_rs: isize) -> bool {
+    isa == Isa::Avx512 && a_cs == 1 && b_rs == 1 && k >= DOTS_MIN_K && k >= DOTS_K_PER_ROW * m
+}
+
+/// See [`dots_form`]. With `k = 784`: 6 rows × 25 columns 27 → 40–60
+/// GFLOP/s against packing; at 32 rows × 75 columns both run 87, and at
+/// 64 × 1600 (k = 1024) packing wins, 83 against 77 (one thread; on two
+/// the dots split worse: 112 against 178).
+const DOTS_MIN_K: usize = 256;
+const DOTS_K_PER_ROW: usize = 64;
+
+/// Whether [`sgemm`] computes an `m`-row product of this layout without
+/// packing `b` (on this CPU): a row-major `b` under at most two row panels,
+/// or the dot-product form.
+pub fn reads_b_in_place(m: usize, k: usize, a_cs: isize, b_rs: isize, b_cs: isize) -> bool {
+    let isa = Isa::detect();
+    let (mr, _) = isa.tile();
+    direct_b(isa, m, mr, b_cs) || dots_form(isa, m, k, a_cs, b_rs)
+}
+
+/// Row-major `b` under one or two row panels: packing it would copy every
+/// element to read it once or twice, so full panels are read in place
+/// (rows `b_rs` apart); a partial last panel is still packed (zero-padded).
+/// `cargo bench -p nnc-codegen --bench sgemm`, one thread: LeNet's conv2
+/// (16×150 @ 150×100) 62 → 78–87 GFLOP/s, its conv1 (6×25 @ 25×784) 52 →
+/// 64 (75 with the 6-row kernel).
+fn direct_b(isa: Isa, m: usize, mr: usize, b_cs: isize) -> bool {
+    b_cs == 1 && m <= 2 * mr && isa != Isa::Scalar
+}
+
+/// [`sgemm_ex`] with the form chosen.
+#[allow(clippy::too_many_arguments)]
+unsafe fn sgemm_in(
+    dots: bool,
+    m: usize,
+    n: usize,
+    k: usize,
+    c: *mut f32,
+    c_rs: isize,
+    c_cs: isize,
+    a: *const f32,
+    a_rs: isize,
+    a_cs: isize,
+    b: *const f32,
+    b_rs: isize,
+    b_cs: isize,
+    accumulate: bool,
+    scratch: &mut Scratch,
+) {
     if m == 0 || n == 0 {
         return;
+    }
+    #[cfg(target_arch = "x86_64")]
+    if dots && k > 0 {
+        // SAFETY: forwarded contract; `dots_form` checked the CPU and that
+        // rows of `a` and columns of `b` are contiguous.
+        return unsafe { x86::dots_avx512(m, n, k, c, c_rs, c_cs, a, a_rs, b, b_cs, accumulate) };
     }
     if k == 0 {
         if !accumulate {
@@ -357,8 +434,8 @@ pub unsafe fn sgemm_ex(
     if c_cs != 1 && c_rs == 1 {
         // SAFETY: the same views, transposed.
         return unsafe {
-            sgemm_ex(
-                n, m, k, c, c_cs, c_rs, b, b_cs, b_rs, a, a_cs, a_rs, accumulate, scratch,
+            sgemm_in(
+                false, n, m, k, c, c_cs, c_rs, b, b_cs, b_rs, a, a_cs, a_rs, accumulate, scratch,
             )
         };
     }
@@ -367,6 +444,8 @@ pub unsafe fn sgemm_ex(
     let nblocks_k = k.div_ceil(KC);
     let kc_even = k.div_ceil(nblocks_k);
     let (abuf, bbuf) = (scratch.a, scratch.b);
+    let simd = isa != Isa::Scalar;
+    let direct_b = direct_b(isa, m, mr, b_cs);
 
     let mut jc = 0;
     while jc < n {
@@ -376,9 +455,14 @@ pub unsafe fn sgemm_ex(
             let kc = kc_even.min(k - pc);
             let add = accumulate || pc > 0;
             // Pack b[pc.., jc..] into NR-column panels: panel j is kc×nr.
+            // With `direct_b` full panels are read in place.
             let mut jr = 0;
             while jr < nc {
                 let len = nr.min(nc - jr);
+                if direct_b && len == nr {
+                    jr += nr;
+                    continue;
+                }
                 // SAFETY: source in bounds by contract; destination within
                 // the KC×NC buffer (nc ≤ NC, NC a multiple of nr).
                 unsafe {
@@ -390,6 +474,7 @@ pub unsafe fn sgemm_ex(
                         len,
                         nr,
                         kc,
+                        simd,
                     )
                 };
                 jr += nr;
@@ -413,6 +498,7 @@ pub unsafe fn sgemm_ex(
                             len,
                             mr,
                             kc,
+                            simd,
                         )
                     };
                     ir += mr;
@@ -443,7 +529,12 @@ pub unsafe fn sgemm_ex(
                                     rows: mr,
                                 }
                             };
-                            let bp = bbuf.add(jr * kc);
+                            let (bp, b_step) = if direct_b && nlen == nr {
+                                (b.offset(pc as isize * b_rs + (jc + jr) as isize), b_rs)
+                            } else {
+                                (bbuf.add(jr * kc) as *const f32, nr as isize)
+                            };
+                            let bp = BSrc { p: bp, rs: b_step };
                             let t = Tile {
                                 c: ct,
                                 rs: c_rs,
@@ -454,21 +545,7 @@ pub unsafe fn sgemm_ex(
                             };
                             match (isa, direct_a) {
                                 #[cfg(target_arch = "x86_64")]
-                                (Isa::Avx512, false) => {
-                                    if nlen > 16 {
-                                        x86::kernel_avx512::<2, true>(kc, ap, bp, &t)
-                                    } else {
-                                        x86::kernel_avx512::<1, true>(kc, ap, bp, &t)
-                                    }
-                                }
-                                #[cfg(target_arch = "x86_64")]
-                                (Isa::Avx512, true) => {
-                                    if nlen > 16 {
-                                        x86::kernel_avx512::<2, false>(kc, ap, bp, &t)
-                                    } else {
-                                        x86::kernel_avx512::<1, false>(kc, ap, bp, &t)
-                                    }
-                                }
+                                (Isa::Avx512, _) => x86::tile_avx512(kc, ap, bp, &t, !direct_a),
                                 #[cfg(target_arch = "x86_64")]
                                 (Isa::Avx2, false) => {
                                     if nlen > 8 {
@@ -522,6 +599,14 @@ impl ASrc {
     }
 }
 
+/// Where a micro-kernel reads `b`: depth `p` of its `NR` columns at
+/// `p[p * rs ..]` (a packed panel: `rs = NR`).
+#[derive(Clone, Copy)]
+struct BSrc {
+    p: *const f32,
+    rs: isize,
+}
+
 /// Where a micro-kernel writes: `m × n` valid elements of `c`.
 struct Tile {
     c: *mut f32,
@@ -552,6 +637,7 @@ impl Tile {
 /// Pack `len` lines of `kc` elements into a panel `dst[p * w + i]`, lines
 /// `len..w` zero. Line `i`, element `p` is at `src[i * ls + p * ks]`.
 #[inline(always)]
+#[allow(clippy::too_many_arguments)]
 unsafe fn pack(
     dst: *mut f32,
     src: *const f32,
@@ -560,6 +646,7 @@ unsafe fn pack(
     len: usize,
     w: usize,
     kc: usize,
+    simd: bool,
 ) {
     // SAFETY (whole body): in bounds by the caller.
     unsafe {
@@ -582,6 +669,11 @@ unsafe fn pack(
                 }
             }
             if ks == 1 {
+                #[cfg(target_arch = "x86_64")]
+                if simd {
+                    return x86::pack_transposed(dst, src, ls, len, w, kc);
+                }
+                let _ = simd;
                 // Transposing copy in blocks of 8 along k, contiguous reads.
                 let mut p0 = 0;
                 while p0 + 8 <= kc {
@@ -612,7 +704,7 @@ unsafe fn pack(
 }
 
 /// Portable 4×4 kernel.
-unsafe fn kernel_scalar(kc: usize, a: ASrc, b: *const f32, t: &Tile) {
+unsafe fn kernel_scalar(kc: usize, a: ASrc, b: BSrc, t: &Tile) {
     let mut acc = [0f32; 16];
     let rows = a.rows::<4>();
     for p in 0..kc {
@@ -620,7 +712,7 @@ unsafe fn kernel_scalar(kc: usize, a: ASrc, b: *const f32, t: &Tile) {
         let (av, bv) = unsafe {
             (
                 rows.map(|r| *r.offset(p as isize * a.cs)),
-                std::slice::from_raw_parts(b.add(p * 4), 4),
+                std::slice::from_raw_parts(b.p.offset(p as isize * b.rs), 4),
             )
         };
         for i in 0..4 {
@@ -635,27 +727,54 @@ unsafe fn kernel_scalar(kc: usize, a: ASrc, b: *const f32, t: &Tile) {
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use super::{ASrc, Tile};
+    use super::{ASrc, BSrc, Tile};
     use std::arch::x86_64::*;
 
-    /// 8×(16·NV) AVX-512 kernel over a 32-wide packed `b` panel.
+    /// One tile with the AVX-512 kernel that fits it: 16 or 32 columns,
+    /// and 2, 4, 6 or 8 rows (a product with a few rows, such as LeNet's
+    /// 6-channel conv1, does not pay for eight).
     #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn kernel_avx512<const NV: usize, const PACKED: bool>(
+    pub(super) unsafe fn tile_avx512(kc: usize, a: ASrc, b: BSrc, t: &Tile, packed: bool) {
+        macro_rules! rows {
+            ($nv:literal, $packed:literal) => {
+                // SAFETY: forwarded contract.
+                unsafe {
+                    match t.m {
+                        0..=2 => kernel_avx512::<$nv, $packed, 2>(kc, a, b, t),
+                        3..=4 => kernel_avx512::<$nv, $packed, 4>(kc, a, b, t),
+                        5..=6 => kernel_avx512::<$nv, $packed, 6>(kc, a, b, t),
+                        _ => kernel_avx512::<$nv, $packed, 8>(kc, a, b, t),
+                    }
+                }
+            };
+        }
+        match (t.n > 16, packed) {
+            (true, true) => rows!(2, true),
+            (true, false) => rows!(2, false),
+            (false, true) => rows!(1, true),
+            (false, false) => rows!(1, false),
+        }
+    }
+
+    /// `ROWS`×(16·NV) AVX-512 kernel over a 32-wide `b` panel; `a` is an
+    /// 8-row packed panel or read in place.
+    #[target_feature(enable = "avx512f")]
+    unsafe fn kernel_avx512<const NV: usize, const PACKED: bool, const ROWS: usize>(
         kc: usize,
         a: ASrc,
-        b: *const f32,
+        b: BSrc,
         t: &Tile,
     ) {
         const MR: usize = 8;
         const W: usize = 32;
-        let mut r = [[_mm512_setzero_ps(); NV]; MR];
+        let mut r = [[_mm512_setzero_ps(); NV]; ROWS];
         // SAFETY (whole body): panels hold kc×MR and kc×W elements; the
         // tile of `c` is valid for (t.m, t.n).
         unsafe {
             let mut ap = a.p;
-            let rows = a.rows::<MR>();
+            let rows = a.rows::<ROWS>();
             let mut off = 0isize;
-            let mut bp = b;
+            let mut bp = b.p;
             for _ in 0..kc {
                 let mut bv = [_mm512_setzero_ps(); NV];
                 for (v, x) in bv.iter_mut().enumerate() {
@@ -673,7 +792,7 @@ mod x86 {
                 }
                 ap = ap.wrapping_add(MR);
                 off += a.cs;
-                bp = bp.add(W);
+                bp = bp.offset(b.rs);
             }
             if t.cs == 1 {
                 for (i, row) in r.iter().enumerate().take(t.m) {
@@ -714,12 +833,139 @@ mod x86 {
         }
     }
 
+    /// `pack`'s transposing copy (`dst[p * w + i] = src[i * ls + p]`, lines
+    /// `len..w` already zero) in 8×8 blocks transposed in registers: eight
+    /// contiguous loads and eight contiguous stores per 64 elements, where
+    /// the scalar copy does 64 of each. Tails are copied one by one.
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn pack_transposed(
+        dst: *mut f32,
+        src: *const f32,
+        ls: isize,
+        len: usize,
+        w: usize,
+        kc: usize,
+    ) {
+        // SAFETY (whole body): lines `< len` hold `kc` elements; `dst`
+        // holds `kc × w`.
+        unsafe {
+            let mut i0 = 0;
+            while i0 + 8 <= len {
+                let line = |j: usize| src.offset((i0 + j) as isize * ls);
+                let mut p0 = 0;
+                while p0 + 8 <= kc {
+                    let r: [__m256; 8] = std::array::from_fn(|j| _mm256_loadu_ps(line(j).add(p0)));
+                    let t0 = _mm256_unpacklo_ps(r[0], r[1]);
+                    let t1 = _mm256_unpackhi_ps(r[0], r[1]);
+                    let t2 = _mm256_unpacklo_ps(r[2], r[3]);
+                    let t3 = _mm256_unpackhi_ps(r[2], r[3]);
+                    let t4 = _mm256_unpacklo_ps(r[4], r[5]);
+                    let t5 = _mm256_unpackhi_ps(r[4], r[5]);
+                    let t6 = _mm256_unpacklo_ps(r[6], r[7]);
+                    let t7 = _mm256_unpackhi_ps(r[6], r[7]);
+                    let u0 = _mm256_shuffle_ps::<0x44>(t0, t2);
+                    let u1 = _mm256_shuffle_ps::<0xEE>(t0, t2);
+                    let u2 = _mm256_shuffle_ps::<0x44>(t1, t3);
+                    let u3 = _mm256_shuffle_ps::<0xEE>(t1, t3);
+                    let u4 = _mm256_shuffle_ps::<0x44>(t4, t6);
+                    let u5 = _mm256_shuffle_ps::<0xEE>(t4, t6);
+                    let u6 = _mm256_shuffle_ps::<0x44>(t5, t7);
+                    let u7 = _mm256_shuffle_ps::<0xEE>(t5, t7);
+                    let cols = [
+                        _mm256_permute2f128_ps::<0x20>(u0, u4),
+                        _mm256_permute2f128_ps::<0x20>(u1, u5),
+                        _mm256_permute2f128_ps::<0x20>(u2, u6),
+                        _mm256_permute2f128_ps::<0x20>(u3, u7),
+                        _mm256_permute2f128_ps::<0x31>(u0, u4),
+                        _mm256_permute2f128_ps::<0x31>(u1, u5),
+                        _mm256_permute2f128_ps::<0x31>(u2, u6),
+                        _mm256_permute2f128_ps::<0x31>(u3, u7),
+                    ];
+                    for (q, col) in cols.into_iter().enumerate() {
+                        _mm256_storeu_ps(dst.add((p0 + q) * w + i0), col);
+                    }
+                    p0 += 8;
+                }
+                for p in p0..kc {
+                    for j in 0..8 {
+                        *dst.add(p * w + i0 + j) = *line(j).add(p);
+                    }
+                }
+                i0 += 8;
+            }
+            for i in i0..len {
+                let s = src.offset(i as isize * ls);
+                for p in 0..kc {
+                    *dst.add(p * w + i) = *s.add(p);
+                }
+            }
+        }
+    }
+
+    /// `c[i, j] (+)= Σ_p a[i·a_rs + p] · b[j·b_cs + p]` (see `dots_form`),
+    /// in blocks of 6 rows × 4 columns: per 16 steps of `p`, ten loads feed
+    /// 24 accumulators; masked loads cover the last `k mod 16`.
+    #[target_feature(enable = "avx512f")]
+    #[allow(clippy::too_many_arguments)]
+    pub(super) unsafe fn dots_avx512(
+        m: usize,
+        n: usize,
+        k: usize,
+        c: *mut f32,
+        c_rs: isize,
+        c_cs: isize,
+        a: *const f32,
+        a_rs: isize,
+        b: *const f32,
+        b_cs: isize,
+        add: bool,
+    ) {
+        const R: usize = 4;
+        const C: usize = 4;
+        let (full, tail) = (k / 16, k % 16);
+        let tail_mask: __mmask16 = ((1u32 << tail) - 1) as u16;
+        // SAFETY (whole body): rows `< m` of `a` and columns `< n` of `b`
+        // hold `k` contiguous elements; indices past the edge are clamped
+        // to the last row or column, computed and not written.
+        unsafe {
+            for i0 in (0..m).step_by(R) {
+                let rows = (m - i0).min(R);
+                let ap: [*const f32; R] =
+                    std::array::from_fn(|i| a.offset((i0 + i.min(rows - 1)) as isize * a_rs));
+                for j0 in (0..n).step_by(C) {
+                    let cols = (n - j0).min(C);
+                    let bp: [*const f32; C] =
+                        std::array::from_fn(|j| b.offset((j0 + j.min(cols - 1)) as isize * b_cs));
+                    let mut acc = [[_mm512_setzero_ps(); C]; R];
+                    for q in 0..full + usize::from(tail > 0) {
+                        let mask = if q < full { !0 } else { tail_mask };
+                        let load = |p: *const f32| _mm512_maskz_loadu_ps(mask, p.add(16 * q));
+                        let av: [__m512; R] = std::array::from_fn(|i| load(ap[i]));
+                        for (j, &p) in bp.iter().enumerate() {
+                            let bv = load(p);
+                            for i in 0..R {
+                                acc[i][j] = _mm512_fmadd_ps(av[i], bv, acc[i][j]);
+                            }
+                        }
+                    }
+                    for (i, row) in acc.iter().enumerate().take(rows) {
+                        for (j, &v) in row.iter().enumerate().take(cols) {
+                            let sum = _mm512_reduce_add_ps(v);
+                            let p = c.offset((i0 + i) as isize * c_rs + (j0 + j) as isize * c_cs);
+                            *p = if add { *p + sum } else { sum };
+                        }
+                    }
+                }
+            }
+        }
+    }
+
     /// 6×(8·NV) AVX2+FMA kernel over a 16-wide packed `b` panel.
     #[target_feature(enable = "avx2,fma")]
     pub(super) unsafe fn kernel_avx2<const NV: usize, const PACKED: bool>(
         kc: usize,
         a: ASrc,
-        b: *const f32,
+        b: BSrc,
         t: &Tile,
     ) {
         const MR: usize = 6;
@@ -730,7 +976,7 @@ mod x86 {
             let mut ap = a.p;
             let rows = a.rows::<MR>();
             let mut off = 0isize;
-            let mut bp = b;
+            let mut bp = b.p;
             for _ in 0..kc {
                 let mut bv = [_mm256_setzero_ps(); NV];
                 for (v, x) in bv.iter_mut().enumerate() {
@@ -748,7 +994,7 @@ mod x86 {
                 }
                 ap = ap.wrapping_add(MR);
                 off += a.cs;
-                bp = bp.add(W);
+                bp = bp.offset(b.rs);
             }
             if t.cs == 1 && t.m == MR && t.n == 8 * NV {
                 for (i, row) in r.iter().enumerate() {

@@ -440,7 +440,7 @@ fn program_products_below_and_above_the_threshold() {
         ((1, 10, 3), true),
     ];
     for ((m, n, k), cranelift) in cases {
-        assert_eq!(matmul::use_cranelift(m, n, k), cranelift);
+        assert_eq!(matmul::use_cranelift(m, n, k, false), cranelift);
         program_products(m, n, k);
     }
 }

@@ -210,6 +210,23 @@ fn accumulate() {
 }
 
 #[test]
+fn dot_product_form() {
+    // `a @ b^T` with a long `k` next to `m` (a convolution's weight
+    // gradient) runs as dot products on AVX-512: edge blocks of rows and
+    // columns, `k` a multiple of 16 or not, every layout of `c`, both modes.
+    for isa in isas() {
+        let mut s = Scratch::with_isa(isa);
+        for &(m, n, k) in &[(6, 25, 784), (1, 1, 256), (4, 7, 300), (3, 33, 1000)] {
+            for accumulate in [false, true] {
+                for tc in [false, true] {
+                    check(isa, &mut s, m, n, k, false, true, tc, 1, accumulate);
+                }
+            }
+        }
+    }
+}
+
+#[test]
 fn large_blocks() {
     // Crosses the KC, MC and NC block boundaries.
     for isa in isas() {
