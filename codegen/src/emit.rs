@@ -561,7 +561,22 @@ fn emit_reduce(
         }
     }
     // Split over the outermost loop when it is a kept dim: its indices own
-    // disjoint, contiguous blocks of the result.
+    // disjoint, contiguous blocks of the result. When it is reduced, the
+    // outermost kept dim that is not the innermost loop moves outside it:
+    // each result element still adds the same values in the same order
+    // (the reduced dims keep their order), so results do not depend on
+    // the thread count, and the innermost loop stays contiguous.
+    if range.is_some() && dims.len() >= 2 && ops[0].strides[0] == 0 {
+        let last = dims.len() - 1;
+        if let Some(j) = (1..last).find(|&j| ops[0].strides[j] != 0 && dims[j] >= 2) {
+            let d = dims.remove(j);
+            dims.insert(0, d);
+            for o in &mut ops {
+                let s = o.strides.remove(j);
+                o.strides.insert(0, s);
+            }
+        }
+    }
     let split = range.filter(|_| dims.len() >= 2 && ops[0].strides[0] != 0);
     match split {
         Some((start, end)) => {
@@ -1336,7 +1351,9 @@ pub fn splits(kernel: &Kernel, graph: &Graph, plan: &Plan) -> bool {
         // their outermost loop (planes of the image).
         Body::Operand(expr) if expr.shape.iter().product::<usize>() >= PARALLEL_ELEMENTS => {
             match &graph.node(kernel.root).op {
-                Op::Reduce { op, axes, .. } => *op != ReduceOp::Mean && !axes.contains(&0),
+                Op::Reduce { op, axes, .. } => {
+                    *op != ReduceOp::Mean && splits_reduction(&expr.shape, axes)
+                }
                 Op::Unfold { .. } | Op::Fold { .. } => true,
                 _ => false,
             }
@@ -1349,6 +1366,16 @@ pub fn splits(kernel: &Kernel, graph: &Graph, plan: &Plan) -> bool {
         }
         _ => false,
     }
+}
+
+/// Whether a reduction of `shape` over `axes` has a kept dim to split
+/// over: the outermost one (see [`emit_reduce`]), or a kept dim with a
+/// reduced dim inside it, which `emit_reduce` then walks outermost (a
+/// convolution's bias gradient: `[N, C, H, W]` summed to `[C]`).
+fn splits_reduction(shape: &[usize], axes: &[usize]) -> bool {
+    let kept = |i: usize| !axes.contains(&i) && shape[i] >= 2;
+    (!shape.is_empty() && !axes.contains(&0))
+        || (0..shape.len()).any(|i| kept(i) && axes.iter().any(|&j| j > i && shape[j] >= 2))
 }
 
 /// A product summed over its batch (a convolution's weight gradient,

@@ -365,7 +365,7 @@ fn dots_form(isa: Isa, m: usize, k: usize, a_cs: isize, b_rs: isize) -> bool {
     isa == Isa::Avx512 && a_cs == 1 && b_rs == 1 && k >= DOTS_MIN_K && k >= DOTS_K_PER_ROW * m
 }
 
-/// See [`dots_form`]. With `k = 784`: 6 rows × 25 columns 27 → 40–60
+/// See [`dots_form`]. With `k = 784`: 6 rows × 25 columns 27 → 82
 /// GFLOP/s against packing; at 32 rows × 75 columns both run 87, and at
 /// 64 × 1600 (k = 1024) packing wins, 83 against 77 (one thread; on two
 /// the dots split worse: 112 against 178).
@@ -903,8 +903,10 @@ mod x86 {
     }
 
     /// `c[i, j] (+)= Σ_p a[i·a_rs + p] · b[j·b_cs + p]` (see `dots_form`),
-    /// in blocks of 6 rows × 4 columns: per 16 steps of `p`, ten loads feed
-    /// 24 accumulators; masked loads cover the last `k mod 16`.
+    /// in blocks of `R` rows × `C` columns: per 16 steps of `p`, `R + C`
+    /// loads feed `R·C` accumulators; masked loads cover the last `k mod 16`.
+    /// Blocks of 6 × 2 when they tile the rows (LeNet's 6 channels), else
+    /// 4 × 4.
     #[target_feature(enable = "avx512f")]
     #[allow(clippy::too_many_arguments)]
     pub(super) unsafe fn dots_avx512(
@@ -920,8 +922,31 @@ mod x86 {
         b_cs: isize,
         add: bool,
     ) {
-        const R: usize = 4;
-        const C: usize = 4;
+        // SAFETY: forwarded contract.
+        unsafe {
+            if m % 6 == 0 {
+                dots_blocks::<6, 2>(m, n, k, c, c_rs, c_cs, a, a_rs, b, b_cs, add)
+            } else {
+                dots_blocks::<4, 4>(m, n, k, c, c_rs, c_cs, a, a_rs, b, b_cs, add)
+            }
+        }
+    }
+
+    #[target_feature(enable = "avx512f")]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn dots_blocks<const R: usize, const C: usize>(
+        m: usize,
+        n: usize,
+        k: usize,
+        c: *mut f32,
+        c_rs: isize,
+        c_cs: isize,
+        a: *const f32,
+        a_rs: isize,
+        b: *const f32,
+        b_cs: isize,
+        add: bool,
+    ) {
         let (full, tail) = (k / 16, k % 16);
         let tail_mask: __mmask16 = ((1u32 << tail) - 1) as u16;
         // SAFETY (whole body): rows `< m` of `a` and columns `< n` of `b`

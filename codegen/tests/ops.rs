@@ -1999,6 +1999,11 @@ fn split_kernels_match_the_interpreter_on_two_threads() {
     let g = c.input("g", rng.tensor(DType::F32, &[8, 4, 3, 3, 10, 10]));
     let folded = c.g.fold(g, w, ty(DType::F32, &[8, 4, 20, 20])).unwrap();
     c.out("overlapping fold", folded, SUM);
+    // A reduction over its outer dim split by the kept dim inside it (a
+    // bias gradient): the kept dim is walked outermost.
+    let dy = c.input("dy", rng.tensor(DType::F32, &[16, 6, 30, 30]));
+    let bias_grad = c.g.reduce(ReduceOp::Sum, dy, vec![0, 2, 3], false).unwrap();
+    c.out("kept dim inside", bias_grad, SUM);
     let mut two = c.check();
     // Again: buffers now hold the first run's values, so a split kernel
     // that zeroes too little of its result shows.
@@ -2013,6 +2018,7 @@ fn split_kernels_match_the_interpreter_on_two_threads() {
         "product by rows",
         "window max",
         "overlapping fold",
+        "kept dim inside",
     ] {
         let a = two.program.output(name, &two.state).unwrap();
         let b = one.program.output(name, &one.state).unwrap();
