@@ -924,7 +924,7 @@ mod x86 {
     ) {
         // SAFETY: forwarded contract.
         unsafe {
-            if m % 6 == 0 {
+            if m.is_multiple_of(6) {
                 dots_blocks::<6, 2>(m, n, k, c, c_rs, c_cs, a, a_rs, b, b_cs, add)
             } else {
                 dots_blocks::<4, 4>(m, n, k, c, c_rs, c_cs, a, a_rs, b, b_cs, add)
