@@ -25,10 +25,12 @@ fn state_after(name: &str, size: usize, steps: usize, threads: usize) -> Vec<(St
 }
 
 #[test]
-fn mlp_and_lenet_steps_are_identical_on_one_two_and_three_threads() {
+fn mlp_lenet_and_cifar_steps_are_identical_on_one_two_and_three_threads() {
     // The MLP at batch 128 splits its products (by columns and rows) and
-    // its Adam updates; LeNet adds staged convolutions.
-    for (name, size) in [("mnist_mlp", 128), ("lenet", 64)] {
+    // its Adam updates; LeNet adds staged convolutions; CIFAR's conv1 (3
+    // input channels, 75 columns of weight gradient) is cut inside a
+    // channel on two threads.
+    for (name, size) in [("mnist_mlp", 128), ("lenet", 64), ("cifar_cnn", 8)] {
         let one = state_after(name, size, 3, 1);
         for threads in [2, 3] {
             let many = state_after(name, size, 3, threads);

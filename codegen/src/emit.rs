@@ -1005,7 +1005,7 @@ fn emit_matmul_node(
 /// are computed (see [`matmul_units`]), staged through the task's slice of
 /// scratch, with the task's own `sgemm` packing space (`0`: the worker's);
 /// a product summed over its batch (`accumulate` with a staged `b`) is
-/// split into `tasks` pieces of channels instead (see [`summed_units`]).
+/// split into `tasks` pieces of its columns instead (see [`summed_units`]).
 #[allow(clippy::too_many_arguments)]
 fn emit_matmul(
     b: &mut FunctionBuilder,
@@ -1101,7 +1101,7 @@ fn emit_matmul(
     };
     let in_place = crate::sgemm::reads_b_in_place(rows, k, a_cs, b_rs, b_cs);
     let small = !accumulate && crate::matmul::use_cranelift(rows, n, k, in_place);
-    // A split product summed over its batch: split by channel pieces of
+    // A split product summed over its batch: split by column pieces of
     // the staged `b` instead of by batch index (see `summed_units`).
     let by_planes = match (split, &stages) {
         (Some(_), [None, Some(st), None]) if accumulate => {
@@ -1114,13 +1114,16 @@ fn emit_matmul(
         _ => None,
     };
     // `at`: each slot's address, or a staged slot's first plane; `piece`:
-    // only the channels `[p0, p1)` of a staged `b` (and their columns).
+    // only the columns `[j0, j1)` of a staged `b` and of `c`, unfolding
+    // only the channels that hold them.
+    let per_plane = by_planes.map_or(1, |(per_plane, _)| per_plane);
     let mut product = |b: &mut FunctionBuilder,
                        at: [Value; 3],
                        piece: Option<(usize, usize)>|
      -> Result<(), CodegenError> {
         let mut addrs = at;
-        let (p0, p1) = piece.unwrap_or((0, 0));
+        let (j0, j1) = piece.unwrap_or((0, 0));
+        let (p0, p1) = (j0 / per_plane, j1.div_ceil(per_plane));
         for (slot, stage) in stages.iter().enumerate() {
             if let Some(st) = stage {
                 addrs[slot] = b.ins().iconst(types::I64, bases[slot] as i64);
@@ -1147,13 +1150,14 @@ fn emit_matmul(
                 }
             }
         }
-        // A piece's columns of `c`, and how many.
+        // A piece's columns of `b` (within its first channel's) and of
+        // `c`, and how many.
         let n = match (piece, by_planes) {
-            (Some(_), Some((per_plane, _))) => {
-                addrs[2] = b
-                    .ins()
-                    .iadd_imm_s(addrs[2], (p0 * per_plane) as i64 * c_cs as i64 * 4);
-                (p1 - p0) * per_plane
+            (Some(_), Some(_)) => {
+                let skipped = (j0 - p0 * per_plane) as i64 * b_cs as i64 * 4;
+                addrs[1] = b.ins().iadd_imm_s(addrs[1], skipped);
+                addrs[2] = b.ins().iadd_imm_s(addrs[2], j0 as i64 * c_cs as i64 * 4);
+                j1 - j0
             }
             _ => n,
         };
@@ -1214,17 +1218,17 @@ fn emit_matmul(
             product(b, at, None)
         });
     };
-    // By channel pieces: unit `u` zeroes its columns of the sum, then adds
+    // By column pieces: unit `u` zeroes its columns of the sum, then adds
     // every sample's product for them, in sample order.
-    let pieces = plane_pieces(planes, tasks.min(planes));
+    let pieces = column_pieces(per_plane * planes, tasks.min(n));
     let mut result = Ok(());
     range_loop(b, sp.start, sp.end, 1, &mut |b, u| {
-        for (i, &(p0, p1)) in pieces.iter().enumerate() {
+        for (i, &(j0, j1)) in pieces.iter().enumerate() {
             let hit = b.ins().icmp_imm_s(IntCC::Equal, u, i as i64);
             let (this, next) = (b.create_block(), b.create_block());
             b.ins().brif(hit, this, &[], next, &[]);
             b.switch_to_block(this);
-            let columns = (p0 * per_plane)..(p1 * per_plane);
+            let columns = j0..j1;
             emit_for(b, 0, rows as i64, 1, &mut |b, i| {
                 let base = b.ins().iconst(types::I64, c.0 as i64);
                 let row = addr_at(b, base, i, c_rs * 4);
@@ -1241,7 +1245,7 @@ fn emit_matmul(
                 );
             });
             if let Err(e) = batch_loops(b, &lens, &steps, start, None, &mut |b, at| {
-                product(b, at, Some((p0, p1)))
+                product(b, at, Some((j0, j1)))
             }) {
                 result = Err(e);
             }
@@ -1394,12 +1398,15 @@ fn splits_reduction(shape: &[usize], axes: &[usize]) -> bool {
 
 /// A product summed over its batch (a convolution's weight gradient,
 /// `sum_n g[n] @ cols[n]^T`) splits by the columns of the sum: each work
-/// unit owns the columns of a few channels (`plane_pieces`), unfolds only
-/// those channels of every sample and accumulates them in sample order,
-/// so each element of the sum adds the same products in the same order as
-/// on one thread. The units: pieces of the channels, at most one per task
-/// the plan made room for. Needs the unfolded columns staged as `b`, with
-/// each channel's columns contiguous in it.
+/// unit owns an even range of columns (`column_pieces`), unfolds only the
+/// channels that hold them for every sample and accumulates them in sample
+/// order, so each element of the sum adds the same products in the same
+/// order as on one thread. The units: one per task the plan made room
+/// for. Needs the unfolded columns staged as `b`, with each channel's
+/// columns contiguous in it. Columns rather than whole channels: CIFAR's
+/// conv1 has 3 input channels, which two tasks split 1:2 (its kernel ran
+/// at 68 GFLOP/s on two threads); a channel cut between two pieces is
+/// unfolded by both.
 fn summed_units(graph: &Graph, plan: &Plan, reduce: NodeId) -> Option<usize> {
     let mm = graph.operands(reduce)[0];
     if !plan.fused.contains(&mm) || !matches!(graph.node(mm).op, Op::MatMul) {
@@ -1417,7 +1424,7 @@ fn summed_units(graph: &Graph, plan: &Plan, reduce: NodeId) -> Option<usize> {
     let per_plane = columns_per_plane(bm, k, plane, st.planes, n)?;
     let samples: usize = plan.views.get(&st.window)?.shape[0];
     let flops = 2 * m * n * k * samples;
-    let units = plan.tasks.min(st.planes);
+    let units = plan.tasks.min(n);
     (per_plane > 0 && units >= 2 && flops >= crate::sgemm::PARALLEL_FLOPS).then_some(units)
 }
 
@@ -1433,10 +1440,10 @@ fn columns_per_plane(bm: &View, k: usize, plane: usize, planes: usize, n: usize)
         .then_some(per_plane)
 }
 
-/// `planes` channels in `units` contiguous, even pieces `[p0, p1)`.
-fn plane_pieces(planes: usize, units: usize) -> Vec<(usize, usize)> {
+/// `n` columns in `units` contiguous, even pieces `[j0, j1)`.
+fn column_pieces(n: usize, units: usize) -> Vec<(usize, usize)> {
     (0..units)
-        .map(|u| (planes * u / units, planes * (u + 1) / units))
+        .map(|u| (n * u / units, n * (u + 1) / units))
         .collect()
 }
 
