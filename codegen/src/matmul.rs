@@ -56,11 +56,12 @@ use std::time::{Duration, Instant};
 /// - Always below 16k multiply-adds (`m·n·k < 2^14`): there a packed
 ///   product's per-call cost dominates (2–14× slower than these loops at
 ///   m×10×10 for m ≤ 32), and the loops lose at most 1.2× (4×10×256).
-/// - Always for `m ≤ 8` rows: a packed product copies all of `b` (k·n
-///   values) to use it for only a few rows; these loops read it in place.
-///   At m = 1 (inference on one sample) the MNIST MLP's forward pass takes
-///   0.012 ms this way and 0.047 ms packed. For `a @ b^T` `gemm` itself
-///   drops to 10–40 GFLOP/s at m ≤ 8, these loops run at 22–54.
+/// - For `m ≤ 8` rows unless `sgemm` reads `b` in place (`b_in_place`,
+///   below): a packed product copies all of `b` (k·n values) to use it
+///   for only a few rows; these loops read it in place. At m = 1
+///   (inference on one sample) the MNIST MLP's forward pass took 0.012 ms
+///   this way and 0.047 ms packed. For `a @ b^T` `gemm` itself drops to
+///   10–40 GFLOP/s at m ≤ 8, these loops run at 22–54.
 /// - From m ≥ 32 with n, k ≥ 64, the AVX-512 packed kernels reach 49–109
 ///   GFLOP/s, these 128-bit loops 29–49.
 ///
