@@ -16,6 +16,7 @@
 //! - `summary`: what each kernel covers, computes and moves.
 //! - `threads`: the thread pool parallel kernels split their work over.
 
+pub mod conv;
 pub mod emit;
 pub mod expr;
 pub mod group;

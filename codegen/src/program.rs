@@ -298,6 +298,10 @@ fn new_module() -> Result<JITModule, CodegenError> {
     jb.symbol(Host::Powf.name(), nnc_powf as *const u8);
     jb.symbol(Host::Sgemm.name(), nnc_sgemm as *const u8);
     jb.symbol(Host::Parallel.name(), nnc_parallel as *const u8);
+    jb.symbol(
+        Host::Conv2dRows.name(),
+        crate::conv::nnc_conv2d_rows as *const u8,
+    );
     Ok(JITModule::new(jb))
 }
 

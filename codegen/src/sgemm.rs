@@ -391,6 +391,73 @@ fn direct_b(isa: Isa, m: usize, mr: usize, b_cs: isize) -> bool {
     b_cs == 1 && m <= 2 * mr && isa != Isa::Scalar
 }
 
+/// `c = a @ b` (or `c += a @ b`) for `n ≤ 32` columns where row `p` of
+/// `b` starts at `b + offs[p]`: the rows of an implicit-GEMM convolution,
+/// read straight from a (padded) image (see `crate::conv`). `a` is read in
+/// place (`m × k`, any strides), `c` has contiguous rows. Needs AVX-512
+/// ([`Isa::Avx512`]).
+///
+/// # Safety
+/// `a`, `c` in bounds for their strides; `offs` holds `k` entries, and 32
+/// elements from `b + offs[p]` are readable for every `p` (columns past
+/// `n` are read and not used).
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn sgemm_rows(
+    m: usize,
+    n: usize,
+    k: usize,
+    c: *mut f32,
+    c_rs: isize,
+    a: *const f32,
+    a_rs: isize,
+    a_cs: isize,
+    b: *const f32,
+    offs: &[isize],
+    accumulate: bool,
+) {
+    assert!(
+        n <= 32 && offs.len() >= k,
+        "sgemm_rows: {n} columns, {k} rows"
+    );
+    #[cfg(target_arch = "x86_64")]
+    {
+        assert!(Isa::Avx512.supported(), "sgemm_rows needs AVX-512");
+        let mut i0 = 0;
+        while i0 < m {
+            let rows = (m - i0).min(8);
+            // SAFETY: the caller's contract; tiles of at most 8 rows.
+            unsafe {
+                let ap = ASrc {
+                    p: a.offset(i0 as isize * a_rs),
+                    rs: a_rs,
+                    cs: a_cs,
+                    rows,
+                };
+                let bp = BSrc {
+                    p: b,
+                    rs: 0,
+                    offs: offs.as_ptr(),
+                };
+                let t = Tile {
+                    c: c.offset(i0 as isize * c_rs),
+                    rs: c_rs,
+                    cs: 1,
+                    m: rows,
+                    n,
+                    add: accumulate,
+                };
+                x86::tile_avx512_table(k, ap, bp, &t);
+            }
+            i0 += 8;
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (m, c, c_rs, a, a_rs, a_cs, b, accumulate);
+        unreachable!("sgemm_rows needs AVX-512");
+    }
+}
+
 /// [`sgemm_ex`] with the form chosen.
 #[allow(clippy::too_many_arguments)]
 unsafe fn sgemm_in(
@@ -534,7 +601,11 @@ unsafe fn sgemm_in(
                             } else {
                                 (bbuf.add(jr * kc) as *const f32, nr as isize)
                             };
-                            let bp = BSrc { p: bp, rs: b_step };
+                            let bp = BSrc {
+                                p: bp,
+                                rs: b_step,
+                                offs: std::ptr::null(),
+                            };
                             let t = Tile {
                                 c: ct,
                                 rs: c_rs,
@@ -600,11 +671,14 @@ impl ASrc {
 }
 
 /// Where a micro-kernel reads `b`: depth `p` of its `NR` columns at
-/// `p[p * rs ..]` (a packed panel: `rs = NR`).
+/// `p[p * rs ..]` (a packed panel: `rs = NR`), or at `p[offs[p] ..]` for
+/// the kernels that take a table (an implicit-GEMM convolution's image
+/// rows: see [`sgemm_rows`]).
 #[derive(Clone, Copy)]
 struct BSrc {
     p: *const f32,
     rs: isize,
+    offs: *const isize,
 }
 
 /// Where a micro-kernel writes: `m × n` valid elements of `c`.
@@ -740,10 +814,10 @@ mod x86 {
                 // SAFETY: forwarded contract.
                 unsafe {
                     match t.m {
-                        0..=2 => kernel_avx512::<$nv, $packed, 2>(kc, a, b, t),
-                        3..=4 => kernel_avx512::<$nv, $packed, 4>(kc, a, b, t),
-                        5..=6 => kernel_avx512::<$nv, $packed, 6>(kc, a, b, t),
-                        _ => kernel_avx512::<$nv, $packed, 8>(kc, a, b, t),
+                        0..=2 => kernel_avx512::<$nv, $packed, 2, false>(kc, a, b, t),
+                        3..=4 => kernel_avx512::<$nv, $packed, 4, false>(kc, a, b, t),
+                        5..=6 => kernel_avx512::<$nv, $packed, 6, false>(kc, a, b, t),
+                        _ => kernel_avx512::<$nv, $packed, 8, false>(kc, a, b, t),
                     }
                 }
             };
@@ -756,10 +830,40 @@ mod x86 {
         }
     }
 
-    /// `ROWS`×(16·NV) AVX-512 kernel over a 32-wide `b` panel; `a` is an
-    /// 8-row packed panel or read in place.
+    /// [`tile_avx512`] with `a` read in place and the rows of `b` located
+    /// by its table.
     #[target_feature(enable = "avx512f")]
-    unsafe fn kernel_avx512<const NV: usize, const PACKED: bool, const ROWS: usize>(
+    pub(super) unsafe fn tile_avx512_table(kc: usize, a: ASrc, b: BSrc, t: &Tile) {
+        macro_rules! rows {
+            ($nv:literal) => {
+                // SAFETY: forwarded contract.
+                unsafe {
+                    match t.m {
+                        0..=2 => kernel_avx512::<$nv, false, 2, true>(kc, a, b, t),
+                        3..=4 => kernel_avx512::<$nv, false, 4, true>(kc, a, b, t),
+                        5..=6 => kernel_avx512::<$nv, false, 6, true>(kc, a, b, t),
+                        _ => kernel_avx512::<$nv, false, 8, true>(kc, a, b, t),
+                    }
+                }
+            };
+        }
+        if t.n > 16 {
+            rows!(2)
+        } else {
+            rows!(1)
+        }
+    }
+
+    /// `ROWS`×(16·NV) AVX-512 kernel over a 32-wide `b` panel; `a` is an
+    /// 8-row packed panel or read in place; `b`'s rows `rs` apart or at
+    /// the offsets of its table (`TABLE`).
+    #[target_feature(enable = "avx512f")]
+    unsafe fn kernel_avx512<
+        const NV: usize,
+        const PACKED: bool,
+        const ROWS: usize,
+        const TABLE: bool,
+    >(
         kc: usize,
         a: ASrc,
         b: BSrc,
@@ -775,10 +879,15 @@ mod x86 {
             let rows = a.rows::<ROWS>();
             let mut off = 0isize;
             let mut bp = b.p;
-            for _ in 0..kc {
+            for kk in 0..kc {
+                let row = if TABLE {
+                    b.p.offset(*b.offs.add(kk))
+                } else {
+                    bp
+                };
                 let mut bv = [_mm512_setzero_ps(); NV];
                 for (v, x) in bv.iter_mut().enumerate() {
-                    *x = _mm512_loadu_ps(bp.add(16 * v));
+                    *x = _mm512_loadu_ps(row.add(16 * v));
                 }
                 for (i, row) in r.iter_mut().enumerate() {
                     let ai = if PACKED {
