@@ -83,6 +83,7 @@ pub enum Host {
     Sgemm,
     Parallel,
     Conv2dRows,
+    Conv2dWeightGrad,
 }
 
 impl Host {
@@ -92,6 +93,7 @@ impl Host {
             Host::Sgemm => "nnc_sgemm",
             Host::Parallel => "nnc_parallel",
             Host::Conv2dRows => "nnc_conv2d_rows",
+            Host::Conv2dWeightGrad => "nnc_conv2d_weight_grad",
         }
     }
 
@@ -114,7 +116,7 @@ impl Host {
                 }
             }
             // Eight operands, the 11-part geometry, the fill value.
-            Host::Conv2dRows => {
+            Host::Conv2dRows | Host::Conv2dWeightGrad => {
                 for _ in 0..8 + 11 + 1 {
                     sig.params.push(AbiParam::new(types::I64));
                 }
@@ -1126,11 +1128,20 @@ fn emit_matmul(
     // only the columns `[j0, j1)` of a staged `b` and of `c`, unfolding
     // only the channels that hold them.
     let per_plane = by_planes.map_or(1, |(per_plane, _)| per_plane);
-    // A convolution the micro-kernel computes from the image (see
-    // `crate::conv`): `w @ unfold(image)`, one whole sample per product.
+    // A convolution computed from the image (see `crate::conv`), one
+    // whole sample per product: `w @ unfold(image)` (`b` the columns), or
+    // its weight gradient `dy @ unfold(image)^T` (`b` transposed).
     let from_image = match &stages {
         [None, Some(st), None] if !accumulate && split.is_none_or(|_| by_planes.is_none()) => {
-            conv_rows(st, views[1], (rows, k, n), (b_rs, b_cs), c_cs)
+            let forward = conv_rows(st, views[1], (rows, k, n), (b_rs, b_cs), c_cs);
+            let grad = || {
+                let g = conv_rows(st, views[1], (rows, n, k), (b_cs, b_rs), 1)?;
+                (a_cs == 1).then_some(g)
+            };
+            match forward {
+                Some(g) => Some((Host::Conv2dRows, g)),
+                None => grad().map(|g| (Host::Conv2dWeightGrad, g)),
+            }
         }
         _ => None,
     };
@@ -1138,26 +1149,41 @@ fn emit_matmul(
                        at: [Value; 3],
                        piece: Option<(usize, usize)>|
      -> Result<(), CodegenError> {
-        if let (Some(g), Some(st)) = (&from_image, &stages[1]) {
+        if let (Some((host, g)), Some(st)) = (&from_image, &stages[1]) {
             let mut scratch = b.ins().iconst(types::I64, st.scratch as i64);
             if let Some(off) = task_offsets[1] {
                 scratch = b.ins().iadd(scratch, off);
             }
             let image = stage_image(b, st, at[1]);
             let fill = i64::from(st.fill.unwrap_or(0));
-            let consts = [c_rs as i64]
-                .into_iter()
-                .map(|v| b.ins().iconst(types::I64, v))
-                .collect::<Vec<_>>();
-            let mut args = vec![at[2], consts[0], image, at[0]];
-            for v in [a_rs as i64, a_cs as i64, rows as i64] {
-                args.push(b.ins().iconst(types::I64, v));
-            }
+            let mut konst = |v: isize| b.ins().iconst(types::I64, v as i64);
+            let mut args = match host {
+                // out, its row stride, image, weight, its strides, rows.
+                Host::Conv2dRows => vec![
+                    at[2],
+                    konst(c_rs),
+                    image,
+                    at[0],
+                    konst(a_rs),
+                    konst(a_cs),
+                    konst(rows as isize),
+                ],
+                // grad, its strides, dy, its row stride, rows, image.
+                _ => vec![
+                    at[2],
+                    konst(c_rs),
+                    konst(c_cs),
+                    at[0],
+                    konst(a_rs),
+                    konst(rows as isize),
+                    image,
+                ],
+            };
             args.push(scratch);
             for v in g.to_args().into_iter().chain([fill]) {
                 args.push(b.ins().iconst(types::I64, v));
             }
-            calls.call(b, Host::Conv2dRows, &args);
+            calls.call(b, *host, &args);
             return Ok(());
         }
         let mut addrs = at;

@@ -302,6 +302,10 @@ fn new_module() -> Result<JITModule, CodegenError> {
         Host::Conv2dRows.name(),
         crate::conv::nnc_conv2d_rows as *const u8,
     );
+    jb.symbol(
+        Host::Conv2dWeightGrad.name(),
+        crate::conv::nnc_conv2d_weight_grad as *const u8,
+    );
     Ok(JITModule::new(jb))
 }
 
