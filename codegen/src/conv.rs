@@ -243,103 +243,20 @@ pub unsafe fn weight_grad(
     // SAFETY (whole body): within the caller's buffers.
     unsafe {
         let (padded, offs) = stage(image, g, scratch, fill);
-        #[cfg(target_arch = "x86_64")]
-        {
-            assert!(crate::sgemm::Isa::Avx512.supported(), "conv: needs AVX-512");
-            x86::weight_grad(grad, (grad_rs, grad_cs), dy, dy_rs, o, padded, offs, g);
-        }
-        #[cfg(not(target_arch = "x86_64"))]
-        {
-            let _ = (grad, grad_rs, grad_cs, dy, dy_rs, o, padded, offs);
-            unreachable!("conv: needs AVX-512");
-        }
-    }
-}
-
-#[cfg(target_arch = "x86_64")]
-mod x86 {
-    use super::Rows;
-    use std::arch::x86_64::*;
-
-    /// [`super::weight_grad`] on the staged planes: blocks of `R` output
-    /// channels × `C` kernel offsets, one 16-lane accumulator each, summed
-    /// across lanes at the end.
-    #[target_feature(enable = "avx512f")]
-    #[allow(clippy::too_many_arguments)]
-    pub(super) unsafe fn weight_grad(
-        grad: *mut f32,
-        strides: (isize, isize),
-        dy: *const f32,
-        dy_rs: isize,
-        o: usize,
-        padded: &[f32],
-        offs: &[isize],
-        g: &Rows,
-    ) {
-        // SAFETY: forwarded contract.
-        unsafe {
-            if o.is_multiple_of(6) {
-                blocks::<6, 2>(grad, strides, dy, dy_rs, o, padded, offs, g)
-            } else {
-                blocks::<4, 4>(grad, strides, dy, dy_rs, o, padded, offs, g)
-            }
-        }
-    }
-
-    #[target_feature(enable = "avx512f")]
-    #[allow(clippy::too_many_arguments)]
-    unsafe fn blocks<const R: usize, const C: usize>(
-        grad: *mut f32,
-        (grad_rs, grad_cs): (isize, isize),
-        dy: *const f32,
-        dy_rs: isize,
-        o: usize,
-        padded: &[f32],
-        offs: &[isize],
-        g: &Rows,
-    ) {
-        let wp = g.padded().1;
-        let depth = offs.len();
-        let vectors = g.ow.div_ceil(16);
-        // SAFETY (whole body): rows of `dy` hold `oh·ow` elements; each
-        // kernel offset's run of `ow` lies inside the padded planes.
-        // Blocks past the edge are clamped to the last row or column,
-        // computed and not written.
-        unsafe {
-            for i0 in (0..o).step_by(R) {
-                let rows = (o - i0).min(R);
-                let a: [*const f32; R] =
-                    std::array::from_fn(|i| dy.offset((i0 + i.min(rows - 1)) as isize * dy_rs));
-                for j0 in (0..depth).step_by(C) {
-                    let cols = (depth - j0).min(C);
-                    let b: [*const f32; C] =
-                        std::array::from_fn(|j| padded.as_ptr().offset(offs[j0 + j.min(cols - 1)]));
-                    let mut acc = [[_mm512_setzero_ps(); C]; R];
-                    for oy in 0..g.oh {
-                        for q in 0..vectors {
-                            let lanes = (g.ow - 16 * q).min(16);
-                            let mask = ((1u32 << lanes) - 1) as __mmask16;
-                            let (at_a, at_b) = (oy * g.ow + 16 * q, oy * wp + 16 * q);
-                            let av: [__m512; R] = std::array::from_fn(|i| {
-                                _mm512_maskz_loadu_ps(mask, a[i].add(at_a))
-                            });
-                            for (j, &bj) in b.iter().enumerate() {
-                                let bv = _mm512_maskz_loadu_ps(mask, bj.add(at_b));
-                                for i in 0..R {
-                                    acc[i][j] = _mm512_fmadd_ps(av[i], bv, acc[i][j]);
-                                }
-                            }
-                        }
-                    }
-                    for (i, row) in acc.iter().enumerate().take(rows) {
-                        for (j, &v) in row.iter().enumerate().take(cols) {
-                            let at = (i0 + i) as isize * grad_rs + (j0 + j) as isize * grad_cs;
-                            *grad.offset(at) = _mm512_reduce_add_ps(v);
-                        }
-                    }
-                }
-            }
-        }
+        let runs = crate::sgemm::Runs {
+            count: g.oh,
+            len: g.ow,
+            a_step: g.ow,
+            b_step: g.padded().1,
+        };
+        crate::sgemm::dots(
+            (o, g.depth()),
+            (grad, grad_rs, grad_cs),
+            (dy, dy_rs),
+            (padded.as_ptr(), &|j| offs[j]),
+            runs,
+            false,
+        );
     }
 }
 

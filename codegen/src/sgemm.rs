@@ -372,6 +372,55 @@ fn dots_form(isa: Isa, m: usize, k: usize, a_cs: isize, b_rs: isize) -> bool {
 const DOTS_MIN_K: usize = 256;
 const DOTS_K_PER_ROW: usize = 64;
 
+/// Where the dot products of [`dots`] run: `count` runs of `len`
+/// contiguous elements, run `r` starting `r·a_step` into a row of `a` and
+/// `r·b_step` into a column of `b`.
+#[derive(Debug, Clone, Copy)]
+pub struct Runs {
+    pub count: usize,
+    pub len: usize,
+    pub a_step: usize,
+    pub b_step: usize,
+}
+
+impl Runs {
+    /// One run of `k`: rows of `a` and columns of `b` contiguous.
+    pub fn whole(k: usize) -> Runs {
+        Runs {
+            count: 1,
+            len: k,
+            a_step: 0,
+            b_step: 0,
+        }
+    }
+}
+
+/// `c[i, j] = Σ_runs Σ_t a[i·a_rs + run + t] · b[column(j) + run + t]`
+/// (`+=` when `accumulate`): [`sgemm`]'s dot-product form (see
+/// `dots_form`), and a convolution's weight gradient against its padded
+/// image, output row by output row (`crate::conv`). Needs AVX-512.
+///
+/// # Safety
+/// Every run of rows `< m` of `a` and of columns `< n` of `b` is in
+/// bounds; `c` in bounds for its strides, overlapping neither.
+pub unsafe fn dots(
+    (m, n): (usize, usize),
+    c: (*mut f32, isize, isize),
+    a: (*const f32, isize),
+    b: (*const f32, &dyn Fn(usize) -> isize),
+    runs: Runs,
+    accumulate: bool,
+) {
+    assert!(Isa::Avx512.supported(), "sgemm::dots needs AVX-512");
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: the caller's contract; the CPU was checked.
+    unsafe {
+        x86::dots_avx512((m, n), c, a, b, runs, accumulate)
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (m, n, c, a, b, runs, accumulate);
+}
+
 /// Whether [`sgemm`] computes an `m`-row product of this layout without
 /// packing `b` (on this CPU): a row-major `b` under at most two row panels,
 /// or the dot-product form.
@@ -484,7 +533,16 @@ unsafe fn sgemm_in(
     if dots && k > 0 {
         // SAFETY: forwarded contract; `dots_form` checked the CPU and that
         // rows of `a` and columns of `b` are contiguous.
-        return unsafe { x86::dots_avx512(m, n, k, c, c_rs, c_cs, a, a_rs, b, b_cs, accumulate) };
+        return unsafe {
+            self::dots(
+                (m, n),
+                (c, c_rs, c_cs),
+                (a, a_rs),
+                (b, &|j| j as isize * b_cs),
+                Runs::whole(k),
+                accumulate,
+            )
+        };
     }
     if k == 0 {
         if !accumulate {
@@ -801,7 +859,7 @@ unsafe fn kernel_scalar(kc: usize, a: ASrc, b: BSrc, t: &Tile) {
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use super::{ASrc, BSrc, Tile};
+    use super::{ASrc, BSrc, Runs, Tile};
     use std::arch::x86_64::*;
 
     /// One tile with the AVX-512 kernel that fits it: 16 or 32 columns,
@@ -1011,56 +1069,43 @@ mod x86 {
         }
     }
 
-    /// `c[i, j] (+)= Σ_p a[i·a_rs + p] · b[j·b_cs + p]` (see `dots_form`),
-    /// in blocks of `R` rows × `C` columns: per 16 steps of `p`, `R + C`
-    /// loads feed `R·C` accumulators; masked loads cover the last `k mod 16`.
-    /// Blocks of 6 × 2 when they tile the rows (LeNet's 6 channels), else
-    /// 4 × 4.
+    /// [`super::dots`] in blocks of `R` rows × `C` columns: per 16 steps
+    /// along a run, `R + C` loads feed `R·C` accumulators; masked loads
+    /// cover a run's last `len mod 16`. Blocks of 6 × 2 when they tile the
+    /// rows (LeNet's 6 channels), else 4 × 4.
     #[target_feature(enable = "avx512f")]
-    #[allow(clippy::too_many_arguments)]
     pub(super) unsafe fn dots_avx512(
-        m: usize,
-        n: usize,
-        k: usize,
-        c: *mut f32,
-        c_rs: isize,
-        c_cs: isize,
-        a: *const f32,
-        a_rs: isize,
-        b: *const f32,
-        b_cs: isize,
+        (m, n): (usize, usize),
+        c: (*mut f32, isize, isize),
+        a: (*const f32, isize),
+        b: (*const f32, &dyn Fn(usize) -> isize),
+        runs: Runs,
         add: bool,
     ) {
         // SAFETY: forwarded contract.
         unsafe {
             if m.is_multiple_of(6) {
-                dots_blocks::<6, 2>(m, n, k, c, c_rs, c_cs, a, a_rs, b, b_cs, add)
+                dots_blocks::<6, 2>((m, n), c, a, b, runs, add)
             } else {
-                dots_blocks::<4, 4>(m, n, k, c, c_rs, c_cs, a, a_rs, b, b_cs, add)
+                dots_blocks::<4, 4>((m, n), c, a, b, runs, add)
             }
         }
     }
 
     #[target_feature(enable = "avx512f")]
-    #[allow(clippy::too_many_arguments)]
     unsafe fn dots_blocks<const R: usize, const C: usize>(
-        m: usize,
-        n: usize,
-        k: usize,
-        c: *mut f32,
-        c_rs: isize,
-        c_cs: isize,
-        a: *const f32,
-        a_rs: isize,
-        b: *const f32,
-        b_cs: isize,
+        (m, n): (usize, usize),
+        (c, c_rs, c_cs): (*mut f32, isize, isize),
+        (a, a_rs): (*const f32, isize),
+        (b, column): (*const f32, &dyn Fn(usize) -> isize),
+        runs: Runs,
         add: bool,
     ) {
-        let (full, tail) = (k / 16, k % 16);
+        let (full, tail) = (runs.len / 16, runs.len % 16);
         let tail_mask: __mmask16 = ((1u32 << tail) - 1) as u16;
-        // SAFETY (whole body): rows `< m` of `a` and columns `< n` of `b`
-        // hold `k` contiguous elements; indices past the edge are clamped
-        // to the last row or column, computed and not written.
+        // SAFETY (whole body): the runs of rows `< m` of `a` and columns
+        // `< n` of `b` are in bounds; indices past the edge are clamped to
+        // the last row or column, computed and not written.
         unsafe {
             for i0 in (0..m).step_by(R) {
                 let rows = (m - i0).min(R);
@@ -1069,16 +1114,21 @@ mod x86 {
                 for j0 in (0..n).step_by(C) {
                     let cols = (n - j0).min(C);
                     let bp: [*const f32; C] =
-                        std::array::from_fn(|j| b.offset((j0 + j.min(cols - 1)) as isize * b_cs));
+                        std::array::from_fn(|j| b.offset(column(j0 + j.min(cols - 1))));
                     let mut acc = [[_mm512_setzero_ps(); C]; R];
-                    for q in 0..full + usize::from(tail > 0) {
-                        let mask = if q < full { !0 } else { tail_mask };
-                        let load = |p: *const f32| _mm512_maskz_loadu_ps(mask, p.add(16 * q));
-                        let av: [__m512; R] = std::array::from_fn(|i| load(ap[i]));
-                        for (j, &p) in bp.iter().enumerate() {
-                            let bv = load(p);
-                            for i in 0..R {
-                                acc[i][j] = _mm512_fmadd_ps(av[i], bv, acc[i][j]);
+                    for r in 0..runs.count {
+                        let (at_a, at_b) = (r * runs.a_step, r * runs.b_step);
+                        for q in 0..full + usize::from(tail > 0) {
+                            let mask = if q < full { !0 } else { tail_mask };
+                            let load = |p: *const f32, at: usize| {
+                                _mm512_maskz_loadu_ps(mask, p.add(at + 16 * q))
+                            };
+                            let av: [__m512; R] = std::array::from_fn(|i| load(ap[i], at_a));
+                            for (j, &p) in bp.iter().enumerate() {
+                                let bv = load(p, at_b);
+                                for i in 0..R {
+                                    acc[i][j] = _mm512_fmadd_ps(av[i], bv, acc[i][j]);
+                                }
                             }
                         }
                     }
