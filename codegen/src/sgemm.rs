@@ -508,6 +508,9 @@ pub unsafe fn sgemm_rows(
 }
 
 /// [`sgemm_ex`] with the form chosen.
+///
+/// # Safety
+/// As [`sgemm`].
 #[allow(clippy::too_many_arguments)]
 unsafe fn sgemm_in(
     dots: bool,
@@ -751,6 +754,10 @@ struct Tile {
 
 impl Tile {
     /// Write the valid part of a row-major `w`-wide tile buffer.
+    ///
+    /// # Safety
+    /// The tile's `m × n` elements at its strides are in bounds of `c`;
+    /// `buf` holds at least `m` rows of `w ≥ n` elements.
     #[inline(always)]
     unsafe fn write_from(&self, buf: &[f32], w: usize) {
         for i in 0..self.m {
@@ -768,6 +775,10 @@ impl Tile {
 
 /// Pack `len` lines of `kc` elements into a panel `dst[p * w + i]`, lines
 /// `len..w` zero. Line `i`, element `p` is at `src[i * ls + p * ks]`.
+///
+/// # Safety
+/// `dst` holds `kc · w` elements; every `src[i * ls + p * ks]` for
+/// `i < len`, `p < kc` is in bounds.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 unsafe fn pack(
@@ -836,6 +847,10 @@ unsafe fn pack(
 }
 
 /// Portable 4×4 kernel.
+///
+/// # Safety
+/// `a` and `b` reach `kc` steps of a 4-row, 4-column panel (packed or
+/// in place, as their strides say); `t` is in bounds of `c`.
 unsafe fn kernel_scalar(kc: usize, a: ASrc, b: BSrc, t: &Tile) {
     let mut acc = [0f32; 16];
     let rows = a.rows::<4>();
@@ -865,6 +880,11 @@ mod x86 {
     /// One tile with the AVX-512 kernel that fits it: 16 or 32 columns,
     /// and 2, 4, 6 or 8 rows (a product with a few rows, such as LeNet's
     /// 6-channel conv1, does not pay for eight).
+    ///
+    /// # Safety
+    /// The CPU has AVX-512F; `a` and `b` reach `kc` steps of the tile's
+    /// rows and columns (an 8-row packed `a` panel when `packed`, a
+    /// 32-wide `b` panel); `t` is in bounds of `c`.
     #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn tile_avx512(kc: usize, a: ASrc, b: BSrc, t: &Tile, packed: bool) {
         macro_rules! rows {
@@ -890,6 +910,10 @@ mod x86 {
 
     /// [`tile_avx512`] with `a` read in place and the rows of `b` located
     /// by its table.
+    ///
+    /// # Safety
+    /// As [`tile_avx512`]; `b.offs` holds `kc` offsets, each the start of
+    /// a row with the tile's columns in bounds.
     #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn tile_avx512_table(kc: usize, a: ASrc, b: BSrc, t: &Tile) {
         macro_rules! rows {
@@ -915,6 +939,9 @@ mod x86 {
     /// `ROWS`×(16·NV) AVX-512 kernel over a 32-wide `b` panel; `a` is an
     /// 8-row packed panel or read in place; `b`'s rows `rs` apart or at
     /// the offsets of its table (`TABLE`).
+    ///
+    /// # Safety
+    /// As [`tile_avx512`] (and [`tile_avx512_table`] when `TABLE`).
     #[target_feature(enable = "avx512f")]
     unsafe fn kernel_avx512<
         const NV: usize,
@@ -1004,6 +1031,9 @@ mod x86 {
     /// `len..w` already zero) in 8×8 blocks transposed in registers: eight
     /// contiguous loads and eight contiguous stores per 64 elements, where
     /// the scalar copy does 64 of each. Tails are copied one by one.
+    ///
+    /// # Safety
+    /// The CPU has AVX2; otherwise as [`super::pack`].
     #[target_feature(enable = "avx2")]
     pub(super) unsafe fn pack_transposed(
         dst: *mut f32,
@@ -1073,6 +1103,9 @@ mod x86 {
     /// along a run, `R + C` loads feed `R·C` accumulators; masked loads
     /// cover a run's last `len mod 16`. Blocks of 6 × 2 when they tile the
     /// rows (LeNet's 6 channels), else 4 × 4.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512F; otherwise as [`super::dots`].
     #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn dots_avx512(
         (m, n): (usize, usize),
@@ -1092,6 +1125,10 @@ mod x86 {
         }
     }
 
+    /// One `R × C` block shape of [`dots_avx512`].
+    ///
+    /// # Safety
+    /// As [`dots_avx512`].
     #[target_feature(enable = "avx512f")]
     unsafe fn dots_blocks<const R: usize, const C: usize>(
         (m, n): (usize, usize),
@@ -1145,6 +1182,10 @@ mod x86 {
     }
 
     /// 6×(8·NV) AVX2+FMA kernel over a 16-wide packed `b` panel.
+    ///
+    /// # Safety
+    /// The CPU has AVX2 and FMA; `a` reaches `kc` steps of 6 rows, `b`
+    /// `kc` steps of a 16-wide panel; `t` is in bounds of `c`.
     #[target_feature(enable = "avx2,fma")]
     pub(super) unsafe fn kernel_avx2<const NV: usize, const PACKED: bool>(
         kc: usize,

@@ -62,15 +62,13 @@ pub fn infer(
     args: &[&TensorType],
     declared: Option<&TensorType>,
 ) -> Result<TensorType, ShapeError> {
-    if let Some(n) = op.arity() {
-        if args.len() != n {
-            return err(format!(
-                "`{}` takes {n} operand{}, found {}",
-                op.mnemonic(),
-                if n == 1 { "" } else { "s" },
-                args.len()
-            ));
-        }
+    if !op.arity().admits(args.len()) {
+        return err(format!(
+            "`{}` takes {}, found {}",
+            op.mnemonic(),
+            op.arity(),
+            args.len()
+        ));
     }
     let need_declared = || match declared {
         Some(t) => Ok(t.clone()),

@@ -529,10 +529,8 @@ fn eval_op(
     shape: &[usize],
     env: &Env,
 ) -> Result<Tensor, EvalError> {
-    if let Some(n) = op.arity() {
-        if args.len() != n {
-            return Err(at.invalid(format!("takes {n} operands, found {}", args.len())));
-        }
+    if !op.arity().admits(args.len()) {
+        return Err(at.invalid(format!("takes {}, found {}", op.arity(), args.len())));
     }
     let numel = checked_numel(shape).unwrap_or(0);
     Ok(match (op, args) {

@@ -25,7 +25,10 @@ pub use module::{
     is_loop_input, DataField, DataSpec, Metric, Module, Optimizer, Schedule, Source, TestSet,
     TrainSpec, Transform, HYPER, LEARNING_RATE, LOSS, RNG_KEY,
 };
-pub use op::{random_uniform, BinaryOp, Init, Literal, Op, ReduceOp, UnaryOp, Window};
+pub use op::{
+    random_uniform, Arity, BinaryOp, Init, Literal, Op, OpClass, OpInfo, OpKind, ReduceOp, UnaryOp,
+    Window,
+};
 pub use tensor::{Tensor, TensorError};
 pub use text::{parse_graph, TextError};
 pub use types::{DType, Dim, Shape, ShapeDisplay, TensorType};

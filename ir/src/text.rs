@@ -24,7 +24,7 @@
 
 use crate::graph::{Graph, NodeId, Output, Update};
 use crate::infer::infer;
-use crate::op::{BinaryOp, Init, Literal, Op, ReduceOp, UnaryOp, Window};
+use crate::op::{Init, Literal, Op, OpKind, Window};
 use crate::types::{DType, Dim, TensorType};
 use std::collections::HashMap;
 use thiserror::Error;
@@ -715,62 +715,60 @@ impl<'a> Parser<'a> {
                 self.bump();
             }
         }
-        let op = match m {
-            "input" => Op::Input {
+        let Some(kind) = OpKind::from_mnemonic(m) else {
+            return Err(Self::error_at(&mn, format!("unknown op `{}`", truncate(m))));
+        };
+        let op = match kind {
+            OpKind::Input => Op::Input {
                 name: self.string("the input's name in quotes")?,
             },
-            "param" | "state" => {
+            OpKind::Param | OpKind::State => {
                 let name = self.string(&format!("the {m}'s name in quotes"))?;
                 let init = self.attr("init", m, |p, what| p.init(&format!("an init as {what}")))?;
-                if m == "param" {
+                if kind == OpKind::Param {
                     Op::Param { name, init }
                 } else {
                     Op::State { name, init }
                 }
             }
-            "const" => Op::Const(self.literal()?),
-            "iota" => Op::Iota {
+            OpKind::Const => Op::Const(self.literal()?),
+            OpKind::Iota => Op::Iota {
                 axis: self.usize_attr("axis", m)?,
             },
-            "argmax" => Op::ArgMax {
+            OpKind::ArgMax => Op::ArgMax {
                 axis: self.usize_attr("axis", m)?,
             },
-            "concat" => Op::Concat {
+            OpKind::Concat => Op::Concat {
                 axis: self.usize_attr("axis", m)?,
             },
-            "gather" => Op::Gather {
+            OpKind::Gather => Op::Gather {
                 axis: self.usize_attr("axis", m)?,
             },
-            "scatter_add" => Op::ScatterAdd {
+            OpKind::ScatterAdd => Op::ScatterAdd {
                 axis: self.usize_attr("axis", m)?,
             },
-            "reduce_sum" | "reduce_mean" | "reduce_max" => {
-                let op = match m {
-                    "reduce_sum" => ReduceOp::Sum,
-                    "reduce_mean" => ReduceOp::Mean,
-                    _ => ReduceOp::Max,
-                };
+            OpKind::Reduce(op) => {
                 let axes = self.attr("axes", m, |p, what| p.int_list(what))?;
                 let keepdim = self.attr("keepdim", m, |p, what| p.bool_value(what))?;
                 Op::Reduce { op, axes, keepdim }
             }
-            "transpose" => Op::Transpose {
+            OpKind::Transpose => Op::Transpose {
                 perm: self.attr("perm", m, |p, what| p.int_list(what))?,
             },
-            "slice" => {
+            OpKind::Slice => {
                 let axis = self.usize_attr("axis", m)?;
                 let start = self.usize_attr("start", m)?;
                 let end = self.usize_attr("end", m)?;
                 Op::Slice { axis, start, end }
             }
-            "unfold" => Op::Unfold {
+            OpKind::Unfold => Op::Unfold {
                 window: self.window(m)?,
                 fill: self.attr("fill", m, |p, what| p.float(what))?,
             },
-            "fold" => Op::Fold {
+            OpKind::Fold => Op::Fold {
                 window: self.window(m)?,
             },
-            "random" => Op::Random {
+            OpKind::Random => Op::Random {
                 stream: {
                     let tok = self.peek().clone();
                     let s = self.usize_attr("stream", m)?;
@@ -778,23 +776,13 @@ impl<'a> Parser<'a> {
                         .map_err(|_| Self::error_at(&tok, "`stream` must fit in 32 bits"))?
                 },
             },
-            "select" => Op::Select,
-            "cast" => Op::Cast,
-            "matmul" => Op::MatMul,
-            "reshape" => Op::Reshape,
-            "broadcast" => Op::Broadcast,
-            other => {
-                if let Some(u) = UnaryOp::from_name(other) {
-                    Op::Unary(u)
-                } else if let Some(b) = BinaryOp::from_name(other) {
-                    Op::Binary(b)
-                } else {
-                    return Err(Self::error_at(
-                        &mn,
-                        format!("unknown op `{}`", truncate(other)),
-                    ));
-                }
-            }
+            OpKind::Unary(u) => Op::Unary(u),
+            OpKind::Binary(b) => Op::Binary(b),
+            OpKind::Select => Op::Select,
+            OpKind::Cast => Op::Cast,
+            OpKind::MatMul => Op::MatMul,
+            OpKind::Reshape => Op::Reshape,
+            OpKind::Broadcast => Op::Broadcast,
         };
         self.expect_punct(':', "`:` and a type")?;
         let ty_tok = self.peek().clone();

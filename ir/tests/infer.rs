@@ -279,7 +279,7 @@ fn concat_shapes() {
     let e = fails(cc(0), &[f("B,2"), f("B,2")], None);
     assert_eq!(e, "concat needs constant sizes on axis 0, found f32[B,2]");
     let e = fails(cc(0), &[], None);
-    assert_eq!(e, "concat needs at least one operand");
+    assert_eq!(e, "`concat` takes at least 1 operand, found 0");
     // Sizes that overflow are an error, not a panic.
     let huge = TensorType::new(DType::F32, vec![Dim::Const(usize::MAX)]);
     let e = fails(cc(0), &[huge, f("1")], None);

@@ -12,9 +12,9 @@
 //! gets the value the reference interpreter computes (in `f32` mode, the
 //! semantics compiled code has), and `modify` adds the `const` node for it.
 
-use super::lang::{attrs_of, enode_of, to_ir_op, Kind, TensorLang};
+use super::lang::{attrs_of, enode_of, to_ir_op, TensorLang};
 use egg::{Analysis, DidMerge, EGraph, Id};
-use nnc_ir::{DType, Dim, Env, EvalOptions, Graph, Literal, Op, TensorType, UnaryOp};
+use nnc_ir::{DType, Dim, Env, EvalOptions, Graph, Literal, Op, OpKind, TensorType, UnaryOp};
 use std::sync::Arc;
 
 /// Dense constants are folded only up to this many elements: folding a big
@@ -131,7 +131,7 @@ impl Analysis<TensorLang> for TensorAnalysis {
         let has_const = egraph[id]
             .nodes
             .iter()
-            .any(|n| n.kind() == Some(Kind::Const));
+            .any(|n| n.kind() == Some(OpKind::Const));
         if has_const {
             return;
         }

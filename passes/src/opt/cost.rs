@@ -23,7 +23,7 @@
 //! one node: this is why extraction evaluates whole candidate graphs.
 //! Symbolic dims (the batch) count as [`NOMINAL_DIM`].
 
-use nnc_ir::{BinaryOp, DType, Dim, Graph, NodeId, Op, TensorType, UnaryOp};
+use nnc_ir::{DType, Dim, Graph, NodeId, Op, OpClass, TensorType};
 use std::collections::HashMap;
 use std::fmt;
 
@@ -60,10 +60,12 @@ pub enum Role {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ViewKind {
+    /// Free of contiguous data, a copy otherwise.
     Reshape,
-    Transpose,
+    /// Reads its source's elements again and again.
     Broadcast,
-    Slice,
+    /// Strides and an offset over the source (transpose, slice).
+    Strided,
 }
 
 /// The cost-relevant facts of one node.
@@ -90,47 +92,45 @@ fn numel(shape: &[Dim]) -> f64 {
         .product()
 }
 
-/// The cost facts of `op` producing `ty` from operands of `operands` types.
+/// The cost facts of `op` producing `ty` from operands of `operands` types:
+/// the op table's class and cost units (`ir::OpInfo::units`) times the
+/// work its class does.
 pub fn node_cost(op: &Op, ty: &TensorType, operands: &[&TensorType]) -> NodeCost {
     let elems = numel(&ty.shape);
     let input_elems = operands.first().map_or(elems, |t| numel(&t.shape));
-    // Transcendentals are polynomial evaluations: several FLOPs each. A
-    // division (or a square root) is one instruction but occupies the
-    // divider for about four times an add's throughput slot.
-    const TRANSCENDENTAL: f64 = 8.0;
-    const DIVIDE: f64 = 4.0;
-    let (role, flops) = match op {
-        Op::Input { .. } | Op::Param { .. } | Op::State { .. } => (Role::Leaf, 0.0),
-        Op::Const(_) | Op::Iota { .. } => (Role::Constant, 0.0),
-        Op::Unary(UnaryOp::Neg | UnaryOp::Abs) => (Role::Elementwise, elems),
-        Op::Unary(UnaryOp::Sqrt) => (Role::Elementwise, DIVIDE * elems),
-        Op::Unary(_) => (Role::Elementwise, TRANSCENDENTAL * elems),
+    let info = op.info();
+    let (role, work) = match info.class {
+        OpClass::Leaf => (Role::Leaf, 0.0),
+        OpClass::Constant => (Role::Constant, 0.0),
+        OpClass::View => {
+            let kind = match op {
+                Op::Reshape => ViewKind::Reshape,
+                Op::Broadcast => ViewKind::Broadcast,
+                // Every other view (transpose, slice) is strides and an
+                // offset over its source.
+                _ => ViewKind::Strided,
+            };
+            (Role::View(kind), 0.0)
+        }
         // `pow` calls out per element: the plan keeps it its own kernel.
-        Op::Binary(BinaryOp::Pow) => (Role::Kernel, TRANSCENDENTAL * elems),
-        Op::Binary(BinaryOp::Div) => (Role::Elementwise, DIVIDE * elems),
-        Op::Binary(_) | Op::Select | Op::Cast => (Role::Elementwise, elems),
-        Op::Reduce { .. } | Op::ArgMax { .. } => (Role::Kernel, input_elems),
-        Op::MatMul => {
+        OpClass::Elementwise if !info.inline => (Role::Kernel, elems),
+        OpClass::Elementwise => (Role::Elementwise, elems),
+        OpClass::Generator => (Role::Kernel, elems),
+        OpClass::Reduction => (Role::Kernel, input_elems),
+        OpClass::Contraction => {
             let k = operands
                 .first()
                 .and_then(|a| a.shape.last())
                 .map_or(1.0, |d| numel(std::slice::from_ref(d)));
-            (Role::Kernel, 2.0 * elems * k)
+            (Role::Kernel, elems * k)
         }
-        Op::Reshape => (Role::View(ViewKind::Reshape), 0.0),
-        Op::Transpose { .. } => (Role::View(ViewKind::Transpose), 0.0),
-        Op::Broadcast => (Role::View(ViewKind::Broadcast), 0.0),
-        Op::Slice { .. } => (Role::View(ViewKind::Slice), 0.0),
-        Op::Random { .. } => (Role::Kernel, TRANSCENDENTAL * elems),
-        Op::Concat { .. }
-        | Op::Gather { .. }
-        | Op::ScatterAdd { .. }
-        | Op::Unfold { .. }
-        | Op::Fold { .. } => (Role::Kernel, elems.max(input_elems)),
+        OpClass::Window | OpClass::Indexing | OpClass::Join => {
+            (Role::Kernel, elems.max(input_elems))
+        }
     };
     NodeCost {
         role,
-        flops,
+        flops: f64::from(info.units) * work,
         elems,
         bytes_per_elem: if ty.dtype == DType::F64 { 8.0 } else { 4.0 },
         shape: ty.shape.clone(),
@@ -245,7 +245,7 @@ pub fn evaluate(nodes: &[DagNode], s: &mut Scratch) -> Totals {
                     // A broadcast reads its source's elements again and
                     // again, from cache.
                     ViewKind::Broadcast => (Placement::Free, false, src_read),
-                    ViewKind::Transpose | ViewKind::Slice => (Placement::Free, false, own_bytes),
+                    ViewKind::Strided => (Placement::Free, false, own_bytes),
                 }
             }
             Role::Elementwise => {

@@ -15,199 +15,25 @@
 
 use crate::PassError;
 use egg::{FromOp, Id, Language};
-use nnc_ir::{
-    BinaryOp, DType, Dim, Graph, Init, Literal, NodeId, Op, ReduceOp, TensorType, UnaryOp, Window,
-};
+use nnc_ir::{DType, Dim, Graph, Init, Literal, NodeId, Op, OpKind, TensorType, Window};
 use std::cmp::Ordering;
 use std::collections::HashMap;
 use std::fmt;
 use std::hash::{Hash, Hasher};
 
-/// The operator of a tensor e-node: an `ir::Op` without its attributes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Kind {
-    Input,
-    Param,
-    State,
-    Const,
-    Iota,
-    Unary(UnaryOp),
-    Binary(BinaryOp),
-    Select,
-    Cast,
-    Reduce(ReduceOp),
-    ArgMax,
-    MatMul,
-    Reshape,
-    Transpose,
-    Broadcast,
-    Slice,
-    Concat,
-    Gather,
-    ScatterAdd,
-    Unfold,
-    Fold,
-    Random,
+/// How many attribute children an e-node of `kind` has after its tensor
+/// operands: one for the op's attributes if the table lists any (a
+/// param's name and init are one), and one for its declared type if it
+/// takes one.
+pub fn attr_count(kind: OpKind) -> usize {
+    let info = kind.info();
+    usize::from(!info.attrs.is_empty()) + usize::from(info.typed)
 }
 
-impl Kind {
-    /// A total order key (the ir enums are not `Ord`).
-    fn key(self) -> (u8, u8) {
-        let pos = |i: Option<usize>| i.unwrap_or(0) as u8;
-        match self {
-            Kind::Input => (0, 0),
-            Kind::Param => (1, 0),
-            Kind::State => (2, 0),
-            Kind::Const => (3, 0),
-            Kind::Iota => (4, 0),
-            Kind::Unary(u) => (5, pos(UnaryOp::ALL.iter().position(|&x| x == u))),
-            Kind::Binary(b) => (6, pos(BinaryOp::ALL.iter().position(|&x| x == b))),
-            Kind::Select => (7, 0),
-            Kind::Cast => (8, 0),
-            Kind::Reduce(r) => (9, pos(ReduceOp::ALL.iter().position(|&x| x == r))),
-            Kind::ArgMax => (10, 0),
-            Kind::MatMul => (11, 0),
-            Kind::Reshape => (12, 0),
-            Kind::Transpose => (13, 0),
-            Kind::Broadcast => (14, 0),
-            Kind::Slice => (15, 0),
-            Kind::Concat => (16, 0),
-            Kind::Gather => (17, 0),
-            Kind::ScatterAdd => (18, 0),
-            Kind::Unfold => (19, 0),
-            Kind::Fold => (20, 0),
-            Kind::Random => (21, 0),
-        }
-    }
-
-    /// How many attribute children follow the tensor operands.
-    pub fn attrs(self) -> usize {
-        match self {
-            Kind::Param | Kind::State => 3,
-            Kind::Input
-            | Kind::Const
-            | Kind::Iota
-            | Kind::ScatterAdd
-            | Kind::Fold
-            | Kind::Random => 2,
-            Kind::Cast
-            | Kind::Reduce(_)
-            | Kind::ArgMax
-            | Kind::Reshape
-            | Kind::Transpose
-            | Kind::Broadcast
-            | Kind::Slice
-            | Kind::Concat
-            | Kind::Gather
-            | Kind::Unfold => 1,
-            Kind::Unary(_) | Kind::Binary(_) | Kind::Select | Kind::MatMul => 0,
-        }
-    }
-
-    /// Tensor operands, `None` for variadic `concat` (at least one).
-    pub fn operands(self) -> Option<usize> {
-        Some(match self {
-            Kind::Input | Kind::Param | Kind::State | Kind::Const | Kind::Iota => 0,
-            Kind::Unary(_)
-            | Kind::Cast
-            | Kind::Reduce(_)
-            | Kind::ArgMax
-            | Kind::Reshape
-            | Kind::Transpose
-            | Kind::Broadcast
-            | Kind::Slice
-            | Kind::Unfold
-            | Kind::Fold
-            | Kind::Random => 1,
-            Kind::Binary(_) | Kind::MatMul | Kind::Gather | Kind::ScatterAdd => 2,
-            Kind::Select => 3,
-            Kind::Concat => return None,
-        })
-    }
-
-    /// The textual IR's mnemonic, also the operator in patterns.
-    pub fn mnemonic(self) -> &'static str {
-        match self {
-            Kind::Input => "input",
-            Kind::Param => "param",
-            Kind::State => "state",
-            Kind::Const => "const",
-            Kind::Iota => "iota",
-            Kind::Unary(u) => u.name(),
-            Kind::Binary(b) => b.name(),
-            Kind::Select => "select",
-            Kind::Cast => "cast",
-            Kind::Reduce(ReduceOp::Sum) => "reduce_sum",
-            Kind::Reduce(ReduceOp::Mean) => "reduce_mean",
-            Kind::Reduce(ReduceOp::Max) => "reduce_max",
-            Kind::ArgMax => "argmax",
-            Kind::MatMul => "matmul",
-            Kind::Reshape => "reshape",
-            Kind::Transpose => "transpose",
-            Kind::Broadcast => "broadcast",
-            Kind::Slice => "slice",
-            Kind::Concat => "concat",
-            Kind::Gather => "gather",
-            Kind::ScatterAdd => "scatter_add",
-            Kind::Unfold => "unfold",
-            Kind::Fold => "fold",
-            Kind::Random => "random",
-        }
-    }
-
-    fn from_mnemonic(s: &str) -> Option<Kind> {
-        if let Some(u) = UnaryOp::from_name(s) {
-            return Some(Kind::Unary(u));
-        }
-        if let Some(b) = BinaryOp::from_name(s) {
-            return Some(Kind::Binary(b));
-        }
-        Some(match s {
-            "input" => Kind::Input,
-            "param" => Kind::Param,
-            "state" => Kind::State,
-            "const" => Kind::Const,
-            "iota" => Kind::Iota,
-            "select" => Kind::Select,
-            "cast" => Kind::Cast,
-            "reduce_sum" => Kind::Reduce(ReduceOp::Sum),
-            "reduce_mean" => Kind::Reduce(ReduceOp::Mean),
-            "reduce_max" => Kind::Reduce(ReduceOp::Max),
-            "argmax" => Kind::ArgMax,
-            "matmul" => Kind::MatMul,
-            "reshape" => Kind::Reshape,
-            "transpose" => Kind::Transpose,
-            "broadcast" => Kind::Broadcast,
-            "slice" => Kind::Slice,
-            "concat" => Kind::Concat,
-            "gather" => Kind::Gather,
-            "scatter_add" => Kind::ScatterAdd,
-            "unfold" => Kind::Unfold,
-            "fold" => Kind::Fold,
-            "random" => Kind::Random,
-            _ => return None,
-        })
-    }
-
-    /// Whether `n` children fit this kind.
-    fn fits(self, n: usize) -> bool {
-        match self.operands() {
-            Some(k) => n == k + self.attrs(),
-            None => n > self.attrs(),
-        }
-    }
-}
-
-impl PartialOrd for Kind {
-    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
-        Some(self.cmp(other))
-    }
-}
-
-impl Ord for Kind {
-    fn cmp(&self, other: &Self) -> Ordering {
-        self.key().cmp(&other.key())
-    }
+/// Whether `n` children fit `kind`.
+fn fits(kind: OpKind, n: usize) -> bool {
+    let attrs = attr_count(kind);
+    n >= attrs && kind.info().arity.admits(n - attrs)
 }
 
 /// A tensor type as an attribute: ordered by dtype, then dims.
@@ -277,10 +103,12 @@ impl Ord for Bits {
 /// An attribute: a leaf e-node that is never a tensor.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Attr {
+    /// An input's name.
     Name(String),
     Type(Ty),
-    /// An initializer: its name and up to two arguments.
-    Init(u8, Bits, Bits),
+    /// A param's or state's name, and its initializer: the
+    /// initializer's code and up to two arguments.
+    Leaf(String, u8, Bits, Bits),
     Splat(Bits),
     Dense(Vec<Bits>),
     Axis(usize),
@@ -306,7 +134,7 @@ pub enum Attr {
 }
 
 impl Attr {
-    fn init(init: &Init) -> Attr {
+    fn leaf(name: &str, init: &Init) -> Attr {
         let (code, a, b) = match *init {
             Init::Zeros => (0, 0.0, 0.0),
             Init::Ones => (1, 0.0, 0.0),
@@ -318,7 +146,7 @@ impl Attr {
             Init::KaimingUniform => (7, 0.0, 0.0),
             Init::KaimingNormal => (8, 0.0, 0.0),
         };
-        Attr::Init(code, Bits(a), Bits(b))
+        Attr::Leaf(name.to_string(), code, Bits(a), Bits(b))
     }
 
     fn to_init(code: u8, a: f64, b: f64) -> Option<Init> {
@@ -352,9 +180,9 @@ impl fmt::Display for Attr {
         match self {
             Attr::Name(n) => write!(f, "{n:?}"),
             Attr::Type(t) => write!(f, "{}", t.0),
-            Attr::Init(code, a, b) => match Attr::to_init(*code, a.0, b.0) {
-                Some(i) => write!(f, "{i}"),
-                None => f.write_str("?init"),
+            Attr::Leaf(n, code, a, b) => match Attr::to_init(*code, a.0, b.0) {
+                Some(i) => write!(f, "{n:?} init={i}"),
+                None => write!(f, "{n:?} init=?"),
             },
             Attr::Splat(v) => write!(f, "{:?}", v.0),
             Attr::Dense(vs) => write!(f, "dense[{}]", vs.len()),
@@ -372,16 +200,16 @@ impl fmt::Display for Attr {
 /// attribute.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum TensorLang {
-    Op { kind: Kind, args: Vec<Id> },
+    Op { kind: OpKind, args: Vec<Id> },
     Attr(Attr),
 }
 
 impl TensorLang {
-    pub fn op(kind: Kind, args: Vec<Id>) -> TensorLang {
+    pub fn op(kind: OpKind, args: Vec<Id>) -> TensorLang {
         TensorLang::Op { kind, args }
     }
 
-    pub fn kind(&self) -> Option<Kind> {
+    pub fn kind(&self) -> Option<OpKind> {
         match self {
             TensorLang::Op { kind, .. } => Some(*kind),
             TensorLang::Attr(_) => None,
@@ -391,7 +219,7 @@ impl TensorLang {
     /// The tensor operands (children before the attributes).
     pub fn operands(&self) -> &[Id] {
         match self {
-            TensorLang::Op { kind, args } => &args[..args.len().saturating_sub(kind.attrs())],
+            TensorLang::Op { kind, args } => &args[..args.len().saturating_sub(attr_count(*kind))],
             TensorLang::Attr(_) => &[],
         }
     }
@@ -399,14 +227,14 @@ impl TensorLang {
     /// The attribute children.
     pub fn attr_ids(&self) -> &[Id] {
         match self {
-            TensorLang::Op { kind, args } => &args[args.len().saturating_sub(kind.attrs())..],
+            TensorLang::Op { kind, args } => &args[args.len().saturating_sub(attr_count(*kind))..],
             TensorLang::Attr(_) => &[],
         }
     }
 }
 
 impl Language for TensorLang {
-    type Discriminant = Option<Kind>;
+    type Discriminant = Option<OpKind>;
 
     fn discriminant(&self) -> Self::Discriminant {
         self.kind()
@@ -461,8 +289,8 @@ impl FromOp for TensorLang {
     type Error = UnknownOp;
 
     fn from_op(op: &str, children: Vec<Id>) -> Result<Self, Self::Error> {
-        match Kind::from_mnemonic(op) {
-            Some(kind) if kind.fits(children.len()) => Ok(TensorLang::op(kind, children)),
+        match OpKind::from_mnemonic(op) {
+            Some(kind) if fits(kind, children.len()) => Ok(TensorLang::op(kind, children)),
             _ => Err(UnknownOp(format!("{op} with {} children", children.len()))),
         }
     }
@@ -472,7 +300,7 @@ impl FromOp for TensorLang {
 /// takes its type from the node (`None` when inferred from operands).
 /// `None` when the attributes do not fit the kind (never for e-nodes this
 /// module built).
-pub fn to_ir_op(kind: Kind, attrs: &[&Attr]) -> Option<(Op, Option<TensorType>)> {
+pub fn to_ir_op(kind: OpKind, attrs: &[&Attr]) -> Option<(Op, Option<TensorType>)> {
     let ty = |a: &Attr| match a {
         Attr::Type(t) => Some(t.0.clone()),
         _ => None,
@@ -503,27 +331,21 @@ pub fn to_ir_op(kind: Kind, attrs: &[&Attr]) -> Option<(Op, Option<TensorType>)>
         )),
         _ => None,
     };
-    let init = |a: &Attr| match a {
-        Attr::Init(c, x, y) => Attr::to_init(*c, x.0, y.0),
+    let leaf = |a: &Attr| match a {
+        Attr::Leaf(n, c, x, y) => Some((n.clone(), Attr::to_init(*c, x.0, y.0)?)),
         _ => None,
     };
     Some(match (kind, attrs) {
-        (Kind::Input, [n, t]) => (Op::Input { name: name(n)? }, Some(ty(t)?)),
-        (Kind::Param, [n, i, t]) => (
-            Op::Param {
-                name: name(n)?,
-                init: init(i)?,
-            },
-            Some(ty(t)?),
-        ),
-        (Kind::State, [n, i, t]) => (
-            Op::State {
-                name: name(n)?,
-                init: init(i)?,
-            },
-            Some(ty(t)?),
-        ),
-        (Kind::Const, [l, t]) => {
+        (OpKind::Input, [n, t]) => (Op::Input { name: name(n)? }, Some(ty(t)?)),
+        (OpKind::Param, [l, t]) => {
+            let (name, init) = leaf(l)?;
+            (Op::Param { name, init }, Some(ty(t)?))
+        }
+        (OpKind::State, [l, t]) => {
+            let (name, init) = leaf(l)?;
+            (Op::State { name, init }, Some(ty(t)?))
+        }
+        (OpKind::Const, [l, t]) => {
             let lit = match l {
                 Attr::Splat(v) => Literal::Splat(v.0),
                 Attr::Dense(vs) => Literal::Dense(vs.iter().map(|b| b.0).collect()),
@@ -531,12 +353,12 @@ pub fn to_ir_op(kind: Kind, attrs: &[&Attr]) -> Option<(Op, Option<TensorType>)>
             };
             (Op::Const(lit), Some(ty(t)?))
         }
-        (Kind::Iota, [a, t]) => (Op::Iota { axis: axis(a)? }, Some(ty(t)?)),
-        (Kind::Unary(u), []) => (Op::Unary(u), None),
-        (Kind::Binary(b), []) => (Op::Binary(b), None),
-        (Kind::Select, []) => (Op::Select, None),
-        (Kind::Cast, [t]) => (Op::Cast, Some(ty(t)?)),
-        (Kind::Reduce(op), [Attr::Axes { axes, keepdim }]) => (
+        (OpKind::Iota, [a, t]) => (Op::Iota { axis: axis(a)? }, Some(ty(t)?)),
+        (OpKind::Unary(u), []) => (Op::Unary(u), None),
+        (OpKind::Binary(b), []) => (Op::Binary(b), None),
+        (OpKind::Select, []) => (Op::Select, None),
+        (OpKind::Cast, [t]) => (Op::Cast, Some(ty(t)?)),
+        (OpKind::Reduce(op), [Attr::Axes { axes, keepdim }]) => (
             Op::Reduce {
                 op,
                 axes: axes.clone(),
@@ -544,12 +366,12 @@ pub fn to_ir_op(kind: Kind, attrs: &[&Attr]) -> Option<(Op, Option<TensorType>)>
             },
             None,
         ),
-        (Kind::ArgMax, [a]) => (Op::ArgMax { axis: axis(a)? }, None),
-        (Kind::MatMul, []) => (Op::MatMul, None),
-        (Kind::Reshape, [t]) => (Op::Reshape, Some(ty(t)?)),
-        (Kind::Transpose, [Attr::Perm(p)]) => (Op::Transpose { perm: p.clone() }, None),
-        (Kind::Broadcast, [t]) => (Op::Broadcast, Some(ty(t)?)),
-        (Kind::Slice, [Attr::Slice { axis, start, end }]) => (
+        (OpKind::ArgMax, [a]) => (Op::ArgMax { axis: axis(a)? }, None),
+        (OpKind::MatMul, []) => (Op::MatMul, None),
+        (OpKind::Reshape, [t]) => (Op::Reshape, Some(ty(t)?)),
+        (OpKind::Transpose, [Attr::Perm(p)]) => (Op::Transpose { perm: p.clone() }, None),
+        (OpKind::Broadcast, [t]) => (Op::Broadcast, Some(ty(t)?)),
+        (OpKind::Slice, [Attr::Slice { axis, start, end }]) => (
             Op::Slice {
                 axis: *axis,
                 start: *start,
@@ -557,10 +379,10 @@ pub fn to_ir_op(kind: Kind, attrs: &[&Attr]) -> Option<(Op, Option<TensorType>)>
             },
             None,
         ),
-        (Kind::Concat, [a]) => (Op::Concat { axis: axis(a)? }, None),
-        (Kind::Gather, [a]) => (Op::Gather { axis: axis(a)? }, None),
-        (Kind::ScatterAdd, [a, t]) => (Op::ScatterAdd { axis: axis(a)? }, Some(ty(t)?)),
-        (Kind::Unfold, [w]) => {
+        (OpKind::Concat, [a]) => (Op::Concat { axis: axis(a)? }, None),
+        (OpKind::Gather, [a]) => (Op::Gather { axis: axis(a)? }, None),
+        (OpKind::ScatterAdd, [a, t]) => (Op::ScatterAdd { axis: axis(a)? }, Some(ty(t)?)),
+        (OpKind::Unfold, [w]) => {
             let (window, fill) = window(w)?;
             (
                 Op::Unfold {
@@ -570,66 +392,60 @@ pub fn to_ir_op(kind: Kind, attrs: &[&Attr]) -> Option<(Op, Option<TensorType>)>
                 None,
             )
         }
-        (Kind::Fold, [w, t]) => (
+        (OpKind::Fold, [w, t]) => (
             Op::Fold {
                 window: window(w)?.0,
             },
             Some(ty(t)?),
         ),
-        (Kind::Random, [Attr::Stream(s), t]) => (Op::Random { stream: *s }, Some(ty(t)?)),
+        (OpKind::Random, [Attr::Stream(s), t]) => (Op::Random { stream: *s }, Some(ty(t)?)),
         _ => return None,
     })
 }
 
 /// The kind and attributes of an `ir::Op` whose node has type `ty`.
-pub fn from_ir_op(op: &Op, ty: &TensorType) -> (Kind, Vec<Attr>) {
+pub fn from_ir_op(op: &Op, ty: &TensorType) -> (OpKind, Vec<Attr>) {
     let t = || Attr::Type(Ty(ty.clone()));
     match op {
-        Op::Input { name } => (Kind::Input, vec![Attr::Name(name.clone()), t()]),
-        Op::Param { name, init } => (
-            Kind::Param,
-            vec![Attr::Name(name.clone()), Attr::init(init), t()],
-        ),
-        Op::State { name, init } => (
-            Kind::State,
-            vec![Attr::Name(name.clone()), Attr::init(init), t()],
-        ),
-        Op::Const(Literal::Splat(v)) => (Kind::Const, vec![Attr::Splat(Bits(*v)), t()]),
+        Op::Input { name } => (OpKind::Input, vec![Attr::Name(name.clone()), t()]),
+        Op::Param { name, init } => (OpKind::Param, vec![Attr::leaf(name, init), t()]),
+        Op::State { name, init } => (OpKind::State, vec![Attr::leaf(name, init), t()]),
+        Op::Const(Literal::Splat(v)) => (OpKind::Const, vec![Attr::Splat(Bits(*v)), t()]),
         Op::Const(Literal::Dense(vs)) => (
-            Kind::Const,
+            OpKind::Const,
             vec![Attr::Dense(vs.iter().map(|&v| Bits(v)).collect()), t()],
         ),
-        Op::Iota { axis } => (Kind::Iota, vec![Attr::Axis(*axis), t()]),
-        Op::Unary(u) => (Kind::Unary(*u), vec![]),
-        Op::Binary(b) => (Kind::Binary(*b), vec![]),
-        Op::Select => (Kind::Select, vec![]),
-        Op::Cast => (Kind::Cast, vec![t()]),
+        Op::Iota { axis } => (OpKind::Iota, vec![Attr::Axis(*axis), t()]),
+        Op::Unary(u) => (OpKind::Unary(*u), vec![]),
+        Op::Binary(b) => (OpKind::Binary(*b), vec![]),
+        Op::Select => (OpKind::Select, vec![]),
+        Op::Cast => (OpKind::Cast, vec![t()]),
         Op::Reduce { op, axes, keepdim } => (
-            Kind::Reduce(*op),
+            OpKind::Reduce(*op),
             vec![Attr::Axes {
                 axes: axes.clone(),
                 keepdim: *keepdim,
             }],
         ),
-        Op::ArgMax { axis } => (Kind::ArgMax, vec![Attr::Axis(*axis)]),
-        Op::MatMul => (Kind::MatMul, vec![]),
-        Op::Reshape => (Kind::Reshape, vec![t()]),
-        Op::Transpose { perm } => (Kind::Transpose, vec![Attr::Perm(perm.clone())]),
-        Op::Broadcast => (Kind::Broadcast, vec![t()]),
+        Op::ArgMax { axis } => (OpKind::ArgMax, vec![Attr::Axis(*axis)]),
+        Op::MatMul => (OpKind::MatMul, vec![]),
+        Op::Reshape => (OpKind::Reshape, vec![t()]),
+        Op::Transpose { perm } => (OpKind::Transpose, vec![Attr::Perm(perm.clone())]),
+        Op::Broadcast => (OpKind::Broadcast, vec![t()]),
         Op::Slice { axis, start, end } => (
-            Kind::Slice,
+            OpKind::Slice,
             vec![Attr::Slice {
                 axis: *axis,
                 start: *start,
                 end: *end,
             }],
         ),
-        Op::Concat { axis } => (Kind::Concat, vec![Attr::Axis(*axis)]),
-        Op::Gather { axis } => (Kind::Gather, vec![Attr::Axis(*axis)]),
-        Op::ScatterAdd { axis } => (Kind::ScatterAdd, vec![Attr::Axis(*axis), t()]),
-        Op::Unfold { window, fill } => (Kind::Unfold, vec![Attr::window(window, Some(*fill))]),
-        Op::Fold { window } => (Kind::Fold, vec![Attr::window(window, None), t()]),
-        Op::Random { stream } => (Kind::Random, vec![Attr::Stream(*stream), t()]),
+        Op::Concat { axis } => (OpKind::Concat, vec![Attr::Axis(*axis)]),
+        Op::Gather { axis } => (OpKind::Gather, vec![Attr::Axis(*axis)]),
+        Op::ScatterAdd { axis } => (OpKind::ScatterAdd, vec![Attr::Axis(*axis), t()]),
+        Op::Unfold { window, fill } => (OpKind::Unfold, vec![Attr::window(window, Some(*fill))]),
+        Op::Fold { window } => (OpKind::Fold, vec![Attr::window(window, None), t()]),
+        Op::Random { stream } => (OpKind::Random, vec![Attr::Stream(*stream), t()]),
     }
 }
 

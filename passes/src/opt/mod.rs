@@ -25,8 +25,8 @@ pub mod rules;
 use crate::PassError;
 use analysis::TensorAnalysis;
 use egg::{Id, Language, Runner, StopReason};
-use lang::{attrs_of, to_ir_op, Kind, TensorLang};
-use nnc_ir::{Graph, NodeId, Span, Update};
+use lang::{attrs_of, to_ir_op, TensorLang};
+use nnc_ir::{Graph, NodeId, OpKind, Span, Update};
 use std::collections::HashMap;
 use std::fmt;
 use std::str::FromStr;
@@ -423,7 +423,7 @@ fn rebuild(
     let fail = |m: String| PassError::new(format!("internal optimizer error: {m}"));
     for &i in &readable_order(egraph, lowered, &extraction.nodes) {
         let (class, enode) = &extraction.nodes[i];
-        let kind: Kind = enode
+        let kind: OpKind = enode
             .kind()
             .ok_or_else(|| fail("an attribute was extracted as a tensor".into()))?;
         let attrs = attrs_of(egraph, enode).ok_or_else(|| fail("missing attributes".into()))?;

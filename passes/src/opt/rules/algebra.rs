@@ -11,11 +11,12 @@
 //! in the report as `algebra/constant-fold`).
 
 use super::{
-    add_op, attr, broadcast, constant, is_splat, reshape, rule, ty, var, widen_to, Rule, EG,
+    add_op, attr, constant, is_splat, pat_rule, pat_rule_if, reshape, rule, ty, var, widen_to,
+    Rule, EG,
 };
 use crate::opt::lang::Attr;
 use egg::{Id, Subst};
-use nnc_ir::{BinaryOp, Op, ReduceOp, UnaryOp};
+use nnc_ir::{BinaryOp, Op, OpKind, ReduceOp, UnaryOp};
 
 const SET: &str = "algebra";
 
@@ -63,24 +64,14 @@ pub fn rules() -> Result<Vec<Rule>, String> {
                 widen_to(eg, n, id)
             },
         )?,
-        rule(
-            SET,
-            "neg-neg",
-            "-(-x) = x",
-            &["(neg (neg ?x))"],
-            |_, _, s| var(s, "?x"),
-        )?,
-        rule(
+        pat_rule(SET, "neg-neg", "-(-x) = x", &["(neg (neg ?x))"], "?x")?,
+        pat_rule_if(
             SET,
             "neg-into-constant",
             "-(x * c) = x * (-c) for a constant c, whose negation folds",
             &["(neg (mul ?x ?c))", "(neg (mul ?c ?x))"],
-            |eg, _, s| {
-                let (x, c) = (var(s, "?x")?, var(s, "?c")?);
-                eg[c].data.konst.as_ref()?;
-                let nc = add_op(eg, Op::Unary(UnaryOp::Neg), &[c], None)?;
-                add_op(eg, Op::Binary(BinaryOp::Mul), &[x, nc], None)
-            },
+            "(mul ?x (neg ?c))",
+            |eg, s| var(s, "?c").is_some_and(|c| eg[c].data.konst.is_some()),
         )?,
         rule(
             SET,
@@ -114,15 +105,13 @@ pub fn rules() -> Result<Vec<Rule>, String> {
                 add_op(eg, Op::Binary(BinaryOp::Mul), &[x, r], None)
             },
         )?,
-        rule(
+        pat_rule_if(
             SET,
             "exp-log",
             "exp(log x) = x for x >= +0 (within an ulp or two; log(exp x) is left alone: exp overflows)",
             &["(exp (log ?x))"],
-            |eg, _, s| {
-                let x = var(s, "?x")?;
-                eg[x].data.nonneg.then_some(x)
-            },
+            "?x",
+            |eg, s| var(s, "?x").is_some_and(|x| eg[x].data.nonneg),
         )?,
         rule(
             SET,
@@ -163,25 +152,19 @@ pub fn rules() -> Result<Vec<Rule>, String> {
                 }
             },
         )?,
-        rule(
+        pat_rule(
             SET,
             "reshape-reshape",
             "reshape(reshape(x)) = reshape(x), or x when the shapes agree",
             &["(reshape (reshape ?x ?t1) ?t2)"],
-            |eg, id, s| {
-                let t = ty(eg, id)?.clone();
-                reshape(eg, var(s, "?x")?, t)
-            },
+            "(reshape ?x ?t2)",
         )?,
-        rule(
+        pat_rule(
             SET,
             "broadcast-broadcast",
             "broadcast(broadcast(x)) = broadcast(x)",
             &["(broadcast (broadcast ?x ?t1) ?t2)"],
-            |eg, id, s| {
-                let t = ty(eg, id)?.clone();
-                broadcast(eg, var(s, "?x")?, t)
-            },
+            "(broadcast ?x ?t2)",
         )?,
         rule(
             SET,
@@ -210,26 +193,15 @@ pub fn rules() -> Result<Vec<Rule>, String> {
     ];
     // Reductions: one rule per kind, as the kind is part of the pattern.
     for op in [ReduceOp::Sum, ReduceOp::Mean, ReduceOp::Max] {
-        let r = match op {
-            ReduceOp::Sum => "reduce_sum",
-            ReduceOp::Mean => "reduce_mean",
-            ReduceOp::Max => "reduce_max",
-        };
+        let r = OpKind::Reduce(op).mnemonic();
         let short = op.name();
         if op != ReduceOp::Max {
-            rules.push(rule(
+            rules.push(pat_rule(
                 SET,
                 &format!("reduce-neg-{short}"),
                 "reduce(-x) = -reduce(x) for sum and mean (negation commutes with rounding)",
                 &[&format!("({r} (neg ?x) ?a)")],
-                move |eg, _, s| {
-                    let (x, a) = (var(s, "?x")?, var(s, "?a")?);
-                    let Some(Attr::Axes { axes, keepdim }) = attr(eg, a).cloned() else {
-                        return None;
-                    };
-                    let red = add_op(eg, Op::Reduce { op, axes, keepdim }, &[x], None)?;
-                    add_op(eg, Op::Unary(UnaryOp::Neg), &[red], None)
-                },
+                &format!("(neg ({r} ?x ?a))"),
             )?);
         }
         rules.push(rule(
@@ -360,7 +332,7 @@ fn factor(eg: &mut EG, id: Id, s: &Subst, op: BinaryOp) -> Option<Id> {
     let has_product = eg[id]
         .nodes
         .iter()
-        .any(|n| n.kind() == Some(crate::opt::lang::Kind::Binary(BinaryOp::Mul)));
+        .any(|n| n.kind() == Some(OpKind::Binary(BinaryOp::Mul)));
     if has_product {
         return None;
     }

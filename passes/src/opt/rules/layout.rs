@@ -11,7 +11,7 @@
 //! operands at any strides, so a transpose feeding a matmul is already a
 //! free view (what "operand flags" are elsewhere).
 
-use super::{add_op, broadcast, reshape, rule, ty, var, Rule};
+use super::{add_op, broadcast, pat_rule, reshape, rule, ty, var, Rule};
 use nnc_ir::{BinaryOp, Dim, Op, UnaryOp};
 
 const SET: &str = "layout";
@@ -20,41 +20,26 @@ pub fn rules() -> Result<Vec<Rule>, String> {
     let mut rules = Vec::new();
     for &u in UnaryOp::ALL {
         let n = u.name();
-        rules.push(rule(
+        rules.push(pat_rule(
             SET,
             &format!("{n}-before-reshape"),
             "u(reshape(x)) = reshape(u(x)) for an elementwise unary u",
             &[&format!("({n} (reshape ?x ?t))")],
-            move |eg, id, s| {
-                let y = add_op(eg, Op::Unary(u), &[var(s, "?x")?], None)?;
-                let t = ty(eg, id)?.clone();
-                reshape(eg, y, t)
-            },
+            &format!("(reshape ({n} ?x) ?t)"),
         )?);
-        rules.push(rule(
+        rules.push(pat_rule(
             SET,
             &format!("{n}-before-transpose"),
             "u(transpose(x, p)) = transpose(u(x), p) for an elementwise unary u",
             &[&format!("({n} (transpose ?x ?p))")],
-            move |eg, _, s| {
-                let y = add_op(eg, Op::Unary(u), &[var(s, "?x")?], None)?;
-                let perm = match super::attr(eg, var(s, "?p")?) {
-                    Some(crate::opt::lang::Attr::Perm(p)) => p.clone(),
-                    _ => return None,
-                };
-                add_op(eg, Op::Transpose { perm }, &[y], None)
-            },
+            &format!("(transpose ({n} ?x) ?p)"),
         )?);
-        rules.push(rule(
+        rules.push(pat_rule(
             SET,
             &format!("{n}-before-broadcast"),
             "u(broadcast(x)) = broadcast(u(x)): u runs on the smaller tensor",
             &[&format!("({n} (broadcast ?x ?t))")],
-            move |eg, id, s| {
-                let y = add_op(eg, Op::Unary(u), &[var(s, "?x")?], None)?;
-                let t = ty(eg, id)?.clone();
-                broadcast(eg, y, t)
-            },
+            &format!("(broadcast ({n} ?x) ?t)"),
         )?);
     }
     rules.push(rule(

@@ -22,9 +22,9 @@
 
 use super::{add_op, searcher_rule, ty, var, Rule, EG};
 use crate::opt::analysis::TensorAnalysis;
-use crate::opt::lang::{Kind, TensorLang};
+use crate::opt::lang::TensorLang;
 use egg::{Id, SearchMatches, Searcher, Subst, Var};
-use nnc_ir::{Dim, Op, TensorType};
+use nnc_ir::{Dim, Op, OpKind, TensorType};
 use std::collections::BTreeMap;
 
 const SET: &str = "merge";
@@ -118,7 +118,7 @@ impl Searcher<TensorLang, TensorAnalysis> for SharedOperand {
         let mut groups: BTreeMap<Id, Vec<(Id, Id)>> = BTreeMap::new();
         for class in egraph.classes() {
             for node in &class.nodes {
-                if node.kind() != Some(Kind::MatMul) {
+                if node.kind() != Some(OpKind::MatMul) {
                     continue;
                 }
                 let [a, b] = node.operands() else {
@@ -222,5 +222,8 @@ fn plain_matrix(t: &TensorType) -> bool {
 }
 
 fn is_concat(eg: &EG, id: Id) -> bool {
-    eg[id].nodes.iter().any(|n| n.kind() == Some(Kind::Concat))
+    eg[id]
+        .nodes
+        .iter()
+        .any(|n| n.kind() == Some(OpKind::Concat))
 }

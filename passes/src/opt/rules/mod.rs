@@ -1,8 +1,10 @@
 //! Rule sets, and the small vocabulary rules are written in.
 //!
 //! A rule is an egg pattern (ops by their IR mnemonic, attributes as
-//! variables) and a Rust function that builds the replacement from the
-//! match, or declines. Every replacement is built through [`add_op`],
+//! variables) and a replacement: another pattern where the rewrite is
+//! plain ([`pat_rule`], with an optional condition on analysis facts),
+//! or a Rust function that builds it from the match, or declines, where
+//! it computes attributes or types. Every replacement is built through [`add_op`],
 //! which infers its type with `ir::infer` and refuses ill-typed nodes, and
 //! is merged by [`merge_checked`] only when its type equals the matched
 //! class's: a rule can fail to fire, but never makes the e-graph
@@ -18,9 +20,10 @@ pub mod merge;
 pub mod training;
 
 use super::analysis::{Konst, TensorAnalysis};
-use super::lang::{enode_of, Attr, TensorLang};
+use super::lang::{attrs_of, enode_of, to_ir_op, Attr, TensorLang};
 use egg::{
-    Applier, EGraph, Id, Pattern, PatternAst, Rewrite, SearchMatches, Searcher, Subst, Symbol, Var,
+    Applier, EGraph, ENodeOrVar, Id, Language, Pattern, PatternAst, Rewrite, SearchMatches,
+    Searcher, Subst, Symbol, Var,
 };
 use nnc_ir::{Op, TensorType};
 
@@ -56,15 +59,31 @@ pub fn rule(
     build: impl BuildFn,
 ) -> Result<Rule, String> {
     let full = format!("{set}/{name}");
-    let patterns = patterns
+    let patterns = parse_patterns(&full, patterns)?;
+    any_of_rule(set, &full, doc, patterns, build)
+}
+
+fn parse_patterns(rule: &str, patterns: &[&str]) -> Result<Vec<Pattern<TensorLang>>, String> {
+    patterns
         .iter()
         .map(|p| {
             p.parse::<Pattern<TensorLang>>()
-                .map_err(|e| format!("rule {full}: pattern `{p}`: {e}"))
+                .map_err(|e| format!("rule {rule}: pattern `{p}`: {e}"))
         })
-        .collect::<Result<Vec<_>, _>>()?;
+        .collect()
+}
+
+/// A rule named `full` that matches any of `patterns` and merges what
+/// `build` makes into the matched class.
+fn any_of_rule(
+    set: &'static str,
+    full: &str,
+    doc: &'static str,
+    patterns: Vec<Pattern<TensorLang>>,
+    build: impl BuildFn,
+) -> Result<Rule, String> {
     let rewrite = Rewrite::new(
-        full.as_str(),
+        full,
         AnyOf(patterns),
         Build {
             target: None,
@@ -72,6 +91,81 @@ pub fn rule(
         },
     )?;
     Ok(Rule { rewrite, set, doc })
+}
+
+/// A rule written as patterns on both sides: `lhs => rhs`, as egg's
+/// `rewrite!` would, e.g. `(neg (neg ?x)) => ?x`. The right side is built
+/// node by node through [`add_op`] (types inferred and checked; a reshape
+/// or broadcast to its operand's own type is elided, as the graph builder
+/// does) and merged by [`merge_checked`], so a pattern rule is as safe as a
+/// closure. Every variable of `rhs` must be bound by each left pattern.
+pub fn pat_rule(
+    set: &'static str,
+    name: &str,
+    doc: &'static str,
+    lhs: &[&str],
+    rhs: &str,
+) -> Result<Rule, String> {
+    pat_rule_if(set, name, doc, lhs, rhs, |_, _| true)
+}
+
+/// [`pat_rule`] that fires only where `condition` holds of the match, a
+/// fact of the analysis (a constant, a non-negative class), never the
+/// absence of a node, which a later merge may add.
+pub fn pat_rule_if(
+    set: &'static str,
+    name: &str,
+    doc: &'static str,
+    lhs: &[&str],
+    rhs: &str,
+    condition: impl Fn(&EG, &Subst) -> bool + Send + Sync + 'static,
+) -> Result<Rule, String> {
+    let full = format!("{set}/{name}");
+    let rhs = parse_patterns(&full, &[rhs])?.remove(0);
+    let patterns = parse_patterns(&full, lhs)?;
+    for (p, text) in patterns.iter().zip(lhs) {
+        let bound = p.vars();
+        if let Some(v) = rhs.vars().iter().find(|v| !bound.contains(v)) {
+            return Err(format!("rule {full}: `{v}` is not bound by `{text}`"));
+        }
+    }
+    let build = move |eg: &mut EG, _: Id, s: &Subst| {
+        if !condition(eg, s) {
+            return None;
+        }
+        instantiate(eg, &rhs.ast, s)
+    };
+    any_of_rule(set, &full, doc, patterns, build)
+}
+
+/// Builds a pattern's term under `subst`, bottom up; `None` when a node
+/// does not type-check.
+fn instantiate(egraph: &mut EG, ast: &PatternAst<TensorLang>, subst: &Subst) -> Option<Id> {
+    let mut ids: Vec<Id> = Vec::with_capacity(ast.as_ref().len());
+    for node in ast.as_ref() {
+        let id = match node {
+            ENodeOrVar::Var(v) => *subst.get(*v)?,
+            ENodeOrVar::ENode(TensorLang::Attr(a)) => egraph.add(TensorLang::Attr(a.clone())),
+            ENodeOrVar::ENode(n @ TensorLang::Op { kind, .. }) => {
+                let args: Vec<Id> = n.children().iter().map(|&c| ids[usize::from(c)]).collect();
+                let built = TensorLang::op(*kind, args);
+                let attrs: Vec<Attr> = attrs_of(egraph, &built)?.into_iter().cloned().collect();
+                let attrs: Vec<&Attr> = attrs.iter().collect();
+                let (op, declared) = to_ir_op(*kind, &attrs)?;
+                let operands = built.operands().to_vec();
+                match (&op, &declared) {
+                    (Op::Reshape | Op::Broadcast, Some(t))
+                        if ty(egraph, operands[0]) == Some(t) =>
+                    {
+                        operands[0]
+                    }
+                    _ => add_op(egraph, op, &operands, declared)?,
+                }
+            }
+        };
+        ids.push(id);
+    }
+    ids.last().copied()
 }
 
 /// A rule over a multi-pattern (several terms that must all exist, joined
@@ -311,4 +405,23 @@ pub fn all_rules() -> Result<Vec<Rule>, String> {
     rules.extend(training::rules()?);
     rules.extend(merge::rules()?);
     Ok(rules)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pattern_rule_refuses_a_variable_its_left_side_does_not_bind() {
+        let Err(e) = pat_rule("t", "bad", "", &["(neg ?x)", "(exp ?y)"], "?y") else {
+            panic!("an unbound `?y` was accepted");
+        };
+        assert_eq!(e, "rule t/bad: `?y` is not bound by `(neg ?x)`");
+    }
+
+    #[test]
+    fn every_rule_parses() {
+        let rules = all_rules().unwrap();
+        assert!(rules.len() > 50, "{} rules", rules.len());
+    }
 }

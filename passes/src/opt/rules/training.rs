@@ -20,9 +20,9 @@
 //! not done.
 
 use super::{add_op, attr, constant, is_splat, multi_rule, rule, ty, var, widen_to, Rule, EG};
-use crate::opt::lang::{Attr, Kind};
+use crate::opt::lang::Attr;
 use egg::Id;
-use nnc_ir::{BinaryOp, Op, UnaryOp};
+use nnc_ir::{BinaryOp, Op, OpKind, UnaryOp};
 
 const SET: &str = "training";
 
@@ -71,7 +71,7 @@ pub fn rules() -> Result<Vec<Rule>, String> {
                 let is_exp = eg[e]
                     .nodes
                     .iter()
-                    .any(|n| n.kind() == Some(Kind::Unary(UnaryOp::Exp)));
+                    .any(|n| n.kind() == Some(OpKind::Unary(UnaryOp::Exp)));
                 // The row sums must broadcast back along the reduced axes
                 // (keepdim), and `E` must not itself be broadcast along
                 // them, or the sum of `D * E` is not `D * sum(E)`.

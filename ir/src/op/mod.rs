@@ -8,6 +8,10 @@
 
 use std::fmt;
 
+mod table;
+
+pub use table::{Arity, OpClass, OpInfo, OpKind};
+
 #[derive(Debug, Clone, PartialEq)]
 pub enum Op {
     /// A value fed by the runtime each step (a batch of data).
@@ -187,7 +191,7 @@ pub enum Literal {
     Dense(Vec<f64>),
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum UnaryOp {
     Neg,
     Exp,
@@ -198,7 +202,7 @@ pub enum UnaryOp {
     Abs,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum BinaryOp {
     Add,
     Sub,
@@ -225,7 +229,7 @@ impl BinaryOp {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum ReduceOp {
     Sum,
     Mean,
@@ -248,103 +252,40 @@ pub enum Init {
     KaimingNormal,
 }
 
-macro_rules! names {
-    ($ty:ty { $($variant:ident => $name:literal),* $(,)? }) => {
-        impl $ty {
-            pub const ALL: &'static [$ty] = &[$(<$ty>::$variant),*];
-            pub fn name(self) -> &'static str {
-                match self { $(<$ty>::$variant => $name),* }
-            }
-            pub fn from_name(name: &str) -> Option<$ty> {
-                match name { $($name => Some(<$ty>::$variant),)* _ => None }
-            }
-        }
-        impl fmt::Display for $ty {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str(self.name())
-            }
-        }
-    };
+impl BinaryOp {
+    /// Every binary op, in the op table's order.
+    pub const ALL: &'static [BinaryOp] = &[
+        BinaryOp::Add,
+        BinaryOp::Sub,
+        BinaryOp::Mul,
+        BinaryOp::Div,
+        BinaryOp::Pow,
+        BinaryOp::Max,
+        BinaryOp::Min,
+        BinaryOp::Lt,
+        BinaryOp::Le,
+        BinaryOp::Gt,
+        BinaryOp::Ge,
+        BinaryOp::Eq,
+        BinaryOp::Ne,
+    ];
 }
 
-names!(UnaryOp {
-    Neg => "neg", Exp => "exp", Log => "log", Sqrt => "sqrt",
-    Tanh => "tanh", Sigmoid => "sigmoid", Abs => "abs",
-});
+impl UnaryOp {
+    /// Every unary op, in the op table's order.
+    pub const ALL: &'static [UnaryOp] = &[
+        UnaryOp::Neg,
+        UnaryOp::Exp,
+        UnaryOp::Log,
+        UnaryOp::Sqrt,
+        UnaryOp::Tanh,
+        UnaryOp::Sigmoid,
+        UnaryOp::Abs,
+    ];
+}
 
-names!(BinaryOp {
-    Add => "add", Sub => "sub", Mul => "mul", Div => "div", Pow => "pow",
-    Max => "max", Min => "min", Lt => "lt", Le => "le", Gt => "gt",
-    Ge => "ge", Eq => "eq", Ne => "ne",
-});
-
-names!(ReduceOp { Sum => "sum", Mean => "mean", Max => "max" });
-
-impl Op {
-    /// The mnemonic used by the textual IR.
-    pub fn mnemonic(&self) -> &'static str {
-        match self {
-            Op::Input { .. } => "input",
-            Op::Param { .. } => "param",
-            Op::State { .. } => "state",
-            Op::Const(_) => "const",
-            Op::Iota { .. } => "iota",
-            Op::Unary(u) => u.name(),
-            Op::Binary(b) => b.name(),
-            Op::Select => "select",
-            Op::Cast => "cast",
-            Op::Reduce { op, .. } => match op {
-                ReduceOp::Sum => "reduce_sum",
-                ReduceOp::Mean => "reduce_mean",
-                ReduceOp::Max => "reduce_max",
-            },
-            Op::ArgMax { .. } => "argmax",
-            Op::MatMul => "matmul",
-            Op::Reshape => "reshape",
-            Op::Transpose { .. } => "transpose",
-            Op::Broadcast => "broadcast",
-            Op::Slice { .. } => "slice",
-            Op::Concat { .. } => "concat",
-            Op::Gather { .. } => "gather",
-            Op::ScatterAdd { .. } => "scatter_add",
-            Op::Unfold { .. } => "unfold",
-            Op::Fold { .. } => "fold",
-            Op::Random { .. } => "random",
-        }
-    }
-
-    /// How many operands the op takes; `None` for variadic `Concat`.
-    pub fn arity(&self) -> Option<usize> {
-        Some(match self {
-            Op::Input { .. }
-            | Op::Param { .. }
-            | Op::State { .. }
-            | Op::Const(_)
-            | Op::Iota { .. } => 0,
-            Op::Unary(_)
-            | Op::Cast
-            | Op::Reduce { .. }
-            | Op::ArgMax { .. }
-            | Op::Reshape
-            | Op::Transpose { .. }
-            | Op::Broadcast
-            | Op::Slice { .. }
-            | Op::Unfold { .. }
-            | Op::Fold { .. }
-            | Op::Random { .. } => 1,
-            Op::Binary(_) | Op::MatMul | Op::Gather { .. } | Op::ScatterAdd { .. } => 2,
-            Op::Select => 3,
-            Op::Concat { .. } => return None,
-        })
-    }
-
-    /// Ops that hold state across steps or are fed from outside the graph.
-    pub fn is_leaf(&self) -> bool {
-        matches!(
-            self,
-            Op::Input { .. } | Op::Param { .. } | Op::State { .. } | Op::Const(_) | Op::Iota { .. }
-        )
-    }
+impl ReduceOp {
+    pub const ALL: &'static [ReduceOp] = &[ReduceOp::Sum, ReduceOp::Mean, ReduceOp::Max];
 }
 
 impl Init {
