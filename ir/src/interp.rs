@@ -533,15 +533,15 @@ fn eval_op(
         return Err(at.invalid(format!("takes {}, found {}", op.arity(), args.len())));
     }
     let numel = checked_numel(shape).unwrap_or(0);
-    Ok(match (op, args) {
-        (Op::Input { name } | Op::Param { name, .. } | Op::State { name, .. }, _) => {
+    Ok(match op {
+        Op::Input { name } | Op::Param { name, .. } | Op::State { name, .. } => {
             match env.get(name) {
                 Some(t) => t.clone(),
                 None => return Err(at.invalid("missing from the environment")),
             }
         }
-        (Op::Const(Literal::Splat(v)), _) => tensor(dtype, shape, vec![*v; numel]),
-        (Op::Const(Literal::Dense(vs)), _) => {
+        Op::Const(Literal::Splat(v)) => tensor(dtype, shape, vec![*v; numel]),
+        Op::Const(Literal::Dense(vs)) => {
             if vs.len() != numel {
                 return Err(at.invalid(format!(
                     "dense constant has {} values for {} elements",
@@ -551,7 +551,7 @@ fn eval_op(
             }
             tensor(dtype, shape, vs.clone())
         }
-        (Op::Iota { axis }, _) => {
+        Op::Iota { axis } => {
             if *axis >= shape.len() {
                 return Err(at.invalid(format!("axis {axis} is out of range")));
             }
@@ -560,9 +560,16 @@ fn eval_op(
             let data = (0..numel).map(|i| ((i / stride) % n) as f64).collect();
             tensor(dtype, shape, data)
         }
-        (Op::Unary(u), [x]) => unary(at, *u, x)?,
-        (Op::Binary(b), [x, y]) => binary(at, *b, x, y, shape)?,
-        (Op::Select, [c, a, b]) => {
+        Op::Unary(u) => {
+            let [x] = operands(at, args)?;
+            unary(at, *u, x)?
+        }
+        Op::Binary(b) => {
+            let [x, y] = operands(at, args)?;
+            binary(at, *b, x, y, shape)?
+        }
+        Op::Select => {
+            let [c, a, b] = operands(at, args)?;
             if a.dtype != b.dtype {
                 return Err(at.invalid("select branches differ in dtype"));
             }
@@ -576,7 +583,8 @@ fn eval_op(
                 .collect();
             tensor(a.dtype, shape, data)
         }
-        (Op::Cast, [x]) => {
+        Op::Cast => {
+            let [x] = operands(at, args)?;
             let data = x
                 .data
                 .iter()
@@ -588,10 +596,20 @@ fn eval_op(
                 .collect();
             tensor(dtype, &x.shape, data)
         }
-        (Op::Reduce { op, axes, keepdim }, [x]) => reduce(at, *op, axes, *keepdim, x)?,
-        (Op::ArgMax { axis }, [x]) => argmax(at, *axis, x)?,
-        (Op::MatMul, [a, b]) => matmul(at, a, b, shape)?,
-        (Op::Reshape, [x]) => {
+        Op::Reduce { op, axes, keepdim } => {
+            let [x] = operands(at, args)?;
+            reduce(at, *op, axes, *keepdim, x)?
+        }
+        Op::ArgMax { axis } => {
+            let [x] = operands(at, args)?;
+            argmax(at, *axis, x)?
+        }
+        Op::MatMul => {
+            let [a, b] = operands(at, args)?;
+            matmul(at, a, b, shape)?
+        }
+        Op::Reshape => {
+            let [x] = operands(at, args)?;
             if x.data.len() != numel {
                 return Err(at.invalid(format!(
                     "cannot reshape {} to {:?}",
@@ -601,16 +619,30 @@ fn eval_op(
             }
             tensor(x.dtype, shape, x.data.clone())
         }
-        (Op::Transpose { perm }, [x]) => transpose(at, perm, x)?,
-        (Op::Broadcast, [x]) => {
+        Op::Transpose { perm } => {
+            let [x] = operands(at, args)?;
+            transpose(at, perm, x)?
+        }
+        Op::Broadcast => {
+            let [x] = operands(at, args)?;
             let data = expand(at, x, shape)?.into_owned();
             tensor(x.dtype, shape, data)
         }
-        (Op::Slice { axis, start, end }, [x]) => slice(at, *axis, *start, *end, x)?,
-        (Op::Concat { axis }, _) => concat(at, *axis, args)?,
-        (Op::Gather { axis }, [data, idx]) => gather(at, *axis, data, idx)?,
-        (Op::ScatterAdd { axis }, [upd, idx]) => scatter_add(at, *axis, upd, idx, dtype, shape)?,
-        (Op::Unfold { window, fill }, [x]) => {
+        Op::Slice { axis, start, end } => {
+            let [x] = operands(at, args)?;
+            slice(at, *axis, *start, *end, x)?
+        }
+        Op::Concat { axis } => concat(at, *axis, args)?,
+        Op::Gather { axis } => {
+            let [data, idx] = operands(at, args)?;
+            gather(at, *axis, data, idx)?
+        }
+        Op::ScatterAdd { axis } => {
+            let [upd, idx] = operands(at, args)?;
+            scatter_add(at, *axis, upd, idx, dtype, shape)?
+        }
+        Op::Unfold { window, fill } => {
+            let [x] = operands(at, args)?;
             let sources = window_sources(at, window, &x.shape, shape)?;
             let data = sources
                 .iter()
@@ -618,7 +650,8 @@ fn eval_op(
                 .collect();
             tensor(x.dtype, shape, data)
         }
-        (Op::Fold { window }, [cols]) => {
+        Op::Fold { window } => {
+            let [cols] = operands(at, args)?;
             let sources = window_sources(at, window, shape, &cols.shape)?;
             let mut data = vec![0.0; numel];
             for (s, &v) in sources.iter().zip(&cols.data) {
@@ -628,7 +661,8 @@ fn eval_op(
             }
             tensor(dtype, shape, data)
         }
-        (Op::Random { stream }, [key]) => {
+        Op::Random { stream } => {
+            let [key] = operands(at, args)?;
             let key = match key.data.as_slice() {
                 [k] => *k as i32 as u32,
                 _ => return Err(at.invalid("random needs a scalar key")),
@@ -638,8 +672,17 @@ fn eval_op(
                 .collect();
             tensor(dtype, shape, data)
         }
-        _ => return Err(at.invalid("wrong number of operands")),
     })
+}
+
+/// The operands of an op that takes exactly `N` (the op table's arity was
+/// checked first, so this fails only on a malformed graph).
+fn operands<'a, const N: usize>(
+    at: &At<'_>,
+    args: &[&'a Tensor],
+) -> Result<[&'a Tensor; N], EvalError> {
+    args.try_into()
+        .map_err(|_| at.invalid("wrong number of operands"))
 }
 
 /// For every element of a tensor of shape `out` (row-major), the offset

@@ -5,6 +5,7 @@
 //!
 //! This crate depends on nothing else of ours; every later stage speaks it.
 
+pub mod fusion;
 pub mod graph;
 pub mod infer;
 pub mod init;

@@ -14,7 +14,9 @@
 
 use super::lang::{attrs_of, enode_of, to_ir_op, TensorLang};
 use egg::{Analysis, DidMerge, EGraph, Id};
-use nnc_ir::{DType, Dim, Env, EvalOptions, Graph, Literal, Op, OpKind, TensorType, UnaryOp};
+use nnc_ir::{
+    DType, Dim, Env, EvalOptions, Graph, Literal, Op, OpClass, OpKind, TensorType, UnaryOp,
+};
 use std::sync::Arc;
 
 /// Dense constants are folded only up to this many elements: folding a big
@@ -246,16 +248,16 @@ fn fold(op: &Op, ty: &TensorType, args: &[&Data]) -> Option<Konst> {
         })
         .collect();
     if let Some(values) = splats {
-        match op {
-            // A layout op of a splat is the same splat.
-            Op::Reshape | Op::Transpose { .. } | Op::Broadcast | Op::Slice { .. } => {
+        match op.class() {
+            // A view of a splat is the same splat.
+            OpClass::View => {
                 return Some(Konst::Splat(values[0]));
             }
-            Op::Concat { .. } if values.iter().all(|v| v.to_bits() == values[0].to_bits()) => {
+            OpClass::Join if values.iter().all(|v| v.to_bits() == values[0].to_bits()) => {
                 return Some(Konst::Splat(values[0]));
             }
             // Elementwise over splats: one scalar evaluation, any shape.
-            Op::Unary(_) | Op::Binary(_) | Op::Select | Op::Cast => {
+            OpClass::Elementwise => {
                 let scalars: Vec<(TensorType, Literal)> = args
                     .iter()
                     .zip(&values)

@@ -335,72 +335,95 @@ pub fn to_ir_op(kind: OpKind, attrs: &[&Attr]) -> Option<(Op, Option<TensorType>
         Attr::Leaf(n, c, x, y) => Some((n.clone(), Attr::to_init(*c, x.0, y.0)?)),
         _ => None,
     };
-    Some(match (kind, attrs) {
-        (OpKind::Input, [n, t]) => (Op::Input { name: name(n)? }, Some(ty(t)?)),
-        (OpKind::Param, [l, t]) => {
-            let (name, init) = leaf(l)?;
-            (Op::Param { name, init }, Some(ty(t)?))
+    // The table says which attributes follow the operands: the op's own
+    // (one e-node, if it has any), then its declared type.
+    let info = kind.info();
+    let (payload, declared) = if info.typed {
+        let (t, rest) = attrs.split_last()?;
+        (rest, Some(ty(t)?))
+    } else {
+        (attrs, None)
+    };
+    let payload = match (payload, info.attrs.is_empty()) {
+        ([], true) => None,
+        ([a], false) => Some(*a),
+        _ => return None,
+    };
+    let op = match kind {
+        OpKind::Input => Op::Input {
+            name: name(payload?)?,
+        },
+        OpKind::Param => {
+            let (name, init) = leaf(payload?)?;
+            Op::Param { name, init }
         }
-        (OpKind::State, [l, t]) => {
-            let (name, init) = leaf(l)?;
-            (Op::State { name, init }, Some(ty(t)?))
+        OpKind::State => {
+            let (name, init) = leaf(payload?)?;
+            Op::State { name, init }
         }
-        (OpKind::Const, [l, t]) => {
-            let lit = match l {
-                Attr::Splat(v) => Literal::Splat(v.0),
-                Attr::Dense(vs) => Literal::Dense(vs.iter().map(|b| b.0).collect()),
-                _ => return None,
-            };
-            (Op::Const(lit), Some(ty(t)?))
-        }
-        (OpKind::Iota, [a, t]) => (Op::Iota { axis: axis(a)? }, Some(ty(t)?)),
-        (OpKind::Unary(u), []) => (Op::Unary(u), None),
-        (OpKind::Binary(b), []) => (Op::Binary(b), None),
-        (OpKind::Select, []) => (Op::Select, None),
-        (OpKind::Cast, [t]) => (Op::Cast, Some(ty(t)?)),
-        (OpKind::Reduce(op), [Attr::Axes { axes, keepdim }]) => (
-            Op::Reduce {
+        OpKind::Const => Op::Const(match payload? {
+            Attr::Splat(v) => Literal::Splat(v.0),
+            Attr::Dense(vs) => Literal::Dense(vs.iter().map(|b| b.0).collect()),
+            _ => return None,
+        }),
+        OpKind::Iota => Op::Iota {
+            axis: axis(payload?)?,
+        },
+        OpKind::Unary(u) => Op::Unary(u),
+        OpKind::Binary(b) => Op::Binary(b),
+        OpKind::Select => Op::Select,
+        OpKind::Cast => Op::Cast,
+        OpKind::Reduce(op) => match payload? {
+            Attr::Axes { axes, keepdim } => Op::Reduce {
                 op,
                 axes: axes.clone(),
                 keepdim: *keepdim,
             },
-            None,
-        ),
-        (OpKind::ArgMax, [a]) => (Op::ArgMax { axis: axis(a)? }, None),
-        (OpKind::MatMul, []) => (Op::MatMul, None),
-        (OpKind::Reshape, [t]) => (Op::Reshape, Some(ty(t)?)),
-        (OpKind::Transpose, [Attr::Perm(p)]) => (Op::Transpose { perm: p.clone() }, None),
-        (OpKind::Broadcast, [t]) => (Op::Broadcast, Some(ty(t)?)),
-        (OpKind::Slice, [Attr::Slice { axis, start, end }]) => (
-            Op::Slice {
+            _ => return None,
+        },
+        OpKind::ArgMax => Op::ArgMax {
+            axis: axis(payload?)?,
+        },
+        OpKind::MatMul => Op::MatMul,
+        OpKind::Reshape => Op::Reshape,
+        OpKind::Transpose => match payload? {
+            Attr::Perm(p) => Op::Transpose { perm: p.clone() },
+            _ => return None,
+        },
+        OpKind::Broadcast => Op::Broadcast,
+        OpKind::Slice => match payload? {
+            Attr::Slice { axis, start, end } => Op::Slice {
                 axis: *axis,
                 start: *start,
                 end: *end,
             },
-            None,
-        ),
-        (OpKind::Concat, [a]) => (Op::Concat { axis: axis(a)? }, None),
-        (OpKind::Gather, [a]) => (Op::Gather { axis: axis(a)? }, None),
-        (OpKind::ScatterAdd, [a, t]) => (Op::ScatterAdd { axis: axis(a)? }, Some(ty(t)?)),
-        (OpKind::Unfold, [w]) => {
-            let (window, fill) = window(w)?;
-            (
-                Op::Unfold {
-                    window,
-                    fill: fill?,
-                },
-                None,
-            )
+            _ => return None,
+        },
+        OpKind::Concat => Op::Concat {
+            axis: axis(payload?)?,
+        },
+        OpKind::Gather => Op::Gather {
+            axis: axis(payload?)?,
+        },
+        OpKind::ScatterAdd => Op::ScatterAdd {
+            axis: axis(payload?)?,
+        },
+        OpKind::Unfold => {
+            let (window, fill) = window(payload?)?;
+            Op::Unfold {
+                window,
+                fill: fill?,
+            }
         }
-        (OpKind::Fold, [w, t]) => (
-            Op::Fold {
-                window: window(w)?.0,
-            },
-            Some(ty(t)?),
-        ),
-        (OpKind::Random, [Attr::Stream(s), t]) => (Op::Random { stream: *s }, Some(ty(t)?)),
-        _ => return None,
-    })
+        OpKind::Fold => Op::Fold {
+            window: window(payload?)?.0,
+        },
+        OpKind::Random => match payload? {
+            Attr::Stream(s) => Op::Random { stream: *s },
+            _ => return None,
+        },
+    };
+    Some((op, declared))
 }
 
 /// The kind and attributes of an `ir::Op` whose node has type `ty`.

@@ -1,0 +1,309 @@
+//! Which values a reading loop computes in its own registers instead of
+//! reading them from a buffer: the one answer the optimizer's cost model
+//! (`passes`) and the code generator's kernel grouping (`codegen`) share.
+//! Neither can see the other, so the rule lives here, over a plain indexed
+//! DAG that each builds from what it knows (concrete shapes in codegen,
+//! nominal ones in the cost model).
+//!
+//! A value is *inline* when it is not a result and every op that reads it
+//! can compute it inside its own loop ([`OperandUse`]): an inline value
+//! has no buffer and no kernel. Each reading loop evaluates it once per
+//! element of its own index space, so a value is *evaluated* `E` times per
+//! element per step: the sum, over its readers, of their size over its
+//! size (a loop that broadcasts a `[C]` value over `[B, C, L]` evaluates
+//! each element `B·L` times). `E ≤ 1` is plain fusion and always pays;
+//! `1 < E ≤` [`InlineRule::max_evaluations`] recomputes the value when its
+//! expression (its op and the inline ops under it) costs at most
+//! [`InlineRule::recompute_units`] of the op table's units and every op in
+//! it may be recomputed ([`crate::OpInfo::recompute`]). The measurements
+//! behind the thresholds are on `codegen`'s `GroupConfig`.
+
+use crate::op::{Op, OpClass};
+
+/// How a reader's loop reads its operands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OperandUse {
+    /// At the reader's own element, after broadcasting: an elementwise
+    /// loop, which can evaluate the operand in registers.
+    Elementwise,
+    /// Once per operand element, as the prologue of the reader's loop: a
+    /// reduction over what it reduces, a `fold` over the columns it adds.
+    Prologue,
+    /// Once per element of the reader's result: an `unfold` copying each
+    /// image element once per kernel offset it falls under.
+    Window,
+    /// From a buffer: products, indexing, joins, `argmax`, `random`'s key,
+    /// and views (a view of an inline value is itself inline).
+    Buffer,
+}
+
+impl Op {
+    /// How this op's loop reads its operands (the same for all of them).
+    pub fn operand_use(&self) -> OperandUse {
+        match self {
+            Op::Reduce { .. } | Op::Fold { .. } => OperandUse::Prologue,
+            Op::Unfold { .. } => OperandUse::Window,
+            op => match op.class() {
+                OpClass::Elementwise => OperandUse::Elementwise,
+                OpClass::Leaf
+                | OpClass::Constant
+                | OpClass::View
+                | OpClass::Reduction
+                | OpClass::Contraction
+                | OpClass::Window
+                | OpClass::Indexing
+                | OpClass::Join
+                | OpClass::Generator => OperandUse::Buffer,
+            },
+        }
+    }
+
+    /// Units of one evaluation when the value may be recomputed by a
+    /// second or third reader (the op table's `units`), `None` when it is
+    /// computed once at most.
+    pub fn recompute_units(&self) -> Option<u32> {
+        let info = self.info();
+        info.recompute.then_some(info.units)
+    }
+}
+
+/// The thresholds of the inline rule.
+#[derive(Debug, Clone, PartialEq)]
+pub struct InlineRule {
+    /// Evaluations per element an inline value may take per step; 1 never
+    /// recomputes.
+    pub max_evaluations: f64,
+    /// Units a recomputed value's expression may cost.
+    pub recompute_units: u32,
+    /// Reductions, `fold` and `unfold` compute their operand in their loop.
+    pub prologues: bool,
+    /// Views of inline values, `random` and splat constants may be inline,
+    /// and an inline value may be broadcast into its reader.
+    pub views_and_leaves: bool,
+}
+
+/// One node of the DAG the rule runs on; nodes are in a topological order
+/// and operands refer to earlier indices.
+#[derive(Debug, Clone)]
+pub struct FusionNode<'a> {
+    pub op: &'a Op,
+    /// The result's shape (concrete, or with symbolic dims at a nominal
+    /// size): equal shapes are compared, and sizes give evaluation counts.
+    pub shape: &'a [usize],
+    pub operands: &'a [u32],
+    /// Stored whatever its readers: an output, an update, or a value the
+    /// caller cannot compute inline for reasons of its own.
+    pub stored: bool,
+    /// A reader with no loop of its own (a window staged into a product's
+    /// kernel), which therefore reads its operand from a buffer.
+    pub no_loop: bool,
+}
+
+fn numel(shape: &[usize]) -> f64 {
+    shape.iter().product::<usize>().max(1) as f64
+}
+
+const EPS: f64 = 1e-9;
+
+/// Which nodes are inline. Readers are decided before what they read
+/// (reverse topological order), so a value knows how often its readers
+/// evaluate it; then, forward, a recomputed value whose expression grew
+/// too costly is stored after all, and a view is inline exactly when what
+/// it views is.
+pub fn inline_values(nodes: &[FusionNode], rule: &InlineRule) -> Vec<bool> {
+    let n = nodes.len();
+    // Readers of each node, each once, in topological order.
+    let mut readers: Vec<Vec<u32>> = vec![Vec::new(); n];
+    for (i, node) in nodes.iter().enumerate() {
+        for (j, &o) in node.operands.iter().enumerate() {
+            if !node.operands[..j].contains(&o) {
+                readers[o as usize].push(i as u32);
+            }
+        }
+    }
+    // Evaluations per element of every tentatively inline value.
+    let mut evals: Vec<Option<f64>> = vec![None; n];
+    for i in (0..n).rev() {
+        let node = &nodes[i];
+        if !candidate(node, rule) {
+            continue;
+        }
+        let size = numel(node.shape);
+        let mut e = 0.0;
+        let mut ok = true;
+        for &u in &readers[i] {
+            let reader = &nodes[u as usize];
+            let ratio = numel(reader.shape) / size;
+            e += match (evals[u as usize], reader.op.operand_use()) {
+                // `random` reads its key from a buffer when its loop starts.
+                _ if matches!(reader.op, Op::Random { .. }) => {
+                    ok = false;
+                    0.0
+                }
+                (Some(reader_evals), _) => reader_evals * ratio,
+                (None, OperandUse::Elementwise) => {
+                    ok &= rule.views_and_leaves || reader.shape == node.shape;
+                    ratio
+                }
+                (None, OperandUse::Prologue) if rule.prologues => {
+                    ok &= !reader.no_loop;
+                    1.0
+                }
+                (None, OperandUse::Window) if rule.prologues => {
+                    ok &= !reader.no_loop;
+                    ratio
+                }
+                (None, _) => {
+                    ok = false;
+                    0.0
+                }
+            };
+        }
+        if !ok {
+            continue;
+        }
+        let units = node.op.recompute_units();
+        let keep = node.op.class() == OpClass::View
+            || units == Some(0)
+            || e <= 1.0 + EPS
+            || (e <= rule.max_evaluations + EPS && units.is_some());
+        if keep {
+            evals[i] = Some(e);
+        }
+    }
+    // Forward: expression costs of recomputed values; views follow what
+    // they view.
+    let mut inline = vec![false; n];
+    let mut tree = vec![0u32; n];
+    for (i, node) in nodes.iter().enumerate() {
+        let Some(e) = evals[i] else { continue };
+        if node.op.class() == OpClass::View {
+            if let Some(&o) = node.operands.first() {
+                inline[i] = inline[o as usize];
+                tree[i] = tree[o as usize];
+            }
+            continue;
+        }
+        let cost = node
+            .operands
+            .iter()
+            .filter(|&&o| inline[o as usize])
+            .fold(node.op.recompute_units().unwrap_or(u32::MAX), |acc, &o| {
+                acc.saturating_add(tree[o as usize])
+            });
+        if e > 1.0 + EPS && cost > rule.recompute_units {
+            continue;
+        }
+        inline[i] = true;
+        tree[i] = cost;
+    }
+    inline
+}
+
+/// Whether a node may be inline at all, whoever reads it.
+fn candidate(node: &FusionNode, rule: &InlineRule) -> bool {
+    if node.stored || !node.op.inline() {
+        return false;
+    }
+    node.op.class() == OpClass::Elementwise || rule.views_and_leaves
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::op::{BinaryOp, Init, ReduceOp, UnaryOp};
+
+    const FULL: InlineRule = InlineRule {
+        max_evaluations: 3.0,
+        recompute_units: 12,
+        prologues: true,
+        views_and_leaves: true,
+    };
+
+    /// `(op, shape, operands)` rows, the last one stored (a result).
+    fn run(rows: &[(Op, Vec<usize>, Vec<u32>)], rule: &InlineRule) -> Vec<bool> {
+        let last = rows.len() - 1;
+        let nodes: Vec<FusionNode> = rows
+            .iter()
+            .enumerate()
+            .map(|(i, (op, shape, operands))| FusionNode {
+                op,
+                shape,
+                operands,
+                stored: i == last,
+                no_loop: false,
+            })
+            .collect();
+        inline_values(&nodes, rule)
+    }
+
+    fn input() -> Op {
+        Op::Param {
+            name: "x".into(),
+            init: Init::Zeros,
+        }
+    }
+
+    #[test]
+    fn a_value_read_once_is_inline() {
+        let rows = [
+            (input(), vec![8], vec![]),
+            (Op::Unary(UnaryOp::Exp), vec![8], vec![0]),
+            (Op::Unary(UnaryOp::Neg), vec![8], vec![1]),
+        ];
+        assert_eq!(run(&rows, &FULL), [false, true, false]);
+    }
+
+    #[test]
+    fn cheap_values_are_recomputed_and_transcendentals_are_not() {
+        let add = Op::Binary(BinaryOp::Add);
+        let mul = Op::Binary(BinaryOp::Mul);
+        for (op, inline) in [(add, true), (Op::Unary(UnaryOp::Exp), false)] {
+            let rows = [
+                (input(), vec![8], vec![]),
+                (op, vec![8], vec![0]),
+                (Op::Unary(UnaryOp::Neg), vec![8], vec![1]),
+                (Op::Unary(UnaryOp::Abs), vec![8], vec![1]),
+                (mul.clone(), vec![8], vec![2, 3]),
+            ];
+            let got = run(&rows, &FULL);
+            assert_eq!(got[1], inline, "{:?}", rows[1].0);
+        }
+    }
+
+    #[test]
+    fn pow_is_never_inline_and_reductions_take_prologues() {
+        let rows = [
+            (input(), vec![8], vec![]),
+            (Op::Binary(BinaryOp::Pow), vec![8], vec![0, 0]),
+            (Op::Binary(BinaryOp::Mul), vec![8], vec![1, 1]),
+            (
+                Op::Reduce {
+                    op: ReduceOp::Sum,
+                    axes: vec![0],
+                    keepdim: false,
+                },
+                vec![],
+                vec![2],
+            ),
+        ];
+        assert_eq!(run(&rows, &FULL), [false, false, true, false]);
+        let no_prologues = InlineRule {
+            prologues: false,
+            ..FULL
+        };
+        assert_eq!(run(&rows, &no_prologues), [false, false, false, false]);
+    }
+
+    #[test]
+    fn broadcast_readers_count_every_evaluation() {
+        // A [4] value read by a [64, 4] loop is evaluated 64 times per
+        // element: stored, however cheap.
+        let rows = [
+            (input(), vec![4], vec![]),
+            (Op::Unary(UnaryOp::Neg), vec![4], vec![0]),
+            (Op::Binary(BinaryOp::Add), vec![64, 4], vec![1, 1]),
+        ];
+        assert_eq!(run(&rows, &FULL), [false, false, false]);
+    }
+}
