@@ -82,20 +82,51 @@ pub struct InlineRule {
     pub views_and_leaves: bool,
 }
 
-/// One node of the DAG the rule runs on; nodes are in a topological order
-/// and operands refer to earlier indices.
+impl InlineRule {
+    /// The code generator's rule (`codegen`'s `GroupConfig::default`), and
+    /// so the cost model's.
+    pub const FULL: InlineRule = InlineRule {
+        max_evaluations: 3.0,
+        recompute_units: 12,
+        prologues: true,
+        views_and_leaves: true,
+    };
+
+    /// The first plan's rule: an elementwise value fuses into its only
+    /// reader when that is elementwise of the same shape.
+    pub const GREEDY: InlineRule = InlineRule {
+        max_evaluations: 1.0,
+        recompute_units: 0,
+        prologues: false,
+        views_and_leaves: false,
+    };
+}
+
+/// The DAG the rule runs on, as each caller holds it: nodes `0..len()` in
+/// a topological order, operands referring to earlier indices.
+pub trait FusionDag {
+    /// How many nodes.
+    fn nodes(&self) -> usize;
+    fn op(&self, i: usize) -> &Op;
+    /// The result's shape (concrete, or with symbolic dims at a nominal
+    /// size): equal shapes are compared, and sizes give evaluation counts.
+    fn shape(&self, i: usize) -> &[usize];
+    fn operands(&self, i: usize) -> &[u32];
+    /// Stored whatever its readers: an output, an update, or a value the
+    /// caller cannot compute inline for reasons of its own.
+    fn stored(&self, i: usize) -> bool;
+    /// A reader with no loop of its own (a window staged into a product's
+    /// kernel), which therefore reads its operand from a buffer.
+    fn no_loop(&self, i: usize) -> bool;
+}
+
+/// One node of a DAG held as a slice of nodes.
 #[derive(Debug, Clone)]
 pub struct FusionNode<'a> {
     pub op: &'a Op,
-    /// The result's shape (concrete, or with symbolic dims at a nominal
-    /// size): equal shapes are compared, and sizes give evaluation counts.
     pub shape: &'a [usize],
     pub operands: &'a [u32],
-    /// Stored whatever its readers: an output, an update, or a value the
-    /// caller cannot compute inline for reasons of its own.
     pub stored: bool,
-    /// A reader with no loop of its own (a window staged into a product's
-    /// kernel), which therefore reads its operand from a buffer.
     pub no_loop: bool,
 }
 
@@ -110,47 +141,95 @@ const EPS: f64 = 1e-9;
 /// evaluate it; then, forward, a recomputed value whose expression grew
 /// too costly is stored after all, and a view is inline exactly when what
 /// it views is.
-pub fn inline_values(nodes: &[FusionNode], rule: &InlineRule) -> Vec<bool> {
-    let n = nodes.len();
-    // Readers of each node, each once, in topological order.
-    let mut readers: Vec<Vec<u32>> = vec![Vec::new(); n];
-    for (i, node) in nodes.iter().enumerate() {
-        for (j, &o) in node.operands.iter().enumerate() {
-            if !node.operands[..j].contains(&o) {
-                readers[o as usize].push(i as u32);
-            }
+pub fn inline_values(dag: &(impl FusionDag + ?Sized), rule: &InlineRule) -> Vec<bool> {
+    let mut scratch = Scratch::default();
+    inline_values_with(dag, rule, &mut scratch);
+    scratch.inline
+}
+
+/// Reusable buffers for [`inline_values_with`], which the cost model calls
+/// for thousands of candidate graphs.
+#[derive(Debug, Default)]
+pub struct Scratch {
+    start: Vec<usize>,
+    fill: Vec<usize>,
+    reader: Vec<u32>,
+    evals: Vec<Option<f64>>,
+    tree: Vec<u32>,
+    /// The result of the last call: whether each node is inline.
+    pub inline: Vec<bool>,
+}
+
+/// [`inline_values`] into `scratch.inline`, reusing its buffers.
+pub fn inline_values_with(
+    dag: &(impl FusionDag + ?Sized),
+    rule: &InlineRule,
+    scratch: &mut Scratch,
+) {
+    let n = dag.nodes();
+    let Scratch {
+        start,
+        fill,
+        reader,
+        evals,
+        tree,
+        inline,
+    } = scratch;
+    // Readers of each node, each once, in topological order: node `i`'s
+    // are `reader[start[i]..start[i + 1]]` (the cost model calls this for
+    // thousands of candidate graphs, so no vector per node).
+    start.clear();
+    start.resize(n + 1, 0);
+    for i in 0..n {
+        for o in distinct(dag.operands(i)) {
+            start[o + 1] += 1;
+        }
+    }
+    for i in 0..n {
+        start[i + 1] += start[i];
+    }
+    fill.clear();
+    fill.extend_from_slice(&start[..n]);
+    reader.clear();
+    reader.resize(start[n], 0);
+    for i in 0..n {
+        for o in distinct(dag.operands(i)) {
+            reader[fill[o]] = i as u32;
+            fill[o] += 1;
         }
     }
     // Evaluations per element of every tentatively inline value.
-    let mut evals: Vec<Option<f64>> = vec![None; n];
+    evals.clear();
+    evals.resize(n, None);
     for i in (0..n).rev() {
-        let node = &nodes[i];
-        if !candidate(node, rule) {
+        let op = dag.op(i);
+        if dag.stored(i) || !candidate(op, rule) {
             continue;
         }
-        let size = numel(node.shape);
+        let size = numel(dag.shape(i));
         let mut e = 0.0;
         let mut ok = true;
-        for &u in &readers[i] {
-            let reader = &nodes[u as usize];
-            let ratio = numel(reader.shape) / size;
-            e += match (evals[u as usize], reader.op.operand_use()) {
+        for &u in &reader[start[i]..start[i + 1]] {
+            let u = u as usize;
+            let reader_op = dag.op(u);
+            let ratio = numel(dag.shape(u)) / size;
+            e += match (evals[u], reader_op.operand_use()) {
                 // `random` reads its key from a buffer when its loop starts.
-                _ if matches!(reader.op, Op::Random { .. }) => {
+                _ if matches!(reader_op, Op::Random { .. }) => {
                     ok = false;
                     0.0
                 }
                 (Some(reader_evals), _) => reader_evals * ratio,
                 (None, OperandUse::Elementwise) => {
-                    ok &= rule.views_and_leaves || reader.shape == node.shape;
+                    ok &= rule.views_and_leaves || dag.shape(u) == dag.shape(i);
                     ratio
                 }
                 (None, OperandUse::Prologue) if rule.prologues => {
-                    ok &= !reader.no_loop;
+                    ok &= !dag.no_loop(u);
                     1.0
                 }
                 (None, OperandUse::Window) if rule.prologues => {
-                    ok &= !reader.no_loop;
+                    ok &= !dag.no_loop(u);
                     ratio
                 }
                 (None, _) => {
@@ -162,8 +241,8 @@ pub fn inline_values(nodes: &[FusionNode], rule: &InlineRule) -> Vec<bool> {
         if !ok {
             continue;
         }
-        let units = node.op.recompute_units();
-        let keep = node.op.class() == OpClass::View
+        let units = op.recompute_units();
+        let keep = op.class() == OpClass::View
             || units == Some(0)
             || e <= 1.0 + EPS
             || (e <= rule.max_evaluations + EPS && units.is_some());
@@ -173,22 +252,25 @@ pub fn inline_values(nodes: &[FusionNode], rule: &InlineRule) -> Vec<bool> {
     }
     // Forward: expression costs of recomputed values; views follow what
     // they view.
-    let mut inline = vec![false; n];
-    let mut tree = vec![0u32; n];
-    for (i, node) in nodes.iter().enumerate() {
+    inline.clear();
+    inline.resize(n, false);
+    tree.clear();
+    tree.resize(n, 0);
+    for i in 0..n {
         let Some(e) = evals[i] else { continue };
-        if node.op.class() == OpClass::View {
-            if let Some(&o) = node.operands.first() {
+        let op = dag.op(i);
+        let operands = dag.operands(i);
+        if op.class() == OpClass::View {
+            if let Some(&o) = operands.first() {
                 inline[i] = inline[o as usize];
                 tree[i] = tree[o as usize];
             }
             continue;
         }
-        let cost = node
-            .operands
+        let cost = operands
             .iter()
             .filter(|&&o| inline[o as usize])
-            .fold(node.op.recompute_units().unwrap_or(u32::MAX), |acc, &o| {
+            .fold(op.recompute_units().unwrap_or(u32::MAX), |acc, &o| {
                 acc.saturating_add(tree[o as usize])
             });
         if e > 1.0 + EPS && cost > rule.recompute_units {
@@ -197,15 +279,41 @@ pub fn inline_values(nodes: &[FusionNode], rule: &InlineRule) -> Vec<bool> {
         inline[i] = true;
         tree[i] = cost;
     }
-    inline
+}
+
+/// Each operand once, in order.
+fn distinct(operands: &[u32]) -> impl Iterator<Item = usize> + '_ {
+    operands
+        .iter()
+        .enumerate()
+        .filter(|&(j, o)| !operands[..j].contains(o))
+        .map(|(_, &o)| o as usize)
 }
 
 /// Whether a node may be inline at all, whoever reads it.
-fn candidate(node: &FusionNode, rule: &InlineRule) -> bool {
-    if node.stored || !node.op.inline() {
-        return false;
+fn candidate(op: &Op, rule: &InlineRule) -> bool {
+    op.inline() && (op.class() == OpClass::Elementwise || rule.views_and_leaves)
+}
+
+impl FusionDag for [FusionNode<'_>] {
+    fn nodes(&self) -> usize {
+        self.len()
     }
-    node.op.class() == OpClass::Elementwise || rule.views_and_leaves
+    fn op(&self, i: usize) -> &Op {
+        self[i].op
+    }
+    fn shape(&self, i: usize) -> &[usize] {
+        self[i].shape
+    }
+    fn operands(&self, i: usize) -> &[u32] {
+        self[i].operands
+    }
+    fn stored(&self, i: usize) -> bool {
+        self[i].stored
+    }
+    fn no_loop(&self, i: usize) -> bool {
+        self[i].no_loop
+    }
 }
 
 #[cfg(test)]
@@ -213,12 +321,7 @@ mod tests {
     use super::*;
     use crate::op::{BinaryOp, Init, ReduceOp, UnaryOp};
 
-    const FULL: InlineRule = InlineRule {
-        max_evaluations: 3.0,
-        recompute_units: 12,
-        prologues: true,
-        views_and_leaves: true,
-    };
+    const FULL: InlineRule = InlineRule::FULL;
 
     /// `(op, shape, operands)` rows, the last one stored (a result).
     fn run(rows: &[(Op, Vec<usize>, Vec<u32>)], rule: &InlineRule) -> Vec<bool> {
@@ -234,7 +337,7 @@ mod tests {
                 no_loop: false,
             })
             .collect();
-        inline_values(&nodes, rule)
+        inline_values(&nodes[..], rule)
     }
 
     fn input() -> Op {

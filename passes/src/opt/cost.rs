@@ -1,37 +1,36 @@
 //! The cost model: FLOPs plus bytes moved, plus a weight per kernel launch,
-//! over a whole graph. It follows the code generator's baseline grouping
-//! of nodes into kernels (`codegen/src/plan.rs`); it is an estimate for
-//! comparing equivalent graphs, not a prediction of the compiled schedule
-//! (which may fuse more):
+//! over a whole graph, following the code generator's grouping of nodes
+//! into kernels. It is an estimate for comparing equivalent graphs:
 //!
 //! - leaves and constants run no kernel (constants are filled once);
 //! - reshape (of contiguous data), transpose, broadcast and slice are
 //!   views: no kernel, no bytes (a reshape of a non-contiguous view is a
 //!   copy kernel);
-//! - an elementwise node (unary, binary except `pow`, select, cast) that
-//!   is not an output or update, and whose every reader computes it in its
-//!   own loop (an elementwise node of the same shape, or a reduction, for
-//!   which it is the loop's prologue), is *fused*: no kernel, no write;
-//!   each reader evaluates it and reads its operands. As in the code
-//!   generator's grouping rule (`codegen/src/group.rs`), a value with one
-//!   reader always fuses, and one with two or three readers when it is
-//!   cheap to recompute ([`RECOMPUTE_FLOPS`] per element at most);
+//! - which values their readers compute in their own loops (*fused*: no
+//!   kernel, no write; each reader evaluates it and reads its operands) is
+//!   decided by the rule the code generator's grouping uses,
+//!   `ir::fusion::inline_values` with `InlineRule::FULL`: elementwise
+//!   values, `random` and views of them, read by elementwise loops,
+//!   reductions, `fold` and `unfold`, recomputed by up to three readers
+//!   when cheap (the op table's `recompute` and `units`);
 //! - everything else is a kernel that writes its result and reads its
 //!   operands.
+//!
+//! Not modelled yet (so the model counts more kernels than the code
+//! generator builds): multi-output loops, windows staged into a product's
+//! kernel, products summed into their reduction, state update copies.
 //!
 //! Costs depend on users, so they are a property of the whole graph, not of
 //! one node: this is why extraction evaluates whole candidate graphs.
 //! Symbolic dims (the batch) count as [`NOMINAL_DIM`].
 
+use nnc_ir::fusion::{self, inline_values_with, FusionDag, InlineRule};
 use nnc_ir::{DType, Dim, Graph, NodeId, Op, OpClass, TensorType};
 use std::collections::HashMap;
 use std::fmt;
 
 /// The size assumed for a symbolic dim when counting elements.
 pub const NOMINAL_DIM: f64 = 64.0;
-/// Cost-model FLOPs per element up to which a value read by two or three
-/// loops is recomputed by each (an add or a compare, not a division).
-pub const RECOMPUTE_FLOPS: f64 = 2.0;
 /// Cost units per FLOP.
 pub const FLOP: f64 = 1.0;
 /// Cost units per byte read or written.
@@ -71,15 +70,14 @@ pub enum ViewKind {
 /// The cost-relevant facts of one node.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NodeCost {
+    pub op: Op,
     pub role: Role,
     pub flops: f64,
     /// Elements of the result.
     pub elems: f64,
     pub bytes_per_elem: f64,
-    pub shape: Vec<Dim>,
-    /// Reads its operands in a loop that can compute a fused operand (a
-    /// reduction).
-    pub loop_reader: bool,
+    /// The result's shape with symbolic dims at [`NOMINAL_DIM`].
+    pub dims: Vec<usize>,
 }
 
 fn numel(shape: &[Dim]) -> f64 {
@@ -115,7 +113,7 @@ pub fn node_cost(op: &Op, ty: &TensorType, operands: &[&TensorType]) -> NodeCost
         // `pow` calls out per element: the plan keeps it its own kernel.
         OpClass::Elementwise if !info.inline => (Role::Kernel, elems),
         OpClass::Elementwise => (Role::Elementwise, elems),
-        OpClass::Generator => (Role::Kernel, elems),
+        OpClass::Generator => (Role::Elementwise, elems),
         OpClass::Reduction => (Role::Kernel, input_elems),
         OpClass::Contraction => {
             let k = operands
@@ -129,12 +127,19 @@ pub fn node_cost(op: &Op, ty: &TensorType, operands: &[&TensorType]) -> NodeCost
         }
     };
     NodeCost {
+        op: op.clone(),
         role,
         flops: f64::from(info.units) * work,
         elems,
         bytes_per_elem: if ty.dtype == DType::F64 { 8.0 } else { 4.0 },
-        shape: ty.shape.clone(),
-        loop_reader: matches!(op, Op::Reduce { .. }),
+        dims: ty
+            .shape
+            .iter()
+            .map(|d| match d {
+                Dim::Const(n) => *n,
+                Dim::Sym(_) => NOMINAL_DIM as usize,
+            })
+            .collect(),
     }
 }
 
@@ -195,8 +200,7 @@ pub enum Placement {
 #[derive(Debug, Default)]
 pub struct Scratch {
     users: Vec<u32>,
-    /// Whether every reader can compute the value in its own loop.
-    fusable: Vec<bool>,
+    fusion: fusion::Scratch,
     contiguous: Vec<bool>,
     read: Vec<f64>,
     pub placement: Vec<Placement>,
@@ -207,22 +211,17 @@ pub fn evaluate(nodes: &[DagNode], s: &mut Scratch) -> Totals {
     let n = nodes.len();
     s.users.clear();
     s.users.resize(n, 0);
-    s.fusable.clear();
-    s.fusable.resize(n, true);
     for node in nodes {
         for (j, &o) in node.operands.iter().enumerate() {
             // Users are counted once however often they read the value.
-            if node.operands[..j].contains(&o) {
-                continue;
+            if !node.operands[..j].contains(&o) {
+                s.users[o as usize] += 1;
             }
-            let o = o as usize;
-            s.users[o] += 1;
-            let c = node.cost;
-            let computes =
-                c.loop_reader || (c.role == Role::Elementwise && c.shape == nodes[o].cost.shape);
-            s.fusable[o] &= computes;
         }
     }
+    // Which values their readers compute: the code generator's rule.
+    inline_values_with(&Candidate(nodes), &InlineRule::FULL, &mut s.fusion);
+    let inline = &s.fusion.inline;
     s.contiguous.clear();
     s.read.clear();
     s.placement.clear();
@@ -249,12 +248,7 @@ pub fn evaluate(nodes: &[DagNode], s: &mut Scratch) -> Totals {
                 }
             }
             Role::Elementwise => {
-                let users = s.users[i];
-                let fused = !node.result
-                    && s.fusable[i]
-                    && (users == 1
-                        || (users <= 3 && c.flops <= RECOMPUTE_FLOPS * c.elems.max(1.0)));
-                let p = if fused {
+                let p = if inline[i] {
                     Placement::Fused
                 } else {
                     Placement::Kernel
@@ -292,6 +286,31 @@ pub fn evaluate(nodes: &[DagNode], s: &mut Scratch) -> Totals {
         }
     }
     totals
+}
+
+/// A candidate graph as the fusion rule reads it.
+struct Candidate<'a, 'b>(&'a [DagNode<'b>]);
+
+impl FusionDag for Candidate<'_, '_> {
+    fn nodes(&self) -> usize {
+        self.0.len()
+    }
+    fn op(&self, i: usize) -> &Op {
+        &self.0[i].cost.op
+    }
+    fn shape(&self, i: usize) -> &[usize] {
+        &self.0[i].cost.dims
+    }
+    fn operands(&self, i: usize) -> &[u32] {
+        self.0[i].operands
+    }
+    fn stored(&self, i: usize) -> bool {
+        self.0[i].result
+    }
+    /// Windows staged into a product's kernel are not modelled.
+    fn no_loop(&self, _: usize) -> bool {
+        false
+    }
 }
 
 type Dag = (Vec<NodeId>, Vec<NodeCost>, Vec<Vec<u32>>, Vec<bool>);
