@@ -18,17 +18,12 @@
 
 pub mod conv;
 pub mod emit;
-pub mod expr;
-pub mod group;
-pub mod matmul;
 pub mod plan;
-pub mod program;
-pub mod random;
 pub mod sgemm;
-pub mod summary;
 pub mod threads;
-pub mod vmath;
-pub mod window;
+
+pub use emit::{matmul, program, random, vmath, window};
+pub use plan::{expr, group, summary};
 
 pub use group::GroupConfig;
 pub use plan::StateLayout;

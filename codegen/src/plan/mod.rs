@@ -12,9 +12,13 @@
 //! offsets chosen by liveness, so intermediates reuse memory and a step
 //! allocates nothing.
 
-use crate::expr::{self, BuildError, Expr, Source};
-use crate::group::{self, GroupConfig, Grouping};
+pub mod expr;
+pub mod group;
+pub mod summary;
+
 use crate::CodegenError;
+use expr::{BuildError, Expr, Source};
+use group::{GroupConfig, Grouping};
 use nnc_ir::{DType, Dim, Graph, NodeId, Op, ReduceOp};
 use std::collections::{HashMap, HashSet};
 

@@ -11,6 +11,12 @@
 //! the small shapes where that is measured to be slower, Cranelift-emitted
 //! register-tiled loops (`matmul.rs`).
 
+pub mod matmul;
+pub mod program;
+pub mod random;
+pub mod vmath;
+pub mod window;
+
 use crate::expr::Code;
 use crate::plan::{Base, Body, Kernel, Plan, StateLayout, View};
 use crate::CodegenError;
