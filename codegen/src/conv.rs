@@ -15,7 +15,7 @@
 //! (`nnc bench bench/models/lenet.nn --threads 1 --profile`); so does its
 //! conv2 (6×14×14 → 16), though its 10-wide rows fill 10 of 16 lanes (see
 //! [`Rows::new`]). Many output channels amortize the unfold (see
-//! `emit::conv_rows`): CIFAR's convolutions keep it.
+//! `plan::matmul::conv_rows`): CIFAR's convolutions keep it.
 //!
 //! The weight gradient of the same convolution, `dy @ unfold(image)^T` per
 //! sample, reads the padded image the same way ([`weight_grad`]): each

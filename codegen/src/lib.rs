@@ -3,32 +3,34 @@
 //! through our packed, allocation-free `sgemm`) run by one compiled
 //! schedule over a statically planned memory arena.
 //!
-//! - `plan`: concrete shapes, views, the liveness-based memory plan.
-//! - `group`: kernel grouping: inline values, multi-output loops.
-//! - `expr`: the elementwise expression a loop evaluates per element.
-//! - `emit`: Cranelift IR for each kernel.
-//! - `matmul`: small matrix products as Cranelift loops, and the rule.
-//! - `sgemm`: packed SGEMM (AVX-512 / AVX2 / scalar) for the large ones.
-//! - `program`: the JIT module, arena, state buffer and schedule.
-//! - `vmath`: inline vector `exp`, `log`, `tanh`, `sigmoid`.
-//! - `window`: `unfold` (im2col) and `fold` (col2im).
-//! - `random`: counter-based uniform random numbers.
-//! - `summary`: what each kernel covers, computes and moves.
-//! - `threads`: the thread pool parallel kernels split their work over.
+//! Two halves, data flowing one way:
+//!
+//! - `plan` (the planning half; no Cranelift, nothing from `emit`):
+//!   concrete shapes, views, the liveness-based memory plan, kernel
+//!   grouping (`plan::group`), the elementwise expression a loop
+//!   evaluates (`plan::expr`), and the decisions: matmul forms
+//!   (`plan::matmul`), staging, thread splits (`plan::split`), what each
+//!   kernel covers, computes and moves (`plan::summary`).
+//! - `emit` (the emitting half): Cranelift IR for each kernel, small matrix
+//!   products as Cranelift loops (`emit::matmul`), `unfold`/`fold`
+//!   (`emit::window`), inline vector math (`emit::vmath`), random numbers
+//!   (`emit::random`), and the JIT module, arena, state buffer and
+//!   schedule (`emit::program`).
+//!
+//! And the host kernels they call: `sgemm` (packed SGEMM, AVX-512 / AVX2 /
+//! scalar) for the large products, `conv` (convolutions from the image),
+//! `threads` (the thread pool parallel kernels split their work over).
+//! The old module paths (`nnc_codegen::group`, `matmul`, `vmath`, …) are
+//! re-exported.
 
 pub mod conv;
 pub mod emit;
-pub mod expr;
-pub mod group;
-pub mod matmul;
 pub mod plan;
-pub mod program;
-pub mod random;
 pub mod sgemm;
-pub mod summary;
 pub mod threads;
-pub mod vmath;
-pub mod window;
+
+pub use emit::{matmul, program, random, vmath, window};
+pub use plan::{expr, group, summary};
 
 pub use group::GroupConfig;
 pub use plan::StateLayout;

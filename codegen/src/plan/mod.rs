@@ -11,11 +11,34 @@
 //! (`expr`) over views of stored values. Buffers live in one arena at
 //! offsets chosen by liveness, so intermediates reuse memory and a step
 //! allocates nothing.
+//!
+//! This is the planning half: what to compute, where, and how (`matmul`:
+//! which form a product runs as; `staging`: which columns never exist
+//! whole; `split`: how a kernel's work splits over threads; `summary`:
+//! FLOPs and bytes per kernel), all as data. It imports nothing from
+//! Cranelift and nothing from `crate::emit` (checked by
+//! `codegen/tests/layering.rs`); it may call the host kernels' pure rules
+//! (`sgemm`, `threads`, `conv`).
 
-use crate::expr::{self, BuildError, Expr, Source};
-use crate::group::{self, GroupConfig, Grouping};
+mod arena;
+pub mod expr;
+pub mod group;
+mod kind;
+pub mod matmul;
+pub mod split;
+mod staging;
+pub mod summary;
+pub mod window;
+
+pub use kind::{constant_words, value_word, Kind};
+pub use staging::STAGE_MIN_BYTES;
+
 use crate::CodegenError;
-use nnc_ir::{DType, Dim, Graph, NodeId, Op, ReduceOp};
+use arena::{allocate, live_set_bound};
+use expr::{BuildError, Expr, Source};
+use group::{GroupConfig, Grouping};
+use nnc_ir::{DType, Dim, Graph, NodeId, Op};
+use staging::{staged_windows, summed_products};
 use std::collections::{HashMap, HashSet};
 
 /// Where a view's elements live.
@@ -254,60 +277,12 @@ pub struct Staged {
 }
 
 /// Values read after every kernel has run: outputs and update values.
-fn results(graph: &Graph) -> HashSet<NodeId> {
+pub(crate) fn results(graph: &Graph) -> HashSet<NodeId> {
     graph
         .outputs
         .iter()
         .map(|o| o.node)
         .chain(graph.updates.iter().map(|u| u.value))
-        .collect()
-}
-
-/// Matmuls whose only user is a `reduce_sum` over some of their batch
-/// dims, and which go through `sgemm` (see `emit::emit_matmul`): the
-/// reduction's kernel calls `sgemm` in accumulate mode per batch, so the
-/// batch of products is never stored. This is the gradient of a weight
-/// broadcast over a batch (`[G, O/G, K] @ [N, G, K, L]`, a convolution):
-/// autodiff makes it `reduce_sum(g @ cols^T, [0])`, whose `[N, G, O/G, K]`
-/// intermediate is as large as the columns.
-fn summed_products(
-    graph: &Graph,
-    order: &[NodeId],
-    bindings: &HashMap<String, usize>,
-) -> HashSet<NodeId> {
-    let results = results(graph);
-    let shape = |n: NodeId| concrete(&graph.ty(n).shape, bindings).ok();
-    order
-        .iter()
-        .copied()
-        .filter(|&n| {
-            if !matches!(graph.node(n).op, Op::MatMul) || results.contains(&n) {
-                return false;
-            }
-            let [user] = graph.users(n)[..] else {
-                return false;
-            };
-            let Op::Reduce {
-                op: ReduceOp::Sum,
-                axes,
-                ..
-            } = &graph.node(user).op
-            else {
-                return false;
-            };
-            let (Some(c), Some(a)) = (shape(n), shape(graph.operands(n)[0])) else {
-                return false;
-            };
-            let r = c.len();
-            let batch_only = !axes.is_empty() && axes.iter().all(|&i| i + 2 < r);
-            batch_only
-                && graph.ty(n).dtype == DType::F32
-                // Not for a few rows even when `sgemm` would read the
-                // columns in place: unsummed, those products split over
-                // samples, while a summed one splits by input channel and
-                // LeNet's conv1 has one.
-                && !crate::matmul::use_cranelift(c[r - 2], c[r - 1], a[a.len() - 1], false)
-        })
         .collect()
 }
 
@@ -418,169 +393,6 @@ pub fn batch_strides(v: &View, batch: &[usize]) -> Vec<isize> {
             _ => 0,
         })
         .collect()
-}
-
-/// How many planes of `plane` elements (`channels` planes per sample) the
-/// matrix of each batch index of `v` spans, when that is the same number
-/// of consecutive planes of one sample for every batch index; `v` views
-/// an unfolded tensor, `batch` is the matmul's batch. `None` when the
-/// matrices straddle samples, or when a batch of one would gain nothing.
-fn planes_per_batch(v: &View, batch: &[usize], plane: usize, channels: usize) -> Option<usize> {
-    let r = v.shape.len();
-    let count: usize = batch.iter().product();
-    if r < 2 || plane == 0 || !(2..=1 << 16).contains(&count) {
-        return None;
-    }
-    if v.strides.iter().any(|&s| s < 0) {
-        return None;
-    }
-    let (rows, cols) = (v.shape[r - 2], v.shape[r - 1]);
-    if rows == 0 || cols == 0 {
-        return None;
-    }
-    let extent =
-        (rows - 1) * v.strides[r - 2] as usize + (cols - 1) * v.strides[r - 1] as usize + 1;
-    let strides = batch_strides(v, batch);
-    if strides.iter().any(|&s| !(s as usize).is_multiple_of(plane)) {
-        return None;
-    }
-    let planes = (v.offset % plane + extent).div_ceil(plane);
-    if planes > channels {
-        return None;
-    }
-    // Every batch index's first plane, so that none straddles two samples.
-    let mut index = vec![0usize; batch.len()];
-    for _ in 0..count {
-        let first = v.offset / plane
-            + index
-                .iter()
-                .zip(&strides)
-                .map(|(&i, &s)| i * s as usize / plane)
-                .sum::<usize>();
-        if first % channels + planes > channels {
-            return None;
-        }
-        for d in (0..batch.len()).rev() {
-            index[d] += 1;
-            if index[d] < batch[d] {
-                break;
-            }
-            index[d] = 0;
-        }
-    }
-    Some(planes)
-}
-
-/// Columns smaller than this are stored whole rather than staged: they
-/// largely come back from cache anyway (1 MiB of L2 per core here), and
-/// staging redoes an unfold for every matmul that reads it (forward and
-/// weight gradient). Measured on the forward + backward of two conv layers
-/// (`cargo bench -p nnc-codegen --bench conv`'s nets, each variant run in
-/// alternating blocks): staging everything made LeNet's convs 15% slower
-/// at batch 16 (columns of 1.2 and 0.9 MiB) but 14% and 22% faster at
-/// batch 64 and 256, and the CIFAR net's 6% faster at batch 16 and 16% at 64.
-pub const STAGE_MIN_BYTES: usize = 2 << 20;
-
-/// The staged operands and results of matmuls (see [`Staged`]): (matmul,
-/// slot) → (unfold or fold, planes per batch index). An `unfold` is
-/// staged when every use of it, through reshapes and transposes, is a
-/// matmul operand that stages; a `fold` when its operand is, through
-/// reshapes only, the result of a matmul read by nothing else.
-fn staged_windows(
-    graph: &Graph,
-    order: &[NodeId],
-    bindings: &HashMap<String, usize>,
-) -> HashMap<(NodeId, usize), (NodeId, usize)> {
-    let results = results(graph);
-    let shape = |n: NodeId| concrete(&graph.ty(n).shape, bindings).ok();
-    // Views here only locate elements within the unfolded tensor.
-    let logical = |shape: Vec<usize>| View::contiguous(Base::Work(usize::MAX), shape);
-    let batch_of = |m: NodeId| -> Option<Vec<usize>> {
-        let s = shape(m)?;
-        Some(s[..s.len().checked_sub(2)?].to_vec())
-    };
-    let mut staged = HashMap::new();
-    for &w in order {
-        if graph.ty(w).dtype != DType::F32 {
-            continue;
-        }
-        match &graph.node(w).op {
-            Op::Unfold { .. } if !results.contains(&w) => {
-                let Some(ws) = shape(w).filter(|s| s.len() > 2) else {
-                    continue;
-                };
-                if ws.iter().product::<usize>() * 4 < STAGE_MIN_BYTES {
-                    continue;
-                }
-                let (plane, channels) = (ws[2..].iter().product(), ws[1]);
-                let mut uses = Vec::new();
-                let mut ok = true;
-                let mut stack = vec![(w, logical(ws))];
-                while let Some((n, v)) = stack.pop() {
-                    for user in graph.users(n) {
-                        let op = &graph.node(user).op;
-                        let next = match (op, shape(user)) {
-                            (Op::Reshape | Op::Transpose { .. }, Some(s)) => view_of(op, &v, s),
-                            _ => None,
-                        };
-                        if results.contains(&user) {
-                            ok = false;
-                        } else if let Op::MatMul = op {
-                            let operands = graph.operands(user);
-                            for (slot, _) in operands.iter().enumerate().filter(|(_, &o)| o == n) {
-                                let planes = batch_of(user).and_then(|batch| {
-                                    planes_per_batch(&v, &batch, plane, channels)
-                                });
-                                match planes {
-                                    Some(p) => uses.push(((user, slot), p)),
-                                    None => ok = false,
-                                }
-                            }
-                        } else if let Some(next) = next {
-                            stack.push((user, next));
-                        } else {
-                            ok = false;
-                        }
-                    }
-                }
-                if ok {
-                    for (key, planes) in uses {
-                        staged.insert(key, (w, planes));
-                    }
-                }
-            }
-            Op::Fold { .. } => {
-                let Some(cols) = shape(graph.operands(w)[0]).filter(|s| s.len() > 2) else {
-                    continue;
-                };
-                if cols.iter().product::<usize>() * 4 < STAGE_MIN_BYTES {
-                    continue;
-                }
-                let (plane, channels) = (cols[2..].iter().product(), cols[1]);
-                // Up through reshapes (which keep row-major order) to a matmul.
-                let mut n = graph.operands(w)[0];
-                let m = loop {
-                    if results.contains(&n) || graph.users(n).len() != 1 {
-                        break None;
-                    }
-                    match graph.node(n).op {
-                        Op::Reshape => n = graph.operands(n)[0],
-                        Op::MatMul => break Some(n),
-                        _ => break None,
-                    }
-                };
-                let Some(m) = m else { continue };
-                let (Some(ms), Some(batch)) = (shape(m), batch_of(m)) else {
-                    continue;
-                };
-                if let Some(p) = planes_per_batch(&logical(ms), &batch, plane, channels) {
-                    staged.insert((m, 2), (w, p));
-                }
-            }
-            _ => {}
-        }
-    }
-    staged
 }
 
 /// Why planning stopped: a value to store before trying again, or an error.
@@ -1101,90 +913,6 @@ fn retarget(views: &mut HashMap<NodeId, View>, kernels: &mut [Kernel], from: Bas
     }
 }
 
-/// First-fit allocation in order of birth; a buffer is freed after its
-/// last reader, so a kernel's results never alias its operands. Returns
-/// the bytes without reuse and the arena size.
-/// The most bytes of buffers live at once: buffer `b` is live from the
-/// kernel that writes it (`born`) through its last reader (`last_use`).
-/// No placement of the buffers in one arena can be smaller.
-fn live_set_bound(buffers: &[Buffer], born: &[usize], last_use: &[usize]) -> usize {
-    // (time, kind, bytes): a birth (0) at `born`, a death (-1) just after
-    // the last use, deaths first within a time (a buffer born at another's
-    // last use overlaps it: that one dies only at the next time).
-    let mut events: Vec<(usize, i8, usize)> = Vec::with_capacity(2 * buffers.len());
-    for (b, buf) in buffers.iter().enumerate() {
-        events.push((born[b], 0, buf.bytes));
-        events.push((last_use[b] + 1, -1, buf.bytes));
-    }
-    events.sort_unstable_by_key(|&(t, kind, _)| (t, kind));
-    let (mut live, mut most) = (0usize, 0usize);
-    for (_, kind, bytes) in events {
-        if kind == 0 {
-            live += bytes;
-            most = most.max(live);
-        } else {
-            live -= bytes;
-        }
-    }
-    most
-}
-
-fn allocate(buffers: &mut [Buffer], born: &[usize], last_use: &[usize]) -> (usize, usize) {
-    let unshared_bytes = buffers.iter().map(|b| b.bytes).sum();
-    let mut free: Vec<(usize, usize)> = Vec::new(); // (offset, bytes), sorted by offset
-    let mut top = 0usize;
-    let mut by_birth: Vec<usize> = (0..buffers.len()).collect();
-    by_birth.sort_by_key(|&b| (born[b], b));
-    let mut live: Vec<usize> = Vec::new();
-    for &b in &by_birth {
-        // Release buffers whose last reader ran before this one is written.
-        live.retain(|&l| {
-            if last_use[l] < born[b] {
-                release(&mut free, buffers[l].offset, buffers[l].bytes);
-                false
-            } else {
-                true
-            }
-        });
-        let bytes = buffers[b].bytes;
-        if bytes == 0 {
-            continue;
-        }
-        buffers[b].offset = match free.iter().position(|&(_, n)| n >= bytes) {
-            Some(i) => {
-                let (off, n) = free[i];
-                if n == bytes {
-                    free.remove(i);
-                } else {
-                    free[i] = (off + bytes, n - bytes);
-                }
-                off
-            }
-            None => {
-                let off = top;
-                top += bytes;
-                off
-            }
-        };
-        live.push(b);
-    }
-    (unshared_bytes, top.max(ALIGN))
-}
-
-/// Returns a range to the free list, merging with its neighbours.
-fn release(free: &mut Vec<(usize, usize)>, offset: usize, bytes: usize) {
-    let i = free.partition_point(|&(o, _)| o < offset);
-    free.insert(i, (offset, bytes));
-    if i + 1 < free.len() && free[i].0 + free[i].1 == free[i + 1].0 {
-        free[i].1 += free[i + 1].1;
-        free.remove(i + 1);
-    }
-    if i > 0 && free[i - 1].0 + free[i - 1].1 == free[i].0 {
-        free[i - 1].1 += free[i].1;
-        free.remove(i);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1231,29 +959,5 @@ mod tests {
         assert!(plan.steps.iter().any(|s| matches!(s, Step::Update { .. })));
         let value = g.updates[0].value;
         assert!(matches!(plan.views[&value].base, Base::Work(_)));
-    }
-}
-
-#[cfg(test)]
-mod live_set_tests {
-    use super::*;
-
-    #[test]
-    fn the_bound_is_the_largest_overlap() {
-        let buffers: Vec<Buffer> = [100, 50, 30, 200]
-            .iter()
-            .map(|&bytes| Buffer { bytes, offset: 0 })
-            .collect();
-        // Live: 0 in [0, 1], 1 in [1, 2], 2 in [2, 3], 3 in [4, 4].
-        let (born, last_use) = ([0, 1, 2, 4], [1, 2, 3, 4]);
-        assert_eq!(live_set_bound(&buffers, &born, &last_use), 200);
-        let mut placed = buffers.clone();
-        let (_, arena) = allocate(&mut placed, &born, &last_use);
-        assert!(arena >= 200);
-        // Without the big one: the overlap of 0 and 1.
-        assert_eq!(
-            live_set_bound(&buffers[..3], &born[..3], &last_use[..3]),
-            150
-        );
     }
 }

@@ -3,15 +3,16 @@
 //! back into the model state. The schedule is native code end to end:
 //! running a step is one indirect call.
 
-use crate::emit::{self, Addresses, Calls, Host, Kind};
-use crate::group::GroupConfig;
-use crate::plan::{self, Plan, StateLayout, Step, View, ALIGN};
+use super::host::{new_module, Calls, Host, HostCalls};
+use super::{emit_copy, emit_kernel, Addresses, Split};
+use crate::plan::group::GroupConfig;
+use crate::plan::split::splits;
+use crate::plan::{self, value_word, Kind, Plan, StateLayout, Step, View, ALIGN};
 use crate::CodegenError;
-use cranelift_codegen::ir::{types, AbiParam, FuncRef, InstBuilder, Value};
-use cranelift_codegen::settings::{self, Configurable};
+use cranelift_codegen::ir::{types, AbiParam, InstBuilder};
 use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext};
-use cranelift_jit::{JITBuilder, JITModule};
-use cranelift_module::{default_libcall_names, FuncId, Linkage, Module};
+use cranelift_jit::JITModule;
+use cranelift_module::{FuncId, Linkage, Module};
 use nnc_ir::{DType, Graph, Tensor};
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -106,15 +107,6 @@ fn word_value(w: u32, dtype: DType) -> f64 {
     }
 }
 
-/// The 4-byte word the JIT stores for `v` as a `dtype` element.
-pub(crate) fn value_word(v: f64, dtype: DType) -> u32 {
-    match Kind::of(dtype) {
-        Kind::F32 => (v as f32).to_bits(),
-        Kind::I32 if dtype == DType::Bool => u32::from(v != 0.0),
-        Kind::I32 => (v as i32) as u32,
-    }
-}
-
 /// The control block at the start of the work arena: a status word that
 /// kernels set on a fault (an index out of range).
 const CONTROL: usize = ALIGN;
@@ -137,7 +129,7 @@ pub struct CompileStats {
     /// The live-set lower bound of the arena ([`crate::plan::Plan::live_bytes`]).
     pub live_bytes: usize,
     /// Floating-point operations per run, summed over the kernels
-    /// ([`crate::summary::KernelInfo::flops`]).
+    /// ([`crate::plan::summary::KernelInfo::flops`]).
     pub flops: u64,
     /// Bytes read and written per run, summed over the kernels.
     pub bytes_moved: u64,
@@ -155,7 +147,7 @@ pub struct Program {
     /// shape) for [`Program::profile`].
     kernels: Vec<(String, unsafe extern "C" fn())>,
     /// What each of them covers, computes and moves.
-    infos: Vec<crate::summary::KernelInfo>,
+    infos: Vec<crate::plan::summary::KernelInfo>,
     graph_outputs: Vec<(String, View, DType)>,
     inputs: HashMap<String, (View, DType)>,
     pub stats: CompileStats,
@@ -169,144 +161,6 @@ impl Drop for Program {
             unsafe { m.free_memory() };
         }
     }
-}
-
-struct HostCalls<'m> {
-    module: &'m mut JITModule,
-    ids: &'m mut HashMap<Host, FuncId>,
-    refs: HashMap<Host, FuncRef>,
-}
-
-impl Calls for HostCalls<'_> {
-    fn call(&mut self, b: &mut FunctionBuilder, host: Host, args: &[Value]) -> Vec<Value> {
-        let fref = match self.refs.get(&host) {
-            Some(&r) => r,
-            None => {
-                let id = match self.ids.get(&host) {
-                    Some(&id) => id,
-                    None => {
-                        let mut sig = self.module.make_signature();
-                        host.signature(&mut sig);
-                        let id = self
-                            .module
-                            .declare_function(host.name(), Linkage::Import, &sig)
-                            .expect("host functions are declared once with one signature");
-                        self.ids.insert(host, id);
-                        id
-                    }
-                };
-                let r = self.module.declare_func_in_func(id, b.func);
-                self.refs.insert(host, r);
-                r
-            }
-        };
-        let call = b.ins().call(fref, args);
-        b.inst_results(call).to_vec()
-    }
-}
-
-/// Runs a split kernel's `units` work units over the thread pool: one
-/// contiguous range per task, `kernel(start, end, task)`, with at most
-/// `max_tasks` tasks (the staging scratch the plan made room for) and no
-/// more than units or threads.
-extern "C" fn nnc_parallel(kernel: i64, units: i64, max_tasks: i64) {
-    // SAFETY: `kernel` is the address of a finalized function of this
-    // program's module with the signature `fn(i64, i64, i64)`.
-    let f: extern "C" fn(i64, i64, i64) = unsafe { std::mem::transmute(kernel as usize) };
-    let units = units.max(0) as usize;
-    let tasks = crate::threads::threads()
-        .min(units)
-        .min(max_tasks.max(1) as usize)
-        .max(1);
-    let range = |t: usize| ((units * t / tasks) as i64, (units * (t + 1) / tasks) as i64);
-    crate::threads::run(tasks, &|t| {
-        let (start, end) = range(t);
-        if start < end {
-            f(start, end, t as i64);
-        }
-    });
-}
-
-extern "C" fn nnc_powf(a: f32, b: f32) -> f32 {
-    a.powf(b)
-}
-/// `c = a @ b` (or `c += a @ b`) through `sgemm`, with the program's
-/// packing scratch; strides in elements. Allocates nothing.
-#[allow(clippy::too_many_arguments)]
-extern "C" fn nnc_sgemm(
-    m: i64,
-    n: i64,
-    k: i64,
-    c: i64,
-    c_rs: i64,
-    c_cs: i64,
-    a: i64,
-    a_rs: i64,
-    a_cs: i64,
-    b: i64,
-    b_rs: i64,
-    b_cs: i64,
-    accumulate: i64,
-    scratch: i64,
-) {
-    // SAFETY: the plan guarantees the three views are in bounds for these
-    // shapes and strides and that `c` overlaps neither operand; `scratch`
-    // is the program's own `Scratch`, used by one run (and, in a split
-    // kernel, one task) at a time, or 0: the other tasks of a split kernel,
-    // which use their thread's own.
-    unsafe {
-        let call = |scratch: &mut crate::sgemm::Scratch| {
-            crate::sgemm::sgemm_threads(
-                m as usize,
-                n as usize,
-                k as usize,
-                c as *mut f32,
-                c_rs as isize,
-                c_cs as isize,
-                a as *const f32,
-                a_rs as isize,
-                a_cs as isize,
-                b as *const f32,
-                b_rs as isize,
-                b_cs as isize,
-                accumulate != 0,
-                scratch,
-            )
-        };
-        if scratch == 0 {
-            crate::sgemm::with_thread_scratch(crate::sgemm::Isa::detect(), call)
-        } else {
-            call(&mut *(scratch as *mut crate::sgemm::Scratch))
-        }
-    }
-}
-
-fn new_module() -> Result<JITModule, CodegenError> {
-    let mut flags = settings::builder();
-    let set = |f: &mut settings::Builder, k: &str, v: &str| {
-        f.set(k, v)
-            .map_err(|e| CodegenError::new(format!("cranelift setting {k}: {e}")))
-    };
-    set(&mut flags, "opt_level", "speed")?;
-    set(&mut flags, "use_colocated_libcalls", "false")?;
-    set(&mut flags, "is_pic", "false")?;
-    let isa = cranelift_native::builder()
-        .map_err(|e| CodegenError::new(format!("this CPU is not supported by Cranelift: {e}")))?
-        .finish(settings::Flags::new(flags))
-        .map_err(|e| CodegenError::new(format!("cranelift: {e}")))?;
-    let mut jb = JITBuilder::with_isa(isa, default_libcall_names());
-    jb.symbol(Host::Powf.name(), nnc_powf as *const u8);
-    jb.symbol(Host::Sgemm.name(), nnc_sgemm as *const u8);
-    jb.symbol(Host::Parallel.name(), nnc_parallel as *const u8);
-    jb.symbol(
-        Host::Conv2dRows.name(),
-        crate::conv::nnc_conv2d_rows as *const u8,
-    );
-    jb.symbol(
-        Host::Conv2dWeightGrad.name(),
-        crate::conv::nnc_conv2d_weight_grad as *const u8,
-    );
-    Ok(JITModule::new(jb))
 }
 
 impl Program {
@@ -330,7 +184,7 @@ impl Program {
     ) -> Result<Program, CodegenError> {
         let t0 = Instant::now();
         let plan = plan::plan_with(graph, bindings, &state.layout, config)?;
-        let infos = crate::summary::summarize(&plan, graph);
+        let infos = crate::plan::summary::summarize(&plan, graph);
         let plan_time = t0.elapsed();
         let t1 = Instant::now();
         let mut work = AlignedBuf::zeroed(CONTROL + plan.arena_bytes);
@@ -360,8 +214,7 @@ impl Program {
             ctx.func.signature = module.make_signature();
             // A kernel whose work splits takes `(start, end, task)`: work
             // units and a task index; a trampoline runs it over the pool.
-            let split =
-                matches!(step, Step::Kernel(k) if emit::splits(&plan.kernels[*k], graph, &plan));
+            let split = matches!(step, Step::Kernel(k) if splits(&plan.kernels[*k], graph, &plan));
             if split {
                 for _ in 0..3 {
                     ctx.func.signature.params.push(AbiParam::new(types::I64));
@@ -377,7 +230,7 @@ impl Program {
                 b.switch_to_block(entry);
                 let range = split.then(|| {
                     let p = b.block_params(entry);
-                    emit::Split {
+                    Split {
                         start: p[0],
                         end: p[1],
                         task: p[2],
@@ -390,7 +243,7 @@ impl Program {
                 };
                 match step {
                     Step::Kernel(k) => {
-                        units = emit::emit_kernel(
+                        units = emit_kernel(
                             &mut b,
                             &mut calls,
                             graph,
@@ -401,7 +254,7 @@ impl Program {
                         )?;
                     }
                     Step::Copy { src, dst, dtype } => {
-                        emit::emit_copy(
+                        emit_copy(
                             &mut b,
                             &mut calls,
                             src,
@@ -414,7 +267,7 @@ impl Program {
                     Step::Update { slot, value } => {
                         let s = &state.layout.slots[*slot];
                         let dst = View::contiguous(plan::Base::State(*slot), s.shape.clone());
-                        emit::emit_copy(
+                        emit_copy(
                             &mut b,
                             &mut calls,
                             &plan.views[value],
@@ -463,7 +316,7 @@ impl Program {
                     ids: &mut host_ids,
                     refs: HashMap::new(),
                 };
-                calls.call(&mut b, emit::Host::Parallel, &[addr, n, tasks]);
+                calls.call(&mut b, Host::Parallel, &[addr, n, tasks]);
                 b.ins().return_(&[]);
                 b.seal_all_blocks();
                 b.finalize(module.target_config());
@@ -521,7 +374,7 @@ impl Program {
         // Constants are data, written once.
         for &id in &plan.constants {
             let view = &plan.views[&id];
-            let words = emit::constant_words(graph, id, &view.shape);
+            let words = plan::constant_words(graph, id, &view.shape);
             let offset = at.of(view) - work.addr();
             work.words_mut(offset, words.len()).copy_from_slice(&words);
         }
@@ -634,7 +487,7 @@ impl Program {
     /// [`KernelInfo`](crate::KernelInfo). The labels are those of
     /// [`Program::profile`]. For `nnc compile --emit kernels`, e.g. one
     /// line per kernel with its `Display`.
-    pub fn kernels(&self) -> &[crate::summary::KernelInfo] {
+    pub fn kernels(&self) -> &[crate::plan::summary::KernelInfo] {
         &self.infos
     }
 

@@ -34,9 +34,11 @@
 //! tile the image (pooling's gradient) stores each element once instead of
 //! zeroing the image and adding into it.
 
-use crate::emit::{emit_fill, emit_for, range_loop, Calls, Kind};
-use crate::expr::Code;
-use crate::plan::View;
+use super::builder::{emit_fill, emit_fill_range, emit_for, range_loop};
+use super::expr::Code;
+use super::host::Calls;
+use crate::plan::window::{check_shapes, tiles};
+use crate::plan::{Kind, View};
 use crate::CodegenError;
 use cranelift_codegen::ir::{types, InstBuilder, MemFlagsData, Value};
 use cranelift_frontend::FunctionBuilder;
@@ -403,7 +405,7 @@ impl Walk<'_> {
         };
         match range {
             Some((start, end)) => {
-                crate::emit::range_loop(b, start, end, 1, &mut level);
+                range_loop(b, start, end, 1, &mut level);
             }
             None => emit_for(b, 0, *len as i64, 1, &mut level),
         }
@@ -737,29 +739,6 @@ fn offset(b: &mut FunctionBuilder, base: Value, i: Value, stride: isize) -> Valu
     b.ins().iadd(base, off)
 }
 
-/// Checks that `cols` is the unfolding of `image` by `w` (the IR's type
-/// rule, restated so that a malformed graph is an error, not a panic).
-fn check_shapes(w: &Window, image: &[usize], cols: &[usize]) -> Result<Vec<usize>, CodegenError> {
-    let bad = || {
-        CodegenError::new(format!(
-            "unfold/fold: {cols:?} is not the unfolding of {image:?} by the window {w:?}"
-        ))
-    };
-    w.check().map_err(CodegenError::new)?;
-    let d = w.rank();
-    if image.len() != d + 2 || cols.len() != 2 * d + 2 || cols[..2] != image[..2] {
-        return Err(bad());
-    }
-    if cols[2..2 + d] != w.kernel[..] {
-        return Err(bad());
-    }
-    let out: Option<Vec<usize>> = (0..d).map(|i| w.out_size(i, image[2 + i])).collect();
-    match out {
-        Some(out) if out[..] == cols[2 + d..] => Ok(out),
-        _ => Err(bad()),
-    }
-}
-
 fn byte_strides(v: &View) -> Vec<isize> {
     v.strides.iter().map(|s| s * 4).collect()
 }
@@ -826,13 +805,7 @@ pub(crate) fn emit_fold(
             "internal error: a fold result must be a contiguous buffer",
         ));
     }
-    let d = w.rank();
-    let tiles = (0..d).all(|i| {
-        w.kernel[i] == w.stride[i]
-            && w.dilation[i] == 1
-            && w.padding[i] == 0
-            && o[i] * w.stride[i] == out.1.shape[2 + i]
-    });
+    let tiles = tiles(w, &o, &out.1.shape[2..]);
     let mut env = Env { calls, error: None };
     let walk = Walk {
         mode: if tiles { Mode::Tile } else { Mode::Fold },
@@ -856,7 +829,7 @@ pub(crate) fn emit_fold(
                 let elems = plane_bytes as i64 / 4;
                 let lo = b.ins().imul_imm_s(start, elems);
                 let hi = b.ins().imul_imm_s(end, elems);
-                crate::emit::emit_fill_range(b, out.0, lo, hi, elems % 4 == 0, 0.0);
+                emit_fill_range(b, out.0, lo, hi, elems % 4 == 0, 0.0);
             }
             None => emit_fill(b, out.0, out.1.numel(), 0.0),
         }

@@ -3,7 +3,7 @@
 //! returns it for a compiled program (profiles, tests); [`kernels`] plans
 //! a graph without generating code (`nnc compile --emit kernels`).
 
-use crate::group::GroupConfig;
+use super::group::GroupConfig;
 use crate::plan::{self, Base, Body, Plan, StateLayout, Step, View};
 use crate::CodegenError;
 use nnc_ir::{Graph, NodeId, Op, ReduceOp};
@@ -226,7 +226,7 @@ fn kernel(plan: &Plan, graph: &Graph, k: usize) -> KernelInfo {
 }
 
 /// Appends `+n inline` to a label when the loop evaluates inline values.
-fn with_inline(label: String, expr: &crate::expr::Expr) -> String {
+fn with_inline(label: String, expr: &super::expr::Expr) -> String {
     match expr.inlined.len() {
         0 => label,
         n => format!("{label} +{n} inline"),
@@ -234,12 +234,12 @@ fn with_inline(label: String, expr: &crate::expr::Expr) -> String {
 }
 
 /// Bytes an expression's leaves read (random numbers read only their key).
-fn leaves_bytes(expr: &crate::expr::Expr) -> u64 {
+fn leaves_bytes(expr: &super::expr::Expr) -> u64 {
     expr.leaves
         .iter()
         .map(|l| match l.source {
-            crate::expr::Source::Buffer(_) => 4 * distinct(&l.view),
-            crate::expr::Source::Random { .. } => 4,
+            super::expr::Source::Buffer(_) => 4 * distinct(&l.view),
+            super::expr::Source::Random { .. } => 4,
         })
         .sum()
 }

@@ -1,0 +1,329 @@
+//! The Cranelift lowering of a loop's per-element expression
+//! ([`crate::plan::expr::Expr`]): each leaf's address and byte strides,
+//! the values made once at the kernel's entry (random seeds), and the steps
+//! evaluated in registers on one element or four.
+
+use super::host::{Calls, Host};
+use super::Addresses;
+use crate::plan::expr::{Expr, Instr, MapOp, Source};
+use crate::plan::Kind;
+use crate::CodegenError;
+use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
+use cranelift_codegen::ir::{types, InstBuilder, MemFlagsData, Value};
+use cranelift_frontend::FunctionBuilder;
+use nnc_ir::{BinaryOp, UnaryOp};
+
+fn flags() -> MemFlagsData {
+    MemFlagsData::new().with_notrap()
+}
+
+/// How one leaf is loaded.
+enum Load {
+    Buffer(Kind),
+    /// The key's hash for this stream (scalar, and splatted).
+    Random {
+        seed: Value,
+        seeds: Value,
+    },
+}
+
+/// The steps of a plain copy: the output is the one leaf.
+static COPY: [Instr; 1] = [Instr::Leaf(0)];
+
+/// An expression ready to emit: each leaf's start address and byte
+/// strides over the space, and values made once at the kernel's entry.
+pub(crate) struct Code<'e> {
+    instrs: &'e [Instr],
+    outputs: &'e [usize],
+    pub addrs: Vec<usize>,
+    pub strides: Vec<Vec<isize>>,
+    loads: Vec<Load>,
+    /// `[0, 1, 2, 3]`, for the indices of four random numbers.
+    lanes: Option<Value>,
+}
+
+impl<'e> Code<'e> {
+    /// Emits the per-kernel values at the current position (the kernel's
+    /// entry block, so they dominate every loop).
+    pub fn new(
+        b: &mut FunctionBuilder,
+        expr: &'e Expr,
+        at: &Addresses,
+    ) -> Result<Code<'e>, CodegenError> {
+        expr.check()?;
+        let mut code = Code {
+            instrs: &expr.instrs,
+            outputs: &expr.outputs,
+            addrs: Vec::new(),
+            strides: Vec::new(),
+            loads: Vec::new(),
+            lanes: None,
+        };
+        for leaf in &expr.leaves {
+            let strides = leaf.view.strides.iter().map(|s| s * 4).collect();
+            let (addr, load) = match &leaf.source {
+                Source::Buffer(_) => (at.of(&leaf.view), Load::Buffer(leaf.kind)),
+                Source::Random { stream, key } => {
+                    let key_view = at.plan.views.get(key).ok_or_else(|| {
+                        CodegenError::new("internal error: no view of a random key")
+                    })?;
+                    let seed = super::random::emit_seed(b, *stream, at.of(key_view));
+                    let seeds = b.ins().splat(types::I32X4, seed);
+                    if code.lanes.is_none() {
+                        code.lanes = Some(super::random::lanes(b));
+                    }
+                    (leaf.view.offset * 4, Load::Random { seed, seeds })
+                }
+            };
+            code.addrs.push(addr);
+            code.strides.push(strides);
+            code.loads.push(load);
+        }
+        Ok(code)
+    }
+
+    /// A copy of the `kind` elements at `addr`, `strides` bytes apart.
+    pub fn copy(addr: usize, strides: Vec<isize>, kind: Kind) -> Code<'static> {
+        Code {
+            instrs: &COPY,
+            outputs: &[0],
+            addrs: vec![addr],
+            strides: vec![strides],
+            loads: vec![Load::Buffer(kind)],
+            lanes: None,
+        }
+    }
+
+    pub fn vectorizes(&self) -> bool {
+        self.instrs.iter().all(|i| match i {
+            Instr::Apply { op, .. } => op.vectorizes(),
+            _ => true,
+        })
+    }
+
+    fn kind_of(&self, step: usize) -> Kind {
+        match &self.instrs[step] {
+            Instr::Leaf(l) => match self.loads[*l] {
+                Load::Buffer(kind) => kind,
+                Load::Random { .. } => Kind::F32,
+            },
+            Instr::Const { kind, .. } | Instr::Apply { kind, .. } => *kind,
+        }
+    }
+
+    /// The kind of output `i`'s values.
+    pub fn output_kind(&self, i: usize) -> Kind {
+        self.kind_of(self.outputs[i])
+    }
+
+    /// Leaf `k` at byte address `addr + imm`: one element, or four
+    /// (`vector`) `stride` bytes apart (4, or 0 for one splatted).
+    pub fn load(
+        &self,
+        b: &mut FunctionBuilder,
+        k: usize,
+        addr: Value,
+        imm: i32,
+        vector: bool,
+        stride: isize,
+    ) -> Value {
+        match &self.loads[k] {
+            Load::Buffer(kind) => {
+                if vector && stride != 0 {
+                    b.ins().load(kind.vector(), flags(), addr, imm)
+                } else {
+                    let s = b.ins().load(kind.scalar(), flags(), addr, imm);
+                    if vector {
+                        b.ins().splat(kind.vector(), s)
+                    } else {
+                        s
+                    }
+                }
+            }
+            Load::Random { seed, seeds } => {
+                // The "address" is the random tensor's index times 4.
+                let a = b.ins().iadd_imm_s(addr, i64::from(imm));
+                let index = b.ins().ushr_imm_u(a, 2);
+                let index = b.ins().ireduce(types::I32, index);
+                if !vector {
+                    return super::random::uniform(b, types::I32, index, *seed);
+                }
+                let mut idx = b.ins().splat(types::I32X4, index);
+                if let (Some(lanes), true) = (self.lanes, stride != 0) {
+                    idx = b.ins().iadd(idx, lanes);
+                }
+                super::random::uniform(b, types::I32X4, idx, *seeds)
+            }
+        }
+    }
+
+    /// Evaluates the steps on the leaves' loaded values; returns the value
+    /// of each output.
+    pub fn evaluate(
+        &self,
+        b: &mut FunctionBuilder,
+        calls: &mut dyn Calls,
+        vector: bool,
+        leaves: &[Value],
+    ) -> Result<Vec<Value>, CodegenError> {
+        let mut vals: Vec<(Value, Kind)> = Vec::with_capacity(self.instrs.len());
+        for (step, instr) in self.instrs.iter().enumerate() {
+            let v = match instr {
+                Instr::Leaf(l) => (leaves[*l], self.kind_of(step)),
+                Instr::Const { word, kind } => {
+                    let s = match kind {
+                        Kind::F32 => b.ins().f32const(f32::from_bits(*word)),
+                        Kind::I32 => b.ins().iconst(types::I32, i64::from(*word as i32)),
+                    };
+                    let v = if vector {
+                        b.ins().splat(kind.vector(), s)
+                    } else {
+                        s
+                    };
+                    (v, *kind)
+                }
+                Instr::Apply { op, args, kind } => {
+                    let a: Vec<(Value, Kind)> = args.iter().map(|&j| vals[j]).collect();
+                    (compute(b, calls, *op, vector, &a, *kind)?, *kind)
+                }
+            };
+            vals.push(v);
+        }
+        Ok(self.outputs.iter().map(|&o| vals[o].0).collect())
+    }
+}
+
+/// Computes one element (or four lanes) of an elementwise op.
+fn compute(
+    b: &mut FunctionBuilder,
+    calls: &mut dyn Calls,
+    op: MapOp,
+    vector: bool,
+    ins: &[(Value, Kind)],
+    out: Kind,
+) -> Result<Value, CodegenError> {
+    let ty = |k: Kind| if vector { k.vector() } else { k.scalar() };
+    let bool01 = |b: &mut FunctionBuilder, c: Value| -> Value {
+        if vector {
+            let one = b.ins().iconst(types::I32, 1);
+            let ones = b.ins().splat(types::I32X4, one);
+            b.ins().band(c, ones)
+        } else {
+            b.ins().uextend(types::I32, c)
+        }
+    };
+    let v = match op {
+        MapOp::Unary(u) => {
+            let x = ins[0].0;
+            match u {
+                UnaryOp::Neg => b.ins().fneg(x),
+                UnaryOp::Abs => b.ins().fabs(x),
+                UnaryOp::Sqrt => b.ins().sqrt(x),
+                UnaryOp::Exp => super::vmath::exp(b, ty(Kind::F32), x),
+                UnaryOp::Log => super::vmath::log(b, ty(Kind::F32), x),
+                UnaryOp::Tanh => super::vmath::tanh(b, ty(Kind::F32), x),
+                UnaryOp::Sigmoid => super::vmath::sigmoid(b, ty(Kind::F32), x),
+            }
+        }
+        MapOp::Binary(op) => {
+            let (x, y) = (ins[0].0, ins[1].0);
+            match (ins[0].1, op) {
+                (Kind::F32, BinaryOp::Add) => b.ins().fadd(x, y),
+                (Kind::F32, BinaryOp::Sub) => b.ins().fsub(x, y),
+                (Kind::F32, BinaryOp::Mul) => b.ins().fmul(x, y),
+                (Kind::F32, BinaryOp::Div) => b.ins().fdiv(x, y),
+                (Kind::F32, BinaryOp::Max) => b.ins().fmax(x, y),
+                (Kind::F32, BinaryOp::Min) => b.ins().fmin(x, y),
+                (Kind::F32, BinaryOp::Pow) => calls.call(b, Host::Powf, &[x, y])[0],
+                (Kind::F32, cmp) => {
+                    let cc = match cmp {
+                        BinaryOp::Lt => FloatCC::LessThan,
+                        BinaryOp::Le => FloatCC::LessThanOrEqual,
+                        BinaryOp::Gt => FloatCC::GreaterThan,
+                        BinaryOp::Ge => FloatCC::GreaterThanOrEqual,
+                        BinaryOp::Eq => FloatCC::Equal,
+                        _ => FloatCC::NotEqual,
+                    };
+                    let c = b.ins().fcmp(cc, x, y);
+                    bool01(b, c)
+                }
+                (Kind::I32, BinaryOp::Add) => b.ins().iadd(x, y),
+                (Kind::I32, BinaryOp::Sub) => b.ins().isub(x, y),
+                (Kind::I32, BinaryOp::Mul) => b.ins().imul(x, y),
+                (Kind::I32, BinaryOp::Max) => b.ins().smax(x, y),
+                (Kind::I32, BinaryOp::Min) => b.ins().smin(x, y),
+                (Kind::I32, BinaryOp::Div | BinaryOp::Pow) => {
+                    return Err(CodegenError::new(format!(
+                        "integer `{op}` is not supported by the JIT (use --backend interp)"
+                    )))
+                }
+                (Kind::I32, cmp) => {
+                    let cc = match cmp {
+                        BinaryOp::Lt => IntCC::SignedLessThan,
+                        BinaryOp::Le => IntCC::SignedLessThanOrEqual,
+                        BinaryOp::Gt => IntCC::SignedGreaterThan,
+                        BinaryOp::Ge => IntCC::SignedGreaterThanOrEqual,
+                        BinaryOp::Eq => IntCC::Equal,
+                        _ => IntCC::NotEqual,
+                    };
+                    let c = b.ins().icmp(cc, x, y);
+                    bool01(b, c)
+                }
+            }
+        }
+        MapOp::Select => {
+            let (c, x, y) = (ins[0].0, ins[1].0, ins[2].0);
+            if vector {
+                let zero = b.ins().iconst(types::I32, 0);
+                let zeros = b.ins().splat(types::I32X4, zero);
+                let mask = b.ins().icmp(IntCC::NotEqual, c, zeros);
+                let mask = if out == Kind::F32 {
+                    b.ins().bitcast(
+                        types::F32X4,
+                        MemFlagsData::new()
+                            .with_endianness(cranelift_codegen::ir::Endianness::Little),
+                        mask,
+                    )
+                } else {
+                    mask
+                };
+                b.ins().bitselect(mask, x, y)
+            } else {
+                b.ins().select(c, x, y)
+            }
+        }
+        MapOp::NonZero => {
+            let (x, from) = ins[0];
+            let c = match from {
+                Kind::F32 => {
+                    let z = b.ins().f32const(0.0);
+                    let z = if vector {
+                        b.ins().splat(types::F32X4, z)
+                    } else {
+                        z
+                    };
+                    b.ins().fcmp(FloatCC::NotEqual, x, z)
+                }
+                Kind::I32 => {
+                    let z = b.ins().iconst(types::I32, 0);
+                    let z = if vector {
+                        b.ins().splat(types::I32X4, z)
+                    } else {
+                        z
+                    };
+                    b.ins().icmp(IntCC::NotEqual, x, z)
+                }
+            };
+            bool01(b, c)
+        }
+        MapOp::Cast => {
+            let (x, from) = ins[0];
+            match (from, out) {
+                (Kind::F32, Kind::I32) => b.ins().fcvt_to_sint_sat(ty(Kind::I32), x),
+                (Kind::I32, Kind::F32) => b.ins().fcvt_from_sint(ty(Kind::F32), x),
+                _ => x,
+            }
+        }
+    };
+    Ok(v)
+}
