@@ -227,6 +227,15 @@ fn compute(
         }
         MapOp::Binary(op) => {
             let (x, y) = (ins[0].0, ins[1].0);
+            // Comparisons give 0 or 1 of the result's kind.
+            let fcmp = |b: &mut FunctionBuilder, cc| {
+                let c = b.ins().fcmp(cc, x, y);
+                bool01(b, c)
+            };
+            let icmp = |b: &mut FunctionBuilder, cc| {
+                let c = b.ins().icmp(cc, x, y);
+                bool01(b, c)
+            };
             match (ins[0].1, op) {
                 (Kind::F32, BinaryOp::Add) => b.ins().fadd(x, y),
                 (Kind::F32, BinaryOp::Sub) => b.ins().fsub(x, y),
@@ -235,18 +244,12 @@ fn compute(
                 (Kind::F32, BinaryOp::Max) => b.ins().fmax(x, y),
                 (Kind::F32, BinaryOp::Min) => b.ins().fmin(x, y),
                 (Kind::F32, BinaryOp::Pow) => calls.call(b, Host::Powf, &[x, y])[0],
-                (Kind::F32, cmp) => {
-                    let cc = match cmp {
-                        BinaryOp::Lt => FloatCC::LessThan,
-                        BinaryOp::Le => FloatCC::LessThanOrEqual,
-                        BinaryOp::Gt => FloatCC::GreaterThan,
-                        BinaryOp::Ge => FloatCC::GreaterThanOrEqual,
-                        BinaryOp::Eq => FloatCC::Equal,
-                        _ => FloatCC::NotEqual,
-                    };
-                    let c = b.ins().fcmp(cc, x, y);
-                    bool01(b, c)
-                }
+                (Kind::F32, BinaryOp::Lt) => fcmp(b, FloatCC::LessThan),
+                (Kind::F32, BinaryOp::Le) => fcmp(b, FloatCC::LessThanOrEqual),
+                (Kind::F32, BinaryOp::Gt) => fcmp(b, FloatCC::GreaterThan),
+                (Kind::F32, BinaryOp::Ge) => fcmp(b, FloatCC::GreaterThanOrEqual),
+                (Kind::F32, BinaryOp::Eq) => fcmp(b, FloatCC::Equal),
+                (Kind::F32, BinaryOp::Ne) => fcmp(b, FloatCC::NotEqual),
                 (Kind::I32, BinaryOp::Add) => b.ins().iadd(x, y),
                 (Kind::I32, BinaryOp::Sub) => b.ins().isub(x, y),
                 (Kind::I32, BinaryOp::Mul) => b.ins().imul(x, y),
@@ -257,18 +260,12 @@ fn compute(
                         "integer `{op}` is not supported by the JIT (use --backend interp)"
                     )))
                 }
-                (Kind::I32, cmp) => {
-                    let cc = match cmp {
-                        BinaryOp::Lt => IntCC::SignedLessThan,
-                        BinaryOp::Le => IntCC::SignedLessThanOrEqual,
-                        BinaryOp::Gt => IntCC::SignedGreaterThan,
-                        BinaryOp::Ge => IntCC::SignedGreaterThanOrEqual,
-                        BinaryOp::Eq => IntCC::Equal,
-                        _ => IntCC::NotEqual,
-                    };
-                    let c = b.ins().icmp(cc, x, y);
-                    bool01(b, c)
-                }
+                (Kind::I32, BinaryOp::Lt) => icmp(b, IntCC::SignedLessThan),
+                (Kind::I32, BinaryOp::Le) => icmp(b, IntCC::SignedLessThanOrEqual),
+                (Kind::I32, BinaryOp::Gt) => icmp(b, IntCC::SignedGreaterThan),
+                (Kind::I32, BinaryOp::Ge) => icmp(b, IntCC::SignedGreaterThanOrEqual),
+                (Kind::I32, BinaryOp::Eq) => icmp(b, IntCC::Equal),
+                (Kind::I32, BinaryOp::Ne) => icmp(b, IntCC::NotEqual),
             }
         }
         MapOp::Select => {

@@ -189,7 +189,27 @@ pub fn emit_kernel(
                     (out_addr, out_view),
                     units,
                 ),
-                _ => Err(CodegenError::new(format!(
+                // The plan gives an operand loop only to ops that read
+                // theirs as a prologue or a window (`Op::operand_use`).
+                Op::Input { .. }
+                | Op::Param { .. }
+                | Op::State { .. }
+                | Op::Const(_)
+                | Op::Iota { .. }
+                | Op::Unary(_)
+                | Op::Binary(_)
+                | Op::Select
+                | Op::Cast
+                | Op::ArgMax { .. }
+                | Op::MatMul
+                | Op::Reshape
+                | Op::Transpose { .. }
+                | Op::Broadcast
+                | Op::Slice { .. }
+                | Op::Concat { .. }
+                | Op::Gather { .. }
+                | Op::ScatterAdd { .. }
+                | Op::Random { .. } => Err(CodegenError::new(format!(
                     "internal error: `{}` does not loop over its operand",
                     node.op.mnemonic()
                 ))),
@@ -302,7 +322,25 @@ pub fn emit_kernel(
                 status,
             );
         }
-        _ => {
+        // Leaves and constants run no kernel, views are strides, and the
+        // plan gives elementwise ops, `random`, reductions and windows loop
+        // bodies of their own (above).
+        Op::Input { .. }
+        | Op::Param { .. }
+        | Op::State { .. }
+        | Op::Const(_)
+        | Op::Iota { .. }
+        | Op::Unary(_)
+        | Op::Binary(_)
+        | Op::Select
+        | Op::Cast
+        | Op::Reduce { .. }
+        | Op::Transpose { .. }
+        | Op::Broadcast
+        | Op::Slice { .. }
+        | Op::Unfold { .. }
+        | Op::Fold { .. }
+        | Op::Random { .. } => {
             return Err(CodegenError::new(format!(
                 "internal error: `{}` is not a kernel of its own",
                 node.op.mnemonic()

@@ -31,7 +31,8 @@
 //!    did; it forms only when no kernel outside it reads a member's result
 //!    before that point, so the schedule stays a topological order.
 
-use nnc_ir::{BinaryOp, Graph, Literal, NodeId, Op, UnaryOp};
+use nnc_ir::fusion::{self, FusionDag, InlineRule};
+use nnc_ir::{Graph, NodeId, Op, OpClass};
 use std::collections::{HashMap, HashSet};
 
 /// The knobs of grouping. [`GroupConfig::default`] is the rule the JIT
@@ -90,13 +91,7 @@ pub struct GroupConfig {
 
 impl Default for GroupConfig {
     fn default() -> Self {
-        GroupConfig {
-            max_evaluations: 3.0,
-            recompute_ops: 12,
-            prologues: true,
-            views_and_leaves: true,
-            max_outputs: 4,
-        }
+        GroupConfig::with(&InlineRule::FULL, 4)
     }
 }
 
@@ -105,12 +100,16 @@ impl GroupConfig {
     /// reader when that is elementwise of the same shape; one result per
     /// loop; reductions, windows and `random` read buffers.
     pub fn greedy() -> GroupConfig {
+        GroupConfig::with(&InlineRule::GREEDY, 1)
+    }
+
+    fn with(rule: &InlineRule, max_outputs: usize) -> GroupConfig {
         GroupConfig {
-            max_evaluations: 1.0,
-            recompute_ops: 0,
-            prologues: false,
-            views_and_leaves: false,
-            max_outputs: 1,
+            max_evaluations: rule.max_evaluations,
+            recompute_ops: rule.recompute_units,
+            prologues: rule.prologues,
+            views_and_leaves: rule.views_and_leaves,
+            max_outputs,
         }
     }
 }
@@ -144,30 +143,24 @@ pub struct Grouping {
 /// Elementwise ops a loop evaluates per element (`pow` is one, but calls
 /// out per element and is never inline).
 pub(crate) fn is_elementwise(op: &Op) -> bool {
-    matches!(op, Op::Unary(_) | Op::Binary(_) | Op::Select | Op::Cast)
+    op.class() == OpClass::Elementwise
 }
 
 pub(crate) fn is_layout(op: &Op) -> bool {
-    matches!(
-        op,
-        Op::Reshape | Op::Transpose { .. } | Op::Broadcast | Op::Slice { .. }
-    )
+    op.class() == OpClass::View
 }
 
-/// Op units of one evaluation (see [`GroupConfig`]); `None`: never
-/// recomputed.
-fn op_cost(op: &Op) -> Option<u32> {
-    Some(match op {
-        Op::Const(_) => 0,
-        Op::Unary(UnaryOp::Neg | UnaryOp::Abs) => 1,
-        Op::Unary(UnaryOp::Sqrt) | Op::Binary(BinaryOp::Div) => 4,
-        Op::Unary(_) | Op::Binary(BinaryOp::Pow) => return None,
-        Op::Binary(_) | Op::Select | Op::Cast => 1,
-        _ => return None,
-    })
+impl GroupConfig {
+    /// The inline half of this configuration, as `ir::fusion` states it.
+    pub fn inline_rule(&self) -> InlineRule {
+        InlineRule {
+            max_evaluations: self.max_evaluations,
+            recompute_units: self.recompute_ops,
+            prologues: self.prologues,
+            views_and_leaves: self.views_and_leaves,
+        }
+    }
 }
-
-const EPS: f64 = 1e-9;
 
 pub fn group(f: &Facts, config: &GroupConfig) -> Grouping {
     let inline = inline_values(f, config);
@@ -181,110 +174,56 @@ pub fn group(f: &Facts, config: &GroupConfig) -> Grouping {
     grouping
 }
 
-fn numel(f: &Facts, n: NodeId) -> f64 {
-    f.shapes[&n].iter().product::<usize>().max(1) as f64
+/// The plan's facts as the fusion rule reads them: nodes in schedule
+/// order, indexed.
+struct Indexed<'a> {
+    f: &'a Facts<'a>,
+    operands: Vec<Vec<u32>>,
 }
 
-/// Whether `n` may be inline at all, whoever reads it.
-fn candidate(f: &Facts, config: &GroupConfig, n: NodeId) -> bool {
-    if f.results.contains(&n) || f.forced.contains(&n) {
-        return false;
+impl FusionDag for Indexed<'_> {
+    fn nodes(&self) -> usize {
+        self.f.order.len()
     }
-    match &f.graph.node(n).op {
-        Op::Binary(BinaryOp::Pow) => false,
-        op if is_elementwise(op) => true,
-        Op::Random { .. } | Op::Const(Literal::Splat(_)) => config.views_and_leaves,
-        op if is_layout(op) => config.views_and_leaves,
-        _ => false,
+    fn op(&self, i: usize) -> &Op {
+        &self.f.graph.node(self.f.order[i]).op
+    }
+    fn shape(&self, i: usize) -> &[usize] {
+        &self.f.shapes[&self.f.order[i]]
+    }
+    fn operands(&self, i: usize) -> &[u32] {
+        &self.operands[i]
+    }
+    fn stored(&self, i: usize) -> bool {
+        let n = self.f.order[i];
+        self.f.results.contains(&n) || self.f.forced.contains(&n)
+    }
+    fn no_loop(&self, i: usize) -> bool {
+        self.f.no_loop.contains(&self.f.order[i])
     }
 }
 
-/// Inline values (rule 1 of the module doc). Readers are decided before
-/// what they read (reverse topological order), so a value knows how often
-/// its readers evaluate it; then, forward, a recomputed value whose
-/// expression grew too costly is stored after all, and a layout view is
-/// inline exactly when what it views is.
+/// Inline values (rule 1 of the module doc): `ir::fusion`'s rule, which
+/// the optimizer's cost model applies too.
 fn inline_values(f: &Facts, config: &GroupConfig) -> HashSet<NodeId> {
-    let g = f.graph;
-    // Evaluations per element of every tentatively inline value.
-    let mut evals: HashMap<NodeId, f64> = HashMap::new();
-    for &n in f.order.iter().rev() {
-        if !candidate(f, config, n) {
-            continue;
-        }
-        let mut e = 0.0;
-        let mut ok = true;
-        for u in g.users(n) {
-            let per = match &g.node(u).op {
-                // `random` reads its key from a buffer when its loop starts.
-                Op::Random { .. } => {
-                    ok = false;
-                    0.0
-                }
-                _ if evals.contains_key(&u) => evals[&u] * numel(f, u) / numel(f, n),
-                // Reading an inline value through a broadcast is the
-                // default rule's; the greedy one needs the same shape.
-                op if is_elementwise(op) => {
-                    if !config.views_and_leaves && f.shapes[&u] != f.shapes[&n] {
-                        ok = false;
-                    }
-                    numel(f, u) / numel(f, n)
-                }
-                Op::Reduce { .. } | Op::Fold { .. } if config.prologues => {
-                    ok &= !f.no_loop.contains(&u);
-                    1.0
-                }
-                Op::Unfold { .. } if config.prologues => {
-                    ok &= !f.no_loop.contains(&u);
-                    numel(f, u) / numel(f, n)
-                }
-                _ => {
-                    ok = false;
-                    0.0
-                }
-            };
-            e += per;
-        }
-        if !ok {
-            continue;
-        }
-        let op = &g.node(n).op;
-        let keep = is_layout(op)
-            || op_cost(op) == Some(0)
-            || e <= 1.0 + EPS
-            || (e <= config.max_evaluations + EPS && op_cost(op).is_some());
-        if keep {
-            evals.insert(n, e);
-        }
-    }
-    // Forward: expression costs of recomputed values; views follow what
-    // they view.
-    let mut inline = HashSet::new();
-    let mut tree: HashMap<NodeId, u32> = HashMap::new();
-    for &n in f.order {
-        let Some(&e) = evals.get(&n) else { continue };
-        let op = &g.node(n).op;
-        let operands = g.operands(n);
-        if is_layout(op) {
-            if inline.contains(&operands[0]) {
-                inline.insert(n);
-                tree.insert(n, tree[&operands[0]]);
-            }
-            continue;
-        }
-        let cost = operands
-            .iter()
-            .filter(|o| inline.contains(*o))
-            .fold(op_cost(op).unwrap_or(u32::MAX), |acc, o| {
-                acc.saturating_add(tree[o])
-            });
-        if e > 1.0 + EPS && cost > config.recompute_ops {
-            continue;
-        }
-        inline.insert(n);
-        tree.insert(n, cost);
-    }
-    inline
+    let position: HashMap<NodeId, u32> = f
+        .order
+        .iter()
+        .enumerate()
+        .map(|(i, &n)| (n, i as u32))
+        .collect();
+    let operands = f
+        .order
+        .iter()
+        .map(|&n| f.graph.operands(n).iter().map(|o| position[o]).collect())
+        .collect();
+    let dag = Indexed { f, operands };
+    let inline = fusion::inline_values(&dag, &config.inline_rule());
+    f.order
+        .iter()
+        .zip(inline)
+        .filter_map(|(&n, inline)| inline.then_some(n))
+        .collect()
 }
 
 /// What one loop reads: stored values (with whether every read is at the
@@ -344,7 +283,7 @@ fn multi_output(f: &Facts, config: &GroupConfig, grouping: &mut Grouping) {
             readers.entry(s).or_default().push(n);
         }
         let op = &g.node(n).op;
-        if is_elementwise(op) && !matches!(op, Op::Binary(BinaryOp::Pow)) {
+        if is_elementwise(op) && op.info().inline {
             loops.push((n, r));
         }
     }

@@ -37,7 +37,8 @@ use crate::CodegenError;
 use arena::{allocate, live_set_bound};
 use expr::{BuildError, Expr, Source};
 use group::{GroupConfig, Grouping};
-use nnc_ir::{DType, Dim, Graph, NodeId, Op};
+use nnc_ir::fusion::OperandUse;
+use nnc_ir::{DType, Dim, Graph, NodeId, Op, OpClass};
 use staging::{staged_windows, summed_products};
 use std::collections::{HashMap, HashSet};
 
@@ -619,8 +620,8 @@ impl Planner<'_> {
             for &root in &roots {
                 let op = &graph.node(root).op;
                 let operands = graph.operands(root);
-                let body = match op {
-                    _ if group::is_elementwise(op) || matches!(op, Op::Random { .. }) => {
+                let body = match op.class() {
+                    OpClass::Elementwise | OpClass::Generator => {
                         let outputs = match self.grouping.groups.get(&root) {
                             Some(members) => members.clone(),
                             None => vec![root],
@@ -630,13 +631,26 @@ impl Planner<'_> {
                             outputs,
                         }
                     }
-                    Op::Reduce { .. } if !self.summed.contains(&operands[0]) => {
-                        Body::Operand(builder.operand(operands[0])?)
-                    }
-                    Op::Fold { .. } | Op::Unfold { .. } => {
-                        Body::Operand(builder.operand(operands[0])?)
-                    }
-                    _ => Body::Node,
+                    // A reduction or window that reads its operand in a
+                    // loop computes it there; `argmax` and a reduction of a
+                    // product summed into it are kernels of their own.
+                    OpClass::Reduction | OpClass::Window => match op.operand_use() {
+                        OperandUse::Prologue | OperandUse::Window
+                            if !self.summed.contains(&operands[0]) =>
+                        {
+                            Body::Operand(builder.operand(operands[0])?)
+                        }
+                        OperandUse::Prologue
+                        | OperandUse::Window
+                        | OperandUse::Elementwise
+                        | OperandUse::Buffer => Body::Node,
+                    },
+                    OpClass::Leaf
+                    | OpClass::Constant
+                    | OpClass::View
+                    | OpClass::Contraction
+                    | OpClass::Indexing
+                    | OpClass::Join => Body::Node,
                 };
                 reads.push(match &body {
                     Body::Map { expr, .. } | Body::Operand(expr) => leaf_nodes(expr),
