@@ -13,8 +13,9 @@
 //! step, so params agree to ~1e-6 after a few steps.
 
 use nnc::driver::{self, CompileOptions, Emit, OptLevel};
-use nnc_ir::{Graph, Tensor};
+use nnc_ir::{Graph, NodeId, OpClass, Tensor};
 use nnc_runtime::{Batch, Executor, Interpreter, Jit, Programs};
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 mod common;
@@ -296,5 +297,66 @@ fn saturation_is_fast_on_every_example() {
             r.before,
             r.after
         );
+    }
+}
+
+/// The optimizer's cost model and the code generator decide which values
+/// are computed inside their readers' loops by one rule (`ir::fusion`):
+/// on every example's optimized step, at the batch the model assumes,
+/// they fuse the same nodes.
+#[test]
+fn the_cost_model_fuses_what_the_code_generator_fuses() {
+    for name in EXAMPLES {
+        let step = driver::train_step(&module(name)).unwrap();
+        for level in [OptLevel::O1, OptLevel::O2] {
+            let (graph, _) = driver::optimize(&step, level).unwrap();
+            let predicted: HashSet<NodeId> = nnc_passes::opt::cost::fused_nodes(&graph)
+                .into_iter()
+                .collect();
+            let nominal = nnc_passes::opt::cost::NOMINAL_DIM as usize;
+            let bindings: HashMap<String, usize> = graph
+                .inputs()
+                .into_iter()
+                .flat_map(|(id, _)| graph.ty(id).shape.clone())
+                .filter_map(|d| match d {
+                    nnc_ir::Dim::Sym(s) => Some((s, nominal)),
+                    nnc_ir::Dim::Const(_) => None,
+                })
+                .collect();
+            let layout = nnc_codegen::StateLayout::of(&[&graph]).unwrap();
+            let plan =
+                nnc_codegen::plan::plan_with(&graph, &bindings, &layout, &driver::grouping(level))
+                    .unwrap();
+            // Constants and views run no kernel whether they are inline or
+            // not (the model calls them free); `fused` also holds products
+            // summed into their reduction.
+            let computed = |n: &NodeId| {
+                !matches!(
+                    graph.node(*n).op.class(),
+                    OpClass::Constant | OpClass::View | OpClass::Contraction
+                )
+            };
+            let predicted: HashSet<NodeId> = predicted.into_iter().filter(computed).collect();
+            let built: HashSet<NodeId> = plan.fused.iter().copied().filter(computed).collect();
+            let describe = |set: &HashSet<NodeId>| {
+                let mut v: Vec<String> = set
+                    .iter()
+                    .map(|&n| format!("{} {}", graph.node(n).op.mnemonic(), graph.ty(n)))
+                    .collect();
+                v.sort();
+                v
+            };
+            assert!(!built.is_empty(), "{name}: nothing fused");
+            assert_eq!(
+                describe(&predicted.difference(&built).copied().collect()),
+                Vec::<String>::new(),
+                "{name} at {level:?}: fused by the cost model only"
+            );
+            assert_eq!(
+                describe(&built.difference(&predicted).copied().collect()),
+                Vec::<String>::new(),
+                "{name} at {level:?}: fused by the code generator only"
+            );
+        }
     }
 }

@@ -361,3 +361,18 @@ pub fn graph_cost(graph: &Graph) -> Totals {
     let nodes = dag_nodes(&order, &costs, &operands, &results);
     evaluate(&nodes, &mut Scratch::default())
 }
+
+/// The nodes the model computes inside their readers' loops (fused), by
+/// the rule the code generator's grouping applies.
+pub fn fused_nodes(graph: &Graph) -> Vec<NodeId> {
+    let (order, costs, operands, results) = dag_of(graph);
+    let nodes = dag_nodes(&order, &costs, &operands, &results);
+    let mut scratch = Scratch::default();
+    evaluate(&nodes, &mut scratch);
+    order
+        .iter()
+        .zip(&scratch.placement)
+        .filter(|(_, &p)| p == Placement::Fused)
+        .map(|(&n, _)| n)
+        .collect()
+}
