@@ -19,6 +19,7 @@
 //! behind the thresholds are on `codegen`'s `GroupConfig`.
 
 use crate::op::{Op, OpClass};
+use std::collections::HashSet;
 
 /// How a reader's loop reads its operands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -279,6 +280,141 @@ pub fn inline_values_with(
         inline[i] = true;
         tree[i] = cost;
     }
+}
+
+/// What one loop reads: stored values, those of them read at another
+/// element than the loop's own somewhere (through a view or a broadcast),
+/// and the inline values it evaluates.
+#[derive(Debug, Default)]
+struct Reads {
+    stored: HashSet<usize>,
+    displaced: HashSet<usize>,
+    inline: HashSet<usize>,
+}
+
+/// The values loop `k` reads, following inline values down to stored ones.
+fn reads_of(dag: &(impl FusionDag + ?Sized), inline: &[bool], k: usize) -> Reads {
+    let mut r = Reads::default();
+    let shape = dag.shape(k);
+    let mut stack: Vec<(usize, bool)> = dag
+        .operands(k)
+        .iter()
+        .map(|&o| (o as usize, true))
+        .collect();
+    let mut seen = HashSet::new();
+    while let Some((n, direct)) = stack.pop() {
+        if !seen.insert((n, direct)) {
+            continue;
+        }
+        if inline[n] {
+            r.inline.insert(n);
+            let through = direct && dag.op(n).class() != OpClass::View;
+            stack.extend(dag.operands(n).iter().map(|&o| (o as usize, through)));
+        } else {
+            r.stored.insert(n);
+            if !direct || dag.shape(n) != shape {
+                r.displaced.insert(n);
+            }
+        }
+    }
+    r
+}
+
+/// Elementwise loops of one shape that read the same data (a stored value
+/// of the loop's size, or an inline value), or where one reads another's
+/// result at the same element, run as one loop storing several results:
+/// Adam's new `m`, `v` and param are one pass over the gradient and the
+/// three state tensors. Greedy in topological order; a group runs where its
+/// last member did, and forms only when no kernel outside it reads a
+/// member's result before that point, so the schedule stays a topological
+/// order. Returns the groups of two or more loops, members in topological
+/// order (the last is the kernel's root).
+pub fn multi_output_loops(
+    dag: &(impl FusionDag + ?Sized),
+    inline: &[bool],
+    max_outputs: usize,
+) -> Vec<Vec<usize>> {
+    let n = dag.nodes();
+    // Every node with a buffer or a kernel, and what it reads: a stored
+    // value's readers are these nodes (views included, conservatively at
+    // their own position).
+    let mut readers: Vec<Vec<usize>> = vec![Vec::new(); n];
+    let mut loops: Vec<(usize, Reads)> = Vec::new();
+    for k in 0..n {
+        if inline[k] || dag.operands(k).is_empty() {
+            continue;
+        }
+        let r = reads_of(dag, inline, k);
+        for &s in &r.stored {
+            readers[s].push(k);
+        }
+        let op = dag.op(k);
+        if op.class() == OpClass::Elementwise && op.info().inline {
+            loops.push((k, r));
+        }
+    }
+    struct Group {
+        members: Vec<usize>,
+        stored: HashSet<usize>,
+        inline: HashSet<usize>,
+    }
+    let mut groups: Vec<Group> = Vec::new();
+    let mut group_of: Vec<Option<usize>> = vec![None; n];
+    // Where a kernel runs: its group's last member, or itself.
+    let at = |x: usize, group_of: &[Option<usize>], groups: &[Group]| match group_of[x] {
+        Some(g) => groups[g].members.iter().copied().max().unwrap_or(x),
+        None => x,
+    };
+    let size = |x: usize| dag.shape(x).iter().product::<usize>();
+    for (k, r) in loops {
+        let full = |x: &usize| size(*x) == size(k);
+        let mut chosen = None;
+        for (gi, grp) in groups.iter().enumerate().rev() {
+            let root = grp.members[0];
+            if dag.shape(root) != dag.shape(k) || grp.members.len() >= max_outputs {
+                continue;
+            }
+            let reads_member = grp.members.iter().any(|m| r.stored.contains(m));
+            let shares = reads_member
+                || r.stored.iter().any(|s| full(s) && grp.stored.contains(s))
+                || r.inline.iter().any(|s| full(s) && grp.inline.contains(s));
+            if !shares || grp.members.iter().any(|m| r.displaced.contains(m)) {
+                continue;
+            }
+            // Every other reader of a member must run after the merged loop.
+            let legal = grp.members.iter().all(|&m| {
+                readers[m]
+                    .iter()
+                    .all(|&x| x == k || group_of[x] == Some(gi) || at(x, &group_of, &groups) > k)
+            });
+            if legal {
+                chosen = Some(gi);
+                break;
+            }
+        }
+        match chosen {
+            Some(gi) => {
+                let grp = &mut groups[gi];
+                grp.members.push(k);
+                grp.stored.extend(r.stored);
+                grp.inline.extend(r.inline);
+                group_of[k] = Some(gi);
+            }
+            None => {
+                group_of[k] = Some(groups.len());
+                groups.push(Group {
+                    members: vec![k],
+                    stored: r.stored,
+                    inline: r.inline,
+                });
+            }
+        }
+    }
+    groups
+        .into_iter()
+        .map(|g| g.members)
+        .filter(|m| m.len() > 1)
+        .collect()
 }
 
 /// Each operand once, in order.

@@ -10,6 +10,7 @@ pub mod graph;
 pub mod infer;
 pub mod init;
 pub mod interp;
+pub mod layout;
 pub mod module;
 pub mod op;
 mod print;

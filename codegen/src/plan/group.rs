@@ -30,6 +30,10 @@
 //!    `m'` and `v'` from registers. A group runs where its last member
 //!    did; it forms only when no kernel outside it reads a member's result
 //!    before that point, so the schedule stays a topological order.
+//!
+//! Both rules are `ir::fusion`'s (`inline_values`, `multi_output_loops`),
+//! which the optimizer's cost model applies too; this module gives them
+//! the plan's facts and keeps the thresholds ([`GroupConfig`]).
 
 use nnc_ir::fusion::{self, FusionDag, InlineRule};
 use nnc_ir::{Graph, NodeId, Op, OpClass};
@@ -140,12 +144,6 @@ pub struct Grouping {
     pub member_of: HashMap<NodeId, NodeId>,
 }
 
-/// Elementwise ops a loop evaluates per element (`pow` is one, but calls
-/// out per element and is never inline).
-pub(crate) fn is_elementwise(op: &Op) -> bool {
-    op.class() == OpClass::Elementwise
-}
-
 pub(crate) fn is_layout(op: &Op) -> bool {
     op.class() == OpClass::View
 }
@@ -162,14 +160,42 @@ impl GroupConfig {
     }
 }
 
+/// Both rules of the module doc, as `ir::fusion` states them (the
+/// optimizer's cost model applies the same).
 pub fn group(f: &Facts, config: &GroupConfig) -> Grouping {
-    let inline = inline_values(f, config);
+    let position: HashMap<NodeId, u32> = f
+        .order
+        .iter()
+        .enumerate()
+        .map(|(i, &n)| (n, i as u32))
+        .collect();
+    let operands = f
+        .order
+        .iter()
+        .map(|&n| f.graph.operands(n).iter().map(|o| position[o]).collect())
+        .collect();
+    let dag = Indexed { f, operands };
+    let inline = fusion::inline_values(&dag, &config.inline_rule());
     let mut grouping = Grouping {
-        inline,
+        inline: f
+            .order
+            .iter()
+            .zip(&inline)
+            .filter_map(|(&n, &inline)| inline.then_some(n))
+            .collect(),
         ..Grouping::default()
     };
     if config.max_outputs > 1 {
-        multi_output(f, config, &mut grouping);
+        for members in fusion::multi_output_loops(&dag, &inline, config.max_outputs) {
+            let members: Vec<NodeId> = members.into_iter().map(|i| f.order[i]).collect();
+            let [others @ .., root] = &members[..] else {
+                continue;
+            };
+            for &m in others {
+                grouping.member_of.insert(m, *root);
+            }
+            grouping.groups.insert(*root, members.clone());
+        }
     }
     grouping
 }
@@ -200,171 +226,5 @@ impl FusionDag for Indexed<'_> {
     }
     fn no_loop(&self, i: usize) -> bool {
         self.f.no_loop.contains(&self.f.order[i])
-    }
-}
-
-/// Inline values (rule 1 of the module doc): `ir::fusion`'s rule, which
-/// the optimizer's cost model applies too.
-fn inline_values(f: &Facts, config: &GroupConfig) -> HashSet<NodeId> {
-    let position: HashMap<NodeId, u32> = f
-        .order
-        .iter()
-        .enumerate()
-        .map(|(i, &n)| (n, i as u32))
-        .collect();
-    let operands = f
-        .order
-        .iter()
-        .map(|&n| f.graph.operands(n).iter().map(|o| position[o]).collect())
-        .collect();
-    let dag = Indexed { f, operands };
-    let inline = fusion::inline_values(&dag, &config.inline_rule());
-    f.order
-        .iter()
-        .zip(inline)
-        .filter_map(|(&n, inline)| inline.then_some(n))
-        .collect()
-}
-
-/// What one loop reads: stored values (with whether every read is at the
-/// loop's own element: same shape, reached through no view or
-/// broadcast), and the inline values it evaluates.
-#[derive(Debug, Default)]
-struct Reads {
-    stored: HashSet<NodeId>,
-    /// Stored values read at another element somewhere in the loop.
-    displaced: HashSet<NodeId>,
-    inline: HashSet<NodeId>,
-}
-
-/// The values loop `k` reads, following inline values down to stored ones.
-fn reads_of(f: &Facts, inline: &HashSet<NodeId>, k: NodeId) -> Reads {
-    let mut r = Reads::default();
-    let shape = &f.shapes[&k];
-    let mut stack: Vec<(NodeId, bool)> =
-        f.graph.operands(k).into_iter().map(|o| (o, true)).collect();
-    let mut seen = HashSet::new();
-    while let Some((n, direct)) = stack.pop() {
-        if !seen.insert((n, direct)) {
-            continue;
-        }
-        if inline.contains(&n) {
-            r.inline.insert(n);
-            let through = direct && !is_layout(&f.graph.node(n).op);
-            stack.extend(f.graph.operands(n).into_iter().map(|o| (o, through)));
-        } else {
-            r.stored.insert(n);
-            if !direct || &f.shapes[&n] != shape {
-                r.displaced.insert(n);
-            }
-        }
-    }
-    r
-}
-
-/// Merges elementwise kernels into multi-output loops (rule 2 of the
-/// module doc), greedily in topological order.
-fn multi_output(f: &Facts, config: &GroupConfig, grouping: &mut Grouping) {
-    let g = f.graph;
-    let inline = &grouping.inline;
-    let position: HashMap<NodeId, usize> =
-        f.order.iter().enumerate().map(|(i, &n)| (n, i)).collect();
-    // Every node with a buffer or a kernel, and what it reads: a stored
-    // value's readers are these nodes (views included, conservatively at
-    // their own position).
-    let mut readers: HashMap<NodeId, Vec<NodeId>> = HashMap::new();
-    let mut loops: Vec<(NodeId, Reads)> = Vec::new();
-    for &n in f.order {
-        if inline.contains(&n) || g.operands(n).is_empty() {
-            continue;
-        }
-        let r = reads_of(f, inline, n);
-        for &s in &r.stored {
-            readers.entry(s).or_default().push(n);
-        }
-        let op = &g.node(n).op;
-        if is_elementwise(op) && op.info().inline {
-            loops.push((n, r));
-        }
-    }
-    struct Group {
-        members: Vec<NodeId>,
-        shape: Vec<usize>,
-        stored: HashSet<NodeId>,
-        inline: HashSet<NodeId>,
-    }
-    let mut groups: Vec<Group> = Vec::new();
-    // Kernel → its group, and each group's position (its last member's).
-    let mut group_of: HashMap<NodeId, usize> = HashMap::new();
-    let at = |n: NodeId, group_of: &HashMap<NodeId, usize>, groups: &[Group]| -> usize {
-        match group_of.get(&n) {
-            Some(&gi) => groups[gi]
-                .members
-                .iter()
-                .map(|m| position[m])
-                .max()
-                .unwrap_or(0),
-            None => position[&n],
-        }
-    };
-    for (k, r) in loops {
-        let shape = &f.shapes[&k];
-        let full = |n: &NodeId| f.shapes[n].iter().product::<usize>() == shape.iter().product();
-        let here = position[&k];
-        let mut chosen = None;
-        for (gi, grp) in groups.iter().enumerate().rev() {
-            if &grp.shape != shape || grp.members.len() >= config.max_outputs {
-                continue;
-            }
-            let reads_member = grp.members.iter().any(|m| r.stored.contains(m));
-            let shares = reads_member
-                || r.stored.iter().any(|s| full(s) && grp.stored.contains(s))
-                || r.inline.iter().any(|s| full(s) && grp.inline.contains(s));
-            if !shares || grp.members.iter().any(|m| r.displaced.contains(m)) {
-                continue;
-            }
-            // Every other reader of a member must run after the merged loop.
-            let legal = grp.members.iter().all(|m| {
-                readers.get(m).is_none_or(|rs| {
-                    rs.iter().all(|&x| {
-                        x == k || group_of.get(&x) == Some(&gi) || at(x, &group_of, &groups) > here
-                    })
-                })
-            });
-            if legal {
-                chosen = Some(gi);
-                break;
-            }
-        }
-        match chosen {
-            Some(gi) => {
-                let grp = &mut groups[gi];
-                grp.members.push(k);
-                grp.stored.extend(r.stored);
-                grp.inline.extend(r.inline);
-                group_of.insert(k, gi);
-            }
-            None => {
-                group_of.insert(k, groups.len());
-                groups.push(Group {
-                    members: vec![k],
-                    shape: shape.clone(),
-                    stored: r.stored,
-                    inline: r.inline,
-                });
-            }
-        }
-    }
-    for grp in groups {
-        let [others @ .., root] = &grp.members[..] else {
-            continue;
-        };
-        if others.is_empty() {
-            continue;
-        }
-        for &m in others {
-            grouping.member_of.insert(m, *root);
-        }
-        grouping.groups.insert(*root, grp.members.clone());
     }
 }

@@ -38,6 +38,7 @@ use arena::{allocate, live_set_bound};
 use expr::{BuildError, Expr, Source};
 use group::{GroupConfig, Grouping};
 use nnc_ir::fusion::OperandUse;
+use nnc_ir::layout;
 use nnc_ir::{DType, Dim, Graph, NodeId, Op, OpClass};
 use staging::{staged_windows, summed_products};
 use std::collections::{HashMap, HashSet};
@@ -76,23 +77,11 @@ impl View {
     }
 
     pub fn is_contiguous(&self) -> bool {
-        self.shape
-            .iter()
-            .zip(&self.strides)
-            .zip(row_major(&self.shape))
-            .all(|((&n, &s), r)| n == 1 || s == r)
+        layout::is_contiguous(&self.shape, &self.strides)
     }
 }
 
-pub fn row_major(shape: &[usize]) -> Vec<isize> {
-    let mut strides = vec![0isize; shape.len()];
-    let mut acc = 1isize;
-    for i in (0..shape.len()).rev() {
-        strides[i] = acc;
-        acc *= shape[i] as isize;
-    }
-    strides
-}
+pub use nnc_ir::layout::row_major;
 
 /// One param or state tensor of the model's persistent state.
 #[derive(Debug, Clone, PartialEq)]
@@ -287,98 +276,14 @@ pub(crate) fn results(graph: &Graph) -> HashSet<NodeId> {
         .collect()
 }
 
-/// The view a layout op makes of `src`: reshape (when strides can express
-/// it, see [`reshape_view`]), transpose, broadcast and slice; `None` for
-/// other ops and for reshapes that need a copy.
+/// The view a layout op makes of `src` (`ir::layout::view_strides`):
+/// reshape (when strides can express it), transpose, broadcast and slice;
+/// `None` for other ops and for reshapes that need a copy.
 pub(crate) fn view_of(op: &Op, src: &View, shape: Vec<usize>) -> Option<View> {
-    Some(match op {
-        Op::Reshape => reshape_view(src, shape)?,
-        Op::Transpose { perm } => View {
-            base: src.base,
-            offset: src.offset,
-            shape: perm.iter().map(|&p| src.shape[p]).collect(),
-            strides: perm.iter().map(|&p| src.strides[p]).collect(),
-        },
-        Op::Broadcast => {
-            let extra = shape.len().checked_sub(src.shape.len())?;
-            let strides = (0..shape.len())
-                .map(|i| match i.checked_sub(extra) {
-                    Some(j) if src.shape[j] == shape[i] => src.strides[j],
-                    _ => 0,
-                })
-                .collect();
-            View {
-                base: src.base,
-                offset: src.offset,
-                shape,
-                strides,
-            }
-        }
-        Op::Slice { axis, start, .. } => View {
-            base: src.base,
-            offset: (src.offset as isize + *start as isize * src.strides[*axis]) as usize,
-            shape,
-            strides: src.strides.clone(),
-        },
-        _ => return None,
-    })
-}
-
-/// `src` read in row-major order as `shape`, when strides can express it
-/// (numpy's reshape without a copy): every run of dims that merges into
-/// one must be walked uniformly (`stride[i] = stride[i+1]·size[i+1]`,
-/// which broadcast dims of stride 0 meet among themselves); splitting a
-/// dim always works.
-pub(crate) fn reshape_view(src: &View, shape: Vec<usize>) -> Option<View> {
-    let numel: usize = shape.iter().product();
-    if numel != src.numel() {
-        return None;
-    }
-    if numel == 0 || src.is_contiguous() {
-        return Some(View {
-            base: src.base,
-            offset: src.offset,
-            strides: row_major(&shape),
-            shape,
-        });
-    }
-    let old: Vec<(usize, isize)> = src
-        .shape
-        .iter()
-        .zip(&src.strides)
-        .filter(|(&n, _)| n != 1)
-        .map(|(&n, &s)| (n, s))
-        .collect();
-    let mut strides = vec![0isize; shape.len()];
-    let (mut oi, mut ni) = (0, 0);
-    while oi < old.len() && ni < shape.len() {
-        // The smallest runs old[oi..oj] and shape[ni..nj] of equal size.
-        let (mut oj, mut nj) = (oi + 1, ni + 1);
-        let (mut op, mut np) = (old[oi].0, shape[ni]);
-        while op != np {
-            if np < op {
-                np *= *shape.get(nj)?;
-                nj += 1;
-            } else {
-                op *= old.get(oj)?.0;
-                oj += 1;
-            }
-        }
-        for k in oi..oj - 1 {
-            if old[k].1 != old[k + 1].1 * old[k + 1].0 as isize {
-                return None;
-            }
-        }
-        strides[nj - 1] = old[oj - 1].1;
-        for k in (ni + 1..nj).rev() {
-            strides[k - 1] = strides[k] * shape[k] as isize;
-        }
-        oi = oj;
-        ni = nj;
-    }
+    let strides = layout::view_strides(op, &src.shape, &src.strides, &shape)?;
     Some(View {
         base: src.base,
-        offset: src.offset,
+        offset: (src.offset as isize + layout::slice_offset(op, &src.strides)) as usize,
         shape,
         strides,
     })

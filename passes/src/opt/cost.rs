@@ -3,9 +3,9 @@
 //! into kernels. It is an estimate for comparing equivalent graphs:
 //!
 //! - leaves and constants run no kernel (constants are filled once);
-//! - reshape (of contiguous data), transpose, broadcast and slice are
-//!   views: no kernel, no bytes (a reshape of a non-contiguous view is a
-//!   copy kernel);
+//! - reshape (where strides can express it, `ir::layout`), transpose,
+//!   broadcast and slice are views: no kernel, no bytes (a reshape that
+//!   strides cannot express is a copy kernel);
 //! - which values their readers compute in their own loops (*fused*: no
 //!   kernel, no write; each reader evaluates it and reads its operands) is
 //!   decided by the rule the code generator's grouping uses,
@@ -24,7 +24,8 @@
 //! one node: this is why extraction evaluates whole candidate graphs.
 //! Symbolic dims (the batch) count as [`NOMINAL_DIM`].
 
-use nnc_ir::fusion::{self, inline_values_with, FusionDag, InlineRule};
+use nnc_ir::fusion::{self, inline_values_with, multi_output_loops, FusionDag, InlineRule};
+use nnc_ir::layout;
 use nnc_ir::{DType, Dim, Graph, NodeId, Op, OpClass, TensorType};
 use std::collections::HashMap;
 use std::fmt;
@@ -59,7 +60,7 @@ pub enum Role {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ViewKind {
-    /// Free of contiguous data, a copy otherwise.
+    /// Free where strides can express it, a copy otherwise.
     Reshape,
     /// Reads its source's elements again and again.
     Broadcast,
@@ -201,7 +202,10 @@ pub enum Placement {
 pub struct Scratch {
     users: Vec<u32>,
     fusion: fusion::Scratch,
-    contiguous: Vec<bool>,
+    /// Each node's strides as the code generator would view it
+    /// (`ir::layout`), node `i`'s at `strides[span[i].0..span[i].1]`.
+    strides: Vec<isize>,
+    span: Vec<(usize, usize)>,
     read: Vec<f64>,
     pub placement: Vec<Placement>,
 }
@@ -222,7 +226,8 @@ pub fn evaluate(nodes: &[DagNode], s: &mut Scratch) -> Totals {
     // Which values their readers compute: the code generator's rule.
     inline_values_with(&Candidate(nodes), &InlineRule::FULL, &mut s.fusion);
     let inline = &s.fusion.inline;
-    s.contiguous.clear();
+    s.strides.clear();
+    s.span.clear();
     s.read.clear();
     s.placement.clear();
     let mut totals = Totals {
@@ -233,18 +238,23 @@ pub fn evaluate(nodes: &[DagNode], s: &mut Scratch) -> Totals {
         let c = node.cost;
         let own_bytes = c.elems * c.bytes_per_elem;
         let first = node.operands.first().map(|&o| o as usize);
-        let (placement, contiguous, read) = match c.role {
-            Role::Leaf | Role::Constant => (Placement::Free, true, own_bytes),
+        let (placement, view, read) = match c.role {
+            Role::Leaf | Role::Constant => (Placement::Free, None, own_bytes),
             Role::View(kind) => {
-                let src_contiguous = first.is_some_and(|o| s.contiguous[o]);
                 let src_read = first.map_or(own_bytes, |o| s.read[o]);
-                match kind {
-                    ViewKind::Reshape if src_contiguous => (Placement::Free, true, own_bytes),
-                    ViewKind::Reshape => (Placement::Kernel, true, own_bytes),
+                let view = first.and_then(|o| {
+                    let (a, b) = s.span[o];
+                    layout::view_strides(&c.op, &nodes[o].cost.dims, &s.strides[a..b], &c.dims)
+                });
+                match (kind, view) {
+                    // A reshape strides cannot express is a copy.
+                    (_, None) => (Placement::Kernel, None, own_bytes),
                     // A broadcast reads its source's elements again and
                     // again, from cache.
-                    ViewKind::Broadcast => (Placement::Free, false, src_read),
-                    ViewKind::Strided => (Placement::Free, false, own_bytes),
+                    (ViewKind::Broadcast, view) => (Placement::Free, view, src_read),
+                    (ViewKind::Reshape | ViewKind::Strided, view) => {
+                        (Placement::Free, view, own_bytes)
+                    }
                 }
             }
             Role::Elementwise => {
@@ -253,12 +263,17 @@ pub fn evaluate(nodes: &[DagNode], s: &mut Scratch) -> Totals {
                 } else {
                     Placement::Kernel
                 };
-                (p, true, own_bytes)
+                (p, None, own_bytes)
             }
-            Role::Kernel => (Placement::Kernel, true, own_bytes),
+            Role::Kernel => (Placement::Kernel, None, own_bytes),
         };
         s.placement.push(placement);
-        s.contiguous.push(contiguous);
+        let start = s.strides.len();
+        match view {
+            Some(strides) => s.strides.extend(strides),
+            None => layout::push_row_major(&c.dims, &mut s.strides),
+        }
+        s.span.push((start, s.strides.len()));
         s.read.push(read);
         if placement == Placement::Free {
             continue;
@@ -356,23 +371,55 @@ fn dag_nodes<'a>(
 }
 
 /// The cost of a whole graph under the model.
+///
+/// Unlike [`evaluate`], which extraction calls for every candidate, this
+/// also merges elementwise loops into multi-output loops as the code
+/// generator does (`ir::fusion::multi_output_loops`): one kernel for each
+/// group. Candidates rarely differ there (it is mostly the optimizer's
+/// update of each param), so extraction leaves it out.
 pub fn graph_cost(graph: &Graph) -> Totals {
     let (order, costs, operands, results) = dag_of(graph);
     let nodes = dag_nodes(&order, &costs, &operands, &results);
-    evaluate(&nodes, &mut Scratch::default())
+    let mut scratch = Scratch::default();
+    let mut totals = evaluate(&nodes, &mut scratch);
+    for group in multi_output_loops(&Candidate(&nodes), &scratch.fusion.inline, MAX_OUTPUTS) {
+        totals.kernels -= group.len() - 1;
+    }
+    totals
+}
+
+/// The most results one elementwise loop stores (the code generator's
+/// `GroupConfig::default`).
+pub const MAX_OUTPUTS: usize = 4;
+
+/// The multi-output loops the model assumes: groups of nodes stored by one
+/// loop, in topological order.
+pub fn multi_output_groups(graph: &Graph) -> Vec<Vec<NodeId>> {
+    let (order, costs, operands, results) = dag_of(graph);
+    let nodes = dag_nodes(&order, &costs, &operands, &results);
+    let mut scratch = Scratch::default();
+    evaluate(&nodes, &mut scratch);
+    multi_output_loops(&Candidate(&nodes), &scratch.fusion.inline, MAX_OUTPUTS)
+        .into_iter()
+        .map(|g| g.into_iter().map(|i| order[i]).collect())
+        .collect()
+}
+
+/// Where the model places each node of `graph` (in topological order).
+pub fn placements(graph: &Graph) -> Vec<(NodeId, Placement)> {
+    let (order, costs, operands, results) = dag_of(graph);
+    let nodes = dag_nodes(&order, &costs, &operands, &results);
+    let mut scratch = Scratch::default();
+    evaluate(&nodes, &mut scratch);
+    order.into_iter().zip(scratch.placement).collect()
 }
 
 /// The nodes the model computes inside their readers' loops (fused), by
 /// the rule the code generator's grouping applies.
 pub fn fused_nodes(graph: &Graph) -> Vec<NodeId> {
-    let (order, costs, operands, results) = dag_of(graph);
-    let nodes = dag_nodes(&order, &costs, &operands, &results);
-    let mut scratch = Scratch::default();
-    evaluate(&nodes, &mut scratch);
-    order
-        .iter()
-        .zip(&scratch.placement)
-        .filter(|(_, &p)| p == Placement::Fused)
-        .map(|(&n, _)| n)
+    placements(graph)
+        .into_iter()
+        .filter(|&(_, p)| p == Placement::Fused)
+        .map(|(n, _)| n)
         .collect()
 }
