@@ -12,6 +12,7 @@ pub mod interp;
 pub mod module;
 pub mod op;
 mod print;
+pub mod symbols;
 pub mod tensor;
 pub mod text;
 pub mod types;
