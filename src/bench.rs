@@ -117,7 +117,12 @@ pub fn bench(path: &Path, options: &BenchOptions) -> Result<BenchReport, Failure
         step: step.clone(),
         grouping: driver::grouping(options.opt),
     };
-    let size = options.batch.unwrap_or(spec.batch);
+    let size = nnc_runtime::TrainOptions {
+        batch: options.batch,
+        ..Default::default()
+    }
+    .resolve(Some(&spec))
+    .batch;
     let fail = |e: nnc_runtime::RuntimeError| Failure(format!("error: {e}\n"));
     let mut jit = Jit::new(programs, spec.seed).map_err(fail)?;
     let mut batch = Batch::synthetic(&step, size, 1);

@@ -5,7 +5,8 @@ use crate::diagnostic;
 use nnc_dsl::SourceFile;
 use nnc_ir::{Graph, Module};
 pub use nnc_passes::OptLevel;
-use std::cell::RefCell;
+use nnc_runtime::Event;
+pub use nnc_runtime::{Backend, Prediction, RunOutcome};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -190,10 +191,18 @@ pub fn emit_with(
 /// grouping of `level`, one per line in schedule order: label (ops and
 /// result shape), FLOPs, bytes read and written, and the `%n` values it
 /// computes (stored results, then values evaluated in registers, then
-/// nodes whose work it absorbs); totals first.
+/// nodes whose work it absorbs); totals first. The batch symbol is the
+/// leading dim of the inputs: no data is needed, nor made up, to know it.
 pub fn kernel_listing(graph: &Graph, batch: usize, level: OptLevel) -> Result<String, Failure> {
-    let synthetic = nnc_runtime::Batch::synthetic(graph, batch, 0);
-    let bindings = nnc_runtime::jit::bind_symbols(graph, &synthetic).map_err(internal)?;
+    let bindings = nnc_ir::symbols::batch_bindings(graph, batch);
+    for (id, name) in graph.inputs() {
+        if let Err(unbound) = nnc_ir::symbols::resolve(&graph.ty(id).shape, &bindings) {
+            return Err(Failure(diagnostic::render_plain(&format!(
+                "the kernels of `{}` depend on dim `{}` of input `{name}`, which only the data gives: kernels are listed at a batch size alone",
+                graph.name, unbound.symbol
+            ))));
+        }
+    }
     let kernels =
         nnc_codegen::summary::kernels(graph, &bindings, &grouping(level)).map_err(internal)?;
     let number: std::collections::HashMap<nnc_ir::NodeId, usize> = graph
@@ -290,37 +299,6 @@ pub struct RunSettings {
     pub backend: Backend,
 }
 
-/// What executes the graphs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Backend {
-    /// Native code from Cranelift (the default).
-    #[default]
-    Jit,
-    /// The reference interpreter: slow, the definition of correct.
-    Interp,
-}
-
-impl Backend {
-    pub fn name(self) -> &'static str {
-        match self {
-            Backend::Jit => "jit",
-            Backend::Interp => "interp",
-        }
-    }
-
-    /// An executor of `programs` with params initialized from `seed`.
-    pub fn executor(
-        self,
-        programs: nnc_runtime::Programs,
-        seed: u64,
-    ) -> Result<Box<dyn nnc_runtime::Executor>, nnc_runtime::RuntimeError> {
-        Ok(match self {
-            Backend::Jit => Box::new(nnc_runtime::Jit::new(programs, seed)?),
-            Backend::Interp => Box::new(nnc_runtime::Interpreter::new(programs, seed)?),
-        })
-    }
-}
-
 /// What `nnc run` does besides training from scratch: checkpoints,
 /// evaluation or prediction from saved weights, the JSON report, the
 /// progress bar.
@@ -347,69 +325,7 @@ pub struct RunFlags {
     pub opt: OptLevel,
 }
 
-/// What a run produced.
-#[derive(Debug, Clone)]
-pub enum RunOutcome {
-    Trained(nnc_runtime::TrainReport),
-    /// `--eval`: metrics on the validation and test samples (on the
-    /// training samples when the data holds out neither).
-    Evaluated {
-        train: Option<nnc_runtime::Metrics>,
-        validation: Option<nnc_runtime::Metrics>,
-        test: Option<nnc_runtime::Metrics>,
-    },
-    Predicted(Vec<Prediction>),
-}
-
-/// The forward graph's outputs for one sample.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Prediction {
-    pub outputs: Vec<(String, Vec<f64>)>,
-    /// The arg-max class, for a classifier (a model trained against `i32`
-    /// class labels).
-    pub class: Option<usize>,
-}
-
-fn check_flags(flags: &RunFlags) -> Result<(), Failure> {
-    let fail = |m: &str| Err(Failure(diagnostic::render_plain(m)));
-    if flags.resume && flags.save.is_none() {
-        return fail("`--resume` continues from the `--save` checkpoint: give `--save PATH`");
-    }
-    if flags.resume && flags.weights.is_some() {
-        return fail("`--resume` and `--weights` both say where to start; give one");
-    }
-    if (flags.eval || flags.predict.is_some()) && flags.weights.is_none() {
-        return fail("`--eval` and `--predict` use trained params: give `--weights PATH`");
-    }
-    if flags.eval && flags.predict.is_some() {
-        return fail("`--eval` and `--predict` are separate runs; give one");
-    }
-    if (flags.eval || flags.predict.is_some()) && (flags.save.is_some() || flags.resume) {
-        return fail(
-            "`--eval` and `--predict` do not train, so `--save` and `--resume` do not apply",
-        );
-    }
-    if flags.predict.is_some() && flags.report.is_some() {
-        return fail("`--report` describes training or evaluation, not `--predict`");
-    }
-    Ok(())
-}
-
-/// Loads the params (not the optimizer state) of a checkpoint into `exec`,
-/// refusing one of another model.
-fn load_params(
-    exec: &mut dyn nnc_runtime::Executor,
-    path: &Path,
-    model: &str,
-    params: &[String],
-) -> Result<nnc_runtime::Checkpoint, Failure> {
-    let ckpt = nnc_runtime::checkpoint::load(path).map_err(runtime_failure)?;
-    ckpt.apply(exec, model, params, nnc_runtime::CheckpointScope::Params)
-        .map_err(runtime_failure)?;
-    Ok(ckpt)
-}
-
-fn runtime_failure(e: nnc_runtime::RuntimeError) -> Failure {
+fn run_failure(e: impl std::fmt::Display) -> Failure {
     Failure(diagnostic::render_plain(&e.to_string()))
 }
 
@@ -425,7 +341,9 @@ pub fn run(
     }
 }
 
-/// `nnc run` with its checkpoint, evaluation, prediction and report flags.
+/// `nnc run` with its checkpoint, evaluation, prediction and report flags:
+/// compiles what the run needs and hands it to the runtime's
+/// [`nnc_runtime::Run`], printing what it reports.
 pub fn run_with(
     path: &Path,
     settings: &RunSettings,
@@ -433,419 +351,125 @@ pub fn run_with(
     out: &mut dyn FnMut(&str),
 ) -> Result<RunOutcome, Failure> {
     let started = Instant::now();
-    check_flags(flags)?;
+    let options = nnc_runtime::RunOptions {
+        backend: settings.backend,
+        train: settings.options.clone(),
+        save: flags.save.clone(),
+        weights: flags.weights.clone(),
+        resume: flags.resume,
+        eval: flags.eval,
+        predict: flags.predict.clone(),
+        report: flags.report.clone(),
+    };
+    // Before the source is read: a contradictory command line is the
+    // first thing to fix.
+    options.validate().map_err(run_failure)?;
     let src = read_source(path)?;
     let module = compile_source(&src, settings.model.as_deref())?;
-    if let (Some(input), Some(weights)) = (&flags.predict, &flags.weights) {
-        return predict(&module, settings, flags.opt, weights, input, out)
-            .map(RunOutcome::Predicted);
-    }
-    need_train(&module, "`nnc run`")?;
-    let programs = programs(&module, flags.opt)?;
-    let step = programs.step.clone();
-    let frontend_seconds = started.elapsed().as_secs_f64();
-    let spec = module.train.as_ref().ok_or_else(|| internal("no train"))?;
-    let data_spec = module.data.as_ref().ok_or_else(|| internal("no data"))?;
-    let base = data_base(path, settings.data_dir.as_deref());
-    let runtime_err = runtime_failure;
-    let data = nnc_runtime::loader::load(data_spec, &base).map_err(runtime_err)?;
-    let params = nnc_runtime::checkpoint::param_names(&programs);
-    let mut exec = settings
-        .backend
-        .executor(programs, settings.options.seed(spec))
-        .map_err(runtime_err)?;
-    let mut options = settings.options.clone();
-    let target_epochs = options.epochs.unwrap_or(spec.epochs);
-    let mut done_before = 0;
-    if let Some(weights) = &flags.weights {
-        let ckpt = load_params(exec.as_mut(), weights, &module.name, &params)?;
-        if flags.eval {
-            // The report describes the weights evaluated.
-            done_before = ckpt.epochs_done;
-        }
-        out(&format!(
-            "loaded the params of {} from {} ({} epochs trained)",
-            module.name,
-            weights.display(),
-            ckpt.epochs_done
-        ));
-    }
-    if flags.resume {
-        let save = flags.save.as_ref().ok_or_else(|| internal("no --save"))?;
-        if !save.exists() {
-            return Err(Failure(diagnostic::render_plain(&format!(
-                "`--resume`: there is no checkpoint at `{}` yet (a run with `--save {}` writes one)",
-                save.display(),
-                save.display()
-            ))));
-        }
-        let ckpt = nnc_runtime::checkpoint::load(save).map_err(runtime_err)?;
-        ckpt.apply(
-            exec.as_mut(),
-            &module.name,
-            &params,
-            nnc_runtime::CheckpointScope::Everything,
-        )
-        .map_err(runtime_err)?;
-        done_before = ckpt.epochs_done;
-        out(&format!(
-            "resuming {} from {} after epoch {}/{target_epochs}",
-            module.name,
-            save.display(),
-            done_before
-        ));
-        options.first_epoch = done_before + 1;
-    }
-    let batch_size = options.batch.unwrap_or(spec.batch);
-    let mut report = nnc_runtime::report::Report {
-        model: module.name.clone(),
-        backend: settings.backend.name().into(),
-        mode: if flags.eval { "eval" } else { "train" }.into(),
-        nnc_version: nnc_runtime::checkpoint::NNC_VERSION.into(),
-        epochs: done_before,
-        first_epoch: done_before + 1,
-        per_epoch: Vec::new(),
-        train: None,
-        validation: None,
-        test: None,
-        samples_per_second: 0.0,
-        total_seconds: 0.0,
-        compile_seconds: 0.0,
-        peak_rss_bytes: None,
-    };
-
-    let outcome = if flags.eval {
-        out(&format!(
-            "evaluating {} on {} ({} samples), backend {}",
-            module.name,
-            data_spec.name,
-            data.train.len(),
-            settings.backend.name()
-        ));
-        let eval_start = Instant::now();
-        let (train, validation, test) =
-            evaluate_only(spec, &data, exec.as_mut(), &options).map_err(runtime_err)?;
-        let seconds = eval_start.elapsed().as_secs_f64();
-        for (name, m) in [
-            ("train", &train),
-            ("validation", &validation),
-            ("test", &test),
-        ] {
-            if let Some(m) = m {
-                out(&format!("{name}: {}", format_metrics(m)));
-            }
-        }
-        let evaluated: usize = [&train, &validation, &test]
-            .iter()
-            .filter_map(|m| m.as_ref().map(|m| m.samples))
-            .sum();
-        report.samples_per_second = evaluated as f64 / seconds.max(1e-9);
-        report.train = train.as_ref().map(Into::into);
-        report.validation = validation.as_ref().map(Into::into);
-        report.test = test.as_ref().map(Into::into);
-        RunOutcome::Evaluated {
-            train,
-            validation,
-            test,
-        }
+    let programs = if flags.predict.is_some() {
+        nnc_runtime::Programs::inference(optimize(&module.forward, flags.opt)?.0)
     } else {
-        out(&format!(
-            "training {} on {} ({} samples) with {}, backend {}",
-            module.name,
-            data_spec.name,
-            data.train.len(),
-            spec.optimizer,
-            settings.backend.name()
-        ));
-        if done_before >= target_epochs && flags.resume {
-            out(&format!(
-                "all {target_epochs} epochs are done; nothing left to train"
-            ));
-        }
-        let progress = RefCell::new(nnc_runtime::Progress::new(
-            flags.progress,
-            batch_size,
-            done_before + 1,
-            target_epochs,
-        ));
-        let mut saved_epochs = None;
-        let result = nnc_runtime::train(
-            spec,
-            &step,
-            &data,
-            exec.as_mut(),
-            &options,
-            &mut |done, total| progress.borrow_mut().batch(done, total),
-            &mut |r, exec| {
-                progress.borrow_mut().finish_epoch();
-                out(&format_epoch(r));
-                if let Some(save) = &flags.save {
-                    let meta = nnc_runtime::CheckpointMeta {
-                        epochs_done: r.epoch,
-                        params: params.clone(),
-                    };
-                    nnc_runtime::checkpoint::save(save, &module.name, &exec.state(), &meta)?;
-                    saved_epochs = Some(r.epoch);
+        need_train(&module, "`nnc run`")?;
+        programs(&module, flags.opt)?
+    };
+    let base = data_base(path, settings.data_dir.as_deref());
+    let run = nnc_runtime::Run::new(&module, programs, base, options, started);
+    let mut terminal = Terminal {
+        out,
+        progress_bar: flags.progress,
+        progress: None,
+    };
+    run.execute(&mut |event| terminal.show(event))
+        .map_err(run_failure)
+}
+
+/// Shows a run's events: a line each, and a progress bar per epoch.
+struct Terminal<'o> {
+    out: &'o mut dyn FnMut(&str),
+    /// Whether to draw the bar (stdout is a terminal).
+    progress_bar: bool,
+    progress: Option<nnc_runtime::Progress>,
+}
+
+impl Terminal<'_> {
+    fn show(&mut self, event: Event<'_>) {
+        let line = match event {
+            Event::WeightsLoaded {
+                model,
+                path,
+                epochs_done,
+            } => format!(
+                "loaded the params of {model} from {} ({epochs_done} epochs trained)",
+                path.display()
+            ),
+            Event::Resumed {
+                model,
+                path,
+                epochs_done,
+                epochs,
+            } => format!(
+                "resuming {model} from {} after epoch {epochs_done}/{epochs}",
+                path.display()
+            ),
+            Event::EvaluationStarted {
+                model,
+                data,
+                samples,
+                backend,
+            } => format!(
+                "evaluating {model} on {data} ({samples} samples), backend {}",
+                backend.name()
+            ),
+            Event::TrainingStarted {
+                model,
+                data,
+                samples,
+                optimizer,
+                backend,
+                batch,
+                first_epoch,
+                epochs,
+            } => {
+                self.progress = Some(nnc_runtime::Progress::new(
+                    self.progress_bar,
+                    batch,
+                    first_epoch,
+                    epochs,
+                ));
+                format!(
+                    "training {model} on {data} ({samples} samples) with {optimizer}, backend {}",
+                    backend.name()
+                )
+            }
+            Event::NothingLeftToTrain { epochs } => {
+                format!("all {epochs} epochs are done; nothing left to train")
+            }
+            Event::BatchDone { done, total } => {
+                if let Some(p) = &mut self.progress {
+                    p.batch(done, total);
                 }
-                Ok(())
-            },
-        );
-        progress.borrow_mut().finish_epoch();
-        let trained = result.map_err(runtime_err)?;
-        if let Some(save) = &flags.save {
-            // Every epoch already saved the state it ended with; save here
-            // only when no epoch ran.
-            if saved_epochs.is_none() {
-                let meta = nnc_runtime::CheckpointMeta {
-                    epochs_done: done_before,
-                    params: params.clone(),
-                };
-                nnc_runtime::checkpoint::save(save, &module.name, &exec.state(), &meta)
-                    .map_err(runtime_err)?;
+                return;
             }
-        }
-        if let Some(t) = &trained.test {
-            out(&format!("test: {}", format_metrics(t)));
-        }
-        report.epochs = done_before + trained.epochs.len();
-        report.per_epoch = trained.epochs.iter().map(Into::into).collect();
-        report.train = trained.epochs.last().map(|e| (&e.train).into());
-        report.validation = trained
-            .epochs
-            .last()
-            .and_then(|e| e.validation.as_ref())
-            .map(Into::into);
-        report.test = trained.test.as_ref().map(Into::into);
-        report.samples_per_second = nnc_runtime::report::training_rate(&trained.epochs);
-        RunOutcome::Trained(trained)
-    };
-    if let Some(path) = &flags.report {
-        // Parse, elaborate and build the step, then the executor's own compiling.
-        report.compile_seconds = frontend_seconds + exec.compile_time().as_secs_f64();
-        report.total_seconds = started.elapsed().as_secs_f64();
-        report.peak_rss_bytes = nnc_runtime::report::peak_rss_bytes();
-        report.write(path).map_err(runtime_err)?;
-    }
-    Ok(outcome)
-}
-
-/// `--eval`: the objective's loss and metrics on the validation and test
-/// samples, split exactly as training splits them; on the training samples
-/// when there are neither.
-#[allow(clippy::type_complexity)]
-fn evaluate_only(
-    spec: &nnc_ir::TrainSpec,
-    data: &nnc_runtime::LoadedData,
-    exec: &mut dyn nnc_runtime::Executor,
-    options: &nnc_runtime::TrainOptions,
-) -> Result<
-    (
-        Option<nnc_runtime::Metrics>,
-        Option<nnc_runtime::Metrics>,
-        Option<nnc_runtime::Metrics>,
-    ),
-    nnc_runtime::RuntimeError,
-> {
-    use nnc_runtime::train::{evaluate, partition};
-    let batch = options.batch.unwrap_or(spec.batch);
-    data.check_inputs(&spec.evaluation)?;
-    let parts = partition(
-        data.train.len(),
-        data.test_split,
-        spec.validate,
-        options.seed(spec),
-    )?;
-    let on_train = |exec: &mut dyn nnc_runtime::Executor, idx: &[usize]| {
-        evaluate(exec, &spec.evaluation, data, &data.train, idx, batch)
-    };
-    let validation = match parts.validation.is_empty() {
-        true => None,
-        false => Some(on_train(exec, &parts.validation)?),
-    };
-    let test = match &data.test {
-        Some(ds) => {
-            let all: Vec<usize> = (0..ds.len()).collect();
-            Some(evaluate(exec, &spec.evaluation, data, ds, &all, batch)?)
-        }
-        None if !parts.test.is_empty() => Some(on_train(exec, &parts.test)?),
-        None => None,
-    };
-    let train = match (&validation, &test) {
-        (None, None) => Some(on_train(exec, &parts.train)?),
-        _ => None,
-    };
-    Ok((train, validation, test))
-}
-
-/// `--predict`: runs the forward graph with the params of `weights` on every
-/// sample of `input` (IDX, or CSV with one sample per row), printing one
-/// line per sample. The samples go through the transforms of the data
-/// field that feeds the model's input in training (`scale`, `normalize`,
-/// `reshape`), so the file holds raw samples like the training data.
-fn predict(
-    module: &Module,
-    settings: &RunSettings,
-    level: OptLevel,
-    weights: &Path,
-    input: &Path,
-    out: &mut dyn FnMut(&str),
-) -> Result<Vec<Prediction>, Failure> {
-    use nnc_runtime::data::DataError;
-    let runtime_err = runtime_failure;
-    let plain = |m: String| Failure(diagnostic::render_plain(&m));
-    let optimized = optimize(&module.forward, level)?.0;
-    let forward = &optimized;
-    let inputs = forward.inputs();
-    let [(input_node, input_name)] = inputs.as_slice() else {
-        let names: Vec<&str> = inputs.iter().map(|(_, n)| *n).collect();
-        return Err(plain(format!(
-            "`--predict` feeds one input, but model `{}` has {}: {}",
-            module.name,
-            names.len(),
-            names.join(", ")
-        )));
-    };
-    let input_name = input_name.to_string();
-    let input_ty = forward.ty(*input_node).clone();
-
-    // The file's samples, as one data field through the training field's
-    // transforms.
-    let field = module
-        .data
-        .as_ref()
-        .and_then(|d| d.fields.iter().find(|f| f.name == input_name));
-    let path_text = input
-        .to_str()
-        .ok_or_else(|| plain(format!("`{}`: the path is not UTF-8", input.display())))?
-        .to_string();
-    let (source, file_sample) = match nnc_runtime::data::idx::load(input) {
-        Ok(array) => (
-            nnc_ir::Source::Idx { path: path_text },
-            array.dims().get(1..).unwrap_or_default().to_vec(),
-        ),
-        Err(DataError::IdxBadMagic { .. }) => {
-            let table = nnc_runtime::data::csv::load(input, &Default::default())
-                .map_err(|e| runtime_err(e.into()))?;
-            let cols = table.cols();
-            (
-                nnc_ir::Source::CsvColumns {
-                    path: path_text,
-                    from: 0,
-                    to: cols,
-                },
-                vec![cols],
-            )
-        }
-        Err(e) => return Err(runtime_err(e.into())),
-    };
-    let mut transforms = field.map(|f| f.transforms.clone()).unwrap_or_default();
-    let input_sample: Option<Vec<usize>> = input_ty
-        .shape
-        .iter()
-        .skip(1)
-        .map(|d| d.as_const())
-        .collect();
-    let one_hot = transforms
-        .iter()
-        .any(|t| matches!(t, nnc_ir::Transform::OneHot(_)));
-    if let (Some(want), false) = (input_sample, one_hot) {
-        // A sample of the right size is taken in any shape (an IDX image
-        // for a flat input, a CSV row for an image input).
-        let (have_n, want_n): (usize, usize) =
-            (file_sample.iter().product(), want.iter().product());
-        if have_n != want_n {
-            return Err(plain(format!(
-                "`{}` has samples of shape {file_sample:?} ({have_n} values), but model `{}` takes `{input_name}` samples of shape {want:?} ({want_n} values)",
-                input.display(),
-                module.name
-            )));
-        }
-        transforms.insert(0, nnc_ir::Transform::Reshape(want));
-    }
-    let spec = nnc_ir::DataSpec {
-        name: "predict".into(),
-        fields: vec![nnc_ir::DataField {
-            name: input_name.clone(),
-            dtype: field.map_or(input_ty.dtype, |f| f.dtype),
-            source,
-            transforms,
-        }],
-        test: None,
-    };
-    let data = nnc_runtime::loader::load(&spec, Path::new("")).map_err(runtime_err)?;
-    data.check_inputs(forward)
-        .map_err(|e| plain(format!("`{}`: {e}", input.display())))?;
-
-    let programs = nnc_runtime::Programs::new(forward.clone(), forward.clone(), forward.clone());
-    let params = nnc_runtime::checkpoint::param_names(&programs);
-    let seed = settings
-        .options
-        .seed
-        .or(module.train.as_ref().map(|t| t.seed))
-        .unwrap_or(0);
-    let mut exec = settings
-        .backend
-        .executor(programs, seed)
-        .map_err(runtime_err)?;
-    load_params(exec.as_mut(), weights, &module.name, &params)?;
-
-    // A classifier is trained against `i32` class labels; its first output
-    // holds a score per class.
-    let classifier = module.train.as_ref().is_some_and(|t| {
-        t.objective.inputs().iter().any(|(n, name)| {
-            let ty = t.objective.ty(*n);
-            *name != input_name && ty.dtype == nnc_ir::DType::I32 && ty.rank() == 1
-        })
-    });
-    let output_names: Vec<String> = forward.outputs.iter().map(|o| o.name.clone()).collect();
-    let batch_size = settings
-        .options
-        .batch
-        .or(module.train.as_ref().map(|t| t.batch))
-        .unwrap_or(256)
-        .max(1);
-    let names = vec![input_name];
-    let mut batch = nnc_runtime::Batch::default();
-    let mut predictions = Vec::with_capacity(data.train.len());
-    let indices: Vec<usize> = (0..data.train.len()).collect();
-    for chunk in indices.chunks(batch_size) {
-        data.fill_batch(&data.train, &names, chunk, &mut batch)
-            .map_err(runtime_err)?;
-        let outputs = exec.predict(&batch).map_err(runtime_err)?;
-        for i in 0..chunk.len() {
-            let mut per_sample = Vec::new();
-            for name in &output_names {
-                let Some((_, t)) = outputs.iter().find(|(n, _)| n == name) else {
-                    continue;
-                };
-                let per = t.shape.iter().skip(1).product::<usize>();
-                let values = t.data.get(i * per..(i + 1) * per).unwrap_or_default();
-                per_sample.push((name.clone(), values.to_vec()));
+            Event::EpochDone(report) => {
+                // The bar gives way to the epoch's line.
+                if let Some(p) = &mut self.progress {
+                    p.finish_epoch();
+                }
+                format_epoch(report)
             }
-            let class = match per_sample.first() {
-                Some((_, v)) if classifier && v.len() >= 2 => argmax(v),
-                _ => None,
-            };
-            let prediction = Prediction {
-                outputs: per_sample,
-                class,
-            };
-            out(&format_prediction(predictions.len(), &prediction));
-            predictions.push(prediction);
-        }
+            Event::TrainingStopped => {
+                if let Some(p) = &mut self.progress {
+                    p.finish_epoch();
+                }
+                return;
+            }
+            Event::Measured { split, metrics } => {
+                format!("{}: {}", split.name(), format_metrics(metrics))
+            }
+            Event::Predicted { index, prediction } => format_prediction(index, prediction),
+        };
+        (self.out)(&line);
     }
-    Ok(predictions)
-}
-
-fn argmax(values: &[f64]) -> Option<usize> {
-    values
-        .iter()
-        .enumerate()
-        .fold(None, |best: Option<(usize, f64)>, (i, &v)| match best {
-            Some((_, b)) if b >= v || v.is_nan() => best,
-            _ => Some((i, v)),
-        })
-        .map(|(i, _)| i)
 }
 
 /// `3: [0.0100, 0.9900]  class 1`; several outputs are named.

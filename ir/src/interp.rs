@@ -63,6 +63,7 @@
 
 use crate::graph::{Graph, NodeId};
 use crate::op::{BinaryOp, Literal, Op, ReduceOp, UnaryOp};
+use crate::symbols::{self, BindError, Bindings};
 use crate::tensor::{checked_numel, round_value, strides_of, Tensor, TensorError};
 use crate::types::{DType, Dim, TensorType};
 use std::borrow::Cow;
@@ -378,7 +379,9 @@ fn bind_in_order(
     order: &[NodeId],
     env: &Env,
 ) -> Result<HashMap<String, usize>, EvalError> {
-    let mut bound: HashMap<String, (usize, String)> = HashMap::new();
+    let mut bound = Bindings::new();
+    // Which leaf bound each symbol first, for the message of a conflict.
+    let mut bound_by: HashMap<String, String> = HashMap::new();
     for &id in order {
         let node = graph.node(id);
         let Some((kind, name)) = leaf_name(&node.op) else {
@@ -409,36 +412,43 @@ fn bind_in_order(
             dtype: t.dtype,
             shape: t.shape.clone(),
         };
-        if t.dtype != expected.dtype || t.shape.len() != expected.rank() {
+        if t.dtype != expected.dtype {
             return Err(mismatch());
         }
-        for (d, &actual) in expected.shape.iter().zip(&t.shape) {
-            match d {
-                Dim::Const(c) if *c != actual => return Err(mismatch()),
-                Dim::Const(_) => {}
-                Dim::Sym(s) => match bound.get(s) {
-                    Some((v, by)) if *v != actual => {
-                        return Err(EvalError::InconsistentSymbol(Box::new(SymbolConflict {
-                            kind,
-                            name: name.to_string(),
-                            expected: expected.clone(),
-                            dtype: t.dtype,
-                            shape: t.shape.clone(),
-                            symbol: s.clone(),
-                            found: actual,
-                            bound: *v,
-                            bound_by: by.clone(),
-                        })))
-                    }
-                    Some(_) => {}
-                    None => {
-                        bound.insert(s.clone(), (actual, format!("{kind} `{name}`")));
-                    }
-                },
+        match symbols::bind(expected, &t.shape, &mut bound) {
+            Ok(()) => {}
+            Err(BindError::Rank { .. } | BindError::Constant { .. }) => return Err(mismatch()),
+            Err(BindError::Conflict {
+                symbol,
+                found,
+                bound,
+            }) => {
+                return Err(EvalError::InconsistentSymbol(Box::new(SymbolConflict {
+                    kind,
+                    name: name.to_string(),
+                    expected: expected.clone(),
+                    dtype: t.dtype,
+                    shape: t.shape.clone(),
+                    // Bound earlier in this very shape (`[N, N]`) when no leaf before.
+                    bound_by: bound_by
+                        .get(&symbol)
+                        .cloned()
+                        .unwrap_or_else(|| format!("{kind} `{name}`")),
+                    symbol,
+                    found,
+                    bound,
+                })));
+            }
+        }
+        for d in &expected.shape {
+            if let Dim::Sym(s) = d {
+                bound_by
+                    .entry(s.clone())
+                    .or_insert_with(|| format!("{kind} `{name}`"));
             }
         }
     }
-    Ok(bound.into_iter().map(|(k, (v, _))| (k, v)).collect())
+    Ok(bound)
 }
 
 /// Where an error happened, formatted only when one does.
@@ -473,25 +483,11 @@ impl At<'_> {
     }
 }
 
-fn resolve(
-    at: &At<'_>,
-    ty: &TensorType,
-    symbols: &HashMap<String, usize>,
-) -> Result<Vec<usize>, EvalError> {
-    let shape = ty
-        .shape
-        .iter()
-        .map(|d| match d {
-            Dim::Const(c) => Ok(*c),
-            Dim::Sym(s) => symbols
-                .get(s)
-                .copied()
-                .ok_or_else(|| EvalError::UnboundSymbol {
-                    node: at.describe(),
-                    symbol: s.clone(),
-                }),
-        })
-        .collect::<Result<Vec<usize>, EvalError>>()?;
+fn resolve(at: &At<'_>, ty: &TensorType, bindings: &Bindings) -> Result<Vec<usize>, EvalError> {
+    let shape = symbols::resolve(&ty.shape, bindings).map_err(|e| EvalError::UnboundSymbol {
+        node: at.describe(),
+        symbol: e.symbol,
+    })?;
     // Products of any subset of the dims (outer/inner sizes) must not
     // overflow either, even when a zero dim makes the element count 0.
     let sane = shape

@@ -35,6 +35,47 @@ impl Programs {
     }
 }
 
+impl Programs {
+    /// The forward graph alone, standing in for all three: prediction
+    /// runs nothing else, and skipping the training step spares its
+    /// optimization. Grouped by the default rule at every level.
+    pub fn inference(forward: Graph) -> Programs {
+        Programs::new(forward.clone(), forward.clone(), forward)
+    }
+}
+
+/// What executes the graphs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Backend {
+    /// Native code from Cranelift (the default).
+    #[default]
+    Jit,
+    /// The reference interpreter: slow, the definition of correct.
+    Interp,
+}
+
+impl Backend {
+    /// The name on the command line and in reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Jit => "jit",
+            Backend::Interp => "interp",
+        }
+    }
+
+    /// An executor of `programs` with params initialized from `seed`.
+    pub fn executor(
+        self,
+        programs: Programs,
+        seed: u64,
+    ) -> Result<Box<dyn Executor>, RuntimeError> {
+        Ok(match self {
+            Backend::Jit => Box::new(crate::jit::Jit::new(programs, seed)?),
+            Backend::Interp => Box::new(Interpreter::new(programs, seed)?),
+        })
+    }
+}
+
 /// One input's samples for a batch, in the dtype the graph reads.
 #[derive(Debug, Clone, PartialEq)]
 pub enum BatchData {

@@ -6,8 +6,8 @@
 use crate::executor::{Batch, BatchData, Executor, Programs, StepMetrics};
 use crate::RuntimeError;
 use nnc_codegen::{Program, StateBuffer, StateLayout};
+use nnc_ir::symbols::{self, Bindings};
 use nnc_ir::{Dim, Graph, Op, Tensor, LOSS};
-use std::collections::HashMap;
 use std::time::Duration;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -169,8 +169,8 @@ impl Jit {
 }
 
 /// Binds the graph's symbolic dims from the batch's field shapes.
-pub fn bind_symbols(graph: &Graph, batch: &Batch) -> Result<HashMap<String, usize>, RuntimeError> {
-    let mut bindings = HashMap::new();
+pub fn bind_symbols(graph: &Graph, batch: &Batch) -> Result<Bindings, RuntimeError> {
+    let mut bindings = Bindings::new();
     for (id, name) in graph.inputs() {
         let ty = graph.ty(id);
         let field = batch.get(name).ok_or_else(|| {
@@ -178,24 +178,12 @@ pub fn bind_symbols(graph: &Graph, batch: &Batch) -> Result<HashMap<String, usiz
                 "the batch has no field `{name}` for the graph input `{name}`"
             ))
         })?;
-        if field.shape.len() != ty.rank() {
-            return Err(RuntimeError::Setup(format!(
+        symbols::bind(ty, &field.shape, &mut bindings).map_err(|_| {
+            RuntimeError::Setup(format!(
                 "field `{name}` has shape {:?} but the graph input is {ty}",
                 field.shape
-            )));
-        }
-        for (d, &n) in ty.shape.iter().zip(&field.shape) {
-            match d {
-                Dim::Const(c) if *c == n => {}
-                Dim::Sym(s) if *bindings.entry(s.clone()).or_insert(n) == n => {}
-                _ => {
-                    return Err(RuntimeError::Setup(format!(
-                        "field `{name}` has shape {:?} but the graph input is {ty}",
-                        field.shape
-                    )))
-                }
-            }
-        }
+            ))
+        })?;
     }
     Ok(bindings)
 }

@@ -2,24 +2,31 @@
 //! and the training loop with its metrics.
 //!
 //! The runtime never sees the source language: it receives an `ir::Module`
-//! and the graphs the passes built from it.
+//! and the graphs the passes built from it, and a [`Run`] takes it from
+//! there to a trained model, its checkpoints and its report.
 
 pub mod checkpoint;
 pub mod data;
 pub mod executor;
 pub mod jit;
 pub mod loader;
+pub mod predict;
 pub mod progress;
 pub mod report;
+pub mod run;
 pub mod train;
 
 pub use checkpoint::{Checkpoint, Meta as CheckpointMeta, Scope as CheckpointScope};
-pub use executor::{Batch, BatchData, BatchField, Executor, Interpreter, Programs, StepMetrics};
+pub use executor::{
+    Backend, Batch, BatchData, BatchField, Executor, Interpreter, Programs, StepMetrics,
+};
 pub use jit::Jit;
 pub use loader::LoadedData;
+pub use predict::Prediction;
 pub use progress::Progress;
 pub use report::Report;
-pub use train::{train, EpochReport, Metrics, TrainOptions, TrainReport};
+pub use run::{Event, OptionsError, Run, RunError, RunOptions, RunOutcome, Split};
+pub use train::{train, EpochReport, Metrics, TrainOptions, TrainReport, TrainSettings};
 
 use thiserror::Error;
 

@@ -22,9 +22,40 @@ pub struct TrainOptions {
     pub first_epoch: usize,
 }
 
+/// The batch size of a model without a `train` block (prediction only).
+pub const DEFAULT_BATCH: usize = 256;
+
+/// What a run actually uses: the train block's settings with the command
+/// line's overrides applied. Resolved by [`TrainOptions::resolve`] only, so
+/// training, evaluation, prediction, the progress bar and the report
+/// cannot disagree about a default.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TrainSettings {
+    /// The last epoch (1-based).
+    pub epochs: usize,
+    pub batch: usize,
+    pub seed: u64,
+    /// The first epoch to run (1-based).
+    pub first_epoch: usize,
+}
+
 impl TrainOptions {
+    /// The settings under `spec`; without a train block (a model that only
+    /// predicts) no epochs, [`DEFAULT_BATCH`] and seed 0.
+    pub fn resolve(&self, spec: Option<&TrainSpec>) -> TrainSettings {
+        TrainSettings {
+            epochs: self.epochs.or(spec.map(|s| s.epochs)).unwrap_or(0),
+            batch: self
+                .batch
+                .or(spec.map(|s| s.batch))
+                .unwrap_or(DEFAULT_BATCH),
+            seed: self.seed.or(spec.map(|s| s.seed)).unwrap_or(0),
+            first_epoch: self.first_epoch.max(1),
+        }
+    }
+
     pub fn seed(&self, spec: &TrainSpec) -> u64 {
-        self.seed.unwrap_or(spec.seed)
+        self.resolve(Some(spec)).seed
     }
 }
 
@@ -206,9 +237,12 @@ pub fn train(
     on_batch: &mut dyn FnMut(usize, usize),
     on_epoch: &mut dyn FnMut(&EpochReport, &dyn Executor) -> Result<(), RuntimeError>,
 ) -> Result<TrainReport, RuntimeError> {
-    let epochs = options.epochs.unwrap_or(spec.epochs);
-    let batch_size = options.batch.unwrap_or(spec.batch);
-    let seed = options.seed(spec);
+    let TrainSettings {
+        epochs,
+        batch: batch_size,
+        seed,
+        first_epoch,
+    } = options.resolve(Some(spec));
     data.check_inputs(step)?;
     data.check_inputs(&spec.evaluation)?;
 
@@ -223,7 +257,7 @@ pub fn train(
     let mut reports = Vec::with_capacity(epochs);
     let mut order = parts.train.clone();
     let base_lr = spec.optimizer.lr();
-    for epoch in options.first_epoch.max(1)..=epochs {
+    for epoch in first_epoch..=epochs {
         let lr = spec
             .schedule
             .map_or(base_lr, |s| s.lr(base_lr, epoch - 1, epochs));
@@ -296,6 +330,74 @@ pub fn train(
     };
     Ok(TrainReport {
         epochs: reports,
+        test,
+    })
+}
+
+/// Metrics of trained params on the samples training did not learn from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Evaluation {
+    /// Only when the data holds out neither validation nor test samples:
+    /// then the training samples are all there is to measure.
+    pub train: Option<Metrics>,
+    pub validation: Option<Metrics>,
+    pub test: Option<Metrics>,
+}
+
+/// The evaluation graph's loss and metrics on the validation and test
+/// samples, split exactly as [`train`] splits them (so evaluating saved
+/// weights reproduces the run's final numbers); on the training samples
+/// when there are neither.
+pub fn evaluate_held_out(
+    spec: &TrainSpec,
+    data: &LoadedData,
+    exec: &mut dyn Executor,
+    options: &TrainOptions,
+) -> Result<Evaluation, RuntimeError> {
+    let settings = options.resolve(Some(spec));
+    data.check_inputs(&spec.evaluation)?;
+    let parts = partition(
+        data.train.len(),
+        data.test_split,
+        spec.validate,
+        settings.seed,
+    )?;
+    let on_train = |exec: &mut dyn Executor, idx: &[usize]| {
+        evaluate(
+            exec,
+            &spec.evaluation,
+            data,
+            &data.train,
+            idx,
+            settings.batch,
+        )
+    };
+    let validation = match parts.validation.is_empty() {
+        true => None,
+        false => Some(on_train(exec, &parts.validation)?),
+    };
+    let test = match &data.test {
+        Some(ds) => {
+            let all: Vec<usize> = (0..ds.len()).collect();
+            Some(evaluate(
+                exec,
+                &spec.evaluation,
+                data,
+                ds,
+                &all,
+                settings.batch,
+            )?)
+        }
+        None if !parts.test.is_empty() => Some(on_train(exec, &parts.test)?),
+        None => None,
+    };
+    let train = match (&validation, &test) {
+        (None, None) => Some(on_train(exec, &parts.train)?),
+        _ => None,
+    };
+    Ok(Evaluation {
+        train,
+        validation,
         test,
     })
 }

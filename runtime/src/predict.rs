@@ -1,0 +1,196 @@
+//! Prediction from saved weights: raw samples from a file, the same
+//! transforms the training data went through, the forward graph's outputs
+//! per sample and, for a classifier, the arg-max class.
+
+use crate::checkpoint::{self, Scope};
+use crate::data::DataError;
+use crate::executor::{Backend, Batch, Programs};
+use crate::run::{Event, RunError, SampleShapeError};
+use crate::train::TrainOptions;
+use nnc_ir::{DType, DataField, DataSpec, Module, Source, Transform};
+use std::path::Path;
+
+/// The forward graph's outputs for one sample.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Prediction {
+    pub outputs: Vec<(String, Vec<f64>)>,
+    /// The arg-max class, for a classifier (a model trained against `i32`
+    /// class labels).
+    pub class: Option<usize>,
+}
+
+/// Runs `programs.forward` with the params of `weights` on every sample of
+/// `input` (IDX, or CSV with one sample per row), reporting each
+/// prediction as it is made. The samples go through the transforms of the
+/// data field that feeds the model's input in training (`scale`,
+/// `normalize`, `reshape`), so the file holds raw samples like the
+/// training data.
+pub(crate) fn predict(
+    module: &Module,
+    programs: Programs,
+    backend: Backend,
+    overrides: &TrainOptions,
+    weights: &Path,
+    input: &Path,
+    events: &mut dyn FnMut(Event<'_>),
+) -> Result<Vec<Prediction>, RunError> {
+    let forward = &programs.forward;
+    let inputs = forward.inputs();
+    let [(input_node, input_name)] = inputs.as_slice() else {
+        return Err(RunError::PredictInputs {
+            model: module.name.clone(),
+            inputs: inputs.iter().map(|(_, n)| n.to_string()).collect(),
+        });
+    };
+    let input_name = input_name.to_string();
+    let input_ty = forward.ty(*input_node).clone();
+
+    // The file's samples, as one data field through the training field's
+    // transforms.
+    let field = module
+        .data
+        .as_ref()
+        .and_then(|d| d.fields.iter().find(|f| f.name == input_name));
+    let path_text = input
+        .to_str()
+        .ok_or_else(|| RunError::PathNotUtf8 {
+            path: input.to_path_buf(),
+        })?
+        .to_string();
+    let (source, file_sample) = match crate::data::idx::load(input) {
+        Ok(array) => (
+            Source::Idx { path: path_text },
+            array.dims().get(1..).unwrap_or_default().to_vec(),
+        ),
+        Err(DataError::IdxBadMagic { .. }) => {
+            let table = crate::data::csv::load(input, &Default::default())
+                .map_err(crate::RuntimeError::from)?;
+            let cols = table.cols();
+            (
+                Source::CsvColumns {
+                    path: path_text,
+                    from: 0,
+                    to: cols,
+                },
+                vec![cols],
+            )
+        }
+        Err(e) => return Err(crate::RuntimeError::from(e).into()),
+    };
+    let mut transforms = field.map(|f| f.transforms.clone()).unwrap_or_default();
+    let input_sample: Option<Vec<usize>> = input_ty
+        .shape
+        .iter()
+        .skip(1)
+        .map(|d| d.as_const())
+        .collect();
+    let one_hot = transforms.iter().any(|t| matches!(t, Transform::OneHot(_)));
+    if let (Some(want), false) = (input_sample, one_hot) {
+        // A sample of the right size is taken in any shape (an IDX image
+        // for a flat input, a CSV row for an image input).
+        let (have_n, want_n): (usize, usize) =
+            (file_sample.iter().product(), want.iter().product());
+        if have_n != want_n {
+            return Err(RunError::SampleShape(Box::new(SampleShapeError {
+                path: input.to_path_buf(),
+                file_sample,
+                model: module.name.clone(),
+                input: input_name,
+                model_sample: want,
+            })));
+        }
+        transforms.insert(0, Transform::Reshape(want));
+    }
+    let spec = DataSpec {
+        name: "predict".into(),
+        fields: vec![DataField {
+            name: input_name.clone(),
+            dtype: field.map_or(input_ty.dtype, |f| f.dtype),
+            source,
+            transforms,
+        }],
+        test: None,
+    };
+    let data = crate::loader::load(&spec, Path::new(""))?;
+    data.check_inputs(forward)
+        .map_err(|source| RunError::PredictData {
+            path: input.to_path_buf(),
+            source: Box::new(source),
+        })?;
+
+    let settings = overrides.resolve(module.train.as_ref());
+    let params = checkpoint::param_names(&programs);
+    let output_names: Vec<String> = forward.outputs.iter().map(|o| o.name.clone()).collect();
+    let mut exec = backend.executor(programs, settings.seed)?;
+    checkpoint::load(weights)?.apply(exec.as_mut(), &module.name, &params, Scope::Params)?;
+
+    let classifier = is_classifier(module, &input_name);
+    let names = vec![input_name];
+    let mut batch = Batch::default();
+    let mut predictions = Vec::with_capacity(data.train.len());
+    let indices: Vec<usize> = (0..data.train.len()).collect();
+    for chunk in indices.chunks(settings.batch.max(1)) {
+        data.fill_batch(&data.train, &names, chunk, &mut batch)?;
+        let outputs = exec.predict(&batch)?;
+        for i in 0..chunk.len() {
+            let mut per_sample = Vec::new();
+            for name in &output_names {
+                let Some((_, t)) = outputs.iter().find(|(n, _)| n == name) else {
+                    continue;
+                };
+                let per = t.shape.iter().skip(1).product::<usize>();
+                let values = t.data.get(i * per..(i + 1) * per).unwrap_or_default();
+                per_sample.push((name.clone(), values.to_vec()));
+            }
+            let class = match per_sample.first() {
+                Some((_, v)) if classifier && v.len() >= 2 => argmax(v),
+                _ => None,
+            };
+            let prediction = Prediction {
+                outputs: per_sample,
+                class,
+            };
+            events(Event::Predicted {
+                index: predictions.len(),
+                prediction: &prediction,
+            });
+            predictions.push(prediction);
+        }
+    }
+    Ok(predictions)
+}
+
+/// A classifier is trained against `i32` class labels (an input other than
+/// the samples'); its first output holds a score per class.
+fn is_classifier(module: &Module, input_name: &str) -> bool {
+    module.train.as_ref().is_some_and(|t| {
+        t.objective.inputs().iter().any(|(n, name)| {
+            let ty = t.objective.ty(*n);
+            *name != input_name && ty.dtype == DType::I32 && ty.rank() == 1
+        })
+    })
+}
+
+/// The index of the largest value; the first on ties, and NaNs never win.
+fn argmax(values: &[f64]) -> Option<usize> {
+    values
+        .iter()
+        .enumerate()
+        .fold(None, |best: Option<(usize, f64)>, (i, &v)| match best {
+            Some((_, b)) if b >= v || v.is_nan() => best,
+            _ => Some((i, v)),
+        })
+        .map(|(i, _)| i)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::argmax;
+
+    #[test]
+    fn argmax_takes_the_first_maximum_and_skips_nan() {
+        assert_eq!(argmax(&[0.1, 0.7, 0.7]), Some(1));
+        assert_eq!(argmax(&[f64::NAN, 0.2, 0.1]), Some(1));
+        assert_eq!(argmax(&[]), None);
+    }
+}

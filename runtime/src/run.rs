@@ -1,0 +1,517 @@
+//! One run of a compiled model, owned here from start to finish: the
+//! executor, the data, training from scratch or from saved weights,
+//! resuming, a checkpoint after every epoch, evaluation only, prediction,
+//! and the JSON report.
+//!
+//! The caller compiles (the runtime never sees the source language), hands
+//! over the [`Programs`] with the [`Module`] they came from, and renders
+//! what the run reports through [`Event`]s; control does not go back and
+//! forth between the two while the run decides what to do next.
+
+use crate::checkpoint::{self, Scope};
+use crate::executor::{Backend, Executor, Programs};
+use crate::loader::LoadedData;
+use crate::predict::{self, Prediction};
+use crate::report::{self, Report};
+use crate::train::{self, EpochReport, Evaluation, Metrics, TrainOptions, TrainReport};
+use crate::RuntimeError;
+use nnc_ir::{Graph, Module, Optimizer, TrainSpec};
+use std::cell::RefCell;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+use thiserror::Error;
+
+/// How a run starts, what it does and what it leaves behind. The fields
+/// mirror `nnc run`'s flags, so that their combinations are checked in one
+/// place ([`RunOptions::validate`]).
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    pub backend: Backend,
+    /// The command line's overrides of the train block.
+    pub train: TrainOptions,
+    /// A checkpoint after every epoch (and at the end when no epoch ran),
+    /// each written atomically.
+    pub save: Option<PathBuf>,
+    /// Start from these params (optimizer state fresh).
+    pub weights: Option<PathBuf>,
+    /// Params, optimizer state and epoch count from `save`.
+    pub resume: bool,
+    /// Evaluate `weights` on the validation and test samples; no training.
+    pub eval: bool,
+    /// The forward graph's outputs for each sample of an IDX or CSV file,
+    /// with `weights`.
+    pub predict: Option<PathBuf>,
+    /// A JSON report of the run, written atomically.
+    pub report: Option<PathBuf>,
+}
+
+/// Options that contradict each other or miss what they need. The texts
+/// name the command line's flags, which is how users meet these options.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum OptionsError {
+    #[error("`--resume` continues from the `--save` checkpoint: give `--save PATH`")]
+    ResumeWithoutSave,
+    #[error("`--resume` and `--weights` both say where to start; give one")]
+    ResumeAndWeights,
+    #[error("`--eval` and `--predict` use trained params: give `--weights PATH`")]
+    NoWeights,
+    #[error("`--eval` and `--predict` are separate runs; give one")]
+    EvalAndPredict,
+    #[error("`--eval` and `--predict` do not train, so `--save` and `--resume` do not apply")]
+    SaveWithoutTraining,
+    #[error("`--report` describes training or evaluation, not `--predict`")]
+    ReportOfPrediction,
+}
+
+impl RunOptions {
+    /// Checks that the options describe one coherent run, before anything
+    /// is read or compiled.
+    pub fn validate(&self) -> Result<(), OptionsError> {
+        let uses_weights = self.eval || self.predict.is_some();
+        if self.resume && self.save.is_none() {
+            return Err(OptionsError::ResumeWithoutSave);
+        }
+        if self.resume && self.weights.is_some() {
+            return Err(OptionsError::ResumeAndWeights);
+        }
+        if uses_weights && self.weights.is_none() {
+            return Err(OptionsError::NoWeights);
+        }
+        if self.eval && self.predict.is_some() {
+            return Err(OptionsError::EvalAndPredict);
+        }
+        if uses_weights && (self.save.is_some() || self.resume) {
+            return Err(OptionsError::SaveWithoutTraining);
+        }
+        if self.predict.is_some() && self.report.is_some() {
+            return Err(OptionsError::ReportOfPrediction);
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Options(#[from] OptionsError),
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
+    #[error("`nnc run` needs a `train` block: the file defines model `{model}` but does not say how to train it")]
+    NotTrainable { model: String },
+    #[error("model `{model}` has a `train` block but no `data` block to train on")]
+    NoData { model: String },
+    #[error(
+        "`--resume`: there is no checkpoint at `{}` yet (a run with `--save {}` writes one)",
+        .path.display(),
+        .path.display()
+    )]
+    NothingToResume { path: PathBuf },
+    #[error("`--predict` feeds one input, but model `{model}` has {}: {}", .inputs.len(), .inputs.join(", "))]
+    PredictInputs { model: String, inputs: Vec<String> },
+    #[error("`{}`: the path is not UTF-8", .path.display())]
+    PathNotUtf8 { path: PathBuf },
+    #[error(transparent)]
+    SampleShape(Box<SampleShapeError>),
+    /// The file to predict from does not fit the model's input.
+    #[error("`{}`: {source}", .path.display())]
+    PredictData {
+        path: PathBuf,
+        source: Box<RuntimeError>,
+    },
+}
+
+/// The samples of a file to predict from have another number of values
+/// than the model's input takes.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[error(
+    "`{}` has samples of shape {file_sample:?} ({} values), but model `{model}` takes `{input}` samples of shape {model_sample:?} ({} values)",
+    .path.display(),
+    .file_sample.iter().product::<usize>(),
+    .model_sample.iter().product::<usize>()
+)]
+pub struct SampleShapeError {
+    pub path: PathBuf,
+    pub file_sample: Vec<usize>,
+    pub model: String,
+    pub input: String,
+    pub model_sample: Vec<usize>,
+}
+
+/// Which samples a set of metrics was measured on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Split {
+    Train,
+    Validation,
+    Test,
+}
+
+impl Split {
+    pub fn name(self) -> &'static str {
+        match self {
+            Split::Train => "train",
+            Split::Validation => "validation",
+            Split::Test => "test",
+        }
+    }
+}
+
+/// What a run reports as it goes, in order, for the caller to show.
+#[derive(Debug, Clone, Copy)]
+pub enum Event<'a> {
+    /// The params of `--weights` are in place.
+    WeightsLoaded {
+        model: &'a str,
+        path: &'a Path,
+        epochs_done: usize,
+    },
+    /// Params, optimizer state and epoch count are back from `path`.
+    Resumed {
+        model: &'a str,
+        path: &'a Path,
+        epochs_done: usize,
+        epochs: usize,
+    },
+    EvaluationStarted {
+        model: &'a str,
+        data: &'a str,
+        samples: usize,
+        backend: Backend,
+    },
+    /// Training runs epochs `first_epoch..=epochs` of batches of `batch`
+    /// samples (none when `first_epoch > epochs`).
+    TrainingStarted {
+        model: &'a str,
+        data: &'a str,
+        samples: usize,
+        optimizer: &'a Optimizer,
+        backend: Backend,
+        batch: usize,
+        first_epoch: usize,
+        epochs: usize,
+    },
+    /// A resumed run whose checkpoint has done every epoch.
+    NothingLeftToTrain {
+        epochs: usize,
+    },
+    /// Step `done` of `total` in the current epoch.
+    BatchDone {
+        done: usize,
+        total: usize,
+    },
+    /// An epoch ended (before its checkpoint is saved).
+    EpochDone(&'a EpochReport),
+    /// The epoch loop ended, finished or failed: whatever shows an epoch
+    /// in progress can go.
+    TrainingStopped,
+    Measured {
+        split: Split,
+        metrics: &'a Metrics,
+    },
+    Predicted {
+        index: usize,
+        prediction: &'a Prediction,
+    },
+}
+
+/// What a run produced.
+#[derive(Debug, Clone)]
+pub enum RunOutcome {
+    Trained(TrainReport),
+    /// Metrics on the validation and test samples (on the training samples
+    /// when the data holds out neither).
+    Evaluated {
+        train: Option<Metrics>,
+        validation: Option<Metrics>,
+        test: Option<Metrics>,
+    },
+    Predicted(Vec<Prediction>),
+}
+
+/// A run of a compiled model: everything between the compiler's programs
+/// and a trained model, its metrics, checkpoints and report.
+pub struct Run<'m> {
+    module: &'m Module,
+    programs: Programs,
+    data_base: PathBuf,
+    options: RunOptions,
+    started: Instant,
+    /// Parsing, lowering and optimizing, before this run was made: part
+    /// of the report's compile time.
+    front_end: Duration,
+}
+
+impl<'m> Run<'m> {
+    /// A run of `programs`, compiled from `module`, reading the data
+    /// block's relative paths from `data_base`. `started` is when the
+    /// front end began, so the report's times include compiling.
+    pub fn new(
+        module: &'m Module,
+        programs: Programs,
+        data_base: impl Into<PathBuf>,
+        options: RunOptions,
+        started: Instant,
+    ) -> Run<'m> {
+        Run {
+            module,
+            programs,
+            data_base: data_base.into(),
+            options,
+            started,
+            front_end: started.elapsed(),
+        }
+    }
+
+    /// Does what the options say: predicts, evaluates or trains, reporting
+    /// through `events` as it goes, and writes the report.
+    pub fn execute(self, events: &mut dyn FnMut(Event<'_>)) -> Result<RunOutcome, RunError> {
+        let Run {
+            module,
+            programs,
+            data_base,
+            options,
+            started,
+            front_end,
+        } = self;
+        options.validate()?;
+        if let (Some(input), Some(weights)) = (&options.predict, &options.weights) {
+            return predict::predict(
+                module,
+                programs,
+                options.backend,
+                &options.train,
+                weights,
+                input,
+                events,
+            )
+            .map(RunOutcome::Predicted);
+        }
+        let spec = module
+            .train
+            .as_ref()
+            .ok_or_else(|| RunError::NotTrainable {
+                model: module.name.clone(),
+            })?;
+        let data_spec = module.data.as_ref().ok_or_else(|| RunError::NoData {
+            model: module.name.clone(),
+        })?;
+        let data = crate::loader::load(data_spec, &data_base)?;
+        let params = checkpoint::param_names(&programs);
+        let step = programs.step.clone();
+        let mut overrides = options.train.clone();
+        let settings = overrides.resolve(Some(spec));
+        let mut exec = options.backend.executor(programs, settings.seed)?;
+        let mut done_before = 0;
+        if let Some(weights) = &options.weights {
+            let ckpt = checkpoint::load(weights)?;
+            ckpt.apply(exec.as_mut(), &module.name, &params, Scope::Params)?;
+            if options.eval {
+                // The report describes the weights evaluated.
+                done_before = ckpt.epochs_done;
+            }
+            events(Event::WeightsLoaded {
+                model: &module.name,
+                path: weights,
+                epochs_done: ckpt.epochs_done,
+            });
+        }
+        if options.resume {
+            let save = options
+                .save
+                .as_ref()
+                .ok_or(OptionsError::ResumeWithoutSave)?;
+            if !save.exists() {
+                return Err(RunError::NothingToResume { path: save.clone() });
+            }
+            let ckpt = checkpoint::load(save)?;
+            ckpt.apply(exec.as_mut(), &module.name, &params, Scope::Everything)?;
+            done_before = ckpt.epochs_done;
+            events(Event::Resumed {
+                model: &module.name,
+                path: save,
+                epochs_done: done_before,
+                epochs: settings.epochs,
+            });
+            overrides.first_epoch = done_before + 1;
+        }
+        let mut report = Report {
+            model: module.name.clone(),
+            backend: options.backend.name().into(),
+            mode: if options.eval { "eval" } else { "train" }.into(),
+            nnc_version: checkpoint::NNC_VERSION.into(),
+            epochs: done_before,
+            first_epoch: done_before + 1,
+            per_epoch: Vec::new(),
+            train: None,
+            validation: None,
+            test: None,
+            samples_per_second: 0.0,
+            total_seconds: 0.0,
+            compile_seconds: 0.0,
+            peak_rss_bytes: None,
+        };
+        let cx = Context {
+            module,
+            options: &options,
+            spec,
+            step: &step,
+            data: &data,
+            data_name: &data_spec.name,
+            params: &params,
+            overrides: &overrides,
+        };
+        let outcome = if options.eval {
+            evaluate(&cx, exec.as_mut(), &mut report, events)?
+        } else {
+            fit(&cx, exec.as_mut(), done_before, &mut report, events)?
+        };
+        if let Some(path) = &options.report {
+            // Parse, elaborate and build the step, then the executor's own compiling.
+            report.compile_seconds = front_end.as_secs_f64() + exec.compile_time().as_secs_f64();
+            report.total_seconds = started.elapsed().as_secs_f64();
+            report.peak_rss_bytes = report::peak_rss_bytes();
+            report.write(path)?;
+        }
+        Ok(outcome)
+    }
+}
+
+/// What evaluating and training share once the data is loaded.
+struct Context<'a> {
+    module: &'a Module,
+    options: &'a RunOptions,
+    spec: &'a TrainSpec,
+    step: &'a Graph,
+    data: &'a LoadedData,
+    data_name: &'a str,
+    /// The names of the weights among the executor's state.
+    params: &'a [String],
+    /// With the first epoch of a resumed run.
+    overrides: &'a TrainOptions,
+}
+
+/// Evaluation only: the loaded weights on the held-out samples.
+fn evaluate(
+    cx: &Context<'_>,
+    exec: &mut dyn Executor,
+    report: &mut Report,
+    events: &mut dyn FnMut(Event<'_>),
+) -> Result<RunOutcome, RunError> {
+    events(Event::EvaluationStarted {
+        model: &cx.module.name,
+        data: cx.data_name,
+        samples: cx.data.train.len(),
+        backend: cx.options.backend,
+    });
+    let start = Instant::now();
+    let Evaluation {
+        train,
+        validation,
+        test,
+    } = train::evaluate_held_out(cx.spec, cx.data, exec, cx.overrides)?;
+    let seconds = start.elapsed().as_secs_f64();
+    for (split, m) in [
+        (Split::Train, &train),
+        (Split::Validation, &validation),
+        (Split::Test, &test),
+    ] {
+        if let Some(metrics) = m {
+            events(Event::Measured { split, metrics });
+        }
+    }
+    let evaluated: usize = [&train, &validation, &test]
+        .iter()
+        .filter_map(|m| m.as_ref().map(|m| m.samples))
+        .sum();
+    report.samples_per_second = evaluated as f64 / seconds.max(1e-9);
+    report.train = train.as_ref().map(Into::into);
+    report.validation = validation.as_ref().map(Into::into);
+    report.test = test.as_ref().map(Into::into);
+    Ok(RunOutcome::Evaluated {
+        train,
+        validation,
+        test,
+    })
+}
+
+/// Training from epoch `done_before + 1`, saving after every epoch.
+fn fit(
+    cx: &Context<'_>,
+    exec: &mut dyn Executor,
+    done_before: usize,
+    report: &mut Report,
+    events: &mut dyn FnMut(Event<'_>),
+) -> Result<RunOutcome, RunError> {
+    let model = &cx.module.name;
+    let settings = cx.overrides.resolve(Some(cx.spec));
+    events(Event::TrainingStarted {
+        model,
+        data: cx.data_name,
+        samples: cx.data.train.len(),
+        optimizer: &cx.spec.optimizer,
+        backend: cx.options.backend,
+        batch: settings.batch,
+        first_epoch: done_before + 1,
+        epochs: settings.epochs,
+    });
+    if done_before >= settings.epochs && cx.options.resume {
+        events(Event::NothingLeftToTrain {
+            epochs: settings.epochs,
+        });
+    }
+    let save = |exec: &dyn Executor, epochs_done: usize, path: &Path| {
+        let meta = checkpoint::Meta {
+            epochs_done,
+            params: cx.params.to_vec(),
+        };
+        checkpoint::save(path, model, &exec.state(), &meta)
+    };
+    // Both of the loop's callbacks report events.
+    let events = RefCell::new(events);
+    let mut saved_epochs = None;
+    let result = train::train(
+        cx.spec,
+        cx.step,
+        cx.data,
+        exec,
+        cx.overrides,
+        &mut |done, total| (*events.borrow_mut())(Event::BatchDone { done, total }),
+        &mut |r, exec| {
+            (*events.borrow_mut())(Event::EpochDone(r));
+            if let Some(path) = &cx.options.save {
+                save(exec, r.epoch, path)?;
+                saved_epochs = Some(r.epoch);
+            }
+            Ok(())
+        },
+    );
+    let events = events.into_inner();
+    events(Event::TrainingStopped);
+    let trained = result?;
+    if let Some(path) = &cx.options.save {
+        // Every epoch already saved the state it ended with; save here
+        // only when no epoch ran.
+        if saved_epochs.is_none() {
+            save(exec, done_before, path)?;
+        }
+    }
+    if let Some(metrics) = &trained.test {
+        events(Event::Measured {
+            split: Split::Test,
+            metrics,
+        });
+    }
+    report.epochs = done_before + trained.epochs.len();
+    report.per_epoch = trained.epochs.iter().map(Into::into).collect();
+    report.train = trained.epochs.last().map(|e| (&e.train).into());
+    report.validation = trained
+        .epochs
+        .last()
+        .and_then(|e| e.validation.as_ref())
+        .map(Into::into);
+    report.test = trained.test.as_ref().map(Into::into);
+    report.samples_per_second = report::training_rate(&trained.epochs);
+    Ok(RunOutcome::Trained(trained))
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,411 @@
+//! A whole run on a model small enough to build by hand: `y = x @ w`
+//! fitted to `t = x0 + 2 x1` by plain gradient steps, with the
+//! interpreter. Training, saving, resuming, evaluating and predicting go
+//! through [`Run::execute`] as the CLI drives it.
+
+use super::*;
+use crate::report::Report;
+use nnc_ir::{
+    BinaryOp, DType, DataField, DataSpec, Dim, Graph, Init, NodeId, ReduceOp, Source, TensorType,
+    Update, LEARNING_RATE, LOSS,
+};
+
+fn b_by(n: usize) -> TensorType {
+    TensorType::new(DType::F32, [Dim::sym("B"), Dim::Const(n)])
+}
+
+/// `x @ w` in `g`, with its inputs and param.
+fn linear(g: &mut Graph) -> (NodeId, NodeId, NodeId) {
+    let x = g.input("x", b_by(2));
+    let w = g.param(
+        "w",
+        TensorType::new(DType::F32, [Dim::Const(2), Dim::Const(1)]),
+        Init::Zeros,
+    );
+    let y = g.matmul(x, w).unwrap();
+    (x, w, y)
+}
+
+/// The squared error of `y` against the input `t`: `(error, loss)`.
+fn squared_error(g: &mut Graph, y: NodeId) -> (NodeId, NodeId) {
+    let t = g.input("t", b_by(1));
+    let error = g.binary(BinaryOp::Sub, y, t).unwrap();
+    let square = g.binary(BinaryOp::Mul, error, error).unwrap();
+    let loss = g.reduce(ReduceOp::Mean, square, vec![0, 1], false).unwrap();
+    g.set_output(LOSS, loss);
+    (error, loss)
+}
+
+/// The model, and its training step (the compiler's work, which a
+/// `Module` does not carry).
+struct Line {
+    module: Module,
+    step: Graph,
+}
+
+fn line(dir: &Path) -> Line {
+    let mut forward = Graph::new("forward");
+    let (_, _, y) = linear(&mut forward);
+    forward.set_output("y", y);
+
+    let mut evaluation = Graph::new("evaluation");
+    let (_, _, y) = linear(&mut evaluation);
+    squared_error(&mut evaluation, y);
+
+    // `w -= lr * x^T (x w - t)`: the gradient of half the summed error.
+    let mut step = Graph::new("train_step");
+    let (x, w, y) = linear(&mut step);
+    let (error, _) = squared_error(&mut step, y);
+    let lr = step.input(LEARNING_RATE, TensorType::scalar(DType::F32));
+    let xt = step.transpose(x, vec![1, 0]).unwrap();
+    let grad = step.matmul(xt, error).unwrap();
+    let lr = step
+        .broadcast(lr, vec![Dim::Const(2), Dim::Const(1)])
+        .unwrap();
+    let delta = step.binary(BinaryOp::Mul, lr, grad).unwrap();
+    let new_w = step.binary(BinaryOp::Sub, w, delta).unwrap();
+    step.updates.push(Update {
+        target: "w".into(),
+        value: new_w,
+    });
+
+    let rows: String = (0..16)
+        .map(|i| {
+            let (a, b) = ((i % 4) as f64 / 4.0, (i / 4) as f64 / 4.0);
+            format!("{a},{b},{}\n", a + 2.0 * b)
+        })
+        .collect();
+    std::fs::write(dir.join("line.csv"), rows).unwrap();
+    let column = |name: &str, from, to| DataField {
+        name: name.into(),
+        dtype: DType::F32,
+        source: Source::CsvColumns {
+            path: "line.csv".into(),
+            from,
+            to,
+        },
+        transforms: Vec::new(),
+    };
+    let module = Module {
+        name: "Line".into(),
+        forward,
+        data: Some(DataSpec {
+            name: "Points".into(),
+            fields: vec![column("x", 0, 2), column("t", 2, 3)],
+            test: None,
+        }),
+        train: Some(TrainSpec {
+            objective: evaluation.clone(),
+            evaluation,
+            data: "Points".into(),
+            optimizer: Optimizer::Sgd {
+                lr: 0.05,
+                momentum: 0.0,
+                nesterov: false,
+                weight_decay: 0.0,
+            },
+            batch: 4,
+            epochs: 3,
+            seed: 5,
+            validate: None,
+            schedule: None,
+            metrics: Vec::new(),
+        }),
+    };
+    Line { module, step }
+}
+
+/// A scratch directory, removed on drop.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new(tag: &str) -> Scratch {
+        let dir = std::env::temp_dir().join(format!("nnc-run-unit-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        Scratch(dir)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// What the events said, as short lines.
+fn execute(
+    line: &Line,
+    dir: &Path,
+    options: RunOptions,
+) -> Result<(RunOutcome, Vec<String>), RunError> {
+    let module = &line.module;
+    let programs = if options.predict.is_some() {
+        Programs::inference(module.forward.clone())
+    } else {
+        let train = module.train.as_ref().unwrap();
+        Programs::new(
+            module.forward.clone(),
+            train.evaluation.clone(),
+            line.step.clone(),
+        )
+    };
+    let mut seen = Vec::new();
+    let run = Run::new(module, programs, dir, options, Instant::now());
+    let outcome = run.execute(&mut |e| {
+        seen.push(match e {
+            Event::WeightsLoaded { epochs_done, .. } => format!("weights {epochs_done}"),
+            Event::Resumed {
+                epochs_done,
+                epochs,
+                ..
+            } => format!("resumed {epochs_done}/{epochs}"),
+            Event::EvaluationStarted { samples, .. } => format!("evaluating {samples}"),
+            Event::TrainingStarted {
+                first_epoch,
+                epochs,
+                batch,
+                ..
+            } => format!("training {first_epoch}..={epochs} by {batch}"),
+            Event::NothingLeftToTrain { .. } => "nothing left".into(),
+            Event::BatchDone { .. } => return,
+            Event::EpochDone(r) => format!("epoch {}", r.epoch),
+            Event::TrainingStopped => "stopped".into(),
+            Event::Measured { split, .. } => split.name().into(),
+            Event::Predicted { index, .. } => format!("prediction {index}"),
+        })
+    })?;
+    Ok((outcome, seen))
+}
+
+fn trained(outcome: RunOutcome) -> TrainReport {
+    match outcome {
+        RunOutcome::Trained(r) => r,
+        other => panic!("expected training, got {other:?}"),
+    }
+}
+
+fn interp() -> RunOptions {
+    RunOptions {
+        backend: Backend::Interp,
+        ..Default::default()
+    }
+}
+
+#[test]
+fn trains_saves_after_every_epoch_and_resumes() {
+    let dir = Scratch::new("resume");
+    let line = line(&dir.0);
+    let ckpt = dir.0.join("line.safetensors");
+    let options = RunOptions {
+        save: Some(ckpt.clone()),
+        ..interp()
+    };
+    let (outcome, seen) = execute(&line, &dir.0, options.clone()).unwrap();
+    let first = trained(outcome);
+    assert_eq!(
+        seen,
+        [
+            "training 1..=3 by 4",
+            "epoch 1",
+            "epoch 2",
+            "epoch 3",
+            "stopped"
+        ]
+    );
+    let losses: Vec<f64> = first.epochs.iter().map(|e| e.train.loss).collect();
+    assert!(losses[2] < losses[0], "{losses:?}");
+    assert_eq!(checkpoint::load(&ckpt).unwrap().epochs_done, 3);
+
+    let report = dir.0.join("report.json");
+    let resume = RunOptions {
+        resume: true,
+        report: Some(report.clone()),
+        train: TrainOptions {
+            epochs: Some(5),
+            ..Default::default()
+        },
+        ..options
+    };
+    let (outcome, seen) = execute(&line, &dir.0, resume.clone()).unwrap();
+    assert_eq!(
+        seen,
+        [
+            "resumed 3/5",
+            "training 4..=5 by 4",
+            "epoch 4",
+            "epoch 5",
+            "stopped"
+        ]
+    );
+    assert_eq!(trained(outcome).epochs.len(), 2);
+    assert_eq!(checkpoint::load(&ckpt).unwrap().epochs_done, 5);
+    let json = Report::from_json(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    assert_eq!(
+        (json.epochs, json.first_epoch, json.per_epoch.len()),
+        (5, 4, 2)
+    );
+    assert_eq!(
+        (json.backend.as_str(), json.mode.as_str()),
+        ("interp", "train")
+    );
+
+    // Everything done: no epoch runs, and the checkpoint is saved as it was.
+    let (outcome, seen) = execute(&line, &dir.0, resume).unwrap();
+    assert!(trained(outcome).epochs.is_empty());
+    assert!(seen.contains(&"nothing left".to_string()), "{seen:?}");
+    assert_eq!(checkpoint::load(&ckpt).unwrap().epochs_done, 5);
+}
+
+#[test]
+fn evaluates_and_predicts_from_saved_weights() {
+    let dir = Scratch::new("eval");
+    let line = line(&dir.0);
+    let ckpt = dir.0.join("line.safetensors");
+    let train = RunOptions {
+        save: Some(ckpt.clone()),
+        train: TrainOptions {
+            epochs: Some(40),
+            ..Default::default()
+        },
+        ..interp()
+    };
+    let last = trained(execute(&line, &dir.0, train).unwrap().0)
+        .epochs
+        .pop()
+        .unwrap();
+
+    let eval = RunOptions {
+        weights: Some(ckpt.clone()),
+        eval: true,
+        ..interp()
+    };
+    let (outcome, seen) = execute(&line, &dir.0, eval).unwrap();
+    assert_eq!(seen, ["weights 40", "evaluating 16", "train"]);
+    let RunOutcome::Evaluated {
+        train: Some(metrics),
+        validation: None,
+        test: None,
+    } = outcome
+    else {
+        panic!("no held-out samples: the training samples are measured");
+    };
+    assert_eq!(metrics.samples, 16);
+    assert!(metrics.loss <= last.train.loss, "the last step helped");
+
+    let input = dir.0.join("in.csv");
+    std::fs::write(&input, "1,0\n0,1\n0.5,0.5\n").unwrap();
+    let predict = RunOptions {
+        weights: Some(ckpt),
+        predict: Some(input),
+        ..interp()
+    };
+    let (outcome, seen) = execute(&line, &dir.0, predict).unwrap();
+    assert_eq!(seen, ["prediction 0", "prediction 1", "prediction 2"]);
+    let RunOutcome::Predicted(p) = outcome else {
+        panic!("expected predictions");
+    };
+    for (p, want) in p.iter().zip([1.0, 2.0, 1.5]) {
+        let [(name, values)] = p.outputs.as_slice() else {
+            panic!("one output: {p:?}");
+        };
+        assert_eq!(name, "y");
+        assert!((values[0] - want).abs() < 0.05, "{values:?} vs {want}");
+        assert_eq!(p.class, None, "no class labels, no class");
+    }
+}
+
+#[test]
+fn contradictory_options_are_refused_before_anything_runs() {
+    let some = || Some(PathBuf::from("x"));
+    let cases = [
+        (
+            RunOptions {
+                resume: true,
+                ..interp()
+            },
+            OptionsError::ResumeWithoutSave,
+        ),
+        (
+            RunOptions {
+                resume: true,
+                save: some(),
+                weights: some(),
+                ..interp()
+            },
+            OptionsError::ResumeAndWeights,
+        ),
+        (
+            RunOptions {
+                eval: true,
+                ..interp()
+            },
+            OptionsError::NoWeights,
+        ),
+        (
+            RunOptions {
+                eval: true,
+                predict: some(),
+                weights: some(),
+                ..interp()
+            },
+            OptionsError::EvalAndPredict,
+        ),
+        (
+            RunOptions {
+                eval: true,
+                weights: some(),
+                save: some(),
+                ..interp()
+            },
+            OptionsError::SaveWithoutTraining,
+        ),
+        (
+            RunOptions {
+                predict: some(),
+                weights: some(),
+                report: some(),
+                ..interp()
+            },
+            OptionsError::ReportOfPrediction,
+        ),
+    ];
+    let dir = Scratch::new("options");
+    let line = line(&dir.0);
+    for (options, want) in cases {
+        assert_eq!(options.validate(), Err(want.clone()));
+        let err = execute(&line, &dir.0, options).unwrap_err();
+        assert!(matches!(err, RunError::Options(e) if e == want));
+    }
+}
+
+#[test]
+fn resuming_without_a_checkpoint_names_the_path() {
+    let dir = Scratch::new("no-checkpoint");
+    let line = line(&dir.0);
+    let ckpt = dir.0.join("none.safetensors");
+    let options = RunOptions {
+        save: Some(ckpt.clone()),
+        resume: true,
+        ..interp()
+    };
+    let err = execute(&line, &dir.0, options).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "`--resume`: there is no checkpoint at `{0}` yet (a run with `--save {0}` writes one)",
+            ckpt.display()
+        )
+    );
+}
+
+#[test]
+fn a_module_without_a_train_block_can_only_predict() {
+    let dir = Scratch::new("no-train");
+    let mut module = line(&dir.0).module;
+    module.train = None;
+    let programs = Programs::inference(module.forward.clone());
+    let run = Run::new(&module, programs, &dir.0, interp(), Instant::now());
+    let err = run.execute(&mut |_| {}).unwrap_err();
+    assert!(matches!(err, RunError::NotTrainable { ref model } if model == "Line"));
+}
