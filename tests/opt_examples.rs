@@ -15,7 +15,7 @@
 use nnc::driver::{self, CompileOptions, Emit, OptLevel};
 use nnc_ir::{Graph, NodeId, OpClass, Tensor};
 use nnc_runtime::{Batch, Executor, Interpreter, Jit, Programs};
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::time::Duration;
 
 mod common;
@@ -314,15 +314,7 @@ fn the_cost_model_fuses_what_the_code_generator_fuses() {
                 .into_iter()
                 .collect();
             let nominal = nnc_passes::opt::cost::NOMINAL_DIM as usize;
-            let bindings: HashMap<String, usize> = graph
-                .inputs()
-                .into_iter()
-                .flat_map(|(id, _)| graph.ty(id).shape.clone())
-                .filter_map(|d| match d {
-                    nnc_ir::Dim::Sym(s) => Some((s, nominal)),
-                    nnc_ir::Dim::Const(_) => None,
-                })
-                .collect();
+            let bindings = nnc_ir::symbols::batch_bindings(&graph, nominal);
             let layout = nnc_codegen::StateLayout::of(&[&graph]).unwrap();
             let plan =
                 nnc_codegen::plan::plan_with(&graph, &bindings, &layout, &driver::grouping(level))

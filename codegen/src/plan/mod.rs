@@ -157,14 +157,10 @@ fn align(bytes: usize) -> usize {
     bytes.div_ceil(ALIGN).max(1) * ALIGN
 }
 
+/// The concrete sizes of `shape` (`ir::symbols::resolve`); the error
+/// names the unbound symbol.
 pub fn concrete(shape: &[Dim], bindings: &HashMap<String, usize>) -> Result<Vec<usize>, String> {
-    shape
-        .iter()
-        .map(|d| match d {
-            Dim::Const(n) => Ok(*n),
-            Dim::Sym(s) => bindings.get(s).copied().ok_or_else(|| s.clone()),
-        })
-        .collect()
+    nnc_ir::symbols::resolve(shape, bindings).map_err(|e| e.symbol)
 }
 
 /// What the schedule does, in order.
