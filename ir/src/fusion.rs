@@ -112,6 +112,11 @@ pub trait FusionDag {
     /// The result's shape (concrete, or with symbolic dims at a nominal
     /// size): equal shapes are compared, and sizes give evaluation counts.
     fn shape(&self, i: usize) -> &[usize];
+    /// Elements of the result (at least 1), which a caller that already
+    /// knows it may give without a product over the shape.
+    fn numel(&self, i: usize) -> f64 {
+        numel(self.shape(i))
+    }
     fn operands(&self, i: usize) -> &[u32];
     /// Stored whatever its readers: an output, an update, or a value the
     /// caller cannot compute inline for reasons of its own.
@@ -207,13 +212,13 @@ pub fn inline_values_with(
         if dag.stored(i) || !candidate(op, rule) {
             continue;
         }
-        let size = numel(dag.shape(i));
+        let size = dag.numel(i);
         let mut e = 0.0;
         let mut ok = true;
         for &u in &reader[start[i]..start[i + 1]] {
             let u = u as usize;
             let reader_op = dag.op(u);
-            let ratio = numel(dag.shape(u)) / size;
+            let ratio = dag.numel(u) / size;
             e += match (evals[u], reader_op.operand_use()) {
                 // `random` reads its key from a buffer when its loop starts.
                 _ if matches!(reader_op, Op::Random { .. }) => {

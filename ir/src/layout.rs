@@ -28,11 +28,14 @@ pub fn push_row_major(shape: &[usize], out: &mut Vec<isize>) {
 /// Whether `(shape, strides)` is row-major (dims of size 1 may have any
 /// stride).
 pub fn is_contiguous(shape: &[usize], strides: &[isize]) -> bool {
-    shape
-        .iter()
-        .zip(strides)
-        .zip(row_major(shape))
-        .all(|((&n, &s), r)| n == 1 || s == r)
+    let mut expected = 1isize;
+    for (&n, &s) in shape.iter().zip(strides).rev() {
+        if n != 1 && s != expected {
+            return false;
+        }
+        expected *= n as isize;
+    }
+    true
 }
 
 /// The strides of the view a layout op makes of an operand read through
@@ -46,21 +49,38 @@ pub fn view_strides(
     src_strides: &[isize],
     shape: &[usize],
 ) -> Option<Vec<isize>> {
-    Some(match op {
-        Op::Reshape => reshape_strides(src_shape, src_strides, shape)?,
-        Op::Transpose { perm } => perm.iter().map(|&p| src_strides[p]).collect(),
+    let mut out = Vec::with_capacity(shape.len());
+    push_view_strides(op, src_shape, src_strides, shape, &mut out).then_some(out)
+}
+
+/// [`view_strides`] appended to `out`; `false` (and `out` as it was) when
+/// the op makes no view.
+pub fn push_view_strides(
+    op: &Op,
+    src_shape: &[usize],
+    src_strides: &[isize],
+    shape: &[usize],
+    out: &mut Vec<isize>,
+) -> bool {
+    match op {
+        Op::Reshape => match reshape_strides(src_shape, src_strides, shape) {
+            Some(strides) => out.extend(strides),
+            None => return false,
+        },
+        Op::Transpose { perm } => out.extend(perm.iter().map(|&p| src_strides[p])),
         Op::Broadcast => {
-            let extra = shape.len().checked_sub(src_shape.len())?;
-            (0..shape.len())
-                .map(|i| match i.checked_sub(extra) {
-                    Some(j) if src_shape[j] == shape[i] => src_strides[j],
-                    _ => 0,
-                })
-                .collect()
+            let Some(extra) = shape.len().checked_sub(src_shape.len()) else {
+                return false;
+            };
+            out.extend((0..shape.len()).map(|i| match i.checked_sub(extra) {
+                Some(j) if src_shape[j] == shape[i] => src_strides[j],
+                _ => 0,
+            }));
         }
-        Op::Slice { .. } => src_strides.to_vec(),
-        _ => return None,
-    })
+        Op::Slice { .. } => out.extend_from_slice(src_strides),
+        _ => return false,
+    }
+    true
 }
 
 /// How far a slice's view starts after its operand's, in elements.
@@ -122,4 +142,47 @@ pub fn reshape_strides(
         ni = nj;
     }
     Some(strides)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reshapes_are_views_where_strides_express_them() {
+        // Splitting a broadcast dim: [6] of stride 0 as [6, 1].
+        assert_eq!(reshape_strides(&[6], &[0], &[6, 1]), Some(vec![0, 0]));
+        // Contiguous data reshapes freely.
+        assert_eq!(reshape_strides(&[2, 6], &[6, 1], &[3, 4]), Some(vec![4, 1]));
+        // Merging the dims of a transpose needs a copy.
+        assert_eq!(reshape_strides(&[6, 2], &[1, 6], &[12]), None);
+        // Splitting one of them does not.
+        assert_eq!(
+            reshape_strides(&[6, 2], &[1, 6], &[2, 3, 2]),
+            Some(vec![3, 1, 6])
+        );
+        assert_eq!(reshape_strides(&[4], &[1], &[5]), None);
+    }
+
+    #[test]
+    fn views_of_layout_ops() {
+        let t = Op::Transpose { perm: vec![1, 0] };
+        assert_eq!(
+            view_strides(&t, &[2, 3], &[3, 1], &[3, 2]),
+            Some(vec![1, 3])
+        );
+        assert_eq!(
+            view_strides(&Op::Broadcast, &[3], &[1], &[4, 3]),
+            Some(vec![0, 1])
+        );
+        let s = Op::Slice {
+            axis: 1,
+            start: 2,
+            end: 3,
+        };
+        assert_eq!(slice_offset(&s, &[3, 1]), 2);
+        assert_eq!(view_strides(&Op::MatMul, &[2, 3], &[3, 1], &[2, 3]), None);
+        assert!(is_contiguous(&[2, 1, 3], &[3, 99, 1]));
+        assert!(!is_contiguous(&[2, 3], &[1, 2]));
+    }
 }

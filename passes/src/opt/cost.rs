@@ -206,6 +206,7 @@ pub struct Scratch {
     /// (`ir::layout`), node `i`'s at `strides[span[i].0..span[i].1]`.
     strides: Vec<isize>,
     span: Vec<(usize, usize)>,
+    source: Vec<isize>,
     read: Vec<f64>,
     pub placement: Vec<Placement>,
 }
@@ -238,40 +239,36 @@ pub fn evaluate(nodes: &[DagNode], s: &mut Scratch) -> Totals {
         let c = node.cost;
         let own_bytes = c.elems * c.bytes_per_elem;
         let first = node.operands.first().map(|&o| o as usize);
-        let (placement, view, read) = match c.role {
-            Role::Leaf | Role::Constant => (Placement::Free, None, own_bytes),
+        let start = s.strides.len();
+        let (placement, read) = match c.role {
+            Role::Leaf | Role::Constant => (Placement::Free, own_bytes),
             Role::View(kind) => {
                 let src_read = first.map_or(own_bytes, |o| s.read[o]);
-                let view = first.and_then(|o| {
+                // The view's strides go after the others (its source's
+                // copied out first, as they live in the same buffer).
+                let viewed = first.is_some_and(|o| {
                     let (a, b) = s.span[o];
-                    layout::view_strides(&c.op, &nodes[o].cost.dims, &s.strides[a..b], &c.dims)
+                    s.source.clear();
+                    s.source.extend_from_slice(&s.strides[a..b]);
+                    let src = &nodes[o].cost.dims;
+                    layout::push_view_strides(&c.op, src, &s.source, &c.dims, &mut s.strides)
                 });
-                match (kind, view) {
+                match (kind, viewed) {
                     // A reshape strides cannot express is a copy.
-                    (_, None) => (Placement::Kernel, None, own_bytes),
+                    (_, false) => (Placement::Kernel, own_bytes),
                     // A broadcast reads its source's elements again and
                     // again, from cache.
-                    (ViewKind::Broadcast, view) => (Placement::Free, view, src_read),
-                    (ViewKind::Reshape | ViewKind::Strided, view) => {
-                        (Placement::Free, view, own_bytes)
-                    }
+                    (ViewKind::Broadcast, true) => (Placement::Free, src_read),
+                    (ViewKind::Reshape | ViewKind::Strided, true) => (Placement::Free, own_bytes),
                 }
             }
-            Role::Elementwise => {
-                let p = if inline[i] {
-                    Placement::Fused
-                } else {
-                    Placement::Kernel
-                };
-                (p, None, own_bytes)
-            }
-            Role::Kernel => (Placement::Kernel, None, own_bytes),
+            Role::Elementwise if inline[i] => (Placement::Fused, own_bytes),
+            Role::Elementwise | Role::Kernel => (Placement::Kernel, own_bytes),
         };
         s.placement.push(placement);
-        let start = s.strides.len();
-        match view {
-            Some(strides) => s.strides.extend(strides),
-            None => layout::push_row_major(&c.dims, &mut s.strides),
+        if s.strides.len() == start {
+            // Stored row-major (or computed by its readers, who see it so).
+            layout::push_row_major(&c.dims, &mut s.strides);
         }
         s.span.push((start, s.strides.len()));
         s.read.push(read);
@@ -315,6 +312,9 @@ impl FusionDag for Candidate<'_, '_> {
     }
     fn shape(&self, i: usize) -> &[usize] {
         &self.0[i].cost.dims
+    }
+    fn numel(&self, i: usize) -> f64 {
+        self.0[i].cost.elems.max(1.0)
     }
     fn operands(&self, i: usize) -> &[u32] {
         self.0[i].operands
