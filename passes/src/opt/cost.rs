@@ -14,11 +14,16 @@
 //!   reductions, `fold` and `unfold`, recomputed by up to three readers
 //!   when cheap (the op table's `recompute` and `units`);
 //! - everything else is a kernel that writes its result and reads its
-//!   operands.
+//!   operands;
+//! - in the totals of a whole graph ([`graph_cost`], what the report
+//!   prints) elementwise loops merge into multi-output loops by
+//!   `ir::fusion::multi_output_loops`, as in the code generator.
 //!
-//! Not modelled yet (so the model counts more kernels than the code
-//! generator builds): multi-output loops, windows staged into a product's
-//! kernel, products summed into their reduction, state update copies.
+//! Not modelled yet (so on a step with convolutions the model counts a few
+//! kernels more than the code generator builds): windows staged into a
+//! product's kernel and products summed into their reduction. Bytes are
+//! the model's own (each operand of a kernel read once per reader), not
+//! the code generator's count of distinct elements per loop.
 //!
 //! Costs depend on users, so they are a property of the whole graph, not of
 //! one node: this is why extraction evaluates whole candidate graphs.
