@@ -68,6 +68,34 @@ impl Op {
     }
 }
 
+/// What the rules ask of a node's op, looked up once: a caller that costs
+/// many graphs over the same nodes (the optimizer's extraction) keeps these
+/// instead of asking the op table again for every graph.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OpFacts {
+    pub class: OpClass,
+    pub operand_use: OperandUse,
+    /// [`Op::inline`]: a reader may compute it.
+    pub inline: bool,
+    /// The table's `inline` column (an elementwise op that is not `pow`).
+    pub loop_inline: bool,
+    pub recompute_units: Option<u32>,
+    pub random: bool,
+}
+
+impl OpFacts {
+    pub fn of(op: &Op) -> OpFacts {
+        OpFacts {
+            class: op.class(),
+            operand_use: op.operand_use(),
+            inline: op.inline(),
+            loop_inline: op.info().inline,
+            recompute_units: op.recompute_units(),
+            random: matches!(op, Op::Random { .. }),
+        }
+    }
+}
+
 /// The thresholds of the inline rule.
 #[derive(Debug, Clone, PartialEq)]
 pub struct InlineRule {
@@ -109,6 +137,10 @@ pub trait FusionDag {
     /// How many nodes.
     fn nodes(&self) -> usize;
     fn op(&self, i: usize) -> &Op;
+    /// The op's facts ([`OpFacts::of`], unless the caller keeps them).
+    fn facts(&self, i: usize) -> OpFacts {
+        OpFacts::of(self.op(i))
+    }
     /// The result's shape (concrete, or with symbolic dims at a nominal
     /// size): equal shapes are compared, and sizes give evaluation counts.
     fn shape(&self, i: usize) -> &[usize];
@@ -208,8 +240,8 @@ pub fn inline_values_with(
     evals.clear();
     evals.resize(n, None);
     for i in (0..n).rev() {
-        let op = dag.op(i);
-        if dag.stored(i) || !candidate(op, rule) {
+        let facts = dag.facts(i);
+        if dag.stored(i) || !candidate(&facts, rule) {
             continue;
         }
         let size = dag.numel(i);
@@ -217,11 +249,11 @@ pub fn inline_values_with(
         let mut ok = true;
         for &u in &reader[start[i]..start[i + 1]] {
             let u = u as usize;
-            let reader_op = dag.op(u);
+            let reader = dag.facts(u);
             let ratio = dag.numel(u) / size;
-            e += match (evals[u], reader_op.operand_use()) {
+            e += match (evals[u], reader.operand_use) {
                 // `random` reads its key from a buffer when its loop starts.
-                _ if matches!(reader_op, Op::Random { .. }) => {
+                _ if reader.random => {
                     ok = false;
                     0.0
                 }
@@ -247,8 +279,8 @@ pub fn inline_values_with(
         if !ok {
             continue;
         }
-        let units = op.recompute_units();
-        let keep = op.class() == OpClass::View
+        let units = facts.recompute_units;
+        let keep = facts.class == OpClass::View
             || units == Some(0)
             || e <= 1.0 + EPS
             || (e <= rule.max_evaluations + EPS && units.is_some());
@@ -264,9 +296,9 @@ pub fn inline_values_with(
     tree.resize(n, 0);
     for i in 0..n {
         let Some(e) = evals[i] else { continue };
-        let op = dag.op(i);
+        let facts = dag.facts(i);
         let operands = dag.operands(i);
-        if op.class() == OpClass::View {
+        if facts.class == OpClass::View {
             if let Some(&o) = operands.first() {
                 inline[i] = inline[o as usize];
                 tree[i] = tree[o as usize];
@@ -276,7 +308,7 @@ pub fn inline_values_with(
         let cost = operands
             .iter()
             .filter(|&&o| inline[o as usize])
-            .fold(op.recompute_units().unwrap_or(u32::MAX), |acc, &o| {
+            .fold(facts.recompute_units.unwrap_or(u32::MAX), |acc, &o| {
                 acc.saturating_add(tree[o as usize])
             });
         if e > 1.0 + EPS && cost > rule.recompute_units {
@@ -313,7 +345,7 @@ fn reads_of(dag: &(impl FusionDag + ?Sized), inline: &[bool], k: usize) -> Reads
         }
         if inline[n] {
             r.inline.insert(n);
-            let through = direct && dag.op(n).class() != OpClass::View;
+            let through = direct && dag.facts(n).class != OpClass::View;
             stack.extend(dag.operands(n).iter().map(|&o| (o as usize, through)));
         } else {
             r.stored.insert(n);
@@ -353,8 +385,8 @@ pub fn multi_output_loops(
         for &s in &r.stored {
             readers[s].push(k);
         }
-        let op = dag.op(k);
-        if op.class() == OpClass::Elementwise && op.info().inline {
+        let facts = dag.facts(k);
+        if facts.class == OpClass::Elementwise && facts.loop_inline {
             loops.push((k, r));
         }
     }
@@ -432,8 +464,8 @@ fn distinct(operands: &[u32]) -> impl Iterator<Item = usize> + '_ {
 }
 
 /// Whether a node may be inline at all, whoever reads it.
-fn candidate(op: &Op, rule: &InlineRule) -> bool {
-    op.inline() && (op.class() == OpClass::Elementwise || rule.views_and_leaves)
+fn candidate(facts: &OpFacts, rule: &InlineRule) -> bool {
+    facts.inline && (facts.class == OpClass::Elementwise || rule.views_and_leaves)
 }
 
 impl FusionDag for [FusionNode<'_>] {

@@ -29,7 +29,9 @@
 //! one node: this is why extraction evaluates whole candidate graphs.
 //! Symbolic dims (the batch) count as [`NOMINAL_DIM`].
 
-use nnc_ir::fusion::{self, inline_values_with, multi_output_loops, FusionDag, InlineRule};
+use nnc_ir::fusion::{
+    self, inline_values_with, multi_output_loops, FusionDag, InlineRule, OpFacts,
+};
 use nnc_ir::layout;
 use nnc_ir::{DType, Dim, Graph, NodeId, Op, OpClass, TensorType};
 use std::collections::HashMap;
@@ -77,6 +79,8 @@ pub enum ViewKind {
 #[derive(Debug, Clone, PartialEq)]
 pub struct NodeCost {
     pub op: Op,
+    /// What the fusion rule asks of `op`, looked up once per candidate.
+    pub facts: OpFacts,
     pub role: Role,
     pub flops: f64,
     /// Elements of the result.
@@ -134,6 +138,7 @@ pub fn node_cost(op: &Op, ty: &TensorType, operands: &[&TensorType]) -> NodeCost
     };
     NodeCost {
         op: op.clone(),
+        facts: OpFacts::of(op),
         role,
         flops: f64::from(info.units) * work,
         elems,
@@ -320,6 +325,9 @@ impl FusionDag for Candidate<'_, '_> {
     }
     fn numel(&self, i: usize) -> f64 {
         self.0[i].cost.elems.max(1.0)
+    }
+    fn facts(&self, i: usize) -> OpFacts {
+        self.0[i].cost.facts
     }
     fn operands(&self, i: usize) -> &[u32] {
         self.0[i].operands
