@@ -158,16 +158,6 @@ pub trait FusionDag {
     fn no_loop(&self, i: usize) -> bool;
 }
 
-/// One node of a DAG held as a slice of nodes.
-#[derive(Debug, Clone)]
-pub struct FusionNode<'a> {
-    pub op: &'a Op,
-    pub shape: &'a [usize],
-    pub operands: &'a [u32],
-    pub stored: bool,
-    pub no_loop: bool,
-}
-
 fn numel(shape: &[usize]) -> f64 {
     shape.iter().product::<usize>().max(1) as f64
 }
@@ -468,31 +458,41 @@ fn candidate(facts: &OpFacts, rule: &InlineRule) -> bool {
     facts.inline && (facts.class == OpClass::Elementwise || rule.views_and_leaves)
 }
 
-impl FusionDag for [FusionNode<'_>] {
-    fn nodes(&self) -> usize {
-        self.len()
-    }
-    fn op(&self, i: usize) -> &Op {
-        self[i].op
-    }
-    fn shape(&self, i: usize) -> &[usize] {
-        self[i].shape
-    }
-    fn operands(&self, i: usize) -> &[u32] {
-        self[i].operands
-    }
-    fn stored(&self, i: usize) -> bool {
-        self[i].stored
-    }
-    fn no_loop(&self, i: usize) -> bool {
-        self[i].no_loop
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::op::{BinaryOp, Init, ReduceOp, UnaryOp};
+
+    /// A DAG held as a slice of nodes, as the tests write it.
+    #[derive(Debug, Clone)]
+    pub struct FusionNode<'a> {
+        pub op: &'a Op,
+        pub shape: &'a [usize],
+        pub operands: &'a [u32],
+        pub stored: bool,
+        pub no_loop: bool,
+    }
+
+    impl FusionDag for [FusionNode<'_>] {
+        fn nodes(&self) -> usize {
+            self.len()
+        }
+        fn op(&self, i: usize) -> &Op {
+            self[i].op
+        }
+        fn shape(&self, i: usize) -> &[usize] {
+            self[i].shape
+        }
+        fn operands(&self, i: usize) -> &[u32] {
+            self[i].operands
+        }
+        fn stored(&self, i: usize) -> bool {
+            self[i].stored
+        }
+        fn no_loop(&self, i: usize) -> bool {
+            self[i].no_loop
+        }
+    }
 
     const FULL: InlineRule = InlineRule::FULL;
 

@@ -109,6 +109,24 @@ impl Accumulator {
     }
 }
 
+/// The evaluation graph on the test samples: the data block's own test
+/// set, or the training samples `partition` held out; `None` when there
+/// are neither.
+fn evaluate_test(
+    exec: &mut dyn Executor,
+    spec: &TrainSpec,
+    data: &LoadedData,
+    parts: &Partition,
+    batch: usize,
+) -> Result<Option<Metrics>, RuntimeError> {
+    let (dataset, indices) = match &data.test {
+        Some(ds) => (ds, (0..ds.len()).collect()),
+        None if !parts.test.is_empty() => (&data.train, parts.test.clone()),
+        None => return Ok(None),
+    };
+    evaluate(exec, &spec.evaluation, data, dataset, &indices, batch).map(Some)
+}
+
 /// Which samples train, validate and test.
 pub struct Partition {
     pub train: Vec<usize>,
@@ -306,28 +324,7 @@ pub fn train(
         on_epoch(&report, exec)?;
         reports.push(report);
     }
-    let test = match (&data.test, parts.test.is_empty()) {
-        (Some(ds), _) => {
-            let all: Vec<usize> = (0..ds.len()).collect();
-            Some(evaluate(
-                exec,
-                &spec.evaluation,
-                data,
-                ds,
-                &all,
-                batch_size,
-            )?)
-        }
-        (None, false) => Some(evaluate(
-            exec,
-            &spec.evaluation,
-            data,
-            &data.train,
-            &parts.test,
-            batch_size,
-        )?),
-        (None, true) => None,
-    };
+    let test = evaluate_test(exec, spec, data, &parts, batch_size)?;
     Ok(TrainReport {
         epochs: reports,
         test,
@@ -376,21 +373,7 @@ pub fn evaluate_held_out(
         true => None,
         false => Some(on_train(exec, &parts.validation)?),
     };
-    let test = match &data.test {
-        Some(ds) => {
-            let all: Vec<usize> = (0..ds.len()).collect();
-            Some(evaluate(
-                exec,
-                &spec.evaluation,
-                data,
-                ds,
-                &all,
-                settings.batch,
-            )?)
-        }
-        None if !parts.test.is_empty() => Some(on_train(exec, &parts.test)?),
-        None => None,
-    };
+    let test = evaluate_test(exec, spec, data, &parts, settings.batch)?;
     let train = match (&validation, &test) {
         (None, None) => Some(on_train(exec, &parts.train)?),
         _ => None,
