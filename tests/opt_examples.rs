@@ -303,7 +303,8 @@ fn saturation_is_fast_on_every_example() {
 /// The optimizer's cost model and the code generator decide which values
 /// are computed inside their readers' loops by one rule (`ir::fusion`):
 /// on every example's optimized step, at the batch the model assumes,
-/// they fuse the same nodes and merge the same loops.
+/// they fuse the same nodes, merge the same loops, stage the same
+/// convolution columns (`ir::staging`) and so build the same kernels.
 #[test]
 fn the_cost_model_fuses_what_the_code_generator_fuses() {
     for name in EXAMPLES {
@@ -367,43 +368,35 @@ fn the_cost_model_fuses_what_the_code_generator_fuses() {
                 assert!(!built.is_empty(), "{name}: no multi-output loop");
             }
             assert_eq!(predicted, built, "{name} at {level:?}: multi-output loops");
-            // Without convolutions (whose staged columns and summed
-            // products the model does not know yet) it predicts the very
-            // kernels the code generator builds.
-            let windows = graph
-                .topo_order()
-                .iter()
-                .any(|&n| graph.node(n).op.class() == OpClass::Window);
-            if !windows {
-                let model = nnc_passes::opt::cost::graph_cost(&graph);
-                if model.kernels != plan.kernels.len() {
-                    let roots: HashSet<NodeId> = plan.kernels.iter().map(|k| k.root).collect();
-                    let grouped: HashSet<NodeId> = plan
-                        .kernels
-                        .iter()
-                        .flat_map(|k| match &k.body {
-                            nnc_codegen::plan::Body::Map { outputs, .. } => outputs.clone(),
-                            _ => vec![k.root],
-                        })
-                        .collect();
-                    for (n, p) in nnc_passes::opt::cost::placements(&graph) {
-                        let kernel = p == nnc_passes::opt::cost::Placement::Kernel;
-                        if kernel != grouped.contains(&n) {
-                            eprintln!(
-                                "{name}: {} {} placed {p:?} by the model, root of a kernel: {}",
-                                graph.node(n).op.mnemonic(),
-                                graph.ty(n),
-                                roots.contains(&n)
-                            );
-                        }
+            // And it predicts the very kernels the code generator builds.
+            let model = nnc_passes::opt::cost::graph_cost(&graph);
+            if model.kernels != plan.kernels.len() {
+                let roots: HashSet<NodeId> = plan.kernels.iter().map(|k| k.root).collect();
+                let grouped: HashSet<NodeId> = plan
+                    .kernels
+                    .iter()
+                    .flat_map(|k| match &k.body {
+                        nnc_codegen::plan::Body::Map { outputs, .. } => outputs.clone(),
+                        _ => vec![k.root],
+                    })
+                    .collect();
+                for (n, p) in nnc_passes::opt::cost::placements(&graph) {
+                    let kernel = p == nnc_passes::opt::cost::Placement::Kernel;
+                    if kernel != grouped.contains(&n) {
+                        eprintln!(
+                            "{name}: {} {} placed {p:?} by the model, root of a kernel: {}",
+                            graph.node(n).op.mnemonic(),
+                            graph.ty(n),
+                            roots.contains(&n)
+                        );
                     }
                 }
-                assert_eq!(
-                    model.kernels,
-                    plan.kernels.len(),
-                    "{name} at {level:?}: kernels"
-                );
             }
+            assert_eq!(
+                model.kernels,
+                plan.kernels.len(),
+                "{name} at {level:?}: kernels"
+            );
         }
     }
 }

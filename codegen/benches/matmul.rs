@@ -1,5 +1,5 @@
 //! Cranelift-emitted matmul (`nnc_codegen::matmul`) vs `gemm::gemm`
-//! (single thread), to choose `matmul::use_cranelift`.
+//! (single thread), to choose `matmul::product_in_loops`.
 //!
 //! `cargo bench -p nnc-codegen --bench matmul [-- --quick]`
 //!
@@ -190,7 +190,7 @@ fn main() {
     for layout in [Layout::Nn, Layout::Nt, Layout::Tn] {
         println!("\n## {}\n", layout.name());
         println!(
-            "|   m |   k |   n |     m·n·k | cranelift |  gemm | cl/gemm | use_cranelift | compile ms | IR insts |"
+            "|   m |   k |   n |     m·n·k | cranelift |  gemm | cl/gemm | product_in_loops | compile ms | IR insts |"
         );
         println!(
             "|----:|----:|----:|----------:|----------:|------:|--------:|:-------------:|-----------:|---------:|"
@@ -208,7 +208,7 @@ fn main() {
                         r.cranelift,
                         r.gemm,
                         r.cranelift / r.gemm,
-                        if matmul::use_cranelift(m, n, k, false) {
+                        if matmul::product_in_loops(m, n, k, false) {
                             "yes"
                         } else {
                             "no"

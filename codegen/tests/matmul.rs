@@ -2,7 +2,7 @@
 //! (`nnc_codegen::matmul`) against a plain f64 triple loop.
 //!
 //! Every product is compiled with `matmul::Kernel`, which emits
-//! `emit_small_matmul` whatever `use_cranelift` says, over every
+//! `emit_small_matmul` whatever `product_in_loops` says, over every
 //! `m, n, k ∈ {0..=9, 15, 16, 17, 23, 33}` with plain, transposed, padded
 //! (sliced) and broadcast (stride 0) operands and in batches. The operand
 //! buffers have guard zones, and `c` starts as NaN: every element of `c`
@@ -440,7 +440,7 @@ fn program_products_below_and_above_the_threshold() {
         ((1, 10, 3), true),
     ];
     for ((m, n, k), cranelift) in cases {
-        assert_eq!(matmul::use_cranelift(m, n, k, false), cranelift);
+        assert_eq!(matmul::product_in_loops(m, n, k, false), cranelift);
         program_products(m, n, k);
     }
 }

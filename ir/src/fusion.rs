@@ -19,6 +19,7 @@
 //! behind the thresholds are on `codegen`'s `GroupConfig`.
 
 use crate::op::{Op, OpClass};
+use crate::types::DType;
 use std::collections::HashSet;
 
 /// How a reader's loop reads its operands.
@@ -144,6 +145,7 @@ pub trait FusionDag {
     /// The result's shape (concrete, or with symbolic dims at a nominal
     /// size): equal shapes are compared, and sizes give evaluation counts.
     fn shape(&self, i: usize) -> &[usize];
+    fn dtype(&self, i: usize) -> DType;
     /// Elements of the result (at least 1), which a caller that already
     /// knows it may give without a product over the shape.
     fn numel(&self, i: usize) -> f64 {
@@ -482,6 +484,9 @@ mod tests {
         }
         fn shape(&self, i: usize) -> &[usize] {
             self[i].shape
+        }
+        fn dtype(&self, _: usize) -> DType {
+            DType::F32
         }
         fn operands(&self, i: usize) -> &[u32] {
             self[i].operands

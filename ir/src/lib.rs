@@ -14,6 +14,7 @@ pub mod layout;
 pub mod module;
 pub mod op;
 mod print;
+pub mod staging;
 pub mod symbols;
 pub mod tensor;
 pub mod text;

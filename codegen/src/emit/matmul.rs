@@ -2,7 +2,7 @@
 //!
 //! `c[m×n] = a[m×k] @ b[k×n]` with every size, stride and base address a
 //! compile-time constant. `emit::product::emit_matmul` sends a product
-//! here when [`use_cranelift`] says so and to the packed `sgemm` otherwise:
+//! here when [`product_in_loops`] says so and to the packed `sgemm` otherwise:
 //! its AVX-512 kernels run about twice as fast as anything Cranelift can
 //! emit (`f32x4` only) once `m`, `n` and `k` fill its tiles, but packing
 //! `b` does not pay for a few rows, and each call has a fixed cost.
@@ -43,7 +43,7 @@ use cranelift_jit::{JITBuilder, JITModule};
 use cranelift_module::{default_libcall_names, Linkage, Module};
 use std::time::{Duration, Instant};
 
-pub use crate::plan::matmul::use_cranelift;
+pub use nnc_ir::staging::product_in_loops;
 
 /// A matrix operand: the byte address of element `[0, 0]` and the row and
 /// column strides in elements (`0` for a broadcast dimension).
@@ -670,7 +670,7 @@ pub struct Kernel {
 
 impl Kernel {
     /// Compiles `c = a @ b` over `batch` with [`emit_small_matmul`],
-    /// whatever [`use_cranelift`] says.
+    /// whatever [`product_in_loops`] says.
     ///
     /// # Safety
     ///

@@ -79,7 +79,7 @@ pub(crate) fn emit_matmul_node(
 }
 
 /// `c = a @ b` (or `c += a @ b` when `accumulate`), batched over the
-/// leading dims: small products (see `matmul::use_cranelift`) run as
+/// leading dims: small products (see `matmul::product_in_loops`) run as
 /// Cranelift loops, the rest call `sgemm`, one product per batch index from
 /// a run-time loop nest, so code size does not grow with the batch. Batch
 /// dims that all operands walk uniformly are folded into the rows when the
@@ -195,7 +195,7 @@ pub(crate) fn emit_matmul(
         None => b.ins().iconst(types::I64, scratch as i64),
     };
     let in_place = crate::sgemm::reads_b_in_place(rows, k, a_cs, b_rs, b_cs);
-    let small = !accumulate && crate::plan::matmul::use_cranelift(rows, n, k, in_place);
+    let small = !accumulate && crate::plan::matmul::product_in_loops(rows, n, k, in_place);
     // A split product summed over its batch: split by column pieces of
     // the staged `b` instead of by batch index (see `summed_units`).
     let by_planes = match (split, &stages) {

@@ -36,7 +36,7 @@
 //! the plan's facts and keeps the thresholds ([`GroupConfig`]).
 
 use nnc_ir::fusion::{self, FusionDag, InlineRule};
-use nnc_ir::{Graph, NodeId, Op, OpClass};
+use nnc_ir::{DType, Graph, NodeId, Op, OpClass};
 use std::collections::{HashMap, HashSet};
 
 /// The knobs of grouping. [`GroupConfig::default`] is the rule the JIT
@@ -163,18 +163,7 @@ impl GroupConfig {
 /// Both rules of the module doc, as `ir::fusion` states them (the
 /// optimizer's cost model applies the same).
 pub fn group(f: &Facts, config: &GroupConfig) -> Grouping {
-    let position: HashMap<NodeId, u32> = f
-        .order
-        .iter()
-        .enumerate()
-        .map(|(i, &n)| (n, i as u32))
-        .collect();
-    let operands = f
-        .order
-        .iter()
-        .map(|&n| f.graph.operands(n).iter().map(|o| position[o]).collect())
-        .collect();
-    let dag = Indexed { f, operands };
+    let dag = Indexed::new(f);
     let inline = fusion::inline_values(&dag, &config.inline_rule());
     let mut grouping = Grouping {
         inline: f
@@ -200,11 +189,28 @@ pub fn group(f: &Facts, config: &GroupConfig) -> Grouping {
     grouping
 }
 
-/// The plan's facts as the fusion rule reads them: nodes in schedule
-/// order, indexed.
-struct Indexed<'a> {
+/// The plan's facts as `ir::fusion` and `ir::staging` read them: nodes in
+/// schedule order, indexed.
+pub(crate) struct Indexed<'a> {
     f: &'a Facts<'a>,
     operands: Vec<Vec<u32>>,
+}
+
+impl<'a> Indexed<'a> {
+    pub(crate) fn new(f: &'a Facts<'a>) -> Indexed<'a> {
+        let position: HashMap<NodeId, u32> = f
+            .order
+            .iter()
+            .enumerate()
+            .map(|(i, &n)| (n, i as u32))
+            .collect();
+        let operands = f
+            .order
+            .iter()
+            .map(|&n| f.graph.operands(n).iter().map(|o| position[o]).collect())
+            .collect();
+        Indexed { f, operands }
+    }
 }
 
 impl FusionDag for Indexed<'_> {
@@ -216,6 +222,9 @@ impl FusionDag for Indexed<'_> {
     }
     fn shape(&self, i: usize) -> &[usize] {
         &self.f.shapes[&self.f.order[i]]
+    }
+    fn dtype(&self, i: usize) -> DType {
+        self.f.graph.ty(self.f.order[i]).dtype
     }
     fn operands(&self, i: usize) -> &[u32] {
         &self.operands[i]

@@ -9,68 +9,7 @@ use super::View;
 use crate::CodegenError;
 use nnc_ir::DType;
 
-/// Whether one product `c[m×n] = a[m×k] @ b[k×n]` (one product of a
-/// batch; `m` counts the rows after batch folding) runs as Cranelift loops
-/// rather than the packed `sgemm`.
-///
-/// Chosen by measurement: `CARGO_TARGET_DIR=... cargo bench -p nnc-codegen
-/// --bench matmul` (release, one thread, 2-core EPYC Zen 4 with AVX-512;
-/// GFLOP/s, median of 21 samples, mean of two runs) against `gemm::gemm`,
-/// which `cargo bench -p nnc-codegen --bench sgemm` shows our `sgemm`
-/// matches within ±8% on these shapes:
-///
-/// - Always below 16k multiply-adds (`m·n·k < 2^14`): there a packed
-///   product's per-call cost dominates (2–14× slower than these loops at
-///   m×10×10 for m ≤ 32), and the loops lose at most 1.2× (4×10×256).
-/// - For `m ≤ 8` rows unless `sgemm` reads `b` in place (`b_in_place`,
-///   below): a packed product copies all of `b` (k·n values) to use it
-///   for only a few rows; these loops read it in place. At m = 1
-///   (inference on one sample) the MNIST MLP's forward pass took 0.012 ms
-///   this way and 0.047 ms packed. For `a @ b^T` `gemm` itself drops to
-///   10–40 GFLOP/s at m ≤ 8, these loops run at 22–54.
-/// - From m ≥ 32 with n, k ≥ 64, the AVX-512 packed kernels reach 49–109
-///   GFLOP/s, these 128-bit loops 29–49.
-///
-/// | m×k×n       | layout  | Cranelift | gemm | chosen    |
-/// |-------------|---------|----------:|-----:|-----------|
-/// | 1×64×64     | a @ b   |        51 |   24 | Cranelift |
-/// | 1×784×784   | a @ b   |        27 |   30 | gemm      |
-/// | 2×64×64     | a @ b   |        42 |   42 | Cranelift |
-/// | 4×10×64     | a @ b   |        46 |   28 | Cranelift |
-/// | 4×64×64     | a @ b   |        46 |   86 | gemm      |
-/// | 8×64×64     | a @ b   |        43 |   71 | gemm      |
-/// | 32×10×10    | a @ b   |        36 |   16 | Cranelift |
-/// | 32×64×10    | a @ b   |        34 |   45 | gemm      |
-/// | 32×64×64    | a @ b   |        46 |  101 | gemm      |
-/// | 128×10×10   | a @ b   |        30 |   25 | Cranelift |
-/// | 128×256×256 | a @ b   |        45 |  109 | gemm      |
-/// | 2×256×128   | a @ b^T |        44 |   55 | Cranelift |
-/// | 4×128×256   | a @ b^T |        47 |   23 | Cranelift |
-/// | 8×784×128   | a @ b^T |        54 |   36 | Cranelift |
-/// | 32×10×64    | a @ b^T |        29 |   43 | gemm      |
-/// | 32×64×64    | a @ b^T |        44 |   68 | gemm      |
-/// | 1×64×64     | a^T @ b |        51 |   30 | Cranelift |
-/// | 32×64×64    | a^T @ b |        49 |   78 | gemm      |
-///
-/// Over all 450 measured cases (m ∈ {1, 2, 4, 8, 32, 128}; k, n ∈ {10,
-/// 64, 128, 256, 784}; three layouts) the rule costs 1.2% over always
-/// picking the faster side (geometric mean; worst 1.30×, 2×256×10
-/// `a @ b^T`), against 21.8% for always calling `gemm`. So the digits MLP
-/// (batch 32, 64→64→10) stays on `gemm`: its products are 32×64×64,
-/// 32×64×10, 32×10×64 (`@ w^T`), 64×32×10 and 64×32×64 (`x^T @`), and
-/// routing them all here made its training step 25 → 30 µs. Compile cost
-/// is no factor: 76–296 IR instructions, about 0.5 ms per product.
-///
-/// `b_in_place`: `sgemm` reads this `b` without packing it (see
-/// [`crate::sgemm::reads_b_in_place`]), which removes the reason for the
-/// `m ≤ 8` rule: with a row-major `b` (a convolution's columns, a dense
-/// layer's weight) its AVX-512 kernels run LeNet's conv1 (6×25 @ 25×784)
-/// at 75 GFLOP/s, these loops at 28; batch-1 inference (1×784 @ 784×256)
-/// at 26 against 27, and 4–8 rows at 93–97 against 43–46
-/// (`cargo bench -p nnc-codegen --bench sgemm`).
-pub fn use_cranelift(m: usize, n: usize, k: usize, b_in_place: bool) -> bool {
-    m * n * k < 1 << 14 || (m <= 8 && !b_in_place)
-}
+pub use nnc_ir::staging::product_in_loops;
 
 /// A matmul operand or result staged through scratch, one batch index at a
 /// time (see `plan::Staged`): an operand is unfolded from `image` before

@@ -26,12 +26,11 @@ pub mod group;
 mod kind;
 pub mod matmul;
 pub mod split;
-mod staging;
 pub mod summary;
 pub mod window;
 
 pub use kind::{constant_words, value_word, Kind};
-pub use staging::STAGE_MIN_BYTES;
+pub use nnc_ir::staging::STAGE_MIN_BYTES;
 
 use crate::CodegenError;
 use arena::{allocate, live_set_bound};
@@ -39,8 +38,8 @@ use expr::{BuildError, Expr, Source};
 use group::{GroupConfig, Grouping};
 use nnc_ir::fusion::OperandUse;
 use nnc_ir::layout;
+use nnc_ir::staging;
 use nnc_ir::{DType, Dim, Graph, NodeId, Op, OpClass};
-use staging::{staged_windows, summed_products};
 use std::collections::{HashMap, HashSet};
 
 /// Where a view's elements live.
@@ -288,13 +287,7 @@ pub(crate) fn view_of(op: &Op, src: &View, shape: Vec<usize>) -> Option<View> {
 /// Batch strides of a matmul operand or result `v`, aligned to the
 /// result's batch dims `batch` (0 where `v` is broadcast).
 pub fn batch_strides(v: &View, batch: &[usize]) -> Vec<isize> {
-    let extra = batch.len() + 2 - v.shape.len();
-    (0..batch.len())
-        .map(|i| match i.checked_sub(extra) {
-            Some(j) if v.shape[j] != 1 => v.strides[j],
-            _ => 0,
-        })
-        .collect()
+    staging::batch_strides(&v.shape, &v.strides, batch)
 }
 
 /// Why planning stopped: a value to store before trying again, or an error.
@@ -347,8 +340,29 @@ pub fn plan_with(
         shapes.insert(id, shape);
     }
     let results = results(graph);
-    let staged = staged_windows(graph, &order, bindings);
-    let summed = summed_products(graph, &order, bindings);
+    let (staged, summed) = {
+        let none = HashSet::new();
+        let facts = group::Facts {
+            graph,
+            order: &order,
+            shapes: &shapes,
+            results: &results,
+            forced: &none,
+            no_loop: &none,
+        };
+        let dag = group::Indexed::new(&facts);
+        let readers = staging::Readers::of(&dag);
+        let staged: HashMap<(NodeId, usize), (NodeId, usize)> =
+            staging::staged_windows(&dag, &readers)
+                .into_iter()
+                .map(|s| ((order[s.product], s.slot), (order[s.window], s.planes)))
+                .collect();
+        let summed: HashSet<NodeId> = staging::summed_products(&dag, &readers)
+            .into_iter()
+            .map(|n| order[n])
+            .collect();
+        (staged, summed)
+    };
     let no_loop: HashSet<NodeId> = staged.values().map(|&(w, _)| w).collect();
     // Values that must be stored because an inline one could not be viewed
     // through a reshape: each retry stores one more, so this ends.

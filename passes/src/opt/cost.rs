@@ -19,11 +19,13 @@
 //!   prints) elementwise loops merge into multi-output loops by
 //!   `ir::fusion::multi_output_loops`, as in the code generator.
 //!
-//! Not modelled yet (so on a step with convolutions the model counts a few
-//! kernels more than the code generator builds): windows staged into a
-//! product's kernel and products summed into their reduction. Bytes are
-//! the model's own (each operand of a kernel read once per reader), not
-//! the code generator's count of distinct elements per loop.
+//! - convolution columns that never exist whole (`ir::staging`, which the
+//!   code generator's plan follows): a product summed over its batch runs
+//!   in its reduction's kernel, and an `unfold` or `fold` staged into a
+//!   product's kernel has no loop of its own (*absorbed*).
+//!
+//! Bytes are the model's own (each operand of a kernel read once per
+//! reader), not the code generator's count of distinct elements per loop.
 //!
 //! Costs depend on users, so they are a property of the whole graph, not of
 //! one node: this is why extraction evaluates whole candidate graphs.
@@ -33,6 +35,7 @@ use nnc_ir::fusion::{
     self, inline_values_with, multi_output_loops, FusionDag, InlineRule, OpFacts,
 };
 use nnc_ir::layout;
+use nnc_ir::staging;
 use nnc_ir::{DType, Dim, Graph, NodeId, Op, OpClass, TensorType};
 use std::collections::HashMap;
 use std::fmt;
@@ -85,6 +88,7 @@ pub struct NodeCost {
     pub flops: f64,
     /// Elements of the result.
     pub elems: f64,
+    pub dtype: DType,
     pub bytes_per_elem: f64,
     /// The result's shape with symbolic dims at [`NOMINAL_DIM`].
     pub dims: Vec<usize>,
@@ -142,6 +146,7 @@ pub fn node_cost(op: &Op, ty: &TensorType, operands: &[&TensorType]) -> NodeCost
         role,
         flops: f64::from(info.units) * work,
         elems,
+        dtype: ty.dtype,
         bytes_per_elem: if ty.dtype == DType::F64 { 8.0 } else { 4.0 },
         dims: ty
             .shape
@@ -204,6 +209,10 @@ pub enum Placement {
     Fused,
     /// A kernel of its own (a copying reshape included).
     Kernel,
+    /// Computed by another node's kernel, with no loop of its own
+    /// (`ir::staging`): a product summed into its reduction, a window
+    /// staged into its product's kernel.
+    Absorbed,
 }
 
 /// Reusable buffers for [`evaluate`], which extraction calls thousands of
@@ -212,6 +221,11 @@ pub enum Placement {
 pub struct Scratch {
     users: Vec<u32>,
     fusion: fusion::Scratch,
+    readers: staging::Readers,
+    /// Windows staged into a product's kernel (no loop of their own).
+    no_loop: Vec<bool>,
+    /// Nodes whose work another node's kernel does.
+    absorbed: Vec<bool>,
     /// Each node's strides as the code generator would view it
     /// (`ir::layout`), node `i`'s at `strides[span[i].0..span[i].1]`.
     strides: Vec<isize>,
@@ -219,6 +233,16 @@ pub struct Scratch {
     source: Vec<isize>,
     read: Vec<f64>,
     pub placement: Vec<Placement>,
+}
+
+impl Scratch {
+    /// `nodes` as the fusion rule saw them in the last [`evaluate`].
+    fn candidate<'a, 'b>(&'a self, nodes: &'a [DagNode<'b>]) -> Candidate<'a, 'b> {
+        Candidate {
+            nodes,
+            no_loop: &self.no_loop,
+        }
+    }
 }
 
 /// Costs a DAG given in topological order.
@@ -234,8 +258,34 @@ pub fn evaluate(nodes: &[DagNode], s: &mut Scratch) -> Totals {
             }
         }
     }
-    // Which values their readers compute: the code generator's rule.
-    inline_values_with(&Candidate(nodes), &InlineRule::FULL, &mut s.fusion);
+    // Convolution columns that never exist whole, then which values their
+    // readers compute: the code generator's decisions.
+    s.no_loop.clear();
+    s.no_loop.resize(n, false);
+    s.absorbed.clear();
+    s.absorbed.resize(n, false);
+    if nodes
+        .iter()
+        .any(|node| node.cost.facts.class == OpClass::Window)
+    {
+        let dag = Candidate {
+            nodes,
+            no_loop: &s.no_loop,
+        };
+        s.readers.fill(&dag);
+        for product in staging::summed_products(&dag, &s.readers) {
+            s.absorbed[product] = true;
+        }
+        for w in staging::staged_windows(&dag, &s.readers) {
+            s.no_loop[w.window] = true;
+            s.absorbed[w.window] = true;
+        }
+    }
+    let dag = Candidate {
+        nodes,
+        no_loop: &s.no_loop,
+    };
+    inline_values_with(&dag, &InlineRule::FULL, &mut s.fusion);
     let inline = &s.fusion.inline;
     s.strides.clear();
     s.span.clear();
@@ -251,6 +301,7 @@ pub fn evaluate(nodes: &[DagNode], s: &mut Scratch) -> Totals {
         let first = node.operands.first().map(|&o| o as usize);
         let start = s.strides.len();
         let (placement, read) = match c.role {
+            _ if s.absorbed[i] => (Placement::Absorbed, 0.0),
             Role::Leaf | Role::Constant => (Placement::Free, own_bytes),
             Role::View(kind) => {
                 let src_read = first.map_or(own_bytes, |o| s.read[o]);
@@ -269,7 +320,12 @@ pub fn evaluate(nodes: &[DagNode], s: &mut Scratch) -> Totals {
                     // A broadcast reads its source's elements again and
                     // again, from cache.
                     (ViewKind::Broadcast, true) => (Placement::Free, src_read),
-                    (ViewKind::Reshape | ViewKind::Strided, true) => (Placement::Free, own_bytes),
+                    // A view of columns staged into a product's kernel
+                    // is never stored, so never read either.
+                    (ViewKind::Reshape | ViewKind::Strided, true) => {
+                        let staged = first.is_some_and(|o| s.absorbed[o]);
+                        (Placement::Free, if staged { 0.0 } else { own_bytes })
+                    }
                 }
             }
             Role::Elementwise if inline[i] => (Placement::Fused, own_bytes),
@@ -285,6 +341,8 @@ pub fn evaluate(nodes: &[DagNode], s: &mut Scratch) -> Totals {
         if placement == Placement::Free {
             continue;
         }
+        // An absorbed node does its work (and reads its operands) in its
+        // reader's kernel, and writes nothing its reader reads back.
         // A fused value is evaluated, and its operands read, by each reader.
         let times = if placement == Placement::Fused {
             s.users[i].max(1) as f64
@@ -310,34 +368,39 @@ pub fn evaluate(nodes: &[DagNode], s: &mut Scratch) -> Totals {
     totals
 }
 
-/// A candidate graph as the fusion rule reads it.
-struct Candidate<'a, 'b>(&'a [DagNode<'b>]);
+/// A candidate graph as the fusion and staging rules read it.
+struct Candidate<'a, 'b> {
+    nodes: &'a [DagNode<'b>],
+    no_loop: &'a [bool],
+}
 
 impl FusionDag for Candidate<'_, '_> {
     fn nodes(&self) -> usize {
-        self.0.len()
+        self.nodes.len()
     }
     fn op(&self, i: usize) -> &Op {
-        &self.0[i].cost.op
+        &self.nodes[i].cost.op
     }
     fn shape(&self, i: usize) -> &[usize] {
-        &self.0[i].cost.dims
+        &self.nodes[i].cost.dims
+    }
+    fn dtype(&self, i: usize) -> DType {
+        self.nodes[i].cost.dtype
     }
     fn numel(&self, i: usize) -> f64 {
-        self.0[i].cost.elems.max(1.0)
+        self.nodes[i].cost.elems.max(1.0)
     }
     fn facts(&self, i: usize) -> OpFacts {
-        self.0[i].cost.facts
+        self.nodes[i].cost.facts
     }
     fn operands(&self, i: usize) -> &[u32] {
-        self.0[i].operands
+        self.nodes[i].operands
     }
     fn stored(&self, i: usize) -> bool {
-        self.0[i].result
+        self.nodes[i].result
     }
-    /// Windows staged into a product's kernel are not modelled.
-    fn no_loop(&self, _: usize) -> bool {
-        false
+    fn no_loop(&self, i: usize) -> bool {
+        self.no_loop[i]
     }
 }
 
@@ -395,7 +458,11 @@ pub fn graph_cost(graph: &Graph) -> Totals {
     let nodes = dag_nodes(&order, &costs, &operands, &results);
     let mut scratch = Scratch::default();
     let mut totals = evaluate(&nodes, &mut scratch);
-    for group in multi_output_loops(&Candidate(&nodes), &scratch.fusion.inline, MAX_OUTPUTS) {
+    for group in multi_output_loops(
+        &scratch.candidate(&nodes),
+        &scratch.fusion.inline,
+        MAX_OUTPUTS,
+    ) {
         totals.kernels -= group.len() - 1;
     }
     totals
@@ -412,10 +479,14 @@ pub fn multi_output_groups(graph: &Graph) -> Vec<Vec<NodeId>> {
     let nodes = dag_nodes(&order, &costs, &operands, &results);
     let mut scratch = Scratch::default();
     evaluate(&nodes, &mut scratch);
-    multi_output_loops(&Candidate(&nodes), &scratch.fusion.inline, MAX_OUTPUTS)
-        .into_iter()
-        .map(|g| g.into_iter().map(|i| order[i]).collect())
-        .collect()
+    multi_output_loops(
+        &scratch.candidate(&nodes),
+        &scratch.fusion.inline,
+        MAX_OUTPUTS,
+    )
+    .into_iter()
+    .map(|g| g.into_iter().map(|i| order[i]).collect())
+    .collect()
 }
 
 /// Where the model places each node of `graph` (in topological order).
