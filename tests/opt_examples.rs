@@ -304,7 +304,8 @@ fn saturation_is_fast_on_every_example() {
 /// are computed inside their readers' loops by one rule (`ir::fusion`):
 /// on every example's optimized step, at the batch the model assumes,
 /// they fuse the same nodes, merge the same loops, stage the same
-/// convolution columns (`ir::staging`) and so build the same kernels.
+/// convolution columns (`ir::staging`) and so build the same kernels,
+/// which move the same bytes.
 #[test]
 fn the_cost_model_fuses_what_the_code_generator_fuses() {
     for name in EXAMPLES {
@@ -397,6 +398,62 @@ fn the_cost_model_fuses_what_the_code_generator_fuses() {
                 plan.kernels.len(),
                 "{name} at {level:?}: kernels"
             );
+            // And the bytes those kernels move (and any update steps).
+            let built: u64 = nnc_codegen::plan::summary::summarize(&plan, &graph)
+                .iter()
+                .map(|k| k.bytes_read + k.bytes_written)
+                .sum();
+            assert_eq!(model.bytes, built as f64, "{name} at {level:?}: bytes");
         }
+    }
+}
+
+/// Updates no loop writes in place cost a step of their own, which the
+/// model counts as the plan does: a product's result written to its state,
+/// two states swapped (each value copied aside, then back), and an
+/// elementwise update (in place, no step).
+#[test]
+fn the_cost_model_counts_the_steps_that_write_updates() {
+    use nnc_ir::{DType, Dim, Init, TensorType, Update};
+    let ty = |dims: &[usize]| {
+        TensorType::new(
+            DType::F32,
+            dims.iter().map(|&d| Dim::Const(d)).collect::<Vec<_>>(),
+        )
+    };
+    let mut g = Graph::new("train_step");
+    let x = g.input("x", ty(&[8, 16]));
+    let w = g.param("w", ty(&[16, 4]), Init::Zeros);
+    let a = g.state("a", ty(&[8, 4]), Init::Zeros);
+    let b = g.state("b", ty(&[8, 4]), Init::Zeros);
+    let c = g.state("c", ty(&[8, 4]), Init::Zeros);
+    let y = g.matmul(x, w).unwrap();
+    let doubled = g.add_(c, c).unwrap();
+    g.set_output("y", y);
+    for (target, value) in [("a", b), ("b", a), ("c", doubled), ("w", w)] {
+        g.updates.push(Update {
+            target: target.into(),
+            value,
+        });
+    }
+    let mut product = g.clone();
+    product.updates.push(Update {
+        target: "a".into(),
+        value: y,
+    });
+    for graph in [g, product] {
+        let layout = nnc_codegen::StateLayout::of(&[&graph]).unwrap();
+        let plan = nnc_codegen::plan::plan_with(
+            &graph,
+            &Default::default(),
+            &layout,
+            &driver::grouping(OptLevel::O2),
+        )
+        .unwrap();
+        let steps = nnc_codegen::plan::summary::summarize(&plan, &graph);
+        assert!(steps.len() > plan.kernels.len(), "no update step");
+        let built: u64 = steps.iter().map(|k| k.bytes_read + k.bytes_written).sum();
+        let model = nnc_passes::opt::cost::graph_cost(&graph);
+        assert_eq!(model.bytes, built as f64, "{steps:#?}");
     }
 }

@@ -283,7 +283,7 @@ impl Problem {
 /// A node's cost as if it ran alone: the tree cost's per-node term.
 fn standalone(c: &NodeCost) -> f64 {
     match c.role {
-        Role::Leaf | Role::Constant | Role::View(_) => 1.0,
+        Role::Leaf | Role::Constant | Role::View => 1.0,
         Role::Elementwise | Role::Kernel => {
             cost::LAUNCH + c.flops * cost::FLOP + c.elems * c.bytes_per_elem * cost::BYTE
         }

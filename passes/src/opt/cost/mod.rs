@@ -13,8 +13,7 @@
 //!   values, `random` and views of them, read by elementwise loops,
 //!   reductions, `fold` and `unfold`, recomputed by up to three readers
 //!   when cheap (the op table's `recompute` and `units`);
-//! - everything else is a kernel that writes its result and reads its
-//!   operands;
+//! - everything else is a kernel that writes its result;
 //! - in the totals of a whole graph ([`graph_cost`], what the report
 //!   prints) elementwise loops merge into multi-output loops by
 //!   `ir::fusion::multi_output_loops`, as in the code generator.
@@ -24,8 +23,8 @@
 //!   in its reduction's kernel, and an `unfold` or `fold` staged into a
 //!   product's kernel has no loop of its own (*absorbed*).
 //!
-//! Bytes are the model's own (each operand of a kernel read once per
-//! reader), not the code generator's count of distinct elements per loop.
+//! Bytes are the code generator's count (`traffic`): each loop reads the
+//! distinct elements of each distinct leaf of its inline tree once.
 //!
 //! Costs depend on users, so they are a property of the whole graph, not of
 //! one node: this is why extraction evaluates whole candidate graphs.
@@ -39,6 +38,8 @@ use nnc_ir::staging;
 use nnc_ir::{DType, Dim, Graph, NodeId, Op, OpClass, TensorType};
 use std::collections::HashMap;
 use std::fmt;
+
+mod traffic;
 
 /// The size assumed for a symbolic dim when counting elements.
 pub const NOMINAL_DIM: f64 = 64.0;
@@ -60,22 +61,13 @@ pub enum Role {
     Leaf,
     /// Constant or iota: filled once when the program is created.
     Constant,
-    /// A view of its operand: reshape, transpose, broadcast, slice.
-    View(ViewKind),
+    /// A view of its operand (reshape, transpose, broadcast, slice) where
+    /// strides express it (`ir::layout`), a copy otherwise.
+    View,
     /// Fusable into an elementwise consumer of the same shape.
     Elementwise,
     /// A kernel of its own.
     Kernel,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ViewKind {
-    /// Free where strides can express it, a copy otherwise.
-    Reshape,
-    /// Reads its source's elements again and again.
-    Broadcast,
-    /// Strides and an offset over the source (transpose, slice).
-    Strided,
 }
 
 /// The cost-relevant facts of one node.
@@ -114,16 +106,7 @@ pub fn node_cost(op: &Op, ty: &TensorType, operands: &[&TensorType]) -> NodeCost
     let (role, work) = match info.class {
         OpClass::Leaf => (Role::Leaf, 0.0),
         OpClass::Constant => (Role::Constant, 0.0),
-        OpClass::View => {
-            let kind = match op {
-                Op::Reshape => ViewKind::Reshape,
-                Op::Broadcast => ViewKind::Broadcast,
-                // Every other view (transpose, slice) is strides and an
-                // offset over its source.
-                _ => ViewKind::Strided,
-            };
-            (Role::View(kind), 0.0)
-        }
+        OpClass::View => (Role::View, 0.0),
         // `pow` calls out per element: the plan keeps it its own kernel.
         OpClass::Elementwise if !info.inline => (Role::Kernel, elems),
         OpClass::Elementwise => (Role::Elementwise, elems),
@@ -222,16 +205,24 @@ pub struct Scratch {
     users: Vec<u32>,
     fusion: fusion::Scratch,
     readers: staging::Readers,
+    /// Convolution columns staged into a product's kernel.
+    staged: Vec<staging::StagedWindow>,
     /// Windows staged into a product's kernel (no loop of their own).
     no_loop: Vec<bool>,
     /// Nodes whose work another node's kernel does.
     absorbed: Vec<bool>,
+    /// Products summed into their reduction's kernel.
+    summed: Vec<bool>,
     /// Each node's strides as the code generator would view it
     /// (`ir::layout`), node `i`'s at `strides[span[i].0..span[i].1]`.
     strides: Vec<isize>,
     span: Vec<(usize, usize)>,
     source: Vec<isize>,
-    read: Vec<f64>,
+    /// Where each node's view starts in its buffer, in elements.
+    offset: Vec<isize>,
+    /// Values never stored (staged columns and views of them).
+    unstored: Vec<bool>,
+    traffic: traffic::Scratch,
     pub placement: Vec<Placement>,
 }
 
@@ -242,6 +233,25 @@ impl Scratch {
             nodes,
             no_loop: &self.no_loop,
         }
+    }
+
+    /// Bytes the kernels of the last [`evaluate`]d graph move, with these
+    /// multi-output loops.
+    fn bytes(&mut self, nodes: &[DagNode], groups: &[Vec<usize>]) -> f64 {
+        let views = traffic::Views {
+            strides: &self.strides,
+            span: &self.span,
+            offset: &self.offset,
+            unstored: &self.unstored,
+        };
+        let decided = traffic::Decisions {
+            inline: &self.fusion.inline,
+            placement: &self.placement,
+            summed: &self.summed,
+            staged: &self.staged,
+            groups,
+        };
+        traffic::bytes(nodes, &views, &decided, &mut self.traffic)
     }
 }
 
@@ -264,6 +274,11 @@ pub fn evaluate(nodes: &[DagNode], s: &mut Scratch) -> Totals {
     s.no_loop.resize(n, false);
     s.absorbed.clear();
     s.absorbed.resize(n, false);
+    s.summed.clear();
+    s.summed.resize(n, false);
+    s.unstored.clear();
+    s.unstored.resize(n, false);
+    s.staged.clear();
     if nodes
         .iter()
         .any(|node| node.cost.facts.class == OpClass::Window)
@@ -275,10 +290,15 @@ pub fn evaluate(nodes: &[DagNode], s: &mut Scratch) -> Totals {
         s.readers.fill(&dag);
         for product in staging::summed_products(&dag, &s.readers) {
             s.absorbed[product] = true;
+            s.summed[product] = true;
         }
-        for w in staging::staged_windows(&dag, &s.readers) {
+        s.staged.extend(staging::staged_windows(&dag, &s.readers));
+        for w in &s.staged {
             s.no_loop[w.window] = true;
             s.absorbed[w.window] = true;
+            // A fold's columns are the product's result, never stored.
+            let unstored = if w.slot == 2 { w.product } else { w.window };
+            s.unstored[unstored] = true;
         }
     }
     let dag = Candidate {
@@ -289,7 +309,7 @@ pub fn evaluate(nodes: &[DagNode], s: &mut Scratch) -> Totals {
     let inline = &s.fusion.inline;
     s.strides.clear();
     s.span.clear();
-    s.read.clear();
+    s.offset.clear();
     s.placement.clear();
     let mut totals = Totals {
         nodes: n,
@@ -297,14 +317,13 @@ pub fn evaluate(nodes: &[DagNode], s: &mut Scratch) -> Totals {
     };
     for (i, node) in nodes.iter().enumerate() {
         let c = node.cost;
-        let own_bytes = c.elems * c.bytes_per_elem;
         let first = node.operands.first().map(|&o| o as usize);
         let start = s.strides.len();
-        let (placement, read) = match c.role {
-            _ if s.absorbed[i] => (Placement::Absorbed, 0.0),
-            Role::Leaf | Role::Constant => (Placement::Free, own_bytes),
-            Role::View(kind) => {
-                let src_read = first.map_or(own_bytes, |o| s.read[o]);
+        let mut offset = 0;
+        let placement = match c.role {
+            _ if s.absorbed[i] => Placement::Absorbed,
+            Role::Leaf | Role::Constant => Placement::Free,
+            Role::View => {
                 // The view's strides go after the others (its source's
                 // copied out first, as they live in the same buffer).
                 let viewed = first.is_some_and(|o| {
@@ -312,24 +331,21 @@ pub fn evaluate(nodes: &[DagNode], s: &mut Scratch) -> Totals {
                     s.source.clear();
                     s.source.extend_from_slice(&s.strides[a..b]);
                     let src = &nodes[o].cost.dims;
+                    offset = s.offset[o] + layout::slice_offset(&c.op, &s.source);
                     layout::push_view_strides(&c.op, src, &s.source, &c.dims, &mut s.strides)
                 });
-                match (kind, viewed) {
+                if viewed {
+                    // A view of a value never stored is never read.
+                    s.unstored[i] = first.is_some_and(|o| s.unstored[o]);
+                    Placement::Free
+                } else {
                     // A reshape strides cannot express is a copy.
-                    (_, false) => (Placement::Kernel, own_bytes),
-                    // A broadcast reads its source's elements again and
-                    // again, from cache.
-                    (ViewKind::Broadcast, true) => (Placement::Free, src_read),
-                    // A view of columns staged into a product's kernel
-                    // is never stored, so never read either.
-                    (ViewKind::Reshape | ViewKind::Strided, true) => {
-                        let staged = first.is_some_and(|o| s.absorbed[o]);
-                        (Placement::Free, if staged { 0.0 } else { own_bytes })
-                    }
+                    offset = 0;
+                    Placement::Kernel
                 }
             }
-            Role::Elementwise if inline[i] => (Placement::Fused, own_bytes),
-            Role::Elementwise | Role::Kernel => (Placement::Kernel, own_bytes),
+            Role::Elementwise if inline[i] => Placement::Fused,
+            Role::Elementwise | Role::Kernel => Placement::Kernel,
         };
         s.placement.push(placement);
         if s.strides.len() == start {
@@ -337,13 +353,12 @@ pub fn evaluate(nodes: &[DagNode], s: &mut Scratch) -> Totals {
             layout::push_row_major(&c.dims, &mut s.strides);
         }
         s.span.push((start, s.strides.len()));
-        s.read.push(read);
+        s.offset.push(offset);
         if placement == Placement::Free {
             continue;
         }
-        // An absorbed node does its work (and reads its operands) in its
-        // reader's kernel, and writes nothing its reader reads back.
-        // A fused value is evaluated, and its operands read, by each reader.
+        // An absorbed node does its work in its reader's kernel; a fused
+        // value is evaluated by each reader.
         let times = if placement == Placement::Fused {
             s.users[i].max(1) as f64
         } else {
@@ -352,19 +367,9 @@ pub fn evaluate(nodes: &[DagNode], s: &mut Scratch) -> Totals {
         totals.flops += c.flops * times;
         if placement == Placement::Kernel {
             totals.kernels += 1;
-            totals.bytes += own_bytes;
-        }
-        // The kernel that runs this node reads every operand that is not
-        // computed in its registers.
-        for (j, &o) in node.operands.iter().enumerate() {
-            if node.operands[..j].contains(&o) {
-                continue;
-            }
-            if s.placement[o as usize] != Placement::Fused {
-                totals.bytes += s.read[o as usize] * times;
-            }
         }
     }
+    totals.bytes = s.bytes(nodes, &[]);
     totals
 }
 
@@ -458,14 +463,61 @@ pub fn graph_cost(graph: &Graph) -> Totals {
     let nodes = dag_nodes(&order, &costs, &operands, &results);
     let mut scratch = Scratch::default();
     let mut totals = evaluate(&nodes, &mut scratch);
-    for group in multi_output_loops(
+    let groups = multi_output_loops(
         &scratch.candidate(&nodes),
         &scratch.fusion.inline,
         MAX_OUTPUTS,
-    ) {
+    );
+    for group in &groups {
         totals.kernels -= group.len() - 1;
     }
+    totals.bytes = scratch.bytes(&nodes, &groups) + update_bytes(graph, &order, &nodes, &scratch);
     totals
+}
+
+/// Bytes of the steps that write updates whose value no elementwise loop
+/// computes straight into the state (the code generator's `Step::Update`):
+/// the value read, the state written; a value that views state an update
+/// overwrites (or a second update of one value) is copied aside first and
+/// back after the updates (`Step::Copy` twice). A loop writing a state it
+/// reads elsewhere also copies in the plan; the model assumes it does not.
+fn update_bytes(graph: &Graph, order: &[NodeId], nodes: &[DagNode], s: &Scratch) -> f64 {
+    let position: HashMap<NodeId, usize> = order.iter().enumerate().map(|(i, &n)| (n, i)).collect();
+    let targets: std::collections::HashSet<&str> =
+        graph.updates.iter().map(|u| u.target.as_str()).collect();
+    let mut in_place = std::collections::HashSet::new();
+    let mut bytes = 0;
+    for u in &graph.updates {
+        let Some(&i) = position.get(&u.value) else {
+            continue;
+        };
+        let class = nodes[i].cost.facts.class;
+        let looped = s.placement[i] == Placement::Kernel
+            && matches!(class, OpClass::Elementwise | OpClass::Generator);
+        if looped && in_place.insert(i) {
+            continue;
+        }
+        // The node whose buffer the value lives in.
+        let mut base = i;
+        while s.placement[base] == Placement::Free && nodes[base].cost.facts.class == OpClass::View
+        {
+            base = nodes[base].operands[0] as usize;
+        }
+        let of_target = match &nodes[base].cost.op {
+            Op::Param { name, .. } | Op::State { name, .. } => targets.contains(name.as_str()),
+            _ => in_place.contains(&base),
+        };
+        let dims = &nodes[i].cost.dims;
+        let (a, b) = s.span[i];
+        let read = traffic::distinct(dims, &s.strides[a..b]);
+        let written = dims.iter().map(|&d| d as u64).product::<u64>();
+        bytes += 4 * if of_target {
+            read + 3 * written
+        } else {
+            read + written
+        };
+    }
+    bytes as f64
 }
 
 /// The most results one elementwise loop stores (the code generator's
