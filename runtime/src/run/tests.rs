@@ -107,6 +107,7 @@ fn line(dir: &Path) -> Line {
             batch: 4,
             epochs: 3,
             seed: 5,
+            shuffle: true,
             validate: None,
             schedule: None,
             metrics: Vec::new(),
