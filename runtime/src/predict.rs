@@ -313,7 +313,29 @@ fn argmax(values: &[f64]) -> Option<usize> {
 
 #[cfg(test)]
 mod tests {
-    use super::argmax;
+    use super::{argmax, format_value};
+    use nnc_ir::DType;
+
+    #[test]
+    fn values_print_in_the_shortest_form_that_reads_back_exactly() {
+        assert_eq!(format_value(f64::from(0.1f32), DType::F32), "0.1");
+        assert_eq!(format_value(1.0, DType::F32), "1.0");
+        assert_eq!(format_value(f64::from(1e-30f32), DType::F32), "1e-30");
+        assert_eq!(format_value(0.1, DType::F64), "0.1");
+        assert_eq!(format_value(3.0, DType::I32), "3");
+        // Every f32 of a spread of bit patterns round-trips bit for bit.
+        let mut bits: u32 = 0x9E37_79B9;
+        for _ in 0..20_000 {
+            bits = bits.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            let x = f32::from_bits(bits);
+            if !x.is_finite() {
+                continue;
+            }
+            let text = format_value(f64::from(x), DType::F32);
+            let back: f32 = text.parse().unwrap();
+            assert_eq!(back.to_bits(), x.to_bits(), "{x:e} printed as {text}");
+        }
+    }
 
     #[test]
     fn argmax_takes_the_first_maximum_and_skips_nan() {

@@ -531,3 +531,46 @@ pub fn evaluate_held_out(
         test,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn without_shuffling_every_epoch_is_in_file_order() {
+        let train = [0, 2, 3, 5, 8, 9];
+        let mut order = Vec::new();
+        for epoch in 1..=3 {
+            epoch_order(&train, 7, epoch, false, &mut order);
+            assert_eq!(order, train);
+        }
+    }
+
+    #[test]
+    fn shuffled_epochs_are_seeded_permutations() {
+        let train: Vec<usize> = (0..50).collect();
+        let (mut a, mut b, mut again) = (Vec::new(), Vec::new(), Vec::new());
+        epoch_order(&train, 7, 1, true, &mut a);
+        epoch_order(&train, 7, 2, true, &mut b);
+        epoch_order(&train, 7, 1, true, &mut again);
+        assert_ne!(a, train);
+        assert_ne!(a, b, "each epoch draws a new order");
+        assert_eq!(a, again, "the seed and the epoch fix the order");
+        let mut sorted = a.clone();
+        sorted.sort_unstable();
+        assert_eq!(sorted, train);
+    }
+
+    #[test]
+    fn the_command_line_overrides_the_train_blocks_shuffle() {
+        let options = TrainOptions {
+            shuffle: Some(false),
+            max_steps: Some(3),
+            ..Default::default()
+        };
+        let settings = options.resolve(None);
+        assert!(!settings.shuffle);
+        assert_eq!(settings.max_steps, Some(3));
+        assert!(TrainOptions::default().resolve(None).shuffle);
+    }
+}
