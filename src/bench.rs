@@ -115,6 +115,7 @@ pub fn bench(path: &Path, options: &BenchOptions) -> Result<BenchReport, Failure
         forward: driver::optimize(&module.forward, options.opt)?.0,
         evaluation: driver::optimize(&spec.evaluation, options.opt)?.0,
         step: step.clone(),
+        gradients: None,
         grouping: driver::grouping(options.opt),
     };
     let size = nnc_runtime::TrainOptions {

@@ -264,6 +264,7 @@ pub fn programs(module: &Module, level: OptLevel) -> Result<nnc_runtime::Program
         forward: optimize(&module.forward, level)?.0,
         evaluation: optimize(&spec.evaluation, level)?.0,
         step,
+        gradients: None,
         grouping: grouping(level),
     })
 }
@@ -317,6 +318,13 @@ pub struct RunFlags {
     /// `--predict INPUT`: the forward graph's outputs for each sample of an
     /// IDX or CSV file, with `weights`.
     pub predict: Option<PathBuf>,
+    /// `--predict-out PATH`: write the predictions to a `.csv` or
+    /// `.safetensors` file instead of printing a line per sample.
+    pub predict_out: Option<PathBuf>,
+    /// `--log PATH.jsonl`: a JSON line per step and per epoch.
+    pub log: Option<PathBuf>,
+    /// `--dump-grads DIR`: every param's gradient per step, as safetensors.
+    pub dump_grads: Option<PathBuf>,
     /// `--report PATH.json`: a JSON report of the run, written atomically.
     pub report: Option<PathBuf>,
     /// Draw a progress bar per epoch (when stdout is a terminal).
@@ -360,6 +368,9 @@ pub fn run_with(
         eval: flags.eval,
         predict: flags.predict.clone(),
         report: flags.report.clone(),
+        log: flags.log.clone(),
+        dump_grads: flags.dump_grads.clone(),
+        predict_out: flags.predict_out.clone(),
     };
     // Before the source is read: a contradictory command line is the
     // first thing to fix.
@@ -369,8 +380,14 @@ pub fn run_with(
     let programs = if flags.predict.is_some() {
         nnc_runtime::Programs::inference(optimize(&module.forward, flags.opt)?.0)
     } else {
-        need_train(&module, "`nnc run`")?;
-        programs(&module, flags.opt)?
+        let spec = need_train(&module, "`nnc run`")?;
+        let mut programs = programs(&module, flags.opt)?;
+        if flags.dump_grads.is_some() {
+            let gradients = nnc_passes::gradient_graph(&spec.objective).map_err(internal)?;
+            nnc_ir::verify(&gradients).map_err(internal)?;
+            programs.gradients = Some(optimize(&gradients, flags.opt)?.0);
+        }
+        programs
     };
     let base = data_base(path, settings.data_dir.as_deref());
     let run = nnc_runtime::Run::new(&module, programs, base, options, started);
@@ -378,9 +395,19 @@ pub fn run_with(
         out,
         progress_bar: flags.progress,
         progress: None,
+        print_predictions: flags.predict_out.is_none(),
     };
-    run.execute(&mut |event| terminal.show(event))
-        .map_err(run_failure)
+    let outcome = run
+        .execute(&mut |event| terminal.show(event))
+        .map_err(run_failure)?;
+    if let (Some(path), RunOutcome::Predicted(p)) = (&flags.predict_out, &outcome) {
+        (terminal.out)(&format!(
+            "wrote {} predictions to {}",
+            p.len(),
+            path.display()
+        ));
+    }
+    Ok(outcome)
 }
 
 /// Shows a run's events: a line each, and a progress bar per epoch.
@@ -389,6 +416,8 @@ struct Terminal<'o> {
     /// Whether to draw the bar (stdout is a terminal).
     progress_bar: bool,
     progress: Option<nnc_runtime::Progress>,
+    /// A line per prediction (not when they go to a `--predict-out` file).
+    print_predictions: bool,
 }
 
 impl Terminal<'_> {
@@ -466,24 +495,31 @@ impl Terminal<'_> {
             Event::Measured { split, metrics } => {
                 format!("{}: {}", split.name(), format_metrics(metrics))
             }
+            Event::Predicted { .. } if !self.print_predictions => return,
             Event::Predicted { index, prediction } => format_prediction(index, prediction),
         };
         (self.out)(&line);
     }
 }
 
-/// `3: [0.0100, 0.9900]  class 1`; several outputs are named.
+/// `3: [0.010000001, 0.99]  class 1`; several outputs are named. Each
+/// value is the shortest decimal that reads back to the same number of its
+/// dtype (`f32` for most models).
 pub fn format_prediction(index: usize, p: &Prediction) -> String {
-    let list = |v: &[f64]| {
-        let items: Vec<String> = v.iter().map(|x| format!("{x:.4}")).collect();
+    let list = |v: &[f64], dtype| {
+        let items: Vec<String> = v
+            .iter()
+            .map(|&x| nnc_runtime::predict::format_value(x, dtype))
+            .collect();
         format!("[{}]", items.join(", "))
     };
+    let dtype = |k: usize| p.dtypes.get(k).copied().unwrap_or(nnc_ir::DType::F32);
     let mut s = format!("{index}:");
     if let [(_, values)] = p.outputs.as_slice() {
-        s.push_str(&format!(" {}", list(values)));
+        s.push_str(&format!(" {}", list(values, dtype(0))));
     } else {
-        for (name, values) in &p.outputs {
-            s.push_str(&format!(" {name} {}", list(values)));
+        for (k, (name, values)) in p.outputs.iter().enumerate() {
+            s.push_str(&format!(" {name} {}", list(values, dtype(k))));
         }
     }
     if let Some(c) = p.class {
@@ -503,10 +539,14 @@ fn format_metrics(m: &nnc_runtime::Metrics) -> String {
 
 pub fn format_epoch(r: &nnc_runtime::EpochReport) -> String {
     let width = r.epochs.to_string().len();
-    let mut s = format!(
-        "epoch {:>width$}/{}  loss {:.4}",
-        r.epoch, r.epochs, r.train.loss
-    );
+    let mut s = format!("epoch {:>width$}/{}", r.epoch, r.epochs);
+    if !r.is_complete() {
+        s.push_str(&format!(
+            " (stopped after {} of {} steps)",
+            r.steps, r.batches
+        ));
+    }
+    s.push_str(&format!("  loss {:.4}", r.train.loss));
     if let Some(a) = r.train.accuracy {
         s.push_str(&format!("  accuracy {:.2}%", a * 100.0));
     }

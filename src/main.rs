@@ -12,6 +12,9 @@ struct Cli {
     command: Command,
 }
 
+// Parsed once per process: the size of `Run` next to the others is of no
+// consequence.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
     /// Parse and type-check a file: shapes, names, data and train blocks.
@@ -71,9 +74,24 @@ enum Command {
         /// Evaluate the --weights on the validation and test samples, without training.
         #[arg(long, requires = "weights", conflicts_with_all = ["save", "predict"])]
         eval: bool,
-        /// Print the outputs (and class) for each sample of an IDX or CSV file; needs --weights.
+        /// Print the outputs (and class) for each sample of an IDX or CSV file, each value in the shortest form that reads back exactly; needs --weights.
         #[arg(long, value_name = "INPUT", requires = "weights", conflicts_with_all = ["save", "resume", "report"])]
         predict: Option<PathBuf>,
+        /// With --predict: write the predictions to PATH (`.csv`, or `.safetensors` with a tensor per output) instead of printing them.
+        #[arg(long, value_name = "PATH", requires = "predict")]
+        predict_out: Option<PathBuf>,
+        /// Visit the training samples in file order every epoch (overrides the train block's `shuffle`).
+        #[arg(long)]
+        no_shuffle: bool,
+        /// Stop training after N optimizer steps (mid-epoch if need be; a --save checkpoint then counts only whole epochs).
+        #[arg(long, value_name = "N", value_parser = parse_steps)]
+        steps: Option<usize>,
+        /// Write a JSON line per step (epoch, step, loss, lr, samples) and per epoch (all metrics) to PATH, flushed as written.
+        #[arg(long, value_name = "PATH.jsonl")]
+        log: Option<PathBuf>,
+        /// Write the gradient of every param on each step's batch (before the update) to DIR/step-NNNNNN.safetensors; needs --steps.
+        #[arg(long, value_name = "DIR", requires = "steps")]
+        dump_grads: Option<PathBuf>,
         /// Write a JSON report: metrics per epoch, test, throughput, times, peak memory.
         #[arg(long, value_name = "PATH.json")]
         report: Option<PathBuf>,
@@ -126,6 +144,13 @@ enum EmitArg {
 
 fn parse_level(s: &str) -> Result<OptLevel, String> {
     s.parse()
+}
+
+fn parse_steps(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n) if n >= 1 => Ok(n),
+        _ => Err(format!("`{s}` is not a number of steps (1 or more)")),
+    }
 }
 
 fn parse_threads(s: &str) -> Result<usize, String> {
@@ -196,6 +221,11 @@ fn main() -> ExitCode {
             resume,
             eval,
             predict,
+            predict_out,
+            no_shuffle,
+            steps,
+            log,
+            dump_grads,
             report,
             opt,
             threads,
@@ -216,6 +246,8 @@ fn main() -> ExitCode {
                     batch,
                     seed,
                     first_epoch: 1,
+                    shuffle: no_shuffle.then_some(false),
+                    max_steps: steps,
                 },
             };
             let flags = RunFlags {
@@ -224,6 +256,9 @@ fn main() -> ExitCode {
                 resume,
                 eval,
                 predict,
+                predict_out,
+                log,
+                dump_grads,
                 report,
                 progress: nnc_runtime::progress::stdout_is_terminal(),
                 opt,

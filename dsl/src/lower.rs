@@ -839,13 +839,14 @@ fn check_inputs_have_fields(
 
 // ------------------------------------------------------------------ train
 
-const SETTINGS: [&str; 8] = [
+const SETTINGS: [&str; 9] = [
     "loss",
     "optimizer",
     "schedule",
     "batch",
     "epochs",
     "seed",
+    "shuffle",
     "validate",
     "metrics",
 ];
@@ -935,6 +936,21 @@ fn lower_train(
             }
         },
     };
+    let shuffle = match settings.get("shuffle") {
+        None => true,
+        Some(s) => match el.scalar_value(&s.value)? {
+            Value::Bool(b) => b,
+            other => {
+                return Err(Error::new(
+                    s.value.span,
+                    format!(
+                        "`shuffle` must be `true` or `false`, found {}",
+                        other.kind()
+                    ),
+                ))
+            }
+        },
+    };
     let validate = match settings.get("validate") {
         None => None,
         Some(s) => Some(split_fraction(el, &s.value, "validation")?),
@@ -961,6 +977,7 @@ fn lower_train(
         batch,
         epochs,
         seed,
+        shuffle,
         validate,
         schedule,
         metrics,

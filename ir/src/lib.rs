@@ -27,7 +27,7 @@ pub use init::{initialize, CounterRng};
 pub use interp::{eval, run_updates, Env, EvalError, EvalOptions, Values};
 pub use module::{
     is_loop_input, DataField, DataSpec, Metric, Module, Optimizer, Schedule, Source, TestSet,
-    TrainSpec, Transform, HYPER, LEARNING_RATE, LOSS, RNG_KEY,
+    TrainSpec, Transform, GRADIENT_PREFIX, HYPER, LEARNING_RATE, LOSS, RNG_KEY,
 };
 pub use op::{
     random_uniform, Arity, BinaryOp, Init, Literal, Op, OpClass, OpInfo, OpKind, ReduceOp, UnaryOp,

@@ -121,6 +121,10 @@ pub struct TrainSpec {
     pub batch: usize,
     pub epochs: usize,
     pub seed: u64,
+    /// Whether each epoch visits the training samples in a fresh seeded
+    /// order (`shuffle = true`, the default) or in file order, as a
+    /// `DataLoader` with `shuffle=False` does.
+    pub shuffle: bool,
     /// Fraction of the training samples held out for validation.
     pub validate: Option<f64>,
     /// How the learning rate changes from epoch to epoch.
@@ -130,6 +134,11 @@ pub struct TrainSpec {
 
 /// The loss output's name in `TrainSpec::objective`.
 pub const LOSS: &str = "loss";
+
+/// The prefix of the gradient outputs of a gradient graph (built by
+/// `nnc_passes::gradient_graph`): `grad.dense.w` is the loss's gradient
+/// with respect to the param `dense.w`.
+pub const GRADIENT_PREFIX: &str = "grad.";
 
 /// Inputs named `hyper.*` carry hyperparameters that the runtime feeds each
 /// step, rather than data.

@@ -7,7 +7,7 @@
 //! forward and backward as one program.
 
 use crate::PassError;
-use nnc_ir::{BinaryOp, Dim, Graph, NodeId, Op, ReduceOp, TensorType, UnaryOp};
+use nnc_ir::{BinaryOp, Dim, Graph, NodeId, Op, ReduceOp, TensorType, UnaryOp, GRADIENT_PREFIX};
 use std::collections::{HashMap, HashSet};
 
 /// Appends to `graph` the gradient of the scalar `loss` with respect to each
@@ -365,7 +365,7 @@ pub fn differentiate(objective: &Graph, loss: &str) -> Result<Graph, PassError> 
     let ids: Vec<NodeId> = params.iter().map(|(n, _)| *n).collect();
     let grads = gradients(&mut graph, loss, &ids)?;
     for ((_, name), g) in params.iter().zip(grads) {
-        graph.set_output(format!("grad.{name}"), g);
+        graph.set_output(format!("{GRADIENT_PREFIX}{name}"), g);
     }
     graph.prune();
     Ok(graph)

@@ -6,10 +6,12 @@
 //! machine the code will run on.
 
 pub mod autodiff;
+pub mod gradients;
 pub mod opt;
 pub mod train_step;
 
 pub use autodiff::{differentiate, gradients};
+pub use gradients::gradient_graph;
 pub use opt::{optimize, optimize_with, OptConfig, OptLevel, Report as OptReport};
 pub use train_step::build_train_step;
 

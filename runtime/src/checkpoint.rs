@@ -184,10 +184,6 @@ pub fn save(
     tensors: &[(String, Tensor)],
     meta: &Meta,
 ) -> Result<(), RuntimeError> {
-    let encoded: Vec<(String, Bytes)> = tensors
-        .iter()
-        .map(|(n, t)| (n.clone(), encode(t)))
-        .collect();
     let mut params = meta.params.clone();
     params.sort();
     let params_json = serde_json::to_string(&params)
@@ -203,10 +199,23 @@ pub fn save(
     .into_iter()
     .map(|(k, v)| (k.to_string(), v))
     .collect();
-    let bytes = safetensors::serialize(encoded.iter().map(|(n, b)| (n, b)), Some(metadata))
+    let bytes = safetensors_bytes(tensors, metadata)
         .map_err(|e| setup(format!("cannot save checkpoint `{}`: {e}", path.display())))?;
     write_atomic(path, &bytes)
         .map_err(|e| setup(format!("cannot save checkpoint `{}`: {e}", path.display())))
+}
+
+/// `tensors` as a safetensors file with `metadata` in its header, each
+/// tensor in its own dtype (see the module's documentation).
+pub fn safetensors_bytes(
+    tensors: &[(String, Tensor)],
+    metadata: HashMap<String, String>,
+) -> Result<Vec<u8>, SafeTensorError> {
+    let encoded: Vec<(String, Bytes)> = tensors
+        .iter()
+        .map(|(n, t)| (n.clone(), encode(t)))
+        .collect();
+    safetensors::serialize(encoded.iter().map(|(n, b)| (n, b)), Some(metadata))
 }
 
 /// Replaces `path` with `bytes` so that readers see either the old file or

@@ -8,7 +8,7 @@
 use crate::RuntimeError;
 use nnc_codegen::GroupConfig;
 use nnc_ir::interp::{self, Env, EvalOptions};
-use nnc_ir::{Graph, Tensor, LOSS};
+use nnc_ir::{Graph, Tensor, GRADIENT_PREFIX, LOSS};
 
 /// The graphs a model runs: inference, evaluation (loss and metrics) and
 /// the training step.
@@ -18,6 +18,11 @@ pub struct Programs {
     /// The loss and metrics of the model in evaluation mode (validation, test).
     pub evaluation: Graph,
     pub step: Graph,
+    /// The loss and every param's gradient on a batch, without an update
+    /// (outputs `loss` and `grad.<param>`, from
+    /// `nnc_passes::gradient_graph`): only a run that dumps gradients
+    /// compiles it.
+    pub gradients: Option<Graph>,
     /// How the JIT groups each graph's nodes into kernels (the fusion
     /// half of the optimization level); the interpreter ignores it.
     pub grouping: GroupConfig,
@@ -30,6 +35,7 @@ impl Programs {
             forward,
             evaluation,
             step,
+            gradients: None,
             grouping: GroupConfig::default(),
         }
     }
@@ -152,6 +158,11 @@ pub trait Executor {
     fn evaluate(&mut self, batch: &Batch) -> Result<StepMetrics, RuntimeError>;
     /// The forward graph's outputs on one batch.
     fn predict(&mut self, batch: &Batch) -> Result<Vec<(String, Tensor)>, RuntimeError>;
+    /// The gradient of the loss with respect to every param on one batch,
+    /// by param name, at the params as they are (before the step on the
+    /// same batch), changing nothing; an error when the programs have no
+    /// gradient graph.
+    fn gradients(&mut self, batch: &Batch) -> Result<Vec<(String, Tensor)>, RuntimeError>;
     /// Every param and state tensor, by name (for checkpoints).
     fn state(&self) -> Vec<(String, Tensor)>;
     /// Replaces one param or state tensor (from a checkpoint).
@@ -200,6 +211,24 @@ fn batch_tensor(field: &BatchField) -> Result<Tensor, RuntimeError> {
         .map_err(|e| RuntimeError::Setup(format!("field `{}`: {e}", field.name)))
 }
 
+pub(crate) fn no_gradient_graph() -> RuntimeError {
+    RuntimeError::Setup(
+        "internal error: gradients were asked for, but no gradient graph was compiled".into(),
+    )
+}
+
+/// The `grad.<param>` outputs of a gradient graph, renamed to their params.
+pub(crate) fn gradient_outputs(
+    outputs: impl Iterator<Item = (String, Tensor)>,
+) -> Vec<(String, Tensor)> {
+    outputs
+        .filter_map(|(name, t)| {
+            name.strip_prefix(GRADIENT_PREFIX)
+                .map(|param| (param.to_string(), t))
+        })
+        .collect()
+}
+
 fn metrics(graph: &Graph, values: &interp::Values) -> StepMetrics {
     let scalar = |name: &str| {
         graph
@@ -233,6 +262,19 @@ impl Executor for Interpreter {
             .outputs()
             .map(|(n, t)| (n.to_string(), t.clone()))
             .collect())
+    }
+
+    fn gradients(&mut self, batch: &Batch) -> Result<Vec<(String, Tensor)>, RuntimeError> {
+        self.feed(batch)?;
+        let graph = self
+            .programs
+            .gradients
+            .as_ref()
+            .ok_or_else(no_gradient_graph)?;
+        let values = interp::eval(graph, &self.env, EvalOptions::F32)?;
+        Ok(gradient_outputs(
+            values.outputs().map(|(n, t)| (n.to_string(), t.clone())),
+        ))
     }
 
     fn state(&self) -> Vec<(String, Tensor)> {

@@ -15,6 +15,7 @@ enum Which {
     Step,
     Evaluation,
     Forward,
+    Gradients,
 }
 
 struct Compiled {
@@ -65,12 +66,17 @@ impl Jit {
         })
     }
 
-    fn graph(&self, which: Which) -> &Graph {
-        match which {
+    fn graph(&self, which: Which) -> Result<&Graph, RuntimeError> {
+        Ok(match which {
             Which::Step => &self.programs.step,
             Which::Evaluation => &self.programs.evaluation,
             Which::Forward => &self.programs.forward,
-        }
+            Which::Gradients => self
+                .programs
+                .gradients
+                .as_ref()
+                .ok_or_else(crate::executor::no_gradient_graph)?,
+        })
     }
 
     /// The index of the program for `which` at this batch's shapes,
@@ -87,7 +93,7 @@ impl Jit {
         if let Some(i) = found {
             return Ok(i);
         }
-        let graph = self.graph(which);
+        let graph = self.graph(which)?;
         let bindings = bind_symbols(graph, batch)?;
         let program = Program::compile_with(graph, &bindings, &self.state, &self.programs.grouping)
             .map_err(codegen)?;
@@ -159,6 +165,21 @@ impl Jit {
         })
     }
 
+    /// Runs the program for `which` on `batch` and reads all its outputs.
+    fn outputs(
+        &mut self,
+        which: Which,
+        batch: &Batch,
+    ) -> Result<Vec<(String, Tensor)>, RuntimeError> {
+        let index = self.run(which, batch)?;
+        let p = &self.compiled[index].program;
+        let names: Vec<String> = p.output_names().map(str::to_string).collect();
+        Ok(names
+            .into_iter()
+            .filter_map(|n| p.output(&n, &self.state).map(|t| (n, t)))
+            .collect())
+    }
+
     /// Compile statistics of every program compiled so far.
     pub fn stats(&self) -> Vec<nnc_codegen::CompileStats> {
         self.compiled
@@ -198,13 +219,12 @@ impl Executor for Jit {
     }
 
     fn predict(&mut self, batch: &Batch) -> Result<Vec<(String, Tensor)>, RuntimeError> {
-        let index = self.run(Which::Forward, batch)?;
-        let p = &self.compiled[index].program;
-        let names: Vec<String> = p.output_names().map(str::to_string).collect();
-        Ok(names
-            .into_iter()
-            .filter_map(|n| p.output(&n, &self.state).map(|t| (n, t)))
-            .collect())
+        self.outputs(Which::Forward, batch)
+    }
+
+    fn gradients(&mut self, batch: &Batch) -> Result<Vec<(String, Tensor)>, RuntimeError> {
+        let outputs = self.outputs(Which::Gradients, batch)?;
+        Ok(crate::executor::gradient_outputs(outputs.into_iter()))
     }
 
     fn state(&self) -> Vec<(String, Tensor)> {

@@ -14,6 +14,7 @@ pub mod predict;
 pub mod progress;
 pub mod report;
 pub mod run;
+pub mod trace;
 pub mod train;
 
 pub use checkpoint::{Checkpoint, Meta as CheckpointMeta, Scope as CheckpointScope};
@@ -26,7 +27,10 @@ pub use predict::Prediction;
 pub use progress::Progress;
 pub use report::Report;
 pub use run::{Event, OptionsError, Run, RunError, RunOptions, RunOutcome, Split};
-pub use train::{train, EpochReport, Metrics, TrainOptions, TrainReport, TrainSettings};
+pub use train::{
+    train, train_observed, EpochReport, Metrics, StepInfo, TrainObserver, TrainOptions,
+    TrainReport, TrainSettings,
+};
 
 use thiserror::Error;
 

@@ -4,16 +4,17 @@
 
 use crate::checkpoint::{self, Scope};
 use crate::data::DataError;
-use crate::executor::{Backend, Batch, Programs};
-use crate::run::{Event, RunError, SampleShapeError};
-use crate::train::TrainOptions;
-use nnc_ir::{DType, DataField, DataSpec, Module, Source, Transform};
+use crate::executor::{Batch, Programs};
+use crate::run::{Event, OptionsError, RunError, RunOptions, SampleShapeError};
+use nnc_ir::{DType, DataField, DataSpec, Module, Source, Tensor, Transform};
 use std::path::Path;
 
 /// The forward graph's outputs for one sample.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Prediction {
     pub outputs: Vec<(String, Vec<f64>)>,
+    /// The element type of each output, in the order of `outputs`.
+    pub dtypes: Vec<DType>,
     /// The arg-max class, for a classifier (a model trained against `i32`
     /// class labels).
     pub class: Option<usize>,
@@ -24,12 +25,12 @@ pub struct Prediction {
 /// prediction as it is made. The samples go through the transforms of the
 /// data field that feeds the model's input in training (`scale`,
 /// `normalize`, `reshape`), so the file holds raw samples like the
-/// training data.
+/// training data. With `options.predict_out`, the predictions are also
+/// written to that file.
 pub(crate) fn predict(
     module: &Module,
     programs: Programs,
-    backend: Backend,
-    overrides: &TrainOptions,
+    options: &RunOptions,
     weights: &Path,
     input: &Path,
     events: &mut dyn FnMut(Event<'_>),
@@ -118,10 +119,10 @@ pub(crate) fn predict(
             source: Box::new(source),
         })?;
 
-    let settings = overrides.resolve(module.train.as_ref());
+    let settings = options.train.resolve(module.train.as_ref());
     let params = checkpoint::param_names(&programs);
     let output_names: Vec<String> = forward.outputs.iter().map(|o| o.name.clone()).collect();
-    let mut exec = backend.executor(programs, settings.seed)?;
+    let mut exec = options.backend.executor(programs, settings.seed)?;
     checkpoint::load(weights)?.apply(exec.as_mut(), &module.name, &params, Scope::Params)?;
 
     let classifier = is_classifier(module, &input_name);
@@ -134,6 +135,7 @@ pub(crate) fn predict(
         let outputs = exec.predict(&batch)?;
         for i in 0..chunk.len() {
             let mut per_sample = Vec::new();
+            let mut dtypes = Vec::new();
             for name in &output_names {
                 let Some((_, t)) = outputs.iter().find(|(n, _)| n == name) else {
                     continue;
@@ -141,6 +143,7 @@ pub(crate) fn predict(
                 let per = t.shape.iter().skip(1).product::<usize>();
                 let values = t.data.get(i * per..(i + 1) * per).unwrap_or_default();
                 per_sample.push((name.clone(), values.to_vec()));
+                dtypes.push(t.dtype);
             }
             let class = match per_sample.first() {
                 Some((_, v)) if classifier && v.len() >= 2 => argmax(v),
@@ -148,6 +151,7 @@ pub(crate) fn predict(
             };
             let prediction = Prediction {
                 outputs: per_sample,
+                dtypes,
                 class,
             };
             events(Event::Predicted {
@@ -157,7 +161,131 @@ pub(crate) fn predict(
             predictions.push(prediction);
         }
     }
+    if let Some(out) = &options.predict_out {
+        write_predictions(out, &module.name, &predictions)?;
+    }
     Ok(predictions)
+}
+
+/// The file formats of `--predict-out`, by extension.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutFormat {
+    /// A header row, then a row per sample.
+    Csv,
+    /// A tensor `[samples, values]` per output.
+    Safetensors,
+}
+
+impl OutFormat {
+    /// The format `path`'s extension names, if any.
+    pub fn of(path: &Path) -> Option<OutFormat> {
+        match path.extension()?.to_str()? {
+            "csv" => Some(OutFormat::Csv),
+            "safetensors" => Some(OutFormat::Safetensors),
+            _ => None,
+        }
+    }
+}
+
+/// The `format` metadata of a `--predict-out` safetensors file.
+pub const PREDICTIONS_FORMAT: &str = "nnc-predictions/1";
+
+/// A value in the shortest text that reads back to the same number of its
+/// dtype: an `f32` output prints as the shortest decimal that parses to
+/// the same `f32` (`0.1`, `1.0`, `1e-30`), integers as integers.
+pub fn format_value(value: f64, dtype: DType) -> String {
+    match dtype {
+        DType::F32 => format!("{:?}", value as f32),
+        DType::F64 => format!("{value:?}"),
+        DType::I32 | DType::Bool => format!("{}", value as i64),
+    }
+}
+
+/// Writes `predictions` to `path` as its extension says, atomically.
+fn write_predictions(path: &Path, model: &str, predictions: &[Prediction]) -> Result<(), RunError> {
+    let fail = |e: String| {
+        RunError::Runtime(crate::RuntimeError::Setup(format!(
+            "cannot write the predictions `{}`: {e}",
+            path.display()
+        )))
+    };
+    let bytes = match OutFormat::of(path) {
+        Some(OutFormat::Csv) => predictions_csv(predictions).into_bytes(),
+        Some(OutFormat::Safetensors) => {
+            let tensors = predictions_tensors(predictions).map_err(fail)?;
+            let metadata = [
+                ("format".to_string(), PREDICTIONS_FORMAT.to_string()),
+                ("model".to_string(), model.to_string()),
+            ]
+            .into_iter()
+            .collect();
+            checkpoint::safetensors_bytes(&tensors, metadata).map_err(|e| fail(e.to_string()))?
+        }
+        None => return Err(OptionsError::PredictOutFormat(path.to_path_buf()).into()),
+    };
+    checkpoint::write_atomic(path, &bytes).map_err(|e| fail(e.to_string()))
+}
+
+/// A header (an output of one value per sample is a column of its name,
+/// one of several values columns `name_0`, `name_1`, ...; then `class` for
+/// a classifier) and a row per sample.
+fn predictions_csv(predictions: &[Prediction]) -> String {
+    let Some(first) = predictions.first() else {
+        return String::new();
+    };
+    let mut header: Vec<String> = Vec::new();
+    for (name, values) in &first.outputs {
+        match values.len() {
+            1 => header.push(name.clone()),
+            n => header.extend((0..n).map(|j| format!("{name}_{j}"))),
+        }
+    }
+    if first.class.is_some() {
+        header.push("class".into());
+    }
+    let mut text = header.join(",") + "\n";
+    for p in predictions {
+        let mut cells: Vec<String> = Vec::new();
+        for ((_, values), &dtype) in p.outputs.iter().zip(&p.dtypes) {
+            cells.extend(values.iter().map(|&v| format_value(v, dtype)));
+        }
+        if let Some(c) = p.class {
+            cells.push(c.to_string());
+        }
+        text.push_str(&cells.join(","));
+        text.push('\n');
+    }
+    text
+}
+
+/// Each output as a tensor `[samples, values]` of its dtype, and `class`
+/// (`i32 [samples]`) for a classifier.
+fn predictions_tensors(predictions: &[Prediction]) -> Result<Vec<(String, Tensor)>, String> {
+    let Some(first) = predictions.first() else {
+        return Ok(Vec::new());
+    };
+    let n = predictions.len();
+    let mut tensors = Vec::new();
+    for (k, ((name, values), &dtype)) in first.outputs.iter().zip(&first.dtypes).enumerate() {
+        let data: Vec<f64> = predictions
+            .iter()
+            .flat_map(|p| p.outputs[k].1.iter().copied())
+            .collect();
+        let t = Tensor::from_vec(dtype, &[n, values.len()], data).map_err(|e| e.to_string())?;
+        tensors.push((name.clone(), t));
+    }
+    if first.class.is_some() {
+        if tensors.iter().any(|(name, _)| name == "class") {
+            return Err("the model has an output named `class`, which is where the arg-max class goes; write a `.csv` instead".into());
+        }
+        let classes: Vec<f64> = predictions
+            .iter()
+            .map(|p| p.class.map_or(-1.0, |c| c as f64))
+            .collect();
+        let t = Tensor::from_vec(DType::I32, &[n], classes).map_err(|e| e.to_string())?;
+        tensors.push(("class".into(), t));
+    }
+    Ok(tensors)
 }
 
 /// A classifier is trained against `i32` class labels (an input other than
@@ -185,7 +313,29 @@ fn argmax(values: &[f64]) -> Option<usize> {
 
 #[cfg(test)]
 mod tests {
-    use super::argmax;
+    use super::{argmax, format_value};
+    use nnc_ir::DType;
+
+    #[test]
+    fn values_print_in_the_shortest_form_that_reads_back_exactly() {
+        assert_eq!(format_value(f64::from(0.1f32), DType::F32), "0.1");
+        assert_eq!(format_value(1.0, DType::F32), "1.0");
+        assert_eq!(format_value(f64::from(1e-30f32), DType::F32), "1e-30");
+        assert_eq!(format_value(0.1, DType::F64), "0.1");
+        assert_eq!(format_value(3.0, DType::I32), "3");
+        // Every f32 of a spread of bit patterns round-trips bit for bit.
+        let mut bits: u32 = 0x9E37_79B9;
+        for _ in 0..20_000 {
+            bits = bits.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            let x = f32::from_bits(bits);
+            if !x.is_finite() {
+                continue;
+            }
+            let text = format_value(f64::from(x), DType::F32);
+            let back: f32 = text.parse().unwrap();
+            assert_eq!(back.to_bits(), x.to_bits(), "{x:e} printed as {text}");
+        }
+    }
 
     #[test]
     fn argmax_takes_the_first_maximum_and_skips_nan() {

@@ -9,14 +9,16 @@
 //! forth between the two while the run decides what to do next.
 
 use crate::checkpoint::{self, Scope};
-use crate::executor::{Backend, Executor, Programs};
+use crate::executor::{Backend, Batch, Executor, Programs, StepMetrics};
 use crate::loader::LoadedData;
 use crate::predict::{self, Prediction};
 use crate::report::{self, Report};
-use crate::train::{self, EpochReport, Evaluation, Metrics, TrainOptions, TrainReport};
+use crate::trace::{GradientDump, StepLog};
+use crate::train::{
+    self, EpochReport, Evaluation, Metrics, StepInfo, TrainObserver, TrainOptions, TrainReport,
+};
 use crate::RuntimeError;
 use nnc_ir::{Graph, Module, Optimizer, TrainSpec};
-use std::cell::RefCell;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 use thiserror::Error;
@@ -43,6 +45,16 @@ pub struct RunOptions {
     pub predict: Option<PathBuf>,
     /// A JSON report of the run, written atomically.
     pub report: Option<PathBuf>,
+    /// A JSON line per step and per epoch, flushed as written
+    /// ([`crate::trace`]).
+    pub log: Option<PathBuf>,
+    /// A safetensors file of every param's gradient per step, in this
+    /// folder ([`crate::trace`]); needs a step limit
+    /// (`train.max_steps`), and the programs' gradient graph.
+    pub dump_grads: Option<PathBuf>,
+    /// Write the predictions to this `.csv` or `.safetensors` file rather
+    /// than report each one.
+    pub predict_out: Option<PathBuf>,
 }
 
 /// Options that contradict each other or miss what they need. The texts
@@ -61,6 +73,14 @@ pub enum OptionsError {
     SaveWithoutTraining,
     #[error("`--report` describes training or evaluation, not `--predict`")]
     ReportOfPrediction,
+    #[error("`--steps`, `--log` and `--dump-grads` follow training, but `--eval` and `--predict` do not train")]
+    TraceWithoutTraining,
+    #[error("`--dump-grads` writes a file per step: give `--steps N` to say how many")]
+    DumpGradsWithoutSteps,
+    #[error("`--predict-out` writes the predictions of `--predict INPUT`: give `--predict`")]
+    PredictOutWithoutPredict,
+    #[error("`--predict-out {}`: expected a `.csv` or `.safetensors` file", .0.display())]
+    PredictOutFormat(PathBuf),
 }
 
 impl RunOptions {
@@ -85,6 +105,20 @@ impl RunOptions {
         }
         if self.predict.is_some() && self.report.is_some() {
             return Err(OptionsError::ReportOfPrediction);
+        }
+        let traced = self.train.max_steps.is_some() || self.log.is_some();
+        if uses_weights && (traced || self.dump_grads.is_some()) {
+            return Err(OptionsError::TraceWithoutTraining);
+        }
+        if self.dump_grads.is_some() && self.train.max_steps.is_none() {
+            return Err(OptionsError::DumpGradsWithoutSteps);
+        }
+        if let Some(out) = &self.predict_out {
+            if self.predict.is_none() {
+                return Err(OptionsError::PredictOutWithoutPredict);
+            }
+            predict::OutFormat::of(out)
+                .ok_or_else(|| OptionsError::PredictOutFormat(out.clone()))?;
         }
         Ok(())
     }
@@ -274,16 +308,8 @@ impl<'m> Run<'m> {
         } = self;
         options.validate()?;
         if let (Some(input), Some(weights)) = (&options.predict, &options.weights) {
-            return predict::predict(
-                module,
-                programs,
-                options.backend,
-                &options.train,
-                weights,
-                input,
-                events,
-            )
-            .map(RunOutcome::Predicted);
+            return predict::predict(module, programs, &options, weights, input, events)
+                .map(RunOutcome::Predicted);
         }
         let spec = module
             .train
@@ -294,6 +320,14 @@ impl<'m> Run<'m> {
         let data_spec = module.data.as_ref().ok_or_else(|| RunError::NoData {
             model: module.name.clone(),
         })?;
+        // Before anything slow: an unwritable path is the first thing to fix.
+        let trace = Trace {
+            log: options.log.as_deref().map(StepLog::create).transpose()?,
+            dump: match &options.dump_grads {
+                Some(dir) => Some(GradientDump::create(dir, &module.name)?),
+                None => None,
+            },
+        };
         let data = crate::loader::load(data_spec, &data_base)?;
         let params = checkpoint::param_names(&programs);
         let step = programs.step.clone();
@@ -362,7 +396,7 @@ impl<'m> Run<'m> {
         let outcome = if options.eval {
             evaluate(&cx, exec.as_mut(), &mut report, events)?
         } else {
-            fit(&cx, exec.as_mut(), done_before, &mut report, events)?
+            fit(&cx, exec.as_mut(), done_before, trace, &mut report, events)?
         };
         if let Some(path) = &options.report {
             // Parse, elaborate and build the step, then the executor's own compiling.
@@ -438,6 +472,7 @@ fn fit(
     cx: &Context<'_>,
     exec: &mut dyn Executor,
     done_before: usize,
+    trace: Trace,
     report: &mut Report,
     events: &mut dyn FnMut(Event<'_>),
 ) -> Result<RunOutcome, RunError> {
@@ -458,41 +493,32 @@ fn fit(
             epochs: settings.epochs,
         });
     }
-    let save = |exec: &dyn Executor, epochs_done: usize, path: &Path| {
-        let meta = checkpoint::Meta {
-            epochs_done,
-            params: cx.params.to_vec(),
-        };
-        checkpoint::save(path, model, &exec.state(), &meta)
+    let mut observer = FitObserver {
+        cx,
+        events,
+        log: trace.log,
+        dump: trace.dump,
+        saved: false,
     };
-    // Both of the loop's callbacks report events.
-    let events = RefCell::new(events);
-    let mut saved_epochs = None;
-    let result = train::train(
-        cx.spec,
-        cx.step,
-        cx.data,
-        exec,
-        cx.overrides,
-        &mut |done, total| (*events.borrow_mut())(Event::BatchDone { done, total }),
-        &mut |r, exec| {
-            (*events.borrow_mut())(Event::EpochDone(r));
-            if let Some(path) = &cx.options.save {
-                save(exec, r.epoch, path)?;
-                saved_epochs = Some(r.epoch);
-            }
-            Ok(())
-        },
-    );
-    let events = events.into_inner();
+    let result =
+        train::train_observed(cx.spec, cx.step, cx.data, exec, cx.overrides, &mut observer);
+    let FitObserver {
+        events,
+        mut log,
+        saved,
+        ..
+    } = observer;
     events(Event::TrainingStopped);
     let trained = result?;
     if let Some(path) = &cx.options.save {
         // Every epoch already saved the state it ended with; save here
         // only when no epoch ran.
-        if saved_epochs.is_none() {
-            save(exec, done_before, path)?;
+        if !saved {
+            save_checkpoint(cx, exec, done_before, path)?;
         }
+    }
+    if let (Some(log), Some(metrics)) = (&mut log, &trained.test) {
+        log.test(metrics)?;
     }
     if let Some(metrics) = &trained.test {
         events(Event::Measured {
@@ -500,7 +526,7 @@ fn fit(
             metrics,
         });
     }
-    report.epochs = done_before + trained.epochs.len();
+    report.epochs = done_before + trained.epochs.iter().filter(|e| e.is_complete()).count();
     report.per_epoch = trained.epochs.iter().map(Into::into).collect();
     report.train = trained.epochs.last().map(|e| (&e.train).into());
     report.validation = trained
@@ -511,6 +537,86 @@ fn fit(
     report.test = trained.test.as_ref().map(Into::into);
     report.samples_per_second = report::training_rate(&trained.epochs);
     Ok(RunOutcome::Trained(trained))
+}
+
+/// The files a training run writes for step-by-step comparisons.
+struct Trace {
+    log: Option<StepLog>,
+    dump: Option<GradientDump>,
+}
+
+/// A checkpoint of `exec`'s state after `epochs_done` epochs.
+fn save_checkpoint(
+    cx: &Context<'_>,
+    exec: &dyn Executor,
+    epochs_done: usize,
+    path: &Path,
+) -> Result<(), RuntimeError> {
+    let meta = checkpoint::Meta {
+        epochs_done,
+        params: cx.params.to_vec(),
+    };
+    checkpoint::save(path, &cx.module.name, &exec.state(), &meta)
+}
+
+/// What a training run does around the loop: events, checkpoints, the
+/// step log and the gradient dumps.
+struct FitObserver<'c, 'e> {
+    cx: &'c Context<'c>,
+    events: &'e mut dyn FnMut(Event<'_>),
+    log: Option<StepLog>,
+    dump: Option<GradientDump>,
+    /// Whether a checkpoint has been saved.
+    saved: bool,
+}
+
+impl TrainObserver for FitObserver<'_, '_> {
+    fn before_step(
+        &mut self,
+        step: &StepInfo<'_>,
+        batch: &Batch,
+        exec: &mut dyn Executor,
+    ) -> Result<(), RuntimeError> {
+        if let Some(dump) = &self.dump {
+            let gradients = exec.gradients(batch)?;
+            dump.write(step, &gradients)?;
+        }
+        Ok(())
+    }
+
+    fn after_step(
+        &mut self,
+        step: &StepInfo<'_>,
+        metrics: &StepMetrics,
+    ) -> Result<(), RuntimeError> {
+        if let Some(log) = &mut self.log {
+            log.step(step, metrics)?;
+        }
+        (self.events)(Event::BatchDone {
+            done: step.batch,
+            total: step.batches,
+        });
+        Ok(())
+    }
+
+    fn after_epoch(&mut self, r: &EpochReport, exec: &dyn Executor) -> Result<(), RuntimeError> {
+        if let Some(log) = &mut self.log {
+            log.epoch(r)?;
+        }
+        (self.events)(Event::EpochDone(r));
+        if let Some(path) = &self.cx.options.save {
+            // An epoch the step limit cut short is not done: resuming
+            // starts it again.
+            let done = if r.is_complete() {
+                r.epoch
+            } else {
+                r.epoch - 1
+            };
+            save_checkpoint(self.cx, exec, done, path)?;
+            self.saved = true;
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]

@@ -20,6 +20,11 @@ pub struct TrainOptions {
     /// after the epochs its checkpoint has done, with the same shuffles and
     /// learning rates as an uninterrupted run.
     pub first_epoch: usize,
+    /// Overrides the train block's `shuffle` (`--no-shuffle` is `Some(false)`).
+    pub shuffle: Option<bool>,
+    /// Stop after this many optimizer steps (`--steps N`), mid-epoch if
+    /// need be.
+    pub max_steps: Option<usize>,
 }
 
 /// The batch size of a model without a `train` block (prediction only).
@@ -37,6 +42,10 @@ pub struct TrainSettings {
     pub seed: u64,
     /// The first epoch to run (1-based).
     pub first_epoch: usize,
+    /// Whether each epoch draws a fresh order of the training samples.
+    pub shuffle: bool,
+    /// The most optimizer steps this run makes.
+    pub max_steps: Option<usize>,
 }
 
 impl TrainOptions {
@@ -51,6 +60,8 @@ impl TrainOptions {
                 .unwrap_or(DEFAULT_BATCH),
             seed: self.seed.or(spec.map(|s| s.seed)).unwrap_or(0),
             first_epoch: self.first_epoch.max(1),
+            shuffle: self.shuffle.or(spec.map(|s| s.shuffle)).unwrap_or(true),
+            max_steps: self.max_steps,
         }
     }
 
@@ -71,6 +82,13 @@ pub struct Metrics {
 pub struct EpochReport {
     pub epoch: usize,
     pub epochs: usize,
+    /// The learning rate of the epoch's steps.
+    pub lr: f64,
+    /// Optimizer steps the epoch made: fewer than `batches` when the step
+    /// limit (`--steps`) stopped training inside it.
+    pub steps: usize,
+    /// Steps in a whole epoch.
+    pub batches: usize,
     pub train: Metrics,
     pub validation: Option<Metrics>,
     pub seconds: f64,
@@ -161,6 +179,79 @@ pub fn partition(
         validation,
         test: test_idx,
     })
+}
+
+impl EpochReport {
+    /// Whether the epoch ran all its batches.
+    pub fn is_complete(&self) -> bool {
+        self.steps == self.batches
+    }
+}
+
+/// One optimizer step, as the loop describes it to a [`TrainObserver`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StepInfo<'a> {
+    pub epoch: usize,
+    /// Optimizer steps since training began, this one included (a resumed
+    /// run counts the epochs its checkpoint did): PyTorch's global step.
+    pub step: usize,
+    /// The batch's place in its epoch (1-based), of `batches`.
+    pub batch: usize,
+    pub batches: usize,
+    pub lr: f64,
+    /// The training samples of the batch, as indices into the data file's
+    /// samples, in batch order.
+    pub indices: &'a [usize],
+}
+
+/// What watches the training loop: checkpoints, the progress bar, the
+/// step log, gradient dumps. An error from any hook stops training.
+pub trait TrainObserver {
+    /// Before the step runs on `batch` (filled, with the learning rate and
+    /// random key set): `exec` holds the params the step will read.
+    fn before_step(
+        &mut self,
+        _step: &StepInfo<'_>,
+        _batch: &Batch,
+        _exec: &mut dyn Executor,
+    ) -> Result<(), RuntimeError> {
+        Ok(())
+    }
+    /// After the step, with the loss and metrics of its batch.
+    fn after_step(
+        &mut self,
+        _step: &StepInfo<'_>,
+        _metrics: &StepMetrics,
+    ) -> Result<(), RuntimeError> {
+        Ok(())
+    }
+    /// After each epoch (also one the step limit cut short), with the
+    /// executor, to checkpoint its state.
+    fn after_epoch(
+        &mut self,
+        _report: &EpochReport,
+        _exec: &dyn Executor,
+    ) -> Result<(), RuntimeError> {
+        Ok(())
+    }
+}
+
+/// The order in which epoch `epoch` visits the training samples `train`
+/// (sorted indices): a permutation seeded by the seed and the epoch, or
+/// file order when not shuffling.
+pub fn epoch_order(
+    train: &[usize],
+    seed: u64,
+    epoch: usize,
+    shuffle: bool,
+    order: &mut Vec<usize>,
+) {
+    order.clear();
+    order.extend_from_slice(train);
+    if shuffle {
+        let mut rng = SplitMix64::new(seed ^ (epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        rng.shuffle(order);
+    }
 }
 
 /// Names of a graph's data inputs, in order (not the `hyper.*` inputs and
@@ -255,11 +346,46 @@ pub fn train(
     on_batch: &mut dyn FnMut(usize, usize),
     on_epoch: &mut dyn FnMut(&EpochReport, &dyn Executor) -> Result<(), RuntimeError>,
 ) -> Result<TrainReport, RuntimeError> {
+    struct Callbacks<'c> {
+        on_batch: &'c mut dyn FnMut(usize, usize),
+        on_epoch: &'c mut dyn FnMut(&EpochReport, &dyn Executor) -> Result<(), RuntimeError>,
+    }
+    impl TrainObserver for Callbacks<'_> {
+        fn after_step(&mut self, s: &StepInfo<'_>, _: &StepMetrics) -> Result<(), RuntimeError> {
+            (self.on_batch)(s.batch, s.batches);
+            Ok(())
+        }
+        fn after_epoch(&mut self, r: &EpochReport, e: &dyn Executor) -> Result<(), RuntimeError> {
+            (self.on_epoch)(r, e)
+        }
+    }
+    train_observed(
+        spec,
+        step,
+        data,
+        exec,
+        options,
+        &mut Callbacks { on_batch, on_epoch },
+    )
+}
+
+/// Trains the executor's model as `spec` says, telling `observer` about
+/// every step and epoch.
+pub fn train_observed(
+    spec: &TrainSpec,
+    step: &Graph,
+    data: &LoadedData,
+    exec: &mut dyn Executor,
+    options: &TrainOptions,
+    observer: &mut dyn TrainObserver,
+) -> Result<TrainReport, RuntimeError> {
     let TrainSettings {
         epochs,
         batch: batch_size,
         seed,
         first_epoch,
+        shuffle,
+        max_steps,
     } = options.resolve(Some(spec));
     data.check_inputs(step)?;
     data.check_inputs(&spec.evaluation)?;
@@ -273,24 +399,40 @@ pub fn train(
     let names = input_names(step);
     let mut batch = Batch::default();
     let mut reports = Vec::with_capacity(epochs);
-    let mut order = parts.train.clone();
+    let mut order = Vec::with_capacity(parts.train.len());
     let base_lr = spec.optimizer.lr();
+    let per_epoch = Batches::new(parts.train.len(), batch_size, false)?.len();
+    let mut steps_taken = 0;
     for epoch in first_epoch..=epochs {
+        if max_steps.is_some_and(|m| steps_taken >= m) {
+            break;
+        }
         let lr = spec
             .schedule
             .map_or(base_lr, |s| s.lr(base_lr, epoch - 1, epochs));
         let start = Instant::now();
-        let mut rng = SplitMix64::new(seed ^ (epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
-        order.copy_from_slice(&parts.train);
-        rng.shuffle(&mut order);
+        epoch_order(&parts.train, seed, epoch, shuffle, &mut order);
         let mut acc = Accumulator::default();
         let batches = Batches::new(order.len(), batch_size, false)?;
         let total = batches.len();
+        let mut steps = 0;
         for (i, range) in batches.enumerate() {
+            if max_steps.is_some_and(|m| steps_taken >= m) {
+                break;
+            }
             let indices = &order[range];
             data.fill_batch(&data.train, &names, indices, &mut batch)?;
             set_hyper(&mut batch, LEARNING_RATE, lr);
             set_key(&mut batch, RNG_KEY, step_key(seed, epoch, i));
+            let info = StepInfo {
+                epoch,
+                step: (epoch - 1) * per_epoch + i + 1,
+                batch: i + 1,
+                batches: total,
+                lr,
+                indices,
+            };
+            observer.before_step(&info, &batch, exec)?;
             let m = exec.train_step(&batch)?;
             if !m.loss.is_finite() {
                 return Err(RuntimeError::NonFinite {
@@ -300,7 +442,9 @@ pub fn train(
                 });
             }
             acc.add(m, indices.len());
-            on_batch(i + 1, total);
+            steps_taken += 1;
+            steps += 1;
+            observer.after_step(&info, &m)?;
         }
         let validation = if parts.validation.is_empty() {
             None
@@ -317,11 +461,14 @@ pub fn train(
         let report = EpochReport {
             epoch,
             epochs,
+            lr,
+            steps,
+            batches: total,
             train: acc.finish(),
             validation,
             seconds: start.elapsed().as_secs_f64(),
         };
-        on_epoch(&report, exec)?;
+        observer.after_epoch(&report, exec)?;
         reports.push(report);
     }
     let test = evaluate_test(exec, spec, data, &parts, batch_size)?;
@@ -383,4 +530,47 @@ pub fn evaluate_held_out(
         validation,
         test,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn without_shuffling_every_epoch_is_in_file_order() {
+        let train = [0, 2, 3, 5, 8, 9];
+        let mut order = Vec::new();
+        for epoch in 1..=3 {
+            epoch_order(&train, 7, epoch, false, &mut order);
+            assert_eq!(order, train);
+        }
+    }
+
+    #[test]
+    fn shuffled_epochs_are_seeded_permutations() {
+        let train: Vec<usize> = (0..50).collect();
+        let (mut a, mut b, mut again) = (Vec::new(), Vec::new(), Vec::new());
+        epoch_order(&train, 7, 1, true, &mut a);
+        epoch_order(&train, 7, 2, true, &mut b);
+        epoch_order(&train, 7, 1, true, &mut again);
+        assert_ne!(a, train);
+        assert_ne!(a, b, "each epoch draws a new order");
+        assert_eq!(a, again, "the seed and the epoch fix the order");
+        let mut sorted = a.clone();
+        sorted.sort_unstable();
+        assert_eq!(sorted, train);
+    }
+
+    #[test]
+    fn the_command_line_overrides_the_train_blocks_shuffle() {
+        let options = TrainOptions {
+            shuffle: Some(false),
+            max_steps: Some(3),
+            ..Default::default()
+        };
+        let settings = options.resolve(None);
+        assert!(!settings.shuffle);
+        assert_eq!(settings.max_steps, Some(3));
+        assert!(TrainOptions::default().resolve(None).shuffle);
+    }
 }

@@ -41,6 +41,8 @@ fn squared_error(g: &mut Graph, y: NodeId) -> (NodeId, NodeId) {
 struct Line {
     module: Module,
     step: Graph,
+    /// The loss and `grad.w`, the gradient the step applies.
+    gradients: Graph,
 }
 
 fn line(dir: &Path) -> Line {
@@ -68,6 +70,13 @@ fn line(dir: &Path) -> Line {
         target: "w".into(),
         value: new_w,
     });
+
+    let mut gradients = Graph::new("gradients");
+    let (x, _, y) = linear(&mut gradients);
+    let (error, _) = squared_error(&mut gradients, y);
+    let xt = gradients.transpose(x, vec![1, 0]).unwrap();
+    let grad = gradients.matmul(xt, error).unwrap();
+    gradients.set_output("grad.w", grad);
 
     let rows: String = (0..16)
         .map(|i| {
@@ -107,12 +116,17 @@ fn line(dir: &Path) -> Line {
             batch: 4,
             epochs: 3,
             seed: 5,
+            shuffle: true,
             validate: None,
             schedule: None,
             metrics: Vec::new(),
         }),
     };
-    Line { module, step }
+    Line {
+        module,
+        step,
+        gradients,
+    }
 }
 
 /// A scratch directory, removed on drop.
@@ -144,11 +158,14 @@ fn execute(
         Programs::inference(module.forward.clone())
     } else {
         let train = module.train.as_ref().unwrap();
-        Programs::new(
-            module.forward.clone(),
-            train.evaluation.clone(),
-            line.step.clone(),
-        )
+        Programs {
+            gradients: Some(line.gradients.clone()),
+            ..Programs::new(
+                module.forward.clone(),
+                train.evaluation.clone(),
+                line.step.clone(),
+            )
+        }
     };
     let mut seen = Vec::new();
     let run = Run::new(module, programs, dir, options, Instant::now());
@@ -369,6 +386,50 @@ fn contradictory_options_are_refused_before_anything_runs() {
             },
             OptionsError::ReportOfPrediction,
         ),
+        (
+            RunOptions {
+                eval: true,
+                weights: some(),
+                log: some(),
+                ..interp()
+            },
+            OptionsError::TraceWithoutTraining,
+        ),
+        (
+            RunOptions {
+                predict: some(),
+                weights: some(),
+                train: TrainOptions {
+                    max_steps: Some(2),
+                    ..Default::default()
+                },
+                ..interp()
+            },
+            OptionsError::TraceWithoutTraining,
+        ),
+        (
+            RunOptions {
+                dump_grads: some(),
+                ..interp()
+            },
+            OptionsError::DumpGradsWithoutSteps,
+        ),
+        (
+            RunOptions {
+                predict_out: some(),
+                ..interp()
+            },
+            OptionsError::PredictOutWithoutPredict,
+        ),
+        (
+            RunOptions {
+                predict: some(),
+                weights: some(),
+                predict_out: Some(PathBuf::from("out.txt")),
+                ..interp()
+            },
+            OptionsError::PredictOutFormat(PathBuf::from("out.txt")),
+        ),
     ];
     let dir = Scratch::new("options");
     let line = line(&dir.0);
@@ -408,4 +469,238 @@ fn a_module_without_a_train_block_can_only_predict() {
     let run = Run::new(&module, programs, &dir.0, interp(), Instant::now());
     let err = run.execute(&mut |_| {}).unwrap_err();
     assert!(matches!(err, RunError::NotTrainable { ref model } if model == "Line"));
+}
+
+/// A gradient file: its metadata and its `w`.
+fn read_gradients(path: &Path) -> (std::collections::HashMap<String, String>, Vec<f32>) {
+    use safetensors::SafeTensors;
+    let bytes = std::fs::read(path).unwrap();
+    let (_, meta) = SafeTensors::read_metadata(&bytes).unwrap();
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    let names: Vec<String> = st.names().into_iter().map(str::to_string).collect();
+    assert_eq!(names, ["w"], "one tensor per param, named like it");
+    let w = st.tensor("w").unwrap();
+    assert_eq!(w.shape(), [2, 1]);
+    let values = w
+        .data()
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
+    (meta.metadata().clone().unwrap(), values)
+}
+
+/// The samples of `line.csv`: `x` and `t` of sample `i`.
+fn sample(i: usize) -> ([f64; 2], f64) {
+    let (a, b) = ((i % 4) as f64 / 4.0, (i / 4) as f64 / 4.0);
+    ([a, b], a + 2.0 * b)
+}
+
+#[test]
+fn unshuffled_steps_are_logged_and_their_gradients_dumped() {
+    let dir = Scratch::new("trace");
+    let line = line(&dir.0);
+    let log = dir.0.join("run.jsonl");
+    let grads = dir.0.join("grads");
+    let ckpt = dir.0.join("line.safetensors");
+    let options = RunOptions {
+        train: TrainOptions {
+            shuffle: Some(false),
+            max_steps: Some(6),
+            ..Default::default()
+        },
+        log: Some(log.clone()),
+        dump_grads: Some(grads.clone()),
+        save: Some(ckpt.clone()),
+        ..interp()
+    };
+    let (outcome, seen) = execute(&line, &dir.0, options).unwrap();
+    // 16 samples by 4: the limit stops training two steps into epoch 2.
+    assert_eq!(
+        seen,
+        ["training 1..=3 by 4", "epoch 1", "epoch 2", "stopped"]
+    );
+    let report = trained(outcome);
+    let steps: Vec<(usize, usize, bool)> = report
+        .epochs
+        .iter()
+        .map(|e| (e.steps, e.batches, e.is_complete()))
+        .collect();
+    assert_eq!(steps, [(4, 4, true), (2, 4, false)]);
+    assert_eq!(
+        checkpoint::load(&ckpt).unwrap().epochs_done,
+        1,
+        "a cut-short epoch is not done"
+    );
+
+    // One gradient file per step, each at the params the step started
+    // from: the step's update applied to them gives the next step's.
+    let lr = 0.05f32;
+    let mut w = [0f32; 2];
+    let mut files: Vec<String> = std::fs::read_dir(&grads)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    files.sort();
+    assert_eq!(files.len(), 6, "{files:?}");
+    for (k, file) in files.iter().enumerate() {
+        assert_eq!(*file, format!("step-{:06}.safetensors", k + 1));
+        let (meta, g) = read_gradients(&grads.join(file));
+        // File order: batch k of an epoch is samples 4k..4k+4.
+        let first = (k % 4) * 4;
+        let batch: Vec<usize> = (first..first + 4).collect();
+        assert_eq!(meta["samples"], serde_json::to_string(&batch).unwrap());
+        assert_eq!(meta["step"], (k + 1).to_string());
+        assert_eq!(meta["epoch"], (k / 4 + 1).to_string());
+        assert_eq!(meta["format"], crate::trace::GRADIENTS_FORMAT);
+        // x^T (x w - t) over the batch, from the params before the step.
+        let want: Vec<f64> = (0..2)
+            .map(|j| {
+                batch
+                    .iter()
+                    .map(|&i| {
+                        let (x, t) = sample(i);
+                        x[j] * (x[0] * f64::from(w[0]) + x[1] * f64::from(w[1]) - t)
+                    })
+                    .sum()
+            })
+            .collect();
+        for (got, want) in g.iter().zip(&want) {
+            assert!(
+                (f64::from(*got) - want).abs() < 1e-6,
+                "step {}: {g:?} vs {want:?}",
+                k + 1
+            );
+        }
+        if k == 0 {
+            assert_eq!(g, [-0.875, 0.0], "samples 0..4 at w = 0");
+        }
+        w = [w[0] - lr * g[0], w[1] - lr * g[1]];
+    }
+    let saved = checkpoint::load(&ckpt).unwrap();
+    let (_, trained_w) = saved.tensors.iter().find(|(n, _)| n == "w").unwrap();
+    let trained_w: Vec<f32> = trained_w.data.iter().map(|&v| v as f32).collect();
+    assert_eq!(trained_w, w, "the dumped gradients are the ones applied");
+
+    // The log: a line per step, then per epoch, each valid JSON.
+    let text = std::fs::read_to_string(&log).unwrap();
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let events: Vec<&str> = lines.iter().map(|l| l["event"].as_str().unwrap()).collect();
+    assert_eq!(
+        events,
+        ["step", "step", "step", "step", "epoch", "step", "step", "epoch"]
+    );
+    let first = &lines[0];
+    assert_eq!(first["epoch"], 1);
+    assert_eq!(first["step"], 1);
+    assert_eq!(first["batch"], 1);
+    assert_eq!(first["samples"], 4);
+    assert_eq!(first["lr"], 0.05);
+    // mean(t^2) over samples 0..4 at w = 0.
+    assert_eq!(first["loss"], 0.21875);
+    assert_eq!(lines[5]["step"], 5);
+    assert_eq!(lines[5]["batch"], 1);
+    let epoch2 = &lines[7];
+    assert_eq!(epoch2["epoch"], 2);
+    assert_eq!(epoch2["steps"], 2);
+    assert_eq!(epoch2["train"]["samples"], 8);
+    assert_eq!(epoch2["train"]["loss"], report.epochs[1].train.loss);
+    assert!(epoch2["validation"].is_null());
+}
+
+#[test]
+fn unwritable_trace_paths_fail_before_training() {
+    let dir = Scratch::new("trace-errors");
+    let line = line(&dir.0);
+    let missing = dir.0.join("no-such-folder").join("run.jsonl");
+    let options = RunOptions {
+        log: Some(missing.clone()),
+        ..interp()
+    };
+    let err = execute(&line, &dir.0, options).unwrap_err().to_string();
+    assert!(
+        err.starts_with(&format!("cannot write the log `{}`: ", missing.display())),
+        "{err}"
+    );
+    // A file where the folder should be.
+    let file = dir.0.join("line.csv");
+    let options = RunOptions {
+        dump_grads: Some(file.clone()),
+        train: TrainOptions {
+            max_steps: Some(1),
+            ..Default::default()
+        },
+        ..interp()
+    };
+    let err = execute(&line, &dir.0, options).unwrap_err().to_string();
+    assert!(
+        err.starts_with(&format!(
+            "cannot create the gradient folder `{}`: ",
+            file.display()
+        )),
+        "{err}"
+    );
+}
+
+#[test]
+fn predictions_are_written_to_csv_and_safetensors() {
+    let dir = Scratch::new("predict-out");
+    let line = line(&dir.0);
+    let ckpt = dir.0.join("line.safetensors");
+    let train = RunOptions {
+        save: Some(ckpt.clone()),
+        ..interp()
+    };
+    execute(&line, &dir.0, train).unwrap();
+    let input = dir.0.join("in.csv");
+    std::fs::write(&input, "1,0\n0,1\n0.5,0.5\n").unwrap();
+    let predict = |out: &str| {
+        let options = RunOptions {
+            weights: Some(ckpt.clone()),
+            predict: Some(input.clone()),
+            predict_out: Some(dir.0.join(out)),
+            ..interp()
+        };
+        match execute(&line, &dir.0, options).unwrap().0 {
+            RunOutcome::Predicted(p) => p,
+            other => panic!("expected predictions, got {other:?}"),
+        }
+    };
+    let predictions = predict("out.csv");
+    let values: Vec<f32> = predictions
+        .iter()
+        .map(|p| p.outputs[0].1[0] as f32)
+        .collect();
+    let csv = std::fs::read_to_string(dir.0.join("out.csv")).unwrap();
+    let mut rows = csv.lines();
+    assert_eq!(rows.next(), Some("y"));
+    let read: Vec<f32> = rows.map(|r| r.parse().unwrap()).collect();
+    assert_eq!(
+        read.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+        values.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+        "every value reads back to the same f32"
+    );
+
+    assert_eq!(predict("out.safetensors"), predictions);
+    let bytes = std::fs::read(dir.0.join("out.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let y = st.tensor("y").unwrap();
+    assert_eq!(y.shape(), [3, 1]);
+    let stored: Vec<f32> = y
+        .data()
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
+    assert_eq!(stored, values);
+
+    let options = RunOptions {
+        weights: Some(ckpt.clone()),
+        predict: Some(input.clone()),
+        predict_out: Some(dir.0.join("no-such-folder").join("out.csv")),
+        ..interp()
+    };
+    let err = execute(&line, &dir.0, options).unwrap_err().to_string();
+    assert!(err.starts_with("cannot write the predictions `"), "{err}");
 }
