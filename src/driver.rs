@@ -293,57 +293,35 @@ pub fn data_base(src_path: &Path, data_dir: Option<&Path>) -> PathBuf {
     }
 }
 
-pub struct RunSettings {
-    pub data_dir: Option<PathBuf>,
-    pub model: Option<String>,
-    pub options: nnc_runtime::TrainOptions,
-    pub backend: Backend,
-}
-
-/// What `nnc run` does besides training from scratch: checkpoints,
-/// evaluation or prediction from saved weights, the JSON report, the
-/// progress bar.
+/// What `nnc run` was asked: where the model and its data are, what the run
+/// does (the runtime's [`nnc_runtime::RunOptions`]: backend, train-block
+/// overrides, checkpoints, evaluation, prediction, logs), how the graphs
+/// are optimized, and whether to draw progress bars.
 #[derive(Debug, Clone, Default)]
-pub struct RunFlags {
-    /// `--save PATH`: a checkpoint after every epoch (and at the end when no
-    /// epoch ran), each written atomically.
-    pub save: Option<PathBuf>,
-    /// `--weights PATH`: start from these params (optimizer state fresh).
-    pub weights: Option<PathBuf>,
-    /// `--resume`: params, optimizer state and epoch count from `save`.
-    pub resume: bool,
-    /// `--eval`: evaluate `weights` on the validation and test samples; no
-    /// training.
-    pub eval: bool,
-    /// `--predict INPUT`: the forward graph's outputs for each sample of an
-    /// IDX or CSV file, with `weights`.
-    pub predict: Option<PathBuf>,
-    /// `--predict-out PATH`: write the predictions to a `.csv` or
-    /// `.safetensors` file instead of printing a line per sample.
-    pub predict_out: Option<PathBuf>,
-    /// `--log PATH.jsonl`: a JSON line per step and per epoch.
-    pub log: Option<PathBuf>,
-    /// `--dump-grads DIR`: every param's gradient per step, as safetensors.
-    pub dump_grads: Option<PathBuf>,
-    /// `--report PATH.json`: a JSON report of the run, written atomically.
-    pub report: Option<PathBuf>,
-    /// Draw a progress bar per epoch (when stdout is a terminal).
-    pub progress: bool,
+pub struct RunSettings {
+    /// `--data-dir DIR`: where relative data paths resolve.
+    pub data_dir: Option<PathBuf>,
+    /// `--model NAME`: which model of the file.
+    pub model: Option<String>,
+    pub run: nnc_runtime::RunOptions,
     /// How the graphs are optimized before they run (`-O0`..`-O2`).
     pub opt: OptLevel,
+    /// Draw a progress bar per epoch (when stdout is a terminal).
+    pub progress: bool,
 }
 
 fn run_failure(e: impl std::fmt::Display) -> Failure {
     Failure(diagnostic::render_plain(&e.to_string()))
 }
 
-/// `nnc run`: trains with the interpreter, printing a line per epoch.
+/// [`run_with`] for a run that trains (no `--eval` or `--predict`): its
+/// report.
 pub fn run(
     path: &Path,
     settings: &RunSettings,
     out: &mut dyn FnMut(&str),
 ) -> Result<nnc_runtime::TrainReport, Failure> {
-    match run_with(path, settings, &RunFlags::default(), out)? {
+    match run_with(path, settings, out)? {
         RunOutcome::Trained(report) => Ok(report),
         _ => Err(internal("a plain run did not train")),
     }
@@ -355,37 +333,29 @@ pub fn run(
 pub fn run_with(
     path: &Path,
     settings: &RunSettings,
-    flags: &RunFlags,
     out: &mut dyn FnMut(&str),
 ) -> Result<RunOutcome, Failure> {
     let started = Instant::now();
-    let options = nnc_runtime::RunOptions {
-        backend: settings.backend,
-        train: settings.options.clone(),
-        save: flags.save.clone(),
-        weights: flags.weights.clone(),
-        resume: flags.resume,
-        eval: flags.eval,
-        predict: flags.predict.clone(),
-        report: flags.report.clone(),
-        log: flags.log.clone(),
-        dump_grads: flags.dump_grads.clone(),
-        predict_out: flags.predict_out.clone(),
-    };
+    let options = settings.run.clone();
     // Before the source is read: a contradictory command line is the
     // first thing to fix.
     options.validate().map_err(run_failure)?;
     let src = read_source(path)?;
     let module = compile_source(&src, settings.model.as_deref())?;
-    let programs = if flags.predict.is_some() {
-        nnc_runtime::Programs::inference(optimize(&module.forward, flags.opt)?.0)
+    let opt = settings.opt;
+    let programs = if options.predict.is_some() {
+        nnc_runtime::Programs {
+            // The grouping of the level, as for training and `bench`.
+            grouping: grouping(opt),
+            ..nnc_runtime::Programs::inference(optimize(&module.forward, opt)?.0)
+        }
     } else {
         let spec = need_train(&module, "`nnc run`")?;
-        let mut programs = programs(&module, flags.opt)?;
-        if flags.dump_grads.is_some() {
+        let mut programs = programs(&module, opt)?;
+        if options.dump_grads.is_some() {
             let gradients = nnc_passes::gradient_graph(&spec.objective).map_err(internal)?;
             nnc_ir::verify(&gradients).map_err(internal)?;
-            programs.gradients = Some(optimize(&gradients, flags.opt)?.0);
+            programs.gradients = Some(optimize(&gradients, opt)?.0);
         }
         programs
     };
@@ -393,14 +363,14 @@ pub fn run_with(
     let run = nnc_runtime::Run::new(&module, programs, base, options, started);
     let mut terminal = Terminal {
         out,
-        progress_bar: flags.progress,
+        progress_bar: settings.progress,
         progress: None,
-        print_predictions: flags.predict_out.is_none(),
+        print_predictions: settings.run.predict_out.is_none(),
     };
     let outcome = run
         .execute(&mut |event| terminal.show(event))
         .map_err(run_failure)?;
-    if let (Some(path), RunOutcome::Predicted(p)) = (&flags.predict_out, &outcome) {
+    if let (Some(path), RunOutcome::Predicted(p)) = (&settings.run.predict_out, &outcome) {
         (terminal.out)(&format!(
             "wrote {} predictions to {}",
             p.len(),

@@ -1,7 +1,7 @@
 //! `nnc`: check, compile and run `.nn` neural-network programs.
 
 use clap::{Parser, Subcommand, ValueEnum};
-use nnc::driver::{self, CompileOptions, Emit, OptLevel, RunFlags, RunSettings};
+use nnc::driver::{self, CompileOptions, Emit, OptLevel, RunSettings};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -235,35 +235,35 @@ fn main() -> ExitCode {
                 return ExitCode::FAILURE;
             }
             let settings = RunSettings {
-                backend: match backend {
-                    Backend::Jit => driver::Backend::Jit,
-                    Backend::Interp => driver::Backend::Interp,
-                },
                 data_dir,
                 model,
-                options: nnc_runtime::TrainOptions {
-                    epochs,
-                    batch,
-                    seed,
-                    first_epoch: 1,
-                    shuffle: no_shuffle.then_some(false),
-                    max_steps: steps,
+                run: nnc_runtime::RunOptions {
+                    backend: match backend {
+                        Backend::Jit => driver::Backend::Jit,
+                        Backend::Interp => driver::Backend::Interp,
+                    },
+                    train: nnc_runtime::TrainOptions {
+                        epochs,
+                        batch,
+                        seed,
+                        first_epoch: 1,
+                        shuffle: no_shuffle.then_some(false),
+                        max_steps: steps,
+                    },
+                    save,
+                    weights,
+                    resume,
+                    eval,
+                    predict,
+                    report,
+                    log,
+                    dump_grads,
+                    predict_out,
                 },
-            };
-            let flags = RunFlags {
-                save,
-                weights,
-                resume,
-                eval,
-                predict,
-                predict_out,
-                log,
-                dump_grads,
-                report,
-                progress: nnc_runtime::progress::stdout_is_terminal(),
                 opt,
+                progress: nnc_runtime::progress::stdout_is_terminal(),
             };
-            driver::run_with(&file, &settings, &flags, &mut |line| println!("{line}")).map(|_| ())
+            driver::run_with(&file, &settings, &mut |line| println!("{line}")).map(|_| ())
         }
         Command::Bench {
             file,

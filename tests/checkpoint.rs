@@ -1,9 +1,9 @@
 //! Checkpoints, `--resume`, `--eval`, `--predict` and `--report`, end to end
 //! with the interpreter on the small examples (a few epochs each).
 
-use nnc::driver::{self, RunFlags, RunOutcome, RunSettings};
+use nnc::driver::{self, RunOutcome, RunSettings};
 use nnc_runtime::checkpoint::{self, Meta, Scope};
-use nnc_runtime::{Executor, Interpreter, Programs, Report, TrainOptions};
+use nnc_runtime::{Executor, Interpreter, Programs, Report, RunOptions, TrainOptions};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -46,25 +46,36 @@ impl Drop for Scratch {
 
 fn settings(epochs: usize) -> RunSettings {
     RunSettings {
-        backend: nnc::driver::Backend::Interp,
-        data_dir: None,
-        model: None,
-        options: TrainOptions {
-            epochs: Some(epochs),
+        run: RunOptions {
+            backend: nnc::driver::Backend::Interp,
+            train: TrainOptions {
+                epochs: Some(epochs),
+                ..Default::default()
+            },
             ..Default::default()
         },
+        ..Default::default()
     }
 }
 
-/// Runs `nnc run FILE` with `flags`, returning the outcome and the lines.
+/// Runs `nnc run FILE` with the backend and train options of `settings`
+/// and the rest of `flags`, returning the outcome and the lines.
 fn run(
     file: &Path,
     settings: &RunSettings,
-    flags: &RunFlags,
+    flags: &RunOptions,
 ) -> Result<(RunOutcome, Vec<String>), String> {
+    let settings = RunSettings {
+        run: RunOptions {
+            backend: settings.run.backend,
+            train: settings.run.train.clone(),
+            ..flags.clone()
+        },
+        ..settings.clone()
+    };
     let mut lines = Vec::new();
-    let outcome = driver::run_with(file, settings, flags, &mut |l| lines.push(l.to_string()))
-        .map_err(|f| f.0)?;
+    let outcome =
+        driver::run_with(file, &settings, &mut |l| lines.push(l.to_string())).map_err(|f| f.0)?;
     Ok((outcome, lines))
 }
 
@@ -77,7 +88,7 @@ fn trained(outcome: RunOutcome) -> nnc_runtime::TrainReport {
 
 /// Trains `name` for `epochs`, saving to `path`.
 fn train_and_save(name: &str, epochs: usize, path: &Path) -> nnc_runtime::TrainReport {
-    let flags = RunFlags {
+    let flags = RunOptions {
         save: Some(path.to_path_buf()),
         ..Default::default()
     };
@@ -160,11 +171,10 @@ fn weights_restore_only_params_and_tolerate_another_optimizer() {
     let text = std::fs::read_to_string(example("xor")).unwrap();
     std::fs::write(&sgd, text.replace("adam(lr: 0.05)", "sgd(lr: 0.5)")).unwrap();
     let settings = RunSettings {
-        backend: nnc::driver::Backend::Interp,
         data_dir: Some(example("xor").parent().unwrap().to_path_buf()),
         ..settings(1)
     };
-    let eval = RunFlags {
+    let eval = RunOptions {
         weights: Some(ckpt.clone()),
         eval: true,
         ..Default::default()
@@ -175,7 +185,7 @@ fn weights_restore_only_params_and_tolerate_another_optimizer() {
         "{lines:?}"
     );
     // But resuming SGD from an Adam checkpoint is refused.
-    let resume = RunFlags {
+    let resume = RunOptions {
         save: Some(ckpt.clone()),
         resume: true,
         ..Default::default()
@@ -187,12 +197,12 @@ fn weights_restore_only_params_and_tolerate_another_optimizer() {
     );
     // And the other way round, the missing state is named.
     let sgd_ckpt = dir.path("sgd.safetensors");
-    let save = RunFlags {
+    let save = RunOptions {
         save: Some(sgd_ckpt.clone()),
         ..Default::default()
     };
     run(&sgd, &settings, &save).unwrap();
-    let resume = RunFlags {
+    let resume = RunOptions {
         save: Some(sgd_ckpt),
         resume: true,
         ..Default::default()
@@ -273,7 +283,7 @@ fn damaged_files_give_located_errors() {
     assert!(err.contains("not an nnc checkpoint"), "{err}");
 
     // The CLI reports the same through `--weights`.
-    let flags = RunFlags {
+    let flags = RunOptions {
         weights: Some(dir.path("data-cut.safetensors")),
         eval: true,
         ..Default::default()
@@ -290,7 +300,7 @@ fn a_checkpoint_of_another_model_is_refused() {
     let dir = Scratch::new("other-model");
     let ckpt = dir.path("xor.safetensors");
     train_and_save("xor", 1, &ckpt);
-    let flags = RunFlags {
+    let flags = RunOptions {
         weights: Some(ckpt.clone()),
         eval: true,
         ..Default::default()
@@ -309,7 +319,6 @@ fn a_checkpoint_of_another_model_is_refused() {
     let text = std::fs::read_to_string(example("xor")).unwrap();
     std::fs::write(&wide, text.replace("hidden: int = 8", "hidden: int = 16")).unwrap();
     let settings = RunSettings {
-        backend: nnc::driver::Backend::Interp,
         data_dir: Some(example("xor").parent().unwrap().to_path_buf()),
         ..settings(1)
     };
@@ -392,7 +401,7 @@ fn an_interrupted_save_leaves_the_previous_checkpoint_intact() {
     assert_eq!(loaded.tensors, other);
 
     // Through the CLI: a `--save` that cannot be written stops the run.
-    let flags = RunFlags {
+    let flags = RunOptions {
         save: Some(target),
         ..Default::default()
     };
@@ -409,7 +418,7 @@ fn resume_continues_from_the_saved_epoch() {
     assert_eq!(checkpoint::load(&path).unwrap().epochs_done, 2);
 
     let report = dir.path("report.json");
-    let flags = RunFlags {
+    let flags = RunOptions {
         save: Some(path.clone()),
         resume: true,
         report: Some(report.clone()),
@@ -441,7 +450,7 @@ fn resume_continues_from_the_saved_epoch() {
     // The optimizer state carried over: 2 + 2 epochs train like 4 (xor has
     // one batch per epoch, so only the order inside it differs).
     let straight = trained(
-        run(&example("xor"), &settings(4), &RunFlags::default())
+        run(&example("xor"), &settings(4), &RunOptions::default())
             .unwrap()
             .0,
     );
@@ -463,7 +472,7 @@ fn report_and_eval_on_digits() {
     let dir = Scratch::new("report");
     let ckpt = dir.path("digits.safetensors");
     let report = dir.path("run.json");
-    let flags = RunFlags {
+    let flags = RunOptions {
         save: Some(ckpt.clone()),
         report: Some(report.clone()),
         ..Default::default()
@@ -509,7 +518,7 @@ fn report_and_eval_on_digits() {
     // `--eval` of the saved weights reproduces the run's final validation
     // and test metrics: same split, same params.
     let eval_report = dir.path("eval.json");
-    let flags = RunFlags {
+    let flags = RunOptions {
         weights: Some(ckpt),
         eval: true,
         report: Some(eval_report.clone()),
@@ -541,7 +550,7 @@ fn predict_prints_one_line_per_sample() {
     train_and_save("xor", 1, &ckpt);
     let input = dir.path("in.csv");
     std::fs::write(&input, "a,b\n0,0\n0,1\n1,0\n1,1\n").unwrap();
-    let flags = RunFlags {
+    let flags = RunOptions {
         weights: Some(ckpt.clone()),
         predict: Some(input.clone()),
         ..Default::default()
@@ -580,7 +589,7 @@ fn predict_prints_one_line_per_sample() {
     let err = run(
         &example("xor"),
         &settings(1),
-        &RunFlags {
+        &RunOptions {
             predict: Some(wide),
             ..flags.clone()
         },
@@ -631,7 +640,7 @@ fn predict_classifies_digits_from_csv_and_idx() {
 
     let mut results = Vec::new();
     for input in [&csv_path, &idx_path] {
-        let flags = RunFlags {
+        let flags = RunOptions {
             weights: Some(ckpt.clone()),
             predict: Some(input.clone()),
             ..Default::default()

@@ -64,10 +64,11 @@ fn ast_of_every_example_prints() {
 fn train(name: &str) -> nnc_runtime::TrainReport {
     let (path, _) = example(name);
     let settings = RunSettings {
-        backend: nnc::driver::Backend::Interp,
-        data_dir: None,
-        model: None,
-        options: Default::default(),
+        run: nnc_runtime::RunOptions {
+            backend: nnc::driver::Backend::Interp,
+            ..Default::default()
+        },
+        ..Default::default()
     };
     driver::run(&path, &settings, &mut |_| {}).unwrap_or_else(|f| panic!("{name}: {f}"))
 }

@@ -15,10 +15,8 @@ fn run(name: &str, text: &str) -> Result<nnc_runtime::TrainReport, String> {
     let path = dir.join(format!("{name}.nn"));
     std::fs::write(&path, text).unwrap();
     let settings = RunSettings {
-        backend: nnc::driver::Backend::Jit,
         data_dir: Some(examples_dir()),
-        model: None,
-        options: Default::default(),
+        ..Default::default()
     };
     let result = driver::run(&path, &settings, &mut |_| {}).map_err(|f| f.0);
     std::fs::remove_dir_all(&dir).ok();

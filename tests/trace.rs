@@ -237,17 +237,14 @@ fn predictions_print_and_write_at_full_precision() {
 
     // The outputs as the library computes them.
     let settings = nnc::driver::RunSettings {
-        data_dir: None,
-        model: None,
-        options: Default::default(),
-        backend: nnc::driver::Backend::Jit,
-    };
-    let flags = nnc::driver::RunFlags {
-        weights: Some(ckpt.clone()),
-        predict: Some(input.clone()),
+        run: nnc_runtime::RunOptions {
+            weights: Some(ckpt.clone()),
+            predict: Some(input.clone()),
+            ..Default::default()
+        },
         ..Default::default()
     };
-    let outcome = nnc::driver::run_with(&xor, &settings, &flags, &mut |_| {}).unwrap();
+    let outcome = nnc::driver::run_with(&xor, &settings, &mut |_| {}).unwrap();
     let nnc::driver::RunOutcome::Predicted(predictions) = outcome else {
         panic!("expected predictions");
     };
