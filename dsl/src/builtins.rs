@@ -8,7 +8,7 @@ use crate::span::Span;
 use crate::value::Value;
 use nnc_ir::{BinaryOp, DType, Dim, NodeId, ReduceOp, ShapeDisplay, TensorType, Ties, UnaryOp};
 
-pub(crate) const NAMES: [&str; 31] = [
+pub(crate) const NAMES: [&str; 32] = [
     "matmul",
     "exp",
     "log",
@@ -36,6 +36,7 @@ pub(crate) const NAMES: [&str; 31] = [
     "take",
     "one_hot",
     "float",
+    "double",
     "unfold",
     "uniform_like",
     "numel",
@@ -45,9 +46,8 @@ pub(crate) const NAMES: [&str; 31] = [
 /// Parameter names of each builtin; a trailing `?` marks an optional one.
 fn params(name: &str) -> &'static [&'static str] {
     match name {
-        "exp" | "log" | "sqrt" | "tanh" | "sigmoid" | "abs" | "float" | "uniform_like" | "rank" => {
-            &["x"]
-        }
+        "exp" | "log" | "sqrt" | "tanh" | "sigmoid" | "abs" | "float" | "double"
+        | "uniform_like" | "rank" => &["x"],
         "matmul" | "maximum" | "minimum" | "pow" | "greater" | "less" | "equal"
         | "greater_equal" | "less_equal" => &["a", "b"],
         "where" => &["cond", "a", "b"],
@@ -270,11 +270,16 @@ pub(crate) fn call(e: &mut Elaborator, name: &str, args: Vec<ArgVal>, span: Span
             uniform_like(e, t, span)
         }
         "unfold" => unfold(e, &mut b, span),
-        "float" => {
+        "float" | "double" => {
             let x = req(&mut b, 0)?;
             let t = e.tensor(x.value, x.span, "the argument")?;
+            let dtype = if name == "float" {
+                DType::F32
+            } else {
+                DType::F64
+            };
             e.graph
-                .cast(t, DType::F32)
+                .cast(t, dtype)
                 .map(Value::Tensor)
                 .map_err(|s| shape_err(e, s.message))
         }
