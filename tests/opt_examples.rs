@@ -153,10 +153,12 @@ fn environment(graph: &Graph, size: usize, seed: u64) -> nnc_ir::Env {
         let data: Vec<f64> = match &f.data {
             nnc_runtime::BatchData::F32(v) => v.iter().map(|&x| f64::from(x)).collect(),
             nnc_runtime::BatchData::I32(v) => v.iter().map(|&x| f64::from(x)).collect(),
+            nnc_runtime::BatchData::F64(v) => v.clone(),
         };
         let dtype = match f.data {
             nnc_runtime::BatchData::F32(_) => nnc_ir::DType::F32,
             nnc_runtime::BatchData::I32(_) => nnc_ir::DType::I32,
+            nnc_runtime::BatchData::F64(_) => nnc_ir::DType::F64,
         };
         env.insert(
             f.name.clone(),

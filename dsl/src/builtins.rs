@@ -6,9 +6,9 @@ use crate::args::{assign, Given};
 use crate::elaborate::{ArgVal, Elaborator, Result};
 use crate::span::Span;
 use crate::value::Value;
-use nnc_ir::{BinaryOp, DType, Dim, NodeId, ReduceOp, ShapeDisplay, TensorType, UnaryOp};
+use nnc_ir::{BinaryOp, DType, Dim, NodeId, ReduceOp, ShapeDisplay, TensorType, Ties, UnaryOp};
 
-pub(crate) const NAMES: [&str; 31] = [
+pub(crate) const NAMES: [&str; 32] = [
     "matmul",
     "exp",
     "log",
@@ -36,6 +36,7 @@ pub(crate) const NAMES: [&str; 31] = [
     "take",
     "one_hot",
     "float",
+    "double",
     "unfold",
     "uniform_like",
     "numel",
@@ -45,13 +46,13 @@ pub(crate) const NAMES: [&str; 31] = [
 /// Parameter names of each builtin; a trailing `?` marks an optional one.
 fn params(name: &str) -> &'static [&'static str] {
     match name {
-        "exp" | "log" | "sqrt" | "tanh" | "sigmoid" | "abs" | "float" | "uniform_like" | "rank" => {
-            &["x"]
-        }
+        "exp" | "log" | "sqrt" | "tanh" | "sigmoid" | "abs" | "float" | "double"
+        | "uniform_like" | "rank" => &["x"],
         "matmul" | "maximum" | "minimum" | "pow" | "greater" | "less" | "equal"
         | "greater_equal" | "less_equal" => &["a", "b"],
         "where" => &["cond", "a", "b"],
-        "sum" | "mean" | "amax" => &["x", "axis?", "keepdim?"],
+        "sum" | "mean" => &["x", "axis?", "keepdim?"],
+        "amax" => &["x", "axis?", "keepdim?", "ties?"],
         "argmax" | "numel" => &["x", "axis?"],
         "unfold" => &["x", "kernel", "stride?", "pad?", "dilation?", "fill?"],
         "reshape" => &["x", "shape"],
@@ -214,14 +215,21 @@ pub(crate) fn call(e: &mut Elaborator, name: &str, args: Vec<ArgVal>, span: Span
                 "mean" => ReduceOp::Mean,
                 _ => ReduceOp::Max,
             };
+            let ties = match b.take(3) {
+                None => Ties::Split,
+                Some(a) => ties(e, &a)?,
+            };
             if !e.graph.ty(t).dtype.is_float() {
                 return Err(e.err(
                     x.span,
                     format!("`{name}` needs a float tensor, found {}", e.graph.ty(t)),
                 ));
             }
-            e.graph
-                .reduce(op, t, axes, keepdim)
+            let reduced = match ties {
+                Ties::Split => e.graph.reduce(op, t, axes, keepdim),
+                Ties::First => e.graph.reduce_max_first(t, axes, keepdim),
+            };
+            reduced
                 .map(Value::Tensor)
                 .map_err(|s| shape_err(e, s.message))
         }
@@ -262,11 +270,16 @@ pub(crate) fn call(e: &mut Elaborator, name: &str, args: Vec<ArgVal>, span: Span
             uniform_like(e, t, span)
         }
         "unfold" => unfold(e, &mut b, span),
-        "float" => {
+        "float" | "double" => {
             let x = req(&mut b, 0)?;
             let t = e.tensor(x.value, x.span, "the argument")?;
+            let dtype = if name == "float" {
+                DType::F32
+            } else {
+                DType::F64
+            };
             e.graph
-                .cast(t, DType::F32)
+                .cast(t, dtype)
                 .map(Value::Tensor)
                 .map_err(|s| shape_err(e, s.message))
         }
@@ -640,6 +653,26 @@ fn boolean(e: &Elaborator, a: &ArgVal) -> Result<bool> {
             a.span,
             format!("expected `true` or `false`, found {}", other.kind()),
         )),
+    }
+}
+
+/// `amax`'s `ties`: where the gradient goes among equal maxima.
+fn ties(e: &Elaborator, a: &ArgVal) -> Result<Ties> {
+    match &a.value {
+        Value::Str(s) if s == "split" => Ok(Ties::Split),
+        Value::Str(s) if s == "first" => Ok(Ties::First),
+        other => Err(e
+            .err(
+                a.span,
+                format!(
+                    "`ties` of `amax` must be \"split\" or \"first\", found {}",
+                    other.kind()
+                ),
+            )
+            .with_help(
+                "\"split\" shares the gradient among equal maxima (torch.amax), \
+                 \"first\" gives it all to the first (nn.MaxPool2d)",
+            )),
     }
 }
 

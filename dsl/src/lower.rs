@@ -390,10 +390,10 @@ fn lower_fields(el: &mut Elaborator, fields: &[ast::DataField]) -> Result<Vec<Da
             Some(te) => match &te.kind {
                 TypeKind::Tensor { dtype, .. } => {
                     let d = el.ir_dtype(*dtype, te.span)?;
-                    if !matches!(d, DType::F32 | DType::I32) {
+                    if !matches!(d, DType::F32 | DType::F64 | DType::I32) {
                         return Err(Error::new(
                             te.span,
-                            format!("data fields are delivered as f32 or i32, not {d}"),
+                            format!("data fields are delivered as f32, f64 or i32, not {d}"),
                         ));
                     }
                     d

@@ -212,6 +212,47 @@ fn conv2d_shapes_params_and_values() {
     assert_close("conv2d", &y.data, &want);
 }
 
+/// `x @ w` for `x: [n, k]`, `w: [k, m]`, plus `b` when given.
+fn dense_reference(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Vec<f64> {
+    let (n, k, m) = (x.shape[0], x.shape[1], w.shape[1]);
+    let mut y = vec![0.0; n * m];
+    for i in 0..n {
+        for j in 0..m {
+            let dot: f64 = (0..k).map(|p| x.data[i * k + p] * w.data[p * m + j]).sum();
+            y[i * m + j] = dot + b.map_or(0.0, |b| b.data[j]);
+        }
+    }
+    y
+}
+
+#[test]
+fn dense_with_and_without_bias() {
+    let m = module(&trained("f32[B, 6]", "x -> dense(4, bias: false)"));
+    for g in [&m.forward, objective(&m)] {
+        assert_eq!(output_type(g, "y"), "f32[B,4]");
+        // As for conv2d: without a bias, `dense.b` is not in the model.
+        assert_eq!(params(g), ["dense.w: f32[6,4] = xavier_uniform"]);
+        assert_eq!(count_op(g, "add"), 0);
+    }
+    let x = tensor(&[3, 6]);
+    let (y, env, _) = run(&m.forward, x.clone(), Env::new());
+    let w = env.get("dense.w").unwrap();
+    assert_close("dense(bias: false)", &y.data, &dense_reference(&x, w, None));
+
+    let m = module(&trained("f32[B, 6]", "x -> dense(4)"));
+    assert_eq!(
+        params(&m.forward),
+        [
+            "dense.b: f32[4] = zeros",
+            "dense.w: f32[6,4] = xavier_uniform"
+        ]
+    );
+    let b = Tensor::from_vec(DType::F32, &[4], vec![0.5, -1.0, 2.0, 0.25]).unwrap();
+    let (y, env, _) = run(&m.forward, x.clone(), Env::new().with("dense.b", b.clone()));
+    let w = env.get("dense.w").unwrap();
+    assert_close("dense", &y.data, &dense_reference(&x, w, Some(&b)));
+}
+
 #[test]
 fn conv2d_with_int_settings_and_no_bias() {
     let m = module(&trained(
@@ -979,4 +1020,15 @@ fn ints_parameters_take_an_int_or_a_list_of_ints() {
         e.message,
         "argument `size` of `k` must be an int or a list of ints, found float 1.5"
     );
+}
+
+#[test]
+fn amax_ties_must_be_split_or_first() {
+    let e = error(&model("f32[B, 4]", "amax(x, axis: 1, ties: \"last\")"));
+    assert_eq!(
+        e.message,
+        "`ties` of `amax` must be \"split\" or \"first\", found string \"last\""
+    );
+    let m = module(&model("f32[B, 4]", "amax(x, axis: 1, ties: \"first\")"));
+    assert!(m.forward.to_string().contains("ties=first"));
 }

@@ -463,7 +463,7 @@ fn candidate(facts: &OpFacts, rule: &InlineRule) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::op::{BinaryOp, Init, ReduceOp, UnaryOp};
+    use crate::op::{BinaryOp, Init, ReduceOp, Ties, UnaryOp};
 
     /// A DAG held as a slice of nodes, as the tests write it.
     #[derive(Debug, Clone)]
@@ -563,6 +563,7 @@ mod tests {
                     op: ReduceOp::Sum,
                     axes: vec![0],
                     keepdim: false,
+                    ties: Ties::Split,
                 },
                 vec![],
                 vec![2],

@@ -6,7 +6,7 @@
 //! that come from elsewhere (the text parser, rewrites).
 
 use crate::infer::{infer, ShapeError};
-use crate::op::{BinaryOp, Init, Literal, Op, ReduceOp, UnaryOp, Window};
+use crate::op::{BinaryOp, Init, Literal, Op, ReduceOp, Ties, UnaryOp, Window};
 use crate::types::{DType, Dim, Shape, TensorType};
 use petgraph::stable_graph::{NodeIndex, StableDiGraph};
 use petgraph::visit::EdgeRef;
@@ -309,7 +309,34 @@ impl Graph {
         axes: Vec<usize>,
         keepdim: bool,
     ) -> Result<NodeId, ShapeError> {
-        self.add(Op::Reduce { op, axes, keepdim }, &[x], None)
+        let ties = Ties::Split;
+        self.add(
+            Op::Reduce {
+                op,
+                axes,
+                keepdim,
+                ties,
+            },
+            &[x],
+            None,
+        )
+    }
+
+    /// The max over `axes` whose gradient goes to the first maximum
+    /// (`nn.MaxPool`'s), not split among ties (`torch.amax`'s).
+    pub fn reduce_max_first(
+        &mut self,
+        x: NodeId,
+        axes: Vec<usize>,
+        keepdim: bool,
+    ) -> Result<NodeId, ShapeError> {
+        let op = Op::Reduce {
+            op: ReduceOp::Max,
+            axes,
+            keepdim,
+            ties: Ties::First,
+        };
+        self.add(op, &[x], None)
     }
 
     pub fn argmax(&mut self, x: NodeId, axis: usize) -> Result<NodeId, ShapeError> {

@@ -5,7 +5,7 @@
 //! constant `1`. So every shape error is found at compile time, never
 //! when a batch arrives.
 
-use crate::op::{BinaryOp, Literal, Op};
+use crate::op::{BinaryOp, Literal, Op, ReduceOp, Ties};
 use crate::types::{DType, Dim, Shape, ShapeDisplay, TensorType};
 use thiserror::Error;
 
@@ -147,9 +147,20 @@ pub fn infer(
             }
             Ok(t)
         }
-        Op::Reduce { axes, keepdim, .. } => {
+        Op::Reduce {
+            op,
+            axes,
+            keepdim,
+            ties,
+        } => {
             let x = args[0];
             check_axes(axes, x.rank())?;
+            if *ties == Ties::First && *op != ReduceOp::Max {
+                return err(format!(
+                    "reduce_{op} has ties={}, which only reduce_max can have",
+                    ties.name()
+                ));
+            }
             let shape = x
                 .shape
                 .iter()

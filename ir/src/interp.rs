@@ -592,7 +592,10 @@ fn eval_op(
                 .collect();
             tensor(dtype, &x.shape, data)
         }
-        Op::Reduce { op, axes, keepdim } => {
+        // Ties change the gradient, not the value.
+        Op::Reduce {
+            op, axes, keepdim, ..
+        } => {
             let [x] = operands(at, args)?;
             reduce(at, *op, axes, *keepdim, x)?
         }

@@ -30,8 +30,8 @@ pub use module::{
     TrainSpec, Transform, GRADIENT_PREFIX, HYPER, LEARNING_RATE, LOSS, RNG_KEY,
 };
 pub use op::{
-    random_uniform, Arity, BinaryOp, Init, Literal, Op, OpClass, OpInfo, OpKind, ReduceOp, UnaryOp,
-    Window,
+    random_uniform, Arity, BinaryOp, Init, Literal, Op, OpClass, OpInfo, OpKind, ReduceOp, Ties,
+    UnaryOp, Window,
 };
 pub use tensor::{Tensor, TensorError};
 pub use text::{parse_graph, TextError};

@@ -13,7 +13,7 @@
 //! on how the graph was built or edited.
 
 use crate::graph::{Graph, NodeId};
-use crate::op::{Literal, Op, Window};
+use crate::op::{Literal, Op, Ties, Window};
 use std::collections::HashMap;
 use std::fmt::{self, Write};
 
@@ -82,8 +82,18 @@ fn write_attrs(line: &mut String, op: &Op) -> fmt::Result {
             write!(line, " axis={axis}")
         }
         Op::Gather { axis } | Op::ScatterAdd { axis } => write!(line, " axis={axis}"),
-        Op::Reduce { axes, keepdim, .. } => {
-            write!(line, " axes={} keepdim={keepdim}", ints(axes))
+        Op::Reduce {
+            axes,
+            keepdim,
+            ties,
+            ..
+        } => {
+            write!(line, " axes={} keepdim={keepdim}", ints(axes))?;
+            // The default is left out, so amax reads as before.
+            match ties {
+                Ties::Split => Ok(()),
+                Ties::First => write!(line, " ties={}", ties.name()),
+            }
         }
         Op::Transpose { perm } => write!(line, " perm={}", ints(perm)),
         Op::Slice { axis, start, end } => {

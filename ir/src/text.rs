@@ -24,7 +24,7 @@
 
 use crate::graph::{Graph, NodeId, Output, Update};
 use crate::infer::infer;
-use crate::op::{Init, Literal, Op, OpKind, Window};
+use crate::op::{Init, Literal, Op, OpKind, ReduceOp, Ties, Window};
 use crate::types::{DType, Dim, TensorType};
 use std::collections::HashMap;
 use thiserror::Error;
@@ -459,6 +459,16 @@ impl<'a> Parser<'a> {
         })
     }
 
+    fn ties(&mut self, what: &str) -> Result<Ties, TextError> {
+        for ties in [Ties::Split, Ties::First] {
+            if self.at_word(ties.name()) {
+                self.bump();
+                return Ok(ties);
+            }
+        }
+        Err(self.unexpected(&format!("`split` or `first` as {what}")))
+    }
+
     fn bool_value(&mut self, what: &str) -> Result<bool, TextError> {
         if self.at_word("true") {
             self.bump();
@@ -750,7 +760,18 @@ impl<'a> Parser<'a> {
             OpKind::Reduce(op) => {
                 let axes = self.attr("axes", m, |p, what| p.int_list(what))?;
                 let keepdim = self.attr("keepdim", m, |p, what| p.bool_value(what))?;
-                Op::Reduce { op, axes, keepdim }
+                // Optional, as the printer leaves out the default.
+                let ties = if op == ReduceOp::Max && self.at_word("ties") {
+                    self.attr("ties", m, |p, what| p.ties(what))?
+                } else {
+                    Ties::Split
+                };
+                Op::Reduce {
+                    op,
+                    axes,
+                    keepdim,
+                    ties,
+                }
             }
             OpKind::Transpose => Op::Transpose {
                 perm: self.attr("perm", m, |p, what| p.int_list(what))?,

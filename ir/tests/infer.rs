@@ -3,7 +3,7 @@
 use nnc_ir::infer::{broadcast_shapes, broadcasts_to, infer};
 use nnc_ir::{
     shape_of, verify, BinaryOp, DType, Dim, Graph, Init, Literal, NodeId, Op, Output, ReduceOp,
-    Shape, TensorType, UnaryOp, Update,
+    Shape, TensorType, Ties, UnaryOp, Update,
 };
 
 /// Parses a shape written like the printer does: `B,1` -> `[B,1]`.
@@ -172,7 +172,12 @@ fn matmul_errors() {
 
 #[test]
 fn reduce_keepdim() {
-    let r = |op, axes: Vec<usize>, keepdim| Op::Reduce { op, axes, keepdim };
+    let r = |op, axes: Vec<usize>, keepdim| Op::Reduce {
+        op,
+        axes,
+        keepdim,
+        ties: Ties::Split,
+    };
     assert_eq!(
         ok(r(ReduceOp::Sum, vec![1], false), &[f("B,3,4")]),
         f("B,4")
@@ -195,6 +200,19 @@ fn reduce_keepdim() {
     assert_eq!(e, "axis 3 is out of range for rank 3");
     let e = fails(r(ReduceOp::Sum, vec![1, 1], false), &[f("B,3,4")], None);
     assert_eq!(e, "axis 1 is repeated");
+    // maxpool's max: the same type; only a max has ties to route.
+    let first = |op| Op::Reduce {
+        op,
+        axes: vec![1],
+        keepdim: false,
+        ties: Ties::First,
+    };
+    assert_eq!(ok(first(ReduceOp::Max), &[f("B,3,4")]), f("B,4"));
+    let e = fails(first(ReduceOp::Sum), &[f("B,3,4")], None);
+    assert_eq!(
+        e,
+        "reduce_sum has ties=first, which only reduce_max can have"
+    );
 }
 
 #[test]

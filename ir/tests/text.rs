@@ -894,3 +894,39 @@ fn scalar_and_symbolic_types_parse() {
         &TensorType::scalar(DType::Bool)
     );
 }
+
+#[test]
+fn reduce_max_ties() {
+    let src = "graph g {\n  %0 = input \"x\" : f32[2,3]\n  \
+               %1 = reduce_max %0 axes=[1] keepdim=false ties=first : f32[2]\n  \
+               %2 = reduce_max %0 axes=[1] keepdim=false ties=split : f32[2]\n  \
+               output a = %1\n  output b = %2\n}\n";
+    let g = parse_graph(src).unwrap_or_else(|e| panic!("{e}"));
+    let ties: Vec<_> = ["a", "b"]
+        .iter()
+        .map(|name| match &g.node(g.output(name).unwrap()).op {
+            nnc_ir::Op::Reduce { ties, .. } => *ties,
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(ties, [nnc_ir::Ties::First, nnc_ir::Ties::Split]);
+    // The default is not printed, so amax's text is what it was.
+    let text = g.to_string();
+    assert!(text.contains("keepdim=false ties=first : f32[2]"), "{text}");
+    assert!(text.contains("keepdim=false : f32[2]"), "{text}");
+    assert_eq!(roundtrip(&g).to_string(), text);
+
+    assert_err(
+        "  %2 = reduce_max %0 axes=[0] keepdim=false ties=last : f32[]\n}\n",
+        4,
+        50,
+        "expected `split` or `first` as the value of `ties`, found `last`",
+    );
+    // Only a max has ties; a sum does not take the attribute.
+    assert_err(
+        "  %2 = reduce_sum %0 axes=[0] keepdim=false ties=first : f32[]\n}\n",
+        4,
+        45,
+        "expected `:` and a type, found `ties`",
+    );
+}

@@ -7,7 +7,9 @@
 //! forward and backward as one program.
 
 use crate::PassError;
-use nnc_ir::{BinaryOp, Dim, Graph, NodeId, Op, ReduceOp, TensorType, UnaryOp, GRADIENT_PREFIX};
+use nnc_ir::{
+    BinaryOp, Dim, Graph, NodeId, Op, ReduceOp, TensorType, Ties, UnaryOp, GRADIENT_PREFIX,
+};
 use std::collections::{HashMap, HashSet};
 
 /// Appends to `graph` the gradient of the scalar `loss` with respect to each
@@ -197,7 +199,12 @@ fn vjp(
                 vec![None]
             }
         }
-        Op::Reduce { op, axes, keepdim } => {
+        Op::Reduce {
+            op,
+            axes,
+            keepdim,
+            ties,
+        } => {
             let xt = graph.ty(x[0]).clone();
             let g_keep = if keepdim {
                 g
@@ -216,17 +223,22 @@ fn vjp(
                     graph.broadcast(scaled, xt.shape.clone())?
                 }
                 ReduceOp::Max => {
-                    // Split evenly among tied maxima, like torch.amax.
                     let y_keep = if keepdim {
                         y
                     } else {
                         graph.reshape(y, keepdim_shape(&xt.shape, &axes))?
                     };
                     let hit = graph.binary(BinaryOp::Eq, x[0], y_keep)?;
-                    let mask = graph.cast(hit, xt.dtype)?;
-                    let count = graph.reduce(ReduceOp::Sum, mask, axes.clone(), true)?;
-                    let share = graph.div(g_keep, count)?;
-                    graph.mul(mask, share)?
+                    match ties {
+                        // Split evenly among tied maxima, like torch.amax.
+                        Ties::Split => {
+                            let mask = graph.cast(hit, xt.dtype)?;
+                            let count = graph.reduce(ReduceOp::Sum, mask, axes.clone(), true)?;
+                            let share = graph.div(g_keep, count)?;
+                            graph.mul(mask, share)?
+                        }
+                        Ties::First => first_max_gradient(graph, x[0], hit, g_keep, &axes)?,
+                    }
                 }
             };
             vec![Some(gx)]
@@ -298,6 +310,72 @@ fn vjp(
         Op::Random { .. } => vec![None],
     };
     Ok(out)
+}
+
+/// The gradient `g_keep` (the result's, with the reduced dims kept as 1s)
+/// of a max of `x` over `axes`, all of it to the first maximum in
+/// row-major order over `axes`, as `nn.MaxPool` routes it by its arg-max
+/// indices; `hit` marks the elements equal to the maximum. A NaN counts
+/// as the maximum (the max is NaN then, and equals nothing), the first
+/// NaN winning, as in PyTorch.
+///
+/// The first maximum is found as the max of the negated positions of the
+/// maxima: a max reduction over an elementwise prologue, like the forward
+/// max and the tie count of the split gradient, rather than an `argmax`,
+/// which is a scalar loop that must read its operand from memory. The
+/// routing select then reads no `x`, only the small position constant.
+fn first_max_gradient(
+    graph: &mut Graph,
+    x: NodeId,
+    hit: NodeId,
+    g_keep: NodeId,
+    axes: &[usize],
+) -> Result<NodeId, PassError> {
+    let xt = graph.ty(x).clone();
+    let mut sorted = axes.to_vec();
+    sorted.sort_unstable();
+    // -(the row-major position over the reduced axes), with size-1 dims
+    // elsewhere: the index along the last axis plus the next one's times
+    // the last's size, and so on.
+    let mut position: Option<NodeId> = None;
+    let mut stride = 1usize;
+    for (i, &axis) in sorted.iter().enumerate().rev() {
+        let mut shape = vec![Dim::Const(1); xt.rank()];
+        shape[axis] = xt.shape[axis].clone();
+        let index = graph.iota(axis, xt.with_shape(shape))?;
+        let term = if stride == 1 {
+            index
+        } else {
+            let scale = graph.scalar_like(stride as f64, index);
+            graph.mul(index, scale)?
+        };
+        position = Some(match position {
+            None => term,
+            Some(p) => graph.add_(p, term)?,
+        });
+        if i > 0 {
+            let size = xt.shape[axis].as_const().ok_or_else(|| {
+                PassError::new(format!(
+                    "reduce_max with ties=first over axes {axes:?} of {xt} needs constant \
+                     sizes for every reduced axis but the first"
+                ))
+            })?;
+            stride *= size;
+        }
+    }
+    let Some(position) = position else {
+        // Over no axes each element is its own maximum.
+        return Ok(graph.broadcast(g_keep, xt.shape.clone())?);
+    };
+    let neg_position = graph.neg(position)?;
+    let neg_inf = graph.scalar_like(f64::NEG_INFINITY, x);
+    let candidate = graph.select(hit, neg_position, neg_inf)?;
+    let nan = graph.binary(BinaryOp::Ne, x, x)?;
+    let candidate = graph.select(nan, neg_position, candidate)?;
+    let first = graph.reduce(ReduceOp::Max, candidate, axes.to_vec(), true)?;
+    let route = graph.binary(BinaryOp::Eq, neg_position, first)?;
+    let zero = graph.scalar_like(0.0, g_keep);
+    Ok(graph.select(route, g_keep, zero)?)
 }
 
 /// Sums `grad` down to the shape of `like`, undoing numpy broadcasting.

@@ -461,6 +461,85 @@ fn reductions() {
     }
 }
 
+/// `reduce_max` with `ties=first` (maxpool's) away from ties: the same
+/// derivative as the split one, through its own backward graph (positions,
+/// a max of candidates, a routing select).
+#[test]
+fn reduce_max_first_away_from_ties() {
+    let axes_sets: [&[usize]; 7] = [&[0], &[1], &[2], &[0, 2], &[2, 0], &[1, 2], &[0, 1, 2]];
+    let mut seed = 1450;
+    for axes in axes_sets {
+        for keepdim in [false, true] {
+            seed += 1;
+            let label = format!("reduce_max ties=first axes={axes:?} keepdim={keepdim}");
+            let mut c = Check::new(label, seed);
+            let data = c.rng.distinct(24);
+            let x = c.param_with("x", &[2, 3, 4], data);
+            let y = c.g.reduce_max_first(x, axes.to_vec(), keepdim).unwrap();
+            c.check_output(y);
+        }
+    }
+}
+
+/// `ties=first` at ties, where finite differences cannot look: the whole
+/// adjoint goes to the first maximum in row-major order over the reduced
+/// axes (adjacent or not), and to the first NaN when there is one, as
+/// PyTorch's max pooling routes it by its indices.
+#[test]
+fn reduce_max_first_routes_ties_to_the_first_maximum() {
+    let mut g = Graph::new("first");
+    let x = g.param("x", ty(DType::F32, &[3, 3]), Init::Zeros);
+    let m = g.reduce_max_first(x, vec![1], false).unwrap();
+    let w = g
+        .add(
+            Op::Const(Literal::Dense(vec![1.0, 10.0, 100.0])),
+            &[],
+            Some(ty(DType::F32, &[3])),
+        )
+        .unwrap();
+    let mw = g.mul(m, w).unwrap();
+    let loss = g.reduce(ReduceOp::Sum, mw, vec![0], false).unwrap();
+    // Over two axes that are not adjacent: rows are [i, ·, k] for i, k.
+    let z = g.param("z", ty(DType::F32, &[2, 2, 3]), Init::Zeros);
+    let mz = g.reduce_max_first(z, vec![0, 2], false).unwrap();
+    let lz = g.reduce(ReduceOp::Sum, mz, vec![0], false).unwrap();
+    let loss = g.add_(loss, lz).unwrap();
+    let grads = gradients(&mut g, loss, &[x, z]).unwrap();
+    g.set_output("gx", grads[0]);
+    g.set_output("gz", grads[1]);
+    verify(&g).unwrap();
+    let nan = f64::NAN;
+    #[rustfmt::skip]
+    let zs = vec![
+        1.0, 5.0, 5.0,   0.0, 0.0, 0.0,
+        5.0, 2.0, 0.0,   0.0, 0.0, 0.0,
+    ];
+    let env = Env::new()
+        .with(
+            "x",
+            Tensor::from_vec(
+                DType::F32,
+                &[3, 3],
+                vec![3.0, 1.0, 3.0, 2.0, 2.0, 2.0, 1.0, nan, nan],
+            )
+            .unwrap(),
+        )
+        .with("z", Tensor::from_vec(DType::F32, &[2, 2, 3], zs).unwrap());
+    let v = eval(&g, &env, EvalOptions::EXACT).unwrap();
+    assert_eq!(
+        v.output("gx").unwrap().data,
+        vec![1.0, 0.0, 0.0, 10.0, 0.0, 0.0, 0.0, 100.0, 0.0]
+    );
+    // z[·, 0, ·] has 5 at (0, 1), (0, 2) and (1, 0): (0, 1) is first;
+    // z[·, 1, ·] is all zeros: (0, 0) is first.
+    #[rustfmt::skip]
+    let gz = vec![
+        0.0, 1.0, 0.0,   1.0, 0.0, 0.0,
+        0.0, 0.0, 0.0,   0.0, 0.0, 0.0,
+    ];
+    assert_eq!(v.output("gz").unwrap().data, gz);
+}
+
 /// `reduce_mean` over a symbolic batch dim: the backward's `1/n` must be
 /// the bound size, not a constant.
 #[test]

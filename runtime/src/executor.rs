@@ -87,6 +87,8 @@ impl Backend {
 pub enum BatchData {
     F32(Vec<f32>),
     I32(Vec<i32>),
+    /// A field declared `f64`, kept in double precision (the interpreter's).
+    F64(Vec<f64>),
 }
 
 /// One field of a batch: its name (the graph input it feeds), its shape
@@ -190,9 +192,26 @@ impl Interpreter {
 
     fn feed(&mut self, batch: &Batch) -> Result<(), RuntimeError> {
         for field in &batch.fields {
-            self.env.insert(field.name.clone(), batch_tensor(field)?);
+            let mut tensor = batch_tensor(field)?;
+            // The loop feeds `hyper.*` in f32; a model in f64 declares
+            // them f64 (its optimizer computes in the params' dtype).
+            // Widening is exact, so the value is the loop's.
+            if tensor.dtype == nnc_ir::DType::F32 && self.reads_f64(&field.name) {
+                tensor.dtype = nnc_ir::DType::F64;
+            }
+            self.env.insert(field.name.clone(), tensor);
         }
         Ok(())
+    }
+
+    /// Whether one of the programs declares input `name` as f64.
+    fn reads_f64(&self, name: &str) -> bool {
+        let p = &self.programs;
+        [&p.step, &p.evaluation, &p.forward].iter().any(|g| {
+            g.inputs()
+                .into_iter()
+                .any(|(node, input)| input == name && g.ty(node).dtype == nnc_ir::DType::F64)
+        })
     }
 }
 
@@ -206,6 +225,7 @@ fn batch_tensor(field: &BatchField) -> Result<Tensor, RuntimeError> {
             nnc_ir::DType::I32,
             v.iter().map(|&x| f64::from(x)).collect(),
         ),
+        BatchData::F64(v) => (nnc_ir::DType::F64, v.clone()),
     };
     Tensor::from_vec(dtype, &field.shape, values)
         .map_err(|e| RuntimeError::Setup(format!("field `{}`: {e}", field.name)))

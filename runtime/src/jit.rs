@@ -119,6 +119,14 @@ impl Jit {
             match &field.data {
                 BatchData::F32(v) => program.set_input_f32(&field.name, v),
                 BatchData::I32(v) => program.set_input_i32(&field.name, v),
+                // Unreachable in practice: a graph reading an f64 input
+                // does not compile for the JIT in the first place.
+                BatchData::F64(_) => {
+                    return Err(RuntimeError::Setup(format!(
+                        "field `{}` is f64; the JIT computes in f32 (use --backend interp for f64)",
+                        field.name
+                    )))
+                }
             }
             .map_err(codegen)?;
         }

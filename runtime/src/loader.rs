@@ -234,6 +234,12 @@ fn load_fields(
                 }
             }
         }
+        if f.dtype == DType::F64 && !transforms.is_empty() {
+            return Err(RuntimeError::Setup(format!(
+                "field `{}` is delivered as f64, which takes no transforms (scale, one_hot, normalize compute in f32): transform it in the model",
+                f.name
+            )));
+        }
         if f.dtype == DType::I32 && !transforms.is_empty() {
             return Err(RuntimeError::Setup(format!(
                 "field `{}` is delivered as i32, so it cannot be transformed (scale, one_hot, normalize make floats)",
@@ -352,6 +358,7 @@ impl LoadedData {
                 None => {
                     let data = match plan.dtype {
                         DType::I32 => BatchData::I32(Vec::new()),
+                        DType::F64 => BatchData::F64(Vec::new()),
                         _ => BatchData::F32(Vec::new()),
                     };
                     batch.fields.push(BatchField {
@@ -368,6 +375,7 @@ impl LoadedData {
             field.shape.extend(&plan.sample_shape);
             match &mut field.data {
                 BatchData::I32(out) => dataset.gather_i32(name, indices, out)?,
+                BatchData::F64(out) => dataset.gather_f64(name, indices, out)?,
                 BatchData::F32(out) => {
                     dataset.gather(name, indices, &plan.transforms, out)?;
                 }

@@ -40,10 +40,14 @@ pub enum Op {
     Select,
     /// Converts to the node's dtype (float to int truncates toward zero).
     Cast,
+    /// `reduce_max` is `torch.amax` by default; with `ties: First` it is
+    /// the reduction of `nn.MaxPool` (same value, another gradient; see
+    /// [`Ties`]).
     Reduce {
         op: ReduceOp,
         axes: Vec<usize>,
         keepdim: bool,
+        ties: Ties,
     },
     /// Index of the first maximum along `axis` (removed from the shape), as i32.
     ArgMax {
@@ -234,6 +238,30 @@ pub enum ReduceOp {
     Sum,
     Mean,
     Max,
+}
+
+/// Where the gradient of a max reduction goes when several elements equal
+/// the maximum. The value is the same either way; only `reduce_max` may
+/// have `First`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub enum Ties {
+    /// Split evenly among the tied maxima, like `torch.amax`.
+    #[default]
+    Split,
+    /// All to the first maximum in row-major order over the reduced axes
+    /// (a NaN counts as the maximum, the first NaN wins), like
+    /// `nn.MaxPool2d`, whose gradient follows its arg-max indices.
+    First,
+}
+
+impl Ties {
+    /// The textual IR's name of the attribute's value.
+    pub fn name(self) -> &'static str {
+        match self {
+            Ties::Split => "split",
+            Ties::First => "first",
+        }
+    }
 }
 
 /// How a param or state tensor gets its first value. Fans follow PyTorch's

@@ -240,7 +240,7 @@ ops! {
                      units: 1, inline: false, recompute: false;
     "reduce_mean" => Reduce(ReduceOp::Mean), Exactly(1), ["axes", "keepdim"], typed: false, Reduction,
                      units: 1, inline: false, recompute: false;
-    "reduce_max"  => Reduce(ReduceOp::Max),  Exactly(1), ["axes", "keepdim"], typed: false, Reduction,
+    "reduce_max"  => Reduce(ReduceOp::Max),  Exactly(1), ["axes", "keepdim", "ties"], typed: false, Reduction,
                      units: 1, inline: false, recompute: false;
     "argmax"      => ArgMax,              Exactly(1), ["axis"], typed: false, Reduction,
                      units: 1, inline: false, recompute: false;

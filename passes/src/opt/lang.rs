@@ -15,7 +15,7 @@
 
 use crate::PassError;
 use egg::{FromOp, Id, Language};
-use nnc_ir::{DType, Dim, Graph, Init, Literal, NodeId, Op, OpKind, TensorType, Window};
+use nnc_ir::{DType, Dim, Graph, Init, Literal, NodeId, Op, OpKind, TensorType, Ties, Window};
 use std::cmp::Ordering;
 use std::collections::HashMap;
 use std::fmt;
@@ -115,6 +115,7 @@ pub enum Attr {
     Axes {
         axes: Vec<usize>,
         keepdim: bool,
+        ties: Ties,
     },
     Perm(Vec<usize>),
     Slice {
@@ -187,7 +188,17 @@ impl fmt::Display for Attr {
             Attr::Splat(v) => write!(f, "{:?}", v.0),
             Attr::Dense(vs) => write!(f, "dense[{}]", vs.len()),
             Attr::Axis(a) => write!(f, "axis={a}"),
-            Attr::Axes { axes, keepdim } => write!(f, "axes={axes:?} keepdim={keepdim}"),
+            Attr::Axes {
+                axes,
+                keepdim,
+                ties,
+            } => {
+                write!(f, "axes={axes:?} keepdim={keepdim}")?;
+                match ties {
+                    Ties::Split => Ok(()),
+                    Ties::First => write!(f, " ties={}", ties.name()),
+                }
+            }
             Attr::Perm(p) => write!(f, "perm={p:?}"),
             Attr::Slice { axis, start, end } => write!(f, "axis={axis} {start}..{end}"),
             Attr::Window { kernel, .. } => write!(f, "window{kernel:?}"),
@@ -374,10 +385,15 @@ pub fn to_ir_op(kind: OpKind, attrs: &[&Attr]) -> Option<(Op, Option<TensorType>
         OpKind::Select => Op::Select,
         OpKind::Cast => Op::Cast,
         OpKind::Reduce(op) => match payload? {
-            Attr::Axes { axes, keepdim } => Op::Reduce {
+            Attr::Axes {
+                axes,
+                keepdim,
+                ties,
+            } => Op::Reduce {
                 op,
                 axes: axes.clone(),
                 keepdim: *keepdim,
+                ties: *ties,
             },
             _ => return None,
         },
@@ -443,11 +459,17 @@ pub fn from_ir_op(op: &Op, ty: &TensorType) -> (OpKind, Vec<Attr>) {
         Op::Binary(b) => (OpKind::Binary(*b), vec![]),
         Op::Select => (OpKind::Select, vec![]),
         Op::Cast => (OpKind::Cast, vec![t()]),
-        Op::Reduce { op, axes, keepdim } => (
+        Op::Reduce {
+            op,
+            axes,
+            keepdim,
+            ties,
+        } => (
             OpKind::Reduce(*op),
             vec![Attr::Axes {
                 axes: axes.clone(),
                 keepdim: *keepdim,
+                ties: *ties,
             }],
         ),
         Op::ArgMax { axis } => (OpKind::ArgMax, vec![Attr::Axis(*axis)]),

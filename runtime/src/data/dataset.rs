@@ -262,6 +262,20 @@ impl Dataset {
         Ok(sample_len)
     }
 
+    /// Gathers samples `indices` of `field` as `f64`, untransformed, for a
+    /// field declared `f64` (double-precision runs in the interpreter).
+    pub fn gather_f64(&self, field: &str, indices: &[usize], out: &mut Vec<f64>) -> Result<()> {
+        let f = self.require(field)?;
+        self.check_indices(indices)?;
+        out.clear();
+        out.reserve(indices.len().saturating_mul(f.sample_len));
+        for &i in indices {
+            let start = i * f.sample_len;
+            f.storage.extend_f64(start..start + f.sample_len, out)?;
+        }
+        Ok(())
+    }
+
     /// Gathers samples `indices` of `field` as `i32`, for losses that take
     /// class indices rather than one-hot vectors. Float fields must hold
     /// exact integers.

@@ -141,6 +141,20 @@ impl Storage {
         Ok(())
     }
 
+    /// Appends elements `range` converted to `f64`, exactly.
+    pub fn extend_f64(&self, range: Range<usize>, out: &mut Vec<f64>) -> Result<()> {
+        self.check_range(&range)?;
+        match self {
+            Storage::U8(v) => out.extend(v[range].iter().map(|&x| f64::from(x))),
+            Storage::I8(v) => out.extend(v[range].iter().map(|&x| f64::from(x))),
+            Storage::I16(v) => out.extend(v[range].iter().map(|&x| f64::from(x))),
+            Storage::I32(v) => out.extend(v[range].iter().map(|&x| f64::from(x))),
+            Storage::F32(v) => out.extend(v[range].iter().map(|&x| f64::from(x))),
+            Storage::F64(v) => out.extend_from_slice(&v[range]),
+        }
+        Ok(())
+    }
+
     /// Appends elements `range` as `i32`, for class labels and indices.
     ///
     /// Float storage is accepted only when every value is an exact integer

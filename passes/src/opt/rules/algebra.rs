@@ -16,7 +16,7 @@ use super::{
 };
 use crate::opt::lang::Attr;
 use egg::{Id, Subst};
-use nnc_ir::{BinaryOp, Op, OpKind, ReduceOp, UnaryOp};
+use nnc_ir::{BinaryOp, Op, OpKind, ReduceOp, Ties, UnaryOp};
 
 const SET: &str = "algebra";
 
@@ -226,12 +226,19 @@ pub fn rules() -> Result<Vec<Rule>, String> {
                 let Some(Attr::Axes {
                     axes,
                     keepdim: true,
+                    ties,
                 }) = attr(eg, a).cloned()
                 else {
                     return None;
                 };
                 let keepdim = false;
-                add_op(eg, Op::Reduce { op, axes, keepdim }, &[x], None)
+                let reduce = Op::Reduce {
+                    op,
+                    axes,
+                    keepdim,
+                    ties,
+                };
+                add_op(eg, reduce, &[x], None)
             },
         )?);
     }
@@ -272,16 +279,24 @@ fn identity(eg: &mut EG, id: Id, s: &Subst, v: f64) -> Option<Id> {
 /// `reduce(reduce(x, a1), a2)` as one reduction of `x`, brought to the
 /// matched class's type.
 fn merge_reductions(eg: &mut EG, id: Id, op: ReduceOp, x: Id, a1: Id, a2: Id) -> Option<Id> {
+    // Only amax's ties merge: the first maximum over two nested axis sets
+    // is not the first over their union in row-major order.
     let (
         Some(Attr::Axes {
             axes: ax1,
             keepdim: k1,
+            ties: Ties::Split,
         }),
-        Some(Attr::Axes { axes: ax2, .. }),
+        Some(Attr::Axes {
+            axes: ax2,
+            ties: Ties::Split,
+            ..
+        }),
     ) = (attr(eg, a1).cloned(), attr(eg, a2).cloned())
     else {
         return None;
     };
+    let ties = Ties::Split;
     let rank = ty(eg, x)?.rank();
     // Dims of the inner result, as dims of `x`.
     let inner_dims: Vec<usize> = if k1 {
@@ -303,6 +318,7 @@ fn merge_reductions(eg: &mut EG, id: Id, op: ReduceOp, x: Id, a1: Id, a2: Id) ->
                 op,
                 axes: axes.clone(),
                 keepdim,
+                ties,
             },
             &[x],
             None,
@@ -317,6 +333,7 @@ fn merge_reductions(eg: &mut EG, id: Id, op: ReduceOp, x: Id, a1: Id, a2: Id) ->
             op,
             axes,
             keepdim: true,
+            ties,
         },
         &[x],
         None,
