@@ -6,8 +6,8 @@
 //! innermost dimension when it is contiguous (or broadcast), with a scalar
 //! tail, evaluating the loop's expression (`expr`: inline elementwise
 //! work, several results per loop) per element; reductions evaluate their
-//! operand's expression and accumulate in registers when they run along
-//! the innermost dimension; matrix products call the packed `sgemm`, or, for
+//! operand's expression and accumulate each result in registers, sums in
+//! a cascade (`reduce`); matrix products call the packed `sgemm`, or, for
 //! the small shapes where that is measured to be slower, Cranelift-emitted
 //! register-tiled loops (`matmul.rs`).
 //!
@@ -155,17 +155,7 @@ pub fn emit_kernel(
                             "the JIT reduces f32 tensors only (use --backend interp)",
                         ));
                     }
-                    emit_reduce_node(
-                        b,
-                        calls,
-                        *op,
-                        &code,
-                        &expr.shape,
-                        axes,
-                        out_view,
-                        out_addr,
-                        units,
-                    )
+                    emit_reduce_node(b, calls, *op, &code, &expr.shape, axes, out_addr, units)
                 }
                 Op::Unfold { window, fill } => {
                     let word = crate::plan::value_word(*fill, node.ty.dtype);

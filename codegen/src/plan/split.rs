@@ -7,7 +7,7 @@
 
 use super::matmul::{columns_per_plane, folds_batch};
 use super::{Body, Kernel, Plan};
-use nnc_ir::{Graph, NodeId, Op, ReduceOp};
+use nnc_ir::{Graph, NodeId, Op};
 
 /// How an elementwise loop is split into work units for the thread pool:
 /// the outermost loop's indices when the (coalesced) loop nest has two or
@@ -44,9 +44,9 @@ pub fn splits(kernel: &Kernel, graph: &Graph, plan: &Plan) -> bool {
         // their outermost loop (planes of the image).
         Body::Operand(expr) if expr.shape.iter().product::<usize>() >= PARALLEL_ELEMENTS => {
             match &graph.node(kernel.root).op {
-                Op::Reduce { op, axes, .. } => {
-                    *op != ReduceOp::Mean && splits_reduction(&expr.shape, axes)
-                }
+                // A mean scales each result as it stores it, so it splits
+                // like a sum.
+                Op::Reduce { axes, .. } => splits_reduction(&expr.shape, axes),
                 Op::Unfold { .. } | Op::Fold { .. } => true,
                 _ => false,
             }
