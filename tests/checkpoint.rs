@@ -102,7 +102,8 @@ fn setup(name: &str) -> (String, Programs, nnc_runtime::Batch) {
     let indices: Vec<usize> = (0..spec.batch.min(data.train.len())).collect();
     data.fill_batch(&data.train, &names, &indices, &mut batch)
         .unwrap();
-    nnc_runtime::train::set_hyper(&mut batch, nnc_ir::LEARNING_RATE, spec.optimizer.lr());
+    // Every step of these checks runs with the first step's hyperparameters.
+    nnc_runtime::train::feed_hyper(&mut batch, &spec.optimizer, spec.optimizer.lr(), 0);
     let programs = Programs::new(module.forward.clone(), spec.evaluation.clone(), step);
     (module.name, programs, batch)
 }
@@ -692,9 +693,9 @@ fn weights_carry_batchnorm_running_statistics() {
     let indices: Vec<usize> = (0..32).collect();
     data.fill_batch(&data.train, &names, &indices, &mut batch)
         .unwrap();
-    nnc_runtime::train::set_hyper(&mut batch, nnc_ir::LEARNING_RATE, 1e-2);
     let mut a = Interpreter::new(programs.clone(), 3).unwrap();
     for i in 0..3 {
+        nnc_runtime::train::feed_hyper(&mut batch, &spec.optimizer, 1e-2, i as u64);
         nnc_runtime::train::set_key(&mut batch, nnc_ir::RNG_KEY, i);
         a.train_step(&batch).unwrap();
     }
