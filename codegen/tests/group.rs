@@ -675,7 +675,8 @@ fn kernel_counts_of_small_graphs() {
         kernels(&c.compile(&GroupConfig::default()))
     );
 
-    // The Adam step of a one-layer model.
+    // The Adam step of a one-layer model (its bias corrections are inputs,
+    // computed on the host: the step counter is its only scalar kernel).
     let c = adam_case();
     let counts = (
         count(&c, &GroupConfig::greedy()),
@@ -683,7 +684,7 @@ fn kernel_counts_of_small_graphs() {
     );
     assert_eq!(
         counts,
-        (22, 13),
+        (18, 10),
         "{:#?}",
         kernels(&c.compile(&GroupConfig::default()))
     );

@@ -594,3 +594,26 @@ fn optimizer_state_may_not_reuse_a_model_state_name() {
     let err = build_train_step(&g, &sgd(0.1, 0.9, false, 0.0)).unwrap_err();
     assert!(err.to_string().contains("`w.momentum`"), "{err}");
 }
+
+/// A user layer named `adam` with a `state step` is the model state
+/// `adam.step`: Adam's own counter may not take its name, whatever its
+/// dtype (the model's is an `f32` here, Adam's an `i32`).
+#[test]
+fn adams_step_counter_may_not_reuse_a_model_state_name() {
+    let mut g = objective();
+    let s = g.state(ADAM_STEP, TensorType::scalar(DType::F32), Init::Zeros);
+    let one = g.scalar(1.0, DType::F32);
+    let v = g.add_(s, one).unwrap();
+    g.updates.push(nnc_ir::Update {
+        target: ADAM_STEP.into(),
+        value: v,
+    });
+    let err = build_train_step(&g, &adam(0.05, 0.0)).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("the optimizer's state `adam.step` has the name of a state of the model"),
+        "{err}"
+    );
+    // With SGD the same model trains: the name is free.
+    build_train_step(&g, &sgd(0.1, 0.0, false, 0.0)).unwrap();
+}
