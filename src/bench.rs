@@ -127,7 +127,8 @@ pub fn bench(path: &Path, options: &BenchOptions) -> Result<BenchReport, Failure
     let fail = |e: nnc_runtime::RuntimeError| Failure(format!("error: {e}\n"));
     let mut jit = Jit::new(programs, spec.seed).map_err(fail)?;
     let mut batch = Batch::synthetic(&step, size, 1);
-    nnc_runtime::train::set_hyper(&mut batch, nnc_ir::LEARNING_RATE, spec.optimizer.lr());
+    // Every timed step runs with the first step's hyperparameters.
+    nnc_runtime::train::feed_hyper(&mut batch, &spec.optimizer, spec.optimizer.lr(), 0);
     // The first step compiles the training step for this batch size.
     jit.train_step(&batch).map_err(fail)?;
     let stats = jit.stats().first().cloned().unwrap_or_default();

@@ -113,7 +113,8 @@ fn setup(name: &str) -> (String, Programs, nnc_runtime::Batch) {
     let indices: Vec<usize> = (0..spec.batch.min(data.train.len())).collect();
     data.fill_batch(&data.train, &names, &indices, &mut batch)
         .unwrap();
-    nnc_runtime::train::set_hyper(&mut batch, nnc_ir::LEARNING_RATE, spec.optimizer.lr());
+    // Every step of these checks runs with the first step's hyperparameters.
+    nnc_runtime::train::feed_hyper(&mut batch, &spec.optimizer, spec.optimizer.lr(), 0);
     let programs = Programs::new(module.forward.clone(), spec.evaluation.clone(), step);
     (module.name, programs, batch)
 }
@@ -409,6 +410,64 @@ fn an_interrupted_save_leaves_the_previous_checkpoint_intact() {
     assert!(err.contains("cannot save checkpoint"), "{err}");
 }
 
+/// Adam's step count is an `i32` in the checkpoint and a resumed run
+/// continues it exactly: 2 + 2 epochs end with the very tensors of 4
+/// (the count feeds the bias corrections, so a wrong one moves every
+/// param). A checkpoint written when the count was an `f32` resumes the same.
+#[test]
+fn resume_continues_adams_step_count_exactly_also_from_an_f32_count() {
+    let dir = Scratch::new("adam-step");
+    let straight_path = dir.path("straight.safetensors");
+    train_and_save("xor", 4, &straight_path);
+    let straight = checkpoint::load(&straight_path).unwrap();
+    let count = straight.tensor(nnc_ir::ADAM_STEP).unwrap();
+    assert_eq!(count.dtype, nnc_ir::DType::I32);
+    let per_epoch = count.data[0] / 4.0;
+    assert!(per_epoch >= 1.0 && per_epoch.fract() == 0.0, "{count:?}");
+
+    let path = dir.path("xor.safetensors");
+    train_and_save("xor", 2, &path);
+    let half = checkpoint::load(&path).unwrap();
+    assert_eq!(
+        half.tensor(nnc_ir::ADAM_STEP).unwrap().data,
+        vec![2.0 * per_epoch]
+    );
+    let old_path = dir.path("old.safetensors");
+    let as_f32: Vec<(String, nnc_ir::Tensor)> = half
+        .tensors
+        .iter()
+        .map(|(name, t)| {
+            let mut t = t.clone();
+            if name == nnc_ir::ADAM_STEP {
+                t.dtype = nnc_ir::DType::F32;
+            }
+            (name.clone(), t)
+        })
+        .collect();
+    let meta = Meta {
+        epochs_done: half.epochs_done,
+        params: half.params.clone(),
+    };
+    checkpoint::save(&old_path, &half.model, &as_f32, &meta).unwrap();
+    let stored = std::fs::read(&old_path).unwrap();
+    assert!(
+        String::from_utf8_lossy(&stored).contains(r#""adam.step":{"dtype":"F32""#),
+        "the count is stored as an f32"
+    );
+
+    for p in [&path, &old_path] {
+        let flags = RunOptions {
+            save: Some(p.clone()),
+            resume: true,
+            ..Default::default()
+        };
+        trained(run(&example("xor"), &settings(4), &flags).unwrap().0);
+        let resumed = checkpoint::load(p).unwrap();
+        assert_eq!(resumed.epochs_done, 4);
+        assert_eq!(resumed.tensors, straight.tensors, "{}", p.display());
+    }
+}
+
 #[test]
 fn resume_continues_from_the_saved_epoch() {
     let dir = Scratch::new("resume");
@@ -701,9 +760,9 @@ fn weights_carry_batchnorm_running_statistics() {
     let indices: Vec<usize> = (0..32).collect();
     data.fill_batch(&data.train, &names, &indices, &mut batch)
         .unwrap();
-    nnc_runtime::train::set_hyper(&mut batch, nnc_ir::LEARNING_RATE, 1e-2);
     let mut a = Interpreter::new(programs.clone(), 3).unwrap();
     for i in 0..3 {
+        nnc_runtime::train::feed_hyper(&mut batch, &spec.optimizer, 1e-2, i as u64);
         nnc_runtime::train::set_key(&mut batch, nnc_ir::RNG_KEY, i);
         a.train_step(&batch).unwrap();
     }

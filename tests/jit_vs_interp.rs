@@ -14,16 +14,14 @@ use nnc_runtime::{Batch, Executor, Interpreter, Jit, Programs};
 
 mod common;
 
-fn programs(name: &str) -> Programs {
+fn programs(name: &str) -> (Programs, nnc_ir::Optimizer) {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("examples/{name}.nn"));
     let src = nnc_dsl::SourceFile::new(name, std::fs::read_to_string(path).unwrap());
     let module = nnc::driver::compile_source(&src, None).unwrap();
     let step = nnc::driver::train_step(&module).unwrap();
-    Programs::new(
-        module.forward.clone(),
-        module.train.unwrap().evaluation,
-        step,
-    )
+    let spec = module.train.unwrap();
+    let programs = Programs::new(module.forward.clone(), spec.evaluation, step);
+    (programs, spec.optimizer)
 }
 
 fn close(a: f64, b: f64, rtol: f64, atol: f64) -> bool {
@@ -33,7 +31,7 @@ fn close(a: f64, b: f64, rtol: f64, atol: f64) -> bool {
 #[test]
 fn jit_matches_interpreter_on_every_example() {
     for name in common::EXAMPLES {
-        let p = programs(name);
+        let (p, optimizer) = programs(name);
         let mut interp = Interpreter::new(p.clone(), 5).unwrap();
         let mut jit = Jit::new(p.clone(), 5).unwrap();
         // Identical initial state.
@@ -44,7 +42,7 @@ fn jit_matches_interpreter_on_every_example() {
         for (step, size) in [7usize, 7, 3].into_iter().enumerate() {
             let mut batch = Batch::synthetic(&p.step, size, step as u64);
             // The learning rate the examples train with.
-            nnc_runtime::train::set_hyper(&mut batch, nnc_ir::LEARNING_RATE, 1e-3);
+            nnc_runtime::train::feed_hyper(&mut batch, &optimizer, 1e-3, step as u64);
             let a = interp.evaluate(&batch).unwrap();
             let b = jit.evaluate(&batch).unwrap();
             assert!(

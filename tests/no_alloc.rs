@@ -90,14 +90,14 @@ fn allocations<R>(f: impl FnOnce() -> R) -> (usize, R) {
     (ALLOCATIONS.load(Ordering::Relaxed) - before, r)
 }
 
-fn digits_programs() -> (Programs, f64) {
+fn digits_programs() -> (Programs, nnc_ir::Optimizer) {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/digits_mlp.nn");
     let src = nnc_dsl::SourceFile::new("digits_mlp.nn", std::fs::read_to_string(path).unwrap());
     let module = nnc::driver::compile_source(&src, None).unwrap();
     let step = nnc::driver::train_step(&module).unwrap();
     let spec = module.train.unwrap();
     let programs = Programs::new(module.forward.clone(), spec.evaluation, step);
-    (programs, spec.optimizer.lr())
+    (programs, spec.optimizer)
 }
 
 fn batch(size: usize) -> Batch {
@@ -124,11 +124,12 @@ fn batch(size: usize) -> Batch {
 
 /// A JIT with the digits MLP's step compiled and warm (two steps run).
 fn warm_jit() -> (Jit, Batch, f64) {
-    let (programs, lr) = digits_programs();
+    let (programs, optimizer) = digits_programs();
     let mut jit = Jit::new(programs, 0).unwrap();
     let mut batch = batch(32);
-    // The learning rate is an input of the step, fed like data.
-    nnc_runtime::train::set_hyper(&mut batch, nnc_ir::LEARNING_RATE, lr);
+    // The hyperparameters are inputs of the step, fed like data (here
+    // those of the first step, for every step).
+    nnc_runtime::train::feed_hyper(&mut batch, &optimizer, optimizer.lr(), 0);
     // The first step compiles; the second runs warm.
     let first = jit.train_step(&batch).unwrap();
     let second = jit.train_step(&batch).unwrap();

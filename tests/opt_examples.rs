@@ -143,12 +143,18 @@ fn eval(graph: &Graph, env: &nnc_ir::Env) -> Vec<(String, Tensor)> {
 }
 
 /// An environment with every leaf of `graph` initialized and its inputs
-/// filled from a synthetic batch.
-fn environment(graph: &Graph, size: usize, seed: u64) -> nnc_ir::Env {
+/// filled from a synthetic batch, the hyperparameters of `optimizer`'s
+/// first step at learning rate 1e-3.
+fn environment(
+    graph: &Graph,
+    optimizer: &nnc_ir::Optimizer,
+    size: usize,
+    seed: u64,
+) -> nnc_ir::Env {
     let mut env = nnc_ir::Env::new();
     nnc_ir::init::init_leaves(graph, seed, &mut env).unwrap();
     let mut batch = Batch::synthetic(graph, size, seed);
-    nnc_runtime::train::set_hyper(&mut batch, nnc_ir::LEARNING_RATE, 1e-3);
+    nnc_runtime::train::feed_hyper(&mut batch, optimizer, 1e-3, 0);
     for f in &batch.fields {
         let data: Vec<f64> = match &f.data {
             nnc_runtime::BatchData::F32(v) => v.iter().map(|&x| f64::from(x)).collect(),
@@ -176,7 +182,7 @@ fn o2_agrees_with_o0_on_gradients_and_steps_of_every_example() {
         // Gradients: `--emit grad`'s graph, one output per param.
         let grad = nnc_passes::differentiate(&spec.objective, nnc_ir::LOSS).unwrap();
         let (grad2, _) = driver::optimize(&grad, OptLevel::O2).unwrap();
-        let env = environment(&grad, 3, 11);
+        let env = environment(&grad, &spec.optimizer, 3, 11);
         for ((n0, t0), (n2, t2)) in eval(&grad, &env).iter().zip(&eval(&grad2, &env)) {
             assert_eq!(n0, n2);
             assert_close(&format!("{name}: `{n0}`"), t2, t0, 1e-4, 1e-6);
@@ -184,7 +190,7 @@ fn o2_agrees_with_o0_on_gradients_and_steps_of_every_example() {
         // Forward and evaluation graphs.
         for g in [&m.forward, &spec.evaluation] {
             let (g2, _) = driver::optimize(g, OptLevel::O2).unwrap();
-            let env = environment(g, 3, 12);
+            let env = environment(g, &spec.optimizer, 3, 12);
             for ((n0, t0), (_, t2)) in eval(g, &env).iter().zip(&eval(&g2, &env)) {
                 assert_close(&format!("{name}: {} `{n0}`", g.name), t2, t0, 1e-5, 1e-6);
             }
@@ -196,7 +202,7 @@ fn o2_agrees_with_o0_on_gradients_and_steps_of_every_example() {
         // fraction of `lr`, so params agree to 1e-4 absolute (`lr` is
         // 1e-3), as in the JIT-versus-interpreter test.
         let step0 = driver::train_step(&m).unwrap();
-        steps_agree(name, &step0, 1, 1e-4);
+        steps_agree(name, &step0, &spec.optimizer, 1, 1e-4);
         // Three steps of SGD with momentum, whose step is proportional to
         // the gradient: here params must agree tightly.
         let sgd = nnc_ir::Optimizer::Sgd {
@@ -206,15 +212,15 @@ fn o2_agrees_with_o0_on_gradients_and_steps_of_every_example() {
             weight_decay: 1e-4,
         };
         let step0 = nnc_passes::build_train_step(&spec.objective, &sgd).unwrap();
-        steps_agree(name, &step0, 3, 1e-6);
+        steps_agree(name, &step0, &sgd, 3, 1e-6);
     }
 }
 
 /// `steps` training steps of `step0` at -O0 and -O2 from one state agree:
 /// outputs along the way, all params and state at the end (to `atol`).
-fn steps_agree(name: &str, step0: &Graph, steps: usize, atol: f64) {
+fn steps_agree(name: &str, step0: &Graph, optimizer: &nnc_ir::Optimizer, steps: usize, atol: f64) {
     let (step2, _) = driver::optimize(step0, OptLevel::O2).unwrap();
-    let mut env0 = environment(step0, 3, 13);
+    let mut env0 = environment(step0, optimizer, 3, 13);
     let mut env2 = env0.clone();
     for s in 0..steps {
         let v0 = nnc_ir::interp::step(step0, &mut env0, nnc_ir::EvalOptions::F32).unwrap();
@@ -248,9 +254,10 @@ fn the_jit_runs_optimized_programs() {
         let p2 = driver::programs(&m, OptLevel::O2).unwrap();
         let mut interp = Interpreter::new(p0.clone(), 5).unwrap();
         let mut jit = Jit::new(p2, 5).unwrap();
+        let optimizer = &m.train.as_ref().unwrap().optimizer;
         for s in 0..2u64 {
             let mut batch = Batch::synthetic(&p0.step, 5, s);
-            nnc_runtime::train::set_hyper(&mut batch, nnc_ir::LEARNING_RATE, 1e-3);
+            nnc_runtime::train::feed_hyper(&mut batch, optimizer, 1e-3, s);
             let a = interp.train_step(&batch).unwrap();
             let b = jit.train_step(&batch).unwrap();
             assert!(close(b.loss, a.loss, 1e-4, 1e-6), "{name}: {b:?} vs {a:?}");

@@ -16,9 +16,9 @@ fn state_after(name: &str, size: usize, steps: usize, threads: usize) -> Vec<(St
     let spec = module.train.clone().unwrap();
     let programs = driver::programs(&module, OptLevel::O2).unwrap();
     let mut batch = Batch::synthetic(&programs.step, size, 7);
-    nnc_runtime::train::set_hyper(&mut batch, nnc_ir::LEARNING_RATE, spec.optimizer.lr());
     let mut jit = Jit::new(programs, 3).unwrap();
-    for _ in 0..steps {
+    for k in 0..steps {
+        nnc_runtime::train::feed_hyper(&mut batch, &spec.optimizer, spec.optimizer.lr(), k as u64);
         jit.train_step(&batch).unwrap();
     }
     jit.state().into_iter().map(|(n, t)| (n, t.data)).collect()

@@ -1314,7 +1314,7 @@ fn lower_optimizer(el: &mut Elaborator, e: &Expr) -> Result<Optimizer> {
                     |x| (0.0..1.0).contains(&x),
                     "in [0, 1)",
                 )?,
-                eps: check(&s[3], "eps", 1e-8, |x| x > 0.0, "> 0")?,
+                eps: check(&s[3], "eps", 1e-8, |x| x >= 0.0, ">= 0")?,
                 weight_decay: check(&s[4], "weight_decay", 0.0, |x| x >= 0.0, ">= 0")?,
             })
         }

@@ -148,6 +148,21 @@ pub const HYPER: &str = "hyper.";
 /// schedule can change it without recompiling.
 pub const LEARNING_RATE: &str = "hyper.lr";
 
+/// Adam's step counter, optimizer state of the training step: an `i32`
+/// scalar counting the steps taken (PyTorch's `state['step']`), so it
+/// counts past 2^24 where an `f32` would stop.
+pub const ADAM_STEP: &str = "adam.step";
+
+/// Adam's `step_size = lr / (1 - β₁^t)` for step `t`: an input, because
+/// PyTorch computes it on the host in `f64` and only the result is rounded
+/// to the params' `f32` (computed in the graph from an `f32` β it would be
+/// off by up to 1e-5 relative).
+pub const ADAM_STEP_SIZE: &str = "hyper.adam.step_size";
+
+/// Adam's `sqrt(1 - β₂^t)` for step `t`, an input for the same reason as
+/// [`ADAM_STEP_SIZE`].
+pub const ADAM_BIAS_CORRECTION2_SQRT: &str = "hyper.adam.bias_correction2_sqrt";
+
 /// The key of every `Op::Random` in a graph: a scalar `i32` input that the
 /// runtime feeds with a fresh key every step, derived from the seed, the
 /// epoch and the step, so dropout masks differ from step to step but a run
@@ -213,6 +228,51 @@ impl Optimizer {
             Optimizer::Sgd { lr, .. } | Optimizer::Adam { lr, .. } => lr,
         }
     }
+
+    /// The values of the `hyper.*` inputs the training step built for this
+    /// optimizer reads, for the step after `steps_taken` steps at learning
+    /// rate `lr`. Computed in `f64`, as PyTorch computes them on the host
+    /// (Python floats); the step rounds them to the params' dtype once.
+    pub fn hyper_inputs(&self, lr: f64, steps_taken: u64) -> HyperInputs {
+        match *self {
+            Optimizer::Sgd { .. } => HyperInputs {
+                values: [(LEARNING_RATE, lr), ("", 0.0)],
+                len: 1,
+            },
+            Optimizer::Adam { beta1, beta2, .. } => {
+                // `step` is a float in PyTorch too: `beta ** step` is f64 `pow`.
+                let t = (steps_taken + 1) as f64;
+                let bias_correction1 = 1.0 - beta1.powf(t);
+                let bias_correction2 = 1.0 - beta2.powf(t);
+                HyperInputs {
+                    values: [
+                        (ADAM_STEP_SIZE, lr / bias_correction1),
+                        (ADAM_BIAS_CORRECTION2_SQRT, bias_correction2.sqrt()),
+                    ],
+                    len: 2,
+                }
+            }
+        }
+    }
+}
+
+/// The `hyper.*` inputs of one training step, by name (no allocation: the
+/// training loop computes them every step).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct HyperInputs {
+    values: [(&'static str, f64); 2],
+    len: usize,
+}
+
+impl HyperInputs {
+    pub fn iter(&self) -> impl Iterator<Item = (&'static str, f64)> + '_ {
+        self.values[..self.len].iter().copied()
+    }
+
+    /// The value of input `name`, if the step reads it.
+    pub fn get(&self, name: &str) -> Option<f64> {
+        self.iter().find(|(n, _)| *n == name).map(|(_, v)| v)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -249,7 +309,57 @@ impl fmt::Display for Optimizer {
 
 #[cfg(test)]
 mod tests {
-    use super::Schedule;
+    use super::{Optimizer, Schedule, ADAM_BIAS_CORRECTION2_SQRT, ADAM_STEP_SIZE, LEARNING_RATE};
+
+    fn adam(lr: f64, beta1: f64, beta2: f64) -> Optimizer {
+        Optimizer::Adam {
+            lr,
+            beta1,
+            beta2,
+            eps: 1e-8,
+            weight_decay: 0.0,
+        }
+    }
+
+    #[test]
+    fn sgd_reads_only_the_learning_rate() {
+        let sgd = Optimizer::Sgd {
+            lr: 0.1,
+            momentum: 0.9,
+            nesterov: false,
+            weight_decay: 0.0,
+        };
+        let h = sgd.hyper_inputs(0.25, 7);
+        assert_eq!(h.iter().collect::<Vec<_>>(), vec![(LEARNING_RATE, 0.25)]);
+    }
+
+    /// PyTorch: `bias_correction1 = 1 - beta1 ** step`, `step_size = lr /
+    /// bias_correction1`, `bias_correction2_sqrt = sqrt(1 - beta2 ** step)`
+    /// with `step` the count after this step's increment, in f64.
+    #[test]
+    fn adam_scalars_are_pytorchs_in_f64() {
+        let h = adam(1.0, 0.9, 0.999).hyper_inputs(1.0, 0);
+        assert_eq!(h.iter().count(), 2);
+        assert_eq!(h.get(LEARNING_RATE), None);
+        // 1 - 0.9 is 0.09999999999999998 in f64.
+        assert_eq!(h.get(ADAM_STEP_SIZE), Some(1.0 / (1.0 - 0.9)));
+        assert_eq!(h.get(ADAM_STEP_SIZE), Some(10.000000000000002));
+        assert_eq!(
+            h.get(ADAM_BIAS_CORRECTION2_SQRT),
+            Some((1.0f64 - 0.999).sqrt())
+        );
+        // Step 3 after 2 taken, at a scheduled rate.
+        let h = adam(1e-3, 0.8, 0.99).hyper_inputs(0.5, 2);
+        assert_eq!(h.get(ADAM_STEP_SIZE), Some(0.5 / (1.0 - 0.8f64.powf(3.0))));
+        assert_eq!(
+            h.get(ADAM_BIAS_CORRECTION2_SQRT),
+            Some((1.0 - 0.99f64.powf(3.0)).sqrt())
+        );
+        // Far past 2^24 steps the corrections are exactly 1.
+        let h = adam(1e-3, 0.9, 0.999).hyper_inputs(1e-3, 1 << 30);
+        assert_eq!(h.get(ADAM_STEP_SIZE), Some(1e-3));
+        assert_eq!(h.get(ADAM_BIAS_CORRECTION2_SQRT), Some(1.0));
+    }
 
     fn close(a: f64, b: f64) -> bool {
         (a - b).abs() < 1e-12

@@ -8,11 +8,13 @@
 use crate::autodiff::gradients;
 use crate::PassError;
 use nnc_ir::{
-    BinaryOp, Graph, Init, NodeId, Op, Optimizer, TensorType, UnaryOp, Update, LEARNING_RATE, LOSS,
+    DType, Graph, Init, NodeId, Op, Optimizer, TensorType, UnaryOp, Update,
+    ADAM_BIAS_CORRECTION2_SQRT, ADAM_STEP_SIZE, LEARNING_RATE, LOSS,
 };
 
-/// State names are `<param>.<slot>`; the shared Adam step counter is this.
-pub const ADAM_STEP: &str = "adam.step";
+/// State names are `<param>.<slot>`; the shared Adam step counter is
+/// `adam.step` (defined in `nnc_ir`, which checkpoints also read).
+pub use nnc_ir::ADAM_STEP;
 
 /// Builds `train_step` from the objective graph (which has a scalar `loss`
 /// output). Every param gets an `update`; optimizer state is `state` leaves.
@@ -108,44 +110,59 @@ pub fn build_train_step(objective: &Graph, optimizer: &Optimizer) -> Result<Grap
             ..
         } => {
             let dtype = graph.ty(ids[0]).dtype;
-            let t = graph.state(ADAM_STEP, TensorType::scalar(dtype), Init::Zeros);
-            let one = graph.scalar(1.0, dtype);
-            let t_new = graph.add_(t, one)?;
+            let t = graph.state(ADAM_STEP, TensorType::scalar(DType::I32), Init::Zeros);
+            let one_step = graph.scalar(1.0, DType::I32);
+            let t_new = graph.add_(t, one_step)?;
             updates.push(Update {
                 target: ADAM_STEP.into(),
                 value: t_new,
             });
-            // Bias corrections 1 - beta^t, shared by every param.
-            let b1 = graph.scalar(beta1, dtype);
+            // The scalars that depend on the step count come from the
+            // runtime, in f64 (`Optimizer::hyper_inputs`); the rest are
+            // constants, f64 rounded once to the params' dtype, as PyTorch
+            // applies Python floats to f32 tensors.
+            let step_size = graph.input(ADAM_STEP_SIZE, TensorType::scalar(dtype));
+            let bc2_sqrt = graph.input(ADAM_BIAS_CORRECTION2_SQRT, TensorType::scalar(dtype));
+            let weight = graph.scalar(1.0 - beta1, dtype);
+            // `lerp` switches form at weight 0.5 to stay accurate; its
+            // `1 - weight` is computed in the tensor's dtype.
+            let small_weight = (1.0 - beta1).abs() < 0.5;
+            let end_weight = if small_weight {
+                weight
+            } else {
+                let one = graph.scalar(1.0, dtype);
+                graph.sub(one, weight)?
+            };
             let b2 = graph.scalar(beta2, dtype);
-            let b1t = graph.binary(BinaryOp::Pow, b1, t_new)?;
-            let b2t = graph.binary(BinaryOp::Pow, b2, t_new)?;
-            let bc1 = graph.sub(one, b1t)?;
-            let bc2 = graph.sub(one, b2t)?;
-            let one_m_b1 = graph.scalar(1.0 - beta1, dtype);
             let one_m_b2 = graph.scalar(1.0 - beta2, dtype);
-            let lr = graph.input(LEARNING_RATE, TensorType::scalar(dtype));
             let eps = graph.scalar(eps, dtype);
             for ((p, name), g) in params.iter().zip(grads) {
                 let g = decayed(&mut graph, *p, g, weight_decay)?;
                 let ty = graph.ty(*p).clone();
                 let m = graph.state(&format!("{name}.adam_m"), ty.clone(), Init::Zeros);
                 let v = graph.state(&format!("{name}.adam_v"), ty, Init::Zeros);
-                // m' = beta1 m + (1 - beta1) g;  v' = beta2 v + (1 - beta2) g²
-                let bm = graph.mul(b1, m)?;
-                let gm = graph.mul(one_m_b1, g)?;
-                let m_new = graph.add_(bm, gm)?;
-                let bv = graph.mul(b2, v)?;
-                let g2 = graph.mul(g, g)?;
-                let gv = graph.mul(one_m_b2, g2)?;
-                let v_new = graph.add_(bv, gv)?;
-                // p' = p - lr * (m'/bc1) / (sqrt(v'/bc2) + eps)
-                let m_hat = graph.div(m_new, bc1)?;
-                let v_hat = graph.div(v_new, bc2)?;
-                let root = graph.unary(UnaryOp::Sqrt, v_hat)?;
-                let denom = graph.add_(root, eps)?;
-                let ratio = graph.div(m_hat, denom)?;
-                let delta = graph.mul(lr, ratio)?;
+                // exp_avg.lerp_(grad, 1 - beta1)
+                let m_new = if small_weight {
+                    let d = graph.sub(g, m)?;
+                    let wd = graph.mul(end_weight, d)?;
+                    graph.add_(m, wd)?
+                } else {
+                    let d = graph.sub(g, m)?;
+                    let wd = graph.mul(d, end_weight)?;
+                    graph.sub(g, wd)?
+                };
+                // exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+                let bv = graph.mul(v, b2)?;
+                let scaled = graph.mul(one_m_b2, g)?;
+                let gg = graph.mul(scaled, g)?;
+                let v_new = graph.add_(bv, gg)?;
+                // denom = exp_avg_sq.sqrt() / bias_correction2_sqrt + eps
+                let root = graph.unary(UnaryOp::Sqrt, v_new)?;
+                let corrected = graph.div(root, bc2_sqrt)?;
+                let denom = graph.add_(corrected, eps)?;
+                // param.addcdiv_(exp_avg, denom, value=-step_size)
+                let sm = graph.mul(step_size, m_new)?;
+                let delta = graph.div(sm, denom)?;
                 let p_new = graph.sub(*p, delta)?;
                 updates.push(Update {
                     target: format!("{name}.adam_m"),

@@ -193,6 +193,14 @@ fn reference_step(opt: &Optimizer, params: &mut Params, state: &mut RefState) ->
 // ---------------------------------------------------------------------------
 // Running the graph against the reference.
 
+/// The step's `hyper.*` inputs, as the runtime feeds them (learning rate,
+/// Adam's step size and bias correction from the steps taken so far).
+fn feed_hyper(env: &mut Env, opt: &Optimizer, steps_taken: usize) {
+    for (name, value) in opt.hyper_inputs(opt.lr(), steps_taken as u64).iter() {
+        env.insert(name, Tensor::scalar(DType::F32, value));
+    }
+}
+
 fn assert_close(what: &str, got: &[f64], want: &[f64]) {
     assert_eq!(got.len(), want.len(), "{what}: length");
     for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
@@ -253,11 +261,6 @@ fn run_against_reference(label: &str, opt: Optimizer, expected_states: &[&str]) 
     );
 
     let mut env = data_env();
-    // The learning rate is an input of the step (so schedules need no recompile).
-    env.insert(
-        nnc_ir::LEARNING_RATE,
-        nnc_ir::Tensor::scalar(nnc_ir::DType::F32, opt.lr()),
-    );
     let added = init_leaves(&graph, SEED, &mut env).unwrap();
     assert_eq!(
         added,
@@ -280,6 +283,7 @@ fn run_against_reference(label: &str, opt: Optimizer, expected_states: &[&str]) 
     let mut state = RefState::default();
 
     for k in 1..=STEPS {
+        feed_hyper(&mut env, &opt, k - 1);
         let values = step(&graph, &mut env, EvalOptions::EXACT)
             .unwrap_or_else(|e| panic!("{label}: step {k}: {e}"));
         let want_loss = reference_step(&opt, &mut params, &mut state);
@@ -302,7 +306,13 @@ fn run_against_reference(label: &str, opt: Optimizer, expected_states: &[&str]) 
             }
         }
         if matches!(opt, Optimizer::Adam { .. }) {
-            assert_eq!(env.get(ADAM_STEP).unwrap().data, vec![k as f64]);
+            let count = env.get(ADAM_STEP).unwrap();
+            assert_eq!(
+                count.dtype,
+                DType::I32,
+                "{label}: the step count is an integer"
+            );
+            assert_eq!(count.data, vec![k as f64]);
         }
     }
     // The run moved somewhere: the loss went down over the steps.
@@ -390,6 +400,40 @@ fn adam_weight_decay() {
     run_against_reference(
         "adam weight decay",
         adam(0.05, 0.1),
+        &[ADAM_STEP, "w.adam_m", "w.adam_v", "b.adam_m", "b.adam_v"],
+    );
+}
+
+/// β₁ below 0.5: PyTorch's `lerp` then computes `g - (g - m)·β₁`.
+#[test]
+fn adam_small_beta1() {
+    let opt = Optimizer::Adam {
+        lr: 0.05,
+        beta1: 0.3,
+        beta2: 0.9,
+        eps: 1e-8,
+        weight_decay: 0.0,
+    };
+    run_against_reference(
+        "adam beta1 0.3",
+        opt,
+        &[ADAM_STEP, "w.adam_m", "w.adam_v", "b.adam_m", "b.adam_v"],
+    );
+}
+
+/// PyTorch accepts `eps=0`: the step is finite wherever `v > 0`.
+#[test]
+fn adam_eps_zero() {
+    let opt = Optimizer::Adam {
+        lr: 0.05,
+        beta1: 0.9,
+        beta2: 0.999,
+        eps: 0.0,
+        weight_decay: 0.0,
+    };
+    run_against_reference(
+        "adam eps 0",
+        opt,
         &[ADAM_STEP, "w.adam_m", "w.adam_v", "b.adam_m", "b.adam_v"],
     );
 }
@@ -490,7 +534,6 @@ fn model_updates_are_kept_and_read_the_step_before() {
         assert_eq!(rest, want);
 
         let mut env = data_env();
-        env.insert(nnc_ir::LEARNING_RATE, Tensor::scalar(DType::F32, opt.lr()));
         init_leaves(&graph, SEED, &mut env).unwrap();
         let mut stat = 0.0;
         for k in 1..=STEPS {
@@ -502,6 +545,7 @@ fn model_updates_are_kept_and_read_the_step_before() {
             let mean_pred: f64 =
                 X.iter().map(|x| x[0] * w[0] + x[1] * w[1] + b).sum::<f64>() / X.len() as f64;
             stat = 0.5 * stat + 0.5 * mean_pred;
+            feed_hyper(&mut env, &opt, k - 1);
             step(&graph, &mut env, EvalOptions::EXACT).unwrap();
             assert_close(
                 &format!("stat after step {k}"),
@@ -511,9 +555,9 @@ fn model_updates_are_kept_and_read_the_step_before() {
         }
         // The params trained exactly as without the state.
         let mut env2 = data_env();
-        env2.insert(nnc_ir::LEARNING_RATE, Tensor::scalar(DType::F32, opt.lr()));
         init_leaves(&plain, SEED, &mut env2).unwrap();
-        for _ in 0..STEPS {
+        for k in 0..STEPS {
+            feed_hyper(&mut env2, &opt, k);
             step(&plain, &mut env2, EvalOptions::EXACT).unwrap();
         }
         for p in ["w", "b"] {
@@ -549,4 +593,27 @@ fn optimizer_state_may_not_reuse_a_model_state_name() {
     });
     let err = build_train_step(&g, &sgd(0.1, 0.9, false, 0.0)).unwrap_err();
     assert!(err.to_string().contains("`w.momentum`"), "{err}");
+}
+
+/// A user layer named `adam` with a `state step` is the model state
+/// `adam.step`: Adam's own counter may not take its name, whatever its
+/// dtype (the model's is an `f32` here, Adam's an `i32`).
+#[test]
+fn adams_step_counter_may_not_reuse_a_model_state_name() {
+    let mut g = objective();
+    let s = g.state(ADAM_STEP, TensorType::scalar(DType::F32), Init::Zeros);
+    let one = g.scalar(1.0, DType::F32);
+    let v = g.add_(s, one).unwrap();
+    g.updates.push(nnc_ir::Update {
+        target: ADAM_STEP.into(),
+        value: v,
+    });
+    let err = build_train_step(&g, &adam(0.05, 0.0)).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("the optimizer's state `adam.step` has the name of a state of the model"),
+        "{err}"
+    );
+    // With SGD the same model trains: the name is free.
+    build_train_step(&g, &sgd(0.1, 0.0, false, 0.0)).unwrap();
 }

@@ -22,7 +22,7 @@
 
 use crate::executor::{Executor, Programs};
 use crate::RuntimeError;
-use nnc_ir::{DType, Tensor};
+use nnc_ir::{DType, Tensor, ADAM_STEP};
 use safetensors::tensor::{Dtype, SafeTensorError, SafeTensors, View};
 use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -435,15 +435,44 @@ pub fn load(path: &Path) -> Result<Checkpoint, RuntimeError> {
             keys::PARAMS
         )));
     }
+    let fingerprint = if upgrade_adam_step(&mut tensors).map_err(bad)? {
+        // What the checkpoint now holds, which a model compares with.
+        fingerprint(&tensors)
+    } else {
+        stored_fingerprint
+    };
     Ok(Checkpoint {
         path: path.to_path_buf(),
         model,
-        fingerprint: stored_fingerprint,
+        fingerprint,
         epochs_done,
         nnc_version,
         params,
         tensors,
     })
+}
+
+/// Checkpoints before the step count became an integer hold `adam.step`
+/// as `f32`; it becomes the `i32` the training step now has, or an error
+/// when it is not a step count. Whether it changed anything.
+fn upgrade_adam_step(tensors: &mut [(String, Tensor)]) -> Result<bool, String> {
+    let Some((_, step)) = tensors.iter_mut().find(|(n, _)| n == ADAM_STEP) else {
+        return Ok(false);
+    };
+    if step.dtype != DType::F32 {
+        return Ok(false);
+    }
+    if let Some(&bad) = step
+        .data
+        .iter()
+        .find(|&&v| !(v >= 0.0 && v.fract() == 0.0 && v <= f64::from(i32::MAX)))
+    {
+        return Err(format!(
+            "tensor `{ADAM_STEP}` holds {bad}, which is not a count of steps"
+        ));
+    }
+    step.dtype = DType::I32;
+    Ok(true)
 }
 
 /// The byte offset in `text` of serde_json's (1-based) line and column.
@@ -663,6 +692,42 @@ mod tests {
         assert_eq!(fingerprint(&a), fingerprint(&b));
         let c = vec![("x".to_string(), t(DType::F32, &[1, 2], vec![1.0, 2.0]))];
         assert_ne!(fingerprint(&a[..1]), fingerprint(&c));
+    }
+
+    /// A checkpoint written before `adam.step` was an `i32` (its count as
+    /// an `f32`) loads with the count as an `i32` and a fingerprint that
+    /// describes the converted tensors.
+    #[test]
+    fn an_f32_adam_step_of_an_older_checkpoint_loads_as_i32() {
+        let dir = scratch("f32-step");
+        let path = dir.join("old.safetensors");
+        let w = ("w".to_string(), t(DType::F32, &[2], vec![0.5, -1.0]));
+        let old = vec![
+            (ADAM_STEP.to_string(), t(DType::F32, &[], vec![1234.0])),
+            w.clone(),
+        ];
+        let meta = Meta {
+            epochs_done: 2,
+            params: vec!["w".into()],
+        };
+        save(&path, "M", &old, &meta).unwrap();
+        let ck = load(&path).unwrap();
+        let now = vec![(ADAM_STEP.to_string(), t(DType::I32, &[], vec![1234.0])), w];
+        assert_eq!(ck.tensors, now);
+        assert_eq!(ck.fingerprint, fingerprint(&now));
+        assert_ne!(ck.fingerprint, fingerprint(&old));
+
+        for bad in [2.5, -1.0, f64::NAN, 3e9] {
+            let tensors = vec![(ADAM_STEP.to_string(), t(DType::F32, &[], vec![bad]))];
+            save(&path, "M", &tensors, &Meta::default()).unwrap();
+            let err = load(&path).unwrap_err().to_string();
+            assert!(
+                err.contains("`adam.step` holds") && err.contains("not a count of steps"),
+                "{bad}: {err}"
+            );
+            assert!(err.contains("old.safetensors"), "{err}");
+        }
+        fs::remove_dir_all(&dir).ok();
     }
 
     #[test]

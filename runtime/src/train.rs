@@ -6,7 +6,7 @@ use crate::data::{train_val_split, Batches, Dataset, SplitMix64};
 use crate::executor::{Batch, BatchData, BatchField, Executor, StepMetrics};
 use crate::loader::LoadedData;
 use crate::RuntimeError;
-use nnc_ir::{is_loop_input, Graph, TrainSpec, LEARNING_RATE, RNG_KEY};
+use nnc_ir::{is_loop_input, Graph, Optimizer, TrainSpec, ADAM_STEP, RNG_KEY};
 use std::time::Instant;
 
 /// Overrides of the train block's settings from the command line.
@@ -295,6 +295,27 @@ pub fn set_key(batch: &mut Batch, name: &str, value: i32) {
     }
 }
 
+/// Feeds every `hyper.*` input of the training step built for `optimizer`:
+/// the learning rate `lr`, or Adam's step size and bias correction for the
+/// step after `steps_taken`, computed in `f64` as PyTorch computes them
+/// ([`Optimizer::hyper_inputs`]). The training loop, `nnc bench` and the
+/// tests all feed a step through here, so they cannot disagree.
+pub fn feed_hyper(batch: &mut Batch, optimizer: &Optimizer, lr: f64, steps_taken: u64) {
+    for (name, value) in optimizer.hyper_inputs(lr, steps_taken).iter() {
+        set_hyper(batch, name, value);
+    }
+}
+
+/// The optimizer steps the executor's state has taken: Adam's `adam.step`
+/// (restored with a resumed checkpoint); 0 without one (SGD keeps no count).
+pub fn steps_taken(exec: &dyn Executor) -> u64 {
+    exec.state()
+        .into_iter()
+        .find(|(name, _)| name == ADAM_STEP)
+        .and_then(|(_, t)| t.data.first().copied())
+        .map_or(0, |count| count.max(0.0) as u64)
+}
+
 /// Sets the scalar input `name` of `batch` (added once, then overwritten).
 pub fn set_hyper(batch: &mut Batch, name: &str, value: f64) {
     match batch.fields.iter_mut().find(|f| f.name == name) {
@@ -402,7 +423,10 @@ pub fn train_observed(
     let mut order = Vec::with_capacity(parts.train.len());
     let base_lr = spec.optimizer.lr();
     let per_epoch = Batches::new(parts.train.len(), batch_size, false)?.len();
+    // Optimizer steps in this run (`--steps`), and since the optimizer
+    // state began (Adam's bias corrections; a resumed run continues it).
     let mut steps_taken = 0;
+    let mut optimizer_steps = self::steps_taken(exec);
     for epoch in first_epoch..=epochs {
         if max_steps.is_some_and(|m| steps_taken >= m) {
             break;
@@ -422,7 +446,7 @@ pub fn train_observed(
             }
             let indices = &order[range];
             data.fill_batch(&data.train, &names, indices, &mut batch)?;
-            set_hyper(&mut batch, LEARNING_RATE, lr);
+            feed_hyper(&mut batch, &spec.optimizer, lr, optimizer_steps);
             set_key(&mut batch, RNG_KEY, step_key(seed, epoch, i));
             let info = StepInfo {
                 epoch,
@@ -434,6 +458,7 @@ pub fn train_observed(
             };
             observer.before_step(&info, &batch, exec)?;
             let m = exec.train_step(&batch)?;
+            optimizer_steps += 1;
             if !m.loss.is_finite() {
                 return Err(RuntimeError::NonFinite {
                     epoch,
