@@ -168,6 +168,28 @@ fn algebra_constant_folding() {
     insta::assert_snapshot!(run(text, OptLevel::O1, EXACT));
 }
 
+/// Arithmetic on a small `iota` folds to one constant (max-pool's window
+/// positions), which no loop then recomputes; `iota` read with data stays.
+#[test]
+fn algebra_constant_folding_of_iota_positions() {
+    let text = r#"graph positions {
+  %0 = input "x" : f32[B,2,2]
+  %1 = iota axis=1 : f32[1,2,1]
+  %2 = iota axis=2 : f32[1,1,2]
+  %3 = const 2.0 : f32[]
+  %4 = mul %1, %3 : f32[1,2,1]
+  %5 = add %4, %2 : f32[1,2,2]
+  %6 = neg %5 : f32[1,2,2]
+  %7 = add %0, %6 : f32[B,2,2]
+  %8 = iota axis=0 : f32[3]
+  %9 = input "k" : f32[3]
+  %10 = eq %8, %9 : bool[3]
+  output y = %7
+  output m = %10
+}"#;
+    insta::assert_snapshot!(run(text, OptLevel::O1, EXACT));
+}
+
 #[test]
 fn algebra_logs_and_negations() {
     let text = r#"graph logs {

@@ -233,8 +233,24 @@ fn fold(op: &Op, ty: &TensorType, args: &[&Data]) -> Option<Konst> {
             )),
         });
     }
-    if args.is_empty() || matches!(op, Op::Random { .. }) {
+    if matches!(op, Op::Random { .. }) {
         return None;
+    }
+    if args.is_empty() {
+        // `iota` of a small constant shape: its values, so that position
+        // arithmetic on it (max-pool's window positions) folds to one
+        // constant instead of being recomputed by every loop reading it.
+        let small = ty.const_numel().is_some_and(|n| n <= DENSE_LIMIT);
+        if !matches!(op, Op::Iota { .. }) || !small {
+            return None;
+        }
+        let out = evaluate(op, ty, &[])?;
+        return Some(match out.split_first() {
+            Some((first, rest)) if rest.iter().all(|v| v.to_bits() == first.to_bits()) => {
+                Konst::Splat(*first)
+            }
+            _ => Konst::Dense(Arc::new(out)),
+        });
     }
     let konsts: Vec<&Konst> = args
         .iter()
