@@ -142,12 +142,11 @@ pub fn build_train_step(objective: &Graph, optimizer: &Optimizer) -> Result<Grap
                 let m = graph.state(&format!("{name}.adam_m"), ty.clone(), Init::Zeros);
                 let v = graph.state(&format!("{name}.adam_v"), ty, Init::Zeros);
                 // exp_avg.lerp_(grad, 1 - beta1)
+                let d = graph.sub(g, m)?;
                 let m_new = if small_weight {
-                    let d = graph.sub(g, m)?;
                     let wd = graph.mul(end_weight, d)?;
                     graph.add_(m, wd)?
                 } else {
-                    let d = graph.sub(g, m)?;
                     let wd = graph.mul(d, end_weight)?;
                     graph.sub(g, wd)?
                 };

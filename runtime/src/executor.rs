@@ -180,6 +180,8 @@ pub trait Executor {
 pub struct Interpreter {
     programs: Programs,
     env: Env,
+    /// Inputs some program declares `f64` (found once, not per step).
+    f64_inputs: Vec<String>,
 }
 
 impl Interpreter {
@@ -187,7 +189,22 @@ impl Interpreter {
     pub fn new(programs: Programs, seed: u64) -> Result<Interpreter, RuntimeError> {
         let mut env = Env::new();
         nnc_ir::init::init_leaves(&programs.step, seed, &mut env)?;
-        Ok(Interpreter { programs, env })
+        let mut f64_inputs: Vec<String> = [&programs.step, &programs.evaluation, &programs.forward]
+            .iter()
+            .flat_map(|g| {
+                g.inputs()
+                    .into_iter()
+                    .filter(|&(node, _)| g.ty(node).dtype == nnc_ir::DType::F64)
+                    .map(|(_, name)| name.to_string())
+            })
+            .collect();
+        f64_inputs.sort();
+        f64_inputs.dedup();
+        Ok(Interpreter {
+            programs,
+            env,
+            f64_inputs,
+        })
     }
 
     fn feed(&mut self, batch: &Batch) -> Result<(), RuntimeError> {
@@ -196,22 +213,12 @@ impl Interpreter {
             // The loop feeds `hyper.*` in f32; a model in f64 declares
             // them f64 (its optimizer computes in the params' dtype).
             // Widening is exact, so the value is the loop's.
-            if tensor.dtype == nnc_ir::DType::F32 && self.reads_f64(&field.name) {
+            if tensor.dtype == nnc_ir::DType::F32 && self.f64_inputs.contains(&field.name) {
                 tensor.dtype = nnc_ir::DType::F64;
             }
             self.env.insert(field.name.clone(), tensor);
         }
         Ok(())
-    }
-
-    /// Whether one of the programs declares input `name` as f64.
-    fn reads_f64(&self, name: &str) -> bool {
-        let p = &self.programs;
-        [&p.step, &p.evaluation, &p.forward].iter().any(|g| {
-            g.inputs()
-                .into_iter()
-                .any(|(node, input)| input == name && g.ty(node).dtype == nnc_ir::DType::F64)
-        })
     }
 }
 

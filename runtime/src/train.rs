@@ -425,10 +425,10 @@ pub fn train_observed(
     let per_epoch = Batches::new(parts.train.len(), batch_size, false)?.len();
     // Optimizer steps in this run (`--steps`), and since the optimizer
     // state began (Adam's bias corrections; a resumed run continues it).
-    let mut steps_taken = 0;
-    let mut optimizer_steps = self::steps_taken(exec);
+    let mut run_steps = 0;
+    let mut optimizer_steps = steps_taken(exec);
     for epoch in first_epoch..=epochs {
-        if max_steps.is_some_and(|m| steps_taken >= m) {
+        if max_steps.is_some_and(|m| run_steps >= m) {
             break;
         }
         let lr = spec
@@ -441,7 +441,7 @@ pub fn train_observed(
         let total = batches.len();
         let mut steps = 0;
         for (i, range) in batches.enumerate() {
-            if max_steps.is_some_and(|m| steps_taken >= m) {
+            if max_steps.is_some_and(|m| run_steps >= m) {
                 break;
             }
             let indices = &order[range];
@@ -467,7 +467,7 @@ pub fn train_observed(
                 });
             }
             acc.add(m, indices.len());
-            steps_taken += 1;
+            run_steps += 1;
             steps += 1;
             observer.after_step(&info, &m)?;
         }
