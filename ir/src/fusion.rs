@@ -55,7 +55,8 @@ impl Op {
                 | OpClass::Window
                 | OpClass::Indexing
                 | OpClass::Join
-                | OpClass::Generator => OperandUse::Buffer,
+                | OpClass::Generator
+                | OpClass::Loop => OperandUse::Buffer,
             },
         }
     }

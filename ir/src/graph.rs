@@ -211,12 +211,19 @@ impl Graph {
 
     /// Removes nodes that no output or update depends on.
     pub fn prune(&mut self) {
+        self.prune_keeping(&[]);
+    }
+
+    /// Removes nodes that no output, update or node of `keep` depends on
+    /// (a scan body keeps every input of its list, read or not).
+    pub fn prune_keeping(&mut self, keep: &[NodeId]) {
         let mut live = std::collections::HashSet::new();
         let mut stack: Vec<NodeId> = self
             .outputs
             .iter()
             .map(|o| o.node)
             .chain(self.updates.iter().map(|u| u.value))
+            .chain(keep.iter().copied())
             .collect();
         while let Some(n) = stack.pop() {
             if live.insert(n) {
@@ -417,6 +424,25 @@ impl Graph {
         ty: TensorType,
     ) -> Result<NodeId, ShapeError> {
         self.add(Op::Random { stream }, &[key], Some(ty))
+    }
+
+    /// Every result of one loop over `body` (see [`crate::scan`]): the
+    /// final carries, the stacked `ys`, then the carries each step began
+    /// with. Results nobody reads are left for `prune`.
+    pub fn scan(
+        &mut self,
+        body: &std::sync::Arc<crate::scan::ScanBody>,
+        operands: &[NodeId],
+    ) -> Result<Vec<NodeId>, ShapeError> {
+        (0..body.results())
+            .map(|result| {
+                let op = Op::Scan {
+                    body: body.clone(),
+                    result,
+                };
+                self.add(op, operands, None)
+            })
+            .collect()
     }
 
     // Arithmetic shorthands used all over autodiff and the optimizers.

@@ -312,6 +312,62 @@ pub fn infer(
             }
             Ok(t)
         }
+        Op::Scan { body, result } => scan_type(body, *result, args),
+    }
+}
+
+/// A scan's operands against its body's inputs, and the type of one result.
+fn scan_type(
+    body: &crate::scan::ScanBody,
+    result: usize,
+    args: &[&TensorType],
+) -> Result<TensorType, ShapeError> {
+    if args.len() != body.inputs.len() {
+        return err(format!(
+            "this scan's body takes {} operands ({} consts, {} carries, {} sequences), found {}",
+            body.inputs.len(),
+            body.consts,
+            body.carries,
+            body.xs(),
+            args.len()
+        ));
+    }
+    let first_x = body.consts + body.carries;
+    let Some(trip) = args[first_x].shape.get(body.axis).cloned() else {
+        return err(format!(
+            "scan axis {} is out of range for the sequence {}",
+            body.axis, args[first_x]
+        ));
+    };
+    for (i, arg) in args.iter().enumerate() {
+        let role = if i < body.consts {
+            "const"
+        } else if i < first_x {
+            "initial carry"
+        } else {
+            "sequence"
+        };
+        match body.operand_type(i, &trip) {
+            Some(want) if want == **arg => {}
+            Some(want) => {
+                return err(format!(
+                    "scan {role} operand {i} is {arg}, but the body needs {want}"
+                ))
+            }
+            None => {
+                return err(format!(
+                    "scan axis {} is out of range for {role} operand {i}",
+                    body.axis
+                ))
+            }
+        }
+    }
+    match body.result_type(result, &trip) {
+        Some(t) => Ok(t),
+        None => err(format!(
+            "scan result {result} does not exist: the loop has {} results",
+            body.results()
+        )),
     }
 }
 

@@ -63,6 +63,7 @@
 
 use crate::graph::{Graph, NodeId};
 use crate::op::{BinaryOp, Literal, Op, ReduceOp, UnaryOp};
+use crate::scan::ScanBody;
 use crate::symbols::{self, BindError, Bindings};
 use crate::tensor::{checked_numel, round_value, strides_of, Tensor, TensorError};
 use crate::types::{DType, Dim, TensorType};
@@ -298,6 +299,8 @@ pub fn eval(graph: &Graph, env: &Env, opts: EvalOptions) -> Result<Values, EvalE
     }
     let symbols = bind_in_order(graph, &order, env)?;
     let mut values: HashMap<NodeId, Tensor> = HashMap::with_capacity(order.len());
+    // Every result of each loop, so a scan's sibling nodes run it once.
+    let mut loops: HashMap<(u64, Vec<NodeId>), Vec<Tensor>> = HashMap::new();
     for &id in &order {
         let at = At { graph, id };
         let node = graph.node(id);
@@ -310,7 +313,19 @@ pub fn eval(graph: &Graph, env: &Env, opts: EvalOptions) -> Result<Values, EvalE
                 None => return Err(at.invalid("an operand has no value")),
             }
         }
-        let mut t = eval_op(&at, &node.op, &args, node.ty.dtype, &shape, env)?;
+        let mut t = match &node.op {
+            Op::Scan { body, result } => {
+                let key = (body.fingerprint(), operands.clone());
+                if !loops.contains_key(&key) {
+                    loops.insert(key.clone(), run_scan(&at, body, &args, opts)?);
+                }
+                match loops[&key].get(*result) {
+                    Some(t) => t.clone(),
+                    None => return Err(at.invalid(format!("the loop has no result {result}"))),
+                }
+            }
+            op => eval_op(&at, op, &args, node.ty.dtype, &shape, env, opts)?,
+        };
         if t.dtype != node.ty.dtype
             || t.shape != shape
             || Some(t.data.len()) != checked_numel(&shape)
@@ -524,6 +539,7 @@ fn eval_op(
     dtype: DType,
     shape: &[usize],
     env: &Env,
+    opts: EvalOptions,
 ) -> Result<Tensor, EvalError> {
     if !op.arity().admits(args.len()) {
         return Err(at.invalid(format!("takes {}, found {}", op.arity(), args.len())));
@@ -671,7 +687,122 @@ fn eval_op(
                 .collect();
             tensor(dtype, shape, data)
         }
+        Op::Scan { body, result } => {
+            let mut results = run_scan(at, body, args, opts)?;
+            if *result >= results.len() {
+                return Err(at.invalid(format!("the loop has no result {result}")));
+            }
+            results.swap_remove(*result)
+        }
     })
+}
+
+/// Every result of a loop (see [`crate::scan`] for their order): the body
+/// evaluated once per step on slices of the sequences, as a plain loop.
+fn run_scan(
+    at: &At<'_>,
+    body: &ScanBody,
+    args: &[&Tensor],
+    opts: EvalOptions,
+) -> Result<Vec<Tensor>, EvalError> {
+    if args.len() != body.inputs.len() {
+        return Err(at.invalid(format!(
+            "the body takes {} operands, found {}",
+            body.inputs.len(),
+            args.len()
+        )));
+    }
+    let axis = body.axis;
+    let first_x = body.consts + body.carries;
+    let trip = match args[first_x].shape.get(axis) {
+        Some(&n) => n,
+        None => return Err(at.invalid(format!("axis {axis} is out of range"))),
+    };
+    let name = |i: usize| match &body.graph.node(body.inputs[i]).op {
+        Op::Input { name } => Ok(name.clone()),
+        _ => Err(at.invalid("a body input is not an `input`")),
+    };
+    let mut env = Env::new();
+    for (i, arg) in args.iter().enumerate().take(first_x) {
+        env.insert(name(i)?, (*arg).clone());
+    }
+    let steps: Vec<usize> = if body.reverse {
+        (0..trip).rev().collect()
+    } else {
+        (0..trip).collect()
+    };
+    let mut ys: Vec<Vec<Option<Tensor>>> = vec![vec![None; trip]; body.ys()];
+    let mut carries_in: Vec<Vec<Option<Tensor>>> = vec![vec![None; trip]; body.carries];
+    for &t in &steps {
+        for (i, x) in args.iter().enumerate().skip(first_x) {
+            if x.shape.get(axis) != Some(&trip) {
+                return Err(at.invalid("the sequences differ in length"));
+            }
+            env.insert(name(i)?, slice_step(x, axis, t));
+        }
+        for (k, slot) in carries_in.iter_mut().enumerate() {
+            slot[t] = env.get(&name(body.consts + k)?).cloned();
+        }
+        let values = eval(&body.graph, &env, opts)
+            .map_err(|e| at.invalid(format!("step {t} of the loop: {e}")))?;
+        let output = |o: usize| {
+            values
+                .get(body.graph.outputs[o].node)
+                .cloned()
+                .ok_or_else(|| at.invalid("a body output has no value"))
+        };
+        for (y, slot) in ys.iter_mut().enumerate() {
+            slot[t] = Some(output(body.carries + y)?);
+        }
+        for k in 0..body.carries {
+            env.insert(name(body.consts + k)?, output(k)?);
+        }
+    }
+    let mut results = Vec::with_capacity(body.results());
+    for k in 0..body.carries {
+        results.push(
+            env.get(&name(body.consts + k)?)
+                .cloned()
+                .ok_or_else(|| at.invalid("no carry"))?,
+        );
+    }
+    for slots in ys.into_iter().chain(carries_in) {
+        let steps: Option<Vec<Tensor>> = slots.into_iter().collect();
+        match steps {
+            Some(steps) if !steps.is_empty() => results.push(stack(&steps, axis)),
+            _ => return Err(at.invalid("a scan over an empty sequence has no stacked results")),
+        }
+    }
+    Ok(results)
+}
+
+/// Slice `t` of `x` along `axis`, the axis removed.
+fn slice_step(x: &Tensor, axis: usize, t: usize) -> Tensor {
+    let (outer, n, inner) = split_at_axis(&x.shape, axis);
+    let mut data = Vec::with_capacity(outer * inner);
+    for o in 0..outer {
+        let start = (o * n + t) * inner;
+        data.extend_from_slice(&x.data[start..start + inner]);
+    }
+    let mut shape = x.shape.clone();
+    shape.remove(axis);
+    tensor(x.dtype, &shape, data)
+}
+
+/// Tensors of one shape stacked along a new `axis`.
+fn stack(steps: &[Tensor], axis: usize) -> Tensor {
+    let first = &steps[0];
+    let outer: usize = first.shape[..axis].iter().product();
+    let inner: usize = first.shape[axis..].iter().product();
+    let mut data = Vec::with_capacity(first.data.len() * steps.len());
+    for o in 0..outer {
+        for s in steps {
+            data.extend_from_slice(&s.data[o * inner..(o + 1) * inner]);
+        }
+    }
+    let mut shape = first.shape.clone();
+    shape.insert(axis, steps.len());
+    tensor(first.dtype, &shape, data)
 }
 
 /// The operands of an op that takes exactly `N` (the op table's arity was

@@ -14,6 +14,7 @@ pub mod layout;
 pub mod module;
 pub mod op;
 mod print;
+pub mod scan;
 pub mod staging;
 pub mod symbols;
 pub mod tensor;
@@ -34,6 +35,7 @@ pub use op::{
     random_uniform, Arity, BinaryOp, Init, Literal, Op, OpClass, OpInfo, OpKind, ReduceOp, Ties,
     UnaryOp, Window,
 };
+pub use scan::{ScanBody, ScanResult};
 pub use tensor::{Tensor, TensorError};
 pub use text::{parse_graph, TextError};
 pub use types::{DType, Dim, Shape, ShapeDisplay, TensorType};

@@ -25,8 +25,10 @@
 use crate::graph::{Graph, NodeId, Output, Update};
 use crate::infer::infer;
 use crate::op::{Init, Literal, Op, OpKind, ReduceOp, Ties, Window};
+use crate::scan::ScanBody;
 use crate::types::{DType, Dim, TensorType};
 use std::collections::HashMap;
+use std::sync::Arc;
 use thiserror::Error;
 
 /// A syntax or type error in IR text, at a 1-based line and column
@@ -272,6 +274,8 @@ impl<'a> Lexer<'a> {
 struct Parser<'a> {
     toks: Vec<Tok<'a>>,
     pos: usize,
+    /// The scan bodies defined in each open block, innermost last.
+    bodies: Vec<HashMap<String, Arc<ScanBody>>>,
 }
 
 /// What a `%N` refers to, and where it was defined.
@@ -285,6 +289,7 @@ impl<'a> Parser<'a> {
         Parser {
             toks: Lexer::tokenize(src),
             pos: 0,
+            bodies: Vec::new(),
         }
     }
 
@@ -619,12 +624,40 @@ impl<'a> Parser<'a> {
         let name = self.name("the graph's name")?;
         let open = self.expect_punct('{', "`{` after the graph's name")?;
         let mut graph = Graph::new(name);
+        self.contents(&mut graph, &open, false)?;
+        Ok(graph)
+    }
+
+    /// The lines of a graph or scan body up to its closing `}`; for a body,
+    /// also its `inputs` line, whose nodes it returns.
+    fn contents(
+        &mut self,
+        graph: &mut Graph,
+        open: &Tok<'a>,
+        is_body: bool,
+    ) -> Result<Vec<NodeId>, TextError> {
         let mut defs: HashMap<&'a str, Def> = HashMap::new();
+        let mut inputs = None;
+        self.bodies.push(HashMap::new());
         loop {
             self.skip_newlines();
             let t = self.peek().clone();
             match t.kind {
-                Kind::Ref => self.node(&mut graph, &mut defs)?,
+                Kind::Ref => self.node(graph, &mut defs)?,
+                Kind::Word if t.text == "body" => self.body()?,
+                Kind::Word if t.text == "inputs" && is_body => {
+                    self.bump();
+                    let mut list = Vec::new();
+                    loop {
+                        list.push(self.reference(&defs)?);
+                        if !self.at(&Kind::Punct(',')) {
+                            break;
+                        }
+                        self.bump();
+                    }
+                    inputs = Some(list);
+                    self.end_of_line()?;
+                }
                 Kind::Word if t.text == "output" => {
                     self.bump();
                     let name = self.name("the output's name")?;
@@ -650,21 +683,60 @@ impl<'a> Parser<'a> {
                 Kind::Punct('}') => {
                     self.bump();
                     self.end_of_line()?;
-                    return Ok(graph);
+                    self.bodies.pop();
+                    return match (is_body, inputs) {
+                        (false, _) => Ok(Vec::new()),
+                        (true, Some(inputs)) => Ok(inputs),
+                        (true, None) => Err(Self::error_at(
+                            &t,
+                            "a scan body needs an `inputs %a, %b, ...` line before its `}`",
+                        )),
+                    };
                 }
                 Kind::Eof => {
-                    let line = open.line;
+                    let (line, what) = (open.line, if is_body { "body" } else { "graph" });
                     let message = format!(
-                        "expected `}}` to close the graph of line {line}, found end of input"
+                        "expected `}}` to close the {what} of line {line}, found end of input"
                     );
                     return Err(Self::error_at(&t, message));
                 }
                 _ => {
-                    let expected = "a node `%N = ...`, `output`, `update` or `}`";
+                    let expected = if is_body {
+                        "a node `%N = ...`, `body`, `inputs`, `output` or `}`"
+                    } else {
+                        "a node `%N = ...`, `body`, `output`, `update` or `}`"
+                    };
                     return Err(self.unexpected(expected));
                 }
             }
         }
+    }
+
+    /// `body bN consts=C carries=K axis=A reverse=R { ... }`: a scan body
+    /// the nodes after it in the same block name by `body=bN`.
+    fn body(&mut self) -> Result<(), TextError> {
+        let kw = self.bump();
+        let name_tok = self.peek().clone();
+        let name = self.name("the body's name, like `b0`")?;
+        let m = "body";
+        let consts = self.usize_attr("consts", m)?;
+        let carries = self.usize_attr("carries", m)?;
+        let axis = self.usize_attr("axis", m)?;
+        let reverse = self.attr("reverse", m, |p, what| p.bool_value(what))?;
+        let open = self.expect_punct('{', "`{` to open the body")?;
+        self.end_of_line()?;
+        let mut graph = Graph::new(name.clone());
+        let inputs = self.contents(&mut graph, &open, true)?;
+        let body = ScanBody::new(graph, inputs, consts, carries, axis, reverse)
+            .map_err(|e| Self::error_at(&kw, e))?;
+        let scope = self.bodies.last_mut().expect("inside a block");
+        if scope.insert(name.clone(), body).is_some() {
+            return Err(Self::error_at(
+                &name_tok,
+                format!("body `{name}` is defined twice"),
+            ));
+        }
+        Ok(())
     }
 
     /// A use of a node, `%N`, defined on an earlier line.
@@ -797,6 +869,20 @@ impl<'a> Parser<'a> {
                         .map_err(|_| Self::error_at(&tok, "`stream` must fit in 32 bits"))?
                 },
             },
+            OpKind::Scan => {
+                let tok = self.peek().clone();
+                let name = self.attr("body", m, |p, what| p.name(what))?;
+                let Some(body) = self.bodies.last().and_then(|b| b.get(&name)).cloned() else {
+                    return Err(Self::error_at(
+                        &tok,
+                        format!("no `body {name}` is defined before this scan in its block"),
+                    ));
+                };
+                Op::Scan {
+                    body,
+                    result: self.usize_attr("result", m)?,
+                }
+            }
             OpKind::Unary(u) => Op::Unary(u),
             OpKind::Binary(b) => Op::Binary(b),
             OpKind::Select => Op::Select,

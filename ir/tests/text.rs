@@ -700,7 +700,7 @@ fn error_structure() {
         "  neg %0\n}\n",
         4,
         3,
-        "expected a node `%N = ...`, `output`, `update` or `}`, found `neg`",
+        "expected a node `%N = ...`, `body`, `output`, `update` or `}`, found `neg`",
     );
     let e = parse_graph("grph g {\n}\n").unwrap_err();
     assert_eq!(

@@ -8,9 +8,11 @@
 
 use crate::PassError;
 use nnc_ir::{
-    BinaryOp, Dim, Graph, NodeId, Op, ReduceOp, TensorType, Ties, UnaryOp, GRADIENT_PREFIX,
+    BinaryOp, Dim, Graph, NodeId, Op, ReduceOp, ScanBody, ScanResult, TensorType, Ties, UnaryOp,
+    GRADIENT_PREFIX,
 };
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
 /// Appends to `graph` the gradient of the scalar `loss` with respect to each
 /// node of `wrt` and returns the gradient nodes, in order. A node the loss
@@ -26,18 +28,34 @@ pub fn gradients(
             "the loss must be a float scalar, found {loss_ty}"
         )));
     }
+    let seed = graph.scalar(1.0, loss_ty.dtype);
+    backprop(graph, &[(loss, seed)], wrt)
+}
+
+/// Appends to `graph` the vector-Jacobian product of the nodes in `seeds`
+/// (each with its cotangent, a node of its type) with respect to each node
+/// of `wrt`: the gradient of `sum(node * cotangent)` over the seeds. A node
+/// the seeds do not depend on gets a zero gradient.
+fn backprop(
+    graph: &mut Graph,
+    seeds: &[(NodeId, NodeId)],
+    wrt: &[NodeId],
+) -> Result<Vec<NodeId>, PassError> {
     let order = graph.topo_order();
+    let position: HashMap<NodeId, usize> = order.iter().enumerate().map(|(i, &n)| (n, i)).collect();
     let needs_grad = depends_on(graph, &order, wrt);
     let saved_span = graph.current_span;
 
     let mut adjoint: HashMap<NodeId, NodeId> = HashMap::new();
-    let seed = graph.scalar(1.0, loss_ty.dtype);
-    adjoint.insert(loss, seed);
+    for &(node, cotangent) in seeds {
+        let total = match adjoint.get(&node) {
+            Some(&prev) => graph.add_(prev, cotangent)?,
+            None => cotangent,
+        };
+        adjoint.insert(node, total);
+    }
 
     for &node in order.iter().rev() {
-        let Some(&g) = adjoint.get(&node) else {
-            continue;
-        };
         if !needs_grad.contains(&node) {
             continue;
         }
@@ -45,8 +63,37 @@ pub fn gradients(
         if !operands.iter().any(|o| needs_grad.contains(o)) {
             continue;
         }
-        graph.current_span = graph.node(node).span;
-        let contributions = vjp(graph, node, &operands, g)?;
+        let contributions = if let Op::Scan { body, .. } = &graph.node(node).op {
+            // All results of one loop get one backward loop, built at the
+            // loop's first node in topological order: by then every other
+            // result node and all their readers have passed on their
+            // adjoints.
+            let body = body.clone();
+            let results = loop_results(graph, node, &body, &operands);
+            if results
+                .iter()
+                .flatten()
+                .any(|r| position.get(r) < position.get(&node))
+            {
+                continue;
+            }
+            let cotangents: Vec<Option<NodeId>> = results
+                .iter()
+                .map(|r| r.and_then(|r| adjoint.get(&r).copied()))
+                .collect();
+            if cotangents.iter().all(Option::is_none) {
+                continue;
+            }
+            let wants: Vec<bool> = operands.iter().map(|o| needs_grad.contains(o)).collect();
+            graph.current_span = graph.node(node).span;
+            scan_vjp(graph, &body, &operands, &cotangents, &wants)?
+        } else {
+            let Some(&g) = adjoint.get(&node) else {
+                continue;
+            };
+            graph.current_span = graph.node(node).span;
+            vjp(graph, node, &operands, g)?
+        };
         for (operand, grad) in operands.iter().zip(contributions) {
             let Some(grad) = grad else { continue };
             if !needs_grad.contains(operand) {
@@ -70,6 +117,222 @@ pub fn gradients(
             }
         })
         .collect()
+}
+
+/// The node of each result of the loop `node` belongs to (same body, same
+/// operands), by result index; `None` for results nobody built.
+fn loop_results(
+    graph: &Graph,
+    node: NodeId,
+    body: &Arc<ScanBody>,
+    operands: &[NodeId],
+) -> Vec<Option<NodeId>> {
+    let mut results = vec![None; body.results()];
+    let candidates = match operands.first() {
+        Some(&o) => graph.users(o),
+        None => vec![node],
+    };
+    for n in candidates {
+        if let Op::Scan { body: b, result } = &graph.node(n).op {
+            if **b == **body && graph.operands(n) == operands && results[*result].is_none() {
+                results[*result] = Some(n);
+            }
+        }
+    }
+    results
+}
+
+/// The gradient of a loop: a loop over the body's own gradient, run in the
+/// other direction. Step `t` of the backward loop recomputes the forward
+/// step from the carries it started with (a result of the forward loop,
+/// stacked, so nothing is recomputed across steps) and pushes the
+/// cotangents of its outputs (the carries' from step `t + 1`, the `ys`'
+/// from outside) back to its inputs: the carries' cotangent is the
+/// backward loop's carry, the consts' gradients are summed in carries of
+/// their own, and the sequences' gradients are its stacked outputs.
+fn scan_vjp(
+    graph: &mut Graph,
+    body: &Arc<ScanBody>,
+    x: &[NodeId],
+    cotangents: &[Option<NodeId>],
+    wants: &[bool],
+) -> Result<Vec<Option<NodeId>>, PassError> {
+    let (c, k) = (body.consts, body.carries);
+    let first_x = c + k;
+    for &carry in &x[c..first_x] {
+        if !graph.ty(carry).dtype.is_float() {
+            return Err(PassError::new(format!(
+                "cannot differentiate a scan with a {} carry",
+                graph.ty(carry)
+            )));
+        }
+    }
+    let float = |i: usize| wants[i] && graph.ty(x[i]).dtype.is_float();
+    let want_consts: Vec<usize> = (0..c).filter(|&i| float(i)).collect();
+    let want_xs: Vec<usize> = (first_x..x.len()).filter(|&i| float(i)).collect();
+    let cotangent = |r: ScanResult| cotangents[body.result_index(r)];
+    let carries_in: Vec<usize> = (0..k)
+        .filter(|&j| cotangent(ScanResult::CarriesIn(j)).is_some())
+        .collect();
+
+    // The backward body: the forward step, its inputs kept, plus the
+    // cotangents and accumulators as new inputs.
+    let fwd = &body.graph;
+    let mut b = fwd.clone();
+    b.name = format!("{}.grad", fwd.name);
+    b.outputs.clear();
+    let mut names: HashSet<String> =
+        b.g.node_indices()
+            .filter_map(|n| match &b.node(n).op {
+                Op::Input { name } => Some(name.clone()),
+                _ => None,
+            })
+            .collect();
+    let mut input = |b: &mut Graph, base: String, ty: TensorType| {
+        let mut name = base.clone();
+        let mut i = 1;
+        while !names.insert(name.clone()) {
+            name = format!("{base}.{i}");
+            i += 1;
+        }
+        b.input(&name, ty)
+    };
+    let input_name = |id: NodeId| match &fwd.node(id).op {
+        Op::Input { name } => name.clone(),
+        _ => String::new(),
+    };
+    let carry_in = &body.inputs[c..first_x];
+    let x_in = &body.inputs[first_x..];
+    let d_carry: Vec<NodeId> = carry_in
+        .iter()
+        .map(|&n| input(&mut b, format!("d.{}", input_name(n)), fwd.ty(n).clone()))
+        .collect();
+    let acc: Vec<NodeId> = want_consts
+        .iter()
+        .map(|&i| {
+            let n = body.inputs[i];
+            input(&mut b, format!("acc.{}", input_name(n)), fwd.ty(n).clone())
+        })
+        .collect();
+    let d_ys: Vec<NodeId> = fwd.outputs[k..]
+        .iter()
+        .map(|o| input(&mut b, format!("d.{}", o.name), fwd.ty(o.node).clone()))
+        .collect();
+    let d_carries_in: Vec<NodeId> = carries_in
+        .iter()
+        .map(|&j| {
+            let n = carry_in[j];
+            input(&mut b, format!("d.in.{}", input_name(n)), fwd.ty(n).clone())
+        })
+        .collect();
+    let mut inputs: Vec<NodeId> = body.inputs[..c].to_vec();
+    inputs.extend(&d_carry);
+    inputs.extend(&acc);
+    inputs.extend(carry_in);
+    inputs.extend(x_in);
+    inputs.extend(&d_ys);
+    inputs.extend(&d_carries_in);
+
+    let seeds: Vec<(NodeId, NodeId)> = fwd
+        .outputs
+        .iter()
+        .zip(d_carry.iter().chain(&d_ys))
+        .map(|(o, &d)| (o.node, d))
+        .collect();
+    let mut wrt: Vec<NodeId> = carry_in.to_vec();
+    wrt.extend(want_consts.iter().map(|&i| body.inputs[i]));
+    wrt.extend(want_xs.iter().map(|&i| body.inputs[i]));
+    let grads = backprop(&mut b, &seeds, &wrt)?;
+    let (g_carry, rest) = grads.split_at(k);
+    let (g_consts, g_xs) = rest.split_at(want_consts.len());
+    for (j, &g) in g_carry.iter().enumerate() {
+        let mut d = g;
+        if let Some(p) = carries_in.iter().position(|&i| i == j) {
+            d = b.add_(d, d_carries_in[p])?;
+        }
+        b.set_output(format!("d.carry.{j}"), d);
+    }
+    for (p, (&a, &g)) in acc.iter().zip(g_consts).enumerate() {
+        let sum = b.add_(a, g)?;
+        b.set_output(format!("d.const.{p}"), sum);
+    }
+    for (p, &g) in g_xs.iter().enumerate() {
+        b.set_output(format!("d.x.{p}"), g);
+    }
+    b.prune_keeping(&inputs);
+    let backward = ScanBody::new(
+        b,
+        inputs,
+        c,
+        k + want_consts.len(),
+        body.axis,
+        !body.reverse,
+    )
+    .map_err(|e| PassError::new(format!("internal error: the gradient of a scan: {e}")))?;
+
+    // The backward loop's operands.
+    let mut operands: Vec<NodeId> = x[..c].to_vec();
+    for j in 0..k {
+        operands.push(match cotangent(ScanResult::FinalCarry(j)) {
+            Some(d) => d,
+            None => {
+                let ty = graph.ty(x[c + j]).clone();
+                graph.splat(0.0, ty)
+            }
+        });
+    }
+    for &i in &want_consts {
+        let ty = graph.ty(x[i]).clone();
+        operands.push(graph.splat(0.0, ty));
+    }
+    for j in 0..k {
+        let op = Op::Scan {
+            body: body.clone(),
+            result: body.result_index(ScanResult::CarriesIn(j)),
+        };
+        operands.push(graph.add(op, x, None)?);
+    }
+    operands.extend(&x[first_x..]);
+    for y in 0..body.ys() {
+        let r = ScanResult::Ys(y);
+        operands.push(match cotangent(r) {
+            Some(d) => d,
+            None => {
+                let op = Op::Scan {
+                    body: body.clone(),
+                    result: body.result_index(r),
+                };
+                let ty = nnc_ir::infer::infer(&op, &types(graph, x), None)?;
+                graph.splat(0.0, ty)
+            }
+        });
+    }
+    for &j in &carries_in {
+        operands.extend(cotangent(ScanResult::CarriesIn(j)));
+    }
+
+    let mut out: Vec<Option<NodeId>> = vec![None; x.len()];
+    let result = |graph: &mut Graph, r: ScanResult| {
+        let op = Op::Scan {
+            body: backward.clone(),
+            result: backward.result_index(r),
+        };
+        graph.add(op, &operands, None)
+    };
+    for j in 0..k {
+        out[c + j] = Some(result(graph, ScanResult::FinalCarry(j))?);
+    }
+    for (p, &i) in want_consts.iter().enumerate() {
+        out[i] = Some(result(graph, ScanResult::FinalCarry(k + p))?);
+    }
+    for (p, &i) in want_xs.iter().enumerate() {
+        out[i] = Some(result(graph, ScanResult::Ys(p))?);
+    }
+    Ok(out)
+}
+
+fn types<'g>(graph: &'g Graph, nodes: &[NodeId]) -> Vec<&'g TensorType> {
+    nodes.iter().map(|&n| graph.ty(n)).collect()
 }
 
 /// Nodes whose value depends on one of `wrt` (including `wrt` itself).
@@ -308,6 +571,12 @@ fn vjp(
         }
         Op::Fold { window } => vec![Some(graph.unfold(g, window, 0.0)?)],
         Op::Random { .. } => vec![None],
+        // `backprop` differentiates a loop's results together.
+        Op::Scan { .. } => {
+            return Err(PassError::new(
+                "internal error: a scan node's gradient is its loop's (scan_vjp)",
+            ))
+        }
     };
     Ok(out)
 }

@@ -199,7 +199,8 @@ pub fn emit_kernel(
                 | Op::Concat { .. }
                 | Op::Gather { .. }
                 | Op::ScatterAdd { .. }
-                | Op::Random { .. } => Err(CodegenError::new(format!(
+                | Op::Random { .. }
+                | Op::Scan { .. } => Err(CodegenError::new(format!(
                     "internal error: `{}` does not loop over its operand",
                     node.op.mnemonic()
                 ))),
@@ -330,7 +331,8 @@ pub fn emit_kernel(
         | Op::Slice { .. }
         | Op::Unfold { .. }
         | Op::Fold { .. }
-        | Op::Random { .. } => {
+        | Op::Random { .. }
+        | Op::Scan { .. } => {
             return Err(CodegenError::new(format!(
                 "internal error: `{}` is not a kernel of its own",
                 node.op.mnemonic()

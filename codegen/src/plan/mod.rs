@@ -566,6 +566,12 @@ impl Planner<'_> {
                     | OpClass::Contraction
                     | OpClass::Indexing
                     | OpClass::Join => Body::Node,
+                    OpClass::Loop => {
+                        return Err(CodegenError::new(
+                            "the JIT does not compile `scan` yet (use --backend interp)",
+                        )
+                        .into())
+                    }
                 };
                 reads.push(match &body {
                     Body::Map { expr, .. } | Body::Operand(expr) => leaf_nodes(expr),

@@ -6,7 +6,9 @@
 //! `Reshape`, `Broadcast`, `Cast`, `ScatterAdd`, inputs, params and state)
 //! take it from the node's declared type, so an attribute is never stored twice.
 
+use crate::scan::ScanBody;
 use std::fmt;
+use std::sync::Arc;
 
 mod table;
 
@@ -108,6 +110,13 @@ pub enum Op {
     /// [`random_uniform`].
     Random {
         stream: u32,
+    },
+    /// Result `result` of a loop over a sequence axis whose step is the
+    /// graph `body` (see [`crate::scan`], which defines the operands and
+    /// the results). Nodes with the same body and operands are one loop.
+    Scan {
+        body: Arc<ScanBody>,
+        result: usize,
     },
 }
 

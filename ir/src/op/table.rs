@@ -45,6 +45,7 @@ pub enum OpKind {
     Unfold,
     Fold,
     Random,
+    Scan,
 }
 
 /// What kind of computation an op is. Passes and code generation decide by
@@ -76,6 +77,8 @@ pub enum OpClass {
     Join,
     /// Values computed from their index and a key (random).
     Generator,
+    /// A loop running a graph of its own per step (scan).
+    Loop,
 }
 
 /// How many operands an op takes.
@@ -271,6 +274,10 @@ ops! {
     // transcendental, and never recomputed.
     "random"      => Random,              Exactly(1), ["stream"], typed: true, Generator,
                      units: 8, inline: true, recompute: false;
+    // What a loop costs is its trip count times its body's cost, which
+    // the cost model computes from the body; no per-element units.
+    "scan"        => Scan,                AtLeast(1), ["body", "result"], typed: false, Loop,
+                     units: 0, inline: false, recompute: false;
 }
 
 impl OpKind {
@@ -315,6 +322,7 @@ impl Op {
             Op::Unfold { .. } => OpKind::Unfold,
             Op::Fold { .. } => OpKind::Fold,
             Op::Random { .. } => OpKind::Random,
+            Op::Scan { .. } => OpKind::Scan,
         }
     }
 

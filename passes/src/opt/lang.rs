@@ -15,11 +15,14 @@
 
 use crate::PassError;
 use egg::{FromOp, Id, Language};
-use nnc_ir::{DType, Dim, Graph, Init, Literal, NodeId, Op, OpKind, TensorType, Ties, Window};
+use nnc_ir::{
+    DType, Dim, Graph, Init, Literal, NodeId, Op, OpKind, ScanBody, TensorType, Ties, Window,
+};
 use std::cmp::Ordering;
 use std::collections::HashMap;
 use std::fmt;
 use std::hash::{Hash, Hasher};
+use std::sync::Arc;
 
 /// How many attribute children an e-node of `kind` has after its tensor
 /// operands: one for the op's attributes if the table lists any (a
@@ -132,6 +135,46 @@ pub enum Attr {
         fill: Option<Bits>,
     },
     Stream(u32),
+    /// A scan's body and which of the loop's results the node is.
+    Scan(ScanRef),
+}
+
+/// A scan body as an attribute: compared, hashed and ordered by its
+/// fingerprint (a hash of its printed form, the same in every run), so the
+/// e-graph treats nodes of the same loop alike and orders them
+/// deterministically.
+#[derive(Debug, Clone)]
+pub struct ScanRef {
+    pub body: Arc<ScanBody>,
+    pub result: usize,
+}
+
+impl ScanRef {
+    fn key(&self) -> (u64, usize) {
+        (self.body.fingerprint(), self.result)
+    }
+}
+
+impl PartialEq for ScanRef {
+    fn eq(&self, other: &Self) -> bool {
+        self.key() == other.key()
+    }
+}
+impl Eq for ScanRef {}
+impl Hash for ScanRef {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.key().hash(state)
+    }
+}
+impl PartialOrd for ScanRef {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for ScanRef {
+    fn cmp(&self, other: &Self) -> Ordering {
+        self.key().cmp(&other.key())
+    }
 }
 
 impl Attr {
@@ -203,6 +246,7 @@ impl fmt::Display for Attr {
             Attr::Slice { axis, start, end } => write!(f, "axis={axis} {start}..{end}"),
             Attr::Window { kernel, .. } => write!(f, "window{kernel:?}"),
             Attr::Stream(s) => write!(f, "stream={s}"),
+            Attr::Scan(r) => write!(f, "body={:016x} result={}", r.body.fingerprint(), r.result),
         }
     }
 }
@@ -438,6 +482,13 @@ pub fn to_ir_op(kind: OpKind, attrs: &[&Attr]) -> Option<(Op, Option<TensorType>
             Attr::Stream(s) => Op::Random { stream: *s },
             _ => return None,
         },
+        OpKind::Scan => match payload? {
+            Attr::Scan(r) => Op::Scan {
+                body: r.body.clone(),
+                result: r.result,
+            },
+            _ => return None,
+        },
     };
     Some((op, declared))
 }
@@ -491,6 +542,13 @@ pub fn from_ir_op(op: &Op, ty: &TensorType) -> (OpKind, Vec<Attr>) {
         Op::Unfold { window, fill } => (OpKind::Unfold, vec![Attr::window(window, Some(*fill))]),
         Op::Fold { window } => (OpKind::Fold, vec![Attr::window(window, None), t()]),
         Op::Random { stream } => (OpKind::Random, vec![Attr::Stream(*stream), t()]),
+        Op::Scan { body, result } => (
+            OpKind::Scan,
+            vec![Attr::Scan(ScanRef {
+                body: body.clone(),
+                result: *result,
+            })],
+        ),
     }
 }
 

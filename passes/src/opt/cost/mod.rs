@@ -35,7 +35,7 @@ use nnc_ir::fusion::{
 };
 use nnc_ir::layout;
 use nnc_ir::staging;
-use nnc_ir::{DType, Dim, Graph, NodeId, Op, OpClass, TensorType};
+use nnc_ir::{DType, Dim, Graph, NodeId, Op, OpClass, ScanBody, TensorType};
 use std::collections::HashMap;
 use std::fmt;
 
@@ -96,6 +96,24 @@ fn numel(shape: &[Dim]) -> f64 {
         .product()
 }
 
+/// A loop's FLOPs: its trip count times the FLOPs of one step.
+fn loop_flops(body: &ScanBody, operands: &[&TensorType]) -> f64 {
+    let trip = operands
+        .get(body.consts + body.carries)
+        .and_then(|x| x.shape.get(body.axis))
+        .map_or(1.0, |d| numel(std::slice::from_ref(d)));
+    let g = &body.graph;
+    let step: f64 =
+        g.g.node_indices()
+            .map(|id| {
+                let operands = g.operands(id);
+                let types: Vec<&TensorType> = operands.iter().map(|&o| g.ty(o)).collect();
+                node_cost(&g.node(id).op, g.ty(id), &types).flops
+            })
+            .sum();
+    trip * step
+}
+
 /// The cost facts of `op` producing `ty` from operands of `operands` types:
 /// the op table's class and cost units (`ir::OpInfo::units`) times the
 /// work its class does.
@@ -122,12 +140,20 @@ pub fn node_cost(op: &Op, ty: &TensorType, operands: &[&TensorType]) -> NodeCost
         OpClass::Window | OpClass::Indexing | OpClass::Join => {
             (Role::Kernel, elems.max(input_elems))
         }
+        // Its trip count times its body's cost: the work is the loop's,
+        // charged to each of its result nodes (no rewrite chooses between
+        // loops, so this sets no choice, only the reported totals).
+        OpClass::Loop => (Role::Kernel, 0.0),
+    };
+    let flops = match op {
+        Op::Scan { body, .. } => loop_flops(body, operands),
+        _ => f64::from(info.units) * work,
     };
     NodeCost {
         op: op.clone(),
         facts: OpFacts::of(op),
         role,
-        flops: f64::from(info.units) * work,
+        flops,
         elems,
         dtype: ty.dtype,
         bytes_per_elem: if ty.dtype == DType::F64 { 8.0 } else { 4.0 },

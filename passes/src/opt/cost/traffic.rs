@@ -137,7 +137,8 @@ pub(super) fn bytes(nodes: &[DagNode], views: &Views, decided: &Decisions, s: &m
             | OpClass::Contraction
             | OpClass::Window
             | OpClass::Indexing
-            | OpClass::Join => own_kernel(nodes, views, decided, i),
+            | OpClass::Join
+            | OpClass::Loop => own_kernel(nodes, views, decided, i),
         };
     }
     total as f64
