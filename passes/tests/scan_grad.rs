@@ -269,3 +269,32 @@ fn scan_gradients_equal_the_unrolled_recurrence() {
         }
     }
 }
+
+#[test]
+fn the_optimizer_optimizes_each_body_and_keeps_the_loop() {
+    use nnc_passes::opt::{optimize, OptLevel};
+    for reverse in [false, true] {
+        let (mut g, loss, l) = looped(reverse);
+        let wrt = [l.w, l.bias, l.h0, l.s0, l.xs];
+        let grads = gradients(&mut g, loss, &wrt).unwrap();
+        for (name, grad) in PARAMS.iter().zip(&grads) {
+            g.set_output(format!("grad.{name}"), *grad);
+        }
+        g.prune();
+        let (opt, report) = optimize(&g, OptLevel::O2).unwrap();
+        verify(&opt).unwrap();
+        // The forward body and the backward one, each once.
+        assert_eq!(report.loop_bodies, 2, "{report}");
+        let before = eval(&g, &env(), EvalOptions::EXACT).unwrap();
+        let after = eval(&opt, &env(), EvalOptions::EXACT).unwrap();
+        for (name, a) in before.outputs() {
+            let b = after.output(name).unwrap();
+            for (x, y) in a.data.iter().zip(&b.data) {
+                assert!(
+                    (x - y).abs() <= 1e-9 * (1.0 + x.abs()),
+                    "reverse={reverse} {name}: {x} before, {y} after"
+                );
+            }
+        }
+    }
+}

@@ -26,10 +26,11 @@ use crate::PassError;
 use analysis::TensorAnalysis;
 use egg::{Id, Language, Runner, StopReason};
 use lang::{attrs_of, to_ir_op, TensorLang};
-use nnc_ir::{Graph, NodeId, OpKind, Span, Update};
+use nnc_ir::{Graph, NodeId, Op, OpKind, ScanBody, Span, Update};
 use std::collections::HashMap;
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// How hard to optimize: `-O0`, `-O1`, `-O2`.
@@ -139,6 +140,9 @@ pub struct Report {
     /// Candidate graphs extraction costed, and the changes it kept.
     pub candidates: usize,
     pub improvements: usize,
+    /// Scan bodies optimized as graphs of their own (their rule counts
+    /// are included in `fired`).
+    pub loop_bodies: usize,
 }
 
 impl fmt::Display for Report {
@@ -170,6 +174,13 @@ impl fmt::Display for Report {
             ms(self.extraction_time),
             ms(self.total_time)
         )?;
+        if self.loop_bodies > 0 {
+            writeln!(
+                f,
+                "  loop bodies: {} optimized as graphs of their own",
+                self.loop_bodies
+            )?;
+        }
         writeln!(f, "  rules fired:")?;
         let fired: Vec<&(String, usize)> = self.fired.iter().filter(|(_, n)| *n > 0).collect();
         if fired.is_empty() {
@@ -214,6 +225,8 @@ pub fn optimize_with(graph: &Graph, config: &OptConfig) -> Result<(Graph, Report
         report.total_time = started.elapsed();
         return Ok((graph.clone(), report));
     }
+    let (bodies_optimized, body_reports) = optimize_bodies(graph, config)?;
+    let graph = &bodies_optimized;
     let sets = config.level.rule_sets();
     let rules: Vec<rules::Rule> = rules::all_rules()
         .map_err(PassError::new)?
@@ -274,6 +287,13 @@ pub fn optimize_with(graph: &Graph, config: &OptConfig) -> Result<(Graph, Report
     report
         .fired
         .push(("algebra/constant-fold".into(), egraph.analysis.folds));
+    report.loop_bodies = body_reports.len();
+    for body in &body_reports {
+        report.loop_bodies += body.loop_bodies;
+        for ((_, n), (_, m)) in report.fired.iter_mut().zip(&body.fired) {
+            *n += m;
+        }
+    }
 
     // Extraction.
     let extract_start = Instant::now();
@@ -318,6 +338,74 @@ pub fn optimize_with(graph: &Graph, config: &OptConfig) -> Result<(Graph, Report
     report.nodes_after = result.len();
     report.total_time = started.elapsed();
     Ok((result, report))
+}
+
+/// `graph` with each scan body optimized as a graph of its own (once per
+/// body, however many nodes read it), and the reports of those runs. The
+/// outer e-graph then sees each loop as one node over its operands.
+fn optimize_bodies(graph: &Graph, config: &OptConfig) -> Result<(Graph, Vec<Report>), PassError> {
+    let mut done: HashMap<*const ScanBody, Arc<ScanBody>> = HashMap::new();
+    let mut reports = Vec::new();
+    let mut out = graph.clone();
+    let scans: Vec<NodeId> = out
+        .g
+        .node_indices()
+        .filter(|&n| matches!(out.node(n).op, Op::Scan { .. }))
+        .collect();
+    for id in scans {
+        let Op::Scan { body, result } = &out.node(id).op else {
+            continue;
+        };
+        let result = *result;
+        let key = Arc::as_ptr(body);
+        let optimized = match done.get(&key) {
+            Some(b) => b.clone(),
+            None => {
+                let (b, report) = optimize_body(body, config)?;
+                reports.push(report);
+                done.insert(key, b.clone());
+                b
+            }
+        };
+        out.node_mut(id).op = Op::Scan {
+            body: optimized,
+            result,
+        };
+    }
+    Ok((out, reports))
+}
+
+/// One scan body through the optimizer. The optimizer keeps every leaf
+/// and the outputs in order, so the inputs are found again by name.
+fn optimize_body(
+    body: &ScanBody,
+    config: &OptConfig,
+) -> Result<(Arc<ScanBody>, Report), PassError> {
+    let (graph, report) = optimize_with(&body.graph, config)?;
+    let inputs = body
+        .inputs
+        .iter()
+        .map(|&i| match &body.graph.node(i).op {
+            Op::Input { name } => graph.find_leaf(name).ok_or_else(|| {
+                PassError::new(format!(
+                    "internal optimizer error: scan body input `{name}` was dropped"
+                ))
+            }),
+            _ => Err(PassError::new(
+                "internal optimizer error: a scan body input is not an input",
+            )),
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let optimized = ScanBody::new(
+        graph,
+        inputs,
+        body.consts,
+        body.carries,
+        body.axis,
+        body.reverse,
+    )
+    .map_err(|e| PassError::new(format!("internal optimizer error: {e}")))?;
+    Ok((optimized, report))
 }
 
 /// An order of the extracted nodes (indices into `nodes`, which is
