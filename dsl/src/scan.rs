@@ -204,8 +204,9 @@ impl<'a> Elaborator<'a> {
                     )
                     .with_label(format!("rank {}", ty.rank()))
                     .with_help(format!(
-                        "`scan` steps along `axis:` (here {}); a sequence needs rank above it",
-                        opts.axis
+                        "`scan` steps along `axis: {}`, so a sequence needs at least {} dims",
+                        opts.axis,
+                        opts.axis + 1
                     )));
             };
             match &trip {

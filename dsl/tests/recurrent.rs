@@ -773,3 +773,84 @@ fn embedding_looks_rows_up_and_its_gradient_scatters() {
     assert!(ops.contains(&"scatter_add"), "{ops:?}");
     assert!(!ops.contains(&"iota"), "a one-hot in the gradient: {ops:?}");
 }
+
+// ------------------------------------------------------------------ PyTorch parity
+
+/// The weights `torch_recurrent.py` gives the PyTorch param `name`.
+fn torch_value(name: &str, i: usize) -> f64 {
+    let seed = name.bytes().map(|b| b as usize).sum::<usize>() % 97;
+    0.5 * (0.37 * i as f64 + 0.11 * seed as f64).sin()
+}
+
+fn fixture(key: &str) -> Vec<f64> {
+    let text = include_str!("fixtures/torch_recurrent.txt");
+    let line = text
+        .lines()
+        .find(|l| l.split(' ').next() == Some(key))
+        .unwrap_or_else(|| panic!("no `{key}` in the fixture"));
+    line.split(' ')
+        .skip(1)
+        .map(|v| v.parse().unwrap())
+        .collect()
+}
+
+/// Runs `c` with every param set as PyTorch's of the same meaning.
+fn run_with_torch_weights(c: &Config) -> Vec<f64> {
+    let m = module(&source(c));
+    let g = &m.forward;
+    let mut env = env_of(c);
+    let x: Vec<f64> = (0..B * T * IN).map(|i| torch_value("x", i)).collect();
+    env.insert("x", Tensor::from_vec(DType::F32, &[B, T, IN], x).unwrap());
+    for n in g.topo_order() {
+        if let Op::Param { name, .. } = &g.node(n).op {
+            // `lstm.lstm_layer_1.weight_hh_reverse` is `weight_hh_l1_reverse`.
+            let mut parts = name.split('.').skip(1);
+            let (level, field) = (parts.next().unwrap(), parts.next().unwrap());
+            let k = level.rsplit_once("_layer_").map_or("0", |(_, k)| k);
+            let (base, reverse) = match field.strip_suffix("_reverse") {
+                Some(b) => (b, "_reverse"),
+                None => (field, ""),
+            };
+            let torch = format!("{base}_l{k}{reverse}");
+            let shape: Vec<usize> = g
+                .ty(n)
+                .shape
+                .iter()
+                .map(|d| d.as_const().unwrap())
+                .collect();
+            let data = (0..shape.iter().product())
+                .map(|i| torch_value(&torch, i))
+                .collect();
+            env.insert(name, Tensor::from_vec(DType::F32, &shape, data).unwrap());
+        }
+    }
+    let (_, values) = run(g, env);
+    values.output("y").unwrap().data.clone()
+}
+
+#[test]
+fn lstm_and_gru_match_pytorch() {
+    for (kind, layers, bidirectional, masked) in
+        [(Kind::Lstm, 2, true, true), (Kind::Gru, 1, false, false)]
+    {
+        for return_sequences in [true, false] {
+            let got = run_with_torch_weights(&Config {
+                kind,
+                layers,
+                bidirectional,
+                return_sequences,
+                masked,
+            });
+            let key = format!(
+                "{}.{}",
+                kind.name(),
+                if return_sequences {
+                    "sequences"
+                } else {
+                    "last"
+                }
+            );
+            assert_close(&key, &got, &fixture(&key), 1e-12);
+        }
+    }
+}
