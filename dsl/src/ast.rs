@@ -213,6 +213,23 @@ pub enum Stmt {
     },
     /// `return EXPR`
     Return { value: Expr, span: Span },
+    /// `scan(x = each(xs), h = h0, axis: 1, reverse: false) { ... }`: a loop
+    /// over a sequence axis whose body runs once per step (see
+    /// `spec/language.md`, "Recurrence").
+    Scan {
+        operands: Vec<ScanOperand>,
+        /// The keyword options, `axis:` and `reverse:`.
+        options: Vec<Arg>,
+        body: Vec<Stmt>,
+        span: Span,
+    },
+    /// `yield NAME = EXPR` inside a scan body: a per-step output, stacked
+    /// along the scan's axis after the loop.
+    Yield {
+        name: Ident,
+        value: Expr,
+        span: Span,
+    },
     /// `let NAME = EXPR` or `NAME = EXPR` (identical meaning), optionally
     /// with a shape pattern the value must match: `let y: f32[b, n] = EXPR`.
     Let {
@@ -223,10 +240,23 @@ pub enum Stmt {
     },
 }
 
+/// `NAME = each(SEQ)` (a sequence, sliced per step) or `NAME = INIT` (a
+/// carry) in a `scan` header.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScanOperand {
+    pub name: Ident,
+    /// The sequence (without `each`) or the carry's initial value.
+    pub value: Expr,
+    pub each: bool,
+    pub span: Span,
+}
+
 impl Stmt {
     pub fn span(&self) -> Span {
         match self {
-            Stmt::Param { span, .. }
+            Stmt::Scan { span, .. }
+            | Stmt::Yield { span, .. }
+            | Stmt::Param { span, .. }
             | Stmt::State { span, .. }
             | Stmt::Update { span, .. }
             | Stmt::Assert { span, .. }
@@ -601,6 +631,34 @@ impl fmt::Display for Stmt {
                 Ok(())
             }
             Stmt::Return { value, .. } => write!(f, "return {value}"),
+            Stmt::Scan {
+                operands,
+                options,
+                body,
+                ..
+            } => {
+                f.write_str("scan(")?;
+                for (i, o) in operands.iter().enumerate() {
+                    if i > 0 {
+                        f.write_str(", ")?;
+                    }
+                    if o.each {
+                        write!(f, "{} = each({})", o.name, o.value)?;
+                    } else {
+                        write!(f, "{} = {}", o.name, o.value)?;
+                    }
+                }
+                for o in options {
+                    write!(f, ", {o}")?;
+                }
+                f.write_str(") {")?;
+                for (i, s) in body.iter().enumerate() {
+                    f.write_str(if i == 0 { " " } else { "; " })?;
+                    write!(f, "{s}")?;
+                }
+                f.write_str(" }")
+            }
+            Stmt::Yield { name, value, .. } => write!(f, "yield {name} = {value}"),
             Stmt::Let {
                 name,
                 ty: None,

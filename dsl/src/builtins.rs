@@ -115,6 +115,9 @@ pub(crate) fn call(e: &mut Elaborator, name: &str, args: Vec<ArgVal>, span: Span
     };
     if let Some(op) = unary_op {
         let x = req(&mut b, 0)?;
+        if let Some(v) = x.value.as_f64() {
+            return unary_number(e, name, v, x.span);
+        }
         let t = e.tensor(x.value, x.span, "the argument")?;
         if !e.graph.ty(t).dtype.is_float() {
             return Err(e.err(
@@ -143,6 +146,16 @@ pub(crate) fn call(e: &mut Elaborator, name: &str, args: Vec<ArgVal>, span: Span
         let (a, c) = (req(&mut b, 0)?, req(&mut b, 1)?);
         if let Some(v) = compare_scalars(op, &a.value, &c.value) {
             return Ok(Value::Bool(v));
+        }
+        if let (Some(x), Some(y)) = (a.value.as_f64(), c.value.as_f64()) {
+            match (op, &a.value, &c.value) {
+                (BinaryOp::Max, Value::Int(i), Value::Int(j)) => return Ok(Value::Int(*i.max(j))),
+                (BinaryOp::Min, Value::Int(i), Value::Int(j)) => return Ok(Value::Int(*i.min(j))),
+                (BinaryOp::Max, ..) => return Ok(Value::Float(x.max(y))),
+                (BinaryOp::Min, ..) => return Ok(Value::Float(x.min(y))),
+                (BinaryOp::Pow, ..) => return Ok(Value::Float(x.powf(y))),
+                _ => {}
+            }
         }
         let (x, y) = e.tensor_pair(a.value, a.span, c.value, c.span)?;
         let (tx, ty) = (e.graph.ty(x).clone(), e.graph.ty(y).clone());
@@ -252,6 +265,11 @@ pub(crate) fn call(e: &mut Elaborator, name: &str, args: Vec<ArgVal>, span: Span
         }
         "rank" => {
             let x = req(&mut b, 0)?;
+            // A number is a scalar: a layer can tell a tensor argument from
+            // a number default (`mask: f32[b, t] = 1`) by its rank.
+            if x.value.as_f64().is_some() {
+                return Ok(Value::Int(0));
+            }
             let t = e.tensor(x.value, x.span, "the argument of `rank`")?;
             Ok(Value::Int(e.graph.ty(t).rank() as i64))
         }
@@ -395,6 +413,25 @@ pub(crate) fn call(e: &mut Elaborator, name: &str, args: Vec<ArgVal>, span: Span
     }
 }
 
+/// `sqrt(2)`, `exp(-1)`: math on a compile-time number is a number (an
+/// initializer's bound, `uniform(-1 / sqrt(hidden), 1 / sqrt(hidden))`).
+fn unary_number(e: &Elaborator, name: &str, v: f64, span: Span) -> Result<Value> {
+    let r = match name {
+        "exp" => v.exp(),
+        "log" if v > 0.0 => v.ln(),
+        "sqrt" if v >= 0.0 => v.sqrt(),
+        "tanh" => v.tanh(),
+        "sigmoid" => 1.0 / (1.0 + (-v).exp()),
+        "abs" => v.abs(),
+        _ => {
+            return Err(e
+                .err(span, format!("`{name}` of {v} is not a real number"))
+                .with_label("out of the function's domain"))
+        }
+    };
+    Ok(Value::Float(r))
+}
+
 /// A comparison of two compile-time numbers (or two bools, for `equal`),
 /// which is a compile-time bool: `assert` and a static `where` need one.
 /// `None` when an operand is not such a value.
@@ -463,6 +500,11 @@ fn numel(
 /// the runtime feeds fresh every step, on its own stream so that two calls
 /// draw different numbers.
 fn uniform_like(e: &mut Elaborator, t: NodeId, span: Span) -> Result<Value> {
+    if e.in_scan() {
+        return Err(e
+            .err(span, "random numbers (`uniform_like`, `dropout`) inside a `scan` body are not supported")
+            .with_help("draw them before the loop for the whole sequence and pass them in with `each(...)`"));
+    }
     let key_name = nnc_ir::module::RNG_KEY;
     let key_ty = TensorType::scalar(DType::I32);
     let key = match e.graph.find_leaf(key_name) {

@@ -33,6 +33,9 @@ impl Scope {
     fn names(&self) -> impl Iterator<Item = &str> {
         self.vars.keys().map(String::as_str)
     }
+    pub(crate) fn entries(&self) -> impl Iterator<Item = (&str, &Value)> {
+        self.vars.iter().map(|(k, v)| (k.as_str(), v))
+    }
 }
 
 /// An evaluated call argument.
@@ -89,6 +92,8 @@ pub(crate) struct Elaborator<'a> {
     pub next_stream: u32,
     /// Where each state's `update` is, to report a second one.
     update_spans: HashMap<String, Span>,
+    /// The scans whose bodies are being elaborated, innermost last.
+    pub(crate) scans: Vec<crate::scan::ScanFrame>,
 }
 
 impl<'a> Elaborator<'a> {
@@ -121,7 +126,13 @@ impl<'a> Elaborator<'a> {
             training,
             next_stream: 0,
             update_spans: HashMap::new(),
+            scans: Vec::new(),
         }
+    }
+
+    /// How many layer calls deep elaboration is.
+    pub(crate) fn call_depth(&self) -> usize {
+        self.frames.len()
     }
 
     /// The frames errors are attributed to (see `blame_caller`).
@@ -158,14 +169,14 @@ impl<'a> Elaborator<'a> {
         }
     }
 
-    fn user_span(&self, span: Span) -> Span {
+    pub(crate) fn user_span(&self, span: Span) -> Span {
         match (self.in_prelude(), self.site) {
             (true, Some(site)) => site,
             _ => span,
         }
     }
 
-    fn at(&mut self, span: Span) {
+    pub(crate) fn at(&mut self, span: Span) {
         let s = self.user_span(span);
         self.graph.current_span = Some(nnc_ir::Span {
             start: s.start as u32,
@@ -741,32 +752,20 @@ impl<'a> Elaborator<'a> {
 
     /// `let`, `param`, `state`, `update` and `assert` mean the same in
     /// layers and models.
-    fn bind_statement(&mut self, scope: &mut Scope, stmt: &Stmt) -> Result<()> {
+    pub(crate) fn bind_statement(&mut self, scope: &mut Scope, stmt: &Stmt) -> Result<()> {
         match stmt {
-            Stmt::Let {
-                name,
-                ty: None,
-                value,
-                ..
-            } => {
-                let v = self.eval(scope, value)?;
-                self.name_value(&v, &name.name);
-                scope.bind(&name.name, v);
+            Stmt::Let { name, span, .. } if self.in_scan() => {
+                self.check_rebinding(name, *span)?;
+                self.bind_let(scope, stmt)?;
             }
-            Stmt::Let {
-                name,
-                ty: Some(ty),
-                value,
-                ..
-            } => {
-                let v = self.eval(scope, value)?;
-                let t = self.tensor(v, value.span, &format!("`{}`", name.name))?;
-                let subject = format!("`{}`", name.name);
-                self.match_pattern(scope, ty, t, value.span, &subject)?;
-                let v = Value::Tensor(t);
-                self.name_value(&v, &name.name);
-                scope.bind(&name.name, v);
-            }
+            Stmt::Let { .. } => self.bind_let(scope, stmt)?,
+            Stmt::Scan {
+                operands,
+                options,
+                body,
+                span,
+            } => self.scan_stmt(scope, operands, options, body, *span)?,
+            Stmt::Yield { name, value, span } => self.yield_stmt(scope, name, value, *span)?,
             Stmt::Param {
                 name,
                 ty,
@@ -792,6 +791,38 @@ impl<'a> Elaborator<'a> {
                 span,
             } => self.assert(scope, cond, message, *span)?,
             Stmt::Input { .. } | Stmt::Output { .. } | Stmt::Return { .. } => {}
+        }
+        Ok(())
+    }
+
+    /// `let NAME = EXPR` and `let NAME: PATTERN = EXPR`.
+    fn bind_let(&mut self, scope: &mut Scope, stmt: &Stmt) -> Result<()> {
+        match stmt {
+            Stmt::Let {
+                name,
+                ty: None,
+                value,
+                ..
+            } => {
+                let v = self.eval(scope, value)?;
+                self.name_value(&v, &name.name);
+                scope.bind(&name.name, v);
+            }
+            Stmt::Let {
+                name,
+                ty: Some(ty),
+                value,
+                ..
+            } => {
+                let v = self.eval(scope, value)?;
+                let t = self.tensor(v, value.span, &format!("`{}`", name.name))?;
+                let subject = format!("`{}`", name.name);
+                self.match_pattern(scope, ty, t, value.span, &subject)?;
+                let v = Value::Tensor(t);
+                self.name_value(&v, &name.name);
+                scope.bind(&name.name, v);
+            }
+            _ => {}
         }
         Ok(())
     }
@@ -832,6 +863,11 @@ impl<'a> Elaborator<'a> {
         };
         if !self.training {
             return Ok(());
+        }
+        if self.in_scan() {
+            return Err(self.err(span, "`update` inside a `scan` body").with_help(
+                "compute the new value in the loop (as a carry) and `update` the state after it",
+            ));
         }
         if let Some(prev) = self.update_spans.get(&target) {
             return Err(self
@@ -942,7 +978,9 @@ impl<'a> Elaborator<'a> {
                 | Stmt::Param { .. }
                 | Stmt::State { .. }
                 | Stmt::Update { .. }
-                | Stmt::Assert { .. } => self.bind_statement(&mut scope, stmt)?,
+                | Stmt::Assert { .. }
+                | Stmt::Scan { .. }
+                | Stmt::Yield { .. } => self.bind_statement(&mut scope, stmt)?,
                 Stmt::Input { span, .. } | Stmt::Output { span, .. } => {
                     return Err(self
                         .err(*span, "`input` and `output` belong in a model, not a layer")
@@ -1012,6 +1050,14 @@ impl<'a> Elaborator<'a> {
                 if items.iter().all(|i| matches!(i, Value::Int(_))) =>
             {
                 Value::List(items)
+            }
+            // A tensor parameter whose default is a number is optional: it
+            // takes that number too, and the body tells the two apart with
+            // `rank` (a number is rank 0), as `lstm`'s `mask` does.
+            (TypeKind::Tensor { .. }, v @ (Value::Int(_) | Value::Float(_)))
+                if param.default.as_ref().is_some_and(is_number_literal) =>
+            {
+                v
             }
             (TypeKind::Tensor { .. }, Value::Tensor(t)) => {
                 let subject = format!("argument `{pname}` of `{fname}`");
@@ -1276,6 +1322,12 @@ impl<'a> Elaborator<'a> {
         span: Span,
     ) -> Result<Value> {
         let word = kind.word();
+        if self.in_scan() {
+            return Err(self
+                .err(span, format!("{word} `{}` is declared inside a `scan` body", name.name))
+                .with_label("declared once per step")
+                .with_help("a layer that declares params or state cannot be called inside the loop; declare them before the `scan` and pass them in"));
+        }
         let ty = self.resolve_type(scope, te, false)?;
         if let Some(d) = ty.shape.iter().find(|d| d.as_const().is_none()) {
             return Err(self
@@ -1458,6 +1510,14 @@ fn idents<'e>(e: &'e Expr, out: &mut Vec<&'e str>) {
     }
 }
 
+fn is_number_literal(e: &Expr) -> bool {
+    match &e.kind {
+        ExprKind::Int(_) | ExprKind::Float(_) => true,
+        ExprKind::Neg(x) => is_number_literal(x),
+        _ => false,
+    }
+}
+
 /// A compile-time value as a note shows it; tensors are not shown.
 fn show_value(v: &Value) -> Option<String> {
     Some(match v {
@@ -1580,7 +1640,9 @@ impl<'a> Elaborator<'a> {
                 | Stmt::Param { .. }
                 | Stmt::State { .. }
                 | Stmt::Update { .. }
-                | Stmt::Assert { .. } => self.bind_statement(&mut scope, stmt)?,
+                | Stmt::Assert { .. }
+                | Stmt::Scan { .. }
+                | Stmt::Yield { .. } => self.bind_statement(&mut scope, stmt)?,
                 Stmt::Input { name, ty, span } => {
                     let t = self.resolve_type(&scope, ty, true)?;
                     if self.graph.find_leaf(&name.name).is_some() {

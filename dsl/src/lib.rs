@@ -19,6 +19,7 @@ mod elaborate;
 pub mod error;
 mod lower;
 pub mod parse;
+mod scan;
 pub mod span;
 mod value;
 

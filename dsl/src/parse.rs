@@ -221,7 +221,14 @@ fn human_name(rule: Rule) -> &'static str {
         | Rule::output_stmt
         | Rule::return_stmt
         | Rule::let_stmt
-        | Rule::bind_stmt => "a statement",
+        | Rule::bind_stmt
+        | Rule::scan_stmt
+        | Rule::yield_stmt => "a statement",
+        Rule::scan_operand | Rule::scan_bind => {
+            "a scan operand (`NAME = each(SEQ)`, `NAME = INIT` or `axis: N`)"
+        }
+        Rule::kw_scan => "`scan`",
+        Rule::kw_yield => "`yield`",
         Rule::type_expr | Rule::scalar_type => "a type",
         Rule::field_type => "a dtype or tensor type",
         Rule::tensor_type => "a tensor type",
@@ -792,6 +799,50 @@ impl Walker<'_> {
                     span,
                 }
             }
+            Rule::scan_stmt => {
+                k.expect(Rule::kw_scan)?;
+                let mut operands = Vec::new();
+                let mut options = Vec::new();
+                while let Some(o) = k.accept(Rule::scan_operand) {
+                    let mut ok = Kids::of(o);
+                    let p = ok.next()?;
+                    ok.end()?;
+                    let ospan = span_of(&p);
+                    let rule = p.as_rule();
+                    let mut pk = Kids::of(p);
+                    let name = ident(pk.expect(Rule::ident)?);
+                    let value = self.expr(pk.expect(Rule::expr)?)?.expr;
+                    pk.end()?;
+                    if rule == Rule::kwarg {
+                        options.push(Arg {
+                            name: Some(name),
+                            value,
+                            span: ospan,
+                        });
+                        continue;
+                    }
+                    let (value, each) = each_operand(value)?;
+                    operands.push(ScanOperand {
+                        name,
+                        value,
+                        each,
+                        span: ospan,
+                    });
+                }
+                let body = self.block(k.expect(Rule::block)?)?;
+                Stmt::Scan {
+                    operands,
+                    options,
+                    body,
+                    span,
+                }
+            }
+            Rule::yield_stmt => {
+                k.expect(Rule::kw_yield)?;
+                let name = ident(k.expect(Rule::ident)?);
+                let value = self.expr(k.expect(Rule::expr)?)?.expr;
+                Stmt::Yield { name, value, span }
+            }
             r => return Err(internal(span, &format!("unexpected {r:?} statement"))),
         };
         k.end()?;
@@ -1203,6 +1254,30 @@ impl Walker<'_> {
             });
         }
         Ok(args)
+    }
+}
+
+/// A scan operand's value: `each(SEQ)` is a sequence, anything else the
+/// initial value of a carry.
+fn each_operand(value: Expr) -> PResult<(Expr, bool)> {
+    match value.kind {
+        ExprKind::Call { callee, mut args } if callee.name == "each" => {
+            if args.len() != 1 || args[0].name.is_some() {
+                return Err(ParseError::new(
+                    format!("`each` takes one sequence, found {} arguments", args.len()),
+                    value.span,
+                )
+                .with_help("write `NAME = each(SEQUENCE)`; the options `axis:` and `reverse:` belong to `scan(...)` itself"));
+            }
+            Ok((args.remove(0).value, true))
+        }
+        kind => Ok((
+            Expr {
+                kind,
+                span: value.span,
+            },
+            false,
+        )),
     }
 }
 

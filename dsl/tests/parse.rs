@@ -462,6 +462,28 @@ fn dump_program(file: &SourceFile, p: &Program) -> String {
                     dump_expr(&mut out, file, 2, cond);
                     dump_expr(&mut out, file, 2, message);
                 }
+                Stmt::Scan {
+                    operands,
+                    options,
+                    body,
+                    ..
+                } => {
+                    for o in operands {
+                        span_line(&mut out, file, 2, "operand", o.span);
+                        span_line(&mut out, file, 3, "name", o.name.span);
+                        dump_expr(&mut out, file, 3, &o.value);
+                    }
+                    for o in options {
+                        span_line(&mut out, file, 2, "option", o.span);
+                    }
+                    for s in body {
+                        span_line(&mut out, file, 2, "stmt", s.span());
+                    }
+                }
+                Stmt::Yield { name, value, .. } => {
+                    span_line(&mut out, file, 2, "name", name.span);
+                    dump_expr(&mut out, file, 2, value);
+                }
             }
         }
         if let Item::Data(d) = item {
@@ -1037,4 +1059,43 @@ fn spec_examples_parse() {
         blocks += 1;
     }
     assert!(blocks >= 2);
+}
+
+const SCAN: &str = r#"layer cell(xs: f32[b, t, n], h0: f32[b, n]) {
+    scan(x = each(xs), m = each(mask -> f), h = h0, axis: 1, reverse: true) {
+        let y = x + h
+        h = tanh(y)   // a carry rebound
+        scan(v = each(y), s = h, axis: 0) { s = s + v }
+        yield hs = h * 2;
+    }
+    return hs
+}
+"#;
+
+#[test]
+fn scan_statement() {
+    insta::assert_snapshot!(parse_ok(SCAN).to_string());
+}
+
+#[test]
+fn scan_statement_spans() {
+    let file = src(SCAN);
+    insta::assert_snapshot!(dump_program(&file, &parse_ok(SCAN)));
+}
+
+#[test]
+fn scan_and_yield_are_keywords_only_where_a_statement_starts() {
+    let p = parse_ok("model M { input x: f32[B, 2]\n scan = x\n yield = scan * 2\n output yield }");
+    assert_eq!(
+        p.to_string(),
+        "model M\n  input x: f32[B, 2]\n  let scan = x\n  let yield = (* scan 2)\n  output yield"
+    );
+}
+
+#[test]
+fn scan_syntax_errors() {
+    let e = parse_err("layer f(x: f32[b, t]) { scan(v = each(x, x)) { } return x }");
+    assert_eq!(e.message, "`each` takes one sequence, found 2 arguments");
+    let e = parse_err("layer f(x: f32[b, t]) { scan(v = each(x)) return x }");
+    assert!(e.expected.iter().any(|x| x == "`{`"), "{:?}", e.expected);
 }
