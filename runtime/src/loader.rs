@@ -706,6 +706,84 @@ mod tests {
     }
 
     #[test]
+    fn text_vocabularies_come_from_the_samples_trained_on() {
+        let dir = TempDir::new("loader-text");
+        let mut table = String::from("C\tT\nd\tstring\nclass\t\n");
+        for i in 0..10 {
+            let class = if i < 9 { ["a", "b"][i % 2] } else { "c" };
+            table.push_str(&format!("{class}\tcommon w{i}\n"));
+        }
+        dir.write("t.tab", table.as_bytes());
+        let text = Source::Text {
+            path: "t.tab".into(),
+            format: TextFormat::Tab,
+            column: nnc_ir::TextColumn::Name("T".into()),
+            length: 3,
+            min_count: None,
+            max_size: None,
+            ngrams: None,
+        };
+        let labels = Source::TextLabels {
+            path: "t.tab".into(),
+            format: TextFormat::Tab,
+            column: nnc_ir::TextColumn::Index(0),
+        };
+        let fields = vec![
+            field("tokens", DType::I32, text, vec![]),
+            field("label", DType::I32, labels, vec![]),
+        ];
+        let mut spec = spec(fields, None);
+        let tokens = |data: &LoadedData| match &data.vocabularies["tokens"] {
+            FieldVocabulary::Tokens(v) => v.words.clone(),
+            other => panic!("{other:?}"),
+        };
+        // Every sample counts without a holdout.
+        let data = load(&spec, dir.path()).unwrap();
+        assert_eq!(tokens(&data).len(), 11);
+        assert_eq!(data.plans["tokens"].sample_shape, [3]);
+        let mut got = Vec::new();
+        data.train.gather_i32("tokens", &[9], &mut got).unwrap();
+        assert_eq!(got, [2, 12, 0], "`common` first, then w0..w9 by the word");
+
+        // Held out by `test = split(0.3)` and `validate`: those samples'
+        // words are unknown, and the class only they hold is an error.
+        spec.test = Some(TestSet::Split(0.3));
+        let holdout = Holdout {
+            validate: Some(0.2),
+            seed: 5,
+        };
+        let parts = crate::train::partition(10, Some(0.3), Some(0.2), 5).unwrap();
+        let trained: Vec<String> = parts.train.iter().map(|i| format!("w{i}")).collect();
+        let result = load_training(&spec, dir.path(), holdout);
+        if parts.train.contains(&9) {
+            let data = result.unwrap();
+            let mut words = tokens(&data);
+            assert_eq!(words.remove(0), "common");
+            let mut expected = trained.clone();
+            expected.sort();
+            assert_eq!(words, expected);
+        } else {
+            let err = result.err().unwrap().to_string();
+            assert!(
+                err.ends_with(
+                    ":13: class `c` is not among the classes of the training samples (2: `a`, `b`)"
+                ),
+                "{err}"
+            );
+            // Without the odd class, the vocabulary is the trained samples'.
+            let mut table = std::fs::read_to_string(dir.path().join("t.tab")).unwrap();
+            table = table.replace("c\tcommon w9", "a\tcommon w9");
+            dir.write("t.tab", table.as_bytes());
+            let data = load_training(&spec, dir.path(), holdout).unwrap();
+            let mut words = tokens(&data);
+            assert_eq!(words.remove(0), "common");
+            let mut expected = trained;
+            expected.sort();
+            assert_eq!(words, expected);
+        }
+    }
+
+    #[test]
     fn cifar_files_load_once_for_images_and_labels() {
         let dir = TempDir::new("loader-cifar");
         let mut bytes = Vec::new();
