@@ -495,6 +495,9 @@ pub fn format_prediction(index: usize, p: &Prediction) -> String {
     if let Some(c) = p.class {
         s.push_str(&format!("  class {c}"));
     }
+    if let Some(name) = &p.class_name {
+        s.push_str(&format!(" ({name})"));
+    }
     s
 }
 

@@ -12,7 +12,7 @@ use crate::value::Value;
 use nnc_ir::module::RNG_KEY;
 use nnc_ir::{
     DType, DataField, DataSpec, Graph, Metric, Module, NodeId, Optimizer, Schedule, Source,
-    TestSet, TrainSpec, Transform, LOSS,
+    TestSet, TextColumn, TextFormat, TrainSpec, Transform, LOSS,
 };
 use std::collections::HashMap;
 
@@ -407,6 +407,16 @@ fn lower_fields(el: &mut Elaborator, fields: &[ast::DataField]) -> Result<Vec<Da
             },
         };
         let (source, transforms) = lower_source(el, &f.value)?;
+        if matches!(source, Source::Text { .. }) && dtype != DType::I32 {
+            return Err(Error::new(
+                f.span,
+                format!(
+                    "data field `{}` holds token ids, which are i32",
+                    f.name.name
+                ),
+            )
+            .with_help(format!("declare it `{}: i32 = text(...)`", f.name.name)));
+        }
         out.push(DataField {
             name: f.name.name.clone(),
             dtype,
@@ -437,6 +447,7 @@ fn lower_source(el: &mut Elaborator, e: &Expr) -> Result<(Source, Vec<Transform>
             }
             "csv" => lower_csv(el, callee, args),
             "images" => lower_images(el, callee, args),
+            "text" | "text_labels" => lower_text(el, callee, args),
             "image_labels" | "cifar" | "cifar_labels" => {
                 let [path] = positional::<1>(el, callee, args, &["path"])?;
                 let path = string(&path)?;
@@ -479,13 +490,15 @@ fn lower_source(el: &mut Elaborator, e: &Expr) -> Result<(Source, Vec<Transform>
 
 const TRANSFORMS: [&str; 4] = ["scale", "one_hot", "normalize", "reshape"];
 
-const SOURCES: [&str; 6] = [
+const SOURCES: [&str; 8] = [
     "idx",
     "csv",
     "images",
     "image_labels",
     "cifar",
     "cifar_labels",
+    "text",
+    "text_labels",
 ];
 
 struct Evaluated {
@@ -659,6 +672,150 @@ fn lower_images(
             path,
             grayscale,
             size,
+        },
+        Vec::new(),
+    ))
+}
+
+/// `text(path, column, length, min_count, max_size, ngrams, format)` and
+/// `text_labels(path, column, format)`: a column of a text table.
+fn lower_text(
+    el: &mut Elaborator,
+    callee: &ast::Ident,
+    args: &[ast::Arg],
+) -> Result<(Source, Vec<Transform>)> {
+    let tokens = callee.name == "text";
+    let names: &[&str] = if tokens {
+        &[
+            "path",
+            "column",
+            "length",
+            "min_count",
+            "max_size",
+            "ngrams",
+            "format",
+        ]
+    } else {
+        &["path", "column", "format"]
+    };
+    let slots = named_args(el, callee, args, names)?;
+    let mut given: HashMap<&str, Evaluated> = names
+        .iter()
+        .zip(slots)
+        .filter_map(|(n, slot)| slot.map(|s| (*n, s)))
+        .collect();
+    let path = given.remove("path").ok_or_else(|| {
+        Error::new(callee.span, format!("`{}` needs a file path", callee.name)).with_help(format!(
+            "e.g. `{}(\"text/reuters-r8-train.tab\", column: \"{}\"{})`",
+            callee.name,
+            if tokens { "Text" } else { "Category" },
+            if tokens { ", length: 200" } else { "" }
+        ))
+    })?;
+    let path_span = path.span;
+    let path = string(&path)?;
+    let format = match given.remove("format") {
+        Some(f) => match &f.value {
+            Value::Str(s) => match s.as_str() {
+                "tab" => TextFormat::Tab,
+                "tsv" => TextFormat::Tsv,
+                "csv" => TextFormat::Csv,
+                _ => {
+                    return Err(Error::new(
+                        f.span,
+                        format!("unknown text format {s:?}"),
+                    )
+                    .with_label("expected \"tab\", \"tsv\" or \"csv\""))
+                }
+            },
+            other => {
+                return Err(Error::new(
+                    f.span,
+                    format!(
+                        "`format` takes \"tab\", \"tsv\" or \"csv\", found {}",
+                        other.kind()
+                    ),
+                ))
+            }
+        },
+        None => TextFormat::of_path(&path).ok_or_else(|| {
+            Error::new(
+                path_span,
+                format!("cannot tell how `{path}` is laid out from its extension"),
+            )
+            .with_label("expected a `.tab`, `.tsv` or `.csv` file (optionally `.gz`)")
+            .with_help("say which with `format: \"tab\"` (Orange, three header lines), `\"tsv\"` or `\"csv\"` (one header line)")
+        })?,
+    };
+    let column = match given.remove("column") {
+        Some(c) => match &c.value {
+            Value::Str(name) if !name.is_empty() => TextColumn::Name(name.clone()),
+            Value::Int(i) if *i >= 0 => TextColumn::Index(*i as usize),
+            other => {
+                return Err(Error::new(
+                    c.span,
+                    format!(
+                        "`column` takes a header name or a 0-based index, found {}",
+                        other.kind()
+                    ),
+                ))
+            }
+        },
+        None => {
+            return Err(Error::new(
+                callee.span,
+                format!("`{}` needs the column to read", callee.name),
+            )
+            .with_help(format!(
+                "give its header name (`column: \"{}\"`) or its 0-based index",
+                if tokens { "Text" } else { "Category" }
+            )))
+        }
+    };
+    if !tokens {
+        return Ok((
+            Source::TextLabels {
+                path,
+                format,
+                column,
+            },
+            Vec::new(),
+        ));
+    }
+    let mut int_in = |name: &str, min: usize, max: usize, why: &str| -> Result<Option<usize>> {
+        let Some(a) = given.remove(name) else {
+            return Ok(None);
+        };
+        match a.value {
+            Value::Int(v) if v >= min as i64 && v <= max as i64 => Ok(Some(v as usize)),
+            ref other => Err(Error::new(
+                a.span,
+                format!("`{name}` takes an int from {min} to {max}{why}"),
+            )
+            .with_label(format!("found {}", other.kind()))),
+        }
+    };
+    let length = int_in("length", 1, 1 << 20, "")?.ok_or_else(|| {
+        Error::new(callee.span, "`text` needs `length`, the tokens per sample")
+            .with_help("longer texts keep their first `length` tokens, shorter ones are padded with id 0: e.g. `length: 200`")
+    })?;
+    let min_count = int_in("min_count", 1, i32::MAX as usize, "")?;
+    let max_size = int_in(
+        "max_size",
+        3,
+        i32::MAX as usize,
+        " (ids 0 and 1 are padding and unknown, so 3 holds one word)",
+    )?;
+    let ngrams = int_in("ngrams", 1, 8, "")?;
+    Ok((
+        Source::Text {
+            path,
+            format,
+            column,
+            length,
+            min_count,
+            max_size,
+            ngrams,
         },
         Vec::new(),
     ))

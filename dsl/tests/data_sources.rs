@@ -191,7 +191,7 @@ fn bad_arguments_point_at_the_argument() {
     assert_eq!(e.message, "unknown data source `image`");
     assert_eq!(
         e.label.as_deref(),
-        Some("expected one of `idx`, `csv`, `images`, `image_labels`, `cifar`, `cifar_labels`")
+        Some("expected one of `idx`, `csv`, `images`, `image_labels`, `cifar`, `cifar_labels`, `text`, `text_labels`")
     );
     assert!(e.help.as_deref().unwrap_or("").contains("images"), "{e:?}");
     assert_eq!(at, "image");

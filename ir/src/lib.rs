@@ -28,8 +28,8 @@ pub use init::{initialize, CounterRng};
 pub use interp::{eval, run_updates, Env, EvalError, EvalOptions, Values};
 pub use module::{
     is_loop_input, DataField, DataSpec, HyperInputs, Metric, Module, Optimizer, Schedule, Source,
-    TestSet, TrainSpec, Transform, ADAM_BIAS_CORRECTION2_SQRT, ADAM_STEP, ADAM_STEP_SIZE,
-    GRADIENT_PREFIX, HYPER, LEARNING_RATE, LOSS, RNG_KEY,
+    TestSet, TextColumn, TextFormat, TrainSpec, Transform, ADAM_BIAS_CORRECTION2_SQRT, ADAM_STEP,
+    ADAM_STEP_SIZE, GRADIENT_PREFIX, HYPER, LEARNING_RATE, LOSS, RNG_KEY,
 };
 pub use op::{
     random_uniform, Arity, BinaryOp, Init, Literal, Op, OpClass, OpInfo, OpKind, ReduceOp, Ties,

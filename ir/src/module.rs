@@ -74,6 +74,104 @@ pub enum Source {
     Cifar { path: String },
     /// The labels (0 to 9) of the same CIFAR-10 files.
     CifarLabels { path: String },
+    /// One text column of a table, as `i32` samples `[length]` of token
+    /// ids: the text lowercased, split on non-alphanumerics, with the
+    /// n-grams up to `ngrams` after the words; id 0 pads, id 1 is a token
+    /// outside the vocabulary, and the vocabulary is built on the training
+    /// samples only. A test field of the same name uses the training
+    /// field's vocabulary; its own vocabulary options, when given, must
+    /// match it (`None` means not written).
+    Text {
+        path: String,
+        format: TextFormat,
+        column: TextColumn,
+        /// Tokens per sample: shorter texts are padded with id 0 at the
+        /// end, longer ones keep their first `length` tokens.
+        length: usize,
+        /// Fewest occurrences in the training samples for a token to get
+        /// an id (default 1).
+        min_count: Option<usize>,
+        /// Most ids, the two reserved ones included (default: no limit).
+        max_size: Option<usize>,
+        /// Longest n-gram: 1 words only, 2 adds bigrams `a_b` (default 1).
+        ngrams: Option<usize>,
+    },
+    /// A class-name column of a table, as each sample's class index:
+    /// classes in sorted order of the names in the training samples.
+    TextLabels {
+        path: String,
+        format: TextFormat,
+        column: TextColumn,
+    },
+}
+
+/// How a text table is laid out; chosen by the file's extension (before
+/// any `.gz`) unless the source says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TextFormat {
+    /// Orange's data table (`.tab`): tab-separated, three header lines
+    /// (names, types, flags).
+    Tab,
+    /// Tab-separated, one header line of names (`.tsv`).
+    Tsv,
+    /// Comma-separated, one header line, fields optionally in double
+    /// quotes (`""` is a quote inside one) (`.csv`).
+    Csv,
+    /// One text per line, no header: the whole line is column 0. What
+    /// `--predict` reads from a file of another extension; not a `format`
+    /// the language offers, since a line holds no label.
+    Lines,
+}
+
+impl TextFormat {
+    /// The format of a file named `path`, by its extension (`x.tab.gz` is
+    /// `Tab`); `None` for any other extension.
+    pub fn of_path(path: &str) -> Option<TextFormat> {
+        let name = path.rsplit(['/', '\\']).next().unwrap_or(path);
+        let name = name.strip_suffix(".gz").unwrap_or(name);
+        let (_, ext) = name.rsplit_once('.')?;
+        match ext.to_ascii_lowercase().as_str() {
+            "tab" => Some(TextFormat::Tab),
+            "tsv" => Some(TextFormat::Tsv),
+            "csv" => Some(TextFormat::Csv),
+            _ => None,
+        }
+    }
+
+    /// The name a source's `format:` argument takes.
+    pub fn name(self) -> &'static str {
+        match self {
+            TextFormat::Tab => "tab",
+            TextFormat::Tsv => "tsv",
+            TextFormat::Csv => "csv",
+            TextFormat::Lines => "lines",
+        }
+    }
+
+    /// Lines before the first sample.
+    pub fn header_lines(self) -> usize {
+        match self {
+            TextFormat::Tab => 3,
+            TextFormat::Tsv | TextFormat::Csv => 1,
+            TextFormat::Lines => 0,
+        }
+    }
+}
+
+/// A column of a text table: by its header name, or by its 0-based index.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TextColumn {
+    Name(String),
+    Index(usize),
+}
+
+impl fmt::Display for TextColumn {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TextColumn::Name(n) => write!(f, "`{n}`"),
+            TextColumn::Index(i) => write!(f, "{i}"),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -309,7 +407,9 @@ impl fmt::Display for Optimizer {
 
 #[cfg(test)]
 mod tests {
-    use super::{Optimizer, Schedule, ADAM_BIAS_CORRECTION2_SQRT, ADAM_STEP_SIZE, LEARNING_RATE};
+    use super::{
+        Optimizer, Schedule, TextFormat, ADAM_BIAS_CORRECTION2_SQRT, ADAM_STEP_SIZE, LEARNING_RATE,
+    };
 
     fn adam(lr: f64, beta1: f64, beta2: f64) -> Optimizer {
         Optimizer::Adam {
@@ -359,6 +459,19 @@ mod tests {
         let h = adam(1e-3, 0.9, 0.999).hyper_inputs(1e-3, 1 << 30);
         assert_eq!(h.get(ADAM_STEP_SIZE), Some(1e-3));
         assert_eq!(h.get(ADAM_BIAS_CORRECTION2_SQRT), Some(1.0));
+    }
+
+    #[test]
+    fn text_formats_follow_the_extension_before_gz() {
+        assert_eq!(TextFormat::of_path("text/r8.tab"), Some(TextFormat::Tab));
+        assert_eq!(TextFormat::of_path("20ng.TAB.gz"), Some(TextFormat::Tab));
+        assert_eq!(TextFormat::of_path("a.b/x.tsv"), Some(TextFormat::Tsv));
+        assert_eq!(TextFormat::of_path("x.csv.gz"), Some(TextFormat::Csv));
+        assert_eq!(TextFormat::of_path("x.txt"), None);
+        assert_eq!(TextFormat::of_path("a.tab/x"), None);
+        assert_eq!(TextFormat::of_path("x.gz"), None);
+        assert_eq!(TextFormat::Tab.header_lines(), 3);
+        assert_eq!(TextFormat::Csv.header_lines(), 1);
     }
 
     fn close(a: f64, b: f64) -> bool {

@@ -15,11 +15,13 @@
 //! | `epochs_done` | epochs trained when it was written (`--resume` continues from here) |
 //! | `params` | a JSON list of the tensors that are params; the rest is optimizer state |
 //! | `nnc_version` | the version of `nnc` that wrote it |
+//! | `text` | only for data with text fields: a JSON object from field name to its vocabulary (`{"kind": "tokens", "options": {...}, "words": [...]}`, `words[k]` has id `k + 2`) or class names (`{"kind": "classes", "names": [...]}`), so `--predict` encodes raw text as training did |
 //!
 //! Saving writes `PATH.tmp.<pid>` next to `PATH`, syncs it, renames it over
 //! `PATH` and syncs the directory: a crash or a failed write leaves the
 //! previous checkpoint as it was.
 
+use crate::data::text::Vocabularies;
 use crate::executor::{Executor, Programs};
 use crate::RuntimeError;
 use nnc_ir::{DType, Tensor, ADAM_STEP};
@@ -41,6 +43,7 @@ pub mod keys {
     pub const EPOCHS_DONE: &str = "epochs_done";
     pub const PARAMS: &str = "params";
     pub const NNC_VERSION: &str = "nnc_version";
+    pub const TEXT: &str = "text";
 }
 
 /// The version written into checkpoints (the workspace version).
@@ -77,6 +80,8 @@ pub struct Checkpoint {
     pub params: Vec<String>,
     /// Every tensor, sorted by name.
     pub tensors: Vec<(String, Tensor)>,
+    /// The vocabularies of the data's text fields (empty without any).
+    pub vocabularies: Vocabularies,
 }
 
 /// The names of a model's weights (as opposed to optimizer state), sorted:
@@ -184,11 +189,23 @@ pub fn save(
     tensors: &[(String, Tensor)],
     meta: &Meta,
 ) -> Result<(), RuntimeError> {
+    save_with_vocabularies(path, model_name, tensors, meta, &Vocabularies::new())
+}
+
+/// [`save`], with the vocabularies of the data's text fields in the
+/// metadata (`text`) when there are any.
+pub fn save_with_vocabularies(
+    path: &Path,
+    model_name: &str,
+    tensors: &[(String, Tensor)],
+    meta: &Meta,
+    vocabularies: &Vocabularies,
+) -> Result<(), RuntimeError> {
     let mut params = meta.params.clone();
     params.sort();
     let params_json = serde_json::to_string(&params)
         .map_err(|e| setup(format!("cannot save checkpoint `{}`: {e}", path.display())))?;
-    let metadata: HashMap<String, String> = [
+    let mut metadata: HashMap<String, String> = [
         (keys::FORMAT, FORMAT.to_string()),
         (keys::MODEL, model_name.to_string()),
         (keys::FINGERPRINT, fingerprint(tensors)),
@@ -199,6 +216,11 @@ pub fn save(
     .into_iter()
     .map(|(k, v)| (k.to_string(), v))
     .collect();
+    if !vocabularies.is_empty() {
+        let text = serde_json::to_string(vocabularies)
+            .map_err(|e| setup(format!("cannot save checkpoint `{}`: {e}", path.display())))?;
+        metadata.insert(keys::TEXT.to_string(), text);
+    }
     let bytes = safetensors_bytes(tensors, metadata)
         .map_err(|e| setup(format!("cannot save checkpoint `{}`: {e}", path.display())))?;
     write_atomic(path, &bytes)
@@ -373,6 +395,15 @@ pub fn load(path: &Path) -> Result<Checkpoint, RuntimeError> {
     })?;
     params.sort();
     let nnc_version = metadata.get(keys::NNC_VERSION).cloned().unwrap_or_default();
+    let vocabularies: Vocabularies = match metadata.get(keys::TEXT) {
+        None => Vocabularies::new(),
+        Some(text) => serde_json::from_str(text).map_err(|e| {
+            bad(format!(
+                "metadata `{}` is not the vocabularies of text fields: {e}",
+                keys::TEXT
+            ))
+        })?,
+    };
 
     let mut tensors = Vec::with_capacity(st.len());
     for (name, view) in st.tensors() {
@@ -449,6 +480,7 @@ pub fn load(path: &Path) -> Result<Checkpoint, RuntimeError> {
         nnc_version,
         params,
         tensors,
+        vocabularies,
     })
 }
 

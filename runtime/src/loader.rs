@@ -7,10 +7,13 @@
 //! feed, so a mismatch is reported once, clearly, naming the file.
 
 use crate::data::cifar::Cifar;
+use crate::data::text::{
+    self, ClassNames, FieldVocabulary, TextTable, Vocabularies, Vocabulary, VocabularyOptions,
+};
 use crate::data::{self, CsvOptions, Dataset, Field, Storage};
 use crate::executor::{Batch, BatchData, BatchField};
 use crate::RuntimeError;
-use nnc_ir::{DType, DataField, DataSpec, Dim, Graph, Source, TestSet, Transform};
+use nnc_ir::{DType, DataField, DataSpec, Dim, Graph, Source, TestSet, TextFormat, Transform};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
@@ -21,7 +24,19 @@ pub struct LoadedData {
     pub test: Option<Dataset>,
     /// Set when the block says `test = split(f)`: that share of `train`.
     pub test_split: Option<f64>,
+    /// The vocabulary or class names of each text field, built from the
+    /// training samples (or given, for prediction).
+    pub vocabularies: Vocabularies,
     plans: HashMap<String, FieldPlan>,
+}
+
+/// Which of the training file's samples a run holds out (as
+/// `train::partition` splits them), so that text fields build their
+/// vocabularies and class names from the samples trained on alone.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Holdout {
+    pub validate: Option<f64>,
+    pub seed: u64,
 }
 
 /// How one field becomes a batch tensor.
@@ -34,20 +49,109 @@ struct FieldPlan {
 }
 
 /// Loads every field of `spec`, resolving relative paths against `base`.
+/// Text fields build their vocabularies from every sample of the training
+/// files; [`load_training`] leaves out the samples a run holds out.
 pub fn load(spec: &DataSpec, base: &Path) -> Result<LoadedData, RuntimeError> {
+    load_with(spec, base, Vocabularies::new(), None)
+}
+
+/// [`load`] for a run that holds out `holdout` (and the block's
+/// `test = split(f)`): text vocabularies and class names come from the
+/// samples that are trained on.
+pub fn load_training(
+    spec: &DataSpec,
+    base: &Path,
+    holdout: Holdout,
+) -> Result<LoadedData, RuntimeError> {
+    load_with(spec, base, Vocabularies::new(), Some(holdout))
+}
+
+/// [`load`] with the text fields encoded by `vocabularies` (those of a
+/// checkpoint) rather than by vocabularies built from the data.
+pub(crate) fn load_with_vocabularies(
+    spec: &DataSpec,
+    base: &Path,
+    vocabularies: Vocabularies,
+) -> Result<LoadedData, RuntimeError> {
+    let mut text = TextContext {
+        holdout: None,
+        test_split: None,
+        vocabularies,
+        build: false,
+    };
+    load_all(spec, base, &mut text)
+}
+
+fn load_with(
+    spec: &DataSpec,
+    base: &Path,
+    vocabularies: Vocabularies,
+    holdout: Option<Holdout>,
+) -> Result<LoadedData, RuntimeError> {
+    let mut text = TextContext {
+        holdout,
+        test_split: match &spec.test {
+            Some(TestSet::Split(f)) => Some(*f),
+            _ => None,
+        },
+        vocabularies,
+        build: true,
+    };
+    load_all(spec, base, &mut text)
+}
+
+/// How text fields get their vocabularies while loading.
+struct TextContext {
+    holdout: Option<Holdout>,
+    test_split: Option<f64>,
+    /// Those built so far (a training field's, which the test field of the
+    /// same name takes), or given.
+    vocabularies: Vocabularies,
+    /// Whether the fields being loaded build their vocabularies (training
+    /// fields) or take them from `vocabularies` (test fields, prediction).
+    build: bool,
+}
+
+impl TextContext {
+    /// The samples trained on, of a training file of `n` samples.
+    fn training(&self, n: usize) -> Result<Vec<usize>, RuntimeError> {
+        match self.holdout {
+            Some(h) => Ok(crate::train::partition(n, self.test_split, h.validate, h.seed)?.train),
+            None => Ok((0..n).collect()),
+        }
+    }
+
+    /// The vocabulary field `name` takes, when it does not build one.
+    fn given(&self, name: &str, path: &Path) -> Result<&FieldVocabulary, RuntimeError> {
+        self.vocabularies.get(name).ok_or_else(|| {
+            RuntimeError::Setup(format!(
+                "{}: field `{name}` reads text, but there is no vocabulary for it: \
+                 the training field `{name}` is not a `text` or `text_labels` source",
+                path.display()
+            ))
+        })
+    }
+}
+
+fn load_all(
+    spec: &DataSpec,
+    base: &Path,
+    text: &mut TextContext,
+) -> Result<LoadedData, RuntimeError> {
     let test_fields = match &spec.test {
         Some(TestSet::Fields(fields)) => fields.as_slice(),
         _ => &[],
     };
     let mut cache = Cache::new(spec.fields.iter().chain(test_fields), base)?;
     let mut plans = HashMap::new();
-    let train = load_fields(&spec.fields, base, &mut cache, &mut plans)?;
+    let train = load_fields(&spec.fields, base, &mut cache, &mut plans, text)?;
     let (test, test_split) = match &spec.test {
         None => (None, None),
         Some(TestSet::Split(f)) => (None, Some(*f)),
         Some(TestSet::Fields(fields)) => {
             let mut test_plans = HashMap::new();
-            let ds = load_fields(fields, base, &mut cache, &mut test_plans)?;
+            text.build = false;
+            let ds = load_fields(fields, base, &mut cache, &mut test_plans, text)?;
             for (name, plan) in &test_plans {
                 let train_plan: &FieldPlan = &plans[name];
                 if train_plan.sample_shape != plan.sample_shape {
@@ -64,6 +168,7 @@ pub fn load(spec: &DataSpec, base: &Path) -> Result<LoadedData, RuntimeError> {
         train,
         test,
         test_split,
+        vocabularies: std::mem::take(&mut text.vocabularies),
         plans,
     })
 }
@@ -80,6 +185,8 @@ struct Cache {
     /// How many fields still need each CIFAR file's pixels: the last one
     /// takes them instead of copying 150 MB.
     cifar_pixel_uses: HashMap<PathBuf, usize>,
+    /// A table read once for its text and its labels.
+    text: HashMap<(PathBuf, TextFormat), TextTable>,
 }
 
 impl Cache {
@@ -109,7 +216,17 @@ impl Cache {
             images: image_paths.into_iter().zip(lists).collect(),
             cifar: HashMap::new(),
             cifar_pixel_uses,
+            text: HashMap::new(),
         })
+    }
+
+    fn text_table(&mut self, path: &Path, format: TextFormat) -> Result<&TextTable, RuntimeError> {
+        let key = (path.to_path_buf(), format);
+        if !self.text.contains_key(&key) {
+            let table = text::load_table(path, format)?;
+            self.text.insert(key.clone(), table);
+        }
+        Ok(&self.text[&key])
     }
 
     fn csv_table(&mut self, path: &Path) -> Result<&data::CsvTable, RuntimeError> {
@@ -155,6 +272,7 @@ fn load_fields(
     base: &Path,
     cache: &mut Cache,
     plans: &mut HashMap<String, FieldPlan>,
+    text: &mut TextContext,
 ) -> Result<Dataset, RuntimeError> {
     let mut loaded = Vec::new();
     for f in fields {
@@ -207,6 +325,92 @@ fn load_fields(
                 let labels = cache.cifar(&path)?.labels.clone();
                 (Storage::U8(labels), Vec::new(), path)
             }
+            Source::Text {
+                path,
+                format,
+                column,
+                length,
+                min_count,
+                max_size,
+                ngrams,
+            } => {
+                let path = base.join(path);
+                let table = cache.text_table(&path, *format)?;
+                let asked = VocabularyOptions {
+                    min_count: min_count.unwrap_or(1),
+                    max_size: *max_size,
+                    ngrams: ngrams.unwrap_or(1),
+                };
+                let vocabulary = if text.build {
+                    let col = table.column(column)?;
+                    let tokens = text::tokenize_column(table, col, asked.ngrams)?;
+                    let training = text.training(table.rows())?;
+                    let v = Vocabulary::build(&tokens, &training, asked, &path, column)?;
+                    let ids = v.encode(&tokens, *length);
+                    text.vocabularies
+                        .insert(f.name.clone(), FieldVocabulary::Tokens(v));
+                    ids
+                } else {
+                    let FieldVocabulary::Tokens(v) = text.given(&f.name, &path)? else {
+                        return Err(not_the_same_kind(&path, &f.name, "text", "text_labels"));
+                    };
+                    let built = v.options;
+                    let differs = [
+                        (
+                            "min_count",
+                            min_count.map(|m| m != built.min_count),
+                            built.min_count.to_string(),
+                        ),
+                        (
+                            "max_size",
+                            max_size.map(|m| Some(m) != built.max_size),
+                            built.max_size.map_or("no limit".into(), |m| m.to_string()),
+                        ),
+                        (
+                            "ngrams",
+                            ngrams.map(|n| n != built.ngrams),
+                            built.ngrams.to_string(),
+                        ),
+                    ];
+                    if let Some((option, _, was)) =
+                        differs.into_iter().find(|(_, d, _)| *d == Some(true))
+                    {
+                        return Err(RuntimeError::Setup(format!(
+                            "{}: field `{}` gives its own `{option}`, but its vocabulary was built \
+                             from the training samples with {option} {was}; leave it out",
+                            path.display(),
+                            f.name
+                        )));
+                    }
+                    let col = table.column(column)?;
+                    let tokens = text::tokenize_column(table, col, built.ngrams)?;
+                    v.encode(&tokens, *length)
+                };
+                (Storage::I32(vocabulary), vec![*length], path)
+            }
+            Source::TextLabels {
+                path,
+                format,
+                column,
+            } => {
+                let path = base.join(path);
+                let table = cache.text_table(&path, *format)?;
+                let col = table.column(column)?;
+                let labels = if text.build {
+                    let training = text.training(table.rows())?;
+                    let classes = ClassNames::build(table, col, &training)?;
+                    let labels = classes.encode(table, col)?;
+                    text.vocabularies
+                        .insert(f.name.clone(), FieldVocabulary::Classes(classes));
+                    labels
+                } else {
+                    let FieldVocabulary::Classes(classes) = text.given(&f.name, &path)? else {
+                        return Err(not_the_same_kind(&path, &f.name, "text_labels", "text"));
+                    };
+                    classes.encode(table, col)?
+                };
+                (Storage::I32(labels), Vec::new(), path)
+            }
         };
         let mut transforms = Vec::new();
         let mut sample_shape = shape.clone();
@@ -258,6 +462,13 @@ fn load_fields(
         );
     }
     Ok(Dataset::new(loaded)?)
+}
+
+fn not_the_same_kind(path: &Path, field: &str, is: &str, was: &str) -> RuntimeError {
+    RuntimeError::Setup(format!(
+        "{}: field `{field}` is a `{is}` source, but the training field `{field}` is `{was}`",
+        path.display()
+    ))
 }
 
 /// `normalize(mean, std)` for samples of `shape` (as they are at that
@@ -492,6 +703,84 @@ mod tests {
                 .starts_with(&format!("{}: cannot read folder: ", missing.display())),
             "{err}"
         );
+    }
+
+    #[test]
+    fn text_vocabularies_come_from_the_samples_trained_on() {
+        let dir = TempDir::new("loader-text");
+        let mut table = String::from("C\tT\nd\tstring\nclass\t\n");
+        for i in 0..10 {
+            let class = if i < 9 { ["a", "b"][i % 2] } else { "c" };
+            table.push_str(&format!("{class}\tcommon w{i}\n"));
+        }
+        dir.write("t.tab", table.as_bytes());
+        let text = Source::Text {
+            path: "t.tab".into(),
+            format: TextFormat::Tab,
+            column: nnc_ir::TextColumn::Name("T".into()),
+            length: 3,
+            min_count: None,
+            max_size: None,
+            ngrams: None,
+        };
+        let labels = Source::TextLabels {
+            path: "t.tab".into(),
+            format: TextFormat::Tab,
+            column: nnc_ir::TextColumn::Index(0),
+        };
+        let fields = vec![
+            field("tokens", DType::I32, text, vec![]),
+            field("label", DType::I32, labels, vec![]),
+        ];
+        let mut spec = spec(fields, None);
+        let tokens = |data: &LoadedData| match &data.vocabularies["tokens"] {
+            FieldVocabulary::Tokens(v) => v.words.clone(),
+            other => panic!("{other:?}"),
+        };
+        // Every sample counts without a holdout.
+        let data = load(&spec, dir.path()).unwrap();
+        assert_eq!(tokens(&data).len(), 11);
+        assert_eq!(data.plans["tokens"].sample_shape, [3]);
+        let mut got = Vec::new();
+        data.train.gather_i32("tokens", &[9], &mut got).unwrap();
+        assert_eq!(got, [2, 12, 0], "`common` first, then w0..w9 by the word");
+
+        // Held out by `test = split(0.3)` and `validate`: those samples'
+        // words are unknown, and the class only they hold is an error.
+        spec.test = Some(TestSet::Split(0.3));
+        let holdout = Holdout {
+            validate: Some(0.2),
+            seed: 5,
+        };
+        let parts = crate::train::partition(10, Some(0.3), Some(0.2), 5).unwrap();
+        let trained: Vec<String> = parts.train.iter().map(|i| format!("w{i}")).collect();
+        let result = load_training(&spec, dir.path(), holdout);
+        if parts.train.contains(&9) {
+            let data = result.unwrap();
+            let mut words = tokens(&data);
+            assert_eq!(words.remove(0), "common");
+            let mut expected = trained.clone();
+            expected.sort();
+            assert_eq!(words, expected);
+        } else {
+            let err = result.err().unwrap().to_string();
+            assert!(
+                err.ends_with(
+                    ":13: class `c` is not among the classes of the training samples (2: `a`, `b`)"
+                ),
+                "{err}"
+            );
+            // Without the odd class, the vocabulary is the trained samples'.
+            let mut table = std::fs::read_to_string(dir.path().join("t.tab")).unwrap();
+            table = table.replace("c\tcommon w9", "a\tcommon w9");
+            dir.write("t.tab", table.as_bytes());
+            let data = load_training(&spec, dir.path(), holdout).unwrap();
+            let mut words = tokens(&data);
+            assert_eq!(words.remove(0), "common");
+            let mut expected = trained;
+            expected.sort();
+            assert_eq!(words, expected);
+        }
     }
 
     #[test]

@@ -2,11 +2,16 @@
 //! transforms the training data went through, the forward graph's outputs
 //! per sample and, for a classifier, the arg-max class.
 
-use crate::checkpoint::{self, Scope};
+use crate::checkpoint::{self, Checkpoint, Scope};
+use crate::data::text::FieldVocabulary;
 use crate::data::DataError;
 use crate::executor::{Batch, Programs};
+use crate::loader::LoadedData;
 use crate::run::{Event, OptionsError, RunError, RunOptions, SampleShapeError};
-use nnc_ir::{DType, DataField, DataSpec, Module, Source, Tensor, Transform};
+use nnc_ir::{
+    DType, DataField, DataSpec, Module, Source, Tensor, TensorType, TextColumn, TextFormat,
+    Transform,
+};
 use std::path::Path;
 
 /// The forward graph's outputs for one sample.
@@ -18,6 +23,9 @@ pub struct Prediction {
     /// The arg-max class, for a classifier (a model trained against `i32`
     /// class labels).
     pub class: Option<usize>,
+    /// The class's name, when the labels were class names (`text_labels`)
+    /// saved with the checkpoint.
+    pub class_name: Option<String>,
 }
 
 /// Runs `programs.forward` with the params of `weights` on every sample of
@@ -47,11 +55,93 @@ pub(crate) fn predict(
     let input_ty = forward.ty(*input_node).clone();
 
     // The file's samples, as one data field through the training field's
-    // transforms.
+    // transforms, or as text through the training vocabulary.
     let field = module
         .data
         .as_ref()
         .and_then(|d| d.fields.iter().find(|f| f.name == input_name));
+    let ckpt = checkpoint::load(weights)?;
+    let data = match field {
+        Some(
+            f @ DataField {
+                source: Source::Text { .. },
+                ..
+            },
+        ) => text_samples(f, input, &ckpt)?,
+        _ => file_samples(module, field, input, &input_name, &input_ty)?,
+    };
+    data.check_inputs(forward)
+        .map_err(|source| RunError::PredictData {
+            path: input.to_path_buf(),
+            source: Box::new(source),
+        })?;
+    let classes =
+        label_field(module, &input_name).and_then(|label| match ckpt.vocabularies.get(&label) {
+            Some(FieldVocabulary::Classes(c)) => Some(c.names.clone()),
+            _ => None,
+        });
+
+    let settings = options.train.resolve(module.train.as_ref());
+    let params = checkpoint::param_names(&programs);
+    let output_names: Vec<String> = forward.outputs.iter().map(|o| o.name.clone()).collect();
+    let mut exec = options.backend.executor(programs, settings.seed)?;
+    ckpt.apply(exec.as_mut(), &module.name, &params, Scope::Params)?;
+
+    let classifier = is_classifier(module, &input_name);
+    let names = vec![input_name];
+    let mut batch = Batch::default();
+    let mut predictions = Vec::with_capacity(data.train.len());
+    let indices: Vec<usize> = (0..data.train.len()).collect();
+    for chunk in indices.chunks(settings.batch.max(1)) {
+        data.fill_batch(&data.train, &names, chunk, &mut batch)?;
+        let outputs = exec.predict(&batch)?;
+        for i in 0..chunk.len() {
+            let mut per_sample = Vec::new();
+            let mut dtypes = Vec::new();
+            for name in &output_names {
+                let Some((_, t)) = outputs.iter().find(|(n, _)| n == name) else {
+                    continue;
+                };
+                let per = t.shape.iter().skip(1).product::<usize>();
+                let values = t.data.get(i * per..(i + 1) * per).unwrap_or_default();
+                per_sample.push((name.clone(), values.to_vec()));
+                dtypes.push(t.dtype);
+            }
+            let class = match per_sample.first() {
+                Some((_, v)) if classifier && v.len() >= 2 => argmax(v),
+                _ => None,
+            };
+            let class_name = class.and_then(|c| classes.as_ref()?.get(c).cloned());
+            let prediction = Prediction {
+                outputs: per_sample,
+                dtypes,
+                class,
+                class_name,
+            };
+            events(Event::Predicted {
+                index: predictions.len(),
+                prediction: &prediction,
+            });
+            predictions.push(prediction);
+        }
+    }
+    if let Some(out) = &options.predict_out {
+        write_predictions(out, &module.name, &predictions)?;
+    }
+    Ok(predictions)
+}
+
+/// The samples of an IDX or CSV file for the input `input_name`, through
+/// the transforms of its training `field`.
+fn file_samples(
+    module: &Module,
+    field: Option<&DataField>,
+    input: &Path,
+    input_name: &str,
+    input_ty: &TensorType,
+) -> Result<LoadedData, RunError> {
+    // The file's samples, as one data field through the training field's
+    // transforms.
     let path_text = input
         .to_str()
         .ok_or_else(|| RunError::PathNotUtf8 {
@@ -96,7 +186,7 @@ pub(crate) fn predict(
                 path: input.to_path_buf(),
                 file_sample,
                 model: module.name.clone(),
-                input: input_name,
+                input: input_name.to_string(),
                 model_sample: want,
             })));
         }
@@ -105,66 +195,79 @@ pub(crate) fn predict(
     let spec = DataSpec {
         name: "predict".into(),
         fields: vec![DataField {
-            name: input_name.clone(),
+            name: input_name.to_string(),
             dtype: field.map_or(input_ty.dtype, |f| f.dtype),
             source,
             transforms,
         }],
         test: None,
     };
-    let data = crate::loader::load(&spec, Path::new(""))?;
-    data.check_inputs(forward)
-        .map_err(|source| RunError::PredictData {
-            path: input.to_path_buf(),
-            source: Box::new(source),
-        })?;
+    Ok(crate::loader::load(&spec, Path::new(""))?)
+}
 
-    let settings = options.train.resolve(module.train.as_ref());
-    let params = checkpoint::param_names(&programs);
-    let output_names: Vec<String> = forward.outputs.iter().map(|o| o.name.clone()).collect();
-    let mut exec = options.backend.executor(programs, settings.seed)?;
-    checkpoint::load(weights)?.apply(exec.as_mut(), &module.name, &params, Scope::Params)?;
-
-    let classifier = is_classifier(module, &input_name);
-    let names = vec![input_name];
-    let mut batch = Batch::default();
-    let mut predictions = Vec::with_capacity(data.train.len());
-    let indices: Vec<usize> = (0..data.train.len()).collect();
-    for chunk in indices.chunks(settings.batch.max(1)) {
-        data.fill_batch(&data.train, &names, chunk, &mut batch)?;
-        let outputs = exec.predict(&batch)?;
-        for i in 0..chunk.len() {
-            let mut per_sample = Vec::new();
-            let mut dtypes = Vec::new();
-            for name in &output_names {
-                let Some((_, t)) = outputs.iter().find(|(n, _)| n == name) else {
-                    continue;
-                };
-                let per = t.shape.iter().skip(1).product::<usize>();
-                let values = t.data.get(i * per..(i + 1) * per).unwrap_or_default();
-                per_sample.push((name.clone(), values.to_vec()));
-                dtypes.push(t.dtype);
-            }
-            let class = match per_sample.first() {
-                Some((_, v)) if classifier && v.len() >= 2 => argmax(v),
-                _ => None,
-            };
-            let prediction = Prediction {
-                outputs: per_sample,
-                dtypes,
-                class,
-            };
-            events(Event::Predicted {
-                index: predictions.len(),
-                prediction: &prediction,
-            });
-            predictions.push(prediction);
-        }
+/// The texts of `input` encoded with the vocabulary `ckpt` saved for the
+/// text `field`: a `.tab`, `.tsv` or `.csv` table (optionally gzipped)
+/// with the training field's column, or any other file as one text per
+/// line.
+fn text_samples(
+    field: &DataField,
+    input: &Path,
+    ckpt: &Checkpoint,
+) -> Result<LoadedData, RunError> {
+    let Source::Text {
+        column,
+        length,
+        min_count,
+        max_size,
+        ngrams,
+        ..
+    } = &field.source
+    else {
+        return Err(crate::RuntimeError::Setup(format!(
+            "internal error: field `{}` is not text",
+            field.name
+        ))
+        .into());
+    };
+    if !ckpt.vocabularies.contains_key(&field.name) {
+        return Err(crate::RuntimeError::Setup(format!(
+            "checkpoint `{}` holds no vocabulary for the text field `{}`, so raw text cannot be encoded as in training; \
+             a run that trains on the text data with `--save` writes one",
+            ckpt.path.display(),
+            field.name
+        ))
+        .into());
     }
-    if let Some(out) = &options.predict_out {
-        write_predictions(out, &module.name, &predictions)?;
-    }
-    Ok(predictions)
+    let path = input.to_str().ok_or_else(|| RunError::PathNotUtf8 {
+        path: input.to_path_buf(),
+    })?;
+    let (format, column) = match TextFormat::of_path(path) {
+        Some(format) => (format, column.clone()),
+        None => (TextFormat::Lines, TextColumn::Index(0)),
+    };
+    let spec = DataSpec {
+        name: "predict".into(),
+        fields: vec![DataField {
+            name: field.name.clone(),
+            dtype: field.dtype,
+            source: Source::Text {
+                path: path.to_string(),
+                format,
+                column,
+                length: *length,
+                min_count: *min_count,
+                max_size: *max_size,
+                ngrams: *ngrams,
+            },
+            transforms: Vec::new(),
+        }],
+        test: None,
+    };
+    Ok(crate::loader::load_with_vocabularies(
+        &spec,
+        Path::new(""),
+        ckpt.vocabularies.clone(),
+    )?)
 }
 
 /// The file formats of `--predict-out`, by extension.
@@ -243,6 +346,10 @@ fn predictions_csv(predictions: &[Prediction]) -> String {
     if first.class.is_some() {
         header.push("class".into());
     }
+    let named = first.class_name.is_some();
+    if named {
+        header.push("class_name".into());
+    }
     let mut text = header.join(",") + "\n";
     for p in predictions {
         let mut cells: Vec<String> = Vec::new();
@@ -252,10 +359,23 @@ fn predictions_csv(predictions: &[Prediction]) -> String {
         if let Some(c) = p.class {
             cells.push(c.to_string());
         }
+        if named {
+            cells.push(csv_cell(p.class_name.as_deref().unwrap_or("")));
+        }
         text.push_str(&cells.join(","));
         text.push('\n');
     }
     text
+}
+
+/// `text` as one CSV cell: quoted when it holds a comma, a quote or a
+/// line break.
+fn csv_cell(text: &str) -> String {
+    if text.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", text.replace('"', "\"\""))
+    } else {
+        text.to_string()
+    }
 }
 
 /// Each output as a tensor `[samples, values]` of its dtype, and `class`
@@ -291,12 +411,21 @@ fn predictions_tensors(predictions: &[Prediction]) -> Result<Vec<(String, Tensor
 /// A classifier is trained against `i32` class labels (an input other than
 /// the samples'); its first output holds a score per class.
 fn is_classifier(module: &Module, input_name: &str) -> bool {
-    module.train.as_ref().is_some_and(|t| {
-        t.objective.inputs().iter().any(|(n, name)| {
+    label_field(module, input_name).is_some()
+}
+
+/// The input of a classifier's training objective that holds its class
+/// labels.
+fn label_field(module: &Module, input_name: &str) -> Option<String> {
+    let t = module.train.as_ref()?;
+    t.objective
+        .inputs()
+        .iter()
+        .find(|(n, name)| {
             let ty = t.objective.ty(*n);
             *name != input_name && ty.dtype == DType::I32 && ty.rank() == 1
         })
-    })
+        .map(|(_, name)| name.to_string())
 }
 
 /// The index of the largest value; the first on ties, and NaNs never win.

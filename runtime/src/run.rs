@@ -328,7 +328,11 @@ impl<'m> Run<'m> {
                 None => None,
             },
         };
-        let data = crate::loader::load(data_spec, &data_base)?;
+        let holdout = crate::loader::Holdout {
+            validate: spec.validate,
+            seed: options.train.resolve(Some(spec)).seed,
+        };
+        let data = crate::loader::load_training(data_spec, &data_base, holdout)?;
         let params = checkpoint::param_names(&programs);
         let step = programs.step.clone();
         let mut overrides = options.train.clone();
@@ -337,6 +341,7 @@ impl<'m> Run<'m> {
         let mut done_before = 0;
         if let Some(weights) = &options.weights {
             let ckpt = checkpoint::load(weights)?;
+            check_vocabularies(&ckpt, &data)?;
             ckpt.apply(exec.as_mut(), &module.name, &params, Scope::Params)?;
             if options.eval {
                 // The report describes the weights evaluated.
@@ -357,6 +362,7 @@ impl<'m> Run<'m> {
                 return Err(RunError::NothingToResume { path: save.clone() });
             }
             let ckpt = checkpoint::load(save)?;
+            check_vocabularies(&ckpt, &data)?;
             ckpt.apply(exec.as_mut(), &module.name, &params, Scope::Everything)?;
             done_before = ckpt.epochs_done;
             events(Event::Resumed {
@@ -545,6 +551,33 @@ struct Trace {
     dump: Option<GradientDump>,
 }
 
+/// Weights trained on text mean something only under the vocabulary they
+/// were trained with: a checkpoint's saved vocabularies must be the ones
+/// built from the data now (a checkpoint without them is taken on trust).
+fn check_vocabularies(ckpt: &checkpoint::Checkpoint, data: &LoadedData) -> Result<(), RunError> {
+    use crate::data::text::FieldVocabulary;
+    let size = |v: &FieldVocabulary| match v {
+        FieldVocabulary::Tokens(v) => format!("{} ids", v.size()),
+        FieldVocabulary::Classes(c) => format!("{} classes", c.names.len()),
+    };
+    for (name, built) in &data.vocabularies {
+        match ckpt.vocabularies.get(name) {
+            Some(saved) if saved != built => {
+                return Err(RuntimeError::Setup(format!(
+                    "checkpoint `{}` was trained with another vocabulary for the text field `{name}` \
+                     ({} there, {} built from the data now): the data or the field's options changed",
+                    ckpt.path.display(),
+                    size(saved),
+                    size(built)
+                ))
+                .into())
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
 /// A checkpoint of `exec`'s state after `epochs_done` epochs.
 fn save_checkpoint(
     cx: &Context<'_>,
@@ -556,7 +589,13 @@ fn save_checkpoint(
         epochs_done,
         params: cx.params.to_vec(),
     };
-    checkpoint::save(path, &cx.module.name, &exec.state(), &meta)
+    checkpoint::save_with_vocabularies(
+        path,
+        &cx.module.name,
+        &exec.state(),
+        &meta,
+        &cx.data.vocabularies,
+    )
 }
 
 /// What a training run does around the loop: events, checkpoints, the

@@ -248,6 +248,91 @@ pub enum DataError {
     )]
     CifarNoBatches { path: PathBuf },
 
+    // ----- text tables -----------------------------------------------------
+    #[error("{}:{line}:{column}: not valid UTF-8 (text files must be UTF-8)", path.display())]
+    TextNotUtf8 {
+        path: PathBuf,
+        line: usize,
+        /// 1-based byte of the line where the invalid sequence starts.
+        column: usize,
+    },
+
+    #[error(
+        "{}: the file has {found} lines, but the `{format}` layout starts with {expected} header lines",
+        path.display()
+    )]
+    TextShortHeader {
+        path: PathBuf,
+        format: &'static str,
+        expected: usize,
+        found: usize,
+    },
+
+    #[error("{}: no samples after the header", path.display())]
+    TextNoSamples { path: PathBuf },
+
+    #[error("{}:{line}: row has {found} cells, but the header names {expected} columns", path.display())]
+    TextRaggedRow {
+        path: PathBuf,
+        line: usize,
+        found: usize,
+        expected: usize,
+    },
+
+    #[error("{}:{line}: a double quote opens a field that the line does not close", path.display())]
+    TextUnclosedQuote { path: PathBuf, line: usize },
+
+    #[error("{}: no column `{name}`; the header names: {available}", path.display())]
+    TextNoColumn {
+        path: PathBuf,
+        name: String,
+        available: String,
+    },
+
+    #[error("{}: column {index} is out of bounds for a table of {cols} columns (0-based)", path.display())]
+    TextColumnIndex {
+        path: PathBuf,
+        index: usize,
+        cols: usize,
+    },
+
+    #[error("{}:{line}: the text in column {column} is empty: it has no letter or digit", path.display())]
+    TextEmpty {
+        path: PathBuf,
+        line: usize,
+        column: String,
+    },
+
+    #[error("{}:{line}: the class name in column {column} is empty", path.display())]
+    TextEmptyClass {
+        path: PathBuf,
+        line: usize,
+        column: String,
+    },
+
+    #[error(
+        "{}:{line}: class `{class}` is not among the classes of the training samples ({known})",
+        path.display()
+    )]
+    TextUnknownClass {
+        path: PathBuf,
+        line: usize,
+        class: String,
+        known: String,
+    },
+
+    #[error(
+        "{}: the vocabulary of column {column} is empty: no token occurs at least {min_count} times \
+         in the {samples} training samples (lower `min_count`)",
+        path.display()
+    )]
+    TextEmptyVocabulary {
+        path: PathBuf,
+        column: String,
+        min_count: usize,
+        samples: usize,
+    },
+
     // ----- storage and datasets -----------------------------------------
     #[error("{context}: rows {start}..{end} are out of range for an array of {rows} rows")]
     RowRange {

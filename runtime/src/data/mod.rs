@@ -10,6 +10,8 @@
 //! * [`images`]: image folders (a subfolder per class), on disk or in a tar
 //!   archive, decoded to `u8` samples `[C, H, W]` on all cores.
 //! * [`cifar`]: the CIFAR-10 binary format.
+//! * [`text`]: text tables (Orange `.tab`, TSV, CSV), the tokenizer, the
+//!   vocabulary and class names.
 //! * [`dataset`]: named, equally long fields and per-batch gathering.
 //! * [`batch`]: seeded shuffling, batching and train/validation splits.
 
@@ -22,6 +24,7 @@ pub mod idx;
 pub mod images;
 mod source;
 mod storage;
+pub mod text;
 
 // Crate-visible so the loader's tests can build files the same way.
 #[cfg(test)]
