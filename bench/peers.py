@@ -35,9 +35,16 @@ WORKLOADS = [
     ("cifar-b64", "cifar", 64, "train"),
     ("mlp-infer-b1", "mlp", 1, "infer"),
     ("lenet-infer-b1", "lenet", 1, "infer"),
+    ("lstm-b32", "lstm", 32, "train"),
+    ("lstm-infer-b1", "lstm", 1, "infer"),
 ]
 
 PEERS = {"train": ["torch", "jax"], "infer": ["torch", "jax", "ort"]}
+
+
+def peers_of(model, mode):
+    # ONNX Runtime is timed on the feed-forward models only.
+    return [p for p in PEERS[mode] if not (model == "lstm" and p == "ort")]
 
 # Issue 6's targets: the least speedup (peer time / nnc time) per peer.
 TARGETS = {
@@ -47,10 +54,17 @@ TARGETS = {
     "cifar-b64": {"torch": 1.3},
     "mlp-infer-b1": {"ort": 1.0},
     "lenet-infer-b1": {"ort": 1.0},
+    # Issue 14: embedding 10000x64 -> LSTM 128 -> last state -> dense 2,
+    # sequence length 100, Adam.
+    "lstm-b32": {"torch": 2.0, "jax": 1.0},
+    "lstm-infer-b1": {"torch": 2.0},
 }
 COMPILE_TARGET_MS = 100.0
 
-SAMPLE = {"mlp": (784,), "lenet": (1, 28, 28), "cifar": (3, 32, 32)}
+SAMPLE = {"mlp": (784,), "lenet": (1, 28, 28), "cifar": (3, 32, 32), "lstm": (100,)}
+
+# The LSTM workload: token ids of SEQ steps from a VOCAB-word vocabulary.
+VOCAB, EMBED, HIDDEN, SEQ, LSTM_CLASSES = 10000, 64, 128, 100, 2
 
 
 def median_ms(fn, runs, warmup):
@@ -72,6 +86,8 @@ def torch_worker(model, batch, mode, runs, threads):
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
+    if model == "lstm":
+        return torch_lstm(batch, mode, runs)
     if model == "mlp":
         net = nn.Sequential(nn.Linear(784, 256), nn.ReLU(), nn.Linear(256, 128), nn.ReLU(),
                             nn.Linear(128, 10))
@@ -104,7 +120,118 @@ def torch_worker(model, batch, mode, runs, threads):
     return {"ms": median_ms(infer, runs, 50), "version": f"torch {torch.__version__} eager"}
 
 
+def torch_lstm(batch, mode, runs):
+    import torch
+    from torch import nn
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embed = nn.Embedding(VOCAB, EMBED)
+            self.lstm = nn.LSTM(EMBED, HIDDEN, batch_first=True)
+            self.out = nn.Linear(HIDDEN, LSTM_CLASSES)
+
+        def forward(self, tokens):
+            _, (h, _) = self.lstm(self.embed(tokens))
+            return self.out(h[-1])
+
+    net = Net()
+    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+    x = torch.randint(0, VOCAB, (batch, SEQ))
+    y = torch.randint(0, LSTM_CLASSES, (batch,))
+    loss_fn = nn.CrossEntropyLoss()
+    version = f"torch {torch.__version__} eager"
+    if mode == "train":
+        def step():
+            opt.zero_grad(set_to_none=True)
+            loss_fn(net(x), y).backward()
+            opt.step()
+        return {"ms": median_ms(step, runs, 5), "version": version}
+
+    def infer():
+        with torch.no_grad():
+            net(x)
+    return {"ms": median_ms(infer, runs, 20), "version": version}
+
+
 # ---- JAX jit ----------------------------------------------------------------
+
+def jax_lstm(batch, mode, runs):
+    import jax
+    import jax.numpy as jnp
+    from jax import lax
+
+    keys = jax.random.split(jax.random.PRNGKey(0), 8)
+    bound = 1.0 / HIDDEN ** 0.5
+
+    def uniform(key, shape):
+        return jax.random.uniform(key, shape, minval=-bound, maxval=bound)
+
+    params = {
+        "embed": jax.random.normal(keys[0], (VOCAB, EMBED)),
+        "w_ih": uniform(keys[1], (EMBED, 4 * HIDDEN)),
+        "w_hh": uniform(keys[2], (HIDDEN, 4 * HIDDEN)),
+        "b": uniform(keys[3], (4 * HIDDEN,)),
+        "w_out": uniform(keys[4], (HIDDEN, LSTM_CLASSES)),
+        "b_out": jnp.zeros((LSTM_CLASSES,)),
+    }
+
+    def forward(params, tokens):
+        # The input projection of every step as one product, then a scan
+        # over time with one [B, H] @ [H, 4H] product per step.
+        xg = params["embed"][tokens] @ params["w_ih"] + params["b"]  # [B, T, 4H]
+
+        def cell(carry, x):
+            h, c = carry
+            g = x + h @ params["w_hh"]
+            i, f, gg, o = jnp.split(g, 4, axis=-1)
+            c = jax.nn.sigmoid(f) * c + jax.nn.sigmoid(i) * jnp.tanh(gg)
+            h = jax.nn.sigmoid(o) * jnp.tanh(c)
+            return (h, c), None
+
+        zeros = jnp.zeros((tokens.shape[0], HIDDEN))
+        (h, _), _ = lax.scan(cell, (zeros, zeros), jnp.swapaxes(xg, 0, 1))
+        return h @ params["w_out"] + params["b_out"]
+
+    def loss(params, x, y):
+        logp = jax.nn.log_softmax(forward(params, x))
+        return -jnp.mean(jnp.take_along_axis(logp, y[:, None], axis=1))
+
+    x = jax.random.randint(keys[5], (batch, SEQ), 0, VOCAB)
+    y = jax.random.randint(keys[6], (batch,), 0, LSTM_CLASSES)
+    version = f"jax {jax.__version__} jit + lax.scan"
+    if mode == "infer":
+        f = jax.jit(forward)
+        t = time.perf_counter()
+        f(params, x).block_until_ready()
+        compile_ms = (time.perf_counter() - t) * 1e3
+        ms = median_ms(lambda: f(params, x).block_until_ready(), runs, 20)
+        return {"ms": ms, "compile_ms": compile_ms, "version": version}
+
+    zeros = jax.tree_util.tree_map(jnp.zeros_like, params)
+
+    @jax.jit
+    def train_step(params, m, v, step, x, y):
+        grads = jax.grad(loss)(params, x, y)
+        m = jax.tree_util.tree_map(lambda m, g: 0.9 * m + 0.1 * g, m, grads)
+        v = jax.tree_util.tree_map(lambda v, g: 0.999 * v + 0.001 * g * g, v, grads)
+        c1, c2 = 1 - 0.9 ** step, 1 - 0.999 ** step
+        params = jax.tree_util.tree_map(
+            lambda p, m, v: p - 1e-3 * (m / c1) / (jnp.sqrt(v / c2) + 1e-8), params, m, v)
+        return params, m, v
+
+    holder = {"p": params, "m": zeros, "v": zeros, "t": 1.0}
+
+    def step():
+        holder["p"], holder["m"], holder["v"] = train_step(
+            holder["p"], holder["m"], holder["v"], holder["t"], x, y)
+        jax.block_until_ready(holder["p"])
+
+    t = time.perf_counter()
+    step()
+    compile_ms = (time.perf_counter() - t) * 1e3
+    return {"ms": median_ms(step, runs, 5), "compile_ms": compile_ms, "version": version}
+
 
 def jax_worker(model, batch, mode, runs, threads):
     # XLA's CPU thread pools are sized when the backend starts.
@@ -112,6 +239,8 @@ def jax_worker(model, batch, mode, runs, threads):
         os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
                                    + " --xla_cpu_multi_thread_eigen=false"
                                    + " intra_op_parallelism_threads=1")
+    if model == "lstm":
+        return jax_lstm(batch, mode, runs)
     import jax
     import jax.numpy as jnp
     from jax import lax
@@ -277,8 +406,8 @@ def run_json(cmd):
 
 def runs_for(model, mode):
     if mode == "infer":
-        return 2000
-    return {"mlp": 300, "lenet": 150, "cifar": 30}[model]
+        return 300 if model == "lstm" else 2000
+    return {"mlp": 300, "lenet": 150, "cifar": 30, "lstm": 30}[model]
 
 
 def main():
@@ -307,7 +436,7 @@ def main():
     versions = {}
     for r in range(args.rounds):
         for name, model, batch, mode in workloads:
-            runners = ["nnc"] + PEERS[mode]
+            runners = ["nnc"] + peers_of(model, mode)
             # Alternate who goes first, round by round.
             if r % 2:
                 runners = runners[::-1]
@@ -337,7 +466,7 @@ def main():
     for name, model, batch, mode in workloads:
         nnc = statistics.median(samples[(name, "nnc")])
         row = {"workload": name, "threads": args.threads, "nnc_ms": nnc, "peers": {}}
-        for peer in PEERS[mode]:
+        for peer in peers_of(model, mode):
             ms = statistics.median(samples[(name, peer)])
             target = TARGETS.get(name, {}).get(peer)
             row["peers"][peer] = {
