@@ -23,27 +23,33 @@ use std::time::{Duration, Instant};
 /// A 64-byte aligned, zeroed, fixed-size buffer. It never reallocates, so
 /// addresses baked into compiled code stay valid for its lifetime.
 pub struct AlignedBuf {
-    lines: Box<[Line]>,
+    /// Zeroed bytes, `ALIGN` more than needed: the buffer starts at the
+    /// first aligned address in them.
+    raw: Box<[u8]>,
+    start: usize,
+    len: usize,
 }
 
-#[derive(Clone, Copy)]
-#[repr(C, align(64))]
-struct Line([u8; ALIGN]);
-
 impl AlignedBuf {
+    /// Zeroed by the allocator, which takes fresh pages (zero already) for
+    /// a large buffer: writing every byte here, or asking for 64-byte
+    /// alignment (which the system allocator zeroes by hand), made the
+    /// compile time of a program grow with its arena (a `scan` of T = 1000
+    /// stacks hundreds of MB).
     pub fn zeroed(bytes: usize) -> AlignedBuf {
-        AlignedBuf {
-            lines: vec![Line([0; ALIGN]); bytes.div_ceil(ALIGN).max(1)].into_boxed_slice(),
-        }
+        let len = bytes.div_ceil(ALIGN).max(1) * ALIGN;
+        let raw = vec![0u8; len + ALIGN].into_boxed_slice();
+        let start = (raw.as_ptr() as usize).next_multiple_of(ALIGN) - raw.as_ptr() as usize;
+        AlignedBuf { raw, start, len }
     }
     pub fn addr(&self) -> usize {
-        self.lines.as_ptr() as usize
+        self.raw.as_ptr() as usize + self.start
     }
     pub fn len(&self) -> usize {
-        self.lines.len() * ALIGN
+        self.len
     }
     pub fn is_empty(&self) -> bool {
-        self.lines.is_empty()
+        self.len == 0
     }
     fn words(&self, byte_offset: usize, n: usize) -> &[u32] {
         assert!(byte_offset.is_multiple_of(4) && byte_offset + n * 4 <= self.len());
@@ -52,8 +58,9 @@ impl AlignedBuf {
     }
     fn words_mut(&mut self, byte_offset: usize, n: usize) -> &mut [u32] {
         assert!(byte_offset.is_multiple_of(4) && byte_offset + n * 4 <= self.len());
+        let start = self.start + byte_offset;
         // SAFETY: as above, and `&mut self` makes the borrow unique.
-        unsafe { std::slice::from_raw_parts_mut((self.addr() + byte_offset) as *mut u32, n) }
+        unsafe { std::slice::from_raw_parts_mut(self.raw.as_mut_ptr().add(start) as *mut u32, n) }
     }
 }
 
