@@ -44,6 +44,21 @@ pub(crate) fn emit_map(
     outs: &[(Strided, Kind)],
     range: Option<(Value, Value)>,
 ) -> Result<MapSplit, CodegenError> {
+    emit_map_shifted(b, calls, code, dims, outs, range, &[])
+}
+
+/// [`emit_map`] with run-time byte offsets added to the base addresses of
+/// the operands (`outs`, then the leaves; missing or `None`: no offset): a
+/// loop's slice of a stacked sequence.
+pub(crate) fn emit_map_shifted(
+    b: &mut FunctionBuilder,
+    calls: &mut dyn Calls,
+    code: &Code,
+    dims: &[usize],
+    outs: &[(Strided, Kind)],
+    range: Option<(Value, Value)>,
+    shifts: &[Option<Value>],
+) -> Result<MapSplit, CodegenError> {
     let mut ops = loop_operands(outs, code);
     let mut dims = coalesce(dims, &mut ops);
     if dims.is_empty() {
@@ -78,7 +93,16 @@ pub(crate) fn emit_map(
         (lo, hi)
     });
     let outer = range.filter(|_| dims.len() >= 2);
-    emit_nest_in(b, &dims, &ops, outer, &mut |_, _, _| {}, &mut |b, addrs| {
+    let mut shift = |b: &mut FunctionBuilder, depth: usize, addrs: &mut Vec<Value>| {
+        if depth == 0 {
+            for (a, s) in addrs.iter_mut().zip(shifts) {
+                if let Some(s) = s {
+                    *a = b.ins().iadd(*a, *s);
+                }
+            }
+        }
+    };
+    emit_nest_in(b, &dims, &ops, outer, &mut shift, &mut |b, addrs| {
         let vec_end = if vector { n / 4 * 4 } else { 0 };
         // The vector loop's and the scalar tail's bounds.
         let (v_lo, v_hi, t_lo, t_hi) = match chunked {
@@ -173,4 +197,26 @@ pub(crate) fn copy(
 ) -> Result<(), CodegenError> {
     let code = Code::copy(src.addr, src.strides, kind);
     emit_map(b, calls, &code, dims, &[(dst, kind)], None).map(|_| ())
+}
+
+/// [`copy`] from and to addresses shifted by run-time byte offsets.
+pub(crate) fn copy_shifted(
+    b: &mut FunctionBuilder,
+    calls: &mut dyn Calls,
+    dims: &[usize],
+    (dst, dst_shift): (Strided, Option<Value>),
+    (src, src_shift): (Strided, Option<Value>),
+    kind: Kind,
+) -> Result<(), CodegenError> {
+    let code = Code::copy(src.addr, src.strides, kind);
+    emit_map_shifted(
+        b,
+        calls,
+        &code,
+        dims,
+        &[(dst, kind)],
+        None,
+        &[dst_shift, src_shift],
+    )
+    .map(|_| ())
 }

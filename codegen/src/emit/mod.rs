@@ -32,6 +32,7 @@ mod product;
 pub mod program;
 pub mod random;
 mod reduce;
+mod scan;
 mod take;
 pub mod vmath;
 pub mod window;
@@ -207,6 +208,11 @@ pub fn emit_kernel(
             };
         }
         Body::Node => {}
+        Body::Scan(_) => {
+            return Err(CodegenError::new(
+                "internal error: a loop is emitted by the program, not as a kernel",
+            ))
+        }
     }
     let operands = graph.operands(id);
     let operand = |i: usize| -> Result<(&View, usize, Kind), CodegenError> {

@@ -4,12 +4,15 @@
 //! running a step is one indirect call.
 
 use super::host::{new_module, Calls, Host, HostCalls};
+use super::scan::emit_scan;
 use super::{emit_copy, emit_kernel, Addresses, Split};
 use crate::plan::group::GroupConfig;
+use crate::plan::scan::ScanPlan;
 use crate::plan::split::splits;
-use crate::plan::{self, value_word, Kind, Plan, StateLayout, Step, View, ALIGN};
+use crate::plan::{self, value_word, Body, Kind, Plan, StateLayout, Step, View, ALIGN};
 use crate::CodegenError;
 use cranelift_codegen::ir::{types, AbiParam, InstBuilder};
+use cranelift_codegen::Context;
 use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext};
 use cranelift_jit::JITModule;
 use cranelift_module::{FuncId, Linkage, Module};
@@ -20,27 +23,33 @@ use std::time::{Duration, Instant};
 /// A 64-byte aligned, zeroed, fixed-size buffer. It never reallocates, so
 /// addresses baked into compiled code stay valid for its lifetime.
 pub struct AlignedBuf {
-    lines: Box<[Line]>,
+    /// Zeroed bytes, `ALIGN` more than needed: the buffer starts at the
+    /// first aligned address in them.
+    raw: Box<[u8]>,
+    start: usize,
+    len: usize,
 }
 
-#[derive(Clone, Copy)]
-#[repr(C, align(64))]
-struct Line([u8; ALIGN]);
-
 impl AlignedBuf {
+    /// Zeroed by the allocator, which takes fresh pages (zero already) for
+    /// a large buffer: writing every byte here, or asking for 64-byte
+    /// alignment (which the system allocator zeroes by hand), made the
+    /// compile time of a program grow with its arena (a `scan` of T = 1000
+    /// stacks hundreds of MB).
     pub fn zeroed(bytes: usize) -> AlignedBuf {
-        AlignedBuf {
-            lines: vec![Line([0; ALIGN]); bytes.div_ceil(ALIGN).max(1)].into_boxed_slice(),
-        }
+        let len = bytes.div_ceil(ALIGN).max(1) * ALIGN;
+        let raw = vec![0u8; len + ALIGN].into_boxed_slice();
+        let start = (raw.as_ptr() as usize).next_multiple_of(ALIGN) - raw.as_ptr() as usize;
+        AlignedBuf { raw, start, len }
     }
     pub fn addr(&self) -> usize {
-        self.lines.as_ptr() as usize
+        self.raw.as_ptr() as usize + self.start
     }
     pub fn len(&self) -> usize {
-        self.lines.len() * ALIGN
+        self.len
     }
     pub fn is_empty(&self) -> bool {
-        self.lines.is_empty()
+        self.len == 0
     }
     fn words(&self, byte_offset: usize, n: usize) -> &[u32] {
         assert!(byte_offset.is_multiple_of(4) && byte_offset + n * 4 <= self.len());
@@ -49,8 +58,9 @@ impl AlignedBuf {
     }
     fn words_mut(&mut self, byte_offset: usize, n: usize) -> &mut [u32] {
         assert!(byte_offset.is_multiple_of(4) && byte_offset + n * 4 <= self.len());
+        let start = self.start + byte_offset;
         // SAFETY: as above, and `&mut self` makes the borrow unique.
-        unsafe { std::slice::from_raw_parts_mut((self.addr() + byte_offset) as *mut u32, n) }
+        unsafe { std::slice::from_raw_parts_mut(self.raw.as_mut_ptr().add(start) as *mut u32, n) }
     }
 }
 
@@ -190,10 +200,7 @@ impl Program {
         let mut work = AlignedBuf::zeroed(CONTROL + plan.arena_bytes);
         // A matmul may also run inside another node's kernel (one fused
         // into the `reduce_sum` of its batch).
-        let is_matmul = |id: &nnc_ir::NodeId| matches!(graph.node(*id).op, nnc_ir::Op::MatMul);
-        let has_matmul =
-            plan.fused.iter().any(is_matmul) || plan.kernels.iter().any(|k| is_matmul(&k.root));
-        let mut scratch = has_matmul.then(|| Box::new(crate::sgemm::Scratch::new()));
+        let mut scratch = has_matmul(&plan, graph).then(|| Box::new(crate::sgemm::Scratch::new()));
         let at = Addresses {
             state: state.addr(),
             work: work.addr() + CONTROL,
@@ -209,129 +216,16 @@ impl Program {
         let mut host_ids: HashMap<Host, FuncId> = HashMap::new();
         let mut ctx = module.make_context();
         let mut fctx = FunctionBuilderContext::new();
-        let mut kernels: Vec<FuncId> = Vec::new();
-        for (i, step) in plan.steps.iter().enumerate() {
-            ctx.func.signature = module.make_signature();
-            // A kernel whose work splits takes `(start, end, task)`: work
-            // units and a task index; a trampoline runs it over the pool.
-            let split = matches!(step, Step::Kernel(k) if splits(&plan.kernels[*k], graph, &plan));
-            if split {
-                for _ in 0..3 {
-                    ctx.func.signature.params.push(AbiParam::new(types::I64));
-                }
-            }
-            let mut units = None;
-            {
-                let mut b = FunctionBuilder::new(&mut ctx.func, &mut fctx);
-                let entry = b.create_block();
-                if split {
-                    b.append_block_params_for_function_params(entry);
-                }
-                b.switch_to_block(entry);
-                let range = split.then(|| {
-                    let p = b.block_params(entry);
-                    Split {
-                        start: p[0],
-                        end: p[1],
-                        task: p[2],
-                    }
-                });
-                let mut calls = HostCalls {
-                    module: &mut module,
-                    ids: &mut host_ids,
-                    refs: HashMap::new(),
-                };
-                match step {
-                    Step::Kernel(k) => {
-                        units = emit_kernel(
-                            &mut b,
-                            &mut calls,
-                            graph,
-                            &plan.kernels[*k],
-                            &at,
-                            status,
-                            range,
-                        )?;
-                    }
-                    Step::Copy { src, dst, dtype } => {
-                        emit_copy(
-                            &mut b,
-                            &mut calls,
-                            src,
-                            at.of(src),
-                            dst,
-                            at.of(dst),
-                            Kind::of(*dtype),
-                        )?;
-                    }
-                    Step::Update { slot, value } => {
-                        let s = &state.layout.slots[*slot];
-                        let dst = View::contiguous(plan::Base::State(*slot), s.shape.clone());
-                        emit_copy(
-                            &mut b,
-                            &mut calls,
-                            &plan.views[value],
-                            at.of(&plan.views[value]),
-                            &dst,
-                            at.of(&dst),
-                            Kind::of(s.dtype),
-                        )?;
-                    }
-                }
-                b.ins().return_(&[]);
-                b.seal_all_blocks();
-                b.finalize(module.target_config());
-            }
-            let name = if split {
-                format!("k{i}.units")
-            } else {
-                format!("k{i}")
+        let kernels = {
+            let mut c = Compiler {
+                module: &mut module,
+                host_ids: &mut host_ids,
+                ctx: &mut ctx,
+                fctx: &mut fctx,
+                status,
             };
-            let id = module
-                .declare_function(&name, Linkage::Local, &ctx.func.signature)
-                .map_err(|e| CodegenError::new(format!("cranelift: {e}")))?;
-            module.define_function(id, &mut ctx).map_err(|e| {
-                CodegenError::new(format!(
-                    "cranelift could not compile kernel {i} ({step:?}): {e:?}"
-                ))
-            })?;
-            module.clear_context(&mut ctx);
-            if !split {
-                kernels.push(id);
-                continue;
-            }
-            // The trampoline: `nnc_parallel(kernel, units, tasks)`.
-            let units = units.unwrap_or(1);
-            ctx.func.signature = module.make_signature();
-            {
-                let mut b = FunctionBuilder::new(&mut ctx.func, &mut fctx);
-                let entry = b.create_block();
-                b.switch_to_block(entry);
-                let f = module.declare_func_in_func(id, b.func);
-                let addr = b.ins().func_addr(types::I64, f);
-                let n = b.ins().iconst(types::I64, units as i64);
-                let tasks = b.ins().iconst(types::I64, plan.tasks as i64);
-                let mut calls = HostCalls {
-                    module: &mut module,
-                    ids: &mut host_ids,
-                    refs: HashMap::new(),
-                };
-                calls.call(&mut b, Host::Parallel, &[addr, n, tasks]);
-                b.ins().return_(&[]);
-                b.seal_all_blocks();
-                b.finalize(module.target_config());
-            }
-            let tid = module
-                .declare_function(&format!("k{i}"), Linkage::Local, &ctx.func.signature)
-                .map_err(|e| CodegenError::new(format!("cranelift: {e}")))?;
-            module.define_function(tid, &mut ctx).map_err(|e| {
-                CodegenError::new(format!(
-                    "cranelift could not compile kernel {i}'s trampoline: {e:?}"
-                ))
-            })?;
-            module.clear_context(&mut ctx);
-            kernels.push(tid);
-        }
+            c.steps(graph, &at, "k")?
+        };
         // The schedule: call every kernel in order.
         ctx.func.signature = module.make_signature();
         {
@@ -372,12 +266,7 @@ impl Program {
             .collect();
 
         // Constants are data, written once.
-        for &id in &plan.constants {
-            let view = &plan.views[&id];
-            let words = plan::constant_words(graph, id, &view.shape);
-            let offset = at.of(view) - work.addr();
-            work.words_mut(offset, words.len()).copy_from_slice(&words);
-        }
+        fill_constants(&mut work, graph, &at);
         let inputs = plan
             .inputs
             .iter()
@@ -552,5 +441,234 @@ impl Program {
 
     pub fn output_names(&self) -> impl Iterator<Item = &str> {
         self.graph_outputs.iter().map(|(n, _, _)| n.as_str())
+    }
+}
+
+/// Whether `plan` or a loop body in it multiplies matrices (and so needs
+/// the GEMM packing scratch).
+fn has_matmul(plan: &Plan, graph: &Graph) -> bool {
+    let is_matmul = |id: &nnc_ir::NodeId| matches!(graph.node(*id).op, nnc_ir::Op::MatMul);
+    plan.fused.iter().any(is_matmul)
+        || plan.kernels.iter().any(|k| match &k.body {
+            Body::Scan(scan) => has_matmul(&scan.plan, &scan.body.graph),
+            _ => is_matmul(&k.root),
+        })
+}
+
+/// Writes the constants of `at`'s plan, and of every loop body in it, into
+/// their buffers of the arena `work`.
+fn fill_constants(work: &mut AlignedBuf, graph: &Graph, at: &Addresses) {
+    let plan = at.plan;
+    for &id in &plan.constants {
+        let view = &plan.views[&id];
+        let words = plan::constant_words(graph, id, &view.shape);
+        let offset = at.of(view) - work.addr();
+        work.words_mut(offset, words.len()).copy_from_slice(&words);
+    }
+    for k in &plan.kernels {
+        if let Body::Scan(scan) = &k.body {
+            fill_constants(work, &scan.body.graph, &body_addresses(at, scan));
+        }
+    }
+}
+
+/// The addresses of a loop body's plan: its arena is the loop's region.
+fn body_addresses<'a>(at: &Addresses<'a>, scan: &'a ScanPlan) -> Addresses<'a> {
+    Addresses {
+        state: at.state,
+        work: at.buffer(scan.region),
+        scratch: at.scratch,
+        plan: &scan.plan,
+        layout: at.layout,
+    }
+}
+
+/// Compiles the steps of a plan into functions of one JIT module.
+struct Compiler<'c> {
+    module: &'c mut JITModule,
+    host_ids: &'c mut HashMap<Host, FuncId>,
+    ctx: &'c mut Context,
+    fctx: &'c mut FunctionBuilderContext,
+    /// The status word kernels report faults in.
+    status: usize,
+}
+
+impl Compiler<'_> {
+    /// One function per step of `at`'s plan (of `graph`), in schedule order,
+    /// each `fn()`; a loop's function calls its body's, compiled first.
+    /// Function names start with `prefix`.
+    fn steps(
+        &mut self,
+        graph: &Graph,
+        at: &Addresses,
+        prefix: &str,
+    ) -> Result<Vec<FuncId>, CodegenError> {
+        let plan = at.plan;
+        let mut kernels: Vec<FuncId> = Vec::new();
+        for (i, step) in plan.steps.iter().enumerate() {
+            if let Step::Kernel(k) = step {
+                if let Body::Scan(scan) = &plan.kernels[*k].body {
+                    let id = self.scan(graph, at, scan, &format!("{prefix}{i}"))?;
+                    kernels.push(id);
+                    continue;
+                }
+            }
+            let module = &mut *self.module;
+            let ctx = &mut *self.ctx;
+            ctx.func.signature = module.make_signature();
+            // A kernel whose work splits takes `(start, end, task)`: work
+            // units and a task index; a trampoline runs it over the pool.
+            let split = matches!(step, Step::Kernel(k) if splits(&plan.kernels[*k], graph, plan));
+            if split {
+                for _ in 0..3 {
+                    ctx.func.signature.params.push(AbiParam::new(types::I64));
+                }
+            }
+            let mut units = None;
+            {
+                let mut b = FunctionBuilder::new(&mut ctx.func, self.fctx);
+                let entry = b.create_block();
+                if split {
+                    b.append_block_params_for_function_params(entry);
+                }
+                b.switch_to_block(entry);
+                let range = split.then(|| {
+                    let p = b.block_params(entry);
+                    Split {
+                        start: p[0],
+                        end: p[1],
+                        task: p[2],
+                    }
+                });
+                let mut calls = HostCalls {
+                    module: &mut *module,
+                    ids: &mut *self.host_ids,
+                    refs: HashMap::new(),
+                };
+                match step {
+                    Step::Kernel(k) => {
+                        units = emit_kernel(
+                            &mut b,
+                            &mut calls,
+                            graph,
+                            &plan.kernels[*k],
+                            at,
+                            self.status,
+                            range,
+                        )?;
+                    }
+                    Step::Copy { src, dst, dtype } => {
+                        emit_copy(
+                            &mut b,
+                            &mut calls,
+                            src,
+                            at.of(src),
+                            dst,
+                            at.of(dst),
+                            Kind::of(*dtype),
+                        )?;
+                    }
+                    Step::Update { slot, value } => {
+                        let s = &at.layout.slots[*slot];
+                        let dst = View::contiguous(plan::Base::State(*slot), s.shape.clone());
+                        emit_copy(
+                            &mut b,
+                            &mut calls,
+                            &plan.views[value],
+                            at.of(&plan.views[value]),
+                            &dst,
+                            at.of(&dst),
+                            Kind::of(s.dtype),
+                        )?;
+                    }
+                }
+                b.ins().return_(&[]);
+                b.seal_all_blocks();
+                b.finalize(module.target_config());
+            }
+            let name = if split {
+                format!("{prefix}{i}.units")
+            } else {
+                format!("{prefix}{i}")
+            };
+            let id = self.define(&name, &format!("kernel {i} ({step:?})"))?;
+            if !split {
+                kernels.push(id);
+                continue;
+            }
+            // The trampoline: `nnc_parallel(kernel, units, tasks)`.
+            let units = units.unwrap_or(1);
+            let module = &mut *self.module;
+            let ctx = &mut *self.ctx;
+            ctx.func.signature = module.make_signature();
+            {
+                let mut b = FunctionBuilder::new(&mut ctx.func, self.fctx);
+                let entry = b.create_block();
+                b.switch_to_block(entry);
+                let f = module.declare_func_in_func(id, b.func);
+                let addr = b.ins().func_addr(types::I64, f);
+                let n = b.ins().iconst(types::I64, units as i64);
+                let tasks = b.ins().iconst(types::I64, plan.tasks as i64);
+                let mut calls = HostCalls {
+                    module: &mut *module,
+                    ids: &mut *self.host_ids,
+                    refs: HashMap::new(),
+                };
+                calls.call(&mut b, Host::Parallel, &[addr, n, tasks]);
+                b.ins().return_(&[]);
+                b.seal_all_blocks();
+                b.finalize(module.target_config());
+            }
+            let tid = self.define(&format!("{prefix}{i}"), &format!("kernel {i}'s trampoline"))?;
+            kernels.push(tid);
+        }
+        Ok(kernels)
+    }
+
+    /// A loop's function: its body's steps compiled once, called per trip.
+    fn scan(
+        &mut self,
+        graph: &Graph,
+        at: &Addresses,
+        scan: &ScanPlan,
+        name: &str,
+    ) -> Result<FuncId, CodegenError> {
+        let inner = body_addresses(at, scan);
+        let body_steps = self.steps(&scan.body.graph, &inner, &format!("{name}.k"))?;
+        let module = &mut *self.module;
+        let ctx = &mut *self.ctx;
+        ctx.func.signature = module.make_signature();
+        {
+            let mut b = FunctionBuilder::new(&mut ctx.func, self.fctx);
+            let entry = b.create_block();
+            b.switch_to_block(entry);
+            let refs: Vec<_> = body_steps
+                .iter()
+                .map(|&f| module.declare_func_in_func(f, b.func))
+                .collect();
+            let mut calls = HostCalls {
+                module: &mut *module,
+                ids: &mut *self.host_ids,
+                refs: HashMap::new(),
+            };
+            emit_scan(&mut b, &mut calls, graph, scan, at, &inner, &refs)?;
+            b.ins().return_(&[]);
+            b.seal_all_blocks();
+            b.finalize(module.target_config());
+        }
+        self.define(name, &format!("the loop {name}"))
+    }
+
+    /// Declares and defines the function built in the context.
+    fn define(&mut self, name: &str, what: &str) -> Result<FuncId, CodegenError> {
+        let id = self
+            .module
+            .declare_function(name, Linkage::Local, &self.ctx.func.signature)
+            .map_err(|e| CodegenError::new(format!("cranelift: {e}")))?;
+        self.module
+            .define_function(id, self.ctx)
+            .map_err(|e| CodegenError::new(format!("cranelift could not compile {what}: {e:?}")))?;
+        self.module.clear_context(self.ctx);
+        Ok(id)
     }
 }

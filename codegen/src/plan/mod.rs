@@ -25,6 +25,7 @@ pub mod expr;
 pub mod group;
 mod kind;
 pub mod matmul;
+pub mod scan;
 pub mod split;
 pub mod summary;
 pub mod window;
@@ -204,9 +205,12 @@ pub enum Body {
     /// summed into their `reduce_sum`), gather, scatter, concat, argmax,
     /// and the copy of a reshape that no view expresses.
     Node,
+    /// A whole `scan` loop (every result of it the graph reads): the body's
+    /// own plan run once per trip (`scan`).
+    Scan(Box<scan::ScanPlan>),
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Plan {
     pub views: HashMap<NodeId, View>,
     pub buffers: Vec<Buffer>,
@@ -386,6 +390,7 @@ pub fn plan_with(
             staged: &staged,
             summed: &summed,
             grouping: &grouping,
+            config,
         };
         match planner.plan() {
             Ok(plan) => return Ok(plan),
@@ -415,6 +420,8 @@ struct Planner<'a> {
     staged: &'a HashMap<(NodeId, usize), (NodeId, usize)>,
     summed: &'a HashSet<NodeId>,
     grouping: &'a Grouping,
+    /// For the bodies of loops, planned by the same rule.
+    config: &'a GroupConfig,
 }
 
 impl Planner<'_> {
@@ -426,7 +433,26 @@ impl Planner<'_> {
             .enumerate()
             .map(|(i, &n)| (n, i))
             .collect();
-        let root_of = |n: NodeId| self.grouping.member_of.get(&n).copied().unwrap_or(n);
+        // The nodes of one loop (same body, same operands) are one kernel,
+        // scheduled at the first of them: every reader of any comes later.
+        let mut loops: HashMap<(u64, Vec<NodeId>), Vec<NodeId>> = HashMap::new();
+        let mut loop_root: HashMap<NodeId, NodeId> = HashMap::new();
+        for &id in self.order {
+            if let Op::Scan { body, .. } = &graph.node(id).op {
+                let members = loops
+                    .entry((body.fingerprint(), graph.operands(id)))
+                    .or_default();
+                loop_root.insert(id, *members.first().unwrap_or(&id));
+                members.push(id);
+            }
+        }
+        let root_of = |n: NodeId| {
+            loop_root
+                .get(&n)
+                .or_else(|| self.grouping.member_of.get(&n))
+                .copied()
+                .unwrap_or(n)
+        };
         // Where the kernel that computes `n` runs (a summed matmul: in its
         // reduction's).
         let kernel_at = |n: NodeId| -> usize {
@@ -567,15 +593,66 @@ impl Planner<'_> {
                     | OpClass::Indexing
                     | OpClass::Join => Body::Node,
                     OpClass::Loop => {
-                        return Err(CodegenError::new(
-                            "the JIT does not compile `scan` yet (use --backend interp)",
-                        )
-                        .into())
+                        let members = &loops[&(
+                            match op {
+                                Op::Scan { body, .. } => body.fingerprint(),
+                                _ => 0,
+                            },
+                            operands.clone(),
+                        )];
+                        let shapes: Vec<Vec<usize>> =
+                            operands.iter().map(|o| self.shapes[o].clone()).collect();
+                        let (body, sub, trip) =
+                            scan::plan_body(graph, members, &shapes, self.config)?;
+                        // The body's arena and any carry staging live while
+                        // the loop's step runs.
+                        let mut scratch = |bytes: usize| {
+                            buffers.push(Buffer { bytes, offset: 0 });
+                            pinned.push(false);
+                            born.push(position[&root]);
+                            buffers.len() - 1
+                        };
+                        let region = scratch(scan::region_bytes(&sub));
+                        let mut plan = scan::ScanPlan {
+                            body,
+                            plan: sub,
+                            region,
+                            trip,
+                            members: members
+                                .iter()
+                                .map(|&m| match graph.node(m).op {
+                                    Op::Scan { result, .. } => (result, m),
+                                    _ => (usize::MAX, m),
+                                })
+                                .collect(),
+                            staging: Vec::new(),
+                        };
+                        let carries = plan.body.carries;
+                        let consts = plan.body.consts;
+                        let mut written = Vec::new();
+                        for k in 0..carries {
+                            if !plan.carry_kept(k)? {
+                                written.push(plan.input(consts + k)?.base);
+                            }
+                        }
+                        for k in 0..carries {
+                            let out = plan.output(k)?;
+                            let staged = !plan.carry_kept(k)? && written.contains(&out.base);
+                            let shape = out.shape.clone();
+                            plan.staging.push(staged.then(|| {
+                                View::contiguous(
+                                    Base::Work(scratch(align(shape.iter().product::<usize>() * 4))),
+                                    shape,
+                                )
+                            }));
+                        }
+                        Body::Scan(Box::new(plan))
                     }
                 };
                 reads.push(match &body {
                     Body::Map { expr, .. } | Body::Operand(expr) => leaf_nodes(expr),
                     Body::Node => self.node_reads(root),
+                    Body::Scan(_) => operands.clone(),
                 });
                 kernels.push(Kernel { root, body });
             }

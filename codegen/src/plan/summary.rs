@@ -4,6 +4,7 @@
 //! a graph without generating code (`nnc compile --emit kernels`).
 
 use super::group::GroupConfig;
+use crate::plan::scan::ScanPlan;
 use crate::plan::{self, Base, Body, Plan, StateLayout, Step, View};
 use crate::CodegenError;
 use nnc_ir::{Graph, NodeId, Op, ReduceOp};
@@ -159,6 +160,7 @@ fn kernel(plan: &Plan, graph: &Graph, k: usize) -> KernelInfo {
                 bytes_written: 4 * numel(&shape),
             }
         }
+        Body::Scan(scan) => loop_info(plan, graph, scan, &shape),
         Body::Node => {
             // The matmul this kernel runs, if any: its own, or one summed
             // into its reduction.
@@ -222,6 +224,66 @@ fn kernel(plan: &Plan, graph: &Graph, k: usize) -> KernelInfo {
                 bytes_written,
             }
         }
+    }
+}
+
+/// A loop is one step of the schedule: the body's kernels times the trip
+/// count, plus the copies of consts, carries and slices in and out.
+fn loop_info(plan: &Plan, graph: &Graph, scan: &ScanPlan, shape: &[usize]) -> KernelInfo {
+    let body = summarize(&scan.plan, &scan.body.graph);
+    let trip = scan.trip as u64;
+    let per_trip = |f: fn(&KernelInfo) -> u64| trip * body.iter().map(f).sum::<u64>();
+    let root = scan.members.first().map(|&(_, n)| n);
+    let operands = root.map_or_else(Vec::new, |r| graph.operands(r));
+    let read: u64 = operands
+        .iter()
+        .filter_map(|o| plan.views.get(o))
+        .map(|v| 4 * distinct(v))
+        .sum();
+    let written: u64 = scan
+        .members
+        .iter()
+        .filter_map(|(_, n)| plan.views.get(n))
+        .map(|v| 4 * numel(&v.shape))
+        .sum();
+    KernelInfo {
+        label: format!(
+            "scan x{} ({} kernels per trip{}) {}",
+            scan.trip,
+            body.len(),
+            if scan.body.reverse { ", reverse" } else { "" },
+            dims(shape)
+        ),
+        nodes: scan.members.iter().map(|&(_, n)| n).collect(),
+        flops: per_trip(|k| k.flops),
+        bytes_read: per_trip(|k| k.bytes_read) + read,
+        bytes_written: per_trip(|k| k.bytes_written) + written,
+    }
+}
+
+/// The kernels of each loop's body, labelled by the loop's step (`k3.k0`,
+/// a nested body's `k3.k1.k0`), each body after its loop's: what a listing
+/// of a program's kernels may show under a loop's line.
+pub fn loop_bodies(plan: &Plan) -> Vec<(String, KernelInfo)> {
+    let mut out = Vec::new();
+    bodies_into(plan, "", &mut out);
+    out
+}
+
+fn bodies_into(plan: &Plan, prefix: &str, out: &mut Vec<(String, KernelInfo)>) {
+    for (i, step) in plan.steps.iter().enumerate() {
+        let Step::Kernel(k) = step else { continue };
+        let Body::Scan(scan) = &plan.kernels[*k].body else {
+            continue;
+        };
+        let here = format!("{prefix}k{i}.");
+        for (j, info) in summarize(&scan.plan, &scan.body.graph)
+            .into_iter()
+            .enumerate()
+        {
+            out.push((format!("{here}k{j}"), info));
+        }
+        bodies_into(&scan.plan, &here, out);
     }
 }
 
