@@ -601,3 +601,56 @@ fn an_f64_body_is_a_clear_error() {
         .expect("f64 is refused");
     assert!(err.message.contains("f64"), "{}", err.message);
 }
+
+/// A body with a dense constant (written into the body's region once, at
+/// compile time) after kernels whose buffers the arena could place over
+/// that region: the region is the body's for the whole step, so the loop
+/// still reads its constant, run after run. (A bidirectional LSTM's
+/// forward gradient read zeros padding that earlier kernels had
+/// overwritten before the region was kept.)
+#[test]
+fn a_body_constant_survives_the_kernels_before_its_loop() {
+    let (batch, t, h) = (3usize, 4usize, 5usize);
+    let mut body = Graph::new("with_constant");
+    let hin = body.input("h", sym_ty(&[b_sym(), Dim::Const(h)]));
+    let x = body.input("x", sym_ty(&[b_sym(), Dim::Const(h)]));
+    let bias = body.add(
+        Op::Const(nnc_ir::Literal::Dense((0..h).map(|i| 0.1 * i as f64 + 0.05).collect())),
+        &[],
+        Some(ty(&[h])),
+    );
+    let s = body.add_(hin, x).unwrap();
+    let s = body.add_(s, bias.unwrap()).unwrap();
+    let h2 = body.unary(UnaryOp::Tanh, s).unwrap();
+    body.set_output("h", h2);
+    body.set_output("y", h2);
+    let body = ScanBody::new(body, vec![hin, x], 0, 1, 1, false).unwrap();
+
+    let mut g = Graph::new("outer");
+    // Large intermediates that die before the loop runs.
+    let big = g.input("big", sym_ty(&[b_sym(), Dim::Const(512)]));
+    let w = g.input("w", ty(&[512, 512]));
+    let product = g.matmul(big, w).unwrap();
+    let total = g.reduce(ReduceOp::Sum, product, vec![1], true).unwrap();
+    let xs = g.input("xs", sym_ty(&[b_sym(), Dim::Const(t), Dim::Const(h)]));
+    let total3 = g.reshape(total, vec![b_sym(), Dim::Const(1), Dim::Const(1)]).unwrap();
+    let scaled = g.mul(xs, total3).unwrap();
+    let h0 = g.input("h0", sym_ty(&[b_sym(), Dim::Const(h)]));
+    let r = g.scan(&body, &[h0, scaled]).unwrap();
+    g.set_output("ys", r[1]);
+    g.set_output("h_final", r[0]);
+    let mut rng = Rng(41);
+    let env = Env::new()
+        .with("big", rng.tensor(&[batch, 512], 0.01))
+        .with("w", rng.tensor(&[512, 512], 0.05))
+        .with("xs", rng.tensor(&[batch, t, h], 0.01))
+        .with("h0", rng.tensor(&[batch, h], 1.0));
+    let mut jit = check(&g, &env, 1e-5);
+    // And again, after a run has used the whole arena.
+    jit.run(&g, &env);
+    let want = interp::eval(&g, &env, EvalOptions::F32).unwrap();
+    for o in &g.outputs {
+        let got = jit.program.output(&o.name, &jit.state).unwrap();
+        assert_close(&o.name, &got, want.output(&o.name).unwrap(), 1e-5);
+    }
+}

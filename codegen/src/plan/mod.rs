@@ -604,15 +604,19 @@ impl Planner<'_> {
                             operands.iter().map(|o| self.shapes[o].clone()).collect();
                         let (body, sub, trip) =
                             scan::plan_body(graph, members, &shapes, self.config)?;
-                        // The body's arena and any carry staging live while
+                        // The body's constants are written into its region
+                        // once, when the program is compiled, so the region
+                        // is the body's alone for the whole step (pinned):
+                        // no other buffer may reuse it between one run of
+                        // the loop and the next. Carry staging lives while
                         // the loop's step runs.
-                        let mut scratch = |bytes: usize| {
+                        let mut scratch = |bytes: usize, pin: bool| {
                             buffers.push(Buffer { bytes, offset: 0 });
-                            pinned.push(false);
-                            born.push(position[&root]);
+                            pinned.push(pin);
+                            born.push(if pin { 0 } else { position[&root] });
                             buffers.len() - 1
                         };
-                        let region = scratch(scan::region_bytes(&sub));
+                        let region = scratch(scan::region_bytes(&sub), true);
                         let mut plan = scan::ScanPlan {
                             body,
                             plan: sub,
@@ -641,7 +645,10 @@ impl Planner<'_> {
                             let shape = out.shape.clone();
                             plan.staging.push(staged.then(|| {
                                 View::contiguous(
-                                    Base::Work(scratch(align(shape.iter().product::<usize>() * 4))),
+                                    Base::Work(scratch(
+                                        align(shape.iter().product::<usize>() * 4),
+                                        false,
+                                    )),
                                     shape,
                                 )
                             }));
