@@ -615,7 +615,9 @@ fn a_body_constant_survives_the_kernels_before_its_loop() {
     let hin = body.input("h", sym_ty(&[b_sym(), Dim::Const(h)]));
     let x = body.input("x", sym_ty(&[b_sym(), Dim::Const(h)]));
     let bias = body.add(
-        Op::Const(nnc_ir::Literal::Dense((0..h).map(|i| 0.1 * i as f64 + 0.05).collect())),
+        Op::Const(nnc_ir::Literal::Dense(
+            (0..h).map(|i| 0.1 * i as f64 + 0.05).collect(),
+        )),
         &[],
         Some(ty(&[h])),
     );
@@ -633,7 +635,9 @@ fn a_body_constant_survives_the_kernels_before_its_loop() {
     let product = g.matmul(big, w).unwrap();
     let total = g.reduce(ReduceOp::Sum, product, vec![1], true).unwrap();
     let xs = g.input("xs", sym_ty(&[b_sym(), Dim::Const(t), Dim::Const(h)]));
-    let total3 = g.reshape(total, vec![b_sym(), Dim::Const(1), Dim::Const(1)]).unwrap();
+    let total3 = g
+        .reshape(total, vec![b_sym(), Dim::Const(1), Dim::Const(1)])
+        .unwrap();
     let scaled = g.mul(xs, total3).unwrap();
     let h0 = g.input("h0", sym_ty(&[b_sym(), Dim::Const(h)]));
     let r = g.scan(&body, &[h0, scaled]).unwrap();

@@ -1,9 +1,12 @@
 //! What several root test binaries share.
 
 /// Every example in `examples/`, smallest first.
-pub const EXAMPLES: [&str; 6] = [
+pub const EXAMPLES: [&str; 9] = [
     "xor",
     "digits_mlp",
+    "running_sum",
+    "reuters_bow",
+    "reuters_lstm",
     "mnist_mlp",
     "lenet",
     "fashion_cnn",

@@ -84,6 +84,9 @@ pub struct NodeCost {
     pub bytes_per_elem: f64,
     /// The result's shape with symbolic dims at [`NOMINAL_DIM`].
     pub dims: Vec<usize>,
+    /// A loop's bytes moved by its body's kernels over all its trips
+    /// (the body costed as a graph of its own); 0 for every other op.
+    pub loop_bytes: f64,
 }
 
 fn numel(shape: &[Dim]) -> f64 {
@@ -96,12 +99,17 @@ fn numel(shape: &[Dim]) -> f64 {
         .product()
 }
 
-/// A loop's FLOPs: its trip count times the FLOPs of one step.
-fn loop_flops(body: &ScanBody, operands: &[&TensorType]) -> f64 {
-    let trip = operands
+/// A loop's trip count (a symbolic one at [`NOMINAL_DIM`]).
+fn loop_trip(body: &ScanBody, operands: &[&TensorType]) -> f64 {
+    operands
         .get(body.consts + body.carries)
         .and_then(|x| x.shape.get(body.axis))
-        .map_or(1.0, |d| numel(std::slice::from_ref(d)));
+        .map_or(1.0, |d| numel(std::slice::from_ref(d)))
+}
+
+/// A loop's FLOPs: its trip count times the FLOPs of one step.
+fn loop_flops(body: &ScanBody, operands: &[&TensorType]) -> f64 {
+    let trip = loop_trip(body, operands);
     let g = &body.graph;
     let step: f64 =
         g.g.node_indices()
@@ -145,15 +153,22 @@ pub fn node_cost(op: &Op, ty: &TensorType, operands: &[&TensorType]) -> NodeCost
         // loops, so this sets no choice, only the reported totals).
         OpClass::Loop => (Role::Kernel, 0.0),
     };
-    let flops = match op {
-        Op::Scan { body, .. } => loop_flops(body, operands),
-        _ => f64::from(info.units) * work,
+    let (flops, loop_bytes) = match op {
+        Op::Scan { body, .. } => {
+            let trip = loop_trip(body, operands);
+            (
+                loop_flops(body, operands),
+                trip * graph_cost(&body.graph).bytes,
+            )
+        }
+        _ => (f64::from(info.units) * work, 0.0),
     };
     NodeCost {
         op: op.clone(),
         facts: OpFacts::of(op),
         role,
         flops,
+        loop_bytes,
         elems,
         dtype: ty.dtype,
         bytes_per_elem: if ty.dtype == DType::F64 { 8.0 } else { 4.0 },
@@ -305,10 +320,13 @@ pub fn evaluate(nodes: &[DagNode], s: &mut Scratch) -> Totals {
     s.unstored.clear();
     s.unstored.resize(n, false);
     s.staged.clear();
-    if nodes
-        .iter()
-        .any(|node| node.cost.facts.class == OpClass::Window)
-    {
+    // Only windows (convolutions) and batched products (a weight shared
+    // over a batch or a sequence, as in a recurrent layer's input
+    // projection) make summed products or staged columns.
+    if nodes.iter().any(|node| {
+        node.cost.facts.class == OpClass::Window
+            || (matches!(node.cost.op, Op::MatMul) && node.cost.dims.len() > 2)
+    }) {
         let dag = Candidate {
             nodes,
             no_loop: &s.no_loop,
@@ -341,13 +359,16 @@ pub fn evaluate(nodes: &[DagNode], s: &mut Scratch) -> Totals {
         nodes: n,
         ..Totals::default()
     };
+    // The result nodes of one loop after its first: the first one's
+    // kernel runs the loop (`later_results`), as the code generator's does.
+    let later = later_results(nodes);
     for (i, node) in nodes.iter().enumerate() {
         let c = node.cost;
         let first = node.operands.first().map(|&o| o as usize);
         let start = s.strides.len();
         let mut offset = 0;
         let placement = match c.role {
-            _ if s.absorbed[i] => Placement::Absorbed,
+            _ if s.absorbed[i] || later[i] => Placement::Absorbed,
             Role::Leaf | Role::Constant => Placement::Free,
             Role::View => {
                 // The view's strides go after the others (its source's
@@ -380,7 +401,7 @@ pub fn evaluate(nodes: &[DagNode], s: &mut Scratch) -> Totals {
         }
         s.span.push((start, s.strides.len()));
         s.offset.push(offset);
-        if placement == Placement::Free {
+        if placement == Placement::Free || later[i] {
             continue;
         }
         // An absorbed node does its work in its reader's kernel; a fused
@@ -397,6 +418,25 @@ pub fn evaluate(nodes: &[DagNode], s: &mut Scratch) -> Totals {
     }
     totals.bytes = s.bytes(nodes, &[]);
     totals
+}
+
+/// Per node: a result of a loop some earlier node (same body, same
+/// operands) already runs.
+pub(crate) fn later_results(nodes: &[DagNode]) -> Vec<bool> {
+    let mut first: HashMap<(u64, &[u32]), usize> = HashMap::new();
+    nodes
+        .iter()
+        .enumerate()
+        .map(|(i, node)| match &node.cost.op {
+            Op::Scan { body, .. } => {
+                *first
+                    .entry((body.fingerprint(), node.operands))
+                    .or_insert(i)
+                    != i
+            }
+            _ => false,
+        })
+        .collect()
 }
 
 /// A candidate graph as the fusion and staging rules read it.

@@ -137,8 +137,8 @@ pub(super) fn bytes(nodes: &[DagNode], views: &Views, decided: &Decisions, s: &m
             | OpClass::Contraction
             | OpClass::Window
             | OpClass::Indexing
-            | OpClass::Join
-            | OpClass::Loop => own_kernel(nodes, views, decided, i),
+            | OpClass::Join => own_kernel(nodes, views, decided, i),
+            OpClass::Loop => loop_kernel(nodes, views, decided, i),
         };
     }
     total as f64
@@ -163,6 +163,24 @@ pub(super) fn distinct(shape: &[usize], strides: &[isize]) -> u64 {
 
 /// A kernel that is not a loop over an inline tree: it reads its
 /// operands' elements (`plan`'s `Body::Node`).
+/// A loop: its operands read and results written once (every result node
+/// of the loop, `first` the one that runs it), and its body's kernels'
+/// traffic on every trip.
+fn loop_kernel(nodes: &[DagNode], views: &Views, decided: &Decisions, first: usize) -> u64 {
+    let key = |n: &DagNode| match &n.cost.op {
+        Op::Scan { body, .. } => Some((body.fingerprint(), n.operands.to_vec())),
+        _ => None,
+    };
+    let me = key(&nodes[first]);
+    let others: u64 = nodes[first + 1..]
+        .iter()
+        .enumerate()
+        .filter(|(j, n)| key(n) == me && !views.unstored[first + 1 + j])
+        .map(|(_, n)| 4 * numel(&n.cost.dims))
+        .sum();
+    own_kernel(nodes, views, decided, first) + others + nodes[first].cost.loop_bytes as u64
+}
+
 fn own_kernel(nodes: &[DagNode], views: &Views, decided: &Decisions, root: usize) -> u64 {
     let dims = |n: usize| nodes[n].cost.dims.as_slice();
     let read = |n: usize| {
