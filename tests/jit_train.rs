@@ -112,3 +112,12 @@ fn mnist_mlp_reaches_97_8_percent_in_5_epochs() {
         test.accuracy
     );
 }
+
+/// An LSTM emitting a label at every step learns the running sum of its
+/// inputs (a state is needed: one position alone gives about 25%).
+#[test]
+fn running_sum_lstm_labels_every_step_above_99_percent() {
+    let report = train("running_sum", None);
+    let acc = report.test.unwrap().accuracy.unwrap();
+    assert!(acc >= 0.99, "running_sum: test accuracy {acc}");
+}
