@@ -100,7 +100,7 @@ fn backprop(
                 continue;
             }
             let total = match adjoint.get(operand) {
-                Some(&prev) => graph.add_(prev, grad)?,
+                Some(&prev) => add_gradients(graph, prev, grad)?,
                 None => grad,
             };
             adjoint.insert(*operand, total);
@@ -688,6 +688,88 @@ fn transpose_last2(graph: &mut Graph, x: NodeId) -> Result<NodeId, PassError> {
     let mut perm: Vec<usize> = (0..rank).collect();
     perm.swap(rank - 2, rank - 1);
     Ok(graph.transpose(x, perm)?)
+}
+
+/// `a + b`, except that two gradients of slices of one value (each the
+/// slice's gradient padded with zeros by a `concat`, as `slice`'s VJP
+/// builds it) whose non-zero parts do not overlap become one `concat`:
+/// the four gates of an LSTM, sliced from one product, get one gradient
+/// buffer instead of four padded copies and their sums.
+fn add_gradients(graph: &mut Graph, a: NodeId, b: NodeId) -> Result<NodeId, PassError> {
+    if let Some(merged) = merge_padded(graph, a, b)? {
+        return Ok(merged);
+    }
+    Ok(graph.add_(a, b)?)
+}
+
+/// A part of a `concat` along its axis: `(start, end, part)`, `None` for a
+/// part of zeros.
+type Part = (usize, usize, Option<NodeId>);
+
+/// A `concat`'s axis and parts.
+fn padded_parts(graph: &Graph, n: NodeId) -> Option<(usize, Vec<Part>)> {
+    let Op::Concat { axis } = graph.node(n).op else {
+        return None;
+    };
+    let mut start = 0;
+    let mut parts = Vec::new();
+    for p in graph.operands(n) {
+        let size = graph.ty(p).shape[axis].as_const()?;
+        let zero = matches!(graph.node(p).op, Op::Const(nnc_ir::Literal::Splat(v)) if v == 0.0);
+        parts.push((start, start + size, (!zero).then_some(p)));
+        start += size;
+    }
+    Some((axis, parts))
+}
+
+fn merge_padded(graph: &mut Graph, a: NodeId, b: NodeId) -> Result<Option<NodeId>, PassError> {
+    let (Some((axis, pa)), Some((axis_b, pb))) = (padded_parts(graph, a), padded_parts(graph, b))
+    else {
+        return Ok(None);
+    };
+    if axis != axis_b || graph.ty(a) != graph.ty(b) {
+        return Ok(None);
+    }
+    // Every non-zero part of each inside zeros of the other.
+    let inside_zeros = |parts: &[Part], s: usize, e: usize| {
+        parts
+            .iter()
+            .filter(|&&(ps, pe, _)| ps < e && s < pe)
+            .all(|&(_, _, p)| p.is_none())
+    };
+    let nonzero = |parts: &[Part]| -> Vec<(usize, usize, NodeId)> {
+        parts
+            .iter()
+            .filter_map(|&(s, e, p)| p.map(|p| (s, e, p)))
+            .collect()
+    };
+    let (na, nb) = (nonzero(&pa), nonzero(&pb));
+    if !na.iter().all(|&(s, e, _)| inside_zeros(&pb, s, e))
+        || !nb.iter().all(|&(s, e, _)| inside_zeros(&pa, s, e))
+    {
+        return Ok(None);
+    }
+    let mut filled: Vec<(usize, usize, NodeId)> = na.into_iter().chain(nb).collect();
+    filled.sort_unstable_by_key(|&(s, _, _)| s);
+    let ty = graph.ty(a).clone();
+    let full = ty.shape[axis].as_const().unwrap_or(0);
+    let mut parts = Vec::new();
+    let mut at = 0;
+    for (s, e, p) in filled {
+        if s > at {
+            parts.push(zeros_along(graph, &ty, axis, s - at));
+        }
+        parts.push(p);
+        at = e;
+    }
+    if at < full {
+        parts.push(zeros_along(graph, &ty, axis, full - at));
+    }
+    Ok(Some(if parts.len() == 1 {
+        parts[0]
+    } else {
+        graph.concat(&parts, axis)?
+    }))
 }
 
 fn zeros_along(graph: &mut Graph, like: &TensorType, axis: usize, size: usize) -> NodeId {

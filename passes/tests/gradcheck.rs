@@ -1023,3 +1023,35 @@ fn tie_and_kink_conventions() {
         vec![-1.0, 1.0, 0.0, -1.0, 1.0, 0.0]
     );
 }
+
+/// Gradients of disjoint slices of one value add up to one `concat` of
+/// their parts (no zero padding summed), and keep their values.
+#[test]
+fn disjoint_slice_gradients_become_one_concat() {
+    let mut g = Graph::new("slices");
+    let x = g.param("x", ty(DType::F32, &[2, 8]), Init::Zeros);
+    let mut loss = None;
+    for (start, end, scale) in [(5, 8, 3.0), (0, 2, 1.0), (2, 5, 2.0)] {
+        let s = g.slice(x, 1, start, end).unwrap();
+        let k = g.scalar(scale, DType::F32);
+        let p = g.mul(s, k).unwrap();
+        let r = g.reduce(ReduceOp::Sum, p, vec![0, 1], false).unwrap();
+        loss = Some(match loss {
+            Some(l) => g.add_(l, r).unwrap(),
+            None => r,
+        });
+    }
+    let grads = gradients(&mut g, loss.unwrap(), &[x]).unwrap();
+    verify(&g).unwrap();
+    assert!(
+        matches!(g.node(grads[0]).op, Op::Concat { axis: 1 }),
+        "{}",
+        g.node(grads[0]).op.mnemonic()
+    );
+    g.set_output("grad", grads[0]);
+    let env = Env::new().with("x", Tensor::zeros(DType::F32, &[2, 8]));
+    let values = eval(&g, &env, EvalOptions::EXACT).unwrap();
+    let row = [1.0, 1.0, 2.0, 2.0, 2.0, 3.0, 3.0, 3.0];
+    let want: Vec<f64> = row.iter().chain(&row).copied().collect();
+    assert_eq!(values.output("grad").unwrap().data, want);
+}
