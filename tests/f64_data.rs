@@ -39,8 +39,11 @@ fn value(k: usize) -> f64 {
     0.1 + k as f64 * 1e-9
 }
 
-fn setup() -> (nnc_ir::Module, std::path::PathBuf) {
-    let dir = std::env::temp_dir().join(format!("nnc-f64-data-{}", std::process::id()));
+/// The module and a folder with its data files, one folder per test: the
+/// tests run in parallel threads of one process, and one writing the files
+/// while another reads them read a truncated file.
+fn setup(test: &str) -> (nnc_ir::Module, std::path::PathBuf) {
+    let dir = std::env::temp_dir().join(format!("nnc-f64-data-{}-{test}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     // IDX holds f64 as such (type 0x0E); CSV values are parsed as f32.
     let mut idx = vec![0, 0, 0x0E, 2];
@@ -77,7 +80,7 @@ fn batch(module: &nnc_ir::Module, dir: &std::path::Path) -> Batch {
 
 #[test]
 fn an_f64_field_reaches_the_interpreter_unrounded_and_trains() {
-    let (module, dir) = setup();
+    let (module, dir) = setup("unrounded");
     let batch = batch(&module, &dir);
     let x = batch.get("x").unwrap();
     assert_eq!(x.shape, [4, 3]);
@@ -110,7 +113,7 @@ fn an_f64_field_reaches_the_interpreter_unrounded_and_trains() {
 /// but the label's cast.
 #[test]
 fn a_double_precision_gradient_check() {
-    let (module, dir) = setup();
+    let (module, dir) = setup("gradient_check");
     let batch = batch(&module, &dir);
     let objective = &module.train.as_ref().unwrap().objective;
     let graph = nnc_passes::differentiate(objective, nnc_ir::LOSS).unwrap();
@@ -159,7 +162,7 @@ fn a_double_precision_gradient_check() {
 
 #[test]
 fn the_jit_refuses_f64_with_a_clear_error() {
-    let (module, _) = setup();
+    let (module, _) = setup("refuses");
     let message = match Jit::new(programs(&module), 1) {
         Ok(_) => panic!("the JIT compiled an f64 model"),
         Err(e) => e.to_string(),

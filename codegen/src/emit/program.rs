@@ -16,7 +16,7 @@ use cranelift_codegen::Context;
 use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext};
 use cranelift_jit::JITModule;
 use cranelift_module::{FuncId, Linkage, Module};
-use nnc_ir::{DType, Graph, Tensor};
+use nnc_ir::{DType, Graph, Literal, Op, Tensor};
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
@@ -460,6 +460,14 @@ fn has_matmul(plan: &Plan, graph: &Graph) -> bool {
 fn fill_constants(work: &mut AlignedBuf, graph: &Graph, at: &Addresses) {
     let plan = at.plan;
     for &id in &plan.constants {
+        // The arena starts zeroed and a constant's buffer is its own for
+        // the whole program (constants are pinned, and so is a loop body's
+        // region): zeros need no writing. The zero paddings a gradient
+        // reads are as long as the sequence, so writing them made compile
+        // time grow with it.
+        if matches!(graph.node(id).op, Op::Const(Literal::Splat(v)) if v.to_bits() == 0) {
+            continue;
+        }
         let view = &plan.views[&id];
         let words = plan::constant_words(graph, id, &view.shape);
         let offset = at.of(view) - work.addr();
