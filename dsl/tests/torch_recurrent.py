@@ -1,7 +1,7 @@
 """Expected numbers for `recurrent.rs`'s PyTorch parity test.
 
 Run with a Python that has torch:
-    /work/torch-venv/bin/python dsl/tests/torch_recurrent.py > dsl/tests/fixtures/torch_recurrent.txt
+    python3 dsl/tests/torch_recurrent.py > dsl/tests/fixtures/torch_recurrent.txt
 
 Weights and inputs follow a formula the Rust test repeats (`value`), so
 only the outputs are stored. Everything is float64.
