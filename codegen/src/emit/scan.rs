@@ -125,39 +125,38 @@ fn trip(
             Kind::of(graph.ty(o).dtype),
         )?;
     }
-    // The carries this trip starts from.
+    // The carries this trip starts from, and after the body its outputs,
+    // into slice `t` of their stacked results.
     for (r, n) in scan.members_of(|r| matches!(r, ScanResult::CarriesIn(_))) {
-        let ScanResult::CarriesIn(k) = r else {
-            continue;
-        };
-        let src = scan.input(consts + k)?;
-        let (dst, shift) = sliced(b, outer_view(n)?, outer, axis, t, &src.shape)?;
-        copy_shifted(
-            b,
-            calls,
-            &src.shape,
-            (dst, Some(shift)),
-            (strided(inner.of(src), src), None),
-            body_kind(body.inputs[consts + k]),
-        )?;
+        if let ScanResult::CarriesIn(k) = r {
+            let node = body.inputs[consts + k];
+            store_slice(
+                b,
+                calls,
+                (scan.input(consts + k)?, inner),
+                (n, outer),
+                t,
+                axis,
+                body_kind(node),
+            )?;
+        }
     }
     for &f in body_steps {
         b.ins().call(f, &[]);
     }
     for (r, n) in scan.members_of(|r| matches!(r, ScanResult::Ys(_))) {
-        let ScanResult::Ys(y) = r else {
-            continue;
-        };
-        let src = scan.output(carries + y)?;
-        let (dst, shift) = sliced(b, outer_view(n)?, outer, axis, t, &src.shape)?;
-        copy_shifted(
-            b,
-            calls,
-            &src.shape,
-            (dst, Some(shift)),
-            (strided(inner.of(src), src), None),
-            body_kind(body.graph.outputs[carries + y].node),
-        )?;
+        if let ScanResult::Ys(y) = r {
+            let node = body.graph.outputs[carries + y].node;
+            store_slice(
+                b,
+                calls,
+                (scan.output(carries + y)?, inner),
+                (n, outer),
+                t,
+                axis,
+                body_kind(node),
+            )?;
+        }
     }
     // Next carries: first those that read a carry input another one
     // overwrites go aside, then every carry into place.
@@ -179,6 +178,33 @@ fn trip(
         }
     }
     Ok(())
+}
+
+/// Copies the body's value `src` into slice `t` (a run-time index) along
+/// `axis` of the loop's stacked result `node`.
+fn store_slice(
+    b: &mut FunctionBuilder,
+    calls: &mut dyn Calls,
+    (src, inner): (&View, &Addresses),
+    (node, outer): (nnc_ir::NodeId, &Addresses),
+    t: Value,
+    axis: usize,
+    kind: Kind,
+) -> Result<(), CodegenError> {
+    let stacked = outer
+        .plan
+        .views
+        .get(&node)
+        .ok_or_else(|| CodegenError::new("internal error: a scan value has no buffer"))?;
+    let (dst, shift) = sliced(b, stacked, outer, axis, t, &src.shape)?;
+    copy_shifted(
+        b,
+        calls,
+        &src.shape,
+        (dst, Some(shift)),
+        (strided(inner.of(src), src), None),
+        kind,
+    )
 }
 
 /// Slice 0 of `view` along `axis`, and the run-time byte offset of slice `t`.

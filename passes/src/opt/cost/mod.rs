@@ -107,21 +107,6 @@ fn loop_trip(body: &ScanBody, operands: &[&TensorType]) -> f64 {
         .map_or(1.0, |d| numel(std::slice::from_ref(d)))
 }
 
-/// A loop's FLOPs: its trip count times the FLOPs of one step.
-fn loop_flops(body: &ScanBody, operands: &[&TensorType]) -> f64 {
-    let trip = loop_trip(body, operands);
-    let g = &body.graph;
-    let step: f64 =
-        g.g.node_indices()
-            .map(|id| {
-                let operands = g.operands(id);
-                let types: Vec<&TensorType> = operands.iter().map(|&o| g.ty(o)).collect();
-                node_cost(&g.node(id).op, g.ty(id), &types).flops
-            })
-            .sum();
-    trip * step
-}
-
 /// The cost facts of `op` producing `ty` from operands of `operands` types:
 /// the op table's class and cost units (`ir::OpInfo::units`) times the
 /// work its class does.
@@ -148,18 +133,16 @@ pub fn node_cost(op: &Op, ty: &TensorType, operands: &[&TensorType]) -> NodeCost
         OpClass::Window | OpClass::Indexing | OpClass::Join => {
             (Role::Kernel, elems.max(input_elems))
         }
-        // Its trip count times its body's cost: the work is the loop's,
-        // charged to each of its result nodes (no rewrite chooses between
-        // loops, so this sets no choice, only the reported totals).
+        // Its trip count times its body's cost (below), charged to the
+        // loop's first result node (`later_results`).
         OpClass::Loop => (Role::Kernel, 0.0),
     };
     let (flops, loop_bytes) = match op {
+        // The body costed as a graph of its own, once per trip.
         Op::Scan { body, .. } => {
             let trip = loop_trip(body, operands);
-            (
-                loop_flops(body, operands),
-                trip * graph_cost(&body.graph).bytes,
-            )
+            let step = graph_cost(&body.graph);
+            (trip * step.flops, trip * step.bytes)
         }
         _ => (f64::from(info.units) * work, 0.0),
     };
