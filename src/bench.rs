@@ -63,6 +63,9 @@ pub struct BenchReport {
     /// With `--profile`: each kernel of the training step with its median
     /// time, in schedule order.
     pub profile: Vec<KernelTime>,
+    /// With `--profile`: each loop body kernel (`k23.k4`) with its median
+    /// time per call, i.e. per trip.
+    pub loop_profile: Vec<(String, KernelTime)>,
 }
 
 /// One kernel of the training step and its median wall time.
@@ -141,10 +144,17 @@ pub fn bench(path: &Path, options: &BenchOptions) -> Result<BenchReport, Failure
     let infer_batch = time(options.runs, options.warmup, || {
         jit.predict(&forward_batch).map(|_| ()).map_err(fail)
     })?;
-    let profile = if options.profile {
-        profile_step(&mut jit, &batch, options.runs).map_err(fail)?
+    let (profile, loop_profile) = if options.profile {
+        let profile = profile_step(&mut jit, &batch, options.runs).map_err(fail)?;
+        let bodies = jit
+            .profile_loop_bodies(&batch, options.runs)
+            .map_err(fail)?
+            .into_iter()
+            .map(|(kernel, name, time)| (name, KernelTime { kernel, time }))
+            .collect();
+        (profile, bodies)
     } else {
-        Vec::new()
+        (Vec::new(), Vec::new())
     };
     let one = Batch::synthetic(&module.forward, 1, 3);
     let infer_one = time(options.runs, options.warmup, || {
@@ -174,6 +184,7 @@ pub fn bench(path: &Path, options: &BenchOptions) -> Result<BenchReport, Failure
         infer_batch,
         infer_one,
         profile,
+        loop_profile,
     })
 }
 
@@ -319,6 +330,25 @@ impl BenchReport {
                 bytes as f64 / secs / 1e9,
                 k.kernel.label
             );
+        }
+        if !self.loop_profile.is_empty() {
+            out += &format!(
+                "loop bodies  per trip, in body order (k23.k4: kernel 4 of the body of the loop at #23)\n\
+                 {:>9} {:>9} {:>8} {:>8}  kernel\n",
+                "#", "µs", "GFLOP/s", "GB/s"
+            );
+            for (name, k) in &self.loop_profile {
+                let secs = k.time.as_secs_f64().max(1e-9);
+                let bytes = k.kernel.bytes_read + k.kernel.bytes_written;
+                out += &format!(
+                    "{:>9} {:>9.2} {:>8.2} {:>8.2}  {}\n",
+                    name,
+                    k.time.as_secs_f64() * 1e6,
+                    k.kernel.flops as f64 / secs / 1e9,
+                    bytes as f64 / secs / 1e9,
+                    k.kernel.label
+                );
+            }
         }
         out
     }

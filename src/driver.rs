@@ -203,8 +203,9 @@ pub fn kernel_listing(graph: &Graph, batch: usize, level: OptLevel) -> Result<St
             ))));
         }
     }
-    let kernels =
-        nnc_codegen::summary::kernels(graph, &bindings, &grouping(level)).map_err(internal)?;
+    let (kernels, bodies) =
+        nnc_codegen::summary::kernels_and_loop_bodies(graph, &bindings, &grouping(level))
+            .map_err(internal)?;
     let number: std::collections::HashMap<nnc_ir::NodeId, usize> = graph
         .topo_order()
         .into_iter()
@@ -237,6 +238,21 @@ pub fn kernel_listing(graph: &Graph, batch: usize, level: OptLevel) -> Result<St
             k.bytes_written,
             values.join(" ")
         ));
+        // A loop's body kernels, run every trip, under it (`k6.k0`).
+        let prefix = format!("k{i}.");
+        for (name, b) in bodies.iter().filter(|(n, _)| n.starts_with(&prefix)) {
+            let depth = name.matches('.').count();
+            out.push_str(&format!(
+                "{:indent$}{name} {:<label$} {:>11} flop {:>10} B read {:>10} B written  (per trip)\n",
+                "",
+                b.label,
+                b.flops,
+                b.bytes_read,
+                b.bytes_written,
+                indent = 2 * depth,
+                label = (44 + width + 1).saturating_sub(name.len() + 2 * depth + 1),
+            ));
+        }
     }
     Ok(out)
 }

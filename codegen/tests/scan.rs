@@ -211,6 +211,19 @@ fn a_loop_runs_once_for_all_its_results_and_its_flops_are_trip_times_the_body() 
     assert_eq!(scan.flops, 6 * per_trip);
     assert!(bodies.iter().any(|(label, k)| label.ends_with(".k0")
         && (k.label.starts_with("matmul") || k.label.contains("tanh"))));
+    // Profiling times each body kernel, named as listed, and leaves the
+    // program's results as they were.
+    let mut jit = jit;
+    let profiled = jit.program.profile_loop_bodies(3);
+    let names: Vec<&String> = profiled.iter().map(|(_, name, _)| name).collect();
+    let listed: Vec<&String> = bodies.iter().map(|(name, _)| name).collect();
+    assert_eq!(names, listed);
+    jit.run(&g, &env);
+    let want = interp::eval(&g, &env, EvalOptions::F32).unwrap();
+    for o in &g.outputs {
+        let got = jit.program.output(&o.name, &jit.state).unwrap();
+        assert_close(&o.name, &got, want.output(&o.name).unwrap(), 1e-5);
+    }
 }
 
 #[test]

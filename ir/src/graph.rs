@@ -240,6 +240,33 @@ impl Graph {
         }
     }
 
+    /// Makes every node that reads `old` read `new` instead (at the same
+    /// operand positions); outputs and updates naming `old` name `new`.
+    /// The caller keeps types equal.
+    pub fn replace_uses(&mut self, old: NodeId, new: NodeId) {
+        let edges: Vec<(NodeId, usize)> = self
+            .g
+            .edges_directed(old, Direction::Outgoing)
+            .map(|e| (e.target(), *e.weight()))
+            .collect();
+        for (user, pos) in edges {
+            if let Some(e) = self.g.find_edge(old, user) {
+                self.g.remove_edge(e);
+            }
+            self.g.add_edge(new, user, pos);
+        }
+        for o in &mut self.outputs {
+            if o.node == old {
+                o.node = new;
+            }
+        }
+        for u in &mut self.updates {
+            if u.value == old {
+                u.value = new;
+            }
+        }
+    }
+
     // ---- typed builders: the vocabulary front ends and passes use ----
 
     pub fn input(&mut self, name: &str, ty: TensorType) -> NodeId {

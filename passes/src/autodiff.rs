@@ -8,8 +8,8 @@
 
 use crate::PassError;
 use nnc_ir::{
-    BinaryOp, Dim, Graph, NodeId, Op, ReduceOp, ScanBody, ScanResult, TensorType, Ties, UnaryOp,
-    GRADIENT_PREFIX,
+    BinaryOp, Dim, Graph, NodeId, Op, OpClass, ReduceOp, ScanBody, ScanResult, TensorType, Ties,
+    UnaryOp, GRADIENT_PREFIX,
 };
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -86,7 +86,7 @@ fn backprop(
             }
             let wants: Vec<bool> = operands.iter().map(|o| needs_grad.contains(o)).collect();
             graph.current_span = graph.node(node).span;
-            scan_vjp(graph, &body, &operands, &cotangents, &wants)?
+            scan_vjp(graph, &body, &operands, &results, &cotangents, &wants)?
         } else {
             let Some(&g) = adjoint.get(&node) else {
                 continue;
@@ -154,6 +154,7 @@ fn scan_vjp(
     graph: &mut Graph,
     body: &Arc<ScanBody>,
     x: &[NodeId],
+    results: &[Option<NodeId>],
     cotangents: &[Option<NodeId>],
     wants: &[bool],
 ) -> Result<Vec<Option<NodeId>>, PassError> {
@@ -207,13 +208,6 @@ fn scan_vjp(
         .iter()
         .map(|&n| input(&mut b, format!("d.{}", input_name(n)), fwd.ty(n).clone()))
         .collect();
-    let acc: Vec<NodeId> = want_consts
-        .iter()
-        .map(|&i| {
-            let n = body.inputs[i];
-            input(&mut b, format!("acc.{}", input_name(n)), fwd.ty(n).clone())
-        })
-        .collect();
     let d_ys: Vec<NodeId> = fwd.outputs[k..]
         .iter()
         .map(|o| input(&mut b, format!("d.{}", o.name), fwd.ty(o.node).clone()))
@@ -225,13 +219,6 @@ fn scan_vjp(
             input(&mut b, format!("d.in.{}", input_name(n)), fwd.ty(n).clone())
         })
         .collect();
-    let mut inputs: Vec<NodeId> = body.inputs[..c].to_vec();
-    inputs.extend(&d_carry);
-    inputs.extend(&acc);
-    inputs.extend(carry_in);
-    inputs.extend(x_in);
-    inputs.extend(&d_ys);
-    inputs.extend(&d_carries_in);
 
     let seeds: Vec<(NodeId, NodeId)> = fwd
         .outputs
@@ -245,6 +232,40 @@ fn scan_vjp(
     let grads = backprop(&mut b, &seeds, &wrt)?;
     let (g_carry, rest) = grads.split_at(k);
     let (g_consts, g_xs) = rest.split_at(want_consts.len());
+
+    // A const's gradient is summed over the steps. Its terms that are a
+    // weight gradient `a^T @ g` of per-step `a` and `g` leave the loop:
+    // both are stacked, and one product after the loop sums all steps
+    // (an LSTM's `h^T @ dgates` for `W_hh`: one large product instead of
+    // a small product and a `[H, 4H]` accumulation per step). The other
+    // terms are summed in a carry of the backward loop.
+    let mut per_step_inputs: Vec<NodeId> = d_carry.clone();
+    per_step_inputs.extend(&body.inputs[c..]);
+    per_step_inputs.extend(&d_ys);
+    per_step_inputs.extend(&d_carries_in);
+    let per_step = depends_on(&b, &b.topo_order(), &per_step_inputs);
+    let mut accumulated: Vec<(usize, NodeId, NodeId)> = Vec::new();
+    let mut hoisted: Vec<(usize, NodeId, NodeId)> = Vec::new();
+    for (p, &g) in g_consts.iter().enumerate() {
+        let i = want_consts[p];
+        let mut kept = Vec::new();
+        for term in sum_terms(&b, fwd, g) {
+            match weight_gradient(&b, term, &per_step, body.axis, graph.ty(x[i]).rank()) {
+                Some((a, g)) => hoisted.push((p, a, g)),
+                None => kept.push(term),
+            }
+        }
+        if kept.is_empty() {
+            continue;
+        }
+        let n = body.inputs[i];
+        let acc = input(&mut b, format!("acc.{}", input_name(n)), fwd.ty(n).clone());
+        let mut sum = acc;
+        for term in kept {
+            sum = b.add_(sum, term)?;
+        }
+        accumulated.push((p, acc, sum));
+    }
     for (j, &g) in g_carry.iter().enumerate() {
         let mut d = g;
         if let Some(p) = carries_in.iter().position(|&i| i == j) {
@@ -252,23 +273,44 @@ fn scan_vjp(
         }
         b.set_output(format!("d.carry.{j}"), d);
     }
-    for (p, (&a, &g)) in acc.iter().zip(g_consts).enumerate() {
-        let sum = b.add_(a, g)?;
+    for &(p, _, sum) in &accumulated {
         b.set_output(format!("d.const.{p}"), sum);
     }
     for (p, &g) in g_xs.iter().enumerate() {
         b.set_output(format!("d.x.{p}"), g);
     }
+    let factors: Vec<NodeId> = hoisted.iter().flat_map(|&(_, a, g)| [a, g]).collect();
+    for (f, &n) in factors.iter().enumerate() {
+        b.set_output(format!("hoist.{f}"), n);
+    }
+    // The forward values the gradient reads become inputs of the backward
+    // body, stacked by the forward loop as extra outputs.
+    let saved = residuals(&b, fwd, &body.inputs[c..]);
+    let mut saved_inputs = Vec::with_capacity(saved.len());
+    for &r in &saved {
+        let name = fwd
+            .node(r)
+            .name
+            .clone()
+            .unwrap_or_else(|| format!("{}", r.index()));
+        let s = input(&mut b, format!("saved.{name}"), fwd.ty(r).clone());
+        b.replace_uses(r, s);
+        saved_inputs.push(s);
+    }
+    let mut inputs: Vec<NodeId> = body.inputs[..c].to_vec();
+    inputs.extend(&d_carry);
+    inputs.extend(accumulated.iter().map(|a| a.1));
+    inputs.extend(carry_in);
+    inputs.extend(x_in);
+    inputs.extend(&d_ys);
+    inputs.extend(&d_carries_in);
+    inputs.extend(&saved_inputs);
+    let carries = k + accumulated.len();
+    let stacked = stacked_factors(&mut b, &inputs[c + carries..], c + carries, factors.len());
     b.prune_keeping(&inputs);
-    let backward = ScanBody::new(
-        b,
-        inputs,
-        c,
-        k + want_consts.len(),
-        body.axis,
-        !body.reverse,
-    )
-    .map_err(|e| PassError::new(format!("internal error: the gradient of a scan: {e}")))?;
+    let backward = ScanBody::new(b, inputs, c, carries, body.axis, !body.reverse)
+        .map_err(|e| PassError::new(format!("internal error: the gradient of a scan: {e}")))?;
+    let (forward, saved_ys) = save_residuals(graph, body, results, &saved)?;
 
     // The backward loop's operands.
     let mut operands: Vec<NodeId> = x[..c].to_vec();
@@ -281,16 +323,22 @@ fn scan_vjp(
             }
         });
     }
-    for &i in &want_consts {
-        let ty = graph.ty(x[i]).clone();
+    for &(p, _, _) in &accumulated {
+        let ty = graph.ty(x[want_consts[p]]).clone();
         operands.push(graph.splat(0.0, ty));
     }
+    let result_of = |graph: &mut Graph, r: ScanResult| match results[body.result_index(r)] {
+        Some(n) => Ok(n),
+        None => {
+            let op = Op::Scan {
+                body: forward.clone(),
+                result: forward.result_index(r),
+            };
+            graph.add(op, x, None)
+        }
+    };
     for j in 0..k {
-        let op = Op::Scan {
-            body: body.clone(),
-            result: body.result_index(ScanResult::CarriesIn(j)),
-        };
-        operands.push(graph.add(op, x, None)?);
+        operands.push(result_of(graph, ScanResult::CarriesIn(j))?);
     }
     operands.extend(&x[first_x..]);
     for y in 0..body.ys() {
@@ -310,6 +358,13 @@ fn scan_vjp(
     for &j in &carries_in {
         operands.extend(cotangent(ScanResult::CarriesIn(j)));
     }
+    for &y in &saved_ys {
+        let op = Op::Scan {
+            body: forward.clone(),
+            result: forward.result_index(ScanResult::Ys(y)),
+        };
+        operands.push(graph.add(op, x, None)?);
+    }
 
     let mut out: Vec<Option<NodeId>> = vec![None; x.len()];
     let result = |graph: &mut Graph, r: ScanResult| {
@@ -322,13 +377,222 @@ fn scan_vjp(
     for j in 0..k {
         out[c + j] = Some(result(graph, ScanResult::FinalCarry(j))?);
     }
-    for (p, &i) in want_consts.iter().enumerate() {
-        out[i] = Some(result(graph, ScanResult::FinalCarry(k + p))?);
+    for (q, &(p, _, _)) in accumulated.iter().enumerate() {
+        out[want_consts[p]] = Some(result(graph, ScanResult::FinalCarry(k + q))?);
     }
     for (p, &i) in want_xs.iter().enumerate() {
         out[i] = Some(result(graph, ScanResult::Ys(p))?);
     }
+    for (h, &(p, _, _)) in hoisted.iter().enumerate() {
+        let mut stacks = [NodeId::end(); 2];
+        for (s, f) in stacks.iter_mut().zip([2 * h, 2 * h + 1]) {
+            *s = match stacked[f] {
+                Stacked::Operand(pos) => operands[pos],
+                Stacked::Ys(y) => result(graph, ScanResult::Ys(y))?,
+            };
+        }
+        let at = transpose_last2(graph, stacks[0])?;
+        let product = graph.matmul(at, stacks[1])?;
+        let i = want_consts[p];
+        let term = unbroadcast(graph, product, x[i])?;
+        out[i] = Some(match out[i] {
+            Some(prev) => graph.add_(prev, term)?,
+            None => term,
+        });
+    }
     Ok(out)
+}
+
+/// Where the backward loop's caller finds a hoisted factor stacked over
+/// the steps.
+#[derive(Debug, Clone, Copy)]
+enum Stacked {
+    /// A sequence the backward loop already reads: its operand at this
+    /// position.
+    Operand(usize),
+    /// One of the backward loop's stacked outputs.
+    Ys(usize),
+}
+
+/// Resolves the backward body's outputs `hoist.0..hoist.{count}` (after
+/// its carries, which are outputs `..first` less the consts): a factor that
+/// is a sequence input (`xs`, the inputs at operand positions `first..`)
+/// or another stacked output is read from there and its output dropped;
+/// the others stay stacked outputs.
+fn stacked_factors(b: &mut Graph, xs: &[NodeId], first: usize, count: usize) -> Vec<Stacked> {
+    let carries = b
+        .outputs
+        .iter()
+        .take_while(|o| o.name.starts_with("d.carry.") || o.name.starts_with("d.const."))
+        .count();
+    let mut names = Vec::with_capacity(count);
+    for f in 0..count {
+        let name = format!("hoist.{f}");
+        let Some(at) = b.outputs.iter().position(|o| o.name == name) else {
+            continue;
+        };
+        let node = b.outputs[at].node;
+        if let Some(pos) = xs.iter().position(|&i| i == node) {
+            b.outputs.remove(at);
+            names.push(Err(first + pos));
+        } else if let Some(o) = b.outputs[carries..at].iter().find(|o| o.node == node) {
+            let same = o.name.clone();
+            b.outputs.remove(at);
+            names.push(Ok(same));
+        } else {
+            names.push(Ok(name));
+        }
+    }
+    names
+        .into_iter()
+        .map(|n| match n {
+            Err(pos) => Stacked::Operand(pos),
+            Ok(name) => {
+                let at = b
+                    .outputs
+                    .iter()
+                    .position(|o| o.name == name)
+                    .unwrap_or(carries);
+                Stacked::Ys(at - carries)
+            }
+        })
+        .collect()
+}
+
+/// The terms of a gradient summed by the gradient graph (`add` nodes the
+/// gradient built, not the forward step's own).
+fn sum_terms(b: &Graph, fwd: &Graph, g: NodeId) -> Vec<NodeId> {
+    let mut terms = Vec::new();
+    let mut stack = vec![g];
+    while let Some(n) = stack.pop() {
+        if !fwd.contains(n) && matches!(b.node(n).op, Op::Binary(BinaryOp::Add)) {
+            let ops = b.operands(n);
+            if ops.iter().all(|&o| b.ty(o) == b.ty(n)) {
+                stack.extend(ops.into_iter().rev());
+                continue;
+            }
+        }
+        terms.push(n);
+    }
+    terms
+}
+
+/// `(a, g)` when `term` is `a^T @ g` of two per-step matrices, a rank-2
+/// const's weight gradient, in a loop over axis 0 or 1 (whose stacked `a`
+/// and `g` are `[T, B, ·]` or `[B, T, ·]`: a batched product summed over
+/// its batch then sums every step).
+fn weight_gradient(
+    b: &Graph,
+    term: NodeId,
+    per_step: &HashSet<NodeId>,
+    axis: usize,
+    rank: usize,
+) -> Option<(NodeId, NodeId)> {
+    if axis > 1 || rank != 2 || !matches!(b.node(term).op, Op::MatMul) {
+        return None;
+    }
+    let [t, g] = b.operands(term)[..] else {
+        return None;
+    };
+    let Op::Transpose { perm } = &b.node(t).op else {
+        return None;
+    };
+    let a = *b.operands(t).first()?;
+    let matrices = perm[..] == [1, 0] && b.ty(a).rank() == 2 && b.ty(g).rank() == 2;
+    (matrices && per_step.contains(&a) && per_step.contains(&g)).then_some((a, g))
+}
+
+/// The values of the forward body `fwd` that its gradient graph `b` (built
+/// on a copy of `fwd`, so forward nodes keep their ids) reads and that
+/// change per step (depend on one of `per_step_inputs`), in topological
+/// order: what the backward loop reads from the forward loop instead of
+/// recomputing it. An LSTM's are its gate activations and `tanh(c)`: saving
+/// them costs five `[B, H]` slices per step, recomputing them the step's
+/// product and every transcendental function again (half the backward
+/// loop's time). Views (reshape, transpose, slice, broadcast) are
+/// recomputed from what they read, and inputs are already at hand.
+fn residuals(b: &Graph, fwd: &Graph, per_step_inputs: &[NodeId]) -> Vec<NodeId> {
+    let order = fwd.topo_order();
+    let per_step = depends_on(fwd, &order, per_step_inputs);
+    let mut live = HashSet::new();
+    let mut stack: Vec<NodeId> = b.outputs.iter().map(|o| o.node).collect();
+    while let Some(n) = stack.pop() {
+        if live.insert(n) {
+            stack.extend(b.operands(n));
+        }
+    }
+    let mut saved = HashSet::new();
+    let mut needed: Vec<NodeId> = live
+        .iter()
+        .filter(|&&n| !fwd.contains(n))
+        .flat_map(|&n| b.operands(n))
+        .collect();
+    let mut seen = HashSet::new();
+    while let Some(n) = needed.pop() {
+        if !fwd.contains(n) || !per_step.contains(&n) || !seen.insert(n) {
+            continue;
+        }
+        match fwd.node(n).op.class() {
+            OpClass::Leaf => {}
+            OpClass::View => needed.extend(fwd.operands(n)),
+            _ => {
+                saved.insert(n);
+            }
+        }
+    }
+    order.into_iter().filter(|n| saved.contains(n)).collect()
+}
+
+/// The forward loop with `saved` (values of its body) as extra stacked
+/// outputs, unless it already outputs them: the loop's existing result
+/// nodes (`results`, by result index of `body`) are rewritten in place to
+/// the same results of the new body. Returns the new body and the `ys`
+/// index of each saved value.
+fn save_residuals(
+    graph: &mut Graph,
+    body: &Arc<ScanBody>,
+    results: &[Option<NodeId>],
+    saved: &[NodeId],
+) -> Result<(Arc<ScanBody>, Vec<usize>), PassError> {
+    let k = body.carries;
+    let mut extended = body.graph.clone();
+    let mut ys = Vec::with_capacity(saved.len());
+    for (i, &r) in saved.iter().enumerate() {
+        let existing = body.graph.outputs[k..].iter().position(|o| o.node == r);
+        ys.push(match existing {
+            Some(y) => y,
+            None => {
+                let mut name = format!("saved.{i}");
+                while extended.output(&name).is_some() {
+                    name.push('_');
+                }
+                extended.set_output(name, r);
+                extended.outputs.len() - 1 - k
+            }
+        });
+    }
+    if extended.outputs.len() == body.graph.outputs.len() {
+        return Ok((body.clone(), ys));
+    }
+    let forward = ScanBody::new(
+        extended,
+        body.inputs.clone(),
+        body.consts,
+        k,
+        body.axis,
+        body.reverse,
+    )
+    .map_err(|e| PassError::new(format!("internal error: a loop's saved values: {e}")))?;
+    for (i, &n) in results.iter().enumerate() {
+        let (Some(n), Some(r)) = (n, body.result(i)) else {
+            continue;
+        };
+        graph.node_mut(n).op = Op::Scan {
+            body: forward.clone(),
+            result: forward.result_index(r),
+        };
+    }
+    Ok((forward, ys))
 }
 
 fn types<'g>(graph: &'g Graph, nodes: &[NodeId]) -> Vec<&'g TensorType> {

@@ -298,3 +298,56 @@ fn the_optimizer_optimizes_each_body_and_keeps_the_loop() {
         }
     }
 }
+
+/// The backward loop reads the forward step's per-step values instead of
+/// recomputing them (no `tanh`, no `h @ w` in its body: the forward loop
+/// stacks `tanh(pre)` as an extra output), and the matrix const's gradient
+/// `h^T @ d_pre` leaves the loop as one product after it; only the bias,
+/// whose gradient is a sum over the batch, keeps an accumulator carry.
+#[test]
+fn the_backward_loop_saves_forward_values_and_hoists_weight_gradients() {
+    use nnc_ir::{Op, OpClass, UnaryOp};
+    let (mut g, loss, l) = looped(false);
+    let wrt = [l.w, l.bias, l.h0, l.s0, l.xs];
+    gradients(&mut g, loss, &wrt).unwrap();
+    verify(&g).unwrap();
+    let mut bodies: Vec<std::sync::Arc<ScanBody>> = Vec::new();
+    for n in g.g.node_indices() {
+        if let Op::Scan { body, .. } = &g.node(n).op {
+            if !bodies.iter().any(|b| std::sync::Arc::ptr_eq(b, body)) {
+                bodies.push(body.clone());
+            }
+        }
+    }
+    assert_eq!(bodies.len(), 2, "one forward and one backward body");
+    let (backward, forward): (Vec<_>, Vec<_>) = bodies.into_iter().partition(|b| b.reverse);
+    let (backward, forward) = (&backward[0], &forward[0]);
+    assert!(
+        forward
+            .graph
+            .outputs
+            .iter()
+            .any(|o| o.name.starts_with("saved.")),
+        "the forward body stacks what the gradient reads"
+    );
+    let ops: Vec<&Op> = backward
+        .graph
+        .g
+        .node_indices()
+        .map(|n| &backward.graph.node(n).op)
+        .collect();
+    assert!(
+        !ops.iter().any(|op| matches!(op, Op::Unary(UnaryOp::Tanh))),
+        "the backward body recomputes a tanh"
+    );
+    let products = ops
+        .iter()
+        .filter(|op| op.class() == OpClass::Contraction)
+        .count();
+    assert_eq!(
+        products, 1,
+        "only `d_pre @ w^T` is left in the backward body"
+    );
+    // Carries: the two states' cotangents and the bias's accumulator.
+    assert_eq!(backward.carries, 3);
+}

@@ -164,6 +164,18 @@ impl Jit {
             .collect())
     }
 
+    /// Times each loop body kernel of the training step's program (`runs`
+    /// calls each, median) on the values its last run left: where a
+    /// loop's trips go. See [`nnc_codegen::Program::profile_loop_bodies`].
+    pub fn profile_loop_bodies(
+        &mut self,
+        batch: &Batch,
+        runs: usize,
+    ) -> Result<Vec<(nnc_codegen::KernelInfo, String, Duration)>, RuntimeError> {
+        let index = self.run(Which::Step, batch)?;
+        Ok(self.compiled[index].program.profile_loop_bodies(runs))
+    }
+
     fn metrics(&mut self, which: Which, batch: &Batch) -> Result<StepMetrics, RuntimeError> {
         let index = self.run(which, batch)?;
         let p = &self.compiled[index].program;

@@ -158,6 +158,14 @@ pub struct Program {
     kernels: Vec<(String, unsafe extern "C" fn())>,
     /// What each of them covers, computes and moves.
     infos: Vec<crate::plan::summary::KernelInfo>,
+    /// Each loop body's kernels (labelled as by
+    /// [`loop_bodies`](crate::plan::summary::loop_bodies)), which the
+    /// loop's kernel calls once per trip.
+    body_kernels: Vec<(
+        crate::plan::summary::KernelInfo,
+        String,
+        unsafe extern "C" fn(),
+    )>,
     graph_outputs: Vec<(String, View, DType)>,
     inputs: HashMap<String, (View, DType)>,
     pub stats: CompileStats,
@@ -223,9 +231,12 @@ impl Program {
                 ctx: &mut ctx,
                 fctx: &mut fctx,
                 status,
+                bodies: Vec::new(),
             };
-            c.steps(graph, &at, "k")?
+            let kernels = c.steps(graph, &at, "k")?;
+            (kernels, c.bodies)
         };
+        let (kernels, bodies) = kernels;
         // The schedule: call every kernel in order.
         ctx.func.signature = module.make_signature();
         {
@@ -264,6 +275,19 @@ impl Program {
                 (label, f)
             })
             .collect();
+        let body_ids: HashMap<String, FuncId> = bodies.into_iter().collect();
+        let mut body_kernels = Vec::new();
+        for (name, info) in crate::plan::summary::loop_bodies(&plan) {
+            let Some(&id) = body_ids.get(&name) else {
+                return Err(CodegenError::new(format!(
+                    "internal error: loop body kernel {name} was not compiled"
+                )));
+            };
+            let code = module.get_finalized_function(id);
+            // SAFETY: body kernels are declared `fn()` as well.
+            let f: unsafe extern "C" fn() = unsafe { std::mem::transmute(code) };
+            body_kernels.push((info, name, f));
+        }
 
         // Constants are data, written once.
         fill_constants(&mut work, graph, &at);
@@ -295,6 +319,7 @@ impl Program {
             plan,
             kernels: kernel_fns,
             infos,
+            body_kernels,
             graph_outputs,
             inputs,
             stats,
@@ -400,6 +425,37 @@ impl Program {
         Ok(times)
     }
 
+    /// Each loop body's kernels (`k23.k4`: kernel 4 of the body of the
+    /// loop at step 23) with the median wall time of one call over `runs`
+    /// calls: where a loop's trips go. The kernels run on the values the
+    /// last trip of the last run left in the body's region (call after
+    /// [`Program::run`]); they write only that region, which every trip
+    /// rewrites, so later runs are unaffected.
+    pub fn profile_loop_bodies(
+        &mut self,
+        runs: usize,
+    ) -> Vec<(crate::plan::summary::KernelInfo, String, Duration)> {
+        let mut out = Vec::with_capacity(self.body_kernels.len());
+        for (info, name, f) in &self.body_kernels {
+            let mut times: Vec<Duration> = (0..runs.max(1))
+                .map(|_| {
+                    let t = Instant::now();
+                    // SAFETY: the kernel addresses the pinned body region,
+                    // the state and constants, all alive; it was compiled
+                    // to run after the body's earlier kernels, whose
+                    // results of the last trip are still in the region.
+                    unsafe { f() };
+                    t.elapsed()
+                })
+                .collect();
+            times.sort();
+            out.push((info.clone(), name.clone(), times[times.len() / 2]));
+        }
+        // A kernel run out of order may have reported an index fault.
+        self.work.words_mut(0, 1)[0] = 0;
+        out
+    }
+
     /// A one-element output (loss, accuracy), read without allocating.
     pub fn scalar(&self, name: &str, state: &StateBuffer) -> Option<f64> {
         let (_, view, dtype) = self.graph_outputs.iter().find(|(n, _, _)| n == name)?;
@@ -499,6 +555,8 @@ struct Compiler<'c> {
     fctx: &'c mut FunctionBuilderContext,
     /// The status word kernels report faults in.
     status: usize,
+    /// Every loop body kernel compiled, by name (`k23.k4`).
+    bodies: Vec<(String, FuncId)>,
 }
 
 impl Compiler<'_> {
@@ -643,6 +701,9 @@ impl Compiler<'_> {
     ) -> Result<FuncId, CodegenError> {
         let inner = body_addresses(at, scan);
         let body_steps = self.steps(&scan.body.graph, &inner, &format!("{name}.k"))?;
+        for (j, &id) in body_steps.iter().enumerate() {
+            self.bodies.push((format!("{name}.k{j}"), id));
+        }
         let module = &mut *self.module;
         let ctx = &mut *self.ctx;
         ctx.func.signature = module.make_signature();

@@ -111,8 +111,11 @@ fn trip(
     };
     let body_kind = |v: nnc_ir::NodeId| Kind::of(body.graph.ty(v).dtype);
 
-    // Slice `t` of each sequence into the body's input.
+    // Slice `t` of each sequence the body reads into its input.
     for (i, &o) in operands.iter().enumerate().skip(first_x) {
+        if body.graph.users(body.inputs[i]).is_empty() {
+            continue;
+        }
         let xs = outer_view(o)?;
         let dst = scan.input(i)?;
         let (src, shift) = sliced(b, xs, outer, axis, t, &dst.shape)?;

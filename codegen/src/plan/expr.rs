@@ -121,6 +121,26 @@ impl Expr {
             .count()
     }
 
+    /// Transcendental functions per element (`exp`, `log`, `tanh`,
+    /// `sigmoid`, `pow`): each costs 45–80 instructions per `f32x4`
+    /// (`emit::vmath`), far more than the loads and stores around it.
+    pub fn transcendentals(&self) -> usize {
+        self.instrs
+            .iter()
+            .filter(|i| {
+                matches!(
+                    i,
+                    Instr::Apply {
+                        op: MapOp::Unary(
+                            UnaryOp::Exp | UnaryOp::Log | UnaryOp::Tanh | UnaryOp::Sigmoid
+                        ) | MapOp::Binary(BinaryOp::Pow),
+                        ..
+                    }
+                )
+            })
+            .count()
+    }
+
     /// Rejects what the JIT cannot compute, before any code is emitted.
     pub(crate) fn check(&self) -> Result<(), CodegenError> {
         for i in &self.instrs {

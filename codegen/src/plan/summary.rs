@@ -87,6 +87,20 @@ pub fn kernels(
     Ok(summarize(&plan, graph))
 }
 
+/// Each loop body's kernels, labelled by the loop's step (`k3.k0`).
+pub type LoopBodies = Vec<(String, KernelInfo)>;
+
+/// [`kernels`] and the kernels of every loop body ([`loop_bodies`]).
+pub fn kernels_and_loop_bodies(
+    graph: &Graph,
+    bindings: &HashMap<String, usize>,
+    config: &GroupConfig,
+) -> Result<(Vec<KernelInfo>, LoopBodies), CodegenError> {
+    let layout = StateLayout::of(&[graph])?;
+    let plan = plan::plan_with(graph, bindings, &layout, config)?;
+    Ok((summarize(&plan, graph), loop_bodies(&plan)))
+}
+
 /// The summary of every step of `plan`, in schedule order.
 pub fn summarize(plan: &Plan, graph: &Graph) -> Vec<KernelInfo> {
     plan.steps
@@ -264,7 +278,7 @@ fn loop_info(plan: &Plan, graph: &Graph, scan: &ScanPlan, shape: &[usize]) -> Ke
 /// The kernels of each loop's body, labelled by the loop's step (`k3.k0`,
 /// a nested body's `k3.k1.k0`), each body after its loop's: what a listing
 /// of a program's kernels may show under a loop's line.
-pub fn loop_bodies(plan: &Plan) -> Vec<(String, KernelInfo)> {
+pub fn loop_bodies(plan: &Plan) -> LoopBodies {
     let mut out = Vec::new();
     bodies_into(plan, "", &mut out);
     out
