@@ -180,8 +180,12 @@ impl Pool {
                 tasks: n,
                 generation,
             });
+            // Task 0 is the dispatcher's: the same rows of consecutive
+            // kernels stay on one core (a loop's step splits its product
+            // and its elementwise work by rows), and their data in its
+            // cache.
             s.done.store(0, Ordering::SeqCst);
-            s.claim.store(generation << 32, Ordering::SeqCst);
+            s.claim.store(generation << 32 | 1, Ordering::SeqCst);
         }
         s.generation.store(generation, Ordering::SeqCst);
         if s.sleepers.load(Ordering::SeqCst) > 0 {
@@ -189,6 +193,8 @@ impl Pool {
             s.wake.notify_all();
         }
         IN_PARALLEL.with(|f| f.set(true));
+        task(0);
+        s.done.fetch_add(1, Ordering::Release);
         work(
             s,
             Job {

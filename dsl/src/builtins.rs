@@ -8,7 +8,7 @@ use crate::span::Span;
 use crate::value::Value;
 use nnc_ir::{BinaryOp, DType, Dim, NodeId, ReduceOp, ShapeDisplay, TensorType, Ties, UnaryOp};
 
-pub(crate) const NAMES: [&str; 32] = [
+pub(crate) const NAMES: [&str; 33] = [
     "matmul",
     "exp",
     "log",
@@ -39,6 +39,7 @@ pub(crate) const NAMES: [&str; 32] = [
     "double",
     "unfold",
     "uniform_like",
+    "zeros",
     "numel",
     "rank",
 ];
@@ -56,6 +57,7 @@ fn params(name: &str) -> &'static [&'static str] {
         "argmax" | "numel" => &["x", "axis?"],
         "unfold" => &["x", "kernel", "stride?", "pad?", "dilation?", "fill?"],
         "reshape" => &["x", "shape"],
+        "zeros" => &["shape"],
         "permute" => &["x", "dims"],
         "concat" => &["tensors", "axis?"],
         "slice" => &["x", "axis", "start", "end"],
@@ -288,6 +290,12 @@ pub(crate) fn call(e: &mut Elaborator, name: &str, args: Vec<ArgVal>, span: Span
             uniform_like(e, t, span)
         }
         "unfold" => unfold(e, &mut b, span),
+        "zeros" => {
+            let s = req(&mut b, 0)?;
+            let shape = zeros_shape(e, &s)?;
+            let ty = TensorType::new(DType::F32, shape);
+            Ok(Value::Tensor(e.graph.splat(0.0, ty)))
+        }
         "float" | "double" => {
             let x = req(&mut b, 0)?;
             let t = e.tensor(x.value, x.span, "the argument")?;
@@ -789,6 +797,33 @@ fn axes(e: &Elaborator, t: NodeId, a: &ArgVal) -> Result<Vec<usize>> {
 
 /// The target of `reshape`: ints, dims bound by patterns, and at most one
 /// `-1` that takes the remaining constant size (PyTorch's `view(b, -1)`).
+/// The dims of `zeros(shape)`: ints or dim names (`[b, hidden]`), which
+/// the batch's size binds when the program is compiled.
+fn zeros_shape(e: &Elaborator, a: &ArgVal) -> Result<Vec<Dim>> {
+    let Value::List(items) = &a.value else {
+        return Err(e.err(
+            a.span,
+            format!("`zeros` takes a list of dims, found {}", a.value.kind()),
+        ));
+    };
+    let mut dims = Vec::new();
+    for v in items {
+        match v {
+            Value::Dims(ds) => dims.extend(ds.iter().cloned()),
+            Value::Int(n) if *n < 0 => {
+                return Err(e.err(a.span, format!("the dims of `zeros` are sizes, found {n}")))
+            }
+            other => dims.push(other.as_dim().ok_or_else(|| {
+                e.err(
+                    a.span,
+                    format!("expected dims (ints or dim names), found {}", other.kind()),
+                )
+            })?),
+        }
+    }
+    Ok(dims)
+}
+
 fn reshape_target(e: &Elaborator, t: NodeId, a: &ArgVal) -> Result<Vec<Dim>> {
     let Value::List(items) = &a.value else {
         return Err(e.err(

@@ -1032,3 +1032,22 @@ fn amax_ties_must_be_split_or_first() {
     let m = module(&model("f32[B, 4]", "amax(x, axis: 1, ties: \"first\")"));
     assert!(m.forward.to_string().contains("ties=first"));
 }
+
+/// `zeros(shape)`: a constant of zeros whose dims may be the batch's, so
+/// a layer's initial state needs no arithmetic on its input (`x * 0`
+/// would be NaN where `x` is, and send a gradient back into `x`).
+#[test]
+fn zeros_of_named_dims() {
+    let m = module(&model("f32[B, 3]", "x + zeros([B, 3])"));
+    verify(&m.forward).unwrap();
+    assert_eq!(output_type(&m.forward, "y"), "f32[B,3]");
+    let x = Tensor::from_vec(DType::F32, &[2, 3], vec![1.0, f64::NAN, 3.0, 4.0, 5.0, 6.0]).unwrap();
+    let (y, _, _) = run(&m.forward, x, Env::new());
+    assert_eq!(y.data[0], 1.0);
+    assert!(y.data[1].is_nan());
+    assert_eq!(y.data[5], 6.0);
+    let e = error(&model("f32[B, 3]", "x + zeros([B, -3])"));
+    assert!(e.message.contains("sizes"), "{}", e.message);
+    let e = error(&model("f32[B, 3]", "x + zeros(3)"));
+    assert!(e.message.contains("list of dims"), "{}", e.message);
+}

@@ -3,9 +3,11 @@
 //! (or broadcast) innermost dim with a scalar tail, optionally only a
 //! range of work units ([`MapSplit`]); copies are the one-leaf case.
 
-use super::builder::{addr_at, coalesce, emit_nest_in, range_loop, store, strided, Strided};
+use super::builder::{
+    addr_at, coalesce, emit_nest, emit_nest_in, range_loop, store, strided, Strided,
+};
 use super::expr::Code;
-use super::host::Calls;
+use super::host::{Calls, Host};
 use crate::plan::split::{MapSplit, MAP_CHUNK};
 use crate::plan::{Kind, View};
 use crate::CodegenError;
@@ -165,6 +167,12 @@ pub(crate) fn emit_map_shifted(
     error.map_or(Ok(split), Err)
 }
 
+/// Contiguous runs of at least this many elements are copied by a host
+/// `memcpy` call (one per run) rather than the vector loop: a loop's
+/// per-trip slices (`[32, 128]` and up) moved at about 5 GB/s in 16-byte
+/// steps.
+const COPY_CALL_MIN: usize = 64;
+
 /// Copies `src` into `dst` (same shape, any strides).
 #[allow(clippy::too_many_arguments)]
 pub fn emit_copy(
@@ -195,8 +203,7 @@ pub(crate) fn copy(
     src: Strided,
     kind: Kind,
 ) -> Result<(), CodegenError> {
-    let code = Code::copy(src.addr, src.strides, kind);
-    emit_map(b, calls, &code, dims, &[(dst, kind)], None).map(|_| ())
+    copy_shifted(b, calls, dims, (dst, None), (src, None), kind)
 }
 
 /// [`copy`] from and to addresses shifted by run-time byte offsets.
@@ -208,6 +215,33 @@ pub(crate) fn copy_shifted(
     (src, src_shift): (Strided, Option<Value>),
     kind: Kind,
 ) -> Result<(), CodegenError> {
+    let mut ops = vec![dst.clone(), src.clone()];
+    let rows = coalesce(dims, &mut ops);
+    if let Some(&n) = rows.last() {
+        let last = rows.len() - 1;
+        if n >= COPY_CALL_MIN && ops.iter().all(|o| o.strides[last] == 4) {
+            let shifts = [dst_shift, src_shift];
+            emit_nest(
+                b,
+                &rows,
+                &ops,
+                &mut |b, depth, addrs| {
+                    if depth == 0 {
+                        for (a, s) in addrs.iter_mut().zip(shifts) {
+                            if let Some(s) = s {
+                                *a = b.ins().iadd(*a, s);
+                            }
+                        }
+                    }
+                },
+                &mut |b, addrs| {
+                    let bytes = b.ins().iconst(types::I64, 4 * n as i64);
+                    calls.call(b, Host::Copy, &[addrs[0], addrs[1], bytes]);
+                },
+            );
+            return Ok(());
+        }
+    }
     let code = Code::copy(src.addr, src.strides, kind);
     emit_map_shifted(
         b,

@@ -227,7 +227,11 @@ pub unsafe fn sgemm_threads(
     let columns_ok = n.div_ceil(nr) >= threads;
     let rows_ok = m.div_ceil(mr) >= threads;
     let (cols_share, rows_share) = (worst_share(n, nr), worst_share(m, mr));
-    let by_columns = columns_ok && (cols_share <= 1.15 || !rows_ok || cols_share <= rows_share);
+    let dots = dots_form(scratch.isa, m, k, a_cs, b_rs);
+    let rows_even = rows_ok && rows_share <= 1.15;
+    let by_columns = columns_ok
+        && !(dots && rows_even)
+        && (cols_share <= 1.15 || !rows_ok || cols_share <= rows_share);
     let by_rows = !by_columns && rows_ok;
     if threads < 2 || flops < PARALLEL_FLOPS || !(by_columns || by_rows) {
         // SAFETY: forwarded contract.
@@ -237,9 +241,8 @@ pub unsafe fn sgemm_threads(
             )
         };
     }
-    // Decided on the whole product so that every thread count computes
-    // each element the same way.
-    let dots = dots_form(scratch.isa, m, k, a_cs, b_rs);
+    // `dots` is decided on the whole product so that every thread count
+    // computes each element the same way.
     let (len, unit) = if by_columns { (n, nr) } else { (m, mr) };
     // Contiguous ranges of whole tiles, as even as the tiles allow.
     let tiles = len.div_ceil(unit);
