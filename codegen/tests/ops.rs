@@ -972,6 +972,32 @@ fn matmul_summed_over_its_batch_dims() {
     let r = c.g.reduce(ReduceOp::Sum, p, vec![0], false).unwrap();
     c.out("sum", r, SUM);
     c.check();
+
+    // A weight gradient over stacked steps, `Σ_t h_t^T @ g_t` with
+    // `h: [T, B, H]` and `g: [T, B, G]` contiguous: the batch continues the
+    // shared dim, so it runs as one `[H, T·B] @ [T·B, G]` product; also
+    // over two stacked dims.
+    let mut c = Case::new("summed matmul as one deep product");
+    let h = c.input("h", rng.unit_tensor(&[6, 32, 40]));
+    let g = c.input("g", rng.unit_tensor(&[6, 32, 48]));
+    let ht = c.g.transpose(h, vec![0, 2, 1]).unwrap();
+    let p = c.g.matmul(ht, g).unwrap();
+    let r = c.g.reduce(ReduceOp::Sum, p, vec![0], false).unwrap();
+    c.out("sum over steps of h^T @ g", r, SUM);
+    let h4 = c.input("h4", rng.unit_tensor(&[3, 2, 32, 40]));
+    let g4 = c.input("g4", rng.unit_tensor(&[3, 2, 32, 48]));
+    let ht4 = c.g.transpose(h4, vec![0, 1, 3, 2]).unwrap();
+    let p = c.g.matmul(ht4, g4).unwrap();
+    let r = c.g.reduce(ReduceOp::Sum, p, vec![0, 1], false).unwrap();
+    c.out("sum over two stacked dims", r, SUM);
+    let jit = c.check();
+    let deep = jit
+        .program
+        .kernels()
+        .iter()
+        .filter(|k| k.label.starts_with("matmul+reduce_sum"))
+        .count();
+    assert_eq!(deep, 2, "{:?}", jit.program.kernels());
 }
 
 // ---- layout ops ----

@@ -78,6 +78,52 @@ pub(crate) fn emit_matmul_node(
     )
 }
 
+/// A product summed over its batch (`c` has stride 0 along every batch
+/// dim) whose operands walk the batch as if it continued their shared
+/// dim (`a`'s columns, `b`'s rows), as `[m, k·batch] @ [k·batch, n]`: one
+/// deep product. A recurrent weight's gradient `Σ_t h_t^T @ g_t` over
+/// time-major stacks is `[H, T·B] @ [T·B, 4H]`, where a product per step
+/// (`k = B`) ran each through its own packing and thread hand-off.
+fn summed_into_depth(a: &View, bm: &View, c: &View) -> Option<[View; 3]> {
+    let (ra, rb, rc) = (a.shape.len(), bm.shape.len(), c.shape.len());
+    if rc < 3 || ra != rc || rb != rc {
+        return None;
+    }
+    let nb = rc - 2;
+    let batch = &c.shape[..nb];
+    if c.strides[..nb].iter().any(|&s| s != 0) {
+        return None;
+    }
+    let k = a.shape[ra - 1];
+    let continues = |strides: &[isize], k_stride: isize, shape: &[usize]| {
+        let mut extent = k_stride * k as isize;
+        for i in (0..nb).rev() {
+            if shape[i] != batch[i] || strides[i] != extent {
+                return false;
+            }
+            extent *= batch[i] as isize;
+        }
+        true
+    };
+    let (a_cs, b_rs) = (a.strides[ra - 1], bm.strides[rb - 2]);
+    if !continues(&a.strides, a_cs, &a.shape) || !continues(&bm.strides, b_rs, &bm.shape) {
+        return None;
+    }
+    let depth = k * batch.iter().product::<usize>();
+    let matrix = |v: &View, shape: [usize; 2]| View {
+        base: v.base,
+        offset: v.offset,
+        shape: shape.to_vec(),
+        strides: v.strides[v.strides.len() - 2..].to_vec(),
+    };
+    let (m, n) = (a.shape[ra - 2], bm.shape[rb - 1]);
+    Some([
+        matrix(a, [m, depth]),
+        matrix(bm, [depth, n]),
+        matrix(c, [m, n]),
+    ])
+}
+
 /// `c = a @ b` (or `c += a @ b` when `accumulate`), batched over the
 /// leading dims: small products (see `matmul::product_in_loops`) run as
 /// Cranelift loops, the rest call `sgemm`, one product per batch index from
@@ -114,6 +160,22 @@ pub(crate) fn emit_matmul(
     split: Option<Split>,
     tasks: usize,
 ) -> Result<(), CodegenError> {
+    if split.is_none() && accumulate && stages.iter().all(Option::is_none) {
+        if let Some([a2, b2, c2]) = summed_into_depth(a.1, bm.1, c.1) {
+            return emit_matmul(
+                b,
+                calls,
+                (a.0, &a2),
+                (bm.0, &b2),
+                (c.0, &c2),
+                scratch,
+                accumulate,
+                stages,
+                None,
+                tasks,
+            );
+        }
+    }
     let (ra, rb, rc) = (a.1.shape.len(), bm.1.shape.len(), c.1.shape.len());
     let (m, k, n) = (a.1.shape[ra - 2], a.1.shape[ra - 1], bm.1.shape[rb - 1]);
     let batch = &c.1.shape[..rc - 2];
