@@ -350,8 +350,14 @@ fn reads_of(dag: &(impl FusionDag + ?Sized), inline: &[bool], k: usize) -> Reads
     r
 }
 
+/// The most results one elementwise loop stores (the code generator's
+/// default grouping, and the cost model's). Eight: an LSTM step's gates,
+/// cell and state (seven results, with the values the gradient keeps) are
+/// one loop; Adam's update needs three.
+pub const MAX_OUTPUTS: usize = 8;
+
 /// Elementwise loops of one shape that read the same data (a stored value
-/// of the loop's size, or an inline value), or where one reads another's
+/// at least the loop's size, or an inline value), or where one reads another's
 /// result at the same element, run as one loop storing several results:
 /// Adam's new `m`, `v` and param are one pass over the gradient and the
 /// three state tensors. Greedy in topological order; a group runs where its
@@ -398,6 +404,10 @@ pub fn multi_output_loops(
     let size = |x: usize| dag.shape(x).iter().product::<usize>();
     for (k, r) in loops {
         let full = |x: &usize| size(*x) == size(k);
+        // A stored value at least the loop's size read by both (slices of
+        // one buffer count: an LSTM's four gates are slices of one
+        // product, and one loop computes them all).
+        let covering = |x: &usize| size(*x) >= size(k);
         let mut chosen = None;
         for (gi, grp) in groups.iter().enumerate().rev() {
             let root = grp.members[0];
@@ -406,7 +416,9 @@ pub fn multi_output_loops(
             }
             let reads_member = grp.members.iter().any(|m| r.stored.contains(m));
             let shares = reads_member
-                || r.stored.iter().any(|s| full(s) && grp.stored.contains(s))
+                || r.stored
+                    .iter()
+                    .any(|s| covering(s) && grp.stored.contains(s))
                 || r.inline.iter().any(|s| full(s) && grp.inline.contains(s));
             if !shares || grp.members.iter().any(|m| r.displaced.contains(m)) {
                 continue;

@@ -95,7 +95,7 @@ pub struct GroupConfig {
 
 impl Default for GroupConfig {
     fn default() -> Self {
-        GroupConfig::with(&InlineRule::FULL, 4)
+        GroupConfig::with(&InlineRule::FULL, fusion::MAX_OUTPUTS)
     }
 }
 

@@ -569,9 +569,7 @@ fn update_bytes(graph: &Graph, order: &[NodeId], nodes: &[DagNode], s: &Scratch)
     bytes as f64
 }
 
-/// The most results one elementwise loop stores (the code generator's
-/// `GroupConfig::default`).
-pub const MAX_OUTPUTS: usize = 4;
+pub use nnc_ir::fusion::MAX_OUTPUTS;
 
 /// The multi-output loops the model assumes: groups of nodes stored by one
 /// loop, in topological order.
