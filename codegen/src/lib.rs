@@ -28,6 +28,7 @@ pub mod emit;
 pub mod plan;
 pub mod sgemm;
 pub mod threads;
+pub mod vmath16;
 
 pub use emit::{matmul, program, random, vmath, window};
 pub use plan::{expr, group, summary};

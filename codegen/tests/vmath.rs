@@ -15,7 +15,9 @@
 //!   most `SUB_ULPS` units of `2^-149`.
 //! - Overflowing truths must give +-inf (or `f32::MAX` within rounding), NaN
 //!   truths NaN; named special values are checked exactly.
-//! - All four compiled variants must agree bit for bit (NaNs as NaNs).
+//! - All four compiled variants must agree bit for bit (NaNs as NaNs), and
+//!   so must the AVX-512 host forms (`nnc_codegen::vmath16`) where the CPU
+//!   has them.
 //!
 //! Run with `--nocapture` to see the measured maximum errors.
 
@@ -144,6 +146,38 @@ fn variants(emit: Emit) -> Vec<Compiled> {
     v
 }
 
+/// The AVX-512 form of function `name` (`vmath16`) on `xs`, or `None`
+/// without AVX-512F.
+fn run16(name: &str, xs: &[f32]) -> Option<Vec<f32>> {
+    use nnc_codegen::vmath16::{apply, available, Func};
+    if !available() {
+        return None;
+    }
+    let f = match name {
+        "exp" => Func::Exp,
+        "log" => Func::Log,
+        "tanh" => Func::Tanh,
+        "sigmoid" => Func::Sigmoid,
+        _ => panic!("no vmath16 form of {name}"),
+    };
+    let mut ys = xs.to_vec();
+    ys.resize(xs.len().div_ceil(16) * 16, 0.0);
+    apply(f, &mut ys);
+    ys.truncate(xs.len());
+    Some(ys)
+}
+
+/// Asserts that the AVX-512 form of `name` gives `want` bit for bit.
+fn check_vmath16(name: &str, xs: &[f32], want: &[f32]) {
+    let Some(ys) = run16(name, xs) else { return };
+    for ((&x, &a), &b) in xs.iter().zip(want).zip(&ys) {
+        assert!(
+            a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan()),
+            "{name}: inline and AVX-512 forms differ at x={x:e}: {a:e} vs {b:e}"
+        );
+    }
+}
+
 /// Size of one ulp of an f32 whose value is `t` (normal range).
 fn ulp_of(t: f64) -> f64 {
     let e = ((t.abs().to_bits() >> 52) & 0x7ff) as i32 - 1023;
@@ -225,6 +259,7 @@ fn check_sweep(name: &str, fns: &[Compiled], xs: &[f32], reference: fn(f64) -> f
             );
         }
     }
+    check_vmath16(name, xs, &results[0]);
     // The variants agree bit for bit; measure the vector and the scalar one.
     for (c, ys) in fns.iter().zip(&results).take(2) {
         let s = measure(name, &c.label, xs, ys, reference);
@@ -254,6 +289,7 @@ fn check_sweep(name: &str, fns: &[Compiled], xs: &[f32], reference: fn(f64) -> f
 /// patterns, so the sign of zero matters.
 fn check_specials(name: &str, fns: &[Compiled], cases: &[(f32, Option<f32>)]) {
     let xs: Vec<f32> = cases.iter().map(|c| c.0).collect();
+    check_vmath16(name, &xs, &fns[0].run(&xs));
     for c in fns {
         let ys = c.run(&xs);
         for (&(x, want), &y) in cases.iter().zip(&ys) {

@@ -6,12 +6,12 @@
 use super::builder::{
     addr_at, coalesce, emit_nest, emit_nest_in, range_loop, store, strided, Strided,
 };
-use super::expr::Code;
+use super::expr::{Code, CHUNK};
 use super::host::{Calls, Host};
 use crate::plan::split::{MapSplit, MAP_CHUNK};
 use crate::plan::{Kind, View};
 use crate::CodegenError;
-use cranelift_codegen::ir::{types, InstBuilder, Value};
+use cranelift_codegen::ir::{types, InstBuilder, StackSlotData, StackSlotKind, Value};
 use cranelift_frontend::FunctionBuilder;
 
 /// The operands of a loop over an expression's space: `outs` (written),
@@ -86,6 +86,18 @@ pub(crate) fn emit_map_shifted(
         && leaves.iter().all(|&s| s == 0 || s == 4);
     let k = outs.len();
     let mut error = None;
+    let staging = if vector && n >= CHUNK as i64 {
+        code.staging()
+    } else {
+        None
+    };
+    let slot = staging.as_ref().map(|st| {
+        b.create_sized_stack_slot(StackSlotData::new(
+            StackSlotKind::ExplicitSlot,
+            st.slot_bytes(),
+            6,
+        ))
+    });
     // A one-dim loop's range, in elements: `[lo, hi)`.
     let chunked = range.filter(|_| dims.len() == 1).map(|(start, end)| {
         let lo = b.ins().imul_imm_s(start, MAP_CHUNK as i64);
@@ -124,7 +136,57 @@ pub(crate) fn emit_map_shifted(
             let splats: Vec<Option<Value>> = (0..leaves.len())
                 .map(|l| (leaves[l] == 0).then(|| code.load(b, l, addrs[k + l], 0, true, 0)))
                 .collect();
-            range_loop(b, v_lo, v_hi, 4, &mut |b, i| {
+            // With `exp`, `log`, `tanh` or `sigmoid` in the expression,
+            // chunks of `CHUNK` elements first, staged (see
+            // `Code::staging`), the rest four at a time.
+            let mut v_mid = v_lo;
+            if let (Some(st), Some(slot)) = (&staging, slot) {
+                let span = b.ins().isub(v_hi, v_lo);
+                let zero = b.ins().iconst(types::I64, 0);
+                let span = b.ins().smax(span, zero);
+                let span = b.ins().band_imm_s(span, -(CHUNK as i64));
+                v_mid = b.ins().iadd(v_lo, span);
+                range_loop(b, v_lo, v_mid, CHUNK as i64, &mut |b, c0| {
+                    for stage in 1..=st.stages + 1 {
+                        let (lo, hi) = (
+                            b.ins().iconst(types::I64, 0),
+                            b.ins().iconst(types::I64, CHUNK as i64),
+                        );
+                        range_loop(b, lo, hi, 4, &mut |b, j| {
+                            let i = b.ins().iadd(c0, j);
+                            let byte = b.ins().imul_imm_s(i, 4);
+                            let vals: Vec<Value> = (0..leaves.len())
+                                .map(|l| match splats[l] {
+                                    Some(v) => v,
+                                    None => {
+                                        let a = b.ins().iadd(addrs[k + l], byte);
+                                        code.load(b, l, a, 0, true, 4)
+                                    }
+                                })
+                                .collect();
+                            let base = b.ins().stack_addr(types::I64, slot, 0);
+                            let jb = b.ins().imul_imm_s(j, 4);
+                            let buffers = b.ins().iadd(base, jb);
+                            match code.evaluate_stage(b, calls, st, stage, &vals, buffers) {
+                                Ok(results) => {
+                                    for (o, v) in results.into_iter().enumerate() {
+                                        let a = b.ins().iadd(addrs[o], byte);
+                                        store(b, v, a);
+                                    }
+                                }
+                                Err(e) => error = Some(e),
+                            }
+                        });
+                        for (offset, f) in st.calls(stage) {
+                            let at = b.ins().stack_addr(types::I64, slot, offset as i32);
+                            let func = b.ins().iconst(types::I64, f as i64);
+                            let count = b.ins().iconst(types::I64, CHUNK as i64);
+                            calls.call(b, Host::Vmath16, &[at, func, count]);
+                        }
+                    }
+                });
+            }
+            range_loop(b, v_mid, v_hi, 4, &mut |b, i| {
                 let byte = b.ins().imul_imm_s(i, 4);
                 let vals: Vec<Value> = (0..leaves.len())
                     .map(|l| match splats[l] {

@@ -193,6 +193,172 @@ impl<'e> Code<'e> {
     }
 }
 
+/// Elements per chunk of a staged loop ([`Code::staging`]): each of its
+/// `exp`, `log`, `tanh` and `sigmoid` runs as one `crate::vmath16` call
+/// over this many arguments (a call costs about as much as 16 lanes of
+/// work, so chunks amortize it).
+pub const CHUNK: usize = 128;
+
+/// The `vmath16` function of a transcendental op.
+fn wide_func(op: MapOp) -> Option<crate::vmath16::Func> {
+    use crate::vmath16::Func;
+    match op {
+        MapOp::Unary(UnaryOp::Exp) => Some(Func::Exp),
+        MapOp::Unary(UnaryOp::Log) => Some(Func::Log),
+        MapOp::Unary(UnaryOp::Tanh) => Some(Func::Tanh),
+        MapOp::Unary(UnaryOp::Sigmoid) => Some(Func::Sigmoid),
+        _ => None,
+    }
+}
+
+/// How a loop evaluates [`CHUNK`] elements at a time with its
+/// transcendental functions on AVX-512 (see [`Code::staging`]).
+#[derive(Debug, Clone)]
+pub struct Staging {
+    /// Per step: how many transcendental functions deep it is (0: none
+    /// below it).
+    depth: Vec<usize>,
+    /// The transcendental steps, each with its function and its buffer
+    /// (`CHUNK` floats) in the stack slot.
+    funcs: Vec<(usize, crate::vmath16::Func)>,
+    /// The deepest transcendental step: the loop makes `stages + 1` passes
+    /// over a chunk.
+    pub stages: usize,
+}
+
+impl Staging {
+    /// Bytes of the stack slot that holds every function's buffer.
+    pub fn slot_bytes(&self) -> u32 {
+        (self.funcs.len() * CHUNK * 4) as u32
+    }
+
+    /// The transcendental steps `stage` computes, with their buffer's byte
+    /// offset in the slot: after pass `stage` has stored their arguments,
+    /// one `vmath16` call each.
+    pub fn calls(&self, stage: usize) -> Vec<(usize, crate::vmath16::Func)> {
+        self.funcs
+            .iter()
+            .enumerate()
+            .filter(|(_, (step, _))| self.depth[*step] == stage)
+            .map(|(i, &(_, f))| (i * CHUNK * 4, f))
+            .collect()
+    }
+
+    fn buffer(&self, step: usize) -> Option<usize> {
+        self.funcs
+            .iter()
+            .position(|&(s, _)| s == step)
+            .map(|i| i * CHUNK * 4)
+    }
+}
+
+impl Code<'_> {
+    /// How to evaluate this expression a chunk at a time when it applies
+    /// a function `crate::vmath16` has and this CPU runs it; `None`
+    /// otherwise. Pass `s` (`1..=stages`) evaluates what the functions of
+    /// depth `s` read and stores their arguments; then each runs over the
+    /// chunk in place; the last pass evaluates the rest, reading every
+    /// function's results. Cheap steps are evaluated again in each pass.
+    pub fn staging(&self) -> Option<Staging> {
+        if !crate::vmath16::available() || !self.vectorizes() {
+            return None;
+        }
+        let mut depth = vec![0usize; self.instrs.len()];
+        let mut funcs = Vec::new();
+        for (step, instr) in self.instrs.iter().enumerate() {
+            if let Instr::Apply { op, args, .. } = instr {
+                let below = args.iter().map(|&a| depth[a]).max().unwrap_or(0);
+                depth[step] = match wide_func(*op) {
+                    Some(f) => {
+                        funcs.push((step, f));
+                        below + 1
+                    }
+                    None => below,
+                };
+            }
+        }
+        let stages = depth.iter().copied().max().unwrap_or(0);
+        (!funcs.is_empty()).then_some(Staging {
+            depth,
+            funcs,
+            stages,
+        })
+    }
+
+    /// Pass `stage` of a staged loop ([`Code::staging`]) on one `f32x4` of
+    /// a chunk: `leaves` as for [`Code::evaluate`], `buffers` the stack
+    /// slot's address plus the vector's byte offset in the chunk. Before
+    /// the last pass it stores the arguments of the functions of depth
+    /// `stage` and returns nothing; the last pass returns the outputs.
+    pub fn evaluate_stage(
+        &self,
+        b: &mut FunctionBuilder,
+        calls: &mut dyn Calls,
+        staging: &Staging,
+        stage: usize,
+        leaves: &[Value],
+        buffers: Value,
+    ) -> Result<Vec<Value>, CodegenError> {
+        let last = stage > staging.stages;
+        let mut vals: Vec<Option<(Value, Kind)>> = Vec::with_capacity(self.instrs.len());
+        for (step, instr) in self.instrs.iter().enumerate() {
+            let d = staging.depth[step];
+            let needed = last || d < stage || staging.buffer(step).is_some() && d == stage;
+            if !needed {
+                vals.push(None);
+                continue;
+            }
+            let arg = |vals: &[Option<(Value, Kind)>], i: usize| {
+                vals[i].ok_or_else(|| {
+                    CodegenError::new("internal error: a staged step reads a later stage")
+                })
+            };
+            let v = match instr {
+                Instr::Leaf(l) => (leaves[*l], self.kind_of(step)),
+                Instr::Const { word, kind } => {
+                    let s = match kind {
+                        Kind::F32 => b.ins().f32const(f32::from_bits(*word)),
+                        Kind::I32 => b.ins().iconst(types::I32, i64::from(*word as i32)),
+                    };
+                    (b.ins().splat(kind.vector(), s), *kind)
+                }
+                Instr::Apply { op, args, kind } => match staging.buffer(step) {
+                    Some(offset) if d < stage => {
+                        let y = b.ins().load(types::F32X4, flags(), buffers, offset as i32);
+                        (y, *kind)
+                    }
+                    Some(offset) => {
+                        // This pass's function: store its argument.
+                        let x = arg(&vals, args[0])?.0;
+                        b.ins().store(flags(), x, buffers, offset as i32);
+                        vals.push(None);
+                        continue;
+                    }
+                    None => {
+                        let a = args
+                            .iter()
+                            .map(|&i| arg(&vals, i))
+                            .collect::<Result<Vec<_>, _>>()?;
+                        (compute(b, calls, *op, true, &a, *kind)?, *kind)
+                    }
+                },
+            };
+            vals.push(Some(v));
+        }
+        if !last {
+            return Ok(Vec::new());
+        }
+        self.outputs
+            .iter()
+            .map(|&o| {
+                vals[o].map(|v| v.0).ok_or_else(|| {
+                    CodegenError::new("internal error: a staged loop's output was not computed")
+                })
+            })
+            .collect()
+    }
+}
+
 /// Computes one element (or four lanes) of an elementwise op.
 fn compute(
     b: &mut FunctionBuilder,

@@ -25,6 +25,9 @@ pub enum Host {
     Parallel,
     Conv2dRows,
     Conv2dWeightGrad,
+    /// `exp`, `log`, `tanh` or `sigmoid` of 16 lanes in place, AVX-512
+    /// (`crate::vmath16`).
+    Vmath16,
     /// `memcpy` of a contiguous run: the vector loop moves 16 bytes per
     /// iteration, libc's copy a cache line, several times faster.
     Copy,
@@ -39,6 +42,7 @@ impl Host {
             Host::Conv2dRows => "nnc_conv2d_rows",
             Host::Conv2dWeightGrad => "nnc_conv2d_weight_grad",
             Host::Copy => "nnc_copy",
+            Host::Vmath16 => "nnc_vmath16",
         }
     }
 
@@ -54,8 +58,8 @@ impl Host {
                     sig.params.push(AbiParam::new(types::I64));
                 }
             }
-            Host::Copy => {
-                // Destination, source, bytes.
+            Host::Copy | Host::Vmath16 => {
+                // Destination, source, bytes; or floats, function, count.
                 for _ in 0..3 {
                     sig.params.push(AbiParam::new(types::I64));
                 }
@@ -219,6 +223,10 @@ pub(crate) fn new_module() -> Result<JITModule, CodegenError> {
     jb.symbol(Host::Sgemm.name(), nnc_sgemm as *const u8);
     jb.symbol(Host::Parallel.name(), nnc_parallel as *const u8);
     jb.symbol(Host::Copy.name(), nnc_copy as *const u8);
+    jb.symbol(
+        Host::Vmath16.name(),
+        crate::vmath16::nnc_vmath16 as *const u8,
+    );
     jb.symbol(
         Host::Conv2dRows.name(),
         crate::conv::nnc_conv2d_rows as *const u8,
