@@ -99,30 +99,6 @@ mod x86 {
         }
     }
 
-    #[inline]
-    #[target_feature(enable = "avx512f")]
-    fn splat(v: f32) -> __m512 {
-        _mm512_set1_ps(v)
-    }
-
-    #[inline]
-    #[target_feature(enable = "avx512f")]
-    fn ints(v: i32) -> __m512i {
-        _mm512_set1_epi32(v)
-    }
-
-    #[inline]
-    #[target_feature(enable = "avx512f")]
-    fn bits(x: __m512) -> __m512i {
-        _mm512_castps_si512(x)
-    }
-
-    #[inline]
-    #[target_feature(enable = "avx512f")]
-    fn float(x: __m512i) -> __m512 {
-        _mm512_castsi512_ps(x)
-    }
-
     /// `a < b`, ordered (false when either is NaN), as Cranelift's
     /// `fcmp lt`.
     #[inline]
@@ -148,9 +124,9 @@ mod x86 {
     #[target_feature(enable = "avx512f")]
     fn horner(x: __m512, c: &[f32]) -> __m512 {
         let (last, rest) = c.split_last().expect("non-empty coefficients");
-        let mut acc = splat(*last);
+        let mut acc = _mm512_set1_ps(*last);
         for &ck in rest.iter().rev() {
-            acc = fma(acc, x, splat(ck));
+            acc = fma(acc, x, _mm512_set1_ps(ck));
         }
         acc
     }
@@ -158,28 +134,34 @@ mod x86 {
     #[inline]
     #[target_feature(enable = "avx512f")]
     fn pow2i(n: __m512i) -> __m512 {
-        float(_mm512_slli_epi32::<23>(_mm512_add_epi32(n, ints(127))))
+        _mm512_castsi512_ps(_mm512_slli_epi32::<23>(_mm512_add_epi32(
+            n,
+            _mm512_set1_epi32(127),
+        )))
     }
 
     #[inline]
     #[target_feature(enable = "avx512f")]
     fn exp_impl(x: __m512, with_lo: bool) -> (__m512, __m512) {
-        let hi = splat(EXP_MAX);
+        let hi = _mm512_set1_ps(EXP_MAX);
         let x = sel(lt(hi, x), hi, x);
-        let lo = splat(EXP_MIN);
+        let lo = _mm512_set1_ps(EXP_MIN);
         let x = sel(lt(x, lo), lo, x);
-        let magic = splat(ROUND_MAGIC);
-        let t = fma(x, splat(LOG2E), magic);
+        let magic = _mm512_set1_ps(ROUND_MAGIC);
+        let t = fma(x, _mm512_set1_ps(LOG2E), magic);
         let nf = _mm512_sub_ps(t, magic);
-        let n = _mm512_sub_epi32(bits(t), ints(ROUND_MAGIC.to_bits() as i32));
-        let r1 = fma(nf, splat(-LN2_HI), x);
-        let d = _mm512_mul_ps(nf, splat(-LN2_LO));
+        let n = _mm512_sub_epi32(
+            _mm512_castps_si512(t),
+            _mm512_set1_epi32(ROUND_MAGIC.to_bits() as i32),
+        );
+        let r1 = fma(nf, _mm512_set1_ps(-LN2_HI), x);
+        let d = _mm512_mul_ps(nf, _mm512_set1_ps(-LN2_LO));
         let r = _mm512_add_ps(r1, d);
         let r2 = _mm512_mul_ps(r, r);
         let p = horner(r, &EXP_P);
         let corr = fma(r2, p, d);
         let q = _mm512_add_ps(r1, corr);
-        let one = splat(1.0);
+        let one = _mm512_set1_ps(1.0);
         let m = _mm512_add_ps(one, q);
         let n1 = _mm512_srai_epi32::<1>(n);
         let n2 = _mm512_sub_epi32(n, n1);
@@ -197,67 +179,76 @@ mod x86 {
     #[inline]
     #[target_feature(enable = "avx512f")]
     fn log(x0: __m512) -> __m512 {
-        let is_sub = lt(x0, splat(f32::MIN_POSITIVE));
-        let scaled = _mm512_mul_ps(x0, splat(8_388_608.0));
+        let is_sub = lt(x0, _mm512_set1_ps(f32::MIN_POSITIVE));
+        let scaled = _mm512_mul_ps(x0, _mm512_set1_ps(8_388_608.0));
         let x = sel(is_sub, scaled, x0);
-        let zero = splat(0.0);
-        let eadj = sel(is_sub, splat(23.0), zero);
-        let off = ints(LOG_OFF);
-        let ix = _mm512_sub_epi32(bits(x), off);
+        let zero = _mm512_set1_ps(0.0);
+        let eadj = sel(is_sub, _mm512_set1_ps(23.0), zero);
+        let off = _mm512_set1_epi32(LOG_OFF);
+        let ix = _mm512_sub_epi32(_mm512_castps_si512(x), off);
         let k = _mm512_srai_epi32::<23>(ix);
-        let mbits = _mm512_add_epi32(_mm512_and_si512(ix, ints(0x007f_ffff)), off);
-        let m = float(mbits);
+        let mbits = _mm512_add_epi32(_mm512_and_si512(ix, _mm512_set1_epi32(0x007f_ffff)), off);
+        let m = _mm512_castsi512_ps(mbits);
         let e = _mm512_sub_ps(_mm512_cvtepi32_ps(k), eadj);
-        let one = splat(1.0);
+        let one = _mm512_set1_ps(1.0);
         let f = _mm512_sub_ps(m, one);
         let f2 = _mm512_mul_ps(f, f);
         let q = horner(f, &LOG_Q);
-        let rr = fma(f, q, splat(-0.5));
-        let elo = _mm512_mul_ps(e, splat(LN2_LO));
+        let rr = fma(f, q, _mm512_set1_ps(-0.5));
+        let elo = _mm512_mul_ps(e, _mm512_set1_ps(LN2_LO));
         let corr = fma(f2, rr, elo);
         let t = _mm512_add_ps(f, corr);
-        let y = fma(e, splat(LN2_HI), t);
-        let finite = lt(x0, splat(f32::INFINITY));
+        let y = fma(e, _mm512_set1_ps(LN2_HI), t);
+        let finite = lt(x0, _mm512_set1_ps(f32::INFINITY));
         let y = sel(finite, y, x0);
         let neg = lt(x0, zero);
-        let y = sel(neg, splat(f32::NAN), y);
+        let y = sel(neg, _mm512_set1_ps(f32::NAN), y);
         let is_zero = _mm512_cmp_ps_mask::<_CMP_EQ_OQ>(x0, zero);
-        sel(is_zero, splat(f32::NEG_INFINITY), y)
+        sel(is_zero, _mm512_set1_ps(f32::NEG_INFINITY), y)
     }
 
     #[inline]
     #[target_feature(enable = "avx512f")]
     fn tanh(x: __m512) -> __m512 {
-        let a = float(_mm512_and_si512(bits(x), ints(i32::MAX)));
+        let a = _mm512_castsi512_ps(_mm512_and_si512(
+            _mm512_castps_si512(x),
+            _mm512_set1_epi32(i32::MAX),
+        ));
         let u = _mm512_mul_ps(a, a);
         let p = horner(u, &TANH_T);
         let a3 = _mm512_mul_ps(a, u);
         let small = fma(a3, p, a);
         let a2 = _mm512_add_ps(a, a);
         let ex = exp_impl(a2, false).0;
-        let one = splat(1.0);
+        let one = _mm512_set1_ps(1.0);
         let den = _mm512_add_ps(ex, one);
-        let dq = _mm512_div_ps(splat(2.0), den);
+        let dq = _mm512_div_ps(_mm512_set1_ps(2.0), den);
         let big = _mm512_sub_ps(one, dq);
-        let t = sel(lt(a, splat(TANH_SWITCH)), small, big);
-        let sign = _mm512_and_si512(bits(x), ints(SIGN_MASK));
-        float(_mm512_or_si512(bits(t), sign))
+        let t = sel(lt(a, _mm512_set1_ps(TANH_SWITCH)), small, big);
+        let sign = _mm512_and_si512(_mm512_castps_si512(x), _mm512_set1_epi32(SIGN_MASK));
+        _mm512_castsi512_ps(_mm512_or_si512(_mm512_castps_si512(t), sign))
     }
 
     #[inline]
     #[target_feature(enable = "avx512f")]
     fn sigmoid(x: __m512) -> __m512 {
-        let nabs = float(_mm512_or_si512(bits(x), ints(SIGN_MASK)));
+        let nabs = _mm512_castsi512_ps(_mm512_or_si512(
+            _mm512_castps_si512(x),
+            _mm512_set1_epi32(SIGN_MASK),
+        ));
         let (e, e_lo) = exp_impl(nabs, true);
-        let zero = splat(0.0);
-        let one = splat(1.0);
+        let zero = _mm512_set1_ps(0.0);
+        let one = _mm512_set1_ps(1.0);
         let neg = lt(x, zero);
         let d = _mm512_add_ps(one, e);
         let dm1 = _mm512_sub_ps(d, one);
         let err = _mm512_add_ps(_mm512_sub_ps(e, dm1), e_lo);
         let num = sel(neg, e, one);
         let q = _mm512_div_ps(num, d);
-        let nq = float(_mm512_xor_si512(bits(q), ints(SIGN_MASK)));
+        let nq = _mm512_castsi512_ps(_mm512_xor_si512(
+            _mm512_castps_si512(q),
+            _mm512_set1_epi32(SIGN_MASK),
+        ));
         let rho = fma(nq, d, num);
         let n_lo = sel(neg, e_lo, zero);
         let rho = _mm512_add_ps(rho, n_lo);

@@ -136,6 +136,18 @@ pub(crate) fn emit_map_shifted(
             let splats: Vec<Option<Value>> = (0..leaves.len())
                 .map(|l| (leaves[l] == 0).then(|| code.load(b, l, addrs[k + l], 0, true, 0)))
                 .collect();
+            // Every leaf's vector at byte offset `byte` of the row.
+            let load_vectors = |b: &mut FunctionBuilder, byte: Value| -> Vec<Value> {
+                (0..leaves.len())
+                    .map(|l| match splats[l] {
+                        Some(v) => v,
+                        None => {
+                            let a = b.ins().iadd(addrs[k + l], byte);
+                            code.load(b, l, a, 0, true, 4)
+                        }
+                    })
+                    .collect()
+            };
             // With `exp`, `log`, `tanh` or `sigmoid` in the expression,
             // chunks of `CHUNK` elements first, staged (see
             // `Code::staging`), the rest four at a time.
@@ -155,15 +167,7 @@ pub(crate) fn emit_map_shifted(
                         range_loop(b, lo, hi, 4, &mut |b, j| {
                             let i = b.ins().iadd(c0, j);
                             let byte = b.ins().imul_imm_s(i, 4);
-                            let vals: Vec<Value> = (0..leaves.len())
-                                .map(|l| match splats[l] {
-                                    Some(v) => v,
-                                    None => {
-                                        let a = b.ins().iadd(addrs[k + l], byte);
-                                        code.load(b, l, a, 0, true, 4)
-                                    }
-                                })
-                                .collect();
+                            let vals = load_vectors(b, byte);
                             let base = b.ins().stack_addr(types::I64, slot, 0);
                             let jb = b.ins().imul_imm_s(j, 4);
                             let buffers = b.ins().iadd(base, jb);
@@ -188,15 +192,7 @@ pub(crate) fn emit_map_shifted(
             }
             range_loop(b, v_mid, v_hi, 4, &mut |b, i| {
                 let byte = b.ins().imul_imm_s(i, 4);
-                let vals: Vec<Value> = (0..leaves.len())
-                    .map(|l| match splats[l] {
-                        Some(v) => v,
-                        None => {
-                            let a = b.ins().iadd(addrs[k + l], byte);
-                            code.load(b, l, a, 0, true, 4)
-                        }
-                    })
-                    .collect();
+                let vals = load_vectors(b, byte);
                 match code.evaluate(b, calls, true, &vals) {
                     Ok(results) => {
                         for (o, v) in results.into_iter().enumerate() {

@@ -170,18 +170,7 @@ impl<'e> Code<'e> {
         for (step, instr) in self.instrs.iter().enumerate() {
             let v = match instr {
                 Instr::Leaf(l) => (leaves[*l], self.kind_of(step)),
-                Instr::Const { word, kind } => {
-                    let s = match kind {
-                        Kind::F32 => b.ins().f32const(f32::from_bits(*word)),
-                        Kind::I32 => b.ins().iconst(types::I32, i64::from(*word as i32)),
-                    };
-                    let v = if vector {
-                        b.ins().splat(kind.vector(), s)
-                    } else {
-                        s
-                    };
-                    (v, *kind)
-                }
+                Instr::Const { word, kind } => (constant(b, *word, *kind, vector), *kind),
                 Instr::Apply { op, args, kind } => {
                     let a: Vec<(Value, Kind)> = args.iter().map(|&j| vals[j]).collect();
                     (compute(b, calls, *op, vector, &a, *kind)?, *kind)
@@ -315,13 +304,7 @@ impl Code<'_> {
             };
             let v = match instr {
                 Instr::Leaf(l) => (leaves[*l], self.kind_of(step)),
-                Instr::Const { word, kind } => {
-                    let s = match kind {
-                        Kind::F32 => b.ins().f32const(f32::from_bits(*word)),
-                        Kind::I32 => b.ins().iconst(types::I32, i64::from(*word as i32)),
-                    };
-                    (b.ins().splat(kind.vector(), s), *kind)
-                }
+                Instr::Const { word, kind } => (constant(b, *word, *kind, true), *kind),
                 Instr::Apply { op, args, kind } => match staging.buffer(step) {
                     Some(offset) if d < stage => {
                         let y = b.ins().load(types::F32X4, flags(), buffers, offset as i32);
@@ -356,6 +339,19 @@ impl Code<'_> {
                 })
             })
             .collect()
+    }
+}
+
+/// A constant's value (its bits `word`), splatted when `vector`.
+fn constant(b: &mut FunctionBuilder, word: u32, kind: Kind, vector: bool) -> Value {
+    let s = match kind {
+        Kind::F32 => b.ins().f32const(f32::from_bits(word)),
+        Kind::I32 => b.ins().iconst(types::I32, i64::from(word as i32)),
+    };
+    if vector {
+        b.ins().splat(kind.vector(), s)
+    } else {
+        s
     }
 }
 
