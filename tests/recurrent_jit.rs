@@ -95,3 +95,54 @@ fn recurrent_layer_gradients_match_the_interpreter() {
         }
     }
 }
+
+/// A loop written in the language (not the prelude's): a ReLU recurrence
+/// along the batch-first axis, whose gradient saves a comparison per step
+/// (ReLU's) for the backward loop and hoists both weight gradients out of
+/// it (`x_t^T @ g` reads the loop's own input sequence, `h^T @ g` its
+/// carries-in), against the interpreter.
+#[test]
+fn a_relu_loop_in_the_language_matches_the_interpreter() {
+    let text = "layer relu_rnn(x: f32[b, t, in], hidden: int) {
+    param w: f32[in, hidden] = uniform(-0.5, 0.5)
+    param u: f32[hidden, hidden] = uniform(-0.5, 0.5)
+    param bias: f32[hidden] = uniform(-0.5, 0.5)
+    scan(v = each(x), h = zeros([b, hidden])) {
+        h = maximum(matmul(v, w) + matmul(h, u) + bias, 0)
+        yield hs = h
+    }
+    return h + mean(hs, axis: 1)
+}
+model M {
+    input tokens: i32[B, 7]
+    logits = tokens -> embedding(5, 6) -> relu_rnn(8) -> dense(3)
+    output logits
+}
+data D {
+    tokens: i32 = csv(\"x.csv\", columns: [0, 7])
+    label: i32 = csv(\"x.csv\", column: 7)
+}
+train M on D {
+    loss      = cross_entropy(logits, label)
+    optimizer = sgd(lr: 0.1)
+    batch     = 4
+}
+";
+    let p = programs(text);
+    let batch = batch(&p);
+    let mut interp = Interpreter::new(p.clone(), 5).unwrap();
+    let mut jit = Jit::new(p.clone(), 5).unwrap();
+    let want = interp.gradients(&batch).unwrap();
+    let got = jit.gradients(&batch).unwrap();
+    assert_eq!(want.len(), got.len());
+    for ((name, a), (name_b, b)) in want.iter().zip(&got) {
+        assert_eq!(name, name_b);
+        let scale = a.data.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+        let diff = a.max_abs_diff(b);
+        assert!(
+            diff <= 1e-5 * (1.0 + scale),
+            "gradient `{name}` differs by {diff} (scale {scale})"
+        );
+        assert!(scale > 0.0, "gradient `{name}` is all zeros");
+    }
+}
