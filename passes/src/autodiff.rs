@@ -306,7 +306,13 @@ fn scan_vjp(
     inputs.extend(&d_carries_in);
     inputs.extend(&saved_inputs);
     let carries = k + accumulated.len();
-    let stacked = stacked_factors(&mut b, &inputs[c + carries..], c + carries, factors.len());
+    let stacked = stacked_factors(
+        &mut b,
+        &inputs[c + carries..],
+        c + carries,
+        carries,
+        factors.len(),
+    );
     b.prune_keeping(&inputs);
     let backward = ScanBody::new(b, inputs, c, carries, body.axis, !body.reverse)
         .map_err(|e| PassError::new(format!("internal error: the gradient of a scan: {e}")))?;
@@ -414,17 +420,18 @@ enum Stacked {
     Ys(usize),
 }
 
-/// Resolves the backward body's outputs `hoist.0..hoist.{count}` (after
-/// its carries, which are outputs `..first` less the consts): a factor that
-/// is a sequence input (`xs`, the inputs at operand positions `first..`)
-/// or another stacked output is read from there and its output dropped;
-/// the others stay stacked outputs.
-fn stacked_factors(b: &mut Graph, xs: &[NodeId], first: usize, count: usize) -> Vec<Stacked> {
-    let carries = b
-        .outputs
-        .iter()
-        .take_while(|o| o.name.starts_with("d.carry.") || o.name.starts_with("d.const."))
-        .count();
+/// Resolves the backward body's outputs `hoist.0..hoist.{count}` (its
+/// first `carries` outputs are its carries; the sequence inputs `xs` are
+/// its inputs from operand position `first` on): a factor that is a
+/// sequence input or another stacked output is read from there and its
+/// output dropped; the others stay stacked outputs.
+fn stacked_factors(
+    b: &mut Graph,
+    xs: &[NodeId],
+    first: usize,
+    carries: usize,
+    count: usize,
+) -> Vec<Stacked> {
     let mut names = Vec::with_capacity(count);
     for f in 0..count {
         let name = format!("hoist.{f}");
