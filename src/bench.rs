@@ -75,6 +75,18 @@ pub struct KernelTime {
     pub time: Duration,
 }
 
+impl KernelTime {
+    /// GFLOP/s and GB/s (read and written) at its median time.
+    fn rates(&self) -> (f64, f64) {
+        let secs = self.time.as_secs_f64().max(1e-9);
+        let bytes = self.kernel.bytes_read + self.kernel.bytes_written;
+        (
+            self.kernel.flops as f64 / secs / 1e9,
+            bytes as f64 / secs / 1e9,
+        )
+    }
+}
+
 fn median(mut xs: Vec<Duration>) -> Duration {
     xs.sort();
     xs[xs.len() / 2]
@@ -319,15 +331,14 @@ impl BenchReport {
             "GB/s"
         );
         for (i, k) in rows {
-            let secs = k.time.as_secs_f64().max(1e-9);
-            let bytes = k.kernel.bytes_read + k.kernel.bytes_written;
+            let (gflops, gbytes) = k.rates();
             out += &format!(
                 "{:>5} {:>9.4} {:>6.1} {:>8.2} {:>8.2}  {}\n",
                 i,
                 ms(k.time),
                 100.0 * k.time.as_secs_f64() / total.as_secs_f64().max(1e-12),
-                k.kernel.flops as f64 / secs / 1e9,
-                bytes as f64 / secs / 1e9,
+                gflops,
+                gbytes,
                 k.kernel.label
             );
         }
@@ -338,14 +349,13 @@ impl BenchReport {
                 "#", "µs", "GFLOP/s", "GB/s"
             );
             for (name, k) in &self.loop_profile {
-                let secs = k.time.as_secs_f64().max(1e-9);
-                let bytes = k.kernel.bytes_read + k.kernel.bytes_written;
+                let (gflops, gbytes) = k.rates();
                 out += &format!(
                     "{:>9} {:>9.2} {:>8.2} {:>8.2}  {}\n",
                     name,
                     k.time.as_secs_f64() * 1e6,
-                    k.kernel.flops as f64 / secs / 1e9,
-                    bytes as f64 / secs / 1e9,
+                    gflops,
+                    gbytes,
                     k.kernel.label
                 );
             }

@@ -30,7 +30,20 @@ pub enum Func {
 }
 
 impl Func {
-    fn of(code: i64) -> Option<Func> {
+    /// The function of a unary op, for the transcendental ones (the ops
+    /// worth a call, and worth a thread: see `plan::Expr::transcendentals`).
+    pub fn of(op: nnc_ir::UnaryOp) -> Option<Func> {
+        use nnc_ir::UnaryOp;
+        match op {
+            UnaryOp::Exp => Some(Func::Exp),
+            UnaryOp::Log => Some(Func::Log),
+            UnaryOp::Tanh => Some(Func::Tanh),
+            UnaryOp::Sigmoid => Some(Func::Sigmoid),
+            _ => None,
+        }
+    }
+
+    fn from_code(code: i64) -> Option<Func> {
         [Func::Exp, Func::Log, Func::Tanh, Func::Sigmoid]
             .into_iter()
             .find(|f| *f as i64 == code)
@@ -53,7 +66,9 @@ pub fn available() -> bool {
 /// floats at `ptr` (`n` a multiple of 16). Called by generated code only
 /// on CPUs where [`available`] holds.
 pub(crate) extern "C" fn nnc_vmath16(ptr: i64, func: i64, n: i64) {
-    let Some(f) = Func::of(func) else { return };
+    let Some(f) = Func::from_code(func) else {
+        return;
+    };
     let n = n.max(0) as usize / 16 * 16;
     // SAFETY: the kernel passes `n` floats of its own stack slot, and only
     // emits the call where `available()` held at compile time.

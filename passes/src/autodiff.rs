@@ -389,16 +389,17 @@ fn scan_vjp(
     for (p, &i) in want_xs.iter().enumerate() {
         out[i] = Some(result(graph, ScanResult::Ys(p))?);
     }
+    let stacked_factor = |graph: &mut Graph, f: usize| match stacked[f] {
+        Stacked::Operand(pos) => Ok(operands[pos]),
+        Stacked::Ys(y) => result(graph, ScanResult::Ys(y)),
+    };
     for (h, &(p, _, _)) in hoisted.iter().enumerate() {
-        let mut stacks = [NodeId::end(); 2];
-        for (s, f) in stacks.iter_mut().zip([2 * h, 2 * h + 1]) {
-            *s = match stacked[f] {
-                Stacked::Operand(pos) => operands[pos],
-                Stacked::Ys(y) => result(graph, ScanResult::Ys(y))?,
-            };
-        }
-        let at = transpose_last2(graph, stacks[0])?;
-        let product = graph.matmul(at, stacks[1])?;
+        let (a_s, g_s) = (
+            stacked_factor(graph, 2 * h)?,
+            stacked_factor(graph, 2 * h + 1)?,
+        );
+        let at = transpose_last2(graph, a_s)?;
+        let product = graph.matmul(at, g_s)?;
         let i = want_consts[p];
         let term = unbroadcast(graph, product, x[i])?;
         out[i] = Some(match out[i] {

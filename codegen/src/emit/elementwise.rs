@@ -158,6 +158,7 @@ pub(crate) fn emit_map_shifted(
                 let span = b.ins().smax(span, zero);
                 let span = b.ins().band_imm_s(span, -(CHUNK as i64));
                 v_mid = b.ins().iadd(v_lo, span);
+                let base = b.ins().stack_addr(types::I64, slot, 0);
                 range_loop(b, v_lo, v_mid, CHUNK as i64, &mut |b, c0| {
                     for stage in 1..=st.stages + 1 {
                         let (lo, hi) = (
@@ -168,7 +169,6 @@ pub(crate) fn emit_map_shifted(
                             let i = b.ins().iadd(c0, j);
                             let byte = b.ins().imul_imm_s(i, 4);
                             let vals = load_vectors(b, byte);
-                            let base = b.ins().stack_addr(types::I64, slot, 0);
                             let jb = b.ins().imul_imm_s(j, 4);
                             let buffers = b.ins().iadd(base, jb);
                             match code.evaluate_stage(b, calls, st, stage, &vals, buffers) {
@@ -182,7 +182,7 @@ pub(crate) fn emit_map_shifted(
                             }
                         });
                         for (offset, f) in st.calls(stage) {
-                            let at = b.ins().stack_addr(types::I64, slot, offset as i32);
+                            let at = b.ins().iadd_imm_s(base, offset as i64);
                             let func = b.ins().iconst(types::I64, f as i64);
                             let count = b.ins().iconst(types::I64, CHUNK as i64);
                             calls.call(b, Host::Vmath16, &[at, func, count]);

@@ -190,12 +190,8 @@ pub const CHUNK: usize = 128;
 
 /// The `vmath16` function of a transcendental op.
 fn wide_func(op: MapOp) -> Option<crate::vmath16::Func> {
-    use crate::vmath16::Func;
     match op {
-        MapOp::Unary(UnaryOp::Exp) => Some(Func::Exp),
-        MapOp::Unary(UnaryOp::Log) => Some(Func::Log),
-        MapOp::Unary(UnaryOp::Tanh) => Some(Func::Tanh),
-        MapOp::Unary(UnaryOp::Sigmoid) => Some(Func::Sigmoid),
+        MapOp::Unary(u) => crate::vmath16::Func::of(u),
         _ => None,
     }
 }

@@ -224,7 +224,7 @@ impl Program {
         let mut host_ids: HashMap<Host, FuncId> = HashMap::new();
         let mut ctx = module.make_context();
         let mut fctx = FunctionBuilderContext::new();
-        let kernels = {
+        let (kernels, bodies) = {
             let mut c = Compiler {
                 module: &mut module,
                 host_ids: &mut host_ids,
@@ -236,7 +236,6 @@ impl Program {
             let kernels = c.steps(graph, &at, "k")?;
             (kernels, c.bodies)
         };
-        let (kernels, bodies) = kernels;
         // The schedule: call every kernel in order.
         ctx.func.signature = module.make_signature();
         {

@@ -127,16 +127,16 @@ impl Expr {
     pub fn transcendentals(&self) -> usize {
         self.instrs
             .iter()
-            .filter(|i| {
-                matches!(
-                    i,
-                    Instr::Apply {
-                        op: MapOp::Unary(
-                            UnaryOp::Exp | UnaryOp::Log | UnaryOp::Tanh | UnaryOp::Sigmoid
-                        ) | MapOp::Binary(BinaryOp::Pow),
-                        ..
-                    }
-                )
+            .filter(|i| match i {
+                Instr::Apply {
+                    op: MapOp::Unary(u),
+                    ..
+                } => crate::vmath16::Func::of(*u).is_some(),
+                Instr::Apply {
+                    op: MapOp::Binary(b),
+                    ..
+                } => *b == BinaryOp::Pow,
+                _ => false,
             })
             .count()
     }

@@ -31,7 +31,7 @@
 //! Symbolic dims (the batch) count as [`NOMINAL_DIM`].
 
 use nnc_ir::fusion::{
-    self, inline_values_with, multi_output_loops, FusionDag, InlineRule, OpFacts,
+    self, inline_values_with, multi_output_loops, FusionDag, InlineRule, OpFacts, MAX_OUTPUTS,
 };
 use nnc_ir::layout;
 use nnc_ir::staging;
@@ -568,8 +568,6 @@ fn update_bytes(graph: &Graph, order: &[NodeId], nodes: &[DagNode], s: &Scratch)
     }
     bytes as f64
 }
-
-pub use nnc_ir::fusion::MAX_OUTPUTS;
 
 /// The multi-output loops the model assumes: groups of nodes stored by one
 /// loop, in topological order.
