@@ -4,3 +4,4 @@
 pub mod bench;
 pub mod diagnostic;
 pub mod driver;
+pub mod summary;

@@ -24,6 +24,13 @@ enum Command {
         #[arg(long)]
         model: Option<String>,
     },
+    /// Print the model's calls with their output types and parameter counts, and the totals.
+    Summary {
+        file: PathBuf,
+        /// The model to summarize when the file has several and no `train` block.
+        #[arg(long)]
+        model: Option<String>,
+    },
     /// Print a stage of the compilation.
     Compile {
         file: PathBuf,
@@ -188,6 +195,9 @@ fn main() -> ExitCode {
                     .sum();
                 println!("{}: ok — model {} with {params} params", src.path, m.name);
             }),
+        Command::Summary { file, model } => driver::read_source(&file)
+            .and_then(|src| driver::compile_source(&src, model.as_deref()))
+            .map(|m| print!("{}", nnc::summary::render(&m))),
         Command::Compile {
             file,
             emit,

@@ -92,3 +92,19 @@ fn digits_mlp_trains_below_0_3_with_the_interpreter() {
         test.accuracy
     );
 }
+
+/// `nnc summary` of every example: the rows are reviewed in the snapshots
+/// (parameter counts as PyTorch's `sum(p.numel() for p in m.parameters())`
+/// gives them per layer), and every param is owned by a row, since no
+/// example declares params in the model body itself.
+#[test]
+fn summaries_of_every_example() {
+    for name in EXAMPLES {
+        let (_, src) = example(name);
+        let module = driver::compile_source(&src, None).unwrap();
+        let summary = module.summary();
+        let owned: usize = summary.rows.iter().map(|r| r.params + r.states).sum();
+        assert_eq!(owned, summary.params + summary.states, "{name}");
+        insta::assert_snapshot!(format!("{name}__summary"), nnc::summary::render(&module));
+    }
+}

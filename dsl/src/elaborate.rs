@@ -94,6 +94,11 @@ pub(crate) struct Elaborator<'a> {
     update_spans: HashMap<String, Span>,
     /// The scans whose bodies are being elaborated, innermost last.
     pub(crate) scans: Vec<crate::scan::ScanFrame>,
+    /// The calls of the model's body (not those inside layers, scans or
+    /// the loss), for the model's summary; recorded while `run_model`
+    /// elaborates the body.
+    pub(crate) layer_calls: Vec<nnc_ir::LayerCall>,
+    recording_calls: bool,
 }
 
 impl<'a> Elaborator<'a> {
@@ -127,6 +132,8 @@ impl<'a> Elaborator<'a> {
             next_stream: 0,
             update_spans: HashMap::new(),
             scans: Vec::new(),
+            layer_calls: Vec::new(),
+            recording_calls: false,
         }
     }
 
@@ -582,7 +589,12 @@ impl<'a> Elaborator<'a> {
         }
         if crate::builtins::NAMES.contains(&callee.name.as_str()) {
             self.at(span);
-            return crate::builtins::call(self, &callee.name, args, span);
+            let recorded = self.records_calls();
+            let v = crate::builtins::call(self, &callee.name, args, span)?;
+            if recorded {
+                self.record_call(&callee.name, callee.name.clone(), &v);
+            }
+            return Ok(v);
         }
         let mut err = self
             .err(
@@ -632,6 +644,7 @@ impl<'a> Elaborator<'a> {
             self.site = Some(span);
         }
         let instance = self.instance_name(name);
+        let recorded = self.records_calls();
         self.path.push(instance);
         self.frames.push(Frame {
             layer: name.to_string(),
@@ -639,9 +652,40 @@ impl<'a> Elaborator<'a> {
         });
         let result = self.bind_and_run(def, assigned, span);
         self.frames.pop();
-        self.path.pop();
+        let instance = self.path.pop().unwrap_or_default();
         self.site = saved_site;
+        if let (true, Ok(v)) = (recorded, &result) {
+            self.record_call(name, instance, v);
+        }
         result
+    }
+
+    /// Whether a call made now is one of the model body's own.
+    fn records_calls(&self) -> bool {
+        self.recording_calls && self.frames.is_empty() && self.scans.is_empty()
+    }
+
+    fn record_call(&mut self, layer: &str, name: String, v: &Value) {
+        let tensors = match v {
+            Value::Tensor(t) => vec![*t],
+            Value::List(items) => items
+                .iter()
+                .filter_map(|i| match i {
+                    Value::Tensor(t) => Some(*t),
+                    _ => None,
+                })
+                .collect(),
+            _ => Vec::new(),
+        };
+        if tensors.is_empty() {
+            return;
+        }
+        let outputs = tensors.iter().map(|&t| self.graph.ty(t).clone()).collect();
+        self.layer_calls.push(nnc_ir::LayerCall {
+            name,
+            layer: layer.to_string(),
+            outputs,
+        });
     }
 
     fn bind_and_run(
@@ -1634,6 +1678,7 @@ impl<'a> Elaborator<'a> {
         }
         let mut outputs: Vec<(String, NodeId)> = Vec::new();
         let mut output_spans: HashMap<String, Span> = HashMap::new();
+        self.recording_calls = true;
         for stmt in &def.body {
             match stmt {
                 Stmt::Let { .. }
@@ -1693,6 +1738,7 @@ impl<'a> Elaborator<'a> {
                 }
             }
         }
+        self.recording_calls = false;
         if outputs.is_empty() {
             return Err(self
                 .err(def.name.span, format!("model `{name}` has no output"))

@@ -121,11 +121,13 @@ pub fn compile_program(program: &Program, model: Option<&str>) -> Result<Module>
     let forward = finished(&ev.graph);
     check_same_params(&forward, &finished(&el.graph))?;
     let name = model_def.name.name.clone();
+    let layers = std::mem::take(&mut ev.layer_calls);
 
     let Some(train) = train else {
         return Ok(Module {
             name,
             forward,
+            layers,
             data: None,
             train: None,
         });
@@ -166,6 +168,7 @@ pub fn compile_program(program: &Program, model: Option<&str>) -> Result<Module>
     Ok(Module {
         name,
         forward,
+        layers,
         data: Some(data),
         train: Some(spec),
     })

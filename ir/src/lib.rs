@@ -16,6 +16,7 @@ pub mod op;
 mod print;
 pub mod scan;
 pub mod staging;
+pub mod summary;
 pub mod symbols;
 pub mod tensor;
 pub mod text;
@@ -36,6 +37,7 @@ pub use op::{
     UnaryOp, Window,
 };
 pub use scan::{ScanBody, ScanResult};
+pub use summary::{LayerCall, Summary, SummaryRow};
 pub use tensor::{Tensor, TensorError};
 pub use text::{parse_graph, TextError};
 pub use types::{DType, Dim, Shape, ShapeDisplay, TensorType};

@@ -15,8 +15,19 @@ pub struct Module {
     /// runs. The model's own `state` (running statistics) appears here as
     /// `state` leaves; optimizer state never does.
     pub forward: Graph,
+    /// The calls of the model's body, in order, for its summary
+    /// ([`crate::Summary`]).
+    pub layers: Vec<crate::LayerCall>,
     pub data: Option<DataSpec>,
     pub train: Option<TrainSpec>,
+}
+
+impl Module {
+    /// Each call of the model's body with its output type and parameter
+    /// count, and the totals: Keras' `model.summary()`.
+    pub fn summary(&self) -> crate::Summary {
+        crate::Summary::new(&self.layers, &self.forward)
+    }
 }
 
 /// Where the samples come from. Paths are as written in the source,

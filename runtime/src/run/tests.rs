@@ -98,6 +98,7 @@ fn line(dir: &Path) -> Line {
     let module = Module {
         name: "Line".into(),
         forward,
+        layers: Vec::new(),
         data: Some(DataSpec {
             name: "Points".into(),
             fields: vec![column("x", 0, 2), column("t", 2, 3)],
