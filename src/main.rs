@@ -102,6 +102,9 @@ enum Command {
         /// Write a JSON report: metrics per epoch, test, throughput, times, peak memory.
         #[arg(long, value_name = "PATH.json")]
         report: Option<PathBuf>,
+        /// Write the report as one self-contained HTML file: curves of every metric and the learning rate, the confusion matrix, the model summary, settings and timings.
+        #[arg(long, value_name = "PATH.html", conflicts_with = "predict")]
+        report_html: Option<PathBuf>,
         /// Optimization level of the graphs: -O0 (none), -O1 (algebra), -O2 (everything).
         #[arg(short = 'O', value_name = "LEVEL", default_value = "2", value_parser = parse_level)]
         opt: OptLevel,
@@ -237,6 +240,7 @@ fn main() -> ExitCode {
             log,
             dump_grads,
             report,
+            report_html,
             opt,
             threads,
         } => {
@@ -266,6 +270,7 @@ fn main() -> ExitCode {
                     eval,
                     predict,
                     report,
+                    report_html,
                     log,
                     dump_grads,
                     predict_out,

@@ -13,6 +13,7 @@ pub mod loader;
 pub mod predict;
 pub mod progress;
 pub mod report;
+pub mod report_html;
 pub mod run;
 pub mod trace;
 pub mod train;

@@ -9,7 +9,7 @@
 //! | `nnc_version` | the version that wrote the report |
 //! | `epochs` | epochs the model has been trained for in total (with `--resume`, including earlier runs) |
 //! | `first_epoch` | the first epoch this run trained (`1`, or one past the checkpoint's) |
-//! | `per_epoch` | `[{epoch, train, validation, seconds, samples_per_second}]` for this run |
+//! | `per_epoch` | `[{epoch, lr, train, validation, seconds, samples_per_second}]` for this run |
 //! | `train`, `validation` | the last epoch's metrics (`validation` also in `eval` mode) |
 //! | `test` | metrics on the test samples, if the data block has any |
 //! | `samples_per_second` | training samples per second over this run's epochs (evaluated samples per second in `eval` mode) |
@@ -47,6 +47,8 @@ impl From<&Metrics> for MetricsEntry {
 #[serde(deny_unknown_fields)]
 pub struct EpochEntry {
     pub epoch: usize,
+    /// The learning rate of the epoch's steps.
+    pub lr: f64,
     pub train: MetricsEntry,
     pub validation: Option<MetricsEntry>,
     pub seconds: f64,
@@ -57,6 +59,7 @@ impl From<&EpochReport> for EpochEntry {
     fn from(r: &EpochReport) -> Self {
         EpochEntry {
             epoch: r.epoch,
+            lr: r.lr,
             train: (&r.train).into(),
             validation: r.validation.as_ref().map(Into::into),
             seconds: r.seconds,
@@ -161,6 +164,7 @@ mod tests {
             first_epoch: 1,
             per_epoch: vec![EpochEntry {
                 epoch: 1,
+                lr: 0.01,
                 train: MetricsEntry {
                     loss: 0.5,
                     accuracy: Some(0.75),

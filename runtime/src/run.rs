@@ -13,6 +13,7 @@ use crate::executor::{Backend, Batch, Executor, Programs, StepMetrics};
 use crate::loader::LoadedData;
 use crate::predict::{self, Prediction};
 use crate::report::{self, Report};
+use crate::report_html::HtmlReport;
 use crate::trace::{GradientDump, StepLog};
 use crate::train::{
     self, EpochReport, Evaluation, Metrics, StepInfo, TrainObserver, TrainOptions, TrainReport,
@@ -45,6 +46,9 @@ pub struct RunOptions {
     pub predict: Option<PathBuf>,
     /// A JSON report of the run, written atomically.
     pub report: Option<PathBuf>,
+    /// The same report as one self-contained HTML file with charts
+    /// ([`crate::report_html`]), written atomically.
+    pub report_html: Option<PathBuf>,
     /// A JSON line per step and per epoch, flushed as written
     /// ([`crate::trace`]).
     pub log: Option<PathBuf>,
@@ -71,7 +75,7 @@ pub enum OptionsError {
     EvalAndPredict,
     #[error("`--eval` and `--predict` do not train, so `--save` and `--resume` do not apply")]
     SaveWithoutTraining,
-    #[error("`--report` describes training or evaluation, not `--predict`")]
+    #[error("`--report` and `--report-html` describe training or evaluation, not `--predict`")]
     ReportOfPrediction,
     #[error("`--steps`, `--log` and `--dump-grads` follow training, but `--eval` and `--predict` do not train")]
     TraceWithoutTraining,
@@ -103,7 +107,7 @@ impl RunOptions {
         if uses_weights && (self.save.is_some() || self.resume) {
             return Err(OptionsError::SaveWithoutTraining);
         }
-        if self.predict.is_some() && self.report.is_some() {
+        if self.predict.is_some() && (self.report.is_some() || self.report_html.is_some()) {
             return Err(OptionsError::ReportOfPrediction);
         }
         let traced = self.train.max_steps.is_some() || self.log.is_some();
@@ -404,15 +408,59 @@ impl<'m> Run<'m> {
         } else {
             fit(&cx, exec.as_mut(), done_before, trace, &mut report, events)?
         };
+        // Parse, elaborate and build the step, then the executor's own compiling.
+        report.compile_seconds = front_end.as_secs_f64() + exec.compile_time().as_secs_f64();
+        report.total_seconds = started.elapsed().as_secs_f64();
+        report.peak_rss_bytes = report::peak_rss_bytes();
         if let Some(path) = &options.report {
-            // Parse, elaborate and build the step, then the executor's own compiling.
-            report.compile_seconds = front_end.as_secs_f64() + exec.compile_time().as_secs_f64();
-            report.total_seconds = started.elapsed().as_secs_f64();
-            report.peak_rss_bytes = report::peak_rss_bytes();
             report.write(path)?;
+        }
+        if let Some(path) = &options.report_html {
+            HtmlReport {
+                report: &report,
+                summary: &module.summary(),
+                settings: settings_shown(spec, &overrides, options.backend),
+            }
+            .write(path)?;
         }
         Ok(outcome)
     }
+}
+
+/// The settings a run used, as the HTML report lists them: the train
+/// block's, with the command line's overrides.
+fn settings_shown(
+    spec: &TrainSpec,
+    overrides: &TrainOptions,
+    backend: Backend,
+) -> Vec<(String, String)> {
+    let s = overrides.resolve(Some(spec));
+    let mut out = vec![
+        ("data".to_string(), spec.data.clone()),
+        ("optimizer".into(), spec.optimizer.to_string()),
+        (
+            "schedule".into(),
+            spec.schedule
+                .map_or("constant".to_string(), |s| format!("{s:?}")),
+        ),
+        ("batch".into(), s.batch.to_string()),
+        ("epochs".into(), s.epochs.to_string()),
+        ("seed".into(), s.seed.to_string()),
+        ("shuffle".into(), s.shuffle.to_string()),
+    ];
+    if let Some(f) = spec.validate {
+        out.push(("validate".into(), format!("split({f})")));
+    }
+    if !spec.metrics.is_empty() {
+        let names: Vec<String> = spec
+            .metrics
+            .iter()
+            .map(|m| format!("{m:?}").to_lowercase())
+            .collect();
+        out.push(("metrics".into(), names.join(", ")));
+    }
+    out.push(("backend".into(), backend.name().into()));
+    out
 }
 
 /// What evaluating and training share once the data is loaded.

@@ -705,3 +705,46 @@ fn predictions_are_written_to_csv_and_safetensors() {
     let err = execute(&line, &dir.0, options).unwrap_err().to_string();
     assert!(err.starts_with("cannot write the predictions `"), "{err}");
 }
+
+#[test]
+fn the_html_report_of_a_run_shows_the_json_reports_numbers() {
+    let dir = Scratch::new("html");
+    let line = line(&dir.0);
+    let (json, html) = (dir.0.join("r.json"), dir.0.join("r.html"));
+    let options = RunOptions {
+        report: Some(json.clone()),
+        report_html: Some(html.clone()),
+        ..interp()
+    };
+    execute(&line, &dir.0, options).unwrap();
+    let json = Report::from_json(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let html = std::fs::read_to_string(&html).unwrap();
+    let doc = roxmltree::Document::parse_with_options(
+        &html,
+        roxmltree::ParsingOptions {
+            allow_dtd: true,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let values: Vec<f64> = doc
+        .descendants()
+        .filter_map(|n| n.attribute("data-value"))
+        .map(|v| v.parse().unwrap())
+        .collect();
+    // serde_json reads floats back to within an ulp, not exactly.
+    let shown = |v: f64| values.iter().any(|&h| (h - v).abs() <= 1e-12 * v.abs());
+    for e in &json.per_epoch {
+        for v in [e.train.loss, e.lr, e.seconds, e.samples_per_second] {
+            assert!(shown(v), "epoch {}: {v} not in the HTML", e.epoch);
+        }
+    }
+    assert!(shown(json.total_seconds));
+    // One chart of the loss, one of the learning rate: a point per epoch.
+    let points = doc
+        .descendants()
+        .filter(|n| n.has_tag_name("circle"))
+        .count();
+    assert_eq!(points, 2 * json.per_epoch.len());
+    assert!(html.contains("<h2>Model</h2>") && html.contains("<h2>Settings</h2>"));
+}
