@@ -94,6 +94,9 @@ pub(crate) struct Elaborator<'a> {
     update_spans: HashMap<String, Span>,
     /// The scans whose bodies are being elaborated, innermost last.
     pub(crate) scans: Vec<crate::scan::ScanFrame>,
+    /// Set while the train block's `loss` is elaborated: the only place
+    /// where `params()` and `weights()` (penalty terms) mean something.
+    pub in_loss: bool,
 }
 
 impl<'a> Elaborator<'a> {
@@ -127,6 +130,7 @@ impl<'a> Elaborator<'a> {
             next_stream: 0,
             update_spans: HashMap::new(),
             scans: Vec::new(),
+            in_loss: false,
         }
     }
 
