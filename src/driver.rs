@@ -259,7 +259,8 @@ pub fn kernel_listing(graph: &Graph, batch: usize, level: OptLevel) -> Result<St
 
 pub fn train_step(module: &Module) -> Result<Graph, Failure> {
     let t = need_train(module, "building the training step")?;
-    let g = nnc_passes::build_train_step(&t.objective, &t.optimizer).map_err(internal)?;
+    let g = nnc_passes::build_train_step_with(&t.objective, &t.optimizer, t.clip, &t.no_decay)
+        .map_err(internal)?;
     nnc_ir::verify(&g).map_err(internal)?;
     Ok(g)
 }

@@ -8,8 +8,11 @@ use crate::span::Span;
 use crate::value::Value;
 use nnc_ir::{BinaryOp, DType, Dim, NodeId, ReduceOp, ShapeDisplay, TensorType, Ties, UnaryOp};
 
-pub(crate) const NAMES: [&str; 33] = [
+pub(crate) const NAMES: [&str; 36] = [
     "matmul",
+    "square",
+    "params",
+    "weights",
     "exp",
     "log",
     "sqrt",
@@ -47,7 +50,7 @@ pub(crate) const NAMES: [&str; 33] = [
 /// Parameter names of each builtin; a trailing `?` marks an optional one.
 fn params(name: &str) -> &'static [&'static str] {
     match name {
-        "exp" | "log" | "sqrt" | "tanh" | "sigmoid" | "abs" | "float" | "double"
+        "exp" | "log" | "sqrt" | "tanh" | "sigmoid" | "abs" | "square" | "float" | "double"
         | "uniform_like" | "rank" => &["x"],
         "matmul" | "maximum" | "minimum" | "pow" | "greater" | "less" | "equal"
         | "greater_equal" | "less_equal" => &["a", "b"],
@@ -168,6 +171,26 @@ pub(crate) fn call(e: &mut Elaborator, name: &str, args: Vec<ArgVal>, span: Span
             .map_err(|s| shape_err(e, s.message).with_label(format!("`{name}` of {tx} and {ty}")));
     }
     match name {
+        "square" => {
+            let x = req(&mut b, 0)?;
+            match x.value {
+                Value::Int(v) => return Ok(Value::Int(v.saturating_mul(v))),
+                Value::Float(v) => return Ok(Value::Float(v * v)),
+                _ => {}
+            }
+            let t = e.tensor(x.value, x.span, "the argument")?;
+            if !e.graph.ty(t).dtype.is_float() {
+                return Err(e.err(
+                    x.span,
+                    format!("`square` needs a float tensor, found {}", e.graph.ty(t)),
+                ));
+            }
+            e.graph
+                .mul(t, t)
+                .map(Value::Tensor)
+                .map_err(|s| shape_err(e, s.message))
+        }
+        "params" | "weights" => param_collection(e, name, span),
         "matmul" => {
             let (a, c) = (req(&mut b, 0)?, req(&mut b, 1)?);
             let x = e.tensor(a.value, a.span, "the first argument of `matmul`")?;
@@ -423,6 +446,81 @@ pub(crate) fn call(e: &mut Elaborator, name: &str, args: Vec<ArgVal>, span: Span
 
 /// `sqrt(2)`, `exp(-1)`: math on a compile-time number is a number (an
 /// initializer's bound, `uniform(-1 / sqrt(hidden), 1 / sqrt(hidden))`).
+/// `params()`: every trainable param of the model, flattened and joined
+/// into one vector, so a penalty is an ordinary expression
+/// (`sum(abs(params()))`) that autodiff differentiates like any other;
+/// `weights()`: only the params of rank 2 or more (kernels, not biases or
+/// norm scales, as Keras' `kernel_regularizer`). Only in the loss, where
+/// the model is complete.
+fn param_collection(e: &mut Elaborator, name: &str, span: Span) -> Result<Value> {
+    if !e.in_loss {
+        return Err(e
+            .err(
+                span,
+                format!("`{name}()` is usable only in the train block's `loss`"),
+            )
+            .with_label("outside the loss")
+            .with_note(format!(
+                "`{name}()` collects the model's params for a penalty term, e.g. `loss = mse(y, t) + 1e-4 * sum(square({name}()))`"
+            )));
+    }
+    let chosen: Vec<(NodeId, String)> = e
+        .graph
+        .params()
+        .into_iter()
+        .filter(|&(n, _)| name == "params" || e.graph.ty(n).rank() >= 2)
+        .map(|(n, p)| (n, p.to_string()))
+        .collect();
+    let Some((first, first_name)) = chosen.first().cloned() else {
+        let what = if name == "params" {
+            "trainable params"
+        } else {
+            "params of rank 2 or more"
+        };
+        return Err(e
+            .err(
+                span,
+                format!("`{name}()` is empty: the model has no {what}"),
+            )
+            .with_label("nothing to collect"));
+    };
+    let dtype = e.graph.ty(first).dtype;
+    let mut flat = Vec::with_capacity(chosen.len());
+    for (node, param) in &chosen {
+        let ty = e.graph.ty(*node).clone();
+        if ty.dtype != dtype {
+            return Err(e
+                .err(
+                    span,
+                    format!("`{name}()` needs params of one dtype: `{first_name}` is {dtype}, `{param}` is {}", ty.dtype),
+                ));
+        }
+        let count: usize = ty
+            .shape
+            .iter()
+            .map(|d| match d {
+                Dim::Const(n) => Ok(*n),
+                Dim::Sym(s) => Err(e.err(
+                    span,
+                    format!("`{name}()`: the param `{param}` has the symbolic dim `{s}`"),
+                )),
+            })
+            .product::<Result<usize>>()?;
+        let reshaped = e
+            .graph
+            .reshape(*node, vec![Dim::Const(count)])
+            .map_err(|s| e.err(span, format!("in `{name}()`: {}", s.message)))?;
+        flat.push(reshaped);
+    }
+    if flat.len() == 1 {
+        return Ok(Value::Tensor(flat[0]));
+    }
+    e.graph
+        .concat(&flat, 0)
+        .map(Value::Tensor)
+        .map_err(|s| e.err(span, format!("in `{name}()`: {}", s.message)))
+}
+
 fn unary_number(e: &Elaborator, name: &str, v: f64, span: Span) -> Result<Value> {
     let r = match name {
         "exp" => v.exp(),

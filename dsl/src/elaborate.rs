@@ -99,6 +99,9 @@ pub(crate) struct Elaborator<'a> {
     /// elaborates the body.
     pub(crate) layer_calls: Vec<nnc_ir::LayerCall>,
     recording_calls: bool,
+    /// Set while the train block's `loss` is elaborated: the only place
+    /// where `params()` and `weights()` (penalty terms) mean something.
+    pub in_loss: bool,
 }
 
 impl<'a> Elaborator<'a> {
@@ -134,6 +137,7 @@ impl<'a> Elaborator<'a> {
             scans: Vec::new(),
             layer_calls: Vec::new(),
             recording_calls: false,
+            in_loss: false,
         }
     }
 

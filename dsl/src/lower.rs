@@ -10,6 +10,7 @@ use crate::error::{did_you_mean, Error};
 use crate::span::{SourceFile, Span};
 use crate::value::Value;
 use nnc_ir::module::RNG_KEY;
+use nnc_ir::GradClip;
 use nnc_ir::{
     DType, DataField, DataSpec, Graph, Metric, Module, NodeId, Optimizer, Schedule, Source,
     TestSet, TextColumn, TextFormat, TrainSpec, Transform, LOSS,
@@ -999,9 +1000,11 @@ fn check_inputs_have_fields(
 
 // ------------------------------------------------------------------ train
 
-const SETTINGS: [&str; 9] = [
+const SETTINGS: [&str; 11] = [
     "loss",
     "optimizer",
+    "clip_grad_value",
+    "clip_grad_norm",
     "schedule",
     "batch",
     "epochs",
@@ -1065,7 +1068,8 @@ fn lower_train(
     let loss_setting = required("loss", "cross_entropy(logits, label)")?;
     let optimizer_setting = required("optimizer", "adam(lr: 1e-3)")?;
     add_loss(el, &loss_setting.value, train, data, data_def, outputs)?;
-    let optimizer = lower_optimizer(el, &optimizer_setting.value)?;
+    let (optimizer, no_decay) = lower_optimizer(el, &optimizer_setting.value)?;
+    let clip = lower_clip(el, &settings)?;
     let schedule = match settings.get("schedule") {
         None => None,
         Some(s) => Some(lower_schedule(el, &s.value)?),
@@ -1134,6 +1138,8 @@ fn lower_train(
         evaluation,
         data: data.name.clone(),
         optimizer,
+        no_decay,
+        clip,
         batch,
         epochs,
         seed,
@@ -1193,7 +1199,10 @@ fn add_loss(
         }
     }
     let scope = el.scope_with(scope);
-    let loss = el.eval(&scope, loss_expr)?;
+    el.in_loss = true;
+    let loss = el.eval(&scope, loss_expr);
+    el.in_loss = false;
+    let loss = loss?;
     let loss = el.tensor(loss, loss_expr.span, "the loss")?;
     let loss_ty = el.graph.ty(loss).clone();
     if !loss_ty.shape.is_empty() || !loss_ty.dtype.is_float() {
@@ -1375,7 +1384,8 @@ fn add_accuracy(el: &mut Elaborator, span: Span, outputs: &[(String, NodeId)]) -
     Ok(())
 }
 
-fn lower_optimizer(el: &mut Elaborator, e: &Expr) -> Result<Optimizer> {
+/// The optimizer and the params its weight decay skips (`no_decay:`).
+fn lower_optimizer(el: &mut Elaborator, e: &Expr) -> Result<(Optimizer, Vec<String>)> {
     let (callee, args): (&ast::Ident, &[ast::Arg]) = match &e.kind {
         ExprKind::Call { callee, args } => (callee, args),
         ExprKind::Ident(id) => (id, &[]),
@@ -1407,84 +1417,276 @@ fn lower_optimizer(el: &mut Elaborator, e: &Expr) -> Result<Optimizer> {
             }
         }
     };
-    match callee.name.as_str() {
+    let flag = |a: &Option<Evaluated>, name: &str| -> Result<bool> {
+        match a {
+            None => Ok(false),
+            Some(Evaluated {
+                value: Value::Bool(b),
+                ..
+            }) => Ok(*b),
+            Some(v) => Err(Error::new(
+                v.span,
+                format!("`{name}` must be true or false, found {}", v.value.kind()),
+            )),
+        }
+    };
+    let lr = |a: &Option<Evaluated>, default: f64| check(a, "lr", default, |x| x > 0.0, "> 0");
+    let unit = |a: &Option<Evaluated>, name: &str, default: f64| {
+        check(a, name, default, |x| (0.0..1.0).contains(&x), "in [0, 1)")
+    };
+    let non_negative = |a: &Option<Evaluated>, name: &str, default: f64| {
+        check(a, name, default, |x| x >= 0.0, ">= 0")
+    };
+    // Every optimizer takes `no_decay` last.
+    let with_no_decay = |names: &[&'static str]| {
+        let mut all = names.to_vec();
+        all.push("no_decay");
+        all
+    };
+    let (optimizer, s) = match callee.name.as_str() {
         "sgd" => {
             let s = named_args(
                 el,
                 callee,
                 args,
-                &["lr", "momentum", "nesterov", "weight_decay"],
+                &with_no_decay(&["lr", "momentum", "nesterov", "weight_decay"]),
             )?;
             if s[0].is_none() {
                 return Err(Error::new(callee.span, "`sgd` needs a learning rate")
                     .with_help("write `sgd(lr: 0.1)`"));
             }
-            let lr = check(&s[0], "lr", 0.0, |x| x > 0.0, "> 0")?;
-            let momentum = check(
-                &s[1],
-                "momentum",
-                0.0,
-                |x| (0.0..1.0).contains(&x),
-                "in [0, 1)",
-            )?;
-            let nesterov = match &s[2] {
-                None => false,
-                Some(Evaluated {
-                    value: Value::Bool(b),
-                    ..
-                }) => *b,
-                Some(v) => {
-                    return Err(Error::new(
-                        v.span,
-                        format!("`nesterov` must be true or false, found {}", v.value.kind()),
-                    ))
-                }
-            };
+            let lr = lr(&s[0], 0.0)?;
+            let momentum = unit(&s[1], "momentum", 0.0)?;
+            let nesterov = flag(&s[2], "nesterov")?;
             if nesterov && momentum == 0.0 {
                 return Err(Error::new(e.span, "Nesterov momentum needs `momentum` > 0"));
             }
-            let weight_decay = check(&s[3], "weight_decay", 0.0, |x| x >= 0.0, ">= 0")?;
-            Ok(Optimizer::Sgd {
+            let weight_decay = non_negative(&s[3], "weight_decay", 0.0)?;
+            let optimizer = Optimizer::Sgd {
                 lr,
                 momentum,
                 nesterov,
                 weight_decay,
-            })
+            };
+            (optimizer, s)
         }
-        "adam" => {
+        name @ ("adam" | "adamw") => {
             let s = named_args(
                 el,
                 callee,
                 args,
-                &["lr", "beta1", "beta2", "eps", "weight_decay"],
+                &with_no_decay(&["lr", "beta1", "beta2", "eps", "weight_decay"]),
             )?;
-            Ok(Optimizer::Adam {
-                lr: check(&s[0], "lr", 1e-3, |x| x > 0.0, "> 0")?,
-                beta1: check(
-                    &s[1],
-                    "beta1",
-                    0.9,
-                    |x| (0.0..1.0).contains(&x),
-                    "in [0, 1)",
-                )?,
-                beta2: check(
-                    &s[2],
-                    "beta2",
-                    0.999,
-                    |x| (0.0..1.0).contains(&x),
-                    "in [0, 1)",
-                )?,
-                eps: check(&s[3], "eps", 1e-8, |x| x >= 0.0, ">= 0")?,
-                weight_decay: check(&s[4], "weight_decay", 0.0, |x| x >= 0.0, ">= 0")?,
-            })
+            let (lr, beta1, beta2, eps) = (
+                lr(&s[0], 1e-3)?,
+                unit(&s[1], "beta1", 0.9)?,
+                unit(&s[2], "beta2", 0.999)?,
+                non_negative(&s[3], "eps", 1e-8)?,
+            );
+            let optimizer = if name == "adam" {
+                Optimizer::Adam {
+                    lr,
+                    beta1,
+                    beta2,
+                    eps,
+                    weight_decay: non_negative(&s[4], "weight_decay", 0.0)?,
+                }
+            } else {
+                Optimizer::AdamW {
+                    lr,
+                    beta1,
+                    beta2,
+                    eps,
+                    weight_decay: non_negative(&s[4], "weight_decay", 1e-2)?,
+                }
+            };
+            (optimizer, s)
+        }
+        "rmsprop" => {
+            let s = named_args(
+                el,
+                callee,
+                args,
+                &with_no_decay(&["lr", "alpha", "eps", "weight_decay", "momentum", "centered"]),
+            )?;
+            let optimizer = Optimizer::RmsProp {
+                lr: lr(&s[0], 1e-2)?,
+                alpha: unit(&s[1], "alpha", 0.99)?,
+                eps: non_negative(&s[2], "eps", 1e-8)?,
+                weight_decay: non_negative(&s[3], "weight_decay", 0.0)?,
+                momentum: unit(&s[4], "momentum", 0.0)?,
+                centered: flag(&s[5], "centered")?,
+            };
+            (optimizer, s)
+        }
+        "adagrad" => {
+            let s = named_args(
+                el,
+                callee,
+                args,
+                &with_no_decay(&[
+                    "lr",
+                    "lr_decay",
+                    "weight_decay",
+                    "initial_accumulator_value",
+                    "eps",
+                ]),
+            )?;
+            let optimizer = Optimizer::Adagrad {
+                lr: lr(&s[0], 1e-2)?,
+                lr_decay: non_negative(&s[1], "lr_decay", 0.0)?,
+                weight_decay: non_negative(&s[2], "weight_decay", 0.0)?,
+                initial_accumulator_value: non_negative(&s[3], "initial_accumulator_value", 0.0)?,
+                eps: non_negative(&s[4], "eps", 1e-10)?,
+            };
+            (optimizer, s)
         }
         other => {
+            const OPTIMIZERS: [&str; 5] = ["sgd", "adam", "adamw", "rmsprop", "adagrad"];
             let mut err = Error::new(callee.span, format!("unknown optimizer `{other}`"))
-                .with_label("expected `sgd` or `adam`");
-            if let Some(h) = did_you_mean(other, ["sgd", "adam"]) {
+                .with_label("expected `sgd`, `adam`, `adamw`, `rmsprop` or `adagrad`");
+            if let Some(h) = did_you_mean(other, OPTIMIZERS) {
                 err = err.with_help(h);
             }
-            Err(err)
+            return Err(err);
+        }
+    };
+    let no_decay = match s.last().and_then(Option::as_ref) {
+        None => Vec::new(),
+        Some(patterns) => {
+            let weight_decay = match optimizer {
+                Optimizer::Sgd { weight_decay, .. }
+                | Optimizer::Adam { weight_decay, .. }
+                | Optimizer::AdamW { weight_decay, .. }
+                | Optimizer::RmsProp { weight_decay, .. }
+                | Optimizer::Adagrad { weight_decay, .. } => weight_decay,
+            };
+            if weight_decay == 0.0 {
+                return Err(Error::new(
+                    patterns.span,
+                    "`no_decay` has no effect without weight decay",
+                )
+                .with_label("every param is already undecayed")
+                .with_help("set `weight_decay`, or drop `no_decay`"));
+            }
+            no_decay_params(el, args, patterns)?
+        }
+    };
+    Ok((optimizer, no_decay))
+}
+
+/// The params matched by the `no_decay` patterns (`*` matches any run of
+/// characters, dots included), in the model's param order. Each pattern
+/// must match some param; its error points at the pattern.
+fn no_decay_params(
+    el: &Elaborator,
+    args: &[ast::Arg],
+    patterns: &Evaluated,
+) -> Result<Vec<String>> {
+    let Value::List(items) = &patterns.value else {
+        return Err(Error::new(
+            patterns.span,
+            format!(
+                "`no_decay` takes a list of param name patterns, found {}",
+                patterns.value.kind()
+            ),
+        )
+        .with_help("e.g. `no_decay: [\"*.b\", \"batchnorm*\"]`"));
+    };
+    // Each pattern's own span when the list is written out.
+    let item_spans: Vec<Span> = args
+        .iter()
+        .find(|a| a.value.span == patterns.span)
+        .and_then(|a| match &a.value.kind {
+            ExprKind::List(exprs) if exprs.len() == items.len() => {
+                Some(exprs.iter().map(|x| x.span).collect())
+            }
+            _ => None,
+        })
+        .unwrap_or_else(|| vec![patterns.span; items.len()]);
+    let params: Vec<String> = el
+        .graph
+        .params()
+        .into_iter()
+        .map(|(_, name)| name.to_string())
+        .collect();
+    let mut matched = vec![false; params.len()];
+    for (item, &span) in items.iter().zip(&item_spans) {
+        let Value::Str(pattern) = item else {
+            return Err(Error::new(
+                span,
+                format!(
+                    "a `no_decay` pattern is a string such as \"*.b\", found {}",
+                    item.kind()
+                ),
+            ));
+        };
+        let mut any = false;
+        for (name, hit) in params.iter().zip(&mut matched) {
+            if glob_matches(pattern, name) {
+                *hit = true;
+                any = true;
+            }
+        }
+        if !any {
+            return Err(Error::new(
+                span,
+                format!("the `no_decay` pattern \"{pattern}\" matches no param"),
+            )
+            .with_label("matches nothing")
+            .with_note(format!("the params are {}", params.join(", "))));
         }
     }
+    Ok(params
+        .into_iter()
+        .zip(matched)
+        .filter_map(|(name, hit)| hit.then_some(name))
+        .collect())
+}
+
+/// Whether `name` is matched by `pattern`, whose `*` stands for any run of
+/// characters (possibly empty); everything else matches itself.
+fn glob_matches(pattern: &str, name: &str) -> bool {
+    let mut parts = pattern.split('*');
+    let first = parts.next().unwrap_or("");
+    let Some(mut rest) = name.strip_prefix(first) else {
+        return false;
+    };
+    let parts: Vec<&str> = parts.collect();
+    let Some((last, middle)) = parts.split_last() else {
+        // No `*`: the whole name.
+        return rest.is_empty();
+    };
+    for part in middle {
+        match rest.find(part) {
+            Some(at) => rest = &rest[at + part.len()..],
+            None => return false,
+        }
+    }
+    rest.len() >= last.len() && rest.ends_with(last)
+}
+
+/// `clip_grad_value = v` and `clip_grad_norm = max_norm`: positive numbers.
+fn lower_clip(el: &mut Elaborator, settings: &HashMap<&str, &ast::Setting>) -> Result<GradClip> {
+    let mut positive = |key: &str| -> Result<Option<f64>> {
+        let Some(s) = settings.get(key) else {
+            return Ok(None);
+        };
+        match el.scalar_value(&s.value)?.as_f64() {
+            Some(v) if v > 0.0 && v.is_finite() => Ok(Some(v)),
+            Some(v) => Err(Error::new(
+                s.value.span,
+                format!("`{key}` must be a positive number, found {v}"),
+            )
+            .with_label("not > 0")),
+            None => Err(Error::new(
+                s.value.span,
+                format!("`{key}` must be a positive number"),
+            )),
+        }
+    };
+    Ok(GradClip {
+        value: positive("clip_grad_value")?,
+        norm: positive("clip_grad_norm")?,
+    })
 }

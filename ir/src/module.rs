@@ -227,6 +227,12 @@ pub struct TrainSpec {
     pub evaluation: Graph,
     pub data: String,
     pub optimizer: Optimizer,
+    /// Params the optimizer's weight decay skips (the optimizer's
+    /// `no_decay:` patterns, resolved to names): PyTorch's usual second
+    /// param group with `weight_decay=0`.
+    pub no_decay: Vec<String>,
+    /// Gradient clipping inside the step, before the optimizer.
+    pub clip: GradClip,
     pub batch: usize,
     pub epochs: usize,
     pub seed: u64,
@@ -272,6 +278,18 @@ pub const ADAM_STEP_SIZE: &str = "hyper.adam.step_size";
 /// [`ADAM_STEP_SIZE`].
 pub const ADAM_BIAS_CORRECTION2_SQRT: &str = "hyper.adam.bias_correction2_sqrt";
 
+/// AdamW's decoupled decay factor `1 - lr * weight_decay` for the step's
+/// learning rate: an input for the same reason as [`ADAM_STEP_SIZE`]
+/// (PyTorch computes it as a Python float).
+pub const ADAMW_DECAY: &str = "hyper.adamw.decay";
+
+/// Adagrad's step counter: an `i32` scalar state like [`ADAM_STEP`].
+pub const ADAGRAD_STEP: &str = "adagrad.step";
+
+/// Adagrad's decayed rate `clr = lr / (1 + (t - 1) * lr_decay)` for step
+/// `t`, computed on the host in `f64` as PyTorch does.
+pub const ADAGRAD_LR: &str = "hyper.adagrad.lr";
+
 /// The key of every `Op::Random` in a graph: a scalar `i32` input that the
 /// runtime feeds with a fresh key every step, derived from the seed, the
 /// epoch and the step, so dropout masks differ from step to step but a run
@@ -302,6 +320,53 @@ pub enum Optimizer {
         eps: f64,
         weight_decay: f64,
     },
+    /// PyTorch `AdamW`: `p *= 1 - lr * weight_decay` (the plain learning
+    /// rate), then Adam's update without decay in the gradient. Its state
+    /// is Adam's (`adam.step`, `.adam_m`, `.adam_v`).
+    AdamW {
+        lr: f64,
+        beta1: f64,
+        beta2: f64,
+        eps: f64,
+        weight_decay: f64,
+    },
+    /// PyTorch `RMSprop`: `v = alpha * v + (1 - alpha) * g^2`; centered,
+    /// `m = lerp(m, g, 1 - alpha)` and `v - m^2` under the root; `eps`
+    /// added after the root; with momentum, `b = momentum * b + g / avg`
+    /// and `p -= lr * b`, else `p -= lr * g / avg`.
+    RmsProp {
+        lr: f64,
+        alpha: f64,
+        eps: f64,
+        weight_decay: f64,
+        momentum: f64,
+        centered: bool,
+    },
+    /// PyTorch `Adagrad`: `s += g^2` (from `initial_accumulator_value`),
+    /// `p -= clr * g / (sqrt(s) + eps)` with `clr = lr / (1 + (t - 1) *
+    /// lr_decay)` at step `t`.
+    Adagrad {
+        lr: f64,
+        lr_decay: f64,
+        weight_decay: f64,
+        initial_accumulator_value: f64,
+        eps: f64,
+    },
+}
+
+/// Gradient clipping in the training step, applied to the raw gradients
+/// before the optimizer (and so before its weight decay), as a PyTorch loop
+/// calls `clip_grad_value_` / `clip_grad_norm_` between `backward()` and
+/// `optimizer.step()`. With both, values are clamped first, then the
+/// global norm is taken of the clamped gradients.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct GradClip {
+    /// `clip_grad_value_(params, v)`: each element clamped to `[-v, v]`.
+    pub value: Option<f64>,
+    /// `clip_grad_norm_(params, max_norm)`: every gradient scaled by
+    /// `min(1, max_norm / (total_norm + 1e-6))`, `total_norm` the L2 norm
+    /// over all params' gradients together.
+    pub norm: Option<f64>,
 }
 
 /// Learning-rate schedules, stepped once per epoch like PyTorch's
@@ -334,7 +399,11 @@ impl Optimizer {
     /// The base learning rate.
     pub fn lr(&self) -> f64 {
         match *self {
-            Optimizer::Sgd { lr, .. } | Optimizer::Adam { lr, .. } => lr,
+            Optimizer::Sgd { lr, .. }
+            | Optimizer::Adam { lr, .. }
+            | Optimizer::AdamW { lr, .. }
+            | Optimizer::RmsProp { lr, .. }
+            | Optimizer::Adagrad { lr, .. } => lr,
         }
     }
 
@@ -344,22 +413,29 @@ impl Optimizer {
     /// (Python floats); the step rounds them to the params' dtype once.
     pub fn hyper_inputs(&self, lr: f64, steps_taken: u64) -> HyperInputs {
         match *self {
-            Optimizer::Sgd { .. } => HyperInputs {
-                values: [(LEARNING_RATE, lr), ("", 0.0)],
-                len: 1,
-            },
-            Optimizer::Adam { beta1, beta2, .. } => {
+            Optimizer::Sgd { .. } | Optimizer::RmsProp { .. } => {
+                HyperInputs::of(&[(LEARNING_RATE, lr)])
+            }
+            Optimizer::Adam { beta1, beta2, .. } | Optimizer::AdamW { beta1, beta2, .. } => {
                 // `step` is a float in PyTorch too: `beta ** step` is f64 `pow`.
                 let t = (steps_taken + 1) as f64;
                 let bias_correction1 = 1.0 - beta1.powf(t);
                 let bias_correction2 = 1.0 - beta2.powf(t);
-                HyperInputs {
-                    values: [
-                        (ADAM_STEP_SIZE, lr / bias_correction1),
-                        (ADAM_BIAS_CORRECTION2_SQRT, bias_correction2.sqrt()),
-                    ],
-                    len: 2,
+                let adam = [
+                    (ADAM_STEP_SIZE, lr / bias_correction1),
+                    (ADAM_BIAS_CORRECTION2_SQRT, bias_correction2.sqrt()),
+                ];
+                match *self {
+                    Optimizer::AdamW { weight_decay, .. } if weight_decay != 0.0 => {
+                        HyperInputs::of(&[adam[0], adam[1], (ADAMW_DECAY, 1.0 - lr * weight_decay)])
+                    }
+                    _ => HyperInputs::of(&adam),
                 }
+            }
+            Optimizer::Adagrad { lr_decay, .. } => {
+                // `(step - 1) * lr_decay` with the float step, as PyTorch.
+                let clr = lr / (1.0 + steps_taken as f64 * lr_decay);
+                HyperInputs::of(&[(ADAGRAD_LR, clr)])
             }
         }
     }
@@ -369,11 +445,20 @@ impl Optimizer {
 /// training loop computes them every step).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct HyperInputs {
-    values: [(&'static str, f64); 2],
+    values: [(&'static str, f64); 3],
     len: usize,
 }
 
 impl HyperInputs {
+    fn of(given: &[(&'static str, f64)]) -> HyperInputs {
+        let mut values = [("", 0.0); 3];
+        values[..given.len()].copy_from_slice(given);
+        HyperInputs {
+            values,
+            len: given.len(),
+        }
+    }
+
     pub fn iter(&self) -> impl Iterator<Item = (&'static str, f64)> + '_ {
         self.values[..self.len].iter().copied()
     }
@@ -412,6 +497,37 @@ impl fmt::Display for Optimizer {
                 f,
                 "adam(lr: {lr:?}, beta1: {beta1:?}, beta2: {beta2:?}, eps: {eps:?}, weight_decay: {weight_decay:?})"
             ),
+            Optimizer::AdamW {
+                lr,
+                beta1,
+                beta2,
+                eps,
+                weight_decay,
+            } => write!(
+                f,
+                "adamw(lr: {lr:?}, beta1: {beta1:?}, beta2: {beta2:?}, eps: {eps:?}, weight_decay: {weight_decay:?})"
+            ),
+            Optimizer::RmsProp {
+                lr,
+                alpha,
+                eps,
+                weight_decay,
+                momentum,
+                centered,
+            } => write!(
+                f,
+                "rmsprop(lr: {lr:?}, alpha: {alpha:?}, eps: {eps:?}, weight_decay: {weight_decay:?}, momentum: {momentum:?}, centered: {centered})"
+            ),
+            Optimizer::Adagrad {
+                lr,
+                lr_decay,
+                weight_decay,
+                initial_accumulator_value,
+                eps,
+            } => write!(
+                f,
+                "adagrad(lr: {lr:?}, lr_decay: {lr_decay:?}, weight_decay: {weight_decay:?}, initial_accumulator_value: {initial_accumulator_value:?}, eps: {eps:?})"
+            ),
         }
     }
 }
@@ -419,7 +535,8 @@ impl fmt::Display for Optimizer {
 #[cfg(test)]
 mod tests {
     use super::{
-        Optimizer, Schedule, TextFormat, ADAM_BIAS_CORRECTION2_SQRT, ADAM_STEP_SIZE, LEARNING_RATE,
+        Optimizer, Schedule, TextFormat, ADAGRAD_LR, ADAMW_DECAY, ADAM_BIAS_CORRECTION2_SQRT,
+        ADAM_STEP_SIZE, LEARNING_RATE,
     };
 
     fn adam(lr: f64, beta1: f64, beta2: f64) -> Optimizer {
@@ -470,6 +587,58 @@ mod tests {
         let h = adam(1e-3, 0.9, 0.999).hyper_inputs(1e-3, 1 << 30);
         assert_eq!(h.get(ADAM_STEP_SIZE), Some(1e-3));
         assert_eq!(h.get(ADAM_BIAS_CORRECTION2_SQRT), Some(1.0));
+    }
+
+    /// `AdamW` shares Adam's corrections and adds `1 - lr * weight_decay`
+    /// (the plain, scheduled rate) only when it decays.
+    #[test]
+    fn adamw_adds_the_decoupled_decay_factor() {
+        let adamw = |weight_decay| Optimizer::AdamW {
+            lr: 1e-3,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay,
+        };
+        let h = adamw(1e-2).hyper_inputs(0.5, 3);
+        let adam = adam(1e-3, 0.9, 0.999).hyper_inputs(0.5, 3);
+        assert_eq!(h.get(ADAM_STEP_SIZE), adam.get(ADAM_STEP_SIZE));
+        assert_eq!(
+            h.get(ADAM_BIAS_CORRECTION2_SQRT),
+            adam.get(ADAM_BIAS_CORRECTION2_SQRT)
+        );
+        assert_eq!(h.get(ADAMW_DECAY), Some(1.0 - 0.5 * 1e-2));
+        assert_eq!(h.iter().count(), 3);
+        assert_eq!(adamw(0.0).hyper_inputs(0.5, 3).get(ADAMW_DECAY), None);
+    }
+
+    /// PyTorch: `clr = lr / (1 + (step - 1) * lr_decay)`, `step` counted
+    /// after this step's increment.
+    #[test]
+    fn adagrad_decays_its_rate_by_the_steps_taken() {
+        let adagrad = Optimizer::Adagrad {
+            lr: 1e-2,
+            lr_decay: 0.5,
+            weight_decay: 0.0,
+            initial_accumulator_value: 0.0,
+            eps: 1e-10,
+        };
+        assert_eq!(adagrad.hyper_inputs(0.1, 0).get(ADAGRAD_LR), Some(0.1));
+        assert_eq!(
+            adagrad.hyper_inputs(0.1, 4).get(ADAGRAD_LR),
+            Some(0.1 / (1.0 + 4.0 * 0.5))
+        );
+        assert_eq!(adagrad.hyper_inputs(0.1, 4).iter().count(), 1);
+        let rmsprop = Optimizer::RmsProp {
+            lr: 1e-2,
+            alpha: 0.99,
+            eps: 1e-8,
+            weight_decay: 0.0,
+            momentum: 0.0,
+            centered: false,
+        };
+        let h = rmsprop.hyper_inputs(0.25, 9);
+        assert_eq!(h.iter().collect::<Vec<_>>(), vec![(LEARNING_RATE, 0.25)]);
     }
 
     #[test]

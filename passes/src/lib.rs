@@ -13,7 +13,7 @@ pub mod train_step;
 pub use autodiff::{differentiate, gradients};
 pub use gradients::gradient_graph;
 pub use opt::{optimize, optimize_with, OptConfig, OptLevel, Report as OptReport};
-pub use train_step::build_train_step;
+pub use train_step::{build_train_step, build_train_step_with};
 
 use thiserror::Error;
 

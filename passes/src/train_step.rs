@@ -2,14 +2,16 @@
 //! optimizer's update of every param and its state, all written as IR so the
 //! optimizer can fuse the update math like anything else.
 //!
-//! Formulas follow PyTorch's `torch.optim.SGD` and `torch.optim.Adam`, so a
-//! user comparing runs sees the same trajectories.
+//! Formulas follow PyTorch's `torch.optim.SGD`, `Adam`, `AdamW`, `RMSprop`
+//! and `Adagrad`, and `torch.nn.utils.clip_grad_value_`/`clip_grad_norm_`,
+//! so a user comparing runs sees the same trajectories.
 
 use crate::autodiff::gradients;
 use crate::PassError;
 use nnc_ir::{
-    DType, Graph, Init, NodeId, Op, Optimizer, TensorType, UnaryOp, Update,
-    ADAM_BIAS_CORRECTION2_SQRT, ADAM_STEP_SIZE, LEARNING_RATE, LOSS,
+    BinaryOp, DType, GradClip, Graph, Init, NodeId, Op, Optimizer, ReduceOp, TensorType, UnaryOp,
+    Update, ADAGRAD_LR, ADAGRAD_STEP, ADAMW_DECAY, ADAM_BIAS_CORRECTION2_SQRT, ADAM_STEP_SIZE,
+    LEARNING_RATE, LOSS,
 };
 
 /// State names are `<param>.<slot>`; the shared Adam step counter is
@@ -22,6 +24,17 @@ pub use nnc_ir::ADAM_STEP;
 /// first: their values are forward nodes of this step, so like every update
 /// they are computed from the values before the step.
 pub fn build_train_step(objective: &Graph, optimizer: &Optimizer) -> Result<Graph, PassError> {
+    build_train_step_with(objective, optimizer, GradClip::default(), &[])
+}
+
+/// [`build_train_step`] with the gradients clipped by `clip` first, and no
+/// weight decay for the params named in `no_decay`.
+pub fn build_train_step_with(
+    objective: &Graph,
+    optimizer: &Optimizer,
+    clip: GradClip,
+    no_decay: &[String],
+) -> Result<Graph, PassError> {
     let mut graph = objective.clone();
     graph.name = "train_step".into();
     let model_updates = std::mem::take(&mut graph.updates);
@@ -47,9 +60,25 @@ pub fn build_train_step(objective: &Graph, optimizer: &Optimizer) -> Result<Grap
             u.target
         )));
     }
+    if let Some(name) = no_decay
+        .iter()
+        .find(|n| !params.iter().any(|(_, p)| p == *n))
+    {
+        return Err(PassError::new(format!(
+            "`no_decay` names `{name}`, which is not a trainable param"
+        )));
+    }
+    let decay_of = |name: &str, weight_decay: f64| {
+        if no_decay.iter().any(|n| n == name) {
+            0.0
+        } else {
+            weight_decay
+        }
+    };
     let ids: Vec<NodeId> = params.iter().map(|(n, _)| *n).collect();
     let grads = gradients(&mut graph, loss, &ids)?;
     graph.current_span = None;
+    let grads = clipped(&mut graph, grads, clip)?;
 
     // The optimizer's state must not take the name of the model's own (a
     // user layer `adam` with a `state step` is `adam.step` too).
@@ -73,7 +102,7 @@ pub fn build_train_step(objective: &Graph, optimizer: &Optimizer) -> Result<Grap
             let dtype = graph.ty(ids[0]).dtype;
             let lr = graph.input(LEARNING_RATE, TensorType::scalar(dtype));
             for ((p, name), g) in params.iter().zip(grads) {
-                let g = decayed(&mut graph, *p, g, weight_decay)?;
+                let g = decayed(&mut graph, *p, g, decay_of(name, weight_decay))?;
                 let step = if momentum != 0.0 {
                     let ty = graph.ty(*p).clone();
                     let v = graph.state(&format!("{name}.momentum"), ty, Init::Zeros);
@@ -108,7 +137,15 @@ pub fn build_train_step(objective: &Graph, optimizer: &Optimizer) -> Result<Grap
             eps,
             weight_decay,
             ..
+        }
+        | Optimizer::AdamW {
+            beta1,
+            beta2,
+            eps,
+            weight_decay,
+            ..
         } => {
+            let decoupled = matches!(optimizer, Optimizer::AdamW { .. });
             let dtype = graph.ty(ids[0]).dtype;
             let t = graph.state(ADAM_STEP, TensorType::scalar(DType::I32), Init::Zeros);
             let one_step = graph.scalar(1.0, DType::I32);
@@ -136,8 +173,25 @@ pub fn build_train_step(objective: &Graph, optimizer: &Optimizer) -> Result<Grap
             let b2 = graph.scalar(beta2, dtype);
             let one_m_b2 = graph.scalar(1.0 - beta2, dtype);
             let eps = graph.scalar(eps, dtype);
+            // AdamW's `1 - lr * weight_decay`, one input for every decayed param.
+            let mut decay_factor = None;
             for ((p, name), g) in params.iter().zip(grads) {
-                let g = decayed(&mut graph, *p, g, weight_decay)?;
+                let weight_decay = decay_of(name, weight_decay);
+                // AdamW: param.mul_(1 - lr * weight_decay) before the update,
+                // and the update reads the decayed param.
+                let (p_read, g) = if decoupled {
+                    if weight_decay == 0.0 {
+                        (*p, g)
+                    } else {
+                        let factor = *decay_factor.get_or_insert_with(|| {
+                            graph.input(ADAMW_DECAY, TensorType::scalar(dtype))
+                        });
+                        (graph.mul(*p, factor)?, g)
+                    }
+                } else {
+                    (*p, decayed(&mut graph, *p, g, weight_decay)?)
+                };
+                let p = &p_read;
                 let ty = graph.ty(*p).clone();
                 let m = graph.state(&format!("{name}.adam_m"), ty.clone(), Init::Zeros);
                 let v = graph.state(&format!("{name}.adam_v"), ty, Init::Zeros);
@@ -177,6 +231,119 @@ pub fn build_train_step(objective: &Graph, optimizer: &Optimizer) -> Result<Grap
                 });
             }
         }
+        Optimizer::RmsProp {
+            alpha,
+            eps,
+            weight_decay,
+            momentum,
+            centered,
+            ..
+        } => {
+            let dtype = graph.ty(ids[0]).dtype;
+            let lr = graph.input(LEARNING_RATE, TensorType::scalar(dtype));
+            for ((p, name), g) in params.iter().zip(grads) {
+                let g = decayed(&mut graph, *p, g, decay_of(name, weight_decay))?;
+                let ty = graph.ty(*p).clone();
+                let mut state = |slot: &str, value: NodeId| {
+                    updates.push(Update {
+                        target: format!("{name}.{slot}"),
+                        value,
+                    });
+                };
+                // square_avg.mul_(alpha).addcmul_(grad, grad, value=1 - alpha)
+                let sq = graph.state(
+                    &format!("{name}.rmsprop_square_avg"),
+                    ty.clone(),
+                    Init::Zeros,
+                );
+                let a = graph.scalar_like(alpha, sq);
+                let scaled_sq = graph.mul(sq, a)?;
+                let one_m_a = graph.scalar_like(1.0 - alpha, g);
+                let ag = graph.mul(one_m_a, g)?;
+                let agg = graph.mul(ag, g)?;
+                let sq_new = graph.add_(scaled_sq, agg)?;
+                state("rmsprop_square_avg", sq_new);
+                let avg = if centered {
+                    // grad_avg.lerp_(grad, 1 - alpha);
+                    // avg = square_avg.addcmul(grad_avg, grad_avg, value=-1).sqrt_()
+                    let ga =
+                        graph.state(&format!("{name}.rmsprop_grad_avg"), ty.clone(), Init::Zeros);
+                    let ga_new = lerp(&mut graph, ga, g, 1.0 - alpha)?;
+                    state("rmsprop_grad_avg", ga_new);
+                    let ga2 = graph.mul(ga_new, ga_new)?;
+                    let var = graph.sub(sq_new, ga2)?;
+                    graph.unary(UnaryOp::Sqrt, var)?
+                } else {
+                    graph.unary(UnaryOp::Sqrt, sq_new)?
+                };
+                let eps = graph.scalar_like(eps, avg);
+                let avg = graph.add_(avg, eps)?;
+                let step = if momentum > 0.0 {
+                    // buf.mul_(momentum).addcdiv_(grad, avg); param.add_(buf, alpha=-lr)
+                    let buf = graph.state(&format!("{name}.rmsprop_momentum"), ty, Init::Zeros);
+                    let mu = graph.scalar_like(momentum, buf);
+                    let mb = graph.mul(buf, mu)?;
+                    let ratio = graph.div(g, avg)?;
+                    let buf_new = graph.add_(mb, ratio)?;
+                    state("rmsprop_momentum", buf_new);
+                    buf_new
+                } else {
+                    // param.addcdiv_(grad, avg, value=-lr)
+                    graph.div(g, avg)?
+                };
+                let delta = graph.mul(lr, step)?;
+                let p_new = graph.sub(*p, delta)?;
+                updates.push(Update {
+                    target: name.clone(),
+                    value: p_new,
+                });
+            }
+        }
+        Optimizer::Adagrad {
+            weight_decay,
+            initial_accumulator_value,
+            eps,
+            ..
+        } => {
+            let dtype = graph.ty(ids[0]).dtype;
+            // PyTorch's `state['step']`: only its host-side `clr` reads it,
+            // but it must survive a checkpoint for a resumed run's `clr`.
+            let t = graph.state(ADAGRAD_STEP, TensorType::scalar(DType::I32), Init::Zeros);
+            let one_step = graph.scalar(1.0, DType::I32);
+            let t_new = graph.add_(t, one_step)?;
+            updates.push(Update {
+                target: ADAGRAD_STEP.into(),
+                value: t_new,
+            });
+            let clr = graph.input(ADAGRAD_LR, TensorType::scalar(dtype));
+            for ((p, name), g) in params.iter().zip(grads) {
+                let g = decayed(&mut graph, *p, g, decay_of(name, weight_decay))?;
+                let ty = graph.ty(*p).clone();
+                // state_sum.addcmul_(grad, grad, value=1)
+                let sum = graph.state(
+                    &format!("{name}.adagrad_sum"),
+                    ty,
+                    Init::Const(initial_accumulator_value),
+                );
+                let gg = graph.mul(g, g)?;
+                let sum_new = graph.add_(sum, gg)?;
+                // std = state_sum.sqrt().add_(eps); param.addcdiv_(grad, std, value=-clr)
+                let root = graph.unary(UnaryOp::Sqrt, sum_new)?;
+                let eps = graph.scalar_like(eps, root);
+                let std = graph.add_(root, eps)?;
+                let ratio = graph.div(g, std)?;
+                let delta = graph.mul(clr, ratio)?;
+                let p_new = graph.sub(*p, delta)?;
+                updates.push(Update {
+                    target: format!("{name}.adagrad_sum"),
+                    value: sum_new,
+                });
+                updates.push(Update {
+                    target: name.clone(),
+                    value: p_new,
+                });
+            }
+        }
     }
     if let Some(clash) = updates[from_model..]
         .iter()
@@ -207,4 +374,90 @@ fn decayed(
     let wd = graph.scalar_like(weight_decay, p);
     let decay = graph.mul(wd, p)?;
     Ok(graph.add_(g, decay)?)
+}
+
+/// `start.lerp(end, weight)` as PyTorch computes it: the form switches at
+/// weight 0.5 to stay accurate, and `1 - weight` is in the tensor's dtype.
+fn lerp(graph: &mut Graph, start: NodeId, end: NodeId, weight: f64) -> Result<NodeId, PassError> {
+    let diff = graph.sub(end, start)?;
+    let w = graph.scalar_like(weight, start);
+    if weight.abs() < 0.5 {
+        let wd = graph.mul(w, diff)?;
+        Ok(graph.add_(start, wd)?)
+    } else {
+        let one = graph.scalar_like(1.0, start);
+        let one_m_w = graph.sub(one, w)?;
+        let dw = graph.mul(diff, one_m_w)?;
+        Ok(graph.sub(end, dw)?)
+    }
+}
+
+/// The gradients after `clip_grad_value_` and then `clip_grad_norm_`
+/// (norm type 2), as PyTorch computes them: per-param norms, the norm of
+/// those, and every gradient times `min(max_norm / (total + 1e-6), 1)`.
+fn clipped(
+    graph: &mut Graph,
+    grads: Vec<NodeId>,
+    clip: GradClip,
+) -> Result<Vec<NodeId>, PassError> {
+    let mut grads = grads;
+    if let Some(v) = clip.value {
+        for g in &mut grads {
+            // grad.clamp_(min=-v, max=v)
+            let low = graph.scalar_like(-v, *g);
+            let high = graph.scalar_like(v, *g);
+            let floored = graph.binary(BinaryOp::Max, *g, low)?;
+            *g = graph.binary(BinaryOp::Min, floored, high)?;
+        }
+    }
+    let Some(max_norm) = clip.norm else {
+        return Ok(grads);
+    };
+    let Some(&first) = grads.first() else {
+        return Ok(grads);
+    };
+    let dtype = graph.ty(first).dtype;
+    // norms = [vector_norm(g, 2) for g in grads];
+    // total_norm = vector_norm(stack(norms), 2)
+    let mut sum_of_squares = None;
+    for &g in &grads {
+        let gg = graph.mul(g, g)?;
+        let rank = graph.ty(gg).rank();
+        let ss = if rank == 0 {
+            gg
+        } else {
+            graph.reduce(ReduceOp::Sum, gg, (0..rank).collect(), false)?
+        };
+        let norm = graph.unary(UnaryOp::Sqrt, ss)?;
+        let norm = if graph.ty(norm).dtype == dtype {
+            norm
+        } else {
+            graph.cast(norm, dtype)?
+        };
+        let squared = graph.mul(norm, norm)?;
+        sum_of_squares = Some(match sum_of_squares {
+            None => squared,
+            Some(acc) => graph.add_(acc, squared)?,
+        });
+    }
+    let total = match sum_of_squares {
+        Some(s) => graph.unary(UnaryOp::Sqrt, s)?,
+        None => return Ok(grads),
+    };
+    // clip_coef = max_norm / (total_norm + 1e-6); clamp(clip_coef, max=1.0)
+    let tiny = graph.scalar(1e-6, dtype);
+    let denom = graph.add_(total, tiny)?;
+    let max_norm = graph.scalar(max_norm, dtype);
+    let coef = graph.div(max_norm, denom)?;
+    let one = graph.scalar(1.0, dtype);
+    let coef = graph.binary(BinaryOp::Min, coef, one)?;
+    for g in &mut grads {
+        let c = if graph.ty(*g).dtype == dtype {
+            coef
+        } else {
+            graph.cast(coef, graph.ty(*g).dtype)?
+        };
+        *g = graph.mul(*g, c)?;
+    }
+    Ok(grads)
 }

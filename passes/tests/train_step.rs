@@ -186,6 +186,10 @@ fn reference_step(opt: &Optimizer, params: &mut Params, state: &mut RefState) ->
                 }
             }
         }
+        // Their references are in `optimizers.rs`.
+        Optimizer::AdamW { .. } | Optimizer::RmsProp { .. } | Optimizer::Adagrad { .. } => {
+            panic!("no reference here for {opt}")
+        }
     }
     loss
 }

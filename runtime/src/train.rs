@@ -307,11 +307,12 @@ pub fn feed_hyper(batch: &mut Batch, optimizer: &Optimizer, lr: f64, steps_taken
 }
 
 /// The optimizer steps the executor's state has taken: Adam's `adam.step`
-/// (restored with a resumed checkpoint); 0 without one (SGD keeps no count).
+/// or Adagrad's `adagrad.step` (restored with a resumed checkpoint); 0
+/// without one (SGD and RMSprop keep no count).
 pub fn steps_taken(exec: &dyn Executor) -> u64 {
     exec.state()
         .into_iter()
-        .find(|(name, _)| name == ADAM_STEP)
+        .find(|(name, _)| name == ADAM_STEP || name == nnc_ir::ADAGRAD_STEP)
         .and_then(|(_, t)| t.data.first().copied())
         .map_or(0, |count| count.max(0.0) as u64)
 }

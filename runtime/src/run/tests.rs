@@ -114,6 +114,8 @@ fn line(dir: &Path) -> Line {
                 nesterov: false,
                 weight_decay: 0.0,
             },
+            no_decay: Vec::new(),
+            clip: Default::default(),
             batch: 4,
             epochs: 3,
             seed: 5,
