@@ -119,6 +119,7 @@ fn line(dir: &Path) -> Line {
             shuffle: true,
             validate: None,
             schedule: None,
+            early_stop: None,
             metrics: Vec::new(),
         }),
     };
@@ -188,6 +189,10 @@ fn execute(
             Event::BatchDone { .. } => return,
             Event::EpochDone(r) => format!("epoch {}", r.epoch),
             Event::TrainingStopped => "stopped".into(),
+            Event::EarlyStopped(o) => format!(
+                "early stop after {:?}, best {}, kept {}",
+                o.stopped_after, o.best_epoch, o.kept_epoch
+            ),
             Event::Measured { split, .. } => split.name().into(),
             Event::Predicted { index, .. } => format!("prediction {index}"),
         })
