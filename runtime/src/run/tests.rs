@@ -856,3 +856,50 @@ fn a_resumed_run_takes_the_uninterrupted_runs_plateau_rates() {
     let whole_losses: Vec<f64> = whole.epochs[4..].iter().map(|e| e.train.loss).collect();
     assert_eq!(tail_losses, whole_losses);
 }
+
+#[test]
+fn per_step_schedules_feed_every_step_its_own_rate() {
+    let dir = Scratch::new("onecycle");
+    let cycle = nnc_ir::OneCycle {
+        max_lr: 0.2,
+        pct_start: 0.3,
+        div_factor: 10.0,
+        final_div_factor: 100.0,
+        anneal: nnc_ir::Anneal::Cos,
+        three_phase: false,
+    };
+    let line = line_with(&dir.0, |t| {
+        t.schedule = Some(nnc_ir::Schedule {
+            warmup: None,
+            decay: Some(nnc_ir::Decay::OneCycle(cycle)),
+        });
+    });
+    let log = dir.0.join("log.jsonl");
+    let options = RunOptions {
+        log: Some(log.clone()),
+        ..interp()
+    };
+    let run = trained(execute(&line, &dir.0, options).unwrap().0);
+    let steps: Vec<f64> = std::fs::read_to_string(&log)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v["event"] == "step")
+        .map(|v| v["lr"].as_f64().unwrap())
+        .collect();
+    // 3 epochs of 16 samples in batches of 4: 12 steps in all.
+    let want: Vec<f64> = (0..12).map(|t| cycle.lr(t, 12)).collect();
+    // The log's decimals go through serde_json's float parsing.
+    assert_eq!(steps.len(), 12);
+    for (got, want) in steps.iter().zip(&want) {
+        assert!((got - want).abs() <= 1e-15 * want, "{steps:?}");
+    }
+    assert!((steps[0] - 0.02).abs() < 1e-15);
+    assert!((steps[11] - 0.0002).abs() < 1e-15);
+    let epoch_lrs: Vec<f64> = run.epochs.iter().map(|e| e.lr).collect();
+    assert_eq!(
+        epoch_lrs,
+        [want[0], want[4], want[8]],
+        "an epoch's first step"
+    );
+}
