@@ -143,7 +143,12 @@ pub fn bench(path: &Path, options: &BenchOptions) -> Result<BenchReport, Failure
     let mut jit = Jit::new(programs, spec.seed).map_err(fail)?;
     let mut batch = Batch::synthetic(&step, size, 1);
     // Every timed step runs with the first step's hyperparameters.
-    nnc_runtime::train::feed_hyper(&mut batch, &spec.optimizer, spec.optimizer.lr(), 0);
+    let first_lr = nnc_runtime::train::LrSchedule::new(&spec, spec.epochs, 1).lr(
+        1,
+        0,
+        &nnc_runtime::train::LoopState::new(&spec),
+    );
+    nnc_runtime::train::feed_hyper(&mut batch, &spec.optimizer, first_lr, 0);
     // The first step compiles the training step for this batch size.
     jit.train_step(&batch).map_err(fail)?;
     let stats = jit.stats().first().cloned().unwrap_or_default();

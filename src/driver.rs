@@ -479,6 +479,7 @@ impl Terminal<'_> {
                 }
                 return;
             }
+            Event::EarlyStopped(outcome) => format_early_stop(outcome),
             Event::Measured { split, metrics } => {
                 format!("{}: {}", split.name(), format_metrics(metrics))
             }
@@ -487,6 +488,24 @@ impl Terminal<'_> {
         };
         (self.out)(&line);
     }
+}
+
+/// `early stopping after epoch 9: best epoch 4 (0.1234), its weights
+/// restored`.
+pub fn format_early_stop(o: &nnc_runtime::train::EarlyStopOutcome) -> String {
+    let when = match o.stopped_after {
+        Some(epoch) => format!("early stopping after epoch {epoch}"),
+        None => "early stopping did not stop training".to_string(),
+    };
+    let kept = if o.restored {
+        "its weights restored".to_string()
+    } else {
+        format!("the weights of epoch {} kept", o.kept_epoch)
+    };
+    format!(
+        "{when}: best epoch {} ({:.4}), {kept}",
+        o.best_epoch, o.best
+    )
 }
 
 /// `3: [0.010000001, 0.99]  class 1`; several outputs are named. Each

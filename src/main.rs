@@ -263,6 +263,7 @@ fn main() -> ExitCode {
                         first_epoch: 1,
                         shuffle: no_shuffle.then_some(false),
                         max_steps: steps,
+                        resumed: None,
                     },
                     save,
                     weights,

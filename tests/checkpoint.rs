@@ -132,6 +132,7 @@ fn save_then_load_reproduces_the_params_and_the_next_step() {
     let meta = Meta {
         epochs_done: 1,
         params: params.clone(),
+        ..Default::default()
     };
     checkpoint::save(&ckpt, &model, &a.state(), &meta).unwrap();
 
@@ -353,6 +354,7 @@ fn an_interrupted_save_leaves_the_previous_checkpoint_intact() {
     let meta = Meta {
         epochs_done: 9,
         params,
+        ..Default::default()
     };
 
     // A writer that died mid-write left its temporary file behind.
@@ -447,6 +449,7 @@ fn resume_continues_adams_step_count_exactly_also_from_an_f32_count() {
     let meta = Meta {
         epochs_done: half.epochs_done,
         params: half.params.clone(),
+        ..Default::default()
     };
     checkpoint::save(&old_path, &half.model, &as_f32, &meta).unwrap();
     let stored = std::fs::read(&old_path).unwrap();
@@ -770,6 +773,7 @@ fn weights_carry_batchnorm_running_statistics() {
     let meta = Meta {
         epochs_done: 1,
         params: params.clone(),
+        ..Default::default()
     };
     checkpoint::save(&ckpt, &module.name, &a.state(), &meta).unwrap();
     let mut b = Interpreter::new(programs, 4).unwrap();

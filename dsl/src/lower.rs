@@ -11,6 +11,7 @@ use crate::span::{SourceFile, Span};
 use crate::value::Value;
 use nnc_ir::module::RNG_KEY;
 use nnc_ir::GradClip;
+use nnc_ir::{Anneal, Decay, EarlyStop, Monitor, OneCycle, Plateau, Warmup};
 use nnc_ir::{
     DType, DataField, DataSpec, Graph, Metric, Module, NodeId, Optimizer, Schedule, Source,
     TestSet, TextColumn, TextFormat, TrainSpec, Transform, LOSS,
@@ -1000,12 +1001,13 @@ fn check_inputs_have_fields(
 
 // ------------------------------------------------------------------ train
 
-const SETTINGS: [&str; 11] = [
+const SETTINGS: [&str; 12] = [
     "loss",
     "optimizer",
     "clip_grad_value",
     "clip_grad_norm",
     "schedule",
+    "early_stop",
     "batch",
     "epochs",
     "seed",
@@ -1070,9 +1072,19 @@ fn lower_train(
     add_loss(el, &loss_setting.value, train, data, data_def, outputs)?;
     let (optimizer, no_decay) = lower_optimizer(el, &optimizer_setting.value)?;
     let clip = lower_clip(el, &settings)?;
-    let schedule = match settings.get("schedule") {
-        None => None,
-        Some(s) => Some(lower_schedule(el, &s.value)?),
+    let (schedule, plateau_monitor) = match settings.get("schedule") {
+        None => (None, None),
+        Some(s) => {
+            let (schedule, monitor) = lower_schedule(el, &s.value)?;
+            (Some(schedule), monitor)
+        }
+    };
+    let (early_stop, early_stop_monitor) = match settings.get("early_stop") {
+        None => (None, None),
+        Some(s) => {
+            let (early_stop, monitor) = lower_early_stop(el, &s.value)?;
+            (Some(early_stop), Some(monitor))
+        }
     };
     let positive = |el: &mut Elaborator, key: &str, default: usize| -> Result<usize> {
         match settings.get(key) {
@@ -1123,6 +1135,9 @@ fn lower_train(
         None => Vec::new(),
         Some(s) => lower_metrics(el, &s.value, outputs)?,
     };
+    for monitor in plateau_monitor.iter().chain(&early_stop_monitor) {
+        check_monitor(monitor, validate, &metrics, train)?;
+    }
     // The same loss and metrics on the evaluation model, for validation
     // and test. Any error was reported on the objective already, so these
     // succeed unless the loss itself depends on `training`.
@@ -1146,6 +1161,7 @@ fn lower_train(
         shuffle,
         validate,
         schedule,
+        early_stop,
         metrics,
     })
 }
@@ -1217,11 +1233,307 @@ fn add_loss(
     Ok(())
 }
 
-/// `step(every: k, gamma: g)`, `exponential(gamma: g)` or `cosine(min_lr: m)`.
-fn lower_schedule(el: &mut Elaborator, e: &Expr) -> Result<Schedule> {
-    let ExprKind::Call { callee, args } = &e.kind else {
-        return Err(Error::new(e.span, "expected a schedule such as `step(every: 5, gamma: 0.5)`, `exponential(gamma: 0.9)` or `cosine()`"));
+const DECAYS: [&str; 6] = [
+    "step",
+    "exponential",
+    "cosine",
+    "multistep",
+    "onecycle",
+    "plateau",
+];
+
+/// A call in a schedule: its name and arguments.
+type Part<'e> = (&'e ast::Ident, &'e [ast::Arg]);
+
+/// A monitor as written, checked against the metrics once they are known.
+struct WrittenMonitor {
+    monitor: Monitor,
+    /// The `monitor:` argument, or the call when it is left at its default.
+    span: Span,
+}
+
+/// `[warmup(steps: n) ->] decay`, where the decay is `step(every: k,
+/// gamma: g)`, `exponential(gamma: g)`, `cosine(min_lr: m)`,
+/// `multistep(milestones: [..], gamma: g)`, `onecycle(max_lr: m, ..)` or
+/// `plateau(..)`. Also returns plateau's monitor, for [`check_monitor`].
+fn lower_schedule(el: &mut Elaborator, e: &Expr) -> Result<(Schedule, Option<WrittenMonitor>)> {
+    let expected = "expected a schedule such as `step(every: 5, gamma: 0.5)`, `cosine()` or `warmup(steps: 500) -> cosine()`";
+    let (first, decay): (Part, Option<Part>) = match &e.kind {
+        ExprKind::Call { callee, args } => ((callee, args), None),
+        ExprKind::Ident(id) => ((id, &[]), None),
+        ExprKind::Pipe { input, stage } => match &input.kind {
+            ExprKind::Call { callee, args } => {
+                ((callee, args), Some((&stage.callee, stage.args.as_slice())))
+            }
+            ExprKind::Ident(id) => ((id, &[]), Some((&stage.callee, stage.args.as_slice()))),
+            _ => {
+                return Err(
+                    Error::new(input.span, "a schedule chains at most two parts")
+                        .with_help("write `warmup(steps: 500) -> cosine()`"),
+                )
+            }
+        },
+        _ => return Err(Error::new(e.span, expected)),
     };
+    if first.0.name != "warmup" {
+        if let Some((stage, _)) = decay {
+            let mut err = Error::new(
+                stage.span,
+                format!("`{}` cannot follow `{}`", stage.name, first.0.name),
+            );
+            if stage.name == "warmup" {
+                err = err.with_help("the warmup comes first: `warmup(steps: 500) -> cosine()`");
+            } else {
+                err = err.with_label("only `warmup(...) -> decay` chains");
+            }
+            return Err(err);
+        }
+        let (decay, monitor) = lower_decay(el, first.0, first.1)?;
+        return Ok((
+            Schedule {
+                warmup: None,
+                decay: Some(decay),
+            },
+            monitor,
+        ));
+    }
+    let warmup = lower_warmup(el, first.0, first.1)?;
+    let (decay, monitor) = match decay {
+        None => (None, None),
+        Some((callee, args)) => {
+            let (decay, monitor) = lower_decay(el, callee, args)?;
+            if decay.warms_up() {
+                return Err(Error::new(
+                    callee.span,
+                    format!("`{}` cannot follow a warmup", callee.name),
+                )
+                .with_label("it warms up itself")
+                .with_help("set its `pct_start` instead"));
+            }
+            (Some(decay), monitor)
+        }
+    };
+    Ok((
+        Schedule {
+            warmup: Some(warmup),
+            decay,
+        },
+        monitor,
+    ))
+}
+
+/// A number argument with a default and a range, named in the error.
+fn ranged(
+    a: &Option<Evaluated>,
+    name: &str,
+    default: f64,
+    ok: fn(f64) -> bool,
+    rule: &str,
+) -> Result<f64> {
+    match a {
+        None => Ok(default),
+        Some(v) => {
+            let x = number(v)?;
+            if ok(x) {
+                Ok(x)
+            } else {
+                Err(
+                    Error::new(v.span, format!("`{name}` must be {rule}, found {x}"))
+                        .with_label(format!("invalid `{name}`")),
+                )
+            }
+        }
+    }
+}
+
+/// A count argument (`patience`, `cooldown`): a non-negative int.
+fn count(a: &Option<Evaluated>, name: &str, default: usize) -> Result<usize> {
+    match a {
+        None => Ok(default),
+        Some(v) => match v.value {
+            Value::Int(n) if n >= 0 => Ok(n as usize),
+            ref other => Err(Error::new(
+                v.span,
+                format!(
+                    "`{name}` must be a non-negative int, found {}",
+                    match other {
+                        Value::Int(n) => n.to_string(),
+                        other => other.kind().to_string(),
+                    }
+                ),
+            )),
+        },
+    }
+}
+
+fn boolean(a: &Option<Evaluated>, name: &str, default: bool) -> Result<bool> {
+    match a {
+        None => Ok(default),
+        Some(Evaluated {
+            value: Value::Bool(b),
+            ..
+        }) => Ok(*b),
+        Some(v) => Err(Error::new(
+            v.span,
+            format!(
+                "`{name}` must be `true` or `false`, found {}",
+                v.value.kind()
+            ),
+        )),
+    }
+}
+
+/// PyTorch's `LinearLR(start_factor, total_iters=steps)`, per step.
+fn lower_warmup(el: &mut Elaborator, callee: &ast::Ident, args: &[ast::Arg]) -> Result<Warmup> {
+    let s = named_args(el, callee, args, &["steps", "start_factor"])?;
+    let steps = match &s[0] {
+        None => {
+            return Err(Error::new(
+                callee.span,
+                "`warmup` needs `steps`, the optimizer steps it lasts",
+            )
+            .with_help("e.g. `schedule = warmup(steps: 500) -> cosine()`"))
+        }
+        Some(a) => match a.value {
+            Value::Int(n) if n >= 1 => n as usize,
+            ref other => {
+                return Err(Error::new(
+                    a.span,
+                    format!(
+                        "`steps` must be a positive int, found {}",
+                        match other {
+                            Value::Int(n) => n.to_string(),
+                            other => other.kind().to_string(),
+                        }
+                    ),
+                ))
+            }
+        },
+    };
+    let start_factor = ranged(
+        &s[1],
+        "start_factor",
+        1.0 / 3.0,
+        |x| x > 0.0 && x <= 1.0,
+        "in (0, 1]",
+    )?;
+    Ok(Warmup {
+        steps,
+        start_factor,
+    })
+}
+
+/// The `monitor:` argument of `plateau` or `early_stop`, read from the
+/// source (its value is a metric's name, not an expression), and the
+/// other arguments.
+fn take_monitor(callee: &ast::Ident, args: &[ast::Arg]) -> Result<(WrittenMonitor, Vec<ast::Arg>)> {
+    let mut monitor = WrittenMonitor {
+        monitor: Monitor {
+            validation: true,
+            metric: "loss".into(),
+        },
+        span: callee.span,
+    };
+    let mut rest = Vec::new();
+    for a in args {
+        if a.name.as_ref().is_none_or(|n| n.name != "monitor") {
+            rest.push(a.clone());
+            continue;
+        }
+        let name = match &a.value.kind {
+            ExprKind::Ident(id) => id.name.clone(),
+            ExprKind::Str(s) => s.clone(),
+            _ => {
+                return Err(Error::new(
+                    a.value.span,
+                    "expected a metric name such as `val_loss`",
+                ))
+            }
+        };
+        let (validation, metric) = match name.strip_prefix("val_") {
+            Some(m) => (true, m),
+            None => (false, name.as_str()),
+        };
+        if !MONITORED.contains(&metric) {
+            let known: Vec<String> = MONITORED
+                .iter()
+                .flat_map(|m| [format!("val_{m}"), m.to_string()])
+                .collect();
+            let mut err =
+                Error::new(a.value.span, format!("unknown monitor `{name}`")).with_label(format!(
+                    "expected one of {}",
+                    known
+                        .iter()
+                        .map(|k| format!("`{k}`"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ));
+            if let Some(h) = did_you_mean(&name, known.iter().map(String::as_str)) {
+                err = err.with_help(h);
+            }
+            return Err(err);
+        }
+        monitor = WrittenMonitor {
+            monitor: Monitor {
+                validation,
+                metric: metric.into(),
+            },
+            span: a.value.span,
+        };
+    }
+    Ok((monitor, rest))
+}
+
+/// The metrics a monitor can watch, without the `val_` prefix.
+const MONITORED: [&str; 2] = ["loss", "accuracy"];
+
+/// Whether `metrics` computes the metric `name` (the loss always is).
+fn computes(metrics: &[Metric], name: &str) -> bool {
+    name == "loss"
+        || metrics.iter().any(|m| match m {
+            Metric::Accuracy => name == "accuracy",
+        })
+}
+
+/// A monitor must watch something the run computes: validation samples
+/// for `val_*`, the metric in `metrics`.
+fn check_monitor(
+    written: &WrittenMonitor,
+    validate: Option<f64>,
+    metrics: &[Metric],
+    train: &ast::TrainDef,
+) -> Result<()> {
+    let m = &written.monitor;
+    if m.validation && validate.is_none() {
+        return Err(Error::new(
+            written.span,
+            format!("monitor `{m}` needs validation samples, but the train block holds none out"),
+        )
+        .with_secondary(train.model.span, "this train block has no `validate`")
+        .with_help(format!(
+            "add `validate = split(0.1)`, or monitor the training samples' `{}`",
+            m.metric
+        )));
+    }
+    if !computes(metrics, &m.metric) {
+        return Err(Error::new(
+            written.span,
+            format!(
+                "monitor `{m}` watches `{}`, which the run never computes",
+                m.metric
+            ),
+        )
+        .with_help(format!("add `metrics = [{}]`", m.metric)));
+    }
+    Ok(())
+}
+
+/// One of [`DECAYS`], and plateau's monitor.
+fn lower_decay(
+    el: &mut Elaborator,
+    callee: &ast::Ident,
+    args: &[ast::Arg],
+) -> Result<(Decay, Option<WrittenMonitor>)> {
     let positive_int = |a: &Evaluated| match a.value {
         Value::Int(v) if v >= 1 => Ok(v as usize),
         ref other => Err(Error::new(
@@ -1245,7 +1557,7 @@ fn lower_schedule(el: &mut Elaborator, e: &Expr) -> Result<Schedule> {
             }
         }
     };
-    match callee.name.as_str() {
+    let decay = match callee.name.as_str() {
         "step" => {
             let s = named_args(el, callee, args, &["every", "gamma"])?;
             let every = match &s[0] {
@@ -1258,10 +1570,10 @@ fn lower_schedule(el: &mut Elaborator, e: &Expr) -> Result<Schedule> {
                     .with_help("e.g. `schedule = step(every: 2, gamma: 0.5)`"))
                 }
             };
-            Ok(Schedule::Step {
+            Decay::Step {
                 every,
                 gamma: gamma(&s[1], 0.1)?,
-            })
+            }
         }
         "exponential" => {
             let s = named_args(el, callee, args, &["gamma"])?;
@@ -1271,33 +1583,200 @@ fn lower_schedule(el: &mut Elaborator, e: &Expr) -> Result<Schedule> {
                     "`exponential` needs `gamma`, the factor per epoch",
                 ));
             }
-            Ok(Schedule::Exponential {
+            Decay::Exponential {
                 gamma: gamma(&s[0], 1.0)?,
-            })
+            }
         }
         "cosine" => {
             let s = named_args(el, callee, args, &["min_lr"])?;
-            let min_lr = match &s[0] {
-                None => 0.0,
-                Some(a) => {
-                    let m = number(a)?;
-                    if m < 0.0 {
-                        return Err(Error::new(a.span, "`min_lr` must be >= 0"));
-                    }
-                    m
-                }
+            Decay::Cosine {
+                min_lr: ranged(&s[0], "min_lr", 0.0, |x| x >= 0.0, ">= 0")?,
+            }
+        }
+        "multistep" => {
+            let s = named_args(el, callee, args, &["milestones", "gamma"])?;
+            let Some(list) = &s[0] else {
+                return Err(Error::new(
+                    callee.span,
+                    "`multistep` needs `milestones`, the epochs at which the rate drops",
+                )
+                .with_help("e.g. `schedule = multistep(milestones: [30, 80], gamma: 0.1)`"));
             };
-            Ok(Schedule::Cosine { min_lr })
+            Decay::MultiStep {
+                milestones: milestones(list)?,
+                gamma: gamma(&s[1], 0.1)?,
+            }
+        }
+        "onecycle" => {
+            let s = named_args(
+                el,
+                callee,
+                args,
+                &[
+                    "max_lr",
+                    "pct_start",
+                    "div_factor",
+                    "final_div_factor",
+                    "anneal",
+                    "three_phase",
+                ],
+            )?;
+            if s[0].is_none() {
+                return Err(Error::new(
+                    callee.span,
+                    "`onecycle` needs `max_lr`, the peak learning rate",
+                )
+                .with_help("e.g. `schedule = onecycle(max_lr: 0.1)`"));
+            }
+            let max_lr = ranged(&s[0], "max_lr", 0.0, |x| x > 0.0, "> 0")?;
+            let three_phase = boolean(&s[5], "three_phase", false)?;
+            let pct_start = if three_phase {
+                // The second phase mirrors the first, so both fit in the run.
+                ranged(
+                    &s[1],
+                    "pct_start",
+                    0.3,
+                    |x| x > 0.0 && x <= 0.5,
+                    "in (0, 0.5] with `three_phase`",
+                )?
+            } else {
+                ranged(&s[1], "pct_start", 0.3, |x| x > 0.0 && x < 1.0, "in (0, 1)")?
+            };
+            let anneal = match &s[4] {
+                None => Anneal::Cos,
+                Some(a) => match &a.value {
+                    Value::Str(m) if m == "cos" => Anneal::Cos,
+                    Value::Str(m) if m == "linear" => Anneal::Linear,
+                    _ => return Err(Error::new(a.span, "`anneal` must be \"cos\" or \"linear\"")),
+                },
+            };
+            Decay::OneCycle(OneCycle {
+                max_lr,
+                pct_start,
+                div_factor: ranged(&s[2], "div_factor", 25.0, |x| x > 0.0, "> 0")?,
+                final_div_factor: ranged(&s[3], "final_div_factor", 1e4, |x| x > 0.0, "> 0")?,
+                anneal,
+                three_phase,
+            })
+        }
+        "plateau" => {
+            let (monitor, rest) = take_monitor(callee, args)?;
+            let s = named_args(
+                el,
+                callee,
+                &rest,
+                &["patience", "factor", "threshold", "cooldown", "min_lr"],
+            )?;
+            let plateau = Plateau {
+                monitor: monitor.monitor.clone(),
+                patience: count(&s[0], "patience", 10)?,
+                factor: ranged(&s[1], "factor", 0.1, |x| x > 0.0 && x < 1.0, "in (0, 1)")?,
+                threshold: ranged(&s[2], "threshold", 1e-4, |x| x >= 0.0, ">= 0")?,
+                cooldown: count(&s[3], "cooldown", 0)?,
+                min_lr: ranged(&s[4], "min_lr", 0.0, |x| x >= 0.0, ">= 0")?,
+            };
+            return Ok((Decay::Plateau(plateau), Some(monitor)));
         }
         other => {
             let mut err = Error::new(callee.span, format!("unknown schedule `{other}`"))
-                .with_label("expected `step`, `exponential` or `cosine`");
-            if let Some(h) = did_you_mean(other, ["step", "exponential", "cosine"]) {
+                .with_label(format!(
+                    "expected {} or `warmup(...) -> ...`",
+                    DECAYS.map(|d| format!("`{d}`")).join(", ")
+                ));
+            if let Some(h) = did_you_mean(other, DECAYS.into_iter().chain(["warmup"])) {
                 err = err.with_help(h);
             }
-            Err(err)
+            return Err(err);
+        }
+    };
+    Ok((decay, None))
+}
+
+/// `multistep`'s milestones: positive epoch counts, strictly increasing.
+fn milestones(a: &Evaluated) -> Result<Vec<usize>> {
+    let Value::List(items) = &a.value else {
+        return Err(Error::new(
+            a.span,
+            format!(
+                "`milestones` must be a list of epochs, found {}",
+                a.value.kind()
+            ),
+        )
+        .with_help("e.g. `milestones: [30, 80]`"));
+    };
+    if items.is_empty() {
+        return Err(Error::new(a.span, "`milestones` is empty"));
+    }
+    let mut out: Vec<usize> = Vec::with_capacity(items.len());
+    for v in items {
+        match *v {
+            Value::Int(m) if m >= 1 => {
+                let m = m as usize;
+                if let Some(&prev) = out.last().filter(|&&p| p >= m) {
+                    return Err(Error::new(
+                        a.span,
+                        format!("`milestones` must be strictly increasing, but {m} follows {prev}"),
+                    )
+                    .with_label("out of order"));
+                }
+                out.push(m);
+            }
+            ref other => {
+                return Err(Error::new(
+                    a.span,
+                    format!(
+                        "`milestones` must be positive epoch counts, found {}",
+                        match other {
+                            Value::Int(n) => n.to_string(),
+                            other => other.kind().to_string(),
+                        }
+                    ),
+                ))
+            }
         }
     }
+    Ok(out)
+}
+
+/// `early_stop(monitor: val_loss, patience: 5, min_delta: 0,
+/// restore_best: true)`, and its monitor.
+fn lower_early_stop(el: &mut Elaborator, e: &Expr) -> Result<(EarlyStop, WrittenMonitor)> {
+    let (callee, args): (&ast::Ident, &[ast::Arg]) = match &e.kind {
+        ExprKind::Call { callee, args } => (callee, args),
+        ExprKind::Ident(id) => (id, &[]),
+        _ => {
+            return Err(Error::new(
+                e.span,
+                "expected `early_stop(monitor: val_loss, patience: 5)`",
+            ))
+        }
+    };
+    if callee.name != "early_stop" {
+        let mut err = Error::new(
+            callee.span,
+            format!("expected `early_stop(...)`, found `{}`", callee.name),
+        );
+        if let Some(h) = did_you_mean(&callee.name, ["early_stop"]) {
+            err = err.with_help(h);
+        }
+        return Err(err);
+    }
+    let (monitor, rest) = take_monitor(callee, args)?;
+    let s = named_args(
+        el,
+        callee,
+        &rest,
+        &["patience", "min_delta", "restore_best"],
+    )?;
+    Ok((
+        EarlyStop {
+            monitor: monitor.monitor.clone(),
+            patience: count(&s[0], "patience", 5)?,
+            min_delta: ranged(&s[1], "min_delta", 0.0, |x| x >= 0.0, ">= 0")?,
+            restore_best: boolean(&s[2], "restore_best", true)?,
+        },
+        monitor,
+    ))
 }
 
 fn lower_metrics(

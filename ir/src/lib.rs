@@ -32,6 +32,7 @@ pub use module::{
     TestSet, TextColumn, TextFormat, TrainSpec, Transform, ADAM_BIAS_CORRECTION2_SQRT, ADAM_STEP,
     ADAM_STEP_SIZE, GRADIENT_PREFIX, HYPER, LEARNING_RATE, LOSS, RNG_KEY,
 };
+pub use module::{Anneal, Decay, EarlyStop, LrAt, Monitor, OneCycle, Plateau, Warmup};
 pub use module::{GradClip, ADAGRAD_LR, ADAGRAD_STEP, ADAMW_DECAY};
 pub use op::{
     random_uniform, Arity, BinaryOp, Init, Literal, Op, OpClass, OpInfo, OpKind, ReduceOp, Ties,

@@ -242,8 +242,10 @@ pub struct TrainSpec {
     pub shuffle: bool,
     /// Fraction of the training samples held out for validation.
     pub validate: Option<f64>,
-    /// How the learning rate changes from epoch to epoch.
+    /// How the learning rate changes from step to step and epoch to epoch.
     pub schedule: Option<Schedule>,
+    /// When to stop before `epochs`, watching a metric.
+    pub early_stop: Option<EarlyStop>,
     pub metrics: Vec<Metric>,
 }
 
@@ -369,30 +371,218 @@ pub struct GradClip {
     pub norm: Option<f64>,
 }
 
-/// Learning-rate schedules, stepped once per epoch like PyTorch's
-/// `lr_scheduler`s.
+/// How the learning rate changes during training: an optional linear
+/// warmup over the first optimizer steps, multiplied with an optional
+/// decay (`warmup(steps: 500) -> cosine()`). The rate stays an input of
+/// the training step (`hyper.lr`), so no schedule recompiles anything.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Schedule {
+    pub warmup: Option<Warmup>,
+    pub decay: Option<Decay>,
+}
+
+/// Where a step stands in training, all a schedule's closed forms need.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub enum Schedule {
+pub struct LrAt {
+    /// 0-based epoch of `epochs`.
+    pub epoch: usize,
+    pub epochs: usize,
+    /// 0-based optimizer step since training began, of `steps` in the
+    /// whole run (`epochs` × batches per epoch).
+    pub step: usize,
+    pub steps: usize,
+    /// The rate [`Decay::Plateau`] has reduced the base rate to so far
+    /// (state the training loop keeps, since it depends on the metrics);
+    /// ignored by the other decays.
+    pub plateau_lr: f64,
+}
+
+impl Schedule {
+    /// The learning rate of the step at `at`, from the optimizer's rate
+    /// `base`: the warmup's factor times the decay's rate, as PyTorch's
+    /// `LinearLR` and an epoch scheduler stepped on one optimizer (or
+    /// `ChainedScheduler`) multiply their factors.
+    pub fn lr(&self, base: f64, at: &LrAt) -> f64 {
+        let decayed = self.decay.as_ref().map_or(base, |d| d.lr(base, at));
+        self.warmup.map_or(decayed, |w| w.factor(at.step) * decayed)
+    }
+}
+
+/// PyTorch's `LinearLR(start_factor, end_factor=1.0, total_iters=steps)`
+/// stepped after every optimizer step.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Warmup {
+    /// At least 1.
+    pub steps: usize,
+    /// In `(0, 1]`; PyTorch's default is 1/3.
+    pub start_factor: f64,
+}
+
+impl Warmup {
+    /// The factor of 0-based optimizer step `step` (`LinearLR`'s closed
+    /// form at `last_epoch = step`).
+    pub fn factor(&self, step: usize) -> f64 {
+        let total = self.steps.max(1);
+        self.start_factor + (1.0 - self.start_factor) * step.min(total) as f64 / total as f64
+    }
+}
+
+/// A learning-rate decay: per epoch like most of PyTorch's
+/// `lr_scheduler`s, per optimizer step for `OneCycle`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Decay {
     /// `StepLR`: multiply by `gamma` every `every` epochs.
     Step { every: usize, gamma: f64 },
     /// `ExponentialLR`: multiply by `gamma` every epoch.
     Exponential { gamma: f64 },
     /// `CosineAnnealingLR` over the whole run, down to `min_lr`.
     Cosine { min_lr: f64 },
+    /// `MultiStepLR`: multiply by `gamma` at each milestone epoch
+    /// (0-based epoch counts, strictly increasing, positive).
+    MultiStep { milestones: Vec<usize>, gamma: f64 },
+    /// `OneCycleLR` stepped per optimizer step over the whole run.
+    OneCycle(OneCycle),
+    /// `ReduceLROnPlateau`, stepped after each epoch's metrics.
+    Plateau(Plateau),
 }
 
-impl Schedule {
-    /// The rate for 0-based `epoch` of `epochs`, starting from `base`.
-    pub fn lr(&self, base: f64, epoch: usize, epochs: usize) -> f64 {
-        match *self {
-            Schedule::Step { every, gamma } => base * gamma.powi((epoch / every.max(1)) as i32),
-            Schedule::Exponential { gamma } => base * gamma.powi(epoch as i32),
-            Schedule::Cosine { min_lr } => {
-                let t = epoch as f64 / epochs.max(1) as f64;
+impl Decay {
+    /// The rate at `at` from the base rate `base` (before any warmup).
+    pub fn lr(&self, base: f64, at: &LrAt) -> f64 {
+        match self {
+            Decay::Step { every, gamma } => base * gamma.powi((at.epoch / (*every).max(1)) as i32),
+            Decay::Exponential { gamma } => base * gamma.powi(at.epoch as i32),
+            Decay::Cosine { min_lr } => {
+                let t = at.epoch as f64 / at.epochs.max(1) as f64;
                 min_lr + (base - min_lr) * (1.0 + (std::f64::consts::PI * t).cos()) / 2.0
             }
+            Decay::MultiStep { milestones, gamma } => {
+                let passed = milestones.iter().filter(|&&m| m <= at.epoch).count();
+                base * gamma.powi(passed as i32)
+            }
+            Decay::OneCycle(c) => c.lr(at.step, at.steps),
+            Decay::Plateau(_) => at.plateau_lr,
         }
     }
+
+    /// Whether this decay sets the rate itself at every step, so a warmup
+    /// in front of it would be meaningless (`OneCycle` warms up itself).
+    pub fn warms_up(&self) -> bool {
+        matches!(self, Decay::OneCycle(_))
+    }
+}
+
+/// How `OneCycleLR` moves between two rates within a phase.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Anneal {
+    /// `anneal_strategy='cos'`.
+    Cos,
+    /// `anneal_strategy='linear'`.
+    Linear,
+}
+
+/// PyTorch's `OneCycleLR(max_lr, total_steps, pct_start, anneal_strategy,
+/// cycle_momentum=False, div_factor, final_div_factor, three_phase)`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct OneCycle {
+    pub max_lr: f64,
+    pub pct_start: f64,
+    pub div_factor: f64,
+    pub final_div_factor: f64,
+    pub anneal: Anneal,
+    pub three_phase: bool,
+}
+
+impl OneCycle {
+    /// The rate of 0-based step `step` of `total` (`get_lr` at
+    /// `last_epoch = step`): phases end at float step counts, as PyTorch's do.
+    pub fn lr(&self, step: usize, total: usize) -> f64 {
+        let initial = self.max_lr / self.div_factor;
+        let min = initial / self.final_div_factor;
+        let total = total as f64;
+        let phases: &[(f64, f64, f64)] = if self.three_phase {
+            &[
+                (self.pct_start * total - 1.0, initial, self.max_lr),
+                (2.0 * self.pct_start * total - 2.0, self.max_lr, initial),
+                (total - 1.0, initial, min),
+            ]
+        } else {
+            &[
+                (self.pct_start * total - 1.0, initial, self.max_lr),
+                (total - 1.0, self.max_lr, min),
+            ]
+        };
+        let step = step as f64;
+        let mut start_step = 0.0;
+        for (i, &(end_step, from, to)) in phases.iter().enumerate() {
+            if step <= end_step || i == phases.len() - 1 {
+                // A phase shorter than a step (PyTorch divides by zero).
+                let pct = if end_step > start_step {
+                    (step - start_step) / (end_step - start_step)
+                } else {
+                    1.0
+                };
+                return match self.anneal {
+                    Anneal::Cos => {
+                        to + (from - to) / 2.0 * ((std::f64::consts::PI * pct).cos() + 1.0)
+                    }
+                    Anneal::Linear => (to - from) * pct + from,
+                };
+            }
+            start_step = end_step;
+        }
+        min
+    }
+}
+
+/// A training metric the loop watches: `val_loss` is the validation
+/// samples' `loss`, `accuracy` the training samples' `accuracy`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Monitor {
+    /// On the validation samples (`val_` prefix) rather than the training ones.
+    pub validation: bool,
+    /// The metric's name as [`Metric`]s and the loss report it (`loss`,
+    /// `accuracy`).
+    pub metric: String,
+}
+
+impl Monitor {
+    /// Whether larger is better (Keras's and PyTorch's `mode='max'`):
+    /// everything but losses and errors.
+    pub fn maximize(&self) -> bool {
+        !matches!(self.metric.as_str(), "loss" | "mae" | "mse" | "rmse")
+    }
+}
+
+impl fmt::Display for Monitor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let prefix = if self.validation { "val_" } else { "" };
+        write!(f, "{prefix}{}", self.metric)
+    }
+}
+
+/// PyTorch's `ReduceLROnPlateau(mode from the monitor, factor, patience,
+/// threshold, threshold_mode='rel', cooldown, min_lr, eps=1e-8)`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Plateau {
+    pub monitor: Monitor,
+    pub patience: usize,
+    /// In `(0, 1)`.
+    pub factor: f64,
+    pub threshold: f64,
+    pub cooldown: usize,
+    pub min_lr: f64,
+}
+
+/// Keras's `EarlyStopping(monitor, min_delta, patience, mode from the
+/// monitor, restore_best_weights)`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EarlyStop {
+    pub monitor: Monitor,
+    pub patience: usize,
+    pub min_delta: f64,
+    /// Put back the params and state of the best epoch when training ends.
+    pub restore_best: bool,
 }
 
 impl Optimizer {
@@ -535,8 +725,8 @@ impl fmt::Display for Optimizer {
 #[cfg(test)]
 mod tests {
     use super::{
-        Optimizer, Schedule, TextFormat, ADAGRAD_LR, ADAMW_DECAY, ADAM_BIAS_CORRECTION2_SQRT,
-        ADAM_STEP_SIZE, LEARNING_RATE,
+        Anneal, Decay, LrAt, Monitor, OneCycle, Optimizer, Schedule, TextFormat, Warmup,
+        ADAGRAD_LR, ADAMW_DECAY, ADAM_BIAS_CORRECTION2_SQRT, ADAM_STEP_SIZE, LEARNING_RATE,
     };
 
     fn adam(lr: f64, beta1: f64, beta2: f64) -> Optimizer {
@@ -658,26 +848,307 @@ mod tests {
         (a - b).abs() < 1e-12
     }
 
+    fn at(epoch: usize, epochs: usize) -> LrAt {
+        LrAt {
+            epoch,
+            epochs,
+            step: 0,
+            steps: 1,
+            plateau_lr: f64::NAN,
+        }
+    }
+
+    fn decay(d: Decay) -> Schedule {
+        Schedule {
+            warmup: None,
+            decay: Some(d),
+        }
+    }
+
     #[test]
     fn schedules_match_pytorch() {
         // StepLR(step_size=2, gamma=0.5) from lr 1: 1, 1, .5, .5, .25
-        let s = Schedule::Step {
+        let s = decay(Decay::Step {
             every: 2,
             gamma: 0.5,
-        };
-        let got: Vec<f64> = (0..5).map(|e| s.lr(1.0, e, 5)).collect();
+        });
+        let got: Vec<f64> = (0..5).map(|e| s.lr(1.0, &at(e, 5))).collect();
         assert_eq!(got, vec![1.0, 1.0, 0.5, 0.5, 0.25]);
         // ExponentialLR(gamma=0.9)
-        let s = Schedule::Exponential { gamma: 0.9 };
-        assert!(close(s.lr(2.0, 3, 10), 2.0 * 0.729));
+        let s = decay(Decay::Exponential { gamma: 0.9 });
+        assert!(close(s.lr(2.0, &at(3, 10)), 2.0 * 0.729));
         // CosineAnnealingLR(T_max=4, eta_min=0.1): epoch 0 is the base rate,
         // epoch 2 halfway between base and minimum.
-        let s = Schedule::Cosine { min_lr: 0.1 };
-        assert!(close(s.lr(1.0, 0, 4), 1.0));
-        assert!(close(s.lr(1.0, 2, 4), 0.55));
+        let s = decay(Decay::Cosine { min_lr: 0.1 });
+        assert!(close(s.lr(1.0, &at(0, 4)), 1.0));
+        assert!(close(s.lr(1.0, &at(2, 4)), 0.55));
         assert!(close(
-            s.lr(1.0, 1, 4),
+            s.lr(1.0, &at(1, 4)),
             0.1 + 0.9 * (1.0 + (std::f64::consts::PI / 4.0).cos()) / 2.0
         ));
+    }
+
+    /// PyTorch's recursive `get_lr`s, stepped as a training loop steps
+    /// them: the rate each scheduler leaves in the param group.
+    mod pytorch {
+        use std::f64::consts::PI;
+
+        /// `MultiStepLR.get_lr` after `last_epoch` was incremented.
+        pub fn multistep(lr: f64, last_epoch: usize, milestones: &[usize], gamma: f64) -> f64 {
+            let hits = milestones.iter().filter(|&&m| m == last_epoch).count();
+            if hits == 0 {
+                lr
+            } else {
+                lr * gamma.powi(hits as i32)
+            }
+        }
+
+        /// `StepLR.get_lr`.
+        pub fn step(lr: f64, last_epoch: usize, step_size: usize, gamma: f64) -> f64 {
+            if last_epoch == 0 || !last_epoch.is_multiple_of(step_size) {
+                lr
+            } else {
+                lr * gamma
+            }
+        }
+
+        /// `CosineAnnealingLR.get_lr` (within the first `T_max` epochs).
+        pub fn cosine(lr: f64, last_epoch: usize, t_max: usize, eta_min: f64) -> f64 {
+            if last_epoch == 0 {
+                return lr;
+            }
+            let (e, t) = (last_epoch as f64, t_max as f64);
+            (1.0 + (PI * e / t).cos()) / (1.0 + (PI * (e - 1.0) / t).cos()) * (lr - eta_min)
+                + eta_min
+        }
+
+        /// `LinearLR.get_lr` with `end_factor=1`.
+        pub fn linear(lr: f64, last_epoch: usize, start: f64, total: usize) -> f64 {
+            if last_epoch == 0 {
+                return lr * start;
+            }
+            if last_epoch > total {
+                return lr;
+            }
+            lr * (1.0
+                + (1.0 - start)
+                    / (total as f64 * start + (last_epoch as f64 - 1.0) * (1.0 - start)))
+        }
+    }
+
+    /// The rates of every step of a run of `epochs` × `per_epoch` steps
+    /// under `schedule`, from base rate `base`.
+    fn steps_of(schedule: &Schedule, base: f64, epochs: usize, per_epoch: usize) -> Vec<f64> {
+        let mut out = Vec::new();
+        for epoch in 0..epochs {
+            for i in 0..per_epoch {
+                let at = LrAt {
+                    epoch,
+                    epochs,
+                    step: epoch * per_epoch + i,
+                    steps: epochs * per_epoch,
+                    plateau_lr: base,
+                };
+                out.push(schedule.lr(base, &at));
+            }
+        }
+        out
+    }
+
+    fn assert_close_all(got: &[f64], want: &[f64]) {
+        assert_eq!(got.len(), want.len());
+        for (i, (g, w)) in got.iter().zip(want).enumerate() {
+            assert!(
+                (g - w).abs() <= 1e-12 * w.abs().max(1e-300),
+                "step {i}: {g} != {w}"
+            );
+        }
+    }
+
+    #[test]
+    fn multistep_matches_pytorchs_multisteplr_over_24_epochs() {
+        let milestones = vec![3, 7, 8, 15];
+        let s = decay(Decay::MultiStep {
+            milestones: milestones.clone(),
+            gamma: 0.3,
+        });
+        let mut lr = 0.5;
+        let mut want = Vec::new();
+        for e in 0..24 {
+            lr = pytorch::multistep(lr, e, &milestones, 0.3);
+            want.push(lr);
+        }
+        let got: Vec<f64> = (0..24).map(|e| s.lr(0.5, &at(e, 24))).collect();
+        assert_close_all(&got, &want);
+        assert_eq!(got[2], 0.5);
+        assert!(close(got[3], 0.15));
+        assert!(close(got[23], 0.5 * 0.3f64.powi(4)));
+    }
+
+    /// One optimizer driven by `LinearLR` stepped per step and an epoch
+    /// scheduler stepped per epoch: the rates PyTorch's param group holds.
+    fn chained_reference(
+        base: f64,
+        epochs: usize,
+        per_epoch: usize,
+        warmup: Warmup,
+        epoch_step: &dyn Fn(f64, usize) -> f64,
+    ) -> Vec<f64> {
+        let mut lr = pytorch::linear(base, 0, warmup.start_factor, warmup.steps);
+        let mut want = Vec::new();
+        let mut steps = 0;
+        for epoch in 1..=epochs {
+            for _ in 0..per_epoch {
+                want.push(lr);
+                steps += 1;
+                lr = pytorch::linear(lr, steps, warmup.start_factor, warmup.steps);
+            }
+            lr = epoch_step(lr, epoch);
+        }
+        want
+    }
+
+    #[test]
+    fn warmup_chained_with_cosine_matches_linearlr_and_cosineannealinglr() {
+        let warmup = Warmup {
+            steps: 7,
+            start_factor: 0.1,
+        };
+        let (epochs, per_epoch) = (6, 4);
+        let s = Schedule {
+            warmup: Some(warmup),
+            decay: Some(Decay::Cosine { min_lr: 0.0 }),
+        };
+        let want = chained_reference(0.2, epochs, per_epoch, warmup, &|lr, e| {
+            pytorch::cosine(lr, e, epochs, 0.0)
+        });
+        assert_close_all(&steps_of(&s, 0.2, epochs, per_epoch), &want);
+        // The first step uses start_factor × base; step 7 on, the decay alone.
+        assert!(close(want[0], 0.02));
+        assert!(close(
+            want[7],
+            0.2 * (1.0 + (std::f64::consts::PI / 6.0).cos()) / 2.0
+        ));
+    }
+
+    #[test]
+    fn warmup_chained_with_step_and_multistep_matches_pytorch() {
+        let warmup = Warmup {
+            steps: 10,
+            start_factor: 1.0 / 3.0,
+        };
+        let s = Schedule {
+            warmup: Some(warmup),
+            decay: Some(Decay::Step {
+                every: 2,
+                gamma: 0.5,
+            }),
+        };
+        let want = chained_reference(1.0, 7, 3, warmup, &|lr, e| pytorch::step(lr, e, 2, 0.5));
+        assert_close_all(&steps_of(&s, 1.0, 7, 3), &want);
+        let s = Schedule {
+            warmup: Some(warmup),
+            decay: Some(Decay::MultiStep {
+                milestones: vec![1, 4],
+                gamma: 0.1,
+            }),
+        };
+        let want = chained_reference(1.0, 6, 4, warmup, &|lr, e| {
+            pytorch::multistep(lr, e, &[1, 4], 0.1)
+        });
+        assert_close_all(&steps_of(&s, 1.0, 6, 4), &want);
+        // Warmup alone: LinearLR, then constant.
+        let s = Schedule {
+            warmup: Some(warmup),
+            decay: None,
+        };
+        let want = chained_reference(1.0, 5, 5, warmup, &|lr, _| lr);
+        assert_close_all(&steps_of(&s, 1.0, 5, 5), &want);
+        assert!(close(want[24], 1.0));
+    }
+
+    /// `OneCycleLR.get_lr`, written as PyTorch writes it: a list of phase
+    /// dicts walked in order.
+    fn onecycle_reference(c: &OneCycle, step: usize, total: usize) -> f64 {
+        let initial = c.max_lr / c.div_factor;
+        let min = initial / c.final_div_factor;
+        let total = total as f64;
+        let mut phases = vec![(c.pct_start * total - 1.0, initial, c.max_lr)];
+        if c.three_phase {
+            phases.push((2.0 * c.pct_start * total - 2.0, c.max_lr, initial));
+            phases.push((total - 1.0, initial, min));
+        } else {
+            phases.push((total - 1.0, c.max_lr, min));
+        }
+        let anneal = |start: f64, end: f64, pct: f64| match c.anneal {
+            Anneal::Cos => {
+                let cos_out = (std::f64::consts::PI * pct).cos() + 1.0;
+                end + (start - end) / 2.0 * cos_out
+            }
+            Anneal::Linear => (end - start) * pct + start,
+        };
+        let mut start_step = 0.0;
+        let n = phases.len();
+        for (i, (end_step, s, e)) in phases.into_iter().enumerate() {
+            if step as f64 <= end_step || i == n - 1 {
+                return anneal(s, e, (step as f64 - start_step) / (end_step - start_step));
+            }
+            start_step = end_step;
+        }
+        unreachable!()
+    }
+
+    #[test]
+    fn onecycle_matches_pytorch_in_both_anneal_modes_and_three_phases() {
+        for anneal in [Anneal::Cos, Anneal::Linear] {
+            for three_phase in [false, true] {
+                let c = OneCycle {
+                    max_lr: 0.4,
+                    pct_start: 0.3,
+                    div_factor: 25.0,
+                    final_div_factor: 1e4,
+                    anneal,
+                    three_phase,
+                };
+                let s = decay(Decay::OneCycle(c));
+                let (epochs, per_epoch) = (5, 6);
+                let got = steps_of(&s, 123.0, epochs, per_epoch);
+                let want: Vec<f64> = (0..30).map(|t| onecycle_reference(&c, t, 30)).collect();
+                assert_close_all(&got, &want);
+                assert!(close(got[0], 0.4 / 25.0), "starts at max_lr / div_factor");
+                // The peak is at step pct_start·total − 1 = 8.
+                assert!(close(got[8], 0.4));
+                assert!(close(got[29], 0.4 / 25.0 / 1e4), "ends at the minimum");
+                if three_phase {
+                    // Back at the initial rate at step 2·pct_start·total − 2 = 16.
+                    assert!(close(got[16], 0.4 / 25.0));
+                }
+            }
+        }
+        // Linear annealing: halfway up the first phase is the midpoint.
+        let c = OneCycle {
+            max_lr: 1.0,
+            pct_start: 0.5,
+            div_factor: 10.0,
+            final_div_factor: 100.0,
+            anneal: Anneal::Linear,
+            three_phase: false,
+        };
+        // Phase 1 ends at step 0.5·21 − 1 = 9.5, so step 4.75 would be the
+        // midpoint; step 5 is 5/9.5 of the way.
+        assert!(close(c.lr(5, 21), 0.1 + 0.9 * 5.0 / 9.5));
+    }
+
+    #[test]
+    fn monitors_minimize_losses_and_maximize_the_rest() {
+        let m = |validation, metric: &str| Monitor {
+            validation,
+            metric: metric.into(),
+        };
+        assert!(!m(true, "loss").maximize());
+        assert!(m(true, "accuracy").maximize());
+        assert!(!m(false, "loss").maximize());
+        assert_eq!(m(true, "loss").to_string(), "val_loss");
+        assert_eq!(m(false, "accuracy").to_string(), "accuracy");
     }
 }

@@ -15,6 +15,7 @@
 //! | `epochs_done` | epochs trained when it was written (`--resume` continues from here) |
 //! | `params` | a JSON list of the tensors that are params; the rest is optimizer state |
 //! | `nnc_version` | the version of `nnc` that wrote it |
+//! | `loop_state` | only when the train block has `plateau` or `early_stop`: their state after the last epoch done, as JSON (`{"plateau": {"lr", "best", "bad_epochs", "cooldown_left"}, "early_stop": {"best", "best_epoch", "wait", "stopped_after"}}`), so a resumed run decides as an uninterrupted one |
 //! | `text` | only for data with text fields: a JSON object from field name to its vocabulary (`{"kind": "tokens", "options": {...}, "words": [...]}`, `words[k]` has id `k + 2`) or class names (`{"kind": "classes", "names": [...]}`), so `--predict` encodes raw text as training did |
 //!
 //! Saving writes `PATH.tmp.<pid>` next to `PATH`, syncs it, renames it over
@@ -44,6 +45,7 @@ pub mod keys {
     pub const PARAMS: &str = "params";
     pub const NNC_VERSION: &str = "nnc_version";
     pub const TEXT: &str = "text";
+    pub const LOOP_STATE: &str = "loop_state";
 }
 
 /// The version written into checkpoints (the workspace version).
@@ -56,6 +58,8 @@ pub struct Meta {
     pub epochs_done: usize,
     /// Which of the tensors are params (the others are optimizer state).
     pub params: Vec<String>,
+    /// The training loop's [`crate::train::LoopState`] as JSON, if any.
+    pub loop_state: Option<String>,
 }
 
 /// How much of a checkpoint [`Checkpoint::apply`] restores.
@@ -82,6 +86,8 @@ pub struct Checkpoint {
     pub tensors: Vec<(String, Tensor)>,
     /// The vocabularies of the data's text fields (empty without any).
     pub vocabularies: Vocabularies,
+    /// The training loop's state as JSON, if it was saved.
+    pub loop_state: Option<String>,
 }
 
 /// The names of a model's weights (as opposed to optimizer state), sorted:
@@ -220,6 +226,9 @@ pub fn save_with_vocabularies(
         let text = serde_json::to_string(vocabularies)
             .map_err(|e| setup(format!("cannot save checkpoint `{}`: {e}", path.display())))?;
         metadata.insert(keys::TEXT.to_string(), text);
+    }
+    if let Some(state) = &meta.loop_state {
+        metadata.insert(keys::LOOP_STATE.to_string(), state.clone());
     }
     let bytes = safetensors_bytes(tensors, metadata)
         .map_err(|e| setup(format!("cannot save checkpoint `{}`: {e}", path.display())))?;
@@ -481,6 +490,7 @@ pub fn load(path: &Path) -> Result<Checkpoint, RuntimeError> {
         params,
         tensors,
         vocabularies,
+        loop_state: metadata.get(keys::LOOP_STATE).cloned(),
     })
 }
 
@@ -698,6 +708,7 @@ mod tests {
         let meta = Meta {
             epochs_done: 3,
             params: vec!["a.w".into()],
+            ..Default::default()
         };
         save(&path, "M", &tensors, &meta).unwrap();
         let ck = load(&path).unwrap();
@@ -707,6 +718,13 @@ mod tests {
         assert_eq!(ck.tensors, tensors);
         assert_eq!(ck.fingerprint, fingerprint(&tensors));
         assert_eq!(ck.nnc_version, NNC_VERSION);
+        assert_eq!(ck.loop_state, None, "written only when there is one");
+        let with_state = Meta {
+            loop_state: Some(r#"{"plateau":{"lr":0.5}}"#.into()),
+            ..meta.clone()
+        };
+        save(&path, "M", &tensors, &with_state).unwrap();
+        assert_eq!(load(&path).unwrap().loop_state, with_state.loop_state);
         let leftovers: Vec<_> = fs::read_dir(&dir).unwrap().collect();
         assert_eq!(leftovers.len(), 1, "no temporary file is left behind");
         fs::remove_dir_all(&dir).ok();
@@ -741,6 +759,7 @@ mod tests {
         let meta = Meta {
             epochs_done: 2,
             params: vec!["w".into()],
+            ..Default::default()
         };
         save(&path, "M", &old, &meta).unwrap();
         let ck = load(&path).unwrap();

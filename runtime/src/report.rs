@@ -15,12 +15,13 @@
 //! | `samples_per_second` | training samples per second over this run's epochs (evaluated samples per second in `eval` mode) |
 //! | `total_seconds` | wall time from reading the source to the end of the run |
 //! | `compile_seconds` | from the start of parsing to the first executed step (parsing, lowering, autodiff, data loading; JIT compilation when there is one) |
+//! | `early_stop` | with `early_stop` in the train block: `{stopped_after, best_epoch, best, kept_epoch}` (the epoch after which training stopped, `null` when it ran every epoch; the best epoch and its monitored value; the epoch whose weights the model ends with), else `null` |
 //! | `peak_rss_bytes` | the process's peak resident set size (`VmHWM` of `/proc/self/status`), `null` where unavailable |
 //!
 //! A metrics object is `{loss, accuracy, samples}` (`accuracy` is `null`
 //! without the metric).
 
-use crate::train::{EpochReport, Metrics};
+use crate::train::{EarlyStopOutcome, EpochReport, Metrics};
 use crate::RuntimeError;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
@@ -85,6 +86,28 @@ pub struct Report {
     pub total_seconds: f64,
     pub compile_seconds: f64,
     pub peak_rss_bytes: Option<u64>,
+    #[serde(default)]
+    pub early_stop: Option<EarlyStopEntry>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EarlyStopEntry {
+    pub stopped_after: Option<usize>,
+    pub best_epoch: usize,
+    pub best: f64,
+    pub kept_epoch: usize,
+}
+
+impl From<&EarlyStopOutcome> for EarlyStopEntry {
+    fn from(o: &EarlyStopOutcome) -> Self {
+        EarlyStopEntry {
+            stopped_after: o.stopped_after,
+            best_epoch: o.best_epoch,
+            best: o.best,
+            kept_epoch: o.kept_epoch,
+        }
+    }
 }
 
 /// Training samples per second over `epochs` (0 without epochs).
@@ -181,6 +204,12 @@ mod tests {
             total_seconds: 1.0,
             compile_seconds: 0.5,
             peak_rss_bytes: Some(1),
+            early_stop: Some(EarlyStopEntry {
+                stopped_after: Some(7),
+                best_epoch: 4,
+                best: 0.25,
+                kept_epoch: 4,
+            }),
         };
         let text = r.to_json();
         assert_eq!(Report::from_json(&text).unwrap(), r);

@@ -615,6 +615,7 @@ mod tests {
             total_seconds: 7.5,
             compile_seconds: 0.042,
             peak_rss_bytes: Some(123_456_789),
+            early_stop: None,
         }
     }
 

@@ -18,6 +18,7 @@ use crate::trace::{GradientDump, StepLog};
 use crate::train::{
     self, EpochReport, Evaluation, Metrics, StepInfo, TrainObserver, TrainOptions, TrainReport,
 };
+use crate::train::{EarlyStopOutcome, LoopState};
 use crate::RuntimeError;
 use nnc_ir::{Graph, Module, Optimizer, TrainSpec};
 use std::path::{Path, PathBuf};
@@ -241,6 +242,9 @@ pub enum Event<'a> {
     /// The epoch loop ended, finished or failed: whatever shows an epoch
     /// in progress can go.
     TrainingStopped,
+    /// Early stopping's verdict, after the last epoch: where it stopped
+    /// and which epoch's weights the model now holds.
+    EarlyStopped(&'a EarlyStopOutcome),
     Measured {
         split: Split,
         metrics: &'a Metrics,
@@ -369,6 +373,16 @@ impl<'m> Run<'m> {
             check_vocabularies(&ckpt, &data)?;
             ckpt.apply(exec.as_mut(), &module.name, &params, Scope::Everything)?;
             done_before = ckpt.epochs_done;
+            overrides.resumed = match &ckpt.loop_state {
+                None => None,
+                Some(text) => Some(LoopState::from_json(text).map_err(|e| {
+                    RuntimeError::Setup(format!(
+                        "checkpoint `{}`: metadata `{}` is not the training loop's state: {e}",
+                        save.display(),
+                        checkpoint::keys::LOOP_STATE
+                    ))
+                })?),
+            };
             events(Event::Resumed {
                 model: &module.name,
                 path: save,
@@ -392,6 +406,7 @@ impl<'m> Run<'m> {
             total_seconds: 0.0,
             compile_seconds: 0.0,
             peak_rss_bytes: None,
+            early_stop: None,
         };
         let cx = Context {
             module,
@@ -441,6 +456,7 @@ fn settings_shown(
         (
             "schedule".into(),
             spec.schedule
+                .as_ref()
                 .map_or("constant".to_string(), |s| format!("{s:?}")),
         ),
         ("batch".into(), s.batch.to_string()),
@@ -553,6 +569,7 @@ fn fit(
         log: trace.log,
         dump: trace.dump,
         saved: false,
+        loop_state: None,
     };
     let result =
         train::train_observed(cx.spec, cx.step, cx.data, exec, cx.overrides, &mut observer);
@@ -560,15 +577,22 @@ fn fit(
         events,
         mut log,
         saved,
+        loop_state,
         ..
     } = observer;
     events(Event::TrainingStopped);
     let trained = result?;
+    if let Some(outcome) = &trained.early_stop {
+        events(Event::EarlyStopped(outcome));
+    }
     if let Some(path) = &cx.options.save {
+        let done = done_before + trained.epochs.iter().filter(|e| e.is_complete()).count();
+        let restored = trained.early_stop.as_ref().is_some_and(|o| o.restored);
         // Every epoch already saved the state it ended with; save here
-        // only when no epoch ran.
-        if !saved {
-            save_checkpoint(cx, exec, done_before, path)?;
+        // when no epoch ran, or when early stopping put back the best
+        // epoch's weights, which are then the ones kept.
+        if !saved || restored {
+            save_checkpoint(cx, exec, done, loop_state.as_ref(), path)?;
         }
     }
     if let (Some(log), Some(metrics)) = (&mut log, &trained.test) {
@@ -590,6 +614,7 @@ fn fit(
         .map(Into::into);
     report.test = trained.test.as_ref().map(Into::into);
     report.samples_per_second = report::training_rate(&trained.epochs);
+    report.early_stop = trained.early_stop.as_ref().map(Into::into);
     Ok(RunOutcome::Trained(trained))
 }
 
@@ -626,16 +651,21 @@ fn check_vocabularies(ckpt: &checkpoint::Checkpoint, data: &LoadedData) -> Resul
     Ok(())
 }
 
-/// A checkpoint of `exec`'s state after `epochs_done` epochs.
+/// A checkpoint of `exec`'s state after `epochs_done` epochs, with the
+/// training loop's own state.
 fn save_checkpoint(
     cx: &Context<'_>,
     exec: &dyn Executor,
     epochs_done: usize,
+    loop_state: Option<&LoopState>,
     path: &Path,
 ) -> Result<(), RuntimeError> {
     let meta = checkpoint::Meta {
         epochs_done,
         params: cx.params.to_vec(),
+        loop_state: loop_state
+            .filter(|s| **s != LoopState::default())
+            .map(LoopState::to_json),
     };
     checkpoint::save_with_vocabularies(
         path,
@@ -655,6 +685,8 @@ struct FitObserver<'c, 'e> {
     dump: Option<GradientDump>,
     /// Whether a checkpoint has been saved.
     saved: bool,
+    /// The loop's state after the last epoch.
+    loop_state: Option<LoopState>,
 }
 
 impl TrainObserver for FitObserver<'_, '_> {
@@ -686,6 +718,10 @@ impl TrainObserver for FitObserver<'_, '_> {
         Ok(())
     }
 
+    fn loop_state(&mut self, state: &LoopState) {
+        self.loop_state = Some(state.clone());
+    }
+
     fn after_epoch(&mut self, r: &EpochReport, exec: &dyn Executor) -> Result<(), RuntimeError> {
         if let Some(log) = &mut self.log {
             log.epoch(r)?;
@@ -699,7 +735,7 @@ impl TrainObserver for FitObserver<'_, '_> {
             } else {
                 r.epoch - 1
             };
-            save_checkpoint(self.cx, exec, done, path)?;
+            save_checkpoint(self.cx, exec, done, self.loop_state.as_ref(), path)?;
             self.saved = true;
         }
         Ok(())

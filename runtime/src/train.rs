@@ -7,6 +7,8 @@ use crate::executor::{Batch, BatchData, BatchField, Executor, StepMetrics};
 use crate::loader::LoadedData;
 use crate::RuntimeError;
 use nnc_ir::{is_loop_input, Graph, Optimizer, TrainSpec, ADAM_STEP, RNG_KEY};
+use nnc_ir::{Decay, EarlyStop, LrAt, Monitor, Plateau, Schedule};
+use serde::{Deserialize, Serialize};
 use std::time::Instant;
 
 /// Overrides of the train block's settings from the command line.
@@ -25,6 +27,9 @@ pub struct TrainOptions {
     /// Stop after this many optimizer steps (`--steps N`), mid-epoch if
     /// need be.
     pub max_steps: Option<usize>,
+    /// What the epochs before `first_epoch` left to plateau and early
+    /// stopping (from a resumed checkpoint).
+    pub resumed: Option<LoopState>,
 }
 
 /// The batch size of a model without a `train` block (prediction only).
@@ -78,11 +83,24 @@ pub struct Metrics {
     pub samples: usize,
 }
 
+impl Metrics {
+    /// The metric named `name` (as a monitor names it, without `val_`),
+    /// when it was computed.
+    pub fn value(&self, name: &str) -> Option<f64> {
+        match name {
+            "loss" => Some(self.loss),
+            "accuracy" => self.accuracy,
+            _ => None,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct EpochReport {
     pub epoch: usize,
     pub epochs: usize,
-    /// The learning rate of the epoch's steps.
+    /// The learning rate of the epoch's first step (warmup and one-cycle
+    /// change it every step; the step log has each).
     pub lr: f64,
     /// Optimizer steps the epoch made: fewer than `batches` when the step
     /// limit (`--steps`) stopped training inside it.
@@ -98,6 +116,260 @@ pub struct EpochReport {
 pub struct TrainReport {
     pub epochs: Vec<EpochReport>,
     pub test: Option<Metrics>,
+    /// What early stopping decided, when the train block has it.
+    pub early_stop: Option<EarlyStopOutcome>,
+}
+
+/// How early stopping ended a run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EarlyStopOutcome {
+    /// The epoch after which it stopped training; `None` when every
+    /// epoch ran.
+    pub stopped_after: Option<usize>,
+    /// The epoch with the best monitored value, and that value.
+    pub best_epoch: usize,
+    pub best: f64,
+    /// Whether the params and state are now the best epoch's (the
+    /// test metrics and the saved checkpoint are of those).
+    pub restored: bool,
+    /// The epoch whose params and state the model holds now: the best one
+    /// when restored, else the last one trained.
+    pub kept_epoch: usize,
+}
+
+impl EpochReport {
+    /// The value of `monitor` this epoch, if it was measured.
+    pub fn monitored(&self, monitor: &Monitor) -> Option<f64> {
+        let metrics = match monitor.validation {
+            true => self.validation.as_ref()?,
+            false => &self.train,
+        };
+        metrics.value(&monitor.metric)
+    }
+
+    fn require(&self, monitor: &Monitor) -> Result<f64, RuntimeError> {
+        self.monitored(monitor).ok_or_else(|| {
+            RuntimeError::Setup(format!(
+                "epoch {} did not measure `{monitor}`, which the train block monitors",
+                self.epoch
+            ))
+        })
+    }
+}
+
+/// `ReduceLROnPlateau`'s state: the reduced rate, the best value, the
+/// epochs without improvement and those left to cool down.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PlateauState {
+    pub lr: f64,
+    /// `None` before the first epoch (PyTorch's `mode_worse`, ±inf).
+    pub best: Option<f64>,
+    pub bad_epochs: usize,
+    pub cooldown_left: usize,
+}
+
+/// PyTorch's `eps`: a reduction smaller than this is not made.
+const PLATEAU_EPS: f64 = 1e-8;
+
+impl PlateauState {
+    pub fn new(base_lr: f64) -> PlateauState {
+        PlateauState {
+            lr: base_lr,
+            best: None,
+            bad_epochs: 0,
+            cooldown_left: 0,
+        }
+    }
+
+    /// `ReduceLROnPlateau.step(value)` with `threshold_mode='rel'`.
+    pub fn step(&mut self, plateau: &Plateau, value: f64) {
+        let maximize = plateau.monitor.maximize();
+        let best = self.best.unwrap_or(if maximize {
+            f64::NEG_INFINITY
+        } else {
+            f64::INFINITY
+        });
+        let better = if maximize {
+            value > best * (1.0 + plateau.threshold)
+        } else {
+            value < best * (1.0 - plateau.threshold)
+        };
+        if better {
+            self.best = Some(value);
+            self.bad_epochs = 0;
+        } else {
+            self.bad_epochs += 1;
+        }
+        if self.cooldown_left > 0 {
+            self.cooldown_left -= 1;
+            self.bad_epochs = 0;
+        }
+        if self.bad_epochs > plateau.patience {
+            let reduced = (self.lr * plateau.factor).max(plateau.min_lr);
+            if self.lr - reduced > PLATEAU_EPS {
+                self.lr = reduced;
+            }
+            self.cooldown_left = plateau.cooldown;
+            self.bad_epochs = 0;
+        }
+    }
+}
+
+/// Keras `EarlyStopping`'s state.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EarlyStopState {
+    /// `None` before the first epoch (Keras's ±inf).
+    pub best: Option<f64>,
+    /// The (1-based) epoch of `best`; 0 before the first.
+    pub best_epoch: usize,
+    /// Epochs since the best one.
+    pub wait: usize,
+    /// The epoch after which it stopped training.
+    pub stopped_after: Option<usize>,
+}
+
+/// What early stopping makes of an epoch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopDecision {
+    /// A new best: keep these weights.
+    Improved,
+    Continue,
+    Stop,
+}
+
+impl EarlyStopState {
+    pub fn new() -> EarlyStopState {
+        EarlyStopState {
+            best: None,
+            best_epoch: 0,
+            wait: 0,
+            stopped_after: None,
+        }
+    }
+
+    /// Keras's `on_epoch_end` for 1-based `epoch` measuring `value`: an
+    /// improvement is by more than `min_delta`; training stops once `wait`
+    /// reaches `patience`, never after the first epoch.
+    pub fn step(&mut self, stop: &EarlyStop, epoch: usize, value: f64) -> StopDecision {
+        let maximize = stop.monitor.maximize();
+        self.wait += 1;
+        let improved = match self.best {
+            None => !value.is_nan(),
+            Some(best) if maximize => value - stop.min_delta > best,
+            Some(best) => value + stop.min_delta < best,
+        };
+        if improved {
+            self.best = Some(value);
+            self.best_epoch = epoch;
+            self.wait = 0;
+            return StopDecision::Improved;
+        }
+        if self.wait >= stop.patience && epoch > 1 {
+            self.stopped_after = Some(epoch);
+            return StopDecision::Stop;
+        }
+        StopDecision::Continue
+    }
+}
+
+impl Default for EarlyStopState {
+    fn default() -> Self {
+        EarlyStopState::new()
+    }
+}
+
+/// What the training loop carries from epoch to epoch besides the
+/// executor's state: saved in checkpoints, so a resumed run takes the
+/// same decisions as an uninterrupted one.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct LoopState {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plateau: Option<PlateauState>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub early_stop: Option<EarlyStopState>,
+}
+
+impl LoopState {
+    /// The state before the first epoch of a run of `spec`.
+    pub fn new(spec: &TrainSpec) -> LoopState {
+        LoopState {
+            plateau: match spec.schedule.as_ref().and_then(|s| s.decay.as_ref()) {
+                Some(Decay::Plateau(_)) => Some(PlateauState::new(spec.optimizer.lr())),
+                _ => None,
+            },
+            early_stop: spec.early_stop.as_ref().map(|_| EarlyStopState::new()),
+        }
+    }
+
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("plain numbers serialize")
+    }
+
+    pub fn from_json(text: &str) -> Result<LoopState, String> {
+        serde_json::from_str(text).map_err(|e| e.to_string())
+    }
+}
+
+/// The learning rate of every step of a run: the schedule's closed forms
+/// ([`Schedule::lr`]) with plateau's reduced rate. The training loop,
+/// `nnc bench` and the tests all take rates from here.
+#[derive(Debug, Clone)]
+pub struct LrSchedule<'s> {
+    schedule: Option<&'s Schedule>,
+    base: f64,
+    epochs: usize,
+    per_epoch: usize,
+}
+
+impl<'s> LrSchedule<'s> {
+    /// The rates of a run of `epochs` epochs of `per_epoch` steps.
+    pub fn new(spec: &'s TrainSpec, epochs: usize, per_epoch: usize) -> LrSchedule<'s> {
+        LrSchedule {
+            schedule: spec.schedule.as_ref(),
+            base: spec.optimizer.lr(),
+            epochs,
+            per_epoch,
+        }
+    }
+
+    /// The rate of 0-based batch `batch` of 1-based `epoch`, with the
+    /// loop's `state` (plateau's reduced rate).
+    pub fn lr(&self, epoch: usize, batch: usize, state: &LoopState) -> f64 {
+        let Some(schedule) = self.schedule else {
+            return self.base;
+        };
+        let epoch = epoch.saturating_sub(1);
+        let at = LrAt {
+            epoch,
+            epochs: self.epochs,
+            step: epoch * self.per_epoch + batch,
+            steps: self.epochs * self.per_epoch,
+            plateau_lr: state.plateau.as_ref().map_or(self.base, |p| p.lr),
+        };
+        schedule.lr(self.base, &at)
+    }
+}
+
+/// After a whole epoch: plateau and early stopping see its metrics.
+fn end_epoch(
+    spec: &TrainSpec,
+    report: &EpochReport,
+    state: &mut LoopState,
+) -> Result<Option<StopDecision>, RuntimeError> {
+    if let (Some(Decay::Plateau(plateau)), Some(p)) = (
+        spec.schedule.as_ref().and_then(|s| s.decay.as_ref()),
+        state.plateau.as_mut(),
+    ) {
+        p.step(plateau, report.require(&plateau.monitor)?);
+    }
+    match (&spec.early_stop, state.early_stop.as_mut()) {
+        (Some(stop), Some(s)) => Ok(Some(s.step(
+            stop,
+            report.epoch,
+            report.require(&stop.monitor)?,
+        ))),
+        _ => Ok(None),
+    }
 }
 
 /// Sample-weighted running means of the scalar outputs.
@@ -225,6 +497,9 @@ pub trait TrainObserver {
     ) -> Result<(), RuntimeError> {
         Ok(())
     }
+    /// Before [`TrainObserver::after_epoch`], what plateau and early
+    /// stopping carry past the epoch (to checkpoint with the executor's).
+    fn loop_state(&mut self, _state: &LoopState) {}
     /// After each epoch (also one the step limit cut short), with the
     /// executor, to checkpoint its state.
     fn after_epoch(
@@ -422,8 +697,15 @@ pub fn train_observed(
     let mut batch = Batch::default();
     let mut reports = Vec::with_capacity(epochs);
     let mut order = Vec::with_capacity(parts.train.len());
-    let base_lr = spec.optimizer.lr();
     let per_epoch = Batches::new(parts.train.len(), batch_size, false)?.len();
+    let lrs = LrSchedule::new(spec, epochs, per_epoch);
+    let mut state = options
+        .resumed
+        .clone()
+        .unwrap_or_else(|| LoopState::new(spec));
+    // The params and state of the best epoch so far, to restore at the end.
+    let keep_best = spec.early_stop.as_ref().is_some_and(|s| s.restore_best);
+    let mut best_state = None;
     // Optimizer steps in this run (`--steps`), and since the optimizer
     // state began (Adam's bias corrections; a resumed run continues it).
     let mut run_steps = 0;
@@ -432,9 +714,13 @@ pub fn train_observed(
         if max_steps.is_some_and(|m| run_steps >= m) {
             break;
         }
-        let lr = spec
-            .schedule
-            .map_or(base_lr, |s| s.lr(base_lr, epoch - 1, epochs));
+        if state
+            .early_stop
+            .as_ref()
+            .is_some_and(|s| s.stopped_after.is_some())
+        {
+            break;
+        }
         let start = Instant::now();
         epoch_order(&parts.train, seed, epoch, shuffle, &mut order);
         let mut acc = Accumulator::default();
@@ -446,6 +732,7 @@ pub fn train_observed(
                 break;
             }
             let indices = &order[range];
+            let lr = lrs.lr(epoch, i, &state);
             data.fill_batch(&data.train, &names, indices, &mut batch)?;
             feed_hyper(&mut batch, &spec.optimizer, lr, optimizer_steps);
             set_key(&mut batch, RNG_KEY, step_key(seed, epoch, i));
@@ -487,20 +774,64 @@ pub fn train_observed(
         let report = EpochReport {
             epoch,
             epochs,
-            lr,
+            lr: lrs.lr(epoch, 0, &state),
             steps,
             batches: total,
             train: acc.finish(),
             validation,
             seconds: start.elapsed().as_secs_f64(),
         };
+        // An epoch the step limit cut short is run again on resuming, so
+        // it decides nothing.
+        let decision = match report.is_complete() {
+            true => end_epoch(spec, &report, &mut state)?,
+            false => None,
+        };
+        if keep_best && decision == Some(StopDecision::Improved) {
+            best_state = Some((epoch, exec.state()));
+        }
+        observer.loop_state(&state);
         observer.after_epoch(&report, exec)?;
         reports.push(report);
+        if decision == Some(StopDecision::Stop) {
+            break;
+        }
     }
+    let early_stop = match state.early_stop {
+        Some(s) if s.best_epoch > 0 => {
+            let last = reports
+                .iter()
+                .rev()
+                .find(|r| r.is_complete())
+                .map_or(first_epoch.saturating_sub(1), |r| r.epoch);
+            // The best epoch's snapshot exists only when this run trained
+            // it: one before a resume is not restored.
+            let restored = match best_state {
+                Some((best_epoch, saved)) if keep_best && best_epoch == s.best_epoch => {
+                    if reports.last().map(|r| r.epoch) != Some(best_epoch) {
+                        for (name, value) in saved {
+                            exec.set_state(&name, value)?;
+                        }
+                    }
+                    true
+                }
+                _ => false,
+            };
+            Some(EarlyStopOutcome {
+                stopped_after: s.stopped_after,
+                best_epoch: s.best_epoch,
+                best: s.best.unwrap_or(f64::NAN),
+                restored,
+                kept_epoch: if restored { s.best_epoch } else { last },
+            })
+        }
+        _ => None,
+    };
     let test = evaluate_test(exec, spec, data, &parts, batch_size)?;
     Ok(TrainReport {
         epochs: reports,
         test,
+        early_stop,
     })
 }
 
@@ -598,5 +929,208 @@ mod tests {
         assert!(!settings.shuffle);
         assert_eq!(settings.max_steps, Some(3));
         assert!(TrainOptions::default().resolve(None).shuffle);
+    }
+
+    fn plateau(
+        patience: usize,
+        factor: f64,
+        threshold: f64,
+        cooldown: usize,
+        min_lr: f64,
+    ) -> Plateau {
+        Plateau {
+            monitor: Monitor {
+                validation: true,
+                metric: "loss".into(),
+            },
+            patience,
+            factor,
+            threshold,
+            cooldown,
+            min_lr,
+        }
+    }
+
+    #[test]
+    fn plateau_reduces_after_patience_then_cools_down_and_stops_at_min_lr() {
+        // Traced by hand through `ReduceLROnPlateau.step` (mode min, rel
+        // threshold 0.1: an improvement is below 0.9 × best).
+        let p = plateau(1, 0.5, 0.1, 1, 0.2);
+        let values = [
+            10.0, 9.5, 9.2, 8.0, 8.0, 8.0, 8.0, 5.0, 5.0, 5.0, 5.0, 5.0, 5.0,
+        ];
+        let want = [
+            1.0, 1.0, 0.5, 0.5, 0.5, 0.25, 0.25, 0.25, 0.25, 0.2, 0.2, 0.2, 0.2,
+        ];
+        let mut state = PlateauState::new(1.0);
+        let got: Vec<f64> = values
+            .iter()
+            .map(|&v| {
+                state.step(&p, v);
+                state.lr
+            })
+            .collect();
+        assert_eq!(got, want);
+        assert_eq!(state.best, Some(5.0));
+        assert_eq!(
+            state.cooldown_left, 1,
+            "the last reduction (none: at min_lr) still cools down"
+        );
+    }
+
+    /// `ReduceLROnPlateau` as PyTorch writes it, with `best` starting at
+    /// ±inf and `in_cooldown` read before the decrement.
+    fn plateau_reference(p: &Plateau, maximize: bool, base: f64, values: &[f64]) -> Vec<f64> {
+        let mut best = if maximize {
+            f64::NEG_INFINITY
+        } else {
+            f64::INFINITY
+        };
+        let (mut bad, mut cooldown_counter, mut lr) = (0usize, 0usize, base);
+        let mut out = Vec::new();
+        for &current in values {
+            let is_better = if maximize {
+                current > best * (p.threshold + 1.0)
+            } else {
+                current < best * (1.0 - p.threshold)
+            };
+            if is_better {
+                best = current;
+                bad = 0;
+            } else {
+                bad += 1;
+            }
+            if cooldown_counter > 0 {
+                cooldown_counter -= 1;
+                bad = 0;
+            }
+            if bad > p.patience {
+                let new_lr = f64::max(lr * p.factor, p.min_lr);
+                if lr - new_lr > 1e-8 {
+                    lr = new_lr;
+                }
+                cooldown_counter = p.cooldown;
+                bad = 0;
+            }
+            out.push(lr);
+        }
+        out
+    }
+
+    #[test]
+    fn plateau_matches_pytorch_over_30_epochs_in_both_modes() {
+        // A noisy, slowly improving metric.
+        let mut rng = SplitMix64::new(3);
+        let values: Vec<f64> = (0..30)
+            .map(|e| 1.0 / (1.0 + e as f64 * 0.1) + (rng.next_u64() % 1000) as f64 * 1e-4)
+            .collect();
+        for (patience, cooldown, min_lr) in [(0, 0, 0.0), (2, 1, 0.01), (1, 3, 0.05)] {
+            let mut p = plateau(patience, 0.3, 1e-2, cooldown, min_lr);
+            let mut state = PlateauState::new(0.5);
+            let got: Vec<f64> = values
+                .iter()
+                .map(|&v| {
+                    state.step(&p, v);
+                    state.lr
+                })
+                .collect();
+            assert_eq!(got, plateau_reference(&p, false, 0.5, &values));
+            assert!(got[29] < 0.5, "it reduced at least once");
+            // Accuracy-like: larger is better.
+            p.monitor.metric = "accuracy".into();
+            let accuracy: Vec<f64> = values.iter().map(|v| 1.0 - v).collect();
+            let mut state = PlateauState::new(0.5);
+            let got: Vec<f64> = accuracy
+                .iter()
+                .map(|&v| {
+                    state.step(&p, v);
+                    state.lr
+                })
+                .collect();
+            assert_eq!(got, plateau_reference(&p, true, 0.5, &accuracy));
+        }
+    }
+
+    fn early_stop(metric: &str, patience: usize, min_delta: f64) -> EarlyStop {
+        EarlyStop {
+            monitor: Monitor {
+                validation: true,
+                metric: metric.into(),
+            },
+            patience,
+            min_delta,
+            restore_best: true,
+        }
+    }
+
+    #[test]
+    fn early_stopping_decides_as_keras_does() {
+        use StopDecision::*;
+        let run = |stop: &EarlyStop, values: &[f64]| {
+            let mut state = EarlyStopState::new();
+            let mut out = Vec::new();
+            for (i, &v) in values.iter().enumerate() {
+                let d = state.step(stop, i + 1, v);
+                out.push(d);
+                if d == Stop {
+                    break;
+                }
+            }
+            (out, state)
+        };
+        // Improvements must beat the best by more than min_delta.
+        let (got, state) = run(
+            &early_stop("loss", 2, 0.1),
+            &[1.0, 0.95, 0.85, 0.9, 0.89, 0.5],
+        );
+        assert_eq!(got, [Improved, Continue, Improved, Continue, Stop]);
+        assert_eq!(
+            state,
+            EarlyStopState {
+                best: Some(0.85),
+                best_epoch: 3,
+                wait: 2,
+                stopped_after: Some(5),
+            }
+        );
+        // Larger accuracy is better; patience 0 stops at the first epoch
+        // without improvement.
+        let (got, state) = run(&early_stop("accuracy", 0, 0.0), &[0.5, 0.6, 0.6, 0.7]);
+        assert_eq!(got, [Improved, Improved, Stop]);
+        assert_eq!((state.best_epoch, state.stopped_after), (2, Some(3)));
+        // Never on the first epoch, even when it does not count.
+        let (got, _) = run(&early_stop("loss", 0, 0.0), &[f64::NAN, 1.0]);
+        assert_eq!(got, [Continue, Improved]);
+        // An improvement every fourth epoch: patience 4 never runs out, 3 does.
+        let values: Vec<f64> = (0..25)
+            .map(|e| 1.0 - (e / 4) as f64 * 0.01 + (e % 4) as f64 * 0.001)
+            .collect();
+        let (got, state) = run(&early_stop("loss", 4, 0.0), &values);
+        assert_eq!(got.len(), 25);
+        assert_eq!((state.best_epoch, state.stopped_after), (25, None));
+        let (got, state) = run(&early_stop("loss", 3, 0.0), &values);
+        assert_eq!(got.len(), 4);
+        assert_eq!((state.best_epoch, state.stopped_after), (1, Some(4)));
+    }
+
+    #[test]
+    fn the_loop_state_round_trips_through_json() {
+        let state = LoopState {
+            plateau: Some(PlateauState {
+                lr: 0.1 + 0.2,
+                best: None,
+                bad_epochs: 2,
+                cooldown_left: 1,
+            }),
+            early_stop: Some(EarlyStopState {
+                best: Some(1.0 / 3.0),
+                best_epoch: 4,
+                wait: 1,
+                stopped_after: None,
+            }),
+        };
+        assert_eq!(LoopState::from_json(&state.to_json()).unwrap(), state);
+        assert_eq!(LoopState::default().to_json(), "{}");
+        assert!(LoopState::from_json("{\"plateau\": 3}").is_err());
     }
 }

@@ -122,6 +122,7 @@ fn line(dir: &Path) -> Line {
             shuffle: true,
             validate: None,
             schedule: None,
+            early_stop: None,
             metrics: Vec::new(),
         }),
     };
@@ -191,6 +192,10 @@ fn execute(
             Event::BatchDone { .. } => return,
             Event::EpochDone(r) => format!("epoch {}", r.epoch),
             Event::TrainingStopped => "stopped".into(),
+            Event::EarlyStopped(o) => format!(
+                "early stop after {:?}, best {}, kept {}",
+                o.stopped_after, o.best_epoch, o.kept_epoch
+            ),
             Event::Measured { split, .. } => split.name().into(),
             Event::Predicted { index, .. } => format!("prediction {index}"),
         })
@@ -749,4 +754,198 @@ fn the_html_report_of_a_run_shows_the_json_reports_numbers() {
         .count();
     assert_eq!(points, 2 * json.per_epoch.len());
     assert!(html.contains("<h2>Model</h2>") && html.contains("<h2>Settings</h2>"));
+}
+
+/// The line with `edit` applied to its train block.
+fn line_with(dir: &Path, edit: impl FnOnce(&mut TrainSpec)) -> Line {
+    let mut line = line(dir);
+    edit(line.module.train.as_mut().unwrap());
+    line
+}
+
+fn weights(path: &Path) -> Vec<(String, nnc_ir::Tensor)> {
+    checkpoint::load(path).unwrap().tensors
+}
+
+#[test]
+fn early_stopping_stops_and_keeps_the_best_epochs_weights() {
+    let dir = Scratch::new("early-stop");
+    // Nothing improves on the first epoch by more than `min_delta`, so the
+    // first epoch stays the best and training stops two epochs later.
+    let line = line_with(&dir.0, |t| {
+        t.validate = Some(0.25);
+        t.epochs = 10;
+        t.early_stop = Some(nnc_ir::EarlyStop {
+            monitor: nnc_ir::Monitor {
+                validation: true,
+                metric: "loss".into(),
+            },
+            patience: 2,
+            min_delta: 1e9,
+            restore_best: true,
+        });
+    });
+    let ckpt = dir.0.join("stopped.safetensors");
+    let report = dir.0.join("report.json");
+    let options = RunOptions {
+        save: Some(ckpt.clone()),
+        report: Some(report.clone()),
+        ..interp()
+    };
+    let (outcome, seen) = execute(&line, &dir.0, options.clone()).unwrap();
+    let run = trained(outcome);
+    assert_eq!(
+        seen,
+        [
+            "training 1..=10 by 4",
+            "epoch 1",
+            "epoch 2",
+            "epoch 3",
+            "stopped",
+            "early stop after Some(3), best 1, kept 1"
+        ]
+    );
+    let outcome = run.early_stop.unwrap();
+    assert!(outcome.restored);
+    let json = Report::from_json(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    let entry = json.early_stop.unwrap();
+    assert_eq!(
+        (entry.stopped_after, entry.best_epoch, entry.kept_epoch),
+        (Some(3), 1, 1)
+    );
+
+    // The checkpoint holds exactly what one epoch of the same run trains.
+    let one = dir.0.join("one.safetensors");
+    let just_one = RunOptions {
+        save: Some(one.clone()),
+        report: None,
+        train: TrainOptions {
+            epochs: Some(1),
+            ..Default::default()
+        },
+        ..interp()
+    };
+    let (outcome, _) = execute(&line, &dir.0, just_one).unwrap();
+    let epoch1 = trained(outcome);
+    assert_eq!(weights(&ckpt), weights(&one));
+    let three = &run.epochs[2];
+    assert_ne!(
+        three.train.loss, epoch1.epochs[0].train.loss,
+        "epochs 2 and 3 did train"
+    );
+    assert_eq!(checkpoint::load(&ckpt).unwrap().epochs_done, 3);
+
+    // Resuming a run that stopped trains nothing more.
+    let resume = RunOptions {
+        resume: true,
+        report: None,
+        ..options
+    };
+    let (outcome, _) = execute(&line, &dir.0, resume).unwrap();
+    assert!(trained(outcome).epochs.is_empty());
+    assert_eq!(weights(&ckpt), weights(&one));
+}
+
+#[test]
+fn a_resumed_run_takes_the_uninterrupted_runs_plateau_rates() {
+    let dir = Scratch::new("plateau-resume");
+    // A reduction whenever the training loss falls by less than half.
+    let line = line_with(&dir.0, |t| {
+        t.epochs = 8;
+        t.schedule = Some(nnc_ir::Schedule {
+            warmup: Some(nnc_ir::Warmup {
+                steps: 5,
+                start_factor: 0.5,
+            }),
+            decay: Some(nnc_ir::Decay::Plateau(nnc_ir::Plateau {
+                monitor: nnc_ir::Monitor {
+                    validation: false,
+                    metric: "loss".into(),
+                },
+                patience: 0,
+                factor: 0.5,
+                threshold: 0.5,
+                cooldown: 1,
+                min_lr: 0.0,
+            })),
+        });
+    });
+    let lrs = |r: &TrainReport| r.epochs.iter().map(|e| e.lr).collect::<Vec<_>>();
+    let whole = trained(execute(&line, &dir.0, interp()).unwrap().0);
+    let ckpt = dir.0.join("p.safetensors");
+    let first = RunOptions {
+        save: Some(ckpt.clone()),
+        train: TrainOptions {
+            epochs: Some(4),
+            ..Default::default()
+        },
+        ..interp()
+    };
+    let head = trained(execute(&line, &dir.0, first.clone()).unwrap().0);
+    let resume = RunOptions {
+        resume: true,
+        train: TrainOptions {
+            epochs: Some(8),
+            ..Default::default()
+        },
+        ..first
+    };
+    let tail = trained(execute(&line, &dir.0, resume).unwrap().0);
+    let mut joined = lrs(&head);
+    joined.extend(lrs(&tail));
+    assert_eq!(joined, lrs(&whole));
+    // The warmup's first step, then reductions in both halves.
+    assert_eq!(whole.epochs[0].lr, 0.025);
+    let w = lrs(&whole);
+    assert!(w[4] < w[1] && w[7] < w[4], "{w:?}");
+    let tail_losses: Vec<f64> = tail.epochs.iter().map(|e| e.train.loss).collect();
+    let whole_losses: Vec<f64> = whole.epochs[4..].iter().map(|e| e.train.loss).collect();
+    assert_eq!(tail_losses, whole_losses);
+}
+
+#[test]
+fn per_step_schedules_feed_every_step_its_own_rate() {
+    let dir = Scratch::new("onecycle");
+    let cycle = nnc_ir::OneCycle {
+        max_lr: 0.2,
+        pct_start: 0.3,
+        div_factor: 10.0,
+        final_div_factor: 100.0,
+        anneal: nnc_ir::Anneal::Cos,
+        three_phase: false,
+    };
+    let line = line_with(&dir.0, |t| {
+        t.schedule = Some(nnc_ir::Schedule {
+            warmup: None,
+            decay: Some(nnc_ir::Decay::OneCycle(cycle)),
+        });
+    });
+    let log = dir.0.join("log.jsonl");
+    let options = RunOptions {
+        log: Some(log.clone()),
+        ..interp()
+    };
+    let run = trained(execute(&line, &dir.0, options).unwrap().0);
+    let steps: Vec<f64> = std::fs::read_to_string(&log)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v["event"] == "step")
+        .map(|v| v["lr"].as_f64().unwrap())
+        .collect();
+    // 3 epochs of 16 samples in batches of 4: 12 steps in all.
+    let want: Vec<f64> = (0..12).map(|t| cycle.lr(t, 12)).collect();
+    // The log's decimals go through serde_json's float parsing.
+    assert_eq!(steps.len(), 12);
+    for (got, want) in steps.iter().zip(&want) {
+        assert!((got - want).abs() <= 1e-15 * want, "{steps:?}");
+    }
+    assert!((steps[0] - 0.02).abs() < 1e-15);
+    assert!((steps[11] - 0.0002).abs() < 1e-15);
+    let epoch_lrs: Vec<f64> = run.epochs.iter().map(|e| e.lr).collect();
+    assert_eq!(
+        epoch_lrs,
+        [want[0], want[4], want[8]],
+        "an epoch's first step"
+    );
 }
