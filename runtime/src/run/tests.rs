@@ -118,6 +118,7 @@ fn line(dir: &Path) -> Line {
             seed: 5,
             shuffle: true,
             validate: None,
+            kfold: None,
             schedule: None,
             metrics: Vec::new(),
         }),
@@ -190,6 +191,14 @@ fn execute(
             Event::TrainingStopped => "stopped".into(),
             Event::Measured { split, .. } => split.name().into(),
             Event::Predicted { index, .. } => format!("prediction {index}"),
+            Event::FoldStarted {
+                fold,
+                k,
+                train,
+                validation,
+            } => format!("fold {fold}/{k}: {train}+{validation}"),
+            Event::FoldDone { fold, .. } => format!("fold {fold} done"),
+            Event::CrossValidated(cv) => format!("cross-validated {}", cv.k),
         })
     })?;
     Ok((outcome, seen))
