@@ -376,6 +376,9 @@ impl<'m> Run<'m> {
             .ok_or_else(|| RunError::NotTrainable {
                 model: module.name.clone(),
             })?;
+        if spec.kfold.is_some() && options.resume && !options.eval {
+            return Err(RunError::ResumeCrossValidation);
+        }
         let data_spec = module.data.as_ref().ok_or_else(|| RunError::NoData {
             model: module.name.clone(),
         })?;
@@ -462,9 +465,6 @@ impl<'m> Run<'m> {
         let outcome = if options.eval {
             evaluate(&cx, exec.as_mut(), &mut report, events)?
         } else if let Some(kfold) = &spec.kfold {
-            if options.resume {
-                return Err(RunError::ResumeCrossValidation);
-            }
             cross_validate(&cx, exec.as_mut(), kfold, trace, &mut report, events)?
         } else {
             fit(&cx, exec.as_mut(), done_before, trace, &mut report, events)?
