@@ -1507,7 +1507,7 @@ fn lower_set_metric(
     };
     let misfit = |what: &str, help: &str| {
         Error::new(id.span, format!("`{name}` needs {what}"))
-            .with_label(format!("does not fit model `{}`", output()))
+            .with_label(format!("does not fit the output `{}`", output()))
             .with_note(shapes.describe())
             .with_help(help.to_string())
     };
