@@ -675,3 +675,36 @@ pub fn format_epoch(r: &nnc_runtime::EpochReport) -> String {
     s.push_str(&format!("  {:.1}s, {rate:.0} samples/s", r.seconds));
     s
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nnc_runtime::metrics::ClassReport;
+
+    #[test]
+    fn the_class_table_lists_every_class_the_averages_and_the_matrix() {
+        // Class 2 is absent from the set.
+        let c = ClassReport::from_confusion(3, &[3, 1, 0, 0, 2, 0, 0, 0, 0]);
+        let table = format_classes(&c);
+        let lines: Vec<&str> = table.lines().collect();
+        assert_eq!(lines[0], "   class  precision  recall  f1-score  support");
+        assert_eq!(lines[1], "       0     1.0000  0.7500    0.8571        4");
+        assert_eq!(lines[2], "       1     0.6667  1.0000    0.8000        2");
+        assert_eq!(lines[3], "       2     0.0000  0.0000    0.0000        0");
+        assert_eq!(lines[4], "   macro     0.5556  0.5833    0.5524        6");
+        assert!(
+            lines[5].starts_with("weighted     0.8889  0.8333"),
+            "{}",
+            lines[5]
+        );
+        assert_eq!(
+            &lines[7..],
+            [
+                "         0 1 2",
+                "       0 3 1 0",
+                "       1 0 2 0",
+                "       2 0 0 0"
+            ]
+        );
+    }
+}
