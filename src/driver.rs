@@ -340,6 +340,9 @@ pub fn run(
 ) -> Result<nnc_runtime::TrainReport, Failure> {
     match run_with(path, settings, out)? {
         RunOutcome::Trained(report) => Ok(report),
+        RunOutcome::CrossValidated(_) => Err(internal(
+            "a plain run cross-validated: `run_with` returns the folds",
+        )),
         _ => Err(internal("a plain run did not train")),
     }
 }
@@ -481,8 +484,32 @@ impl Terminal<'_> {
             }
             Event::EarlyStopped(outcome) => format_early_stop(outcome),
             Event::Measured { split, metrics } => {
-                format!("{}: {}", split.name(), format_metrics(metrics))
+                let mut s = format!("{}: {}", split.name(), format_metrics(metrics));
+                if let Some(c) = &metrics.classes {
+                    s.push('\n');
+                    s.push_str(&format_classes(c));
+                }
+                s
             }
+            Event::FoldStarted {
+                fold,
+                k,
+                train,
+                validation,
+            } => format!("fold {fold}/{k}: {train} training samples, {validation} validation"),
+            Event::FoldDone {
+                fold,
+                k,
+                validation,
+                test,
+            } => {
+                let mut s = format!("fold {fold}/{k} validation: {}", format_metrics(validation));
+                if let Some(t) = test {
+                    s.push_str(&format!("\nfold {fold}/{k} test: {}", format_metrics(t)));
+                }
+                s
+            }
+            Event::CrossValidated(cv) => format_cross_validation(cv),
             Event::Predicted { .. } if !self.print_predictions => return,
             Event::Predicted { index, prediction } => format_prediction(index, prediction),
         };
@@ -542,7 +569,105 @@ fn format_metrics(m: &nnc_runtime::Metrics) -> String {
     if let Some(a) = m.accuracy {
         s.push_str(&format!("  accuracy {:.2}%", a * 100.0));
     }
+    s.push_str(&format_set_values(m, ""));
     s.push_str(&format!("  ({} samples)", m.samples));
+    s
+}
+
+/// `  f1 0.9731  r2 0.8812`, each name after `prefix` (`val_`).
+fn format_set_values(m: &nnc_runtime::Metrics, prefix: &str) -> String {
+    m.values
+        .iter()
+        .map(|(name, v)| format!("  {prefix}{name} {v:.4}"))
+        .collect()
+}
+
+/// scikit-learn's `classification_report` (precision, recall, F1 and
+/// support per class, then the macro and weighted averages) and the
+/// confusion matrix, rows the true class.
+pub fn format_classes(c: &nnc_runtime::metrics::ClassReport) -> String {
+    let classes = c.support.len();
+    let width = (classes.saturating_sub(1))
+        .to_string()
+        .len()
+        .max("weighted".len());
+    let mut s = format!(
+        "{:>width$}  precision  recall  f1-score  support\n",
+        "class"
+    );
+    for k in 0..classes {
+        s.push_str(&format!(
+            "{k:>width$}  {:>9.4}  {:>6.4}  {:>8.4}  {:>7}\n",
+            c.precision[k], c.recall[k], c.f1[k], c.support[k]
+        ));
+    }
+    let total: u64 = c.support.iter().sum();
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
+    let weighted = |v: &[f64]| {
+        let sum: f64 = v.iter().zip(&c.support).map(|(x, &n)| x * n as f64).sum();
+        if total == 0 {
+            0.0
+        } else {
+            sum / total as f64
+        }
+    };
+    for (name, avg) in [
+        ("macro", &mean as &dyn Fn(&[f64]) -> f64),
+        ("weighted", &weighted),
+    ] {
+        s.push_str(&format!(
+            "{name:>width$}  {:>9.4}  {:>6.4}  {:>8.4}  {total:>7}\n",
+            avg(&c.precision),
+            avg(&c.recall),
+            avg(&c.f1)
+        ));
+    }
+    let cell = c
+        .confusion
+        .iter()
+        .flatten()
+        .max()
+        .map_or(1, |m| m.to_string().len())
+        .max(classes.saturating_sub(1).to_string().len());
+    s.push_str(&format!(
+        "confusion matrix (rows: true class, columns: predicted)\n{:>width$}",
+        ""
+    ));
+    for k in 0..classes {
+        s.push_str(&format!(" {k:>cell$}"));
+    }
+    for (t, row) in c.confusion.iter().enumerate() {
+        s.push_str(&format!("\n{t:>width$}"));
+        for v in row {
+            s.push_str(&format!(" {v:>cell$}"));
+        }
+    }
+    s
+}
+
+/// Every metric's mean ± sample standard deviation over the folds, and
+/// the out-of-fold per-class table.
+fn format_cross_validation(cv: &nnc_runtime::CrossValidation) -> String {
+    let mut s = format!(
+        "{}-fold cross-validation (mean ± sample std over the folds):",
+        cv.k
+    );
+    let width = cv.summary.iter().map(|m| m.name.len()).max().unwrap_or(0);
+    for m in &cv.summary {
+        let percent = m.name.ends_with("accuracy");
+        let (scale, unit) = if percent { (100.0, "%") } else { (1.0, "") };
+        let precision = if percent { 2 } else { 4 };
+        s.push_str(&format!(
+            "\n  {:<width$}  {:.precision$}{unit} ± {:.precision$}{unit}",
+            m.name,
+            m.mean * scale,
+            m.std * scale
+        ));
+    }
+    if let Some(c) = &cv.classes {
+        s.push_str("\nvalidation samples of every fold (out-of-fold predictions):\n");
+        s.push_str(&format_classes(c));
+    }
     s
 }
 
@@ -564,8 +689,42 @@ pub fn format_epoch(r: &nnc_runtime::EpochReport) -> String {
         if let Some(a) = v.accuracy {
             s.push_str(&format!("  val_accuracy {:.2}%", a * 100.0));
         }
+        s.push_str(&format_set_values(v, "val_"));
     }
     let rate = r.train.samples as f64 / r.seconds.max(1e-9);
     s.push_str(&format!("  {:.1}s, {rate:.0} samples/s", r.seconds));
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nnc_runtime::metrics::ClassReport;
+
+    #[test]
+    fn the_class_table_lists_every_class_the_averages_and_the_matrix() {
+        // Class 2 is absent from the set.
+        let c = ClassReport::from_confusion(3, &[3, 1, 0, 0, 2, 0, 0, 0, 0]);
+        let table = format_classes(&c);
+        let lines: Vec<&str> = table.lines().collect();
+        assert_eq!(lines[0], "   class  precision  recall  f1-score  support");
+        assert_eq!(lines[1], "       0     1.0000  0.7500    0.8571        4");
+        assert_eq!(lines[2], "       1     0.6667  1.0000    0.8000        2");
+        assert_eq!(lines[3], "       2     0.0000  0.0000    0.0000        0");
+        assert_eq!(lines[4], "   macro     0.5556  0.5833    0.5524        6");
+        assert!(
+            lines[5].starts_with("weighted     0.8889  0.8333"),
+            "{}",
+            lines[5]
+        );
+        assert_eq!(
+            &lines[7..],
+            [
+                "         0 1 2",
+                "       0 3 1 0",
+                "       1 0 2 0",
+                "       2 0 0 0"
+            ]
+        );
+    }
 }

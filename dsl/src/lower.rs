@@ -13,8 +13,9 @@ use nnc_ir::module::RNG_KEY;
 use nnc_ir::GradClip;
 use nnc_ir::{Anneal, Decay, EarlyStop, Monitor, OneCycle, Plateau, Warmup};
 use nnc_ir::{
-    DType, DataField, DataSpec, Graph, Metric, Module, NodeId, Optimizer, Schedule, Source,
-    TestSet, TextColumn, TextFormat, TrainSpec, Transform, LOSS,
+    Average, DType, DataField, DataSpec, Graph, KFold, Metric, MetricTarget, Module, NodeId,
+    Optimizer, Schedule, SetMetric, Source, TargetKind, TestSet, TextColumn, TextFormat, TrainSpec,
+    Transform, LOSS,
 };
 use std::collections::HashMap;
 
@@ -1127,23 +1128,25 @@ fn lower_train(
             }
         },
     };
-    let validate = match settings.get("validate") {
-        None => None,
-        Some(s) => Some(split_fraction(el, &s.value, "validation")?),
+    let binary_loss = is_binary_loss(&loss_setting.value);
+    let (validate, kfold) = match settings.get("validate") {
+        None => (None, None),
+        Some(s) => lower_validate(el, &s.value, outputs)?,
     };
     let metrics = match settings.get("metrics") {
         None => Vec::new(),
-        Some(s) => lower_metrics(el, &s.value, outputs)?,
+        Some(s) => lower_metrics(el, &s.value, outputs, binary_loss)?,
     };
     for monitor in plateau_monitor.iter().chain(&early_stop_monitor) {
-        check_monitor(monitor, validate, &metrics, train)?;
+        let holds_out = validate.is_some() || kfold.is_some();
+        check_monitor(monitor, holds_out, &metrics, train)?;
     }
     // The same loss and metrics on the evaluation model, for validation
     // and test. Any error was reported on the objective already, so these
     // succeed unless the loss itself depends on `training`.
     add_loss(ev, &loss_setting.value, train, data, data_def, eval_outputs)?;
     if let Some(s) = settings.get("metrics") {
-        lower_metrics(ev, &s.value, eval_outputs)?;
+        lower_metrics(ev, &s.value, eval_outputs, binary_loss)?;
     }
     let objective = finished(&el.graph);
     let mut evaluation = finished(&ev.graph);
@@ -1160,6 +1163,7 @@ fn lower_train(
         seed,
         shuffle,
         validate,
+        kfold,
         schedule,
         early_stop,
         metrics,
@@ -1454,7 +1458,7 @@ fn take_monitor(callee: &ast::Ident, args: &[ast::Arg]) -> Result<(WrittenMonito
             Some(m) => (true, m),
             None => (false, name.as_str()),
         };
-        if !MONITORED.contains(&metric) {
+        if !MONITORED.contains(&metric) && !is_set_metric_name(metric) {
             let known: Vec<String> = MONITORED
                 .iter()
                 .flat_map(|m| [format!("val_{m}"), m.to_string()])
@@ -1484,14 +1488,31 @@ fn take_monitor(callee: &ast::Ident, args: &[ast::Arg]) -> Result<(WrittenMonito
     Ok((monitor, rest))
 }
 
-/// The metrics a monitor can watch, without the `val_` prefix.
+/// The metrics a monitor can watch on the training samples too, without
+/// the `val_` prefix; the set metrics (`f1`, `r2`, ...) are measured on
+/// held-out samples only.
 const MONITORED: [&str; 2] = ["loss", "accuracy"];
+
+/// Whether `name` is a set metric's value name ([`SetMetric::value_name`]):
+/// `f1`, `precision_weighted`, `top_3_accuracy`, `r2`, ...
+fn is_set_metric_name(name: &str) -> bool {
+    let averaged = ["precision", "recall", "f1"].iter().any(|base| {
+        name.strip_prefix(base)
+            .is_some_and(|rest| ["", "_micro", "_weighted"].contains(&rest))
+    });
+    let top_k = name
+        .strip_prefix("top_")
+        .and_then(|r| r.strip_suffix("_accuracy"))
+        .is_some_and(|k| k.parse::<usize>().is_ok());
+    averaged || top_k || ["binary_accuracy", "mae", "rmse", "r2"].contains(&name)
+}
 
 /// Whether `metrics` computes the metric `name` (the loss always is).
 fn computes(metrics: &[Metric], name: &str) -> bool {
     name == "loss"
         || metrics.iter().any(|m| match m {
             Metric::Accuracy => name == "accuracy",
+            Metric::Set(set, _) => set.value_name().as_deref() == Some(name),
         })
 }
 
@@ -1499,12 +1520,22 @@ fn computes(metrics: &[Metric], name: &str) -> bool {
 /// for `val_*`, the metric in `metrics`.
 fn check_monitor(
     written: &WrittenMonitor,
-    validate: Option<f64>,
+    holds_out: bool,
     metrics: &[Metric],
     train: &ast::TrainDef,
 ) -> Result<()> {
     let m = &written.monitor;
-    if m.validation && validate.is_none() {
+    if !m.validation && !MONITORED.contains(&m.metric.as_str()) {
+        return Err(Error::new(
+            written.span,
+            format!(
+                "`{}` is measured on held-out samples only, not on the training batches",
+                m.metric
+            ),
+        )
+        .with_help(format!("monitor `val_{}`", m.metric)));
+    }
+    if m.validation && !holds_out {
         return Err(Error::new(
             written.span,
             format!("monitor `{m}` needs validation samples, but the train block holds none out"),
@@ -1779,10 +1810,151 @@ fn lower_early_stop(el: &mut Elaborator, e: &Expr) -> Result<(EarlyStop, Written
     ))
 }
 
+/// `validate = split(f)` or `validate = kfold(k)`.
+fn lower_validate(
+    el: &mut Elaborator,
+    e: &Expr,
+    outputs: &[(String, NodeId)],
+) -> Result<(Option<f64>, Option<KFold>)> {
+    let ExprKind::Call { callee, args } = &e.kind else {
+        return Err(Error::new(
+            e.span,
+            "expected `split(fraction)` or `kfold(k)` for the validation set",
+        ));
+    };
+    if callee.name != "kfold" {
+        return Ok((Some(split_fraction(el, e, "validation")?), None));
+    }
+    let [k] = positional::<1>(el, callee, args, &["k"])?;
+    let k = match k.value {
+        Value::Int(v) if v >= 2 => v as usize,
+        Value::Int(v) => {
+            return Err(
+                Error::new(k.span, format!("`kfold` needs at least 2 folds, found {v}"))
+                    .with_label("fewer than 2 folds")
+                    .with_help(
+                        "one fold would leave nothing to train on; use `kfold(5)` or `split(0.2)`",
+                    ),
+            )
+        }
+        ref other => {
+            return Err(Error::new(
+                k.span,
+                format!("`kfold` takes a number of folds, found {}", other.kind()),
+            ))
+        }
+    };
+    let stratify = MetricShapes::of(el, outputs)
+        .classes
+        .map(|(label, _)| label);
+    Ok((None, Some(KFold { k, stratify })))
+}
+
+/// Whether the loss is the binary cross-entropy, so that a single output
+/// per sample is a binary classifier rather than a regression.
+fn is_binary_loss(loss: &Expr) -> bool {
+    match &loss.kind {
+        ExprKind::Call { callee, .. } => callee.name == "binary_cross_entropy",
+        _ => false,
+    }
+}
+
+/// What the model's first output and the loss's label fields can be
+/// scored as.
+struct MetricShapes {
+    output: Option<(String, nnc_ir::TensorType)>,
+    /// An `i32` label of the output's shape without its last axis, which
+    /// holds `classes` scores: a classifier.
+    classes: Option<(String, usize)>,
+    /// A label with one value per output value (its dtype), when each
+    /// sample has one output value: a binary classifier or a regression.
+    single: Option<(String, DType)>,
+    /// A float label with one value per output value: a regression.
+    regression: Option<String>,
+    /// Each label the loss reads, for messages.
+    labels: Vec<(String, nnc_ir::TensorType)>,
+}
+
+impl MetricShapes {
+    fn of(el: &Elaborator, outputs: &[(String, NodeId)]) -> MetricShapes {
+        let labels: Vec<(String, nnc_ir::TensorType)> = el
+            .resolved_fields
+            .iter()
+            .filter_map(|name| {
+                let node = el.graph.find_leaf(name)?;
+                Some((name.clone(), el.graph.ty(node).clone()))
+            })
+            .collect();
+        let mut shapes = MetricShapes {
+            output: None,
+            classes: None,
+            single: None,
+            regression: None,
+            labels,
+        };
+        let Some((out_name, out)) = outputs.first() else {
+            return shapes;
+        };
+        let out_ty = el.graph.ty(*out).clone();
+        let shape = &out_ty.shape;
+        let rank = shape.len();
+        let without_last = &shape[..rank.saturating_sub(1)];
+        let last = shape.last().and_then(|d| d.as_const());
+        let one_per_sample = rank >= 1 && shape[1..].iter().all(|d| d.as_const() == Some(1));
+        for (name, ty) in &shapes.labels {
+            let per_value = ty.shape == *shape || (last == Some(1) && ty.shape == without_last);
+            if ty.dtype == DType::I32 && rank >= 2 && ty.shape == without_last {
+                if let Some(c) = last.filter(|&c| c >= 2) {
+                    shapes.classes.get_or_insert((name.clone(), c));
+                }
+            }
+            if per_value && one_per_sample {
+                shapes.single.get_or_insert((name.clone(), ty.dtype));
+            }
+            if per_value && ty.dtype.is_float() && out_ty.dtype.is_float() {
+                shapes.regression.get_or_insert(name.clone());
+            }
+        }
+        shapes.output = Some((out_name.clone(), out_ty));
+        shapes
+    }
+
+    /// "the model's output `y` is f32[B, 1] and the loss reads `t` (f32[B, 3])".
+    fn describe(&self) -> String {
+        let out = match &self.output {
+            Some((n, t)) => format!("the model's output `{n}` is {t}"),
+            None => "the model has no output".to_string(),
+        };
+        let labels: Vec<String> = self
+            .labels
+            .iter()
+            .map(|(n, t)| format!("`{n}` ({t})"))
+            .collect();
+        match labels.is_empty() {
+            true => format!("{out} and the loss reads no data field"),
+            false => format!("{out} and the loss reads {}", labels.join(", ")),
+        }
+    }
+}
+
+const METRICS: [&str; 10] = [
+    "accuracy",
+    "precision",
+    "recall",
+    "f1",
+    "confusion",
+    "top_k",
+    "binary_accuracy",
+    "mae",
+    "rmse",
+    "r2",
+];
+
 fn lower_metrics(
     el: &mut Elaborator,
     e: &Expr,
     outputs: &[(String, NodeId)],
+    binary_loss: bool,
 ) -> Result<Vec<Metric>> {
     let ExprKind::List(items) = &e.kind else {
         return Err(Error::new(
@@ -1790,30 +1962,243 @@ fn lower_metrics(
             "`metrics` takes a list, e.g. `[accuracy]`",
         ));
     };
+    let shapes = MetricShapes::of(el, outputs);
     let mut metrics = Vec::new();
     for item in items {
-        let ExprKind::Ident(id) = &item.kind else {
+        let (id, args): (&ast::Ident, &[ast::Arg]) = match &item.kind {
+            ExprKind::Ident(id) => (id, &[]),
+            ExprKind::Call { callee, args } => (callee, args),
+            _ => {
+                return Err(Error::new(
+                    item.span,
+                    "expected a metric such as `accuracy` or `f1(average: \"macro\")`",
+                ))
+            }
+        };
+        let name = id.name.as_str();
+        if !METRICS.contains(&name) {
+            let mut err =
+                Error::new(id.span, format!("unknown metric `{name}`")).with_label(format!(
+                    "expected one of {}",
+                    METRICS.map(|t| format!("`{t}`")).join(", ")
+                ));
+            if let Some(h) = did_you_mean(name, METRICS) {
+                err = err.with_help(h);
+            }
+            return Err(err);
+        }
+        if name == "accuracy" {
+            if !args.is_empty() {
+                return Err(Error::new(item.span, "`accuracy` takes no arguments")
+                    .with_help("for a binary classifier use `binary_accuracy(threshold: 0.5)`"));
+            }
+            add_accuracy(el, item.span, outputs)?;
+            metrics.push(Metric::Accuracy);
+            continue;
+        }
+        let metric = lower_set_metric(el, id, args, &shapes, binary_loss)?;
+        if metrics.contains(&metric) {
             return Err(Error::new(
                 item.span,
-                "expected a metric name such as `accuracy`",
+                format!("metric `{name}` is listed twice"),
             ));
-        };
-        match id.name.as_str() {
-            "accuracy" => {
-                add_accuracy(el, item.span, outputs)?;
-                metrics.push(Metric::Accuracy);
-            }
-            other => {
-                let mut err = Error::new(id.span, format!("unknown metric `{other}`"))
-                    .with_label("expected `accuracy`");
-                if let Some(h) = did_you_mean(other, ["accuracy"]) {
-                    err = err.with_help(h);
-                }
-                return Err(err);
-            }
         }
+        metrics.push(metric);
     }
     Ok(metrics)
+}
+
+/// One metric computed over a whole set, checked against the model.
+fn lower_set_metric(
+    el: &mut Elaborator,
+    id: &ast::Ident,
+    args: &[ast::Arg],
+    shapes: &MetricShapes,
+    binary_loss: bool,
+) -> Result<Metric> {
+    let name = id.name.as_str();
+    let output = || {
+        shapes
+            .output
+            .as_ref()
+            .map(|(n, _)| n.clone())
+            .unwrap_or_default()
+    };
+    let misfit = |what: &str, help: &str| {
+        Error::new(id.span, format!("`{name}` needs {what}"))
+            .with_label(format!("does not fit the output `{}`", output()))
+            .with_note(shapes.describe())
+            .with_help(help.to_string())
+    };
+    let threshold = |a: &Option<Evaluated>| -> Result<f64> {
+        match a {
+            None => Ok(0.5),
+            Some(a) => {
+                let t = number(a)?;
+                if (0.0..=1.0).contains(&t) {
+                    Ok(t)
+                } else {
+                    Err(Error::new(
+                        a.span,
+                        format!("`threshold` must be a probability in [0, 1], found {t}"),
+                    ))
+                }
+            }
+        }
+    };
+    let logits = |a: &Option<Evaluated>| -> Result<bool> {
+        match a {
+            None => Ok(false),
+            Some(a) => match a.value {
+                Value::Bool(b) => Ok(b),
+                ref other => Err(Error::new(
+                    a.span,
+                    format!("`logits` must be `true` or `false`, found {}", other.kind()),
+                )),
+            },
+        }
+    };
+    let binary_target = |t: f64, l: bool| -> Result<MetricTarget> {
+        match &shapes.single {
+            Some((label, _)) => Ok(MetricTarget {
+                output: output(),
+                label: label.clone(),
+                kind: TargetKind::Binary {
+                    threshold: t,
+                    logits: l,
+                },
+            }),
+            None => Err(misfit(
+                "a binary classifier: one output value per sample and a 0/1 label",
+                "a binary classifier ends in one unit, e.g. `dense(1) -> sigmoid`",
+            )),
+        }
+    };
+    let classes_target = || -> Result<MetricTarget> {
+        match &shapes.classes {
+            Some((label, c)) => Ok(MetricTarget {
+                output: output(),
+                label: label.clone(),
+                kind: TargetKind::Classes(*c),
+            }),
+            None => Err(misfit(
+                "a classifier: class scores on the output's last axis and an `i32` label",
+                "precision, recall, F1, the confusion matrix and top-k score classifiers; \
+                 a regression has `mae`, `rmse` and `r2`",
+            )),
+        }
+    };
+    let (metric, target) = match name {
+        "precision" | "recall" | "f1" | "confusion" => {
+            let s = match name {
+                "confusion" => named_args(el, id, args, &["threshold", "logits"])?,
+                _ => named_args(el, id, args, &["average", "threshold", "logits"])?,
+            };
+            let (average_arg, threshold_arg, logits_arg) = match name {
+                "confusion" => (&None, &s[0], &s[1]),
+                _ => (&s[0], &s[1], &s[2]),
+            };
+            let average = match average_arg {
+                None => Average::Macro,
+                Some(a) => match &a.value {
+                    Value::Str(v) if v == "macro" => Average::Macro,
+                    Value::Str(v) if v == "micro" => Average::Micro,
+                    Value::Str(v) if v == "weighted" => Average::Weighted,
+                    other => {
+                        return Err(Error::new(
+                            a.span,
+                            format!(
+                                "`average` must be \"macro\", \"micro\" or \"weighted\", found {}",
+                                other.kind()
+                            ),
+                        ))
+                    }
+                },
+            };
+            let binary = shapes.classes.is_none()
+                && shapes.single.is_some()
+                && (threshold_arg.is_some()
+                    || logits_arg.is_some()
+                    || binary_loss
+                    || shapes
+                        .single
+                        .as_ref()
+                        .is_some_and(|(_, d)| *d == DType::I32));
+            let target = if binary || threshold_arg.is_some() || logits_arg.is_some() {
+                if let Some(a) = average_arg {
+                    return Err(Error::new(
+                        a.span,
+                        "a binary classifier's precision, recall and F1 are of the positive class",
+                    )
+                    .with_label("`average` does not apply")
+                    .with_help("remove `average:`"));
+                }
+                binary_target(threshold(threshold_arg)?, logits(logits_arg)?)?
+            } else {
+                classes_target()?
+            };
+            let metric = match name {
+                "precision" => SetMetric::Precision(average),
+                "recall" => SetMetric::Recall(average),
+                "f1" => SetMetric::F1(average),
+                _ => SetMetric::Confusion,
+            };
+            (metric, target)
+        }
+        "top_k" => {
+            let [k] = positional::<1>(el, id, args, &["k"])?;
+            let target = classes_target()?;
+            let TargetKind::Classes(classes) = target.kind else {
+                return Err(Error::new(id.span, "internal error: top_k target"));
+            };
+            let k = match k.value {
+                Value::Int(v) if v >= 1 && (v as usize) < classes => v as usize,
+                ref other => {
+                    return Err(Error::new(
+                        k.span,
+                        format!(
+                            "`top_k` needs a k from 1 to {} (the model has {classes} classes), found {}",
+                            classes - 1,
+                            other.kind()
+                        ),
+                    ))
+                }
+            };
+            (SetMetric::TopK(k), target)
+        }
+        "binary_accuracy" => {
+            let s = named_args(el, id, args, &["threshold", "logits"])?;
+            let target = binary_target(threshold(&s[0])?, logits(&s[1])?)?;
+            (SetMetric::BinaryAccuracy, target)
+        }
+        _ => {
+            named_args(el, id, args, &[])?;
+            let metric = match name {
+                "mae" => SetMetric::Mae,
+                "rmse" => SetMetric::Rmse,
+                _ => SetMetric::R2,
+            };
+            let Some(label) = &shapes.regression else {
+                let what = match &shapes.classes {
+                    Some((label, _)) => {
+                        format!("real-valued targets, but `{label}` holds integer class labels")
+                    }
+                    None => "a float label with one value per output value".to_string(),
+                };
+                return Err(misfit(
+                    &what,
+                    "a classifier is scored by `accuracy`, `f1`, `precision`, `recall`",
+                ));
+            };
+            let target = MetricTarget {
+                output: output(),
+                label: label.clone(),
+                kind: TargetKind::Regression,
+            };
+            (metric, target)
+        }
+    };
+    Ok(Metric::Set(metric, target))
 }
 
 /// Accuracy as graph outputs, so it is compiled with the step: the share of

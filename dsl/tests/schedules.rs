@@ -254,9 +254,25 @@ fn early_stop_errors_are_located() {
         "monitor `val_loss` needs validation samples, but the train block holds none out"
     );
     assert_eq!(at, "val_loss");
-    let (msg, at) = error("    early_stop = early_stop(monitor: f1)");
-    assert_eq!(msg, "unknown monitor `f1`");
+    let (msg, at) = error("    early_stop = early_stop(monitor: val_fi)\n    validate = split(0.2)");
+    assert_eq!(msg, "unknown monitor `val_fi`");
+    assert_eq!(at, "val_fi");
+    // The set metrics are measured on held-out samples only.
+    let (msg, at) = error("    early_stop = early_stop(monitor: f1)\n    metrics = [f1]");
+    assert_eq!(
+        msg,
+        "`f1` is measured on held-out samples only, not on the training batches"
+    );
     assert_eq!(at, "f1");
+    let (msg, _) = error("    early_stop = early_stop(monitor: val_f1)\n    validate = split(0.2)");
+    assert_eq!(
+        msg,
+        "monitor `val_f1` watches `f1`, which the run never computes"
+    );
+    let spec = lower(
+        "    early_stop = early_stop(monitor: val_f1_weighted)\n    validate = split(0.2)\n    metrics = [f1(average: \"weighted\")]",
+    );
+    assert_eq!(spec.early_stop.unwrap().monitor, monitor(true, "f1_weighted"));
     let (msg, at) = error("    early_stop = early_stop(monitor: loss, patience: -2)");
     assert_eq!(msg, "`patience` must be a non-negative int, found -2");
     assert_eq!(at, "-2");

@@ -28,9 +28,10 @@ pub use infer::ShapeError;
 pub use init::{initialize, CounterRng};
 pub use interp::{eval, run_updates, Env, EvalError, EvalOptions, Values};
 pub use module::{
-    is_loop_input, DataField, DataSpec, HyperInputs, Metric, Module, Optimizer, Schedule, Source,
-    TestSet, TextColumn, TextFormat, TrainSpec, Transform, ADAM_BIAS_CORRECTION2_SQRT, ADAM_STEP,
-    ADAM_STEP_SIZE, GRADIENT_PREFIX, HYPER, LEARNING_RATE, LOSS, RNG_KEY,
+    is_loop_input, Average, DataField, DataSpec, HyperInputs, KFold, Metric, MetricTarget, Module,
+    Optimizer, Schedule, SetMetric, Source, TargetKind, TestSet, TextColumn, TextFormat, TrainSpec,
+    Transform, ADAM_BIAS_CORRECTION2_SQRT, ADAM_STEP, ADAM_STEP_SIZE, GRADIENT_PREFIX, HYPER,
+    LEARNING_RATE, LOSS, RNG_KEY,
 };
 pub use module::{Anneal, Decay, EarlyStop, LrAt, Monitor, OneCycle, Plateau, Warmup};
 pub use module::{GradClip, ADAGRAD_LR, ADAGRAD_STEP, ADAMW_DECAY};

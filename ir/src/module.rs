@@ -242,6 +242,8 @@ pub struct TrainSpec {
     pub shuffle: bool,
     /// Fraction of the training samples held out for validation.
     pub validate: Option<f64>,
+    /// `validate = kfold(k)` (then `validate` is `None`).
+    pub kfold: Option<KFold>,
     /// How the learning rate changes from step to step and epoch to epoch.
     pub schedule: Option<Schedule>,
     /// When to stop before `epochs`, watching a metric.
@@ -659,10 +661,114 @@ impl HyperInputs {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Metric {
-    /// Fraction of samples whose arg-max output equals the integer label.
+    /// Fraction of samples whose arg-max output equals the integer label
+    /// (a graph output, so also measured on every training batch).
     Accuracy,
+    /// A metric of a whole set of samples, computed by the runtime from the
+    /// evaluation graph's output and the label (counts and sums over the
+    /// set's batches, never a mean of per-batch values, which would be
+    /// wrong for F1 and R²).
+    Set(SetMetric, MetricTarget),
+}
+
+/// scikit-learn's `average=` of precision, recall and F1 over the classes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Average {
+    /// The unweighted mean of the per-class values (every class the model
+    /// outputs, also those absent from the set).
+    Macro,
+    /// From the counts summed over all classes.
+    Micro,
+    /// The per-class values weighted by each class's support.
+    Weighted,
+}
+
+impl Average {
+    pub fn name(self) -> &'static str {
+        match self {
+            Average::Macro => "macro",
+            Average::Micro => "micro",
+            Average::Weighted => "weighted",
+        }
+    }
+}
+
+/// What a set metric computes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SetMetric {
+    /// Of a classifier averaged as said; of a binary classifier, of the
+    /// positive class (`average="binary"`).
+    Precision(Average),
+    Recall(Average),
+    F1(Average),
+    /// The confusion matrix, rows the true class (no scalar value).
+    Confusion,
+    /// `top_k_accuracy_score`: the true class among the `k` highest scores.
+    TopK(usize),
+    /// Of a binary classifier: thresholded predictions equal to the label.
+    BinaryAccuracy,
+    /// `mean_absolute_error`, `root_mean_squared_error`, `r2_score`, each
+    /// the uniform average over the output's columns (scikit-learn's
+    /// default `multioutput`).
+    Mae,
+    Rmse,
+    R2,
+}
+
+impl SetMetric {
+    /// The name the value goes by in the progress line, the report and
+    /// `Metrics::value` (`f1`, `f1_micro`, `top_3_accuracy`); `None` for
+    /// the confusion matrix, which is not a number.
+    pub fn value_name(self) -> Option<String> {
+        let averaged = |base: &str, a: Average| match a {
+            Average::Macro => base.to_string(),
+            other => format!("{base}_{}", other.name()),
+        };
+        Some(match self {
+            SetMetric::Precision(a) => averaged("precision", a),
+            SetMetric::Recall(a) => averaged("recall", a),
+            SetMetric::F1(a) => averaged("f1", a),
+            SetMetric::Confusion => return None,
+            SetMetric::TopK(k) => format!("top_{k}_accuracy"),
+            SetMetric::BinaryAccuracy => "binary_accuracy".into(),
+            SetMetric::Mae => "mae".into(),
+            SetMetric::Rmse => "rmse".into(),
+            SetMetric::R2 => "r2".into(),
+        })
+    }
+}
+
+/// The model output and the label field a set metric compares.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MetricTarget {
+    /// An output of the evaluation graph (the model's first output).
+    pub output: String,
+    /// The data field holding the truth.
+    pub label: String,
+    pub kind: TargetKind,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum TargetKind {
+    /// Scores of `classes` classes along the output's last axis; integer
+    /// labels of the other axes' shape.
+    Classes(usize),
+    /// One score per sample, positive when above `threshold` (after a
+    /// sigmoid when the output is a logit); labels 0 or 1.
+    Binary { threshold: f64, logits: bool },
+    /// Real-valued outputs, a label value per output value.
+    Regression,
+}
+
+/// `validate = kfold(k)`: k models, each validated on one fold.
+#[derive(Debug, Clone, PartialEq)]
+pub struct KFold {
+    pub k: usize,
+    /// The integer class label whose proportions every fold keeps
+    /// (`StratifiedKFold`); `None` for plain `KFold` (no class labels).
+    pub stratify: Option<String>,
 }
 
 impl fmt::Display for Optimizer {

@@ -158,6 +158,10 @@ pub trait Executor {
     fn train_step(&mut self, batch: &Batch) -> Result<StepMetrics, RuntimeError>;
     /// Loss and metrics on one batch, changing nothing.
     fn evaluate(&mut self, batch: &Batch) -> Result<StepMetrics, RuntimeError>;
+    /// Every output of the evaluation graph on one batch (the model's
+    /// outputs, the loss, the metrics), changing nothing: what the metrics
+    /// of a whole set are computed from.
+    fn evaluate_outputs(&mut self, batch: &Batch) -> Result<Vec<(String, Tensor)>, RuntimeError>;
     /// The forward graph's outputs on one batch.
     fn predict(&mut self, batch: &Batch) -> Result<Vec<(String, Tensor)>, RuntimeError>;
     /// The gradient of the loss with respect to every param on one batch,
@@ -280,6 +284,15 @@ impl Executor for Interpreter {
         self.feed(batch)?;
         let values = interp::eval(&self.programs.evaluation, &self.env, EvalOptions::F32)?;
         Ok(metrics(&self.programs.evaluation, &values))
+    }
+
+    fn evaluate_outputs(&mut self, batch: &Batch) -> Result<Vec<(String, Tensor)>, RuntimeError> {
+        self.feed(batch)?;
+        let values = interp::eval(&self.programs.evaluation, &self.env, EvalOptions::F32)?;
+        Ok(values
+            .outputs()
+            .map(|(n, t)| (n.to_string(), t.clone()))
+            .collect())
     }
 
     fn predict(&mut self, batch: &Batch) -> Result<Vec<(String, Tensor)>, RuntimeError> {

@@ -238,6 +238,10 @@ impl Executor for Jit {
         self.metrics(Which::Evaluation, batch)
     }
 
+    fn evaluate_outputs(&mut self, batch: &Batch) -> Result<Vec<(String, Tensor)>, RuntimeError> {
+        self.outputs(Which::Evaluation, batch)
+    }
+
     fn predict(&mut self, batch: &Batch) -> Result<Vec<(String, Tensor)>, RuntimeError> {
         self.outputs(Which::Forward, batch)
     }

@@ -8,8 +8,10 @@
 pub mod checkpoint;
 pub mod data;
 pub mod executor;
+pub mod folds;
 pub mod jit;
 pub mod loader;
+pub mod metrics;
 pub mod predict;
 pub mod progress;
 pub mod report;
@@ -27,7 +29,10 @@ pub use loader::LoadedData;
 pub use predict::Prediction;
 pub use progress::Progress;
 pub use report::Report;
-pub use run::{Event, OptionsError, Run, RunError, RunOptions, RunOutcome, Split};
+pub use run::{
+    CrossValidation, Event, FoldReport, MetricSummary, OptionsError, Run, RunError, RunOptions,
+    RunOutcome, Split,
+};
 pub use train::{
     train, train_observed, EpochReport, Metrics, StepInfo, TrainObserver, TrainOptions,
     TrainReport, TrainSettings,

@@ -18,12 +18,32 @@
 //! | `early_stop` | with `early_stop` in the train block: `{stopped_after, best_epoch, best, kept_epoch}` (the epoch after which training stopped, `null` when it ran every epoch; the best epoch and its monitored value; the epoch whose weights the model ends with), else `null` |
 //! | `peak_rss_bytes` | the process's peak resident set size (`VmHWM` of `/proc/self/status`), `null` where unavailable |
 //!
-//! A metrics object is `{loss, accuracy, samples}` (`accuracy` is `null`
-//! without the metric).
+//! | `cross_validation` | with `validate = kfold(k)`: `{k, folds, summary, per_class}`, else `null` (below) |
+//!
+//! A metrics object is `{loss, accuracy, samples, metrics, per_class}`:
+//! `accuracy` is `null` without the metric; `metrics` maps each other
+//! metric of the train block to its value over the whole set (`f1`,
+//! `precision_micro`, `top_3_accuracy`, `binary_accuracy`, `mae`, `rmse`,
+//! `r2`; empty during training epochs, whose batches report only the
+//! loss and accuracy); `per_class` is `{precision, recall, f1, support,
+//! confusion}` (lists by class; `confusion[true][predicted]`) when a
+//! classifier's `precision`, `recall`, `f1` or `confusion` is asked for,
+//! else `null`.
+//!
+//! With k-fold cross-validation, `per_epoch` is empty and `train`,
+//! `validation` and `test` are `null`; `cross_validation.folds` is
+//! `[{fold, train_samples, per_epoch, validation, test}]`, `summary` maps
+//! every metric (`loss`, `accuracy`, `f1`, …, and `test_<name>` when there
+//! are test samples) to `{mean, std, values}` over the folds (`std` the
+//! sample standard deviation, ddof = 1), and `per_class` is the
+//! per-class object of the validation samples summed over the folds.
 
+use crate::metrics::ClassReport;
+use crate::run::CrossValidation;
 use crate::train::{EarlyStopOutcome, EpochReport, Metrics};
 use crate::RuntimeError;
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::path::Path;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -32,6 +52,31 @@ pub struct MetricsEntry {
     pub loss: f64,
     pub accuracy: Option<f64>,
     pub samples: usize,
+    pub metrics: BTreeMap<String, f64>,
+    pub per_class: Option<Box<ClassEntry>>,
+}
+
+/// Per-class values and the confusion matrix (rows the true class).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClassEntry {
+    pub precision: Vec<f64>,
+    pub recall: Vec<f64>,
+    pub f1: Vec<f64>,
+    pub support: Vec<u64>,
+    pub confusion: Vec<Vec<u64>>,
+}
+
+impl From<&ClassReport> for ClassEntry {
+    fn from(c: &ClassReport) -> Self {
+        ClassEntry {
+            precision: c.precision.clone(),
+            recall: c.recall.clone(),
+            f1: c.f1.clone(),
+            support: c.support.clone(),
+            confusion: c.confusion.clone(),
+        }
+    }
 }
 
 impl From<&Metrics> for MetricsEntry {
@@ -40,6 +85,70 @@ impl From<&Metrics> for MetricsEntry {
             loss: m.loss,
             accuracy: m.accuracy,
             samples: m.samples,
+            metrics: m.values.iter().cloned().collect(),
+            per_class: m.classes.as_deref().map(|c| Box::new(c.into())),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CrossValidationEntry {
+    pub k: usize,
+    pub folds: Vec<FoldEntry>,
+    pub summary: BTreeMap<String, SummaryEntry>,
+    pub per_class: Option<ClassEntry>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FoldEntry {
+    pub fold: usize,
+    pub train_samples: usize,
+    pub per_epoch: Vec<EpochEntry>,
+    pub validation: MetricsEntry,
+    pub test: Option<MetricsEntry>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SummaryEntry {
+    pub mean: f64,
+    /// Sample standard deviation (ddof = 1).
+    pub std: f64,
+    pub values: Vec<f64>,
+}
+
+impl From<&CrossValidation> for CrossValidationEntry {
+    fn from(cv: &CrossValidation) -> Self {
+        CrossValidationEntry {
+            k: cv.k,
+            folds: cv
+                .folds
+                .iter()
+                .map(|f| FoldEntry {
+                    fold: f.fold,
+                    train_samples: f.train_samples,
+                    per_epoch: f.trained.epochs.iter().map(Into::into).collect(),
+                    validation: (&f.validation).into(),
+                    test: f.trained.test.as_ref().map(Into::into),
+                })
+                .collect(),
+            summary: cv
+                .summary
+                .iter()
+                .map(|s| {
+                    (
+                        s.name.clone(),
+                        SummaryEntry {
+                            mean: s.mean,
+                            std: s.std,
+                            values: s.values.clone(),
+                        },
+                    )
+                })
+                .collect(),
+            per_class: cv.classes.as_ref().map(Into::into),
         }
     }
 }
@@ -88,6 +197,7 @@ pub struct Report {
     pub peak_rss_bytes: Option<u64>,
     #[serde(default)]
     pub early_stop: Option<EarlyStopEntry>,
+    pub cross_validation: Option<CrossValidationEntry>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -192,6 +302,14 @@ mod tests {
                     loss: 0.5,
                     accuracy: Some(0.75),
                     samples: 4,
+                    metrics: BTreeMap::from([("f1".to_string(), 0.5)]),
+                    per_class: Some(Box::new(ClassEntry {
+                        precision: vec![1.0, 0.0],
+                        recall: vec![0.5, 0.0],
+                        f1: vec![2.0 / 3.0, 0.0],
+                        support: vec![2, 0],
+                        confusion: vec![vec![1, 1], vec![0, 0]],
+                    })),
                 },
                 validation: None,
                 seconds: 0.1,
@@ -210,6 +328,7 @@ mod tests {
                 best: 0.25,
                 kept_epoch: 4,
             }),
+            cross_validation: None,
         };
         let text = r.to_json();
         assert_eq!(Report::from_json(&text).unwrap(), r);

@@ -58,6 +58,7 @@ impl HtmlReport<'_> {
         out.push_str(&results_table(&json));
         out.push_str(&curves(&json));
         out.push_str(&confusion_matrices(&json));
+        out.push_str(&cross_validation(&json));
         out.push_str(&summary_table(self.summary));
         out.push_str(&settings_table(&self.settings));
         out.push_str(&timings(&json));
@@ -116,7 +117,7 @@ fn results_table(json: &Value) -> String {
     for (split, m) in &splits {
         let _ = write!(out, "<tr><td>{split}</td>");
         for k in &keys {
-            match m.get(*k).and_then(Value::as_f64) {
+            match scalar(m, k) {
                 Some(v) => {
                     let _ = write!(out, "<td class=\"num\">{}</td>", number(v, k));
                 }
@@ -155,7 +156,7 @@ fn curves(json: &Value) -> String {
             .iter()
             .filter_map(|e| {
                 let x = e.get("epoch")?.as_f64()?;
-                let y = e.get(split)?.get(key)?.as_f64()?;
+                let y = scalar(e.get(split)?, key)?;
                 Some((x, y))
             })
             .collect()
@@ -347,26 +348,65 @@ fn tick_label(v: f64, decimals: usize) -> String {
     }
 }
 
-/// Each square matrix of numbers in the final metrics (the confusion
-/// matrix: rows the true class, columns the predicted one) as a heat map,
-/// each cell shaded by its share of its row.
+/// The confusion matrix of the final metrics of each held-out split
+/// (`per_class.confusion`: rows the true class, columns the predicted
+/// one) as a heat map, each cell shaded by its share of its row, and the
+/// per-class precision, recall, F1 and support beside it.
 fn confusion_matrices(json: &Value) -> String {
     let mut out = String::new();
     for split in ["test", "validation"] {
-        let Some(m) = json.get(split).and_then(Value::as_object) else {
+        let Some(per_class) = json.get(split).and_then(|m| m.get("per_class")) else {
             continue;
         };
-        for (key, v) in m {
-            let Some(rows) = matrix(v) else { continue };
-            if out.is_empty() {
-                out.push_str("<h2>Confusion matrix</h2>\n<div class=\"charts\">\n");
-            }
-            out.push_str(&heat_map(&format!("{key} ({split})"), &rows));
+        let Some(rows) = per_class.get("confusion").and_then(matrix) else {
+            continue;
+        };
+        if out.is_empty() {
+            out.push_str("<h2>Confusion matrix</h2>\n<div class=\"charts\">\n");
         }
+        out.push_str(&heat_map(&format!("confusion ({split})"), &rows));
+        out.push_str(&class_table(split, per_class));
     }
     if !out.is_empty() {
         out.push_str("</div>\n");
     }
+    out
+}
+
+/// Precision, recall, F1 and support of each class.
+fn class_table(split: &str, per_class: &Value) -> String {
+    let columns = ["precision", "recall", "f1", "support"];
+    let values: Vec<Vec<f64>> = columns
+        .iter()
+        .map(|c| {
+            per_class
+                .get(*c)
+                .and_then(Value::as_array)
+                .map(|a| a.iter().filter_map(Value::as_f64).collect())
+                .unwrap_or_default()
+        })
+        .collect();
+    let n = values.iter().map(Vec::len).max().unwrap_or(0);
+    let mut out = format!(
+        "<table>\n<tr><th>class ({split})</th>{}</tr>\n",
+        columns
+            .iter()
+            .map(|c| format!("<th class=\"num\">{c}</th>"))
+            .collect::<String>()
+    );
+    for class in 0..n {
+        let _ = write!(out, "<tr><td>{class}</td>");
+        for (c, column) in columns.iter().zip(&values) {
+            match column.get(class) {
+                Some(&v) => {
+                    let _ = write!(out, "<td class=\"num\">{}</td>", number(v, c));
+                }
+                None => out.push_str("<td class=\"num\">—</td>"),
+            }
+        }
+        out.push_str("</tr>\n");
+    }
+    out.push_str("</table>\n");
     out
 }
 
@@ -432,6 +472,49 @@ fn heat_map(title: &str, rows: &[Vec<f64>]) -> String {
         );
     }
     out.push_str("</svg>\n");
+    out
+}
+
+/// With `validate = kfold(k)`: each metric's mean ± sample standard
+/// deviation over the folds, and its value in each fold.
+fn cross_validation(json: &Value) -> String {
+    let Some(cv) = json.get("cross_validation").filter(|v| v.is_object()) else {
+        return String::new();
+    };
+    let Some(summary) = cv.get("summary").and_then(Value::as_object) else {
+        return String::new();
+    };
+    let k = cv.get("k").and_then(Value::as_u64).unwrap_or(0);
+    let mut out = format!(
+        "<h2>Cross-validation ({k} folds)</h2>\n<table>\n<tr><th>metric</th><th class=\"num\">mean</th><th class=\"num\">std</th>{}</tr>\n",
+        (1..=k)
+            .map(|f| format!("<th class=\"num\">fold {f}</th>"))
+            .collect::<String>()
+    );
+    for (name, entry) in summary {
+        let cell = |v: Option<f64>| {
+            v.map_or("<td class=\"num\">—</td>".to_string(), |v| {
+                format!("<td class=\"num\">{}</td>", number(v, name))
+            })
+        };
+        let _ = write!(
+            out,
+            "<tr><td>{}</td>{}{}",
+            esc(name),
+            cell(entry.get("mean").and_then(Value::as_f64)),
+            cell(entry.get("std").and_then(Value::as_f64))
+        );
+        for v in entry
+            .get("values")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            out.push_str(&cell(v.as_f64()));
+        }
+        out.push_str("</tr>\n");
+    }
+    out.push_str("</table>\n");
     out
 }
 
@@ -520,20 +603,40 @@ fn timings(json: &Value) -> String {
     out
 }
 
-/// The keys of a metrics object whose values are numbers: `loss` first,
-/// then by name.
+/// The scalar values of a metrics object: its numbers and those of its
+/// `metrics` map (the set metrics: `f1`, `r2`, ...).
+fn scalars(m: &Value) -> Vec<(&str, f64)> {
+    let Some(o) = m.as_object() else {
+        return Vec::new();
+    };
+    let mut out = numbers_of(o);
+    if let Some(set) = o.get("metrics").and_then(Value::as_object) {
+        out.extend(numbers_of(set));
+    }
+    out
+}
+
+fn numbers_of(o: &serde_json::Map<String, Value>) -> Vec<(&str, f64)> {
+    o.iter()
+        .filter(|(k, _)| !NOT_CURVES.contains(&k.as_str()))
+        .filter_map(|(k, v)| Some((k.as_str(), v.as_f64()?)))
+        .collect()
+}
+
+/// The names of a metrics object's scalar values: `loss` first, then
+/// `accuracy`, then by name.
 fn scalar_keys(m: &Value) -> Vec<&str> {
-    let mut keys: Vec<&str> = m
-        .as_object()
-        .map(|o| {
-            o.iter()
-                .filter(|(k, v)| v.is_number() && !NOT_CURVES.contains(&k.as_str()))
-                .map(|(k, _)| k.as_str())
-                .collect()
-        })
-        .unwrap_or_default();
-    keys.sort_by_key(|k| (*k != "loss", *k));
+    let mut keys: Vec<&str> = scalars(m).into_iter().map(|(k, _)| k).collect();
+    keys.sort_by_key(|k| (*k != "loss", *k != "accuracy", *k));
     keys
+}
+
+/// The scalar value `key` of a metrics object.
+fn scalar(m: &Value, key: &str) -> Option<f64> {
+    scalars(m)
+        .into_iter()
+        .find(|(k, _)| *k == key)
+        .map(|(_, v)| v)
 }
 
 /// A number as a reader wants it, with its exact value in `data-value`.
@@ -584,6 +687,8 @@ mod tests {
             loss,
             accuracy: Some(accuracy),
             samples: 90,
+            metrics: [("f1".to_string(), accuracy / 2.0)].into_iter().collect(),
+            per_class: None,
         }
     }
 
@@ -616,6 +721,7 @@ mod tests {
             compile_seconds: 0.042,
             peak_rss_bytes: Some(123_456_789),
             early_stop: None,
+            cross_validation: None,
         }
     }
 
@@ -691,8 +797,8 @@ mod tests {
             assert!(values.contains(&v), "{path} = {v} is not in the HTML");
         }
         let svgs = doc.descendants().filter(|n| n.has_tag_name("svg")).count();
-        // loss, accuracy, learning rate.
-        assert_eq!(svgs, 3);
+        // loss, accuracy, f1, learning rate.
+        assert_eq!(svgs, 4);
         // Each chart of a metric has a train and a validation point per epoch.
         let loss_points = doc
             .descendants()
@@ -707,7 +813,13 @@ mod tests {
     fn a_confusion_matrix_is_a_heat_map_with_a_cell_per_count() {
         let r = report();
         let mut json = serde_json::to_value(&r).unwrap();
-        json["test"]["confusion"] = serde_json::json!([[5, 1, 0], [0, 3, 0], [2, 0, 0]]);
+        json["test"]["per_class"] = serde_json::json!({
+            "precision": [5.0 / 7.0, 0.75, 0.0],
+            "recall": [5.0 / 6.0, 1.0, 0.0],
+            "f1": [0.77, 0.86, 0.0],
+            "support": [6, 3, 2],
+            "confusion": [[5, 1, 0], [0, 3, 0], [2, 0, 0]],
+        });
         let out = super::confusion_matrices(&json);
         let xml = out.replace("<h2>Confusion matrix</h2>", "");
         let doc = roxmltree::Document::parse(&xml).unwrap();
@@ -723,6 +835,9 @@ mod tests {
             })
             .collect();
         assert_eq!(cells.len(), 9);
+        // The per-class table beside it.
+        assert!(out.contains(&format!("data-value=\"{:?}\"", 5.0f64 / 7.0)));
+        assert!(out.contains("<td>2</td>"));
         assert!(cells.contains(&("0".into(), "1".into(), "1.0".into())));
         assert!(cells.contains(&("2".into(), "0".into(), "2.0".into())));
         // A row with no sample (class 2 predicted never) is still drawn.

@@ -145,6 +145,8 @@ pub enum RunError {
         .path.display()
     )]
     NothingToResume { path: PathBuf },
+    #[error("`--resume` continues one training, but `validate = kfold(k)` trains a model per fold from the start")]
+    ResumeCrossValidation,
     #[error("`--predict` feeds one input, but model `{model}` has {}: {}", .inputs.len(), .inputs.join(", "))]
     PredictInputs { model: String, inputs: Vec<String> },
     #[error("`{}`: the path is not UTF-8", .path.display())]
@@ -249,6 +251,25 @@ pub enum Event<'a> {
         split: Split,
         metrics: &'a Metrics,
     },
+    /// `validate = kfold(k)`: fold `fold` (1-based) of `k` starts, with
+    /// `train` training and `validation` validation samples; its training
+    /// follows as for a plain run, from the initial params.
+    FoldStarted {
+        fold: usize,
+        k: usize,
+        train: usize,
+        validation: usize,
+    },
+    /// Fold `fold` ended: its validation metrics (of the last epoch), and
+    /// its model's on the test samples.
+    FoldDone {
+        fold: usize,
+        k: usize,
+        validation: &'a Metrics,
+        test: Option<&'a Metrics>,
+    },
+    /// Every fold ended: the mean and standard deviation of each metric.
+    CrossValidated(&'a CrossValidation),
     Predicted {
         index: usize,
         prediction: &'a Prediction,
@@ -267,6 +288,44 @@ pub enum RunOutcome {
         test: Option<Metrics>,
     },
     Predicted(Vec<Prediction>),
+    /// `validate = kfold(k)`: the report of each fold and the summary.
+    CrossValidated(CrossValidation),
+}
+
+/// The outcome of k-fold cross-validation.
+#[derive(Debug, Clone)]
+pub struct CrossValidation {
+    pub k: usize,
+    pub folds: Vec<FoldReport>,
+    /// Every validation metric (and test metric, named `test_<name>`) over
+    /// the folds, in the order of the first fold's.
+    pub summary: Vec<MetricSummary>,
+    /// The validation samples' confusion matrix and per-class values,
+    /// summed over the folds: every training sample is validated once,
+    /// so this is the matrix of the out-of-fold predictions
+    /// (`cross_val_predict`).
+    pub classes: Option<crate::metrics::ClassReport>,
+}
+
+/// One fold's training.
+#[derive(Debug, Clone)]
+pub struct FoldReport {
+    /// 1-based.
+    pub fold: usize,
+    pub train_samples: usize,
+    pub trained: TrainReport,
+    /// The last epoch's validation metrics: the fold's score.
+    pub validation: Metrics,
+}
+
+/// One metric's values over the folds.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MetricSummary {
+    pub name: String,
+    pub values: Vec<f64>,
+    pub mean: f64,
+    /// The sample standard deviation (ddof = 1).
+    pub std: f64,
 }
 
 /// A run of a compiled model: everything between the compiler's programs
@@ -325,6 +384,9 @@ impl<'m> Run<'m> {
             .ok_or_else(|| RunError::NotTrainable {
                 model: module.name.clone(),
             })?;
+        if spec.kfold.is_some() && options.resume && !options.eval {
+            return Err(RunError::ResumeCrossValidation);
+        }
         let data_spec = module.data.as_ref().ok_or_else(|| RunError::NoData {
             model: module.name.clone(),
         })?;
@@ -407,6 +469,7 @@ impl<'m> Run<'m> {
             compile_seconds: 0.0,
             peak_rss_bytes: None,
             early_stop: None,
+            cross_validation: None,
         };
         let cx = Context {
             module,
@@ -420,6 +483,8 @@ impl<'m> Run<'m> {
         };
         let outcome = if options.eval {
             evaluate(&cx, exec.as_mut(), &mut report, events)?
+        } else if let Some(kfold) = &spec.kfold {
+            cross_validate(&cx, exec.as_mut(), kfold, trace, &mut report, events)?
         } else {
             fit(&cx, exec.as_mut(), done_before, trace, &mut report, events)?
         };
@@ -570,6 +635,7 @@ fn fit(
         dump: trace.dump,
         saved: false,
         loop_state: None,
+        save_each_epoch: true,
     };
     let result =
         train::train_observed(cx.spec, cx.step, cx.data, exec, cx.overrides, &mut observer);
@@ -603,6 +669,14 @@ fn fit(
             split: Split::Test,
             metrics,
         });
+    } else if let Some(metrics) = trained.epochs.last().and_then(|e| e.validation.as_ref()) {
+        // Without test samples the per-class table is the validation set's.
+        if metrics.classes.is_some() {
+            events(Event::Measured {
+                split: Split::Validation,
+                metrics,
+            });
+        }
     }
     report.epochs = done_before + trained.epochs.iter().filter(|e| e.is_complete()).count();
     report.per_epoch = trained.epochs.iter().map(Into::into).collect();
@@ -616,6 +690,214 @@ fn fit(
     report.samples_per_second = report::training_rate(&trained.epochs);
     report.early_stop = trained.early_stop.as_ref().map(Into::into);
     Ok(RunOutcome::Trained(trained))
+}
+
+/// `validate = kfold(k)`: `k` models, each trained from the initial
+/// params on all but one fold and validated on that fold; the test samples
+/// (if any) are held out of every fold and scored by each model. With
+/// `--save`, the last fold's model is saved once at the end: every fold's
+/// model is trained alike, and picking the best by its validation score
+/// would report an optimistic one.
+fn cross_validate(
+    cx: &Context<'_>,
+    exec: &mut dyn Executor,
+    kfold: &nnc_ir::KFold,
+    trace: Trace,
+    report: &mut Report,
+    events: &mut dyn FnMut(Event<'_>),
+) -> Result<RunOutcome, RunError> {
+    let settings = cx.overrides.resolve(Some(cx.spec));
+    let base = train::partition(cx.data.train.len(), cx.data.test_split, None, settings.seed)?;
+    let classes = match &kfold.stratify {
+        Some(label) => Some(class_labels(cx.data, label, &base.train)?),
+        None => None,
+    };
+    let folds = crate::folds::kfold(&base.train, kfold.k, classes.as_deref(), settings.seed)?;
+    // Every fold starts from the same params (and fresh optimizer state).
+    let initial = exec.state();
+    let mut observer = FitObserver {
+        cx,
+        events,
+        log: trace.log,
+        dump: trace.dump,
+        saved: false,
+        loop_state: None,
+        save_each_epoch: false,
+    };
+    let mut reports = Vec::with_capacity(folds.len());
+    for (f, fold) in folds.iter().enumerate() {
+        for (name, value) in &initial {
+            exec.set_state(name, value.clone())?;
+        }
+        let parts = train::Partition {
+            train: base
+                .train
+                .iter()
+                .copied()
+                .filter(|i| fold.binary_search(i).is_err())
+                .collect(),
+            validation: fold.clone(),
+            test: base.test.clone(),
+        };
+        (observer.events)(Event::FoldStarted {
+            fold: f + 1,
+            k: folds.len(),
+            train: parts.train.len(),
+            validation: parts.validation.len(),
+        });
+        (observer.events)(Event::TrainingStarted {
+            model: &cx.module.name,
+            data: cx.data_name,
+            samples: parts.train.len(),
+            optimizer: &cx.spec.optimizer,
+            backend: cx.options.backend,
+            batch: settings.batch,
+            first_epoch: settings.first_epoch,
+            epochs: settings.epochs,
+        });
+        let result = train::train_partition(
+            cx.spec,
+            cx.step,
+            cx.data,
+            exec,
+            cx.overrides,
+            &mut observer,
+            &parts,
+        );
+        (observer.events)(Event::TrainingStopped);
+        let trained = result?;
+        let Some(validation) = trained.epochs.last().and_then(|e| e.validation.clone()) else {
+            return Err(RuntimeError::Setup(format!(
+                "fold {} of {} trained no epoch to validate",
+                f + 1,
+                folds.len()
+            ))
+            .into());
+        };
+        (observer.events)(Event::FoldDone {
+            fold: f + 1,
+            k: folds.len(),
+            validation: &validation,
+            test: trained.test.as_ref(),
+        });
+        reports.push(FoldReport {
+            fold: f + 1,
+            train_samples: parts.train.len(),
+            trained,
+            validation,
+        });
+    }
+    let FitObserver {
+        events, mut log, ..
+    } = observer;
+    let last = reports.last().map(|r| &r.trained);
+    if let (Some(path), Some(last)) = (&cx.options.save, last) {
+        let done = last.epochs.iter().filter(|e| e.is_complete()).count();
+        save_checkpoint(cx, exec, done, None, path)?;
+    }
+    if let (Some(log), Some(metrics)) = (&mut log, last.and_then(|t| t.test.as_ref())) {
+        log.test(metrics)?;
+    }
+    let cv = summarize(kfold.k, reports);
+    events(Event::CrossValidated(&cv));
+    let epochs: Vec<EpochReport> = cv
+        .folds
+        .iter()
+        .flat_map(|f| f.trained.epochs.iter().cloned())
+        .collect();
+    report.epochs = cv.folds.last().map_or(0, |f| {
+        f.trained.epochs.iter().filter(|e| e.is_complete()).count()
+    });
+    report.samples_per_second = report::training_rate(&epochs);
+    report.cross_validation = Some((&cv).into());
+    Ok(RunOutcome::CrossValidated(cv))
+}
+
+/// The class of each of `indices` in the integer field `label`.
+fn class_labels(
+    data: &LoadedData,
+    label: &str,
+    indices: &[usize],
+) -> Result<Vec<usize>, RuntimeError> {
+    let mut batch = Batch::default();
+    data.fill_batch(&data.train, &[label.to_string()], indices, &mut batch)?;
+    let field = batch.get(label).ok_or_else(|| {
+        RuntimeError::Setup(format!("internal error: no field `{label}` to stratify by"))
+    })?;
+    let values: Vec<f64> = match &field.data {
+        crate::executor::BatchData::I32(v) => v.iter().map(|&x| f64::from(x)).collect(),
+        crate::executor::BatchData::F32(v) => v.iter().map(|&x| f64::from(x)).collect(),
+        crate::executor::BatchData::F64(v) => v.clone(),
+    };
+    if values.len() != indices.len() {
+        return Err(RuntimeError::Setup(format!(
+            "`kfold` stratifies by `{label}`, one class per sample, but it has {} values for {} samples",
+            values.len(),
+            indices.len()
+        )));
+    }
+    values
+        .iter()
+        .map(|&v| {
+            if v >= 0.0 && v.fract() == 0.0 {
+                Ok(v as usize)
+            } else {
+                Err(RuntimeError::Setup(format!(
+                    "`kfold` stratifies by the class label `{label}`, which holds {v}, not a class"
+                )))
+            }
+        })
+        .collect()
+}
+
+/// Mean ± standard deviation of every metric over the folds.
+fn summarize(k: usize, folds: Vec<FoldReport>) -> CrossValidation {
+    let mut summary: Vec<MetricSummary> = Vec::new();
+    let mut push = |name: String, value: f64| match summary.iter_mut().find(|s| s.name == name) {
+        Some(s) => s.values.push(value),
+        None => summary.push(MetricSummary {
+            name,
+            values: vec![value],
+            mean: 0.0,
+            std: 0.0,
+        }),
+    };
+    for f in &folds {
+        for (name, v) in f.validation.all_values() {
+            push(name, v);
+        }
+        if let Some(test) = &f.trained.test {
+            for (name, v) in test.all_values() {
+                push(format!("test_{name}"), v);
+            }
+        }
+    }
+    for s in &mut summary {
+        (s.mean, s.std) = crate::folds::mean_std(&s.values);
+    }
+    let classes = folds
+        .iter()
+        .map(|f| f.validation.classes.as_ref())
+        .collect::<Option<Vec<_>>>()
+        .and_then(|reports| {
+            let first = reports.first()?;
+            let n = first.confusion.len();
+            let mut sum = vec![0u64; n * n];
+            for r in &reports {
+                for (t, row) in r.confusion.iter().enumerate() {
+                    for (p, &c) in row.iter().enumerate() {
+                        sum[t * n + p] += c;
+                    }
+                }
+            }
+            Some(crate::metrics::ClassReport::from_confusion(n, &sum))
+        });
+    CrossValidation {
+        k,
+        folds,
+        summary,
+        classes,
+    }
 }
 
 /// The files a training run writes for step-by-step comparisons.
@@ -687,6 +969,9 @@ struct FitObserver<'c, 'e> {
     saved: bool,
     /// The loop's state after the last epoch.
     loop_state: Option<LoopState>,
+    /// Whether `--save` writes a checkpoint after every epoch (not during
+    /// k-fold cross-validation, which saves the last fold's model once).
+    save_each_epoch: bool,
 }
 
 impl TrainObserver for FitObserver<'_, '_> {
@@ -727,7 +1012,7 @@ impl TrainObserver for FitObserver<'_, '_> {
             log.epoch(r)?;
         }
         (self.events)(Event::EpochDone(r));
-        if let Some(path) = &self.cx.options.save {
+        if let (Some(path), true) = (&self.cx.options.save, self.save_each_epoch) {
             // An epoch the step limit cut short is not done: resuming
             // starts it again.
             let done = if r.is_complete() {

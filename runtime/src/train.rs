@@ -5,8 +5,9 @@
 use crate::data::{train_val_split, Batches, Dataset, SplitMix64};
 use crate::executor::{Batch, BatchData, BatchField, Executor, StepMetrics};
 use crate::loader::LoadedData;
+use crate::metrics::{ClassReport, SetAccumulator};
 use crate::RuntimeError;
-use nnc_ir::{is_loop_input, Graph, Optimizer, TrainSpec, ADAM_STEP, RNG_KEY};
+use nnc_ir::{is_loop_input, Graph, MetricTarget, Optimizer, TrainSpec, ADAM_STEP, LOSS, RNG_KEY};
 use nnc_ir::{Decay, EarlyStop, LrAt, Monitor, Plateau, Schedule};
 use serde::{Deserialize, Serialize};
 use std::time::Instant;
@@ -81,17 +82,35 @@ pub struct Metrics {
     pub loss: f64,
     pub accuracy: Option<f64>,
     pub samples: usize,
+    /// The train block's metrics of the whole set (`f1`, `r2`,
+    /// `top_3_accuracy`: [`nnc_ir::SetMetric::value_name`]), in its order;
+    /// measured on validation and test samples (and by `--eval`), not
+    /// during a training epoch, whose batches only report the graph's
+    /// scalars.
+    pub values: Vec<(String, f64)>,
+    /// Per-class values and the confusion matrix, when a metric of a
+    /// classifier asks for them (`precision`, `recall`, `f1`, `confusion`).
+    pub classes: Option<Box<ClassReport>>,
 }
 
 impl Metrics {
-    /// The metric named `name` (as a monitor names it, without `val_`),
-    /// when it was computed.
+    /// A metric by name: `loss`, `accuracy`, or a set metric's name.
     pub fn value(&self, name: &str) -> Option<f64> {
         match name {
             "loss" => Some(self.loss),
             "accuracy" => self.accuracy,
-            _ => None,
+            _ => self.values.iter().find(|(n, _)| n == name).map(|&(_, v)| v),
         }
+    }
+
+    /// Every scalar by name, `loss` and `accuracy` first.
+    pub fn all_values(&self) -> Vec<(String, f64)> {
+        let mut all = vec![("loss".to_string(), self.loss)];
+        if let Some(a) = self.accuracy {
+            all.push(("accuracy".into(), a));
+        }
+        all.extend(self.values.iter().cloned());
+        all
     }
 }
 
@@ -395,6 +414,8 @@ impl Accumulator {
             loss: self.loss / n,
             accuracy: self.accuracy.map(|a| a / n),
             samples: self.samples,
+            values: Vec::new(),
+            classes: None,
         }
     }
 }
@@ -414,7 +435,7 @@ fn evaluate_test(
         None if !parts.test.is_empty() => (&data.train, parts.test.clone()),
         None => return Ok(None),
     };
-    evaluate(exec, &spec.evaluation, data, dataset, &indices, batch).map(Some)
+    evaluate(exec, spec, data, dataset, &indices, batch).map(Some)
 }
 
 /// Which samples train, validate and test.
@@ -611,23 +632,65 @@ pub fn set_hyper(batch: &mut Batch, name: &str, value: f64) {
     }
 }
 
-/// Loss and metrics of the objective over `indices` of `ds`.
+/// Loss and metrics of the evaluation graph over `indices` of `ds`, with
+/// the train block's set metrics (from the graph's outputs and the labels
+/// of each batch, accumulated over the whole set).
 pub fn evaluate(
     exec: &mut dyn Executor,
-    objective: &Graph,
+    spec: &TrainSpec,
     data: &LoadedData,
     ds: &Dataset,
     indices: &[usize],
     batch_size: usize,
 ) -> Result<Metrics, RuntimeError> {
-    let names = input_names(objective);
+    let names = input_names(&spec.evaluation);
     let mut batch = Batch::default();
     let mut acc = Accumulator::default();
+    let mut set = SetAccumulator::new(&spec.metrics);
+    let targets: Vec<MetricTarget> = set.targets().cloned().collect();
+    let mut labels = Vec::new();
     for chunk in indices.chunks(batch_size.max(1)) {
         data.fill_batch(ds, &names, chunk, &mut batch)?;
-        acc.add(exec.evaluate(&batch)?, chunk.len());
+        if set.is_empty() {
+            acc.add(exec.evaluate(&batch)?, chunk.len());
+            continue;
+        }
+        let outputs = exec.evaluate_outputs(&batch)?;
+        let output = |name: &str| outputs.iter().find(|(n, _)| n == name).map(|(_, t)| t);
+        let scalar = |name: &str| output(name).and_then(|t| t.data.first().copied());
+        let scalars = StepMetrics {
+            loss: scalar(LOSS).unwrap_or(f64::NAN),
+            accuracy: scalar("accuracy"),
+        };
+        acc.add(scalars, chunk.len());
+        for target in &targets {
+            let scores = output(&target.output).ok_or_else(|| {
+                RuntimeError::Setup(format!(
+                    "internal error: the evaluation graph has no output `{}` to score",
+                    target.output
+                ))
+            })?;
+            let field = batch.get(&target.label).ok_or_else(|| {
+                RuntimeError::Setup(format!(
+                    "internal error: the batch has no label field `{}`",
+                    target.label
+                ))
+            })?;
+            labels.clear();
+            match &field.data {
+                BatchData::F32(v) => labels.extend(v.iter().map(|&x| f64::from(x))),
+                BatchData::I32(v) => labels.extend(v.iter().map(|&x| f64::from(x))),
+                BatchData::F64(v) => labels.extend_from_slice(v),
+            }
+            set.add(target, chunk.len(), &scores.data, &labels)
+                .map_err(|e| RuntimeError::Setup(format!("metrics: {e}")))?;
+        }
     }
-    Ok(acc.finish())
+    let mut metrics = acc.finish();
+    let results = set.finish();
+    metrics.values = results.values;
+    metrics.classes = results.classes.map(Box::new);
+    Ok(metrics)
 }
 
 /// Trains the executor's model as `spec` says, calling `on_batch(done,
@@ -676,6 +739,22 @@ pub fn train_observed(
     options: &TrainOptions,
     observer: &mut dyn TrainObserver,
 ) -> Result<TrainReport, RuntimeError> {
+    let seed = options.resolve(Some(spec)).seed;
+    let parts = partition(data.train.len(), data.test_split, spec.validate, seed)?;
+    train_partition(spec, step, data, exec, options, observer, &parts)
+}
+
+/// Trains as [`train_observed`] on the samples `parts` says: one fold of
+/// k-fold cross-validation, or the run's own split.
+pub fn train_partition(
+    spec: &TrainSpec,
+    step: &Graph,
+    data: &LoadedData,
+    exec: &mut dyn Executor,
+    options: &TrainOptions,
+    observer: &mut dyn TrainObserver,
+    parts: &Partition,
+) -> Result<TrainReport, RuntimeError> {
     let TrainSettings {
         epochs,
         batch: batch_size,
@@ -686,8 +765,6 @@ pub fn train_observed(
     } = options.resolve(Some(spec));
     data.check_inputs(step)?;
     data.check_inputs(&spec.evaluation)?;
-
-    let parts = partition(data.train.len(), data.test_split, spec.validate, seed)?;
     if parts.train.is_empty() {
         return Err(RuntimeError::Setup(
             "no training samples are left after the test and validation splits".into(),
@@ -764,7 +841,7 @@ pub fn train_observed(
         } else {
             Some(evaluate(
                 exec,
-                &spec.evaluation,
+                spec,
                 data,
                 &data.train,
                 &parts.validation,
@@ -827,7 +904,7 @@ pub fn train_observed(
         }
         _ => None,
     };
-    let test = evaluate_test(exec, spec, data, &parts, batch_size)?;
+    let test = evaluate_test(exec, spec, data, parts, batch_size)?;
     Ok(TrainReport {
         epochs: reports,
         test,
@@ -864,14 +941,7 @@ pub fn evaluate_held_out(
         settings.seed,
     )?;
     let on_train = |exec: &mut dyn Executor, idx: &[usize]| {
-        evaluate(
-            exec,
-            &spec.evaluation,
-            data,
-            &data.train,
-            idx,
-            settings.batch,
-        )
+        evaluate(exec, spec, data, &data.train, idx, settings.batch)
     };
     let validation = match parts.validation.is_empty() {
         true => None,

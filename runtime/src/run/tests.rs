@@ -52,6 +52,8 @@ fn line(dir: &Path) -> Line {
 
     let mut evaluation = Graph::new("evaluation");
     let (_, _, y) = linear(&mut evaluation);
+    // The model's output, as the compiler keeps it: set metrics read it.
+    evaluation.set_output("y", y);
     squared_error(&mut evaluation, y);
 
     // `w -= lr * x^T (x w - t)`: the gradient of half the summed error.
@@ -121,6 +123,7 @@ fn line(dir: &Path) -> Line {
             seed: 5,
             shuffle: true,
             validate: None,
+            kfold: None,
             schedule: None,
             early_stop: None,
             metrics: Vec::new(),
@@ -198,6 +201,14 @@ fn execute(
             ),
             Event::Measured { split, .. } => split.name().into(),
             Event::Predicted { index, .. } => format!("prediction {index}"),
+            Event::FoldStarted {
+                fold,
+                k,
+                train,
+                validation,
+            } => format!("fold {fold}/{k}: {train}+{validation}"),
+            Event::FoldDone { fold, .. } => format!("fold {fold} done"),
+            Event::CrossValidated(cv) => format!("cross-validated {}", cv.k),
         })
     })?;
     Ok((outcome, seen))
@@ -948,4 +959,120 @@ fn per_step_schedules_feed_every_step_its_own_rate() {
         [want[0], want[4], want[8]],
         "an epoch's first step"
     );
+}
+
+/// `line` cross-validated by `kfold(k)` with MAE, RMSE and R².
+fn line_kfold(dir: &Path, k: usize) -> Line {
+    let mut l = line(dir);
+    let train = l.module.train.as_mut().unwrap();
+    train.kfold = Some(nnc_ir::KFold { k, stratify: None });
+    let target = nnc_ir::MetricTarget {
+        output: "y".into(),
+        label: "t".into(),
+        kind: nnc_ir::TargetKind::Regression,
+    };
+    train.metrics = [
+        nnc_ir::SetMetric::Mae,
+        nnc_ir::SetMetric::Rmse,
+        nnc_ir::SetMetric::R2,
+    ]
+    .map(|m| nnc_ir::Metric::Set(m, target.clone()))
+    .to_vec();
+    l
+}
+
+#[test]
+fn kfold_trains_a_model_per_fold_and_summarizes_every_metric() {
+    let dir = Scratch::new("kfold");
+    let line = line_kfold(&dir.0, 4);
+    let report_path = dir.0.join("report.json");
+    let ckpt = dir.0.join("line.safetensors");
+    let options = RunOptions {
+        report: Some(report_path.clone()),
+        save: Some(ckpt.clone()),
+        ..interp()
+    };
+    let (outcome, seen) = execute(&line, &dir.0, options.clone()).unwrap();
+    let fold_events = |f: usize| {
+        vec![
+            format!("fold {f}/4: 12+4"),
+            "training 1..=3 by 4".to_string(),
+            "epoch 1".into(),
+            "epoch 2".into(),
+            "epoch 3".into(),
+            "stopped".into(),
+            format!("fold {f} done"),
+        ]
+    };
+    let mut expected: Vec<String> = (1..=4).flat_map(fold_events).collect();
+    expected.push("cross-validated 4".into());
+    assert_eq!(seen, expected);
+    let RunOutcome::CrossValidated(cv) = outcome else {
+        panic!("expected cross-validation, got {outcome:?}");
+    };
+    assert_eq!(cv.folds.len(), 4);
+    let mut validated: Vec<usize> = Vec::new();
+    for f in &cv.folds {
+        assert_eq!((f.train_samples, f.validation.samples), (12, 4));
+        assert_eq!(f.trained.epochs.len(), 3);
+        // The graph's loss is the mean squared error: RMSE² on the host.
+        let rmse = f.validation.value("rmse").unwrap();
+        assert!((rmse * rmse - f.validation.loss).abs() <= 1e-5 * f.validation.loss.max(1e-3));
+        assert!(f.validation.value("mae").unwrap() <= rmse + 1e-12);
+        validated.push(f.validation.samples);
+    }
+    assert_eq!(
+        validated.iter().sum::<usize>(),
+        16,
+        "every sample validated once"
+    );
+    let names: Vec<&str> = cv.summary.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(names, ["loss", "mae", "rmse", "r2"]);
+    for s in &cv.summary {
+        let values: Vec<f64> = cv
+            .folds
+            .iter()
+            .map(|f| f.validation.value(&s.name).unwrap())
+            .collect();
+        assert_eq!(s.values, values);
+        assert_eq!((s.mean, s.std), crate::folds::mean_std(&values));
+        assert!(s.std > 0.0, "{}: folds differ", s.name);
+    }
+    let report = Report::from_json(&std::fs::read_to_string(&report_path).unwrap()).unwrap();
+    let entry = report.cross_validation.expect("a cross-validation entry");
+    assert_eq!(entry.k, 4);
+    assert_eq!(entry.folds.len(), 4);
+    assert_eq!(entry.summary["r2"].values, cv.summary[3].values);
+    assert_eq!(
+        entry.folds[2].validation.metrics["mae"],
+        cv.folds[2].validation.value("mae").unwrap()
+    );
+    assert!(ckpt.exists(), "--save keeps the last fold's model");
+
+    // Seeded: the same folds and values again.
+    let (again, _) = execute(&line, &dir.0, options).unwrap();
+    let RunOutcome::CrossValidated(again) = again else {
+        panic!("expected cross-validation");
+    };
+    assert_eq!(again.summary, cv.summary);
+}
+
+#[test]
+fn kfold_with_more_folds_than_samples_is_an_error_with_the_counts() {
+    let dir = Scratch::new("kfold-many");
+    let line = line_kfold(&dir.0, 17);
+    let e = execute(&line, &dir.0, interp()).unwrap_err().to_string();
+    assert!(
+        e.contains("`kfold(17)`") && e.contains("there are 16"),
+        "{e}"
+    );
+    let options = RunOptions {
+        save: Some(dir.0.join("x.safetensors")),
+        resume: true,
+        ..interp()
+    };
+    std::fs::write(dir.0.join("x.safetensors"), b"").unwrap();
+    let line = line_kfold(&dir.0, 2);
+    let e = execute(&line, &dir.0, options).unwrap_err();
+    assert!(matches!(e, RunError::ResumeCrossValidation), "{e}");
 }
