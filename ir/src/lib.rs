@@ -31,6 +31,7 @@ pub use module::{
     TestSet, TextColumn, TextFormat, TrainSpec, Transform, ADAM_BIAS_CORRECTION2_SQRT, ADAM_STEP,
     ADAM_STEP_SIZE, GRADIENT_PREFIX, HYPER, LEARNING_RATE, LOSS, RNG_KEY,
 };
+pub use module::{Augment, FitAxis};
 pub use op::{
     random_uniform, Arity, BinaryOp, Init, Literal, Op, OpClass, OpInfo, OpKind, ReduceOp, Ties,
     UnaryOp, Window,

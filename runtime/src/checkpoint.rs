@@ -16,12 +16,14 @@
 //! | `params` | a JSON list of the tensors that are params; the rest is optimizer state |
 //! | `nnc_version` | the version of `nnc` that wrote it |
 //! | `text` | only for data with text fields: a JSON object from field name to its vocabulary (`{"kind": "tokens", "options": {...}, "words": [...]}`, `words[k]` has id `k + 2`) or class names (`{"kind": "classes", "names": [...]}`), so `--predict` encodes raw text as training did |
+//! | `fitted` | only for data with `standardize` or `minmax`: a JSON object from field name to the list of its fitted transforms in pipeline order (`{"transform": "standardize", "per": "channel", "mean": [...], "std": [...]}`, `{"transform": "minmax", "per": "element", "min": [...], "max": [...]}`), fitted on the training samples, so evaluation and `--predict` scale as training did |
 //!
 //! Saving writes `PATH.tmp.<pid>` next to `PATH`, syncs it, renames it over
 //! `PATH` and syncs the directory: a crash or a failed write leaves the
 //! previous checkpoint as it was.
 
 use crate::data::text::Vocabularies;
+use crate::data::FittedStats;
 use crate::executor::{Executor, Programs};
 use crate::RuntimeError;
 use nnc_ir::{DType, Tensor, ADAM_STEP};
@@ -44,6 +46,7 @@ pub mod keys {
     pub const PARAMS: &str = "params";
     pub const NNC_VERSION: &str = "nnc_version";
     pub const TEXT: &str = "text";
+    pub const FITTED: &str = "fitted";
 }
 
 /// The version written into checkpoints (the workspace version).
@@ -82,6 +85,8 @@ pub struct Checkpoint {
     pub tensors: Vec<(String, Tensor)>,
     /// The vocabularies of the data's text fields (empty without any).
     pub vocabularies: Vocabularies,
+    /// The statistics of the data's fitted transforms (empty without any).
+    pub fitted: FittedStats,
 }
 
 /// The names of a model's weights (as opposed to optimizer state), sorted:
@@ -201,6 +206,27 @@ pub fn save_with_vocabularies(
     meta: &Meta,
     vocabularies: &Vocabularies,
 ) -> Result<(), RuntimeError> {
+    save_with_data(
+        path,
+        model_name,
+        tensors,
+        meta,
+        vocabularies,
+        &FittedStats::new(),
+    )
+}
+
+/// [`save`], with what the data built on the training samples: the
+/// vocabularies of text fields (`text`) and the fitted statistics
+/// (`fitted`), each when there are any.
+pub fn save_with_data(
+    path: &Path,
+    model_name: &str,
+    tensors: &[(String, Tensor)],
+    meta: &Meta,
+    vocabularies: &Vocabularies,
+    fitted: &FittedStats,
+) -> Result<(), RuntimeError> {
     let mut params = meta.params.clone();
     params.sort();
     let params_json = serde_json::to_string(&params)
@@ -220,6 +246,11 @@ pub fn save_with_vocabularies(
         let text = serde_json::to_string(vocabularies)
             .map_err(|e| setup(format!("cannot save checkpoint `{}`: {e}", path.display())))?;
         metadata.insert(keys::TEXT.to_string(), text);
+    }
+    if !fitted.is_empty() {
+        let json = serde_json::to_string(fitted)
+            .map_err(|e| setup(format!("cannot save checkpoint `{}`: {e}", path.display())))?;
+        metadata.insert(keys::FITTED.to_string(), json);
     }
     let bytes = safetensors_bytes(tensors, metadata)
         .map_err(|e| setup(format!("cannot save checkpoint `{}`: {e}", path.display())))?;
@@ -404,6 +435,15 @@ pub fn load(path: &Path) -> Result<Checkpoint, RuntimeError> {
             ))
         })?,
     };
+    let fitted: FittedStats = match metadata.get(keys::FITTED) {
+        None => FittedStats::new(),
+        Some(json) => serde_json::from_str(json).map_err(|e| {
+            bad(format!(
+                "metadata `{}` is not the fitted statistics of data fields: {e}",
+                keys::FITTED
+            ))
+        })?,
+    };
 
     let mut tensors = Vec::with_capacity(st.len());
     for (name, view) in st.tensors() {
@@ -481,6 +521,7 @@ pub fn load(path: &Path) -> Result<Checkpoint, RuntimeError> {
         params,
         tensors,
         vocabularies,
+        fitted,
     })
 }
 
