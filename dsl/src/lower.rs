@@ -433,7 +433,13 @@ fn lower_source(el: &mut Elaborator, e: &Expr) -> Result<(Source, Vec<Transform>
         ExprKind::Pipe { input, stage } => {
             let (source, mut transforms) = lower_source(el, input)?;
             let transform = lower_transform(el, &stage.callee, &stage.args, stage.span)?;
-            check_stage(&source, &transforms, &transform, stage.span)?;
+            check_stage(
+                &source,
+                &transforms,
+                &transform,
+                &stage.callee.name,
+                stage.span,
+            )?;
             transforms.push(transform);
             Ok((source, transforms))
         }
@@ -513,6 +519,7 @@ fn check_stage(
     source: &Source,
     before: &[Transform],
     transform: &Transform,
+    name: &str,
     span: Span,
 ) -> Result<()> {
     let Transform::Augment(augment) = transform else {
@@ -529,20 +536,14 @@ fn check_stage(
     if let Some(what) = what {
         return Err(Error::new(
             span,
-            format!(
-                "`{}` augments images, but this field holds {what}",
-                augment.name()
-            ),
+            format!("`{name}` augments images, but this field holds {what}"),
         )
         .with_help("augment the image field; its label stays as it is"));
     }
     if before.iter().any(|t| matches!(t, Transform::OneHot(_))) {
         return Err(Error::new(
             span,
-            format!(
-                "`{}` cannot follow `one_hot`: it augments images",
-                augment.name()
-            ),
+            format!("`{name}` cannot follow `one_hot`: it augments images"),
         ));
     }
     let rescaled = before.iter().any(|t| {

@@ -481,10 +481,12 @@ fn load_fields(
                     let features = match per {
                         FitAxis::Element => sample_len,
                         FitAxis::Channel if sample_shape.len() >= 2 => sample_shape[0],
-                        FitAxis::Channel => return Err(located(format!(
+                        FitAxis::Channel => {
+                            return Err(located(format!(
                             "`per: \"channel\"` takes the first axis of samples of rank 2 or more \
                                  as channels, but these have shape {sample_shape:?}"
-                        ))),
+                        )))
+                        }
                     };
                     fits.push(PendingFit {
                         position: transforms.len(),
