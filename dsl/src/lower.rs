@@ -438,7 +438,15 @@ fn lower_source(el: &mut Elaborator, e: &Expr) -> Result<(Source, Vec<Transform>
     match &e.kind {
         ExprKind::Pipe { input, stage } => {
             let (source, mut transforms) = lower_source(el, input)?;
-            transforms.push(lower_transform(el, &stage.callee, &stage.args, stage.span)?);
+            let transform = lower_transform(el, &stage.callee, &stage.args, stage.span)?;
+            check_stage(
+                &source,
+                &transforms,
+                &transform,
+                &stage.callee.name,
+                stage.span,
+            )?;
+            transforms.push(transform);
             Ok((source, transforms))
         }
         ExprKind::Call { callee, args } => match callee.name.as_str() {
@@ -494,7 +502,148 @@ fn lower_source(el: &mut Elaborator, e: &Expr) -> Result<(Source, Vec<Transform>
     }
 }
 
-const TRANSFORMS: [&str; 4] = ["scale", "one_hot", "normalize", "reshape"];
+const TRANSFORMS: [&str; 13] = [
+    "scale",
+    "one_hot",
+    "normalize",
+    "reshape",
+    "standardize",
+    "minmax",
+    "random_crop",
+    "hflip",
+    "vflip",
+    "rotate",
+    "affine",
+    "color_jitter",
+    "gaussian_noise",
+];
+
+/// Where a transform may stand in its pipeline: augmentations change
+/// images, not labels or token ids, and colour jitter needs values still
+/// in `[0, 1]`.
+fn check_stage(
+    source: &Source,
+    before: &[Transform],
+    transform: &Transform,
+    name: &str,
+    span: Span,
+) -> Result<()> {
+    let Transform::Augment(augment) = transform else {
+        return Ok(());
+    };
+    let what = match source {
+        Source::CsvColumn { .. }
+        | Source::ImageLabels { .. }
+        | Source::CifarLabels { .. }
+        | Source::TextLabels { .. } => Some("class labels"),
+        Source::Text { .. } => Some("token ids"),
+        _ => None,
+    };
+    if let Some(what) = what {
+        return Err(Error::new(
+            span,
+            format!("`{name}` augments images, but this field holds {what}"),
+        )
+        .with_help("augment the image field; its label stays as it is"));
+    }
+    if before.iter().any(|t| matches!(t, Transform::OneHot(_))) {
+        return Err(Error::new(
+            span,
+            format!("`{name}` cannot follow `one_hot`: it augments images"),
+        ));
+    }
+    let rescaled = before.iter().any(|t| {
+        matches!(
+            t,
+            Transform::Normalize { .. } | Transform::Standardize { .. } | Transform::MinMax { .. }
+        )
+    });
+    if rescaled && matches!(augment, nnc_ir::Augment::ColorJitter { .. }) {
+        return Err(Error::new(
+            span,
+            "`color_jitter` works on values in [0, 1] (it clamps to them), but an earlier \
+             transform has normalized this field",
+        )
+        .with_help("put `color_jitter` after `scale(1 / 255)` and before `normalize`"));
+    }
+    Ok(())
+}
+
+/// An optional number argument that must lie in `range`.
+fn number_in(
+    slot: &Option<Evaluated>,
+    default: f64,
+    range: std::ops::RangeInclusive<f64>,
+    what: &str,
+) -> Result<f64> {
+    let Some(a) = slot else {
+        return Ok(default);
+    };
+    let v = number(a)?;
+    if !range.contains(&v) {
+        let (lo, hi) = (range.start(), range.end());
+        let bounds = if hi.is_infinite() {
+            format!(">= {lo}")
+        } else {
+            format!("in [{lo}, {hi}]")
+        };
+        return Err(Error::new(
+            a.span,
+            format!("{what} must be {bounds}, found {v}"),
+        ));
+    }
+    Ok(v)
+}
+
+/// An optional `[lo, hi]` pair of numbers within `range`, `lo <= hi`.
+fn pair_in(
+    slot: &Option<Evaluated>,
+    range: std::ops::RangeInclusive<f64>,
+    what: &str,
+) -> Result<Option<[f64; 2]>> {
+    let Some(a) = slot else {
+        return Ok(None);
+    };
+    let values = numbers(a)?;
+    let [lo, hi] = values[..] else {
+        return Err(Error::new(
+            a.span,
+            format!("{what} takes two numbers `[a, b]`, found {}", values.len()),
+        ));
+    };
+    if !(range.contains(&lo) && range.contains(&hi)) {
+        return Err(Error::new(
+            a.span,
+            format!(
+                "{what} must lie in [{}, {}], found [{lo}, {hi}]",
+                range.start(),
+                range.end()
+            ),
+        ));
+    }
+    Ok(Some([lo, hi]))
+}
+
+/// `per: "element"` (the default) or `per: "channel"`.
+fn fit_axis(slot: &Option<Evaluated>, callee: &str) -> Result<nnc_ir::FitAxis> {
+    match slot {
+        None => Ok(nnc_ir::FitAxis::Element),
+        Some(a) => match &a.value {
+            Value::Str(s) if s == "element" => Ok(nnc_ir::FitAxis::Element),
+            Value::Str(s) if s == "channel" => Ok(nnc_ir::FitAxis::Channel),
+            other => Err(Error::new(
+                a.span,
+                format!(
+                    "`per` of `{callee}` is \"element\" or \"channel\", found {}",
+                    match other {
+                        Value::Str(s) => format!("\"{s}\""),
+                        v => v.kind(),
+                    }
+                ),
+            )),
+        },
+    }
+}
 
 const SOURCES: [&str; 8] = [
     "idx",
@@ -534,6 +683,18 @@ fn named_args(
     assign(&callee.name, names, &signature, given, &|s, m| {
         Error::new(s, m)
     })
+}
+
+/// Every argument of `names`, each optional.
+fn slots<const N: usize>(
+    el: &mut Elaborator,
+    callee: &ast::Ident,
+    args: &[ast::Arg],
+    names: &[&str; N],
+) -> Result<[Option<Evaluated>; N]> {
+    named_args(el, callee, args, names)?
+        .try_into()
+        .map_err(|_| Error::new(callee.span, "internal error: argument count"))
 }
 
 fn positional<const N: usize>(
@@ -903,6 +1064,102 @@ fn lower_transform(
                     format!("`reshape` takes a list of dims, found {}", other.kind()),
                 )),
             }
+        }
+        "standardize" | "minmax" => {
+            let [per] = slots::<1>(el, callee, args, &["per"])?;
+            let per = fit_axis(&per, &callee.name)?;
+            Ok(match callee.name.as_str() {
+                "standardize" => Transform::Standardize { per },
+                _ => Transform::MinMax { per },
+            })
+        }
+        "random_crop" => {
+            let [size, padding] = slots::<2>(el, callee, args, &["size", "padding"])?;
+            let size = size.ok_or_else(|| {
+                Error::new(callee.span, "missing argument `size` of `random_crop`")
+                    .with_note("`random_crop(size, padding: 0)`")
+            })?;
+            let size = match &size.value {
+                Value::Int(n) if *n > 0 => [*n as usize; 2],
+                Value::List(items) => match items[..] {
+                    [Value::Int(h), Value::Int(w)] if h > 0 && w > 0 => [h as usize, w as usize],
+                    _ => {
+                        return Err(Error::new(
+                            size.span,
+                            "the crop size is one positive int or two `[height, width]`",
+                        ))
+                    }
+                },
+                other => {
+                    return Err(Error::new(
+                        size.span,
+                        format!(
+                            "the crop size must be a positive int, found {}",
+                            other.kind()
+                        ),
+                    ))
+                }
+            };
+            let padding = match &padding {
+                Some(p) => index(p)?,
+                None => 0,
+            };
+            Ok(Transform::Augment(nnc_ir::Augment::RandomCrop {
+                size,
+                padding,
+            }))
+        }
+        "hflip" | "vflip" => {
+            let [p] = slots::<1>(el, callee, args, &["p"])?;
+            let p = number_in(&p, 0.5, 0.0..=1.0, "a probability")?;
+            Ok(Transform::Augment(nnc_ir::Augment::Flip {
+                horizontal: callee.name == "hflip",
+                p,
+            }))
+        }
+        "rotate" => {
+            let [degrees] = positional::<1>(el, callee, args, &["degrees"])?;
+            let degrees = number_in(&Some(degrees), 0.0, 0.0..=180.0, "`degrees`")?;
+            Ok(Transform::Augment(nnc_ir::Augment::Affine {
+                degrees,
+                translate: None,
+                scale: None,
+            }))
+        }
+        "affine" => {
+            let [degrees, translate, scale_arg] =
+                slots::<3>(el, callee, args, &["degrees", "translate", "scale"])?;
+            let degrees = number_in(&degrees, 0.0, 0.0..=180.0, "`degrees`")?;
+            let translate = pair_in(&translate, 0.0..=1.0, "`translate`")?;
+            let scale = pair_in(&scale_arg, f64::MIN_POSITIVE..=f64::INFINITY, "`scale`")?;
+            if let (Some([lo, hi]), Some(a)) = (scale, &scale_arg) {
+                if lo > hi {
+                    return Err(Error::new(
+                        a.span,
+                        format!("`scale` is `[lo, hi]` with lo <= hi, found [{lo}, {hi}]"),
+                    ));
+                }
+            }
+            Ok(Transform::Augment(nnc_ir::Augment::Affine {
+                degrees,
+                translate,
+                scale,
+            }))
+        }
+        "color_jitter" => {
+            let [b, c, sat] =
+                slots::<3>(el, callee, args, &["brightness", "contrast", "saturation"])?;
+            let nonneg = 0.0..=f64::INFINITY;
+            Ok(Transform::Augment(nnc_ir::Augment::ColorJitter {
+                brightness: number_in(&b, 0.0, nonneg.clone(), "`brightness`")?,
+                contrast: number_in(&c, 0.0, nonneg.clone(), "`contrast`")?,
+                saturation: number_in(&sat, 0.0, nonneg, "`saturation`")?,
+            }))
+        }
+        "gaussian_noise" => {
+            let [std] = positional::<1>(el, callee, args, &["std"])?;
+            let std = number_in(&Some(std), 0.0, 0.0..=f64::INFINITY, "the noise's `std`")?;
+            Ok(Transform::Augment(nnc_ir::Augment::GaussianNoise { std }))
         }
         name if SOURCES.contains(&name) => Err(Error::new(
             callee.span,

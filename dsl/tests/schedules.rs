@@ -254,7 +254,8 @@ fn early_stop_errors_are_located() {
         "monitor `val_loss` needs validation samples, but the train block holds none out"
     );
     assert_eq!(at, "val_loss");
-    let (msg, at) = error("    early_stop = early_stop(monitor: val_fi)\n    validate = split(0.2)");
+    let (msg, at) =
+        error("    early_stop = early_stop(monitor: val_fi)\n    validate = split(0.2)");
     assert_eq!(msg, "unknown monitor `val_fi`");
     assert_eq!(at, "val_fi");
     // The set metrics are measured on held-out samples only.
@@ -272,7 +273,10 @@ fn early_stop_errors_are_located() {
     let spec = lower(
         "    early_stop = early_stop(monitor: val_f1_weighted)\n    validate = split(0.2)\n    metrics = [f1(average: \"weighted\")]",
     );
-    assert_eq!(spec.early_stop.unwrap().monitor, monitor(true, "f1_weighted"));
+    assert_eq!(
+        spec.early_stop.unwrap().monitor,
+        monitor(true, "f1_weighted")
+    );
     let (msg, at) = error("    early_stop = early_stop(monitor: loss, patience: -2)");
     assert_eq!(msg, "`patience` must be a non-negative int, found -2");
     assert_eq!(at, "-2");

@@ -199,6 +199,79 @@ pub enum Transform {
     },
     /// New per-sample shape.
     Reshape(Vec<usize>),
+    /// scikit-learn's `StandardScaler`: `(x - mean) / std` with the mean
+    /// and the population std (`ddof = 0`) of the training samples only,
+    /// as they are at this point of the pipeline; a std of 0 divides by 1.
+    /// The runtime fits it once and saves the statistics with the
+    /// checkpoint, so evaluation and `--predict` apply the same ones.
+    Standardize {
+        per: FitAxis,
+    },
+    /// scikit-learn's `MinMaxScaler` to `[0, 1]`: `(x - min) / (max -
+    /// min)` with the training samples' extremes; a range of 0 divides by 1.
+    MinMax {
+        per: FitAxis,
+    },
+    /// A random transform of an image sample (`[C, H, W]` or `[H, W]`),
+    /// applied to training batches only.
+    Augment(Augment),
+}
+
+/// Which values share one fitted statistic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FitAxis {
+    /// Each element of a sample is its own feature (scikit-learn's
+    /// per-column statistics over a flat sample).
+    Element,
+    /// Each channel (the first axis of a sample of rank 2 or more) is one
+    /// feature over all its positions, like torchvision's `Normalize`.
+    Channel,
+}
+
+/// The training-only random image transforms, with torchvision's names
+/// and meaning. Each draws from a stream fixed by the run's seed, the
+/// epoch and the sample, so a run reproduces from its seed.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Augment {
+    /// `RandomCrop(size, padding)`: zero padding on every side, then a
+    /// window of `size = [height, width]` at a uniform offset. Evaluation
+    /// takes the centre window instead, so shapes agree.
+    RandomCrop { size: [usize; 2], padding: usize },
+    /// `RandomHorizontalFlip(p)` (mirrors the width axis) or
+    /// `RandomVerticalFlip(p)` (the height axis).
+    Flip { horizontal: bool, p: f64 },
+    /// `RandomAffine(degrees, translate, scale)` with bilinear sampling and
+    /// zero fill; `rotate(d)` is an affine with only `degrees`.
+    Affine {
+        degrees: f64,
+        translate: Option<[f64; 2]>,
+        scale: Option<[f64; 2]>,
+    },
+    /// `ColorJitter(brightness, contrast, saturation)` on values in
+    /// `[0, 1]`, in that fixed order.
+    ColorJitter {
+        brightness: f64,
+        contrast: f64,
+        saturation: f64,
+    },
+    /// Adds `N(0, std^2)` to every element.
+    GaussianNoise { std: f64 },
+}
+
+impl Augment {
+    /// The name a data block writes.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Augment::RandomCrop { .. } => "random_crop",
+            Augment::Flip {
+                horizontal: true, ..
+            } => "hflip",
+            Augment::Flip { .. } => "vflip",
+            Augment::Affine { .. } => "affine",
+            Augment::ColorJitter { .. } => "color_jitter",
+            Augment::GaussianNoise { .. } => "gaussian_noise",
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]

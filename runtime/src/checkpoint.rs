@@ -17,12 +17,14 @@
 //! | `nnc_version` | the version of `nnc` that wrote it |
 //! | `loop_state` | only when the train block has `plateau` or `early_stop`: their state after the last epoch done, as JSON (`{"plateau": {"lr", "best", "bad_epochs", "cooldown_left"}, "early_stop": {"best", "best_epoch", "wait", "stopped_after"}}`), so a resumed run decides as an uninterrupted one |
 //! | `text` | only for data with text fields: a JSON object from field name to its vocabulary (`{"kind": "tokens", "options": {...}, "words": [...]}`, `words[k]` has id `k + 2`) or class names (`{"kind": "classes", "names": [...]}`), so `--predict` encodes raw text as training did |
+//! | `fitted` | only for data with `standardize` or `minmax`: a JSON object from field name to the list of its fitted transforms in pipeline order (`{"transform": "standardize", "per": "channel", "mean": [...], "std": [...]}`, `{"transform": "minmax", "per": "element", "min": [...], "max": [...]}`), fitted on the training samples, so evaluation and `--predict` scale as training did |
 //!
 //! Saving writes `PATH.tmp.<pid>` next to `PATH`, syncs it, renames it over
 //! `PATH` and syncs the directory: a crash or a failed write leaves the
 //! previous checkpoint as it was.
 
 use crate::data::text::Vocabularies;
+use crate::data::FittedStats;
 use crate::executor::{Executor, Programs};
 use crate::RuntimeError;
 use nnc_ir::{DType, Tensor, ADAM_STEP};
@@ -46,6 +48,7 @@ pub mod keys {
     pub const NNC_VERSION: &str = "nnc_version";
     pub const TEXT: &str = "text";
     pub const LOOP_STATE: &str = "loop_state";
+    pub const FITTED: &str = "fitted";
 }
 
 /// The version written into checkpoints (the workspace version).
@@ -88,6 +91,8 @@ pub struct Checkpoint {
     pub vocabularies: Vocabularies,
     /// The training loop's state as JSON, if it was saved.
     pub loop_state: Option<String>,
+    /// The statistics of the data's fitted transforms (empty without any).
+    pub fitted: FittedStats,
 }
 
 /// The names of a model's weights (as opposed to optimizer state), sorted:
@@ -207,6 +212,27 @@ pub fn save_with_vocabularies(
     meta: &Meta,
     vocabularies: &Vocabularies,
 ) -> Result<(), RuntimeError> {
+    save_with_data(
+        path,
+        model_name,
+        tensors,
+        meta,
+        vocabularies,
+        &FittedStats::new(),
+    )
+}
+
+/// [`save`], with what the data built on the training samples: the
+/// vocabularies of text fields (`text`) and the fitted statistics
+/// (`fitted`), each when there are any.
+pub fn save_with_data(
+    path: &Path,
+    model_name: &str,
+    tensors: &[(String, Tensor)],
+    meta: &Meta,
+    vocabularies: &Vocabularies,
+    fitted: &FittedStats,
+) -> Result<(), RuntimeError> {
     let mut params = meta.params.clone();
     params.sort();
     let params_json = serde_json::to_string(&params)
@@ -229,6 +255,11 @@ pub fn save_with_vocabularies(
     }
     if let Some(state) = &meta.loop_state {
         metadata.insert(keys::LOOP_STATE.to_string(), state.clone());
+    }
+    if !fitted.is_empty() {
+        let json = serde_json::to_string(fitted)
+            .map_err(|e| setup(format!("cannot save checkpoint `{}`: {e}", path.display())))?;
+        metadata.insert(keys::FITTED.to_string(), json);
     }
     let bytes = safetensors_bytes(tensors, metadata)
         .map_err(|e| setup(format!("cannot save checkpoint `{}`: {e}", path.display())))?;
@@ -413,6 +444,15 @@ pub fn load(path: &Path) -> Result<Checkpoint, RuntimeError> {
             ))
         })?,
     };
+    let fitted: FittedStats = match metadata.get(keys::FITTED) {
+        None => FittedStats::new(),
+        Some(json) => serde_json::from_str(json).map_err(|e| {
+            bad(format!(
+                "metadata `{}` is not the fitted statistics of data fields: {e}",
+                keys::FITTED
+            ))
+        })?,
+    };
 
     let mut tensors = Vec::with_capacity(st.len());
     for (name, view) in st.tensors() {
@@ -491,6 +531,7 @@ pub fn load(path: &Path) -> Result<Checkpoint, RuntimeError> {
         tensors,
         vocabularies,
         loop_state: metadata.get(keys::LOOP_STATE).cloned(),
+        fitted,
     })
 }
 

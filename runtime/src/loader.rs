@@ -6,16 +6,23 @@
 //! type (after its transforms) are checked against the graph input they
 //! feed, so a mismatch is reported once, clearly, naming the file.
 
+use crate::data::augment::{ImageAugment, Mode};
 use crate::data::cifar::Cifar;
+use crate::data::fit::{Accumulator, Fitted, FittedStats, Per};
 use crate::data::text::{
     self, ClassNames, FieldVocabulary, TextTable, Vocabularies, Vocabulary, VocabularyOptions,
 };
 use crate::data::{self, CsvOptions, Dataset, Field, Storage};
 use crate::executor::{Batch, BatchData, BatchField};
 use crate::RuntimeError;
-use nnc_ir::{DType, DataField, DataSpec, Dim, Graph, Source, TestSet, TextFormat, Transform};
+use nnc_ir::{
+    DType, DataField, DataSpec, Dim, FitAxis, Graph, Source, TestSet, TextFormat, Transform,
+};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::mpsc::{self, Receiver, Sender, SyncSender};
+use std::sync::Arc;
+use std::thread::JoinHandle;
 
 /// The samples of a data block: the training set and, when the block has
 /// separate test files, the test set.
@@ -27,6 +34,9 @@ pub struct LoadedData {
     /// The vocabulary or class names of each text field, built from the
     /// training samples (or given, for prediction).
     pub vocabularies: Vocabularies,
+    /// The statistics of each field's `standardize` and `minmax`, fitted
+    /// on the training samples (or given, for prediction).
+    pub fitted: FittedStats,
     plans: HashMap<String, FieldPlan>,
 }
 
@@ -46,6 +56,18 @@ struct FieldPlan {
     transforms: Vec<data::Transform>,
     /// Per-sample shape after the transforms.
     sample_shape: Vec<usize>,
+    /// The fitted transforms: where each stands in `transforms` (an
+    /// identity until fitted) and what it fits.
+    fits: Vec<PendingFit>,
+}
+
+#[derive(Debug, Clone)]
+struct PendingFit {
+    position: usize,
+    standardize: bool,
+    per: Per,
+    features: usize,
+    sample_len: usize,
 }
 
 /// Loads every field of `spec`, resolving relative paths against `base`.
@@ -73,11 +95,25 @@ pub(crate) fn load_with_vocabularies(
     base: &Path,
     vocabularies: Vocabularies,
 ) -> Result<LoadedData, RuntimeError> {
+    load_for_prediction(spec, base, vocabularies, FittedStats::new())
+}
+
+/// [`load`] for samples to predict: text fields are encoded by
+/// `vocabularies` and fitted transforms apply `fitted` (a checkpoint's),
+/// never anything built from these samples.
+pub(crate) fn load_for_prediction(
+    spec: &DataSpec,
+    base: &Path,
+    vocabularies: Vocabularies,
+    fitted: FittedStats,
+) -> Result<LoadedData, RuntimeError> {
     let mut text = TextContext {
         holdout: None,
         test_split: None,
         vocabularies,
         build: false,
+        fitted,
+        fit: Fit::Given,
     };
     load_all(spec, base, &mut text)
 }
@@ -96,11 +132,26 @@ fn load_with(
         },
         vocabularies,
         build: true,
+        fitted: FittedStats::new(),
+        fit: Fit::Build,
     };
     load_all(spec, base, &mut text)
 }
 
-/// How text fields get their vocabularies while loading.
+/// Where a field's fitted statistics come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fit {
+    /// Computed from the samples trained on.
+    Build,
+    /// Taken from `TextContext::fitted` (a checkpoint's).
+    Given,
+    /// Not needed: a test field's own pipeline only checks its shape, its
+    /// batches go through the training field's.
+    Skip,
+}
+
+/// How the fields get what is built on the samples trained on (text
+/// vocabularies and class names, fitted statistics) while loading.
 struct TextContext {
     holdout: Option<Holdout>,
     test_split: Option<f64>,
@@ -110,6 +161,9 @@ struct TextContext {
     /// Whether the fields being loaded build their vocabularies (training
     /// fields) or take them from `vocabularies` (test fields, prediction).
     build: bool,
+    /// Fitted statistics built so far, or given.
+    fitted: FittedStats,
+    fit: Fit,
 }
 
 impl TextContext {
@@ -151,6 +205,7 @@ fn load_all(
         Some(TestSet::Fields(fields)) => {
             let mut test_plans = HashMap::new();
             text.build = false;
+            text.fit = Fit::Skip;
             let ds = load_fields(fields, base, &mut cache, &mut test_plans, text)?;
             for (name, plan) in &test_plans {
                 let train_plan: &FieldPlan = &plans[name];
@@ -169,6 +224,7 @@ fn load_all(
         test,
         test_split,
         vocabularies: std::mem::take(&mut text.vocabularies),
+        fitted: std::mem::take(&mut text.fitted),
         plans,
     })
 }
@@ -414,8 +470,39 @@ fn load_fields(
         };
         let mut transforms = Vec::new();
         let mut sample_shape = shape.clone();
-        for t in &f.transforms {
+        let mut fits = Vec::new();
+        let located = |message: String| {
+            RuntimeError::Setup(format!("{}: field `{}`: {message}", path.display(), f.name))
+        };
+        for (stage, t) in f.transforms.iter().enumerate() {
             match t {
+                Transform::Standardize { per } | Transform::MinMax { per } => {
+                    let sample_len: usize = sample_shape.iter().product();
+                    let features = match per {
+                        FitAxis::Element => sample_len,
+                        FitAxis::Channel if sample_shape.len() >= 2 => sample_shape[0],
+                        FitAxis::Channel => {
+                            return Err(located(format!(
+                            "`per: \"channel\"` takes the first axis of samples of rank 2 or more \
+                                 as channels, but these have shape {sample_shape:?}"
+                        )))
+                        }
+                    };
+                    fits.push(PendingFit {
+                        position: transforms.len(),
+                        standardize: matches!(t, Transform::Standardize { .. }),
+                        per: Per::from(*per),
+                        features,
+                        sample_len,
+                    });
+                    transforms.push(data::Transform::normalize(0.0, 1.0));
+                }
+                Transform::Augment(op) => {
+                    let augment =
+                        ImageAugment::new(op.clone(), &sample_shape, stage).map_err(located)?;
+                    sample_shape = augment.output_shape(sample_shape.len());
+                    transforms.push(data::Transform::Augment(augment));
+                }
                 Transform::Reshape(dims) => {
                     let have: usize = sample_shape.iter().product();
                     let want: usize = dims.iter().product();
@@ -458,10 +545,108 @@ fn load_fields(
                 dtype: f.dtype,
                 transforms,
                 sample_shape,
+                fits,
             },
         );
     }
-    Ok(Dataset::new(loaded)?)
+    let dataset = Dataset::new(loaded)?;
+    for f in fields {
+        let plan = plans.get_mut(&f.name).filter(|p| !p.fits.is_empty());
+        let (Some(plan), Some(path)) = (plan, dataset.field(&f.name).and_then(Field::source))
+        else {
+            continue;
+        };
+        match text.fit {
+            Fit::Skip => {}
+            Fit::Build => {
+                let training = text.training(dataset.len())?;
+                let fitted = fit_plan(&dataset, &f.name, plan, &training)?;
+                text.fitted.insert(f.name.clone(), fitted);
+            }
+            Fit::Given => {
+                let given = text.fitted.get(&f.name).ok_or_else(|| {
+                    RuntimeError::Setup(format!(
+                        "{}: field `{}` is standardized or min-max scaled by statistics of the \
+                         training samples, but the checkpoint holds none for it; a run that trains \
+                         with `--save` writes them",
+                        path.display(),
+                        f.name
+                    ))
+                })?;
+                apply_fitted(plan, &f.name, given)?;
+            }
+        }
+    }
+    Ok(dataset)
+}
+
+/// Fits each of `plan`'s fitted transforms in order on the samples
+/// `training` of `dataset` (as they are at that point of the pipeline,
+/// without augmentation), and puts them in place.
+fn fit_plan(
+    dataset: &Dataset,
+    name: &str,
+    plan: &mut FieldPlan,
+    training: &[usize],
+) -> Result<Vec<Fitted>, RuntimeError> {
+    // Chunks keep the memory a batch's, not the training set's.
+    const CHUNK: usize = 512;
+    let mut fitted = Vec::with_capacity(plan.fits.len());
+    let mut buffer = Vec::new();
+    for fit in &plan.fits {
+        let mut acc = Accumulator::new(fit.per, fit.sample_len, fit.features);
+        let before = &plan.transforms[..fit.position];
+        for chunk in training.chunks(CHUNK) {
+            dataset.gather(name, chunk, before, &mut buffer)?;
+            acc.add(&buffer);
+        }
+        let stats = match fit.standardize {
+            true => acc.standardize(),
+            false => acc.minmax(),
+        };
+        plan.transforms[fit.position] = stats.transform();
+        fitted.push(stats);
+    }
+    Ok(fitted)
+}
+
+/// Puts `given` statistics (a checkpoint's) in place of `plan`'s fitted
+/// transforms, which they must match one for one.
+fn apply_fitted(plan: &mut FieldPlan, name: &str, given: &[Fitted]) -> Result<(), RuntimeError> {
+    let describe = |kind: &str, per: Per, features: usize| {
+        let per = match per {
+            Per::Element => "element",
+            Per::Channel => "channel",
+        };
+        format!("`{kind}` per {per} over {features} values")
+    };
+    let planned: Vec<String> = plan
+        .fits
+        .iter()
+        .map(|f| {
+            let kind = if f.standardize {
+                "standardize"
+            } else {
+                "minmax"
+            };
+            describe(kind, f.per, f.features)
+        })
+        .collect();
+    let saved: Vec<String> = given
+        .iter()
+        .map(|g| describe(g.name(), g.per(), g.features()))
+        .collect();
+    if planned != saved {
+        return Err(RuntimeError::Setup(format!(
+            "the fitted statistics saved for field `{name}` ({}) do not fit its transforms ({})",
+            saved.join(", "),
+            planned.join(", ")
+        )));
+    }
+    for (fit, stats) in plan.fits.iter().zip(given) {
+        plan.transforms[fit.position] = stats.transform();
+    }
+    Ok(())
 }
 
 fn not_the_same_kind(path: &Path, field: &str, is: &str, was: &str) -> RuntimeError {
@@ -506,6 +691,22 @@ fn normalize(
 }
 
 impl LoadedData {
+    /// Applies `fitted` (a checkpoint's statistics) instead of those fitted
+    /// now: weights mean something only under the statistics they were
+    /// trained with. Fields absent from `fitted` keep theirs (a
+    /// checkpoint written before the field had a fitted transform is taken
+    /// on trust).
+    pub fn use_fitted(&mut self, fitted: &FittedStats) -> Result<(), RuntimeError> {
+        for (name, given) in fitted {
+            let Some(plan) = self.plans.get_mut(name) else {
+                continue;
+            };
+            apply_fitted(plan, name, given)?;
+            self.fitted.insert(name.clone(), given.clone());
+        }
+        Ok(())
+    }
+
     /// Checks that every input of `graph` has a field whose samples fit the
     /// input's type `[B, ...]`.
     pub fn check_inputs(&self, graph: &Graph) -> Result<(), RuntimeError> {
@@ -555,13 +756,188 @@ impl LoadedData {
         indices: &[usize],
         batch: &mut Batch,
     ) -> Result<(), RuntimeError> {
+        fill(&self.plans, dataset, names, indices, Mode::Evaluate, batch)
+    }
+
+    /// The batches of one training epoch, `order` cut into `batch_size`
+    /// pieces, filled (gathered, transformed, augmented for `mode`) on
+    /// `workers` threads ahead of the training step: worker `w` fills
+    /// batches `w`, `w + workers`, ... and each holds one finished batch
+    /// while it waits, so the next batch is ready when a step ends. The
+    /// batches are exactly those of [`LoadedData::fill_batch_mode`] in
+    /// order, whatever the number of workers.
+    pub fn prefetch(
+        &self,
+        dataset: &Dataset,
+        names: &[String],
+        order: &[usize],
+        batch_size: usize,
+        mode: Mode,
+        workers: usize,
+    ) -> Prefetch {
+        let shared = Arc::new(PrefetchJob {
+            plans: self.plans.clone(),
+            dataset: dataset.clone(),
+            names: names.to_vec(),
+            order: order.to_vec(),
+            batch_size: batch_size.max(1),
+            mode,
+        });
+        let batches = order.len().div_ceil(batch_size.max(1));
+        let workers = workers.clamp(1, batches.max(1));
+        let mut prefetch = Prefetch {
+            ready: Vec::with_capacity(workers),
+            spare: Vec::with_capacity(workers),
+            handles: Vec::with_capacity(workers),
+            next: 0,
+            fallback: Arc::clone(&shared),
+        };
+        for worker in 0..workers {
+            // Capacity 0: a worker hands its batch over only when the
+            // step asks, so at most one waits per worker.
+            let (ready_tx, ready_rx) = mpsc::sync_channel(0);
+            let (spare_tx, spare_rx) = mpsc::channel();
+            let job = Arc::clone(&shared);
+            let handle = std::thread::Builder::new()
+                .name(format!("nnc-batches-{worker}"))
+                .spawn(move || job.run(worker, workers, batches, &ready_tx, &spare_rx));
+            match handle {
+                Ok(h) => prefetch.handles.push(h),
+                // No thread: the step fills its batches itself (see `next`).
+                Err(_) => break,
+            }
+            prefetch.ready.push(ready_rx);
+            prefetch.spare.push(spare_tx);
+        }
+        prefetch
+    }
+
+    /// [`LoadedData::fill_batch`] for a training step of `mode`:
+    /// augmentations draw from their (seed, epoch, sample) streams.
+    pub fn fill_batch_mode(
+        &self,
+        dataset: &Dataset,
+        names: &[String],
+        indices: &[usize],
+        mode: Mode,
+        batch: &mut Batch,
+    ) -> Result<(), RuntimeError> {
+        fill(&self.plans, dataset, names, indices, mode, batch)
+    }
+}
+
+/// What the batch-preparing threads of one epoch share.
+struct PrefetchJob {
+    plans: HashMap<String, FieldPlan>,
+    dataset: Dataset,
+    names: Vec<String>,
+    order: Vec<usize>,
+    batch_size: usize,
+    mode: Mode,
+}
+
+impl PrefetchJob {
+    fn indices(&self, k: usize) -> &[usize] {
+        let start = k * self.batch_size;
+        let end = (start + self.batch_size).min(self.order.len());
+        &self.order[start..end]
+    }
+
+    fn fill(&self, k: usize, batch: &mut Batch) -> Result<(), RuntimeError> {
+        let indices = self.indices(k);
+        fill(
+            &self.plans,
+            &self.dataset,
+            &self.names,
+            indices,
+            self.mode,
+            batch,
+        )
+    }
+
+    fn run(
+        &self,
+        worker: usize,
+        workers: usize,
+        batches: usize,
+        ready: &SyncSender<Result<Batch, RuntimeError>>,
+        spare: &Receiver<Batch>,
+    ) {
+        for k in (worker..batches).step_by(workers) {
+            let mut batch = spare.try_recv().unwrap_or_default();
+            let filled = self.fill(k, &mut batch).map(|()| batch);
+            let failed = filled.is_err();
+            // The step stopped listening (a step limit, an error): done.
+            if ready.send(filled).is_err() || failed {
+                return;
+            }
+        }
+    }
+}
+
+/// An epoch's batches, filled ahead by worker threads
+/// ([`LoadedData::prefetch`]). Dropping it stops the workers.
+pub struct Prefetch {
+    ready: Vec<Receiver<Result<Batch, RuntimeError>>>,
+    spare: Vec<Sender<Batch>>,
+    handles: Vec<JoinHandle<()>>,
+    next: usize,
+    /// Fills the batches on the calling thread when no worker could start.
+    fallback: Arc<PrefetchJob>,
+}
+
+impl Prefetch {
+    /// Puts the next batch of the epoch in `batch` (its old buffers go
+    /// back to the worker for reuse). Inputs the loop feeds itself
+    /// (`hyper.*`, the random key) must be set again afterwards.
+    pub fn next_into(&mut self, batch: &mut Batch) -> Result<(), RuntimeError> {
+        let k = self.next;
+        self.next += 1;
+        if self.ready.is_empty() {
+            return self.fallback.fill(k, batch);
+        }
+        let worker = k % self.ready.len();
+        let mut filled = self.ready[worker].recv().map_err(|_| {
+            RuntimeError::Setup(format!(
+                "internal error: the thread preparing batch {} stopped",
+                k + 1
+            ))
+        })??;
+        std::mem::swap(batch, &mut filled);
+        // A worker that has finished no longer takes buffers back.
+        let _ = self.spare[worker].send(filled);
+        Ok(())
+    }
+}
+
+impl Drop for Prefetch {
+    fn drop(&mut self) {
+        // Closing the channels wakes a worker waiting to hand a batch over.
+        self.ready.clear();
+        self.spare.clear();
+        for handle in self.handles.drain(..) {
+            let _ = handle.join();
+        }
+    }
+}
+
+/// Fills `batch` with samples `indices` of `dataset` for the inputs
+/// `names` as `plans` say, reusing its buffers.
+fn fill(
+    plans: &HashMap<String, FieldPlan>,
+    dataset: &Dataset,
+    names: &[String],
+    indices: &[usize],
+    mode: Mode,
+    batch: &mut Batch,
+) -> Result<(), RuntimeError> {
+    {
         batch.size = indices.len();
         batch
             .fields
             .retain(|f| names.contains(&f.name) || nnc_ir::module::is_loop_input(&f.name));
         for name in names {
-            let plan = self
-                .plans
+            let plan = plans
                 .get(name)
                 .ok_or_else(|| RuntimeError::Setup(format!("the data has no field `{name}`")))?;
             let pos = match batch.fields.iter().position(|f| &f.name == name) {
@@ -588,7 +964,7 @@ impl LoadedData {
                 BatchData::I32(out) => dataset.gather_i32(name, indices, out)?,
                 BatchData::F64(out) => dataset.gather_f64(name, indices, out)?,
                 BatchData::F32(out) => {
-                    dataset.gather(name, indices, &plan.transforms, out)?;
+                    dataset.gather_mode(name, indices, &plan.transforms, mode, out)?;
                 }
             }
         }
@@ -600,6 +976,7 @@ impl LoadedData {
 mod tests {
     use super::*;
     use crate::data::testutil::TempDir;
+    use crate::data::text::Vocabularies;
     use nnc_ir::DataField;
 
     fn field(name: &str, dtype: DType, source: Source, transforms: Vec<Transform>) -> DataField {
@@ -824,5 +1201,346 @@ mod tests {
             .gather_i32("label", &[1, 0], &mut labels)
             .unwrap();
         assert_eq!(labels, [7, 3]);
+    }
+
+    /// `n` CIFAR records, pixel `k` of image `i` = `(7 * i + k) % 256`
+    /// (no symmetry, so every flip and crop shows), label `i % 10`.
+    fn cifar_records(dir: &TempDir, n: usize) {
+        let mut bytes = Vec::new();
+        for i in 0..n {
+            bytes.push((i % 10) as u8);
+            bytes.extend((0..data::cifar::PIXELS).map(|k| ((7 * i + k) % 256) as u8));
+        }
+        dir.write("batch.bin", &bytes);
+    }
+
+    fn augmented_cifar(dir: &TempDir, augments: Vec<nnc_ir::Augment>) -> LoadedData {
+        let mut transforms = vec![Transform::Scale(1.0 / 255.0)];
+        transforms.extend(augments.into_iter().map(Transform::Augment));
+        transforms.push(Transform::Normalize {
+            mean: vec![0.5],
+            std: vec![0.25],
+        });
+        let fields = vec![
+            field(
+                "image",
+                DType::F32,
+                Source::Cifar {
+                    path: "batch.bin".into(),
+                },
+                transforms,
+            ),
+            field(
+                "label",
+                DType::I32,
+                Source::CifarLabels {
+                    path: "batch.bin".into(),
+                },
+                vec![],
+            ),
+        ];
+        load(&spec(fields, None), dir.path()).unwrap()
+    }
+
+    fn crop_and_flip() -> Vec<nnc_ir::Augment> {
+        vec![
+            nnc_ir::Augment::RandomCrop {
+                size: [32, 32],
+                padding: 4,
+            },
+            nnc_ir::Augment::Flip {
+                horizontal: true,
+                p: 0.5,
+            },
+        ]
+    }
+
+    fn image_of(batch: &Batch) -> Vec<f32> {
+        match &batch
+            .fields
+            .iter()
+            .find(|f| f.name == "image")
+            .unwrap()
+            .data
+        {
+            BatchData::F32(v) => v.clone(),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn augmentation_applies_to_training_batches_only_and_replays_from_the_seed() {
+        let dir = TempDir::new("loader-augment");
+        cifar_records(&dir, 6);
+        let data = augmented_cifar(&dir, crop_and_flip());
+        let plain = augmented_cifar(&dir, Vec::new());
+        let names = vec!["image".to_string(), "label".to_string()];
+        let indices = [4, 1, 5];
+        let fill = |data: &LoadedData, mode: Mode| {
+            let mut batch = Batch::default();
+            data.fill_batch_mode(&data.train, &names, &indices, mode, &mut batch)
+                .unwrap();
+            image_of(&batch)
+        };
+        let mut batch = Batch::default();
+        data.fill_batch(&data.train, &names, &indices, &mut batch)
+            .unwrap();
+        // Evaluation, validation, test and prediction all fill this way.
+        assert_eq!(image_of(&batch), fill(&plain, Mode::Evaluate));
+        assert_eq!(fill(&data, Mode::Evaluate), fill(&plain, Mode::Evaluate));
+        let train = |seed, epoch| fill(&data, Mode::Train { seed, epoch });
+        assert_eq!(train(1, 1), train(1, 1));
+        assert_ne!(train(1, 1), fill(&plain, Mode::Evaluate));
+        assert_ne!(train(1, 1), train(1, 2), "another epoch, other crops");
+        assert_ne!(train(1, 1), train(2, 1), "another seed, other crops");
+        assert_eq!(train(1, 1).len(), 3 * 3072);
+    }
+
+    #[test]
+    fn prefetched_batches_are_the_serial_ones_on_any_number_of_workers() {
+        let dir = TempDir::new("loader-prefetch");
+        cifar_records(&dir, 11);
+        let data = augmented_cifar(&dir, crop_and_flip());
+        let names = vec!["image".to_string(), "label".to_string()];
+        let order = [3, 9, 0, 10, 4, 7, 1, 8, 2, 6, 5];
+        let mode = Mode::Train { seed: 5, epoch: 3 };
+        let serial: Vec<Batch> = order
+            .chunks(4)
+            .map(|chunk| {
+                let mut batch = Batch::default();
+                data.fill_batch_mode(&data.train, &names, chunk, mode, &mut batch)
+                    .unwrap();
+                batch
+            })
+            .collect();
+        assert_eq!(serial.len(), 3, "two full batches and a last one of 3");
+        for workers in [1, 2, 3, 8] {
+            let mut prefetch = data.prefetch(&data.train, &names, &order, 4, mode, workers);
+            let mut batch = Batch::default();
+            for (k, want) in serial.iter().enumerate() {
+                prefetch.next_into(&mut batch).unwrap();
+                assert_eq!(batch.size, want.size, "{workers} workers, batch {k}");
+                assert_eq!(batch.fields, want.fields, "{workers} workers, batch {k}");
+            }
+        }
+        // Stopping after one batch (a step limit) ends the workers.
+        let mut prefetch = data.prefetch(&data.train, &names, &order, 4, mode, 2);
+        let mut batch = Batch::default();
+        prefetch.next_into(&mut batch).unwrap();
+        drop(prefetch);
+    }
+
+    /// Rows `i` of a CSV table: features `[i, 10 - 2i]`, label `i % 2`,
+    /// except that rows in `outliers` have features `[1000, -1000]`.
+    fn table(n: usize, outliers: &[usize]) -> String {
+        (0..n)
+            .map(|i| match outliers.contains(&i) {
+                true => format!("1000,-1000,{}\n", i % 2),
+                false => format!("{i},{},{}\n", 10 - 2 * i as i64, i % 2),
+            })
+            .collect()
+    }
+
+    fn scaled_spec(transform: Transform) -> DataSpec {
+        let source = Source::CsvColumns {
+            path: "d.csv".into(),
+            from: 0,
+            to: 2,
+        };
+        spec(
+            vec![
+                field("x", DType::F32, source, vec![transform]),
+                field(
+                    "y",
+                    DType::I32,
+                    Source::CsvColumn {
+                        path: "d.csv".into(),
+                        column: 2,
+                    },
+                    vec![],
+                ),
+            ],
+            None,
+        )
+    }
+
+    #[test]
+    fn fitted_statistics_come_from_the_training_samples_alone() {
+        let dir = TempDir::new("loader-fit");
+        let parts = crate::train::partition(20, Some(0.2), Some(0.25), 11).unwrap();
+        let held_out: Vec<usize> = parts
+            .validation
+            .iter()
+            .chain(&parts.test)
+            .copied()
+            .collect();
+        dir.write("d.csv", table(20, &held_out).as_bytes());
+        let mut spec = scaled_spec(Transform::Standardize {
+            per: FitAxis::Element,
+        });
+        spec.test = Some(TestSet::Split(0.2));
+        let holdout = Holdout {
+            validate: Some(0.25),
+            seed: 11,
+        };
+        let data = load_training(&spec, dir.path(), holdout).unwrap();
+        let xs: Vec<f64> = parts.train.iter().map(|&i| i as f64).collect();
+        let n = xs.len() as f64;
+        let mean = xs.iter().sum::<f64>() / n;
+        let std = (xs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / n).sqrt();
+        let Some(
+            [Fitted::Standardize {
+                per,
+                mean: m,
+                std: s,
+            }],
+        ) = data.fitted.get("x").map(Vec::as_slice)
+        else {
+            panic!("{:?}", data.fitted);
+        };
+        assert_eq!(*per, Per::Element);
+        assert!((m[0] - mean).abs() < 1e-9 && (s[0] - std).abs() < 1e-9);
+        assert!((m[1] - (10.0 - 2.0 * mean)).abs() < 1e-9);
+        assert!((s[1] - 2.0 * std).abs() < 1e-9);
+        // Every sample, the held-out ones too, is scaled by those numbers.
+        let got = gather(&data, &data.train, "x");
+        let sample = parts.train[0];
+        let want = ((sample as f64 - mean) / std) as f32;
+        assert!((got[2 * sample] - want).abs() < 1e-5);
+        let outlier = held_out[0];
+        let want = ((1000.0 - mean) / std) as f32;
+        assert!((got[2 * outlier] - want).abs() < 1e-3);
+
+        // Min-max the same way; prediction takes the given statistics.
+        let mut spec = scaled_spec(Transform::MinMax {
+            per: FitAxis::Element,
+        });
+        spec.test = Some(TestSet::Split(0.2));
+        let data = load_training(&spec, dir.path(), holdout).unwrap();
+        let Some([Fitted::MinMax { min, max, .. }]) = data.fitted.get("x").map(Vec::as_slice)
+        else {
+            panic!("{:?}", data.fitted);
+        };
+        let lo = *parts.train.iter().min().unwrap() as f64;
+        let hi = *parts.train.iter().max().unwrap() as f64;
+        assert_eq!((min[0], max[0]), (lo, hi));
+        assert_eq!((min[1], max[1]), (10.0 - 2.0 * hi, 10.0 - 2.0 * lo));
+        dir.write("p.csv", b"5,0,0\n");
+        let predicted = load_for_prediction(
+            &spec_of_file("p.csv", &spec),
+            dir.path(),
+            Vocabularies::new(),
+            data.fitted.clone(),
+        )
+        .unwrap();
+        let got = gather(&predicted, &predicted.train, "x");
+        assert!(
+            (got[0] - ((5.0 - lo) / (hi - lo)) as f32).abs() < 1e-6,
+            "{got:?}"
+        );
+        // Without statistics, prediction cannot scale as training did.
+        let err = load_for_prediction(
+            &spec_of_file("p.csv", &spec),
+            dir.path(),
+            Vocabularies::new(),
+            FittedStats::new(),
+        )
+        .err()
+        .unwrap();
+        assert!(
+            err.to_string()
+                .contains("field `x` is standardized or min-max scaled by statistics of the training samples, but the checkpoint holds none"),
+            "{err}"
+        );
+        // Statistics saved for another pipeline do not apply.
+        let mut wrong = data.fitted.clone();
+        wrong.insert(
+            "x".into(),
+            vec![Fitted::Standardize {
+                per: Per::Element,
+                mean: vec![0.0; 3],
+                std: vec![1.0; 3],
+            }],
+        );
+        let mut data = data;
+        assert_eq!(
+            data.use_fitted(&wrong).unwrap_err().to_string(),
+            "the fitted statistics saved for field `x` (`standardize` per element over 3 values) \
+             do not fit its transforms (`minmax` per element over 2 values)"
+        );
+    }
+
+    fn spec_of_file(path: &str, like: &DataSpec) -> DataSpec {
+        let mut spec = like.clone();
+        spec.fields.truncate(1);
+        spec.fields[0].source = Source::CsvColumns {
+            path: path.into(),
+            from: 0,
+            to: 2,
+        };
+        spec
+    }
+
+    #[test]
+    fn channel_statistics_and_shape_errors() {
+        let dir = TempDir::new("loader-fit-channels");
+        cifar_records(&dir, 3);
+        let image = |transforms| {
+            spec(
+                vec![field(
+                    "image",
+                    DType::F32,
+                    Source::Cifar {
+                        path: "batch.bin".into(),
+                    },
+                    transforms,
+                )],
+                None,
+            )
+        };
+        let data = load(
+            &image(vec![Transform::Standardize {
+                per: FitAxis::Channel,
+            }]),
+            dir.path(),
+        )
+        .unwrap();
+        let Some([Fitted::Standardize { mean, .. }]) = data.fitted.get("image").map(Vec::as_slice)
+        else {
+            panic!("{:?}", data.fitted);
+        };
+        assert_eq!(mean.len(), 3);
+        let want: f64 = (0..3)
+            .flat_map(|i| (0..1024).map(move |k| ((7 * i + k) % 256) as f64))
+            .sum::<f64>()
+            / 3072.0;
+        assert!((mean[0] - want).abs() < 1e-9);
+
+        let flat = vec![
+            Transform::Reshape(vec![3072]),
+            Transform::MinMax {
+                per: FitAxis::Channel,
+            },
+        ];
+        let err = load(&image(flat), dir.path()).err().unwrap().to_string();
+        assert!(
+            err.ends_with(
+                "batch.bin: field `image`: `per: \"channel\"` takes the first axis of samples \
+                 of rank 2 or more as channels, but these have shape [3072]"
+            ),
+            "{err}"
+        );
+        let crop = vec![Transform::Augment(nnc_ir::Augment::RandomCrop {
+            size: [48, 48],
+            padding: 4,
+        })];
+        let err = load(&image(crop), dir.path()).err().unwrap().to_string();
+        assert!(
+            err.ends_with(
+                "batch.bin: field `image`: `random_crop` takes a 48x48 window from images 32x32 \
+                 padded by 4 to 40x40: the window is larger than the padded image"
+            ),
+            "{err}"
+        );
     }
 }

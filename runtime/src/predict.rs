@@ -68,7 +68,7 @@ pub(crate) fn predict(
                 ..
             },
         ) => text_samples(f, input, &ckpt)?,
-        _ => file_samples(module, field, input, &input_name, &input_ty)?,
+        _ => file_samples(module, field, input, &input_name, &input_ty, &ckpt)?,
     };
     data.check_inputs(forward)
         .map_err(|source| RunError::PredictData {
@@ -139,6 +139,7 @@ fn file_samples(
     input: &Path,
     input_name: &str,
     input_ty: &TensorType,
+    ckpt: &Checkpoint,
 ) -> Result<LoadedData, RunError> {
     // The file's samples, as one data field through the training field's
     // transforms.
@@ -202,7 +203,14 @@ fn file_samples(
         }],
         test: None,
     };
-    Ok(crate::loader::load(&spec, Path::new(""))?)
+    // Fitted transforms scale by the training samples' statistics, never
+    // by these samples'.
+    Ok(crate::loader::load_for_prediction(
+        &spec,
+        Path::new(""),
+        Default::default(),
+        ckpt.fitted.clone(),
+    )?)
 }
 
 /// The texts of `input` encoded with the vocabulary `ckpt` saved for the

@@ -402,7 +402,7 @@ impl<'m> Run<'m> {
             validate: spec.validate,
             seed: options.train.resolve(Some(spec)).seed,
         };
-        let data = crate::loader::load_training(data_spec, &data_base, holdout)?;
+        let mut data = crate::loader::load_training(data_spec, &data_base, holdout)?;
         let params = checkpoint::param_names(&programs);
         let step = programs.step.clone();
         let mut overrides = options.train.clone();
@@ -412,6 +412,7 @@ impl<'m> Run<'m> {
         if let Some(weights) = &options.weights {
             let ckpt = checkpoint::load(weights)?;
             check_vocabularies(&ckpt, &data)?;
+            data.use_fitted(&ckpt.fitted)?;
             ckpt.apply(exec.as_mut(), &module.name, &params, Scope::Params)?;
             if options.eval {
                 // The report describes the weights evaluated.
@@ -433,6 +434,7 @@ impl<'m> Run<'m> {
             }
             let ckpt = checkpoint::load(save)?;
             check_vocabularies(&ckpt, &data)?;
+            data.use_fitted(&ckpt.fitted)?;
             ckpt.apply(exec.as_mut(), &module.name, &params, Scope::Everything)?;
             done_before = ckpt.epochs_done;
             overrides.resumed = match &ckpt.loop_state {
@@ -949,12 +951,13 @@ fn save_checkpoint(
             .filter(|s| **s != LoopState::default())
             .map(LoopState::to_json),
     };
-    checkpoint::save_with_vocabularies(
+    checkpoint::save_with_data(
         path,
         &cx.module.name,
         &exec.state(),
         &meta,
         &cx.data.vocabularies,
+        &cx.data.fitted,
     )
 }
 

@@ -2,7 +2,7 @@
 //! metrics per epoch on the training and validation samples, and a final
 //! evaluation on the test samples.
 
-use crate::data::{train_val_split, Batches, Dataset, SplitMix64};
+use crate::data::{train_val_split, Batches, Dataset, Mode, SplitMix64};
 use crate::executor::{Batch, BatchData, BatchField, Executor, StepMetrics};
 use crate::loader::LoadedData;
 use crate::metrics::{ClassReport, SetAccumulator};
@@ -803,6 +803,8 @@ pub fn train_partition(
         let mut acc = Accumulator::default();
         let batches = Batches::new(order.len(), batch_size, false)?;
         let total = batches.len();
+        let mode = Mode::Train { seed, epoch };
+        let mut prefetch = data.prefetch(&data.train, &names, &order, batch_size, mode, 1);
         let mut steps = 0;
         for (i, range) in batches.enumerate() {
             if max_steps.is_some_and(|m| run_steps >= m) {
@@ -810,7 +812,7 @@ pub fn train_partition(
             }
             let indices = &order[range];
             let lr = lrs.lr(epoch, i, &state);
-            data.fill_batch(&data.train, &names, indices, &mut batch)?;
+            prefetch.next_into(&mut batch)?;
             feed_hyper(&mut batch, &spec.optimizer, lr, optimizer_steps);
             set_key(&mut batch, RNG_KEY, step_key(seed, epoch, i));
             let info = StepInfo {

@@ -1,7 +1,9 @@
 //! Named, equally long fields and per-batch gathering.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
+use super::augment::{ImageAugment, Mode};
 use super::error::{DataError, Result};
 use super::idx::IdxArray;
 use super::storage::{ElemType, Storage};
@@ -116,6 +118,8 @@ pub enum Transform {
     /// because a per-element vector would need the sample shape to tell a
     /// channel list from an element list, and the gather does not have it.
     NormalizeChannels { mean: Vec<f32>, std: Vec<f32> },
+    /// A random image transform of training batches (see [`Mode`]).
+    Augment(ImageAugment),
 }
 
 impl Transform {
@@ -151,7 +155,9 @@ impl Transform {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Dataset {
     names: Vec<String>,
-    fields: Vec<Field>,
+    /// Shared, so that a clone for a batch-preparing thread copies no
+    /// samples.
+    fields: Arc<[Field]>,
     samples: usize,
 }
 
@@ -191,7 +197,7 @@ impl Dataset {
         };
         Ok(Dataset {
             names,
-            fields: list,
+            fields: list.into(),
             samples,
         })
     }
@@ -246,6 +252,19 @@ impl Dataset {
         transforms: &[Transform],
         out: &mut Vec<f32>,
     ) -> Result<usize> {
+        self.gather_mode(field, indices, transforms, Mode::Evaluate, out)
+    }
+
+    /// [`Dataset::gather`] for a training step (`Mode::Train`), whose
+    /// augmentations draw from their per-sample streams, or not.
+    pub fn gather_mode(
+        &self,
+        field: &str,
+        indices: &[usize],
+        transforms: &[Transform],
+        mode: Mode,
+        out: &mut Vec<f32>,
+    ) -> Result<usize> {
         let f = self.require(field)?;
         self.check_indices(indices)?;
         out.clear();
@@ -257,7 +276,20 @@ impl Dataset {
         }
         let mut sample_len = f.sample_len;
         for transform in transforms {
-            sample_len = apply(transform, field, indices, sample_len, out)?;
+            sample_len = match transform {
+                Transform::Augment(augment) => {
+                    if augment.input_len() != sample_len {
+                        return Err(DataError::AugmentShape {
+                            field: field.to_string(),
+                            expected: augment.input_len(),
+                            sample_len,
+                        });
+                    }
+                    *out = augment.apply_batch(mode, indices, out);
+                    augment.output_len()
+                }
+                _ => apply(transform, field, indices, sample_len, out)?,
+            };
         }
         Ok(sample_len)
     }
@@ -304,6 +336,8 @@ fn apply(
     out: &mut Vec<f32>,
 ) -> Result<usize> {
     match transform {
+        // Applied by `gather_mode`, which knows the mode.
+        Transform::Augment(_) => Ok(sample_len),
         Transform::Scale(factor) => {
             if !factor.is_finite() {
                 return Err(DataError::BadScale(*factor));

@@ -430,6 +430,16 @@ pub enum DataError {
     },
 
     #[error(
+        "augmenting field `{field}`: the transform is planned for samples of {expected} values, \
+         but they have {sample_len} here"
+    )]
+    AugmentShape {
+        field: String,
+        expected: usize,
+        sample_len: usize,
+    },
+
+    #[error(
         "normalize: {what}[{position}] is {value}; mean must be finite and std finite and non-zero"
     )]
     NormalizeValue {

@@ -14,12 +14,17 @@
 //!   vocabulary and class names.
 //! * [`dataset`]: named, equally long fields and per-batch gathering.
 //! * [`batch`]: seeded shuffling, batching and train/validation splits.
+//! * [`augment`]: training-only random image transforms, seeded per sample.
+//! * [`fit`]: statistics fitted on the training samples (`standardize`,
+//!   `minmax`).
 
+pub mod augment;
 pub mod batch;
 pub mod cifar;
 pub mod csv;
 pub mod dataset;
 mod error;
+pub mod fit;
 pub mod idx;
 pub mod images;
 mod source;
@@ -30,10 +35,12 @@ pub mod text;
 #[cfg(test)]
 pub(crate) mod testutil;
 
+pub use augment::Mode;
 pub use batch::{train_val_split, Batches, Split, SplitMix64};
 pub use csv::{CsvOptions, CsvTable, HeaderMode};
 pub use dataset::{Dataset, Field, Transform};
 pub use error::{CsvLocation, DataError, Result};
+pub use fit::{Fitted, FittedStats};
 pub use idx::IdxArray;
 pub use images::{ImageList, ImageOptions};
 pub use storage::{ElemType, Storage};
