@@ -39,7 +39,10 @@ fn example_gradients_match_finite_differences() {
         let mut env = Env::new();
         nnc_ir::init::init_leaves(&graph, 3, &mut env).unwrap();
         // Random biases, so relu kinks are not all at zero-initialized values.
-        let names: Vec<String> = env.iter().map(|(n, _)| n.to_string()).collect();
+        // In name order: `Env` is a hash map, whose order changes from run
+        // to run, and with it which value a kink lands next to.
+        let mut names: Vec<String> = env.iter().map(|(n, _)| n.to_string()).collect();
+        names.sort();
         for n in &names {
             for v in &mut env.get_mut(n).unwrap().data {
                 *v += 0.1 * (rng.next() - 0.5);

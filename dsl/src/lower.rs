@@ -1424,6 +1424,11 @@ fn lower_train(
         schedule,
         early_stop,
         metrics,
+        written: train
+            .settings
+            .iter()
+            .map(|s| (s.key.name.clone(), s.value.to_string()))
+            .collect(),
     })
 }
 

@@ -322,6 +322,9 @@ pub struct TrainSpec {
     /// When to stop before `epochs`, watching a metric.
     pub early_stop: Option<EarlyStop>,
     pub metrics: Vec<Metric>,
+    /// The train block's settings as written (key, value), in order: what
+    /// reports show, so a reader sees the recipe in the file's own words.
+    pub written: Vec<(String, String)>,
 }
 
 /// The loss output's name in `TrainSpec::objective`.

@@ -510,37 +510,26 @@ impl<'m> Run<'m> {
 }
 
 /// The settings a run used, as the HTML report lists them: the train
-/// block's, with the command line's overrides.
+/// block's as written, then what the command line overrode, and the
+/// backend.
 fn settings_shown(
     spec: &TrainSpec,
     overrides: &TrainOptions,
     backend: Backend,
 ) -> Vec<(String, String)> {
-    let s = overrides.resolve(Some(spec));
-    let mut out = vec![
-        ("data".to_string(), spec.data.clone()),
-        ("optimizer".into(), spec.optimizer.to_string()),
-        (
-            "schedule".into(),
-            spec.schedule
-                .as_ref()
-                .map_or("constant".to_string(), |s| format!("{s:?}")),
-        ),
-        ("batch".into(), s.batch.to_string()),
-        ("epochs".into(), s.epochs.to_string()),
-        ("seed".into(), s.seed.to_string()),
-        ("shuffle".into(), s.shuffle.to_string()),
+    let mut out = vec![("data".to_string(), spec.data.clone())];
+    out.extend(spec.written.iter().cloned());
+    let overridden = [
+        ("epochs", overrides.epochs.map(|e| e.to_string())),
+        ("batch", overrides.batch.map(|b| b.to_string())),
+        ("seed", overrides.seed.map(|s| s.to_string())),
+        ("shuffle", overrides.shuffle.map(|s| s.to_string())),
+        ("steps", overrides.max_steps.map(|s| s.to_string())),
     ];
-    if let Some(f) = spec.validate {
-        out.push(("validate".into(), format!("split({f})")));
-    }
-    if !spec.metrics.is_empty() {
-        let names: Vec<String> = spec
-            .metrics
-            .iter()
-            .map(|m| format!("{m:?}").to_lowercase())
-            .collect();
-        out.push(("metrics".into(), names.join(", ")));
+    for (key, value) in overridden {
+        if let Some(v) = value {
+            out.push((format!("{key} (command line)"), v));
+        }
     }
     out.push(("backend".into(), backend.name().into()));
     out

@@ -127,6 +127,7 @@ fn line(dir: &Path) -> Line {
             schedule: None,
             early_stop: None,
             metrics: Vec::new(),
+            written: vec![("optimizer".into(), "sgd(lr: 0.05)".into())],
         }),
     };
     Line {
@@ -765,6 +766,8 @@ fn the_html_report_of_a_run_shows_the_json_reports_numbers() {
         .count();
     assert_eq!(points, 2 * json.per_epoch.len());
     assert!(html.contains("<h2>Model</h2>") && html.contains("<h2>Settings</h2>"));
+    // The train block's settings as written.
+    assert!(html.contains("<code>sgd(lr: 0.05)</code>"), "{html}");
 }
 
 /// The line with `edit` applied to its train block.
