@@ -517,8 +517,8 @@ impl Terminal<'_> {
     }
 }
 
-/// `early stopping after epoch 9: best epoch 4 (0.1234), its weights
-/// restored`.
+/// `early stopping after epoch 9: best val_loss 0.1234 at epoch 4, its
+/// weights restored`.
 pub fn format_early_stop(o: &nnc_runtime::train::EarlyStopOutcome) -> String {
     let when = match o.stopped_after {
         Some(epoch) => format!("early stopping after epoch {epoch}"),
@@ -530,8 +530,8 @@ pub fn format_early_stop(o: &nnc_runtime::train::EarlyStopOutcome) -> String {
         format!("the weights of epoch {} kept", o.kept_epoch)
     };
     format!(
-        "{when}: best epoch {} ({:.4}), {kept}",
-        o.best_epoch, o.best
+        "{when}: best {} {:.4} at epoch {}, {kept}",
+        o.monitor, o.best, o.best_epoch
     )
 }
 
@@ -574,11 +574,15 @@ fn format_metrics(m: &nnc_runtime::Metrics) -> String {
     s
 }
 
-/// `  f1 0.9731  r2 0.8812`, each name after `prefix` (`val_`).
+/// `  f1 0.9731  top_3_accuracy 98.20%`, each name after `prefix`
+/// (`val_`); accuracies in percent, as the plain accuracy is.
 fn format_set_values(m: &nnc_runtime::Metrics, prefix: &str) -> String {
     m.values
         .iter()
-        .map(|(name, v)| format!("  {prefix}{name} {v:.4}"))
+        .map(|(name, v)| match name.ends_with("accuracy") {
+            true => format!("  {prefix}{name} {:.2}%", v * 100.0),
+            false => format!("  {prefix}{name} {v:.4}"),
+        })
         .collect()
 }
 
@@ -700,6 +704,43 @@ pub fn format_epoch(r: &nnc_runtime::EpochReport) -> String {
 mod tests {
     use super::*;
     use nnc_runtime::metrics::ClassReport;
+
+    #[test]
+    fn early_stopping_says_when_what_was_best_and_which_weights_remain() {
+        let mut o = nnc_runtime::train::EarlyStopOutcome {
+            monitor: "val_loss".into(),
+            stopped_after: Some(7),
+            best_epoch: 4,
+            best: 0.31234,
+            restored: true,
+            kept_epoch: 4,
+        };
+        assert_eq!(
+            format_early_stop(&o),
+            "early stopping after epoch 7: best val_loss 0.3123 at epoch 4, its weights restored"
+        );
+        (o.stopped_after, o.restored, o.kept_epoch) = (None, false, 10);
+        assert_eq!(
+            format_early_stop(&o),
+            "early stopping did not stop training: best val_loss 0.3123 at epoch 4, \
+             the weights of epoch 10 kept"
+        );
+    }
+
+    #[test]
+    fn set_accuracies_print_in_percent_like_the_accuracy() {
+        let m = nnc_runtime::Metrics {
+            loss: 0.5,
+            accuracy: Some(0.9),
+            samples: 10,
+            values: vec![("f1".into(), 0.87654), ("top_3_accuracy".into(), 0.9876)],
+            classes: None,
+        };
+        assert_eq!(
+            format_metrics(&m),
+            "loss 0.5000  accuracy 90.00%  f1 0.8765  top_3_accuracy 98.76%  (10 samples)"
+        );
+    }
 
     #[test]
     fn the_class_table_lists_every_class_the_averages_and_the_matrix() {

@@ -31,6 +31,29 @@ fn examples_check_and_snapshot_every_stage() {
     }
 }
 
+/// Every `.nn` file in `examples/`, the long runs that the lists above
+/// leave out for time too, compiles to a training step.
+#[test]
+fn every_example_file_compiles_to_a_training_step() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
+    let mut seen = Vec::new();
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_none_or(|e| e != "nn") {
+            continue;
+        }
+        let name = path.file_stem().unwrap().to_string_lossy().into_owned();
+        let (_, src) = example(&name);
+        let module = driver::compile_source(&src, None).unwrap_or_else(|f| panic!("{name}: {f}"));
+        driver::train_step(&module).unwrap_or_else(|f| panic!("{name}: {f}"));
+        seen.push(name);
+    }
+    for name in EXAMPLES {
+        assert!(seen.iter().any(|s| s == name), "{name} is not in examples/");
+    }
+    assert!(seen.len() > EXAMPLES.len(), "{seen:?}");
+}
+
 #[test]
 fn printed_ir_parses_back_to_the_same_text() {
     for name in EXAMPLES {

@@ -303,7 +303,7 @@ fn the_reuters_example_compiles_and_its_vocabulary_fits_the_model() {
         return;
     }
     let spec = module.data.as_ref().unwrap();
-    let holdout = nnc_runtime::loader::Holdout {
+    let holdout = nnc_runtime::loader::Holdout::Split {
         validate: None,
         seed: 7,
     };

@@ -40,13 +40,17 @@ pub struct LoadedData {
     plans: HashMap<String, FieldPlan>,
 }
 
-/// Which of the training file's samples a run holds out (as
-/// `train::partition` splits them), so that text fields build their
-/// vocabularies and class names from the samples trained on alone.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Holdout {
-    pub validate: Option<f64>,
-    pub seed: u64,
+/// Which of the training file's samples a run trains on, so that text
+/// fields build their vocabularies and class names, and `standardize` and
+/// `minmax` their statistics, from those samples alone.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Holdout {
+    /// All but those `train::partition` holds out for `validate` (and the
+    /// block's `test = split(f)`) with `seed`.
+    Split { validate: Option<f64>, seed: u64 },
+    /// Exactly these samples: one fold's training samples of `kfold`,
+    /// whose validated fold must not leak into what is fitted.
+    Samples(Vec<usize>),
 }
 
 /// How one field becomes a batch tensor.
@@ -169,8 +173,18 @@ struct TextContext {
 impl TextContext {
     /// The samples trained on, of a training file of `n` samples.
     fn training(&self, n: usize) -> Result<Vec<usize>, RuntimeError> {
-        match self.holdout {
-            Some(h) => Ok(crate::train::partition(n, self.test_split, h.validate, h.seed)?.train),
+        match &self.holdout {
+            Some(Holdout::Split { validate, seed }) => {
+                Ok(crate::train::partition(n, self.test_split, *validate, *seed)?.train)
+            }
+            Some(Holdout::Samples(samples)) => {
+                if let Some(&past) = samples.iter().find(|&&i| i >= n) {
+                    return Err(RuntimeError::Setup(format!(
+                        "sample {past} is trained on, but the training file holds {n} samples"
+                    )));
+                }
+                Ok(samples.clone())
+            }
             None => Ok((0..n).collect()),
         }
     }
@@ -1125,13 +1139,13 @@ mod tests {
         // Held out by `test = split(0.3)` and `validate`: those samples'
         // words are unknown, and the class only they hold is an error.
         spec.test = Some(TestSet::Split(0.3));
-        let holdout = Holdout {
+        let holdout = Holdout::Split {
             validate: Some(0.2),
             seed: 5,
         };
         let parts = crate::train::partition(10, Some(0.3), Some(0.2), 5).unwrap();
         let trained: Vec<String> = parts.train.iter().map(|i| format!("w{i}")).collect();
-        let result = load_training(&spec, dir.path(), holdout);
+        let result = load_training(&spec, dir.path(), holdout.clone());
         if parts.train.contains(&9) {
             let data = result.unwrap();
             let mut words = tokens(&data);
@@ -1379,11 +1393,11 @@ mod tests {
             per: FitAxis::Element,
         });
         spec.test = Some(TestSet::Split(0.2));
-        let holdout = Holdout {
+        let holdout = Holdout::Split {
             validate: Some(0.25),
             seed: 11,
         };
-        let data = load_training(&spec, dir.path(), holdout).unwrap();
+        let data = load_training(&spec, dir.path(), holdout.clone()).unwrap();
         let xs: Vec<f64> = parts.train.iter().map(|&i| i as f64).collect();
         let n = xs.len() as f64;
         let mean = xs.iter().sum::<f64>() / n;
@@ -1425,6 +1439,21 @@ mod tests {
         let hi = *parts.train.iter().max().unwrap() as f64;
         assert_eq!((min[0], max[0]), (lo, hi));
         assert_eq!((min[1], max[1]), (10.0 - 2.0 * hi, 10.0 - 2.0 * lo));
+
+        // A fold of `kfold` names its training samples: only they count.
+        let mut fold = parts.train.clone();
+        fold.sort_unstable();
+        fold.truncate(3);
+        let data = load_training(&spec, dir.path(), Holdout::Samples(fold.clone())).unwrap();
+        let Some([Fitted::MinMax { min, max, .. }]) = data.fitted.get("x").map(Vec::as_slice)
+        else {
+            panic!("{:?}", data.fitted);
+        };
+        assert_eq!((min[0], max[0]), (fold[0] as f64, fold[2] as f64));
+        let err = load_training(&spec, dir.path(), Holdout::Samples(vec![1, 20]))
+            .err()
+            .unwrap();
+        assert!(err.to_string().contains("sample 20"), "{err}");
         dir.write("p.csv", b"5,0,0\n");
         let predicted = load_for_prediction(
             &spec_of_file("p.csv", &spec),

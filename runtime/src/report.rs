@@ -15,7 +15,7 @@
 //! | `samples_per_second` | training samples per second over this run's epochs (evaluated samples per second in `eval` mode) |
 //! | `total_seconds` | wall time from reading the source to the end of the run |
 //! | `compile_seconds` | from the start of parsing to the first executed step (parsing, lowering, autodiff, data loading; JIT compilation when there is one) |
-//! | `early_stop` | with `early_stop` in the train block: `{stopped_after, best_epoch, best, kept_epoch}` (the epoch after which training stopped, `null` when it ran every epoch; the best epoch and its monitored value; the epoch whose weights the model ends with), else `null` |
+//! | `early_stop` | with `early_stop` in the train block: `{monitor, stopped_after, best_epoch, best, kept_epoch}` (the metric monitored, as written; the epoch after which training stopped, `null` when it ran every epoch; the best epoch and its monitored value; the epoch whose weights the model ends with), else `null` |
 //! | `peak_rss_bytes` | the process's peak resident set size (`VmHWM` of `/proc/self/status`), `null` where unavailable |
 //!
 //! | `cross_validation` | with `validate = kfold(k)`: `{k, folds, summary, per_class}`, else `null` (below) |
@@ -203,6 +203,7 @@ pub struct Report {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EarlyStopEntry {
+    pub monitor: String,
     pub stopped_after: Option<usize>,
     pub best_epoch: usize,
     pub best: f64,
@@ -212,6 +213,7 @@ pub struct EarlyStopEntry {
 impl From<&EarlyStopOutcome> for EarlyStopEntry {
     fn from(o: &EarlyStopOutcome) -> Self {
         EarlyStopEntry {
+            monitor: o.monitor.clone(),
             stopped_after: o.stopped_after,
             best_epoch: o.best_epoch,
             best: o.best,
@@ -323,6 +325,7 @@ mod tests {
             compile_seconds: 0.5,
             peak_rss_bytes: Some(1),
             early_stop: Some(EarlyStopEntry {
+                monitor: "val_loss".into(),
                 stopped_after: Some(7),
                 best_epoch: 4,
                 best: 0.25,

@@ -56,6 +56,7 @@ impl HtmlReport<'_> {
             r.epochs
         );
         out.push_str(&results_table(&json));
+        out.push_str(&early_stop(&json));
         out.push_str(&curves(&json));
         out.push_str(&confusion_matrices(&json));
         out.push_str(&cross_validation(&json));
@@ -128,6 +129,28 @@ fn results_table(json: &Value) -> String {
     }
     out.push_str("</table>\n");
     out
+}
+
+/// What early stopping did: when it stopped, the best epoch and value of
+/// the monitored metric, and whose weights the model ends with.
+fn early_stop(json: &Value) -> String {
+    let Some(e) = json.get("early_stop").filter(|v| v.is_object()) else {
+        return String::new();
+    };
+    let int = |k: &str| e.get(k).and_then(Value::as_u64);
+    let monitor = e.get("monitor").and_then(Value::as_str).unwrap_or("");
+    let when = match int("stopped_after") {
+        Some(epoch) => format!("stopped after epoch {epoch}"),
+        None => "did not stop training".into(),
+    };
+    let best = e.get("best").and_then(Value::as_f64).unwrap_or(f64::NAN);
+    format!(
+        "<p class=\"early-stop\">Early stopping {when}: best {} {} at epoch {}; the model holds the weights of epoch {}.</p>\n",
+        esc(monitor),
+        number(best, monitor),
+        int("best_epoch").unwrap_or(0),
+        int("kept_epoch").unwrap_or(0)
+    )
 }
 
 /// A line chart per metric over the epochs (train and validation), and
@@ -720,7 +743,13 @@ mod tests {
             total_seconds: 7.5,
             compile_seconds: 0.042,
             peak_rss_bytes: Some(123_456_789),
-            early_stop: None,
+            early_stop: Some(crate::report::EarlyStopEntry {
+                monitor: "val_loss".into(),
+                stopped_after: None,
+                best_epoch: 3,
+                best: 0.1358024679,
+                kept_epoch: 3,
+            }),
             cross_validation: None,
         }
     }
@@ -758,6 +787,26 @@ mod tests {
             }
             _ => {}
         }
+    }
+
+    #[test]
+    fn early_stopping_is_told_only_when_the_run_had_it() {
+        let mut r = report();
+        let render = |r: &Report| {
+            HtmlReport {
+                report: r,
+                summary: &summary(),
+                settings: Vec::new(),
+            }
+            .render()
+        };
+        let html = render(&r);
+        assert!(
+            html.contains("Early stopping did not stop training: best val_loss <span data-key=\"val_loss\" data-value=\"0.1358024679\">0.1358</span> at epoch 3; the model holds the weights of epoch 3."),
+            "{html}"
+        );
+        r.early_stop = None;
+        assert!(!render(&r).contains("Early stopping"));
     }
 
     #[test]

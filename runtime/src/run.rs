@@ -398,7 +398,7 @@ impl<'m> Run<'m> {
                 None => None,
             },
         };
-        let holdout = crate::loader::Holdout {
+        let holdout = crate::loader::Holdout::Split {
             validate: spec.validate,
             seed: options.train.resolve(Some(spec)).seed,
         };
@@ -479,6 +479,8 @@ impl<'m> Run<'m> {
             spec,
             step: &step,
             data: &data,
+            data_spec,
+            data_base: &data_base,
             data_name: &data_spec.name,
             params: &params,
             overrides: &overrides,
@@ -536,12 +538,17 @@ fn settings_shown(
 }
 
 /// What evaluating and training share once the data is loaded.
+#[derive(Clone, Copy)]
 struct Context<'a> {
     module: &'a Module,
     options: &'a RunOptions,
     spec: &'a TrainSpec,
     step: &'a Graph,
     data: &'a LoadedData,
+    /// The data block and where its relative paths start: a fold of
+    /// `kfold` loads it again to fit on its own training samples.
+    data_spec: &'a nnc_ir::DataSpec,
+    data_base: &'a std::path::Path,
     data_name: &'a str,
     /// The names of the weights among the executor's state.
     params: &'a [String],
@@ -716,6 +723,8 @@ fn cross_validate(
         save_each_epoch: false,
     };
     let mut reports = Vec::with_capacity(folds.len());
+    // The last fold's data, refitted: what its saved model was trained on.
+    let mut last_refitted = None;
     for (f, fold) in folds.iter().enumerate() {
         for (name, value) in &initial {
             exec.set_state(name, value.clone())?;
@@ -730,6 +739,22 @@ fn cross_validate(
             validation: fold.clone(),
             test: base.test.clone(),
         };
+        // What is fitted to the samples trained on (statistics,
+        // vocabularies) is fitted to this fold's, or the validated fold
+        // would leak into its own score.
+        let refitted = match cx.data.fitted.is_empty() && cx.data.vocabularies.is_empty() {
+            true => None,
+            false => Some(crate::loader::load_training(
+                cx.data_spec,
+                cx.data_base,
+                crate::loader::Holdout::Samples(parts.train.clone()),
+            )?),
+        };
+        let fold_cx = Context {
+            data: refitted.as_ref().unwrap_or(cx.data),
+            ..*cx
+        };
+        let cx = &fold_cx;
         (observer.events)(Event::FoldStarted {
             fold: f + 1,
             k: folds.len(),
@@ -777,6 +802,7 @@ fn cross_validate(
             trained,
             validation,
         });
+        last_refitted = refitted;
     }
     let FitObserver {
         events, mut log, ..
@@ -784,7 +810,11 @@ fn cross_validate(
     let last = reports.last().map(|r| &r.trained);
     if let (Some(path), Some(last)) = (&cx.options.save, last) {
         let done = last.epochs.iter().filter(|e| e.is_complete()).count();
-        save_checkpoint(cx, exec, done, None, path)?;
+        let last_cx = Context {
+            data: last_refitted.as_ref().unwrap_or(cx.data),
+            ..*cx
+        };
+        save_checkpoint(&last_cx, exec, done, None, path)?;
     }
     if let (Some(log), Some(metrics)) = (&mut log, last.and_then(|t| t.test.as_ref())) {
         log.test(metrics)?;

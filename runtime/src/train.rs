@@ -145,6 +145,8 @@ pub struct EarlyStopOutcome {
     /// The epoch after which it stopped training; `None` when every
     /// epoch ran.
     pub stopped_after: Option<usize>,
+    /// What was monitored, as written (`val_loss`).
+    pub monitor: String,
     /// The epoch with the best monitored value, and that value.
     pub best_epoch: usize,
     pub best: f64,
@@ -897,6 +899,10 @@ pub fn train_partition(
                 _ => false,
             };
             Some(EarlyStopOutcome {
+                monitor: spec
+                    .early_stop
+                    .as_ref()
+                    .map_or_else(String::new, |e| e.monitor.to_string()),
                 stopped_after: s.stopped_after,
                 best_epoch: s.best_epoch,
                 best: s.best.unwrap_or(f64::NAN),

@@ -1061,6 +1061,44 @@ fn kfold_trains_a_model_per_fold_and_summarizes_every_metric() {
 }
 
 #[test]
+fn each_fold_standardizes_by_its_own_training_samples() {
+    let dir = Scratch::new("kfold-fit");
+    let mut line = line_kfold(&dir.0, 4);
+    let data = line.module.data.as_mut().unwrap();
+    data.fields[0].transforms = vec![nnc_ir::Transform::Standardize {
+        per: nnc_ir::FitAxis::Element,
+    }];
+    let ckpt = dir.0.join("line.safetensors");
+    let options = RunOptions {
+        save: Some(ckpt.clone()),
+        ..interp()
+    };
+    execute(&line, &dir.0, options).unwrap();
+    // The saved model is the last fold's: trained on the samples outside
+    // that fold, and standardized by them alone.
+    let base = crate::train::partition(16, None, None, 5).unwrap();
+    let folds = crate::folds::kfold(&base.train, 4, None, 5).unwrap();
+    let last = folds.last().unwrap();
+    let trained: Vec<f64> = (0..16)
+        .filter(|i| last.binary_search(i).is_err())
+        .map(|i| (i % 4) as f64 / 4.0)
+        .collect();
+    let mean = trained.iter().sum::<f64>() / trained.len() as f64;
+    let all_mean = (0..16).map(|i| (i % 4) as f64 / 4.0).sum::<f64>() / 16.0;
+    let fitted = checkpoint::load(&ckpt).unwrap().fitted;
+    let Some([crate::data::fit::Fitted::Standardize { mean: m, .. }]) =
+        fitted.get("x").map(Vec::as_slice)
+    else {
+        panic!("{fitted:?}");
+    };
+    assert!((m[0] - mean).abs() < 1e-12, "{} vs {mean}", m[0]);
+    assert!(
+        (m[0] - all_mean).abs() > 1e-6,
+        "the fold's mean differs from all samples' here, or the test shows nothing"
+    );
+}
+
+#[test]
 fn kfold_with_more_folds_than_samples_is_an_error_with_the_counts() {
     let dir = Scratch::new("kfold-many");
     let line = line_kfold(&dir.0, 17);
