@@ -81,3 +81,65 @@ fn jit_matches_interpreter_on_every_example() {
         }
     }
 }
+
+/// Quantized values (`u8`, `i8`, their round trips) through the whole
+/// pipeline, optimizer included: the JIT's must equal the interpreter's
+/// exactly, from the same f32 activations.
+#[test]
+fn jit_quantizes_exactly_as_the_interpreter() {
+    let text = "model Q {
+    input x: f32[B, 9]
+    h = x -> dense(9)
+    q = h -> quantize(0.01, zero_point: 128)
+    back = q -> dequantize(0.01, zero_point: 128)
+    w = x -> quantize_symmetric(0.05)
+    output h
+    output q
+    output back
+    output w
+}
+data D {
+    x = idx(\"x.gz\")
+    t: f32[B, 9] = idx(\"t.gz\")
+}
+train Q on D { loss = mse(h, t)  optimizer = sgd(lr: 0.1) }
+";
+    let src = nnc_dsl::SourceFile::new("q.nn", text.to_string());
+    let module = nnc::driver::compile_source(&src, None).unwrap();
+    let step = nnc::driver::train_step(&module).unwrap();
+    let spec = module.train.unwrap();
+    let p = Programs::new(module.forward.clone(), spec.evaluation, step);
+    let mut interp = Interpreter::new(p.clone(), 5).unwrap();
+    let mut jit = Jit::new(p.clone(), 5).unwrap();
+    for (seed, size) in [(0u64, 7usize), (1, 64)] {
+        let mut batch = Batch::synthetic(&p.forward, size, seed);
+        // Activations of both signs and past both ends of the u8 range.
+        for f in &mut batch.fields {
+            if let nnc_runtime::BatchData::F32(v) = &mut f.data {
+                v.iter_mut().for_each(|x| *x = (*x - 0.5) * 8.0);
+            }
+        }
+        let fa = interp.predict(&batch).unwrap();
+        let fb = jit.predict(&batch).unwrap();
+        let h = &fa.iter().find(|(n, _)| n == "h").unwrap().1;
+        for ((na, ta), (nb, tb)) in fa.iter().zip(&fb) {
+            assert_eq!(na, nb);
+            assert_eq!(ta.dtype, tb.dtype, "`{na}`");
+            if na == "h" {
+                assert!(ta.allclose(tb, 1e-5, 1e-6), "h differs");
+                continue;
+            }
+            // An activation within an ulp of a rounding tie may round
+            // either way after a differently ordered dot product; the
+            // quantized values must otherwise be identical.
+            let differs = ta.data.iter().zip(&tb.data).filter(|(a, b)| a != b).count();
+            assert!(differs == 0 || na != "w", "`w` reads x directly: exact");
+            assert!(
+                differs <= 1,
+                "`{na}`: {differs} values differ\n{ta}\n{tb}\nh = {h}"
+            );
+        }
+        let q = &fa.iter().find(|(n, _)| n == "q").unwrap().1;
+        assert!(q.data.contains(&0.0) && q.data.contains(&255.0), "{q}");
+    }
+}

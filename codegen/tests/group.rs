@@ -153,7 +153,7 @@ fn feed(jit: &mut Jit, g: &Graph, env: &Env) {
                 let v: Vec<f32> = t.data.iter().map(|&x| x as f32).collect();
                 jit.program.set_input_f32(name, &v).unwrap();
             }
-            DType::I32 | DType::Bool => {
+            DType::I32 | DType::I8 | DType::U8 | DType::Bool => {
                 let v: Vec<i32> = t.data.iter().map(|&x| x as i32).collect();
                 jit.program.set_input_i32(name, &v).unwrap();
             }

@@ -69,7 +69,7 @@ fn close(got: f64, want: f64, tol: Tol) -> bool {
 
 fn unary_tol(u: UnaryOp) -> Tol {
     match u {
-        UnaryOp::Neg | UnaryOp::Abs => EXACT,
+        UnaryOp::Neg | UnaryOp::Abs | UnaryOp::Round => EXACT,
         UnaryOp::Sqrt => ARITH,
         UnaryOp::Exp | UnaryOp::Log | UnaryOp::Tanh | UnaryOp::Sigmoid => TRANSC,
     }
@@ -121,6 +121,8 @@ impl Rng {
         let data = match dtype {
             DType::F32 | DType::F64 => self.floats(n, -2.0, 2.0),
             DType::I32 => self.ints(n, -50, 50),
+            DType::I8 => self.ints(n, -128, 127),
+            DType::U8 => self.ints(n, 0, 255),
             DType::Bool => self.bools(n),
         };
         tensor(dtype, dims, data)
@@ -214,7 +216,7 @@ impl Jit {
                     let v: Vec<f32> = t.data.iter().map(|&x| x as f32).collect();
                     self.program.set_input_f32(name, &v).unwrap();
                 }
-                DType::I32 | DType::Bool => {
+                DType::I32 | DType::I8 | DType::U8 | DType::Bool => {
                     let v: Vec<i32> = t.data.iter().map(|&x| x as i32).collect();
                     self.program.set_input_i32(name, &v).unwrap();
                 }
@@ -671,8 +673,21 @@ fn casts_between_f32_i32_and_bool() {
         1e-40,
         2147483520.0,
         -2147483648.0,
+        127.9,
+        128.0,
+        -128.9,
+        -129.0,
+        255.5,
+        256.0,
     ];
     let ints = [
+        -300,
+        -129,
+        -128,
+        127,
+        128,
+        255,
+        256,
         i32::MIN as i64,
         -16777217,
         -5,
@@ -693,12 +708,45 @@ fn casts_between_f32_i32_and_bool() {
     let mut rng = Rng(9);
     let p = c.param("p", rng.tensor(DType::F32, &[3, 5]));
     let pt = c.g.transpose(p, vec![1, 0]).unwrap();
+    // Quantized values, saturated at their ranges on the way in (never
+    // wrapped) and widened exactly on the way out.
+    let all = [DType::F32, DType::I32, DType::I8, DType::U8, DType::Bool];
     for (name, x) in [("f32", f), ("i32", i), ("bool", b), ("f32^T", pt)] {
-        for to in [DType::F32, DType::I32, DType::Bool] {
+        for to in all {
             let y = c.g.cast(x, to).unwrap();
             c.out(format!("{name} -> {to}"), y, EXACT);
+            if to.is_byte() {
+                for back in all {
+                    let z = c.g.cast(y, back).unwrap();
+                    c.out(format!("{name} -> {to} -> {back}"), z, EXACT);
+                }
+            }
         }
     }
+    c.check();
+}
+
+#[test]
+fn byte_comparisons_and_argmax_run_on_the_widened_values() {
+    let a: Vec<f64> = vec![-128.0, -1.0, 0.0, 5.0, 127.0];
+    let b: Vec<f64> = vec![0.0, 255.0, 7.0, 128.0, 5.0];
+    let mut c = Case::new("bytes");
+    let x = c.input("x", tensor(DType::I8, &[5], a));
+    let y = c.param("y", tensor(DType::U8, &[5], b));
+    let x2 = c.param(
+        "x2",
+        tensor(DType::I8, &[5], vec![127.0, -1.0, -128.0, 6.0, 127.0]),
+    );
+    for op in [BinaryOp::Lt, BinaryOp::Eq, BinaryOp::Ge, BinaryOp::Max] {
+        let r = c.g.binary(op, x, x2);
+        match op.is_comparison() {
+            true => c.out(format!("{op}(i8)"), r.unwrap(), EXACT),
+            // Arithmetic on quantized values is a type error.
+            false => assert!(r.is_err(), "{op} on i8 is refused"),
+        }
+    }
+    let r = c.g.argmax(y, 0).unwrap();
+    c.out("argmax(u8)", r, EXACT);
     c.check();
 }
 
@@ -763,6 +811,25 @@ fn integer_reductions_are_rejected_with_an_error() {
             jit.compare("reduce i32", &c.g, &c.env, &c.outputs);
         }
         Err(e) => assert!(e.message.contains("f32"), "unclear error: {}", e.message),
+    }
+}
+
+#[test]
+fn integer_matmul_is_rejected_with_an_error_or_exact() {
+    let mut rng = Rng(13);
+    let mut c = Case::new("matmul u8 i8");
+    let a = c.input("a", rng.tensor(DType::U8, &[3, 5]));
+    let b = c.param("b", rng.tensor(DType::I8, &[5, 4]));
+    let r = c.g.matmul(a, b).unwrap();
+    assert_eq!(c.g.ty(r).dtype, DType::I32);
+    c.out("a @ b", r, EXACT);
+    match compile(&c.g, &c.env) {
+        Ok(mut jit) => {
+            jit.feed(&c.g, &c.env);
+            jit.program.run().unwrap();
+            jit.compare("matmul u8 i8", &c.g, &c.env, &c.outputs);
+        }
+        Err(e) => assert!(e.message.contains("interp"), "unclear error: {}", e.message),
     }
 }
 

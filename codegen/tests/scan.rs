@@ -77,7 +77,7 @@ impl Jit {
         for (_, name) in g.inputs() {
             let t = env.get(name).expect("every input has a value");
             match t.dtype {
-                DType::I32 | DType::Bool => {
+                DType::I32 | DType::I8 | DType::U8 | DType::Bool => {
                     let v: Vec<i32> = t.data.iter().map(|&x| x as i32).collect();
                     self.program.set_input_i32(name, &v).unwrap();
                 }

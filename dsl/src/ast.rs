@@ -121,6 +121,7 @@ pub enum DType {
     F32,
     F64,
     I32,
+    I8,
     U8,
     Bool,
 }
@@ -131,10 +132,23 @@ impl DType {
             "f32" => DType::F32,
             "f64" => DType::F64,
             "i32" => DType::I32,
+            "i8" => DType::I8,
             "u8" => DType::U8,
             "bool" => DType::Bool,
             _ => return None,
         })
+    }
+
+    /// The IR's element type of the same name.
+    pub fn ir(self) -> nnc_ir::DType {
+        match self {
+            DType::F32 => nnc_ir::DType::F32,
+            DType::F64 => nnc_ir::DType::F64,
+            DType::I32 => nnc_ir::DType::I32,
+            DType::I8 => nnc_ir::DType::I8,
+            DType::U8 => nnc_ir::DType::U8,
+            DType::Bool => nnc_ir::DType::Bool,
+        }
     }
 
     pub fn name(self) -> &'static str {
@@ -142,6 +156,7 @@ impl DType {
             DType::F32 => "f32",
             DType::F64 => "f64",
             DType::I32 => "i32",
+            DType::I8 => "i8",
             DType::U8 => "u8",
             DType::Bool => "bool",
         }

@@ -8,7 +8,7 @@ use crate::span::Span;
 use crate::value::Value;
 use nnc_ir::{BinaryOp, DType, Dim, NodeId, ReduceOp, ShapeDisplay, TensorType, Ties, UnaryOp};
 
-pub(crate) const NAMES: [&str; 36] = [
+pub(crate) const NAMES: [&str; 40] = [
     "matmul",
     "square",
     "params",
@@ -19,6 +19,7 @@ pub(crate) const NAMES: [&str; 36] = [
     "tanh",
     "sigmoid",
     "abs",
+    "round",
     "maximum",
     "minimum",
     "pow",
@@ -40,6 +41,9 @@ pub(crate) const NAMES: [&str; 36] = [
     "one_hot",
     "float",
     "double",
+    "int",
+    "char",
+    "byte",
     "unfold",
     "uniform_like",
     "zeros",
@@ -50,8 +54,8 @@ pub(crate) const NAMES: [&str; 36] = [
 /// Parameter names of each builtin; a trailing `?` marks an optional one.
 fn params(name: &str) -> &'static [&'static str] {
     match name {
-        "exp" | "log" | "sqrt" | "tanh" | "sigmoid" | "abs" | "square" | "float" | "double"
-        | "uniform_like" | "rank" => &["x"],
+        "exp" | "log" | "sqrt" | "tanh" | "sigmoid" | "abs" | "round" | "square" | "float"
+        | "double" | "int" | "char" | "byte" | "uniform_like" | "rank" => &["x"],
         "matmul" | "maximum" | "minimum" | "pow" | "greater" | "less" | "equal"
         | "greater_equal" | "less_equal" => &["a", "b"],
         "where" => &["cond", "a", "b"],
@@ -116,6 +120,7 @@ pub(crate) fn call(e: &mut Elaborator, name: &str, args: Vec<ArgVal>, span: Span
         "tanh" => unary(UnaryOp::Tanh),
         "sigmoid" => unary(UnaryOp::Sigmoid),
         "abs" => unary(UnaryOp::Abs),
+        "round" => unary(UnaryOp::Round),
         _ => None,
     };
     if let Some(op) = unary_op {
@@ -319,13 +324,19 @@ pub(crate) fn call(e: &mut Elaborator, name: &str, args: Vec<ArgVal>, span: Span
             let ty = TensorType::new(DType::F32, shape);
             Ok(Value::Tensor(e.graph.splat(0.0, ty)))
         }
-        "float" | "double" => {
+        // PyTorch's `Tensor.float()`, `.double()`, `.int()`, `.char()`
+        // (int8) and `.byte()` (uint8). To an integer: truncated toward
+        // zero and saturated at the type's range, so `byte(round(x / s) +
+        // z)` is `quantize_per_tensor`'s clamp.
+        "float" | "double" | "int" | "char" | "byte" => {
             let x = req(&mut b, 0)?;
             let t = e.tensor(x.value, x.span, "the argument")?;
-            let dtype = if name == "float" {
-                DType::F32
-            } else {
-                DType::F64
+            let dtype = match name {
+                "float" => DType::F32,
+                "double" => DType::F64,
+                "int" => DType::I32,
+                "char" => DType::I8,
+                _ => DType::U8,
             };
             e.graph
                 .cast(t, dtype)
@@ -529,6 +540,7 @@ fn unary_number(e: &Elaborator, name: &str, v: f64, span: Span) -> Result<Value>
         "tanh" => v.tanh(),
         "sigmoid" => 1.0 / (1.0 + (-v).exp()),
         "abs" => v.abs(),
+        "round" => v.round_ties_even(),
         _ => {
             return Err(e
                 .err(span, format!("`{name}` of {v} is not a real number"))

@@ -1133,7 +1133,7 @@ impl<'a> Elaborator<'a> {
         let TypeKind::Tensor { dtype, dims } = &pattern.kind else {
             return Ok(());
         };
-        let want = self.ir_dtype(*dtype, pattern.span)?;
+        let want = dtype.ir();
         let fail = |this: &Self, why: String| {
             this.err(
                 span,
@@ -1255,18 +1255,6 @@ impl<'a> Elaborator<'a> {
         Ok(())
     }
 
-    pub(crate) fn ir_dtype(&self, d: ast::DType, span: Span) -> Result<DType> {
-        match d {
-            ast::DType::F32 => Ok(DType::F32),
-            ast::DType::F64 => Ok(DType::F64),
-            ast::DType::I32 => Ok(DType::I32),
-            ast::DType::Bool => Ok(DType::Bool),
-            ast::DType::U8 => Err(self
-                .err(span, "`u8` tensors cannot be computed with")
-                .with_help("u8 is a storage type: data stored as u8 is delivered to the model as f32 (or i32 for labels)")),
-        }
-    }
-
     /// A concrete type from a type expression: names resolve in `scope`;
     /// with `symbolic`, unknown names become symbolic dims (model inputs).
     pub(crate) fn resolve_type(
@@ -1278,7 +1266,7 @@ impl<'a> Elaborator<'a> {
         let TypeKind::Tensor { dtype, dims } = &te.kind else {
             return Err(self.err(te.span, format!("expected a tensor type, found `{te}`")));
         };
-        let dtype = self.ir_dtype(*dtype, te.span)?;
+        let dtype = dtype.ir();
         let Some(dims) = dims else {
             return Err(self
                 .err(te.span, format!("`{te}` gives no shape"))

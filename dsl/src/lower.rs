@@ -395,7 +395,7 @@ fn lower_fields(el: &mut Elaborator, fields: &[ast::DataField]) -> Result<Vec<Da
             None => DType::F32,
             Some(te) => match &te.kind {
                 TypeKind::Tensor { dtype, .. } => {
-                    let d = el.ir_dtype(*dtype, te.span)?;
+                    let d = dtype.ir();
                     if !matches!(d, DType::F32 | DType::F64 | DType::I32) {
                         return Err(Error::new(
                             te.span,

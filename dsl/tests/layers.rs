@@ -1051,3 +1051,47 @@ fn zeros_of_named_dims() {
     let e = error(&model("f32[B, 3]", "x + zeros(3)"));
     assert!(e.message.contains("list of dims"), "{}", e.message);
 }
+
+/// `quantize`/`dequantize` against PyTorch's formulas worked by hand, in
+/// f32 as ATen computes them: `inv_scale = 1.0f / scale`, `q =
+/// clamp(nearbyint(x * inv_scale) + zero_point, 0, 255)`, `x' = (q -
+/// zero_point) * scale`. 0.025 * 100 rounds to the f32 2.5, a tie that
+/// goes to 2 (half away from zero would give 3).
+#[test]
+fn quantize_and_dequantize_follow_pytorchs_per_tensor_formulas() {
+    let m = module(&model(
+        "f32[B, 9]",
+        "x -> quantize(0.01, zero_point: 128)\n    back = y -> dequantize(0.01, zero_point: 128)\n    output back\n    w = x -> quantize_symmetric(0.5)\n    output w",
+    ));
+    let g = &m.forward;
+    assert_eq!(g.ty(g.output("y").unwrap()).dtype, DType::U8);
+    assert_eq!(g.ty(g.output("w").unwrap()).dtype, DType::I8);
+    let xs = [-1.0, 0.0, 0.025, 1.27, 1.28, 3.0, -1.3, -1.28, 0.75];
+    let x = Tensor::from_vec(DType::F32, &[1, 9], xs.to_vec()).unwrap();
+    let env = Env::new().with("x", x.rounded());
+    let values = eval(g, &env, EvalOptions::F32).unwrap();
+    let q = &values.output("y").unwrap().data;
+    assert_eq!(
+        q,
+        &[28.0, 128.0, 130.0, 255.0, 255.0, 255.0, 0.0, 0.0, 203.0]
+    );
+    let back = &values.output("back").unwrap().data;
+    let want: Vec<f64> = q
+        .iter()
+        .map(|&q| ((q as f32 - 128.0) * 0.01f32) as f64)
+        .collect();
+    assert_eq!(back, &want);
+    assert_eq!(back[0], -1.0);
+    // Symmetric, scale 0.5: x * 2 is -2, 0, 0.05, 2.54, 2.56, 6, -2.6,
+    // -2.56, 1.5 (a tie, to 2).
+    let w = &values.output("w").unwrap().data;
+    assert_eq!(w, &[-2.0, 0.0, 0.0, 3.0, 3.0, 6.0, -3.0, -3.0, 2.0]);
+}
+
+#[test]
+fn quantize_refuses_a_scale_that_is_not_positive() {
+    let e = error(&model("f32[B, 3]", "x -> quantize(0, zero_point: 3)"));
+    assert!(e.message.contains("must be positive"), "{}", e.message);
+    let e = error(&model("f32[B, 3]", "x -> quantize(0.1, zero_point: 300)"));
+    assert!(e.message.contains("[0, 255]"), "{}", e.message);
+}

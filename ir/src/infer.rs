@@ -74,6 +74,23 @@ pub fn infer(
         Some(t) => Ok(t.clone()),
         None => err(format!("`{}` needs a declared result type", op.mnemonic())),
     };
+    // Sums of quantized values leave their range: they are taken in i32
+    // (matmul's accumulator) or float, never in i8/u8.
+    let sums = matches!(
+        op,
+        Op::Reduce {
+            op: ReduceOp::Sum | ReduceOp::Mean,
+            ..
+        } | Op::ScatterAdd { .. }
+            | Op::Fold { .. }
+    );
+    if let Some(x) = args.iter().find(|a| sums && a.dtype.is_byte()) {
+        return err(format!(
+            "`{}` sums its operand, which is {}: cast it to i32 or f32 first",
+            op.mnemonic(),
+            x.dtype
+        ));
+    }
     match op {
         Op::Input { .. } | Op::Param { .. } | Op::State { .. } => need_declared(),
         Op::Const(lit) => {
@@ -114,6 +131,14 @@ pub fn infer(
             }
             if x.dtype == DType::Bool && !matches!(b, BinaryOp::Eq | BinaryOp::Ne) {
                 return err(format!("`{b}` is not defined on bool tensors"));
+            }
+            // Quantized values are stored, compared and multiplied by
+            // matmul; arithmetic happens on their `i32` or float casts.
+            if x.dtype.is_byte() && !b.is_comparison() {
+                return err(format!(
+                    "`{b}` is not defined on {} tensors: cast them to i32 or f32 first",
+                    x.dtype
+                ));
             }
             let shape = broadcast_shapes(&x.shape, &y.shape)?;
             let dtype = if b.is_comparison() {
@@ -412,10 +437,13 @@ fn check_axes(axes: &[usize], rank: usize) -> Result<(), ShapeError> {
     Ok(())
 }
 
+/// Floats of one dtype give that dtype; `i8`/`u8` operands (any mix) give
+/// their exact `i32` sums, the integer product quantized models run.
 fn matmul_type(a: &TensorType, b: &TensorType) -> Result<TensorType, ShapeError> {
-    if a.dtype != b.dtype || !a.dtype.is_float() {
+    let integer = a.dtype.is_byte() && b.dtype.is_byte();
+    if !integer && (a.dtype != b.dtype || !a.dtype.is_float()) {
         return err(format!(
-            "matmul needs float operands of one dtype, found {a} and {b}"
+            "matmul needs float operands of one dtype or i8/u8 operands, found {a} and {b}"
         ));
     }
     if a.rank() < 2 || b.rank() < 2 {
@@ -433,7 +461,8 @@ fn matmul_type(a: &TensorType, b: &TensorType) -> Result<TensorType, ShapeError>
     let mut shape = broadcast_shapes(&a.shape[..a.rank() - 2], &b.shape[..b.rank() - 2])?;
     shape.push(m.clone());
     shape.push(n.clone());
-    Ok(a.with_shape(shape))
+    let dtype = if integer { DType::I32 } else { a.dtype };
+    Ok(TensorType::new(dtype, shape))
 }
 
 /// Reshape needs equal element counts: equal constant products, and the

@@ -520,7 +520,7 @@ fn finish(t: &mut Tensor, opts: EvalOptions) {
     match t.dtype {
         DType::F64 => {}
         DType::F32 if opts.exact => {}
-        DType::F32 | DType::I32 | DType::Bool => t.round_to_dtype(),
+        DType::F32 | DType::I32 | DType::I8 | DType::U8 | DType::Bool => t.round_to_dtype(),
     }
 }
 
@@ -603,7 +603,7 @@ fn eval_op(
                 .map(|&v| match dtype {
                     // Rounding to f32 (non-exact mode) happens in `finish`.
                     DType::F32 | DType::F64 => v,
-                    DType::I32 | DType::Bool => round_value(dtype, v),
+                    DType::I32 | DType::I8 | DType::U8 | DType::Bool => round_value(dtype, v),
                 })
                 .collect();
             tensor(dtype, &x.shape, data)
@@ -621,7 +621,7 @@ fn eval_op(
         }
         Op::MatMul => {
             let [a, b] = operands(at, args)?;
-            matmul(at, a, b, shape)?
+            matmul(at, a, b, dtype, shape)?
         }
         Op::Reshape => {
             let [x] = operands(at, args)?;
@@ -894,6 +894,7 @@ fn unary(at: &At<'_>, op: UnaryOp, x: &Tensor) -> Result<Tensor, EvalError> {
         UnaryOp::Tanh => f64::tanh,
         UnaryOp::Sigmoid => sigmoid,
         UnaryOp::Abs => f64::abs,
+        UnaryOp::Round => f64::round_ties_even,
     };
     Ok(tensor(
         x.dtype,
@@ -1003,6 +1004,12 @@ fn binary(
             data
         }
         DType::Bool => return Err(at.invalid("only eq and ne are defined on bool")),
+        DType::I8 | DType::U8 => {
+            return Err(at.invalid(format!(
+                "only comparisons are defined on {}: cast to i32 or f32 first",
+                a.dtype
+            )))
+        }
     };
     Ok(tensor(a.dtype, shape, data))
 }
@@ -1139,9 +1146,20 @@ fn argmax(at: &At<'_>, axis: usize, x: &Tensor) -> Result<Tensor, EvalError> {
     Ok(tensor(DType::I32, &shape, data))
 }
 
-fn matmul(at: &At<'_>, a: &Tensor, b: &Tensor, out: &[usize]) -> Result<Tensor, EvalError> {
+/// `a @ b`: floats of one dtype, or `i8`/`u8` operands whose products
+/// are summed exactly into `i32` (`dtype`). The sums are exact in `f64`
+/// below 2^53; `finish` saturates them to `i32`, which `k < 2^16` byte
+/// products never reach.
+fn matmul(
+    at: &At<'_>,
+    a: &Tensor,
+    b: &Tensor,
+    dtype: DType,
+    out: &[usize],
+) -> Result<Tensor, EvalError> {
     let (ra, rb, ro) = (a.rank(), b.rank(), out.len());
-    if ra < 2 || rb < 2 || ro < 2 || a.dtype != b.dtype {
+    let integer = a.dtype.is_byte() && b.dtype.is_byte() && dtype == DType::I32;
+    if ra < 2 || rb < 2 || ro < 2 || (a.dtype != b.dtype && !integer) {
         return Err(at.invalid(format!(
             "cannot multiply {} by {}",
             Dims(a.dtype, &a.shape),
@@ -1181,7 +1199,7 @@ fn matmul(at: &At<'_>, a: &Tensor, b: &Tensor, out: &[usize]) -> Result<Tensor, 
             }
         }
     }
-    Ok(tensor(a.dtype, out, data))
+    Ok(tensor(dtype, out, data))
 }
 
 fn transpose(at: &At<'_>, perm: &[usize], x: &Tensor) -> Result<Tensor, EvalError> {

@@ -47,14 +47,18 @@ pub fn strides_of(shape: &[usize]) -> Vec<usize> {
 }
 
 /// The value `v` as the nearest value `dtype` can hold: `f32` rounds to
-/// nearest `f32`; `i32` truncates toward zero and saturates at the `i32`
-/// range (NaN becomes 0), like Rust's `as`; `bool` is `v != 0` (so NaN is
-/// true); `f64` is unchanged.
+/// nearest `f32`; `i32`, `i8` and `u8` truncate toward zero and saturate
+/// at their range (NaN becomes 0), like Rust's `as` from a float, whatever
+/// the source dtype (so `i32` 300 cast to `u8` is 255, not 44: quantizing
+/// clamps, it never wraps); `bool` is `v != 0` (so NaN is true); `f64` is
+/// unchanged.
 pub fn round_value(dtype: DType, v: f64) -> f64 {
     match dtype {
         DType::F64 => v,
         DType::F32 => v as f32 as f64,
         DType::I32 => v as i32 as f64,
+        DType::I8 => v as i8 as f64,
+        DType::U8 => v as u8 as f64,
         DType::Bool => {
             if v != 0.0 {
                 1.0
@@ -259,7 +263,7 @@ fn write_nested(
 fn write_value(f: &mut fmt::Formatter<'_>, dtype: DType, v: f64) -> fmt::Result {
     match dtype {
         DType::Bool => f.write_str(if v != 0.0 { "true" } else { "false" }),
-        DType::I32 => write!(f, "{}", v as i64),
+        DType::I32 | DType::I8 | DType::U8 => write!(f, "{}", v as i64),
         DType::F32 => write!(f, "{}", v as f32),
         DType::F64 => write!(f, "{v}"),
     }

@@ -4,12 +4,16 @@
 use std::fmt;
 
 /// Element type of a tensor. `Bool` is what comparisons produce; `I32`
-/// carries labels and indices.
+/// carries labels and indices, and accumulates integer products; `I8` and
+/// `U8` hold quantized values (weights symmetric in `i8`, activations
+/// asymmetric in `u8`: the operands AVX-512 VNNI's `vpdpbusd` multiplies).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum DType {
     F32,
     F64,
     I32,
+    I8,
+    U8,
     Bool,
 }
 
@@ -19,6 +23,8 @@ impl DType {
             DType::F32 => "f32",
             DType::F64 => "f64",
             DType::I32 => "i32",
+            DType::I8 => "i8",
+            DType::U8 => "u8",
             DType::Bool => "bool",
         }
     }
@@ -28,6 +34,8 @@ impl DType {
             "f32" => DType::F32,
             "f64" => DType::F64,
             "i32" => DType::I32,
+            "i8" => DType::I8,
+            "u8" => DType::U8,
             "bool" => DType::Bool,
             _ => return None,
         })
@@ -35,6 +43,23 @@ impl DType {
 
     pub fn is_float(self) -> bool {
         matches!(self, DType::F32 | DType::F64)
+    }
+
+    /// The 8-bit quantized types, which a matmul multiplies into `i32`.
+    pub fn is_byte(self) -> bool {
+        matches!(self, DType::I8 | DType::U8)
+    }
+
+    /// The smallest and largest value of an integer dtype (`bool` is 0
+    /// and 1); `None` for floats.
+    pub fn int_range(self) -> Option<(f64, f64)> {
+        match self {
+            DType::F32 | DType::F64 => None,
+            DType::I32 => Some((i32::MIN as f64, i32::MAX as f64)),
+            DType::I8 => Some((-128.0, 127.0)),
+            DType::U8 => Some((0.0, 255.0)),
+            DType::Bool => Some((0.0, 1.0)),
+        }
     }
 }
 

@@ -1550,3 +1550,89 @@ fn random_is_uniform_reproducible_and_keyed() {
         vec![4_250_300_162, 1_520_648, 764_903_657]
     );
 }
+
+#[test]
+fn round_is_to_nearest_with_ties_to_even() {
+    let x = f64t(&[9], &[-2.5, -1.5, -0.5, 0.5, 1.5, 2.5, 2.4999, -0.7, NAN]);
+    let y = unary_graph(&x, |g, x| g.unary(UnaryOp::Round, x).unwrap());
+    assert_tensor(
+        &y,
+        DType::F64,
+        &[9],
+        &[-2.0, -2.0, -0.0, 0.0, 2.0, 2.0, 2.0, -1.0, NAN],
+    );
+}
+
+#[test]
+fn casts_to_bytes_truncate_and_saturate_never_wrap() {
+    let x = f64t(&[8], &[-300.0, -128.9, -0.9, 0.9, 127.9, 200.0, 255.9, NAN]);
+    let i8s = unary_graph(&x, |g, x| g.cast(x, DType::I8).unwrap());
+    assert_tensor(
+        &i8s,
+        DType::I8,
+        &[8],
+        &[-128.0, -128.0, 0.0, 0.0, 127.0, 127.0, 127.0, 0.0],
+    );
+    let u8s = unary_graph(&x, |g, x| g.cast(x, DType::U8).unwrap());
+    assert_tensor(
+        &u8s,
+        DType::U8,
+        &[8],
+        &[0.0, 0.0, 0.0, 0.0, 127.0, 200.0, 255.0, 0.0],
+    );
+    // From i32 too: 300 is 255, not 300 mod 256.
+    let ints = t(DType::I32, &[3], &[300.0, -1.0, 128.0]);
+    let u8s = unary_graph(&ints, |g, x| g.cast(x, DType::U8).unwrap());
+    assert_tensor(&u8s, DType::U8, &[3], &[255.0, 0.0, 128.0]);
+    assert_eq!(round_value(DType::I8, 128.0), 127.0);
+}
+
+#[test]
+fn byte_matmul_sums_exactly_into_i32() {
+    // The extremes of u8 x i8: 255 * -128 over k = 300 is -9,792,000.
+    let (m, k, n) = (2, 300, 3);
+    let a: Vec<f64> = (0..m * k)
+        .map(|i| if i < k { 255.0 } else { (i % 7) as f64 })
+        .collect();
+    let b: Vec<f64> = (0..k * n)
+        .map(|i| {
+            if i % n == 0 {
+                -128.0
+            } else {
+                (i % 5) as f64 - 2.0
+            }
+        })
+        .collect();
+    let at = t(DType::U8, &[m, k], &a);
+    let bt = t(DType::I8, &[k, n], &b);
+    let c = binary_graph(&at, &bt, |g, x, y| g.matmul(x, y).unwrap()).unwrap();
+    assert_eq!(c.dtype, DType::I32);
+    let mut want = vec![0.0; m * n];
+    for i in 0..m {
+        for j in 0..n {
+            want[i * n + j] = (0..k)
+                .map(|p| a[i * k + p] as i64 * b[p * n + j] as i64)
+                .sum::<i64>() as f64;
+        }
+    }
+    assert_eq!(want[0], -9_792_000.0);
+    assert_tensor(&c, DType::I32, &[m, n], &want);
+}
+
+#[test]
+fn bytes_are_compared_but_never_summed_or_added() {
+    let mut g = Graph::new("bytes");
+    let q = g.input("q", ty(DType::U8, &[4]));
+    let e = g.binary(BinaryOp::Add, q, q).unwrap_err();
+    assert!(e.message.contains("cast them to i32 or f32"), "{e}");
+    let e = g.reduce(ReduceOp::Sum, q, vec![0], false).unwrap_err();
+    assert!(e.message.contains("sums its operand"), "{e}");
+    assert_eq!(
+        g.binary(BinaryOp::Lt, q, q).map(|c| g.ty(c).dtype),
+        Ok(DType::Bool)
+    );
+    let f = g.input("f", ty(DType::F32, &[4, 2]));
+    let q2 = g.reshape(q, shape_of(&[1, 4])).unwrap();
+    let e = g.matmul(q2, f).unwrap_err();
+    assert!(e.message.contains("i8/u8 operands"), "{e}");
+}

@@ -634,6 +634,10 @@ fn vjp(
         }
         Op::Unary(u) => {
             let gx = match u {
+                // Piecewise constant: zero almost everywhere, as
+                // `torch.round`'s gradient. Quantization-aware training
+                // passes the gradient straight through in the prelude.
+                UnaryOp::Round => return Ok(vec![None]),
                 UnaryOp::Neg => graph.neg(g)?,
                 UnaryOp::Exp => graph.mul(g, y)?,
                 UnaryOp::Log => graph.div(g, x[0])?,

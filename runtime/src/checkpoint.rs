@@ -180,6 +180,9 @@ fn encode(t: &Tensor) -> Bytes {
             Dtype::BOOL,
             t.data.iter().map(|&v| u8::from(v != 0.0)).collect(),
         ),
+        // One byte per quantized value: what makes the file small.
+        DType::I8 => (Dtype::I8, t.data.iter().map(|&v| v as i8 as u8).collect()),
+        DType::U8 => (Dtype::U8, t.data.iter().map(|&v| v as u8).collect()),
     };
     Bytes {
         dtype,
@@ -489,9 +492,17 @@ pub fn load(path: &Path) -> Result<Checkpoint, RuntimeError> {
                     .map(|&b| f64::from(u8::from(b != 0)))
                     .collect(),
             ),
+            Dtype::I8 => (
+                DType::I8,
+                view.data().iter().map(|&b| f64::from(b as i8)).collect(),
+            ),
+            Dtype::U8 => (
+                DType::U8,
+                view.data().iter().map(|&b| f64::from(b)).collect(),
+            ),
             other => {
                 return Err(bad(format!(
-                    "tensor `{name}` has dtype {other:?}; nnc models use F32, F64, I32 and BOOL"
+                    "tensor `{name}` has dtype {other:?}; nnc models use F32, F64, I32, I8, U8 and BOOL"
                 )))
             }
         };

@@ -131,7 +131,10 @@ impl Batch {
                 .collect();
             let n: usize = shape.iter().product();
             let data = match ty.dtype {
-                nnc_ir::DType::I32 | nnc_ir::DType::Bool => {
+                nnc_ir::DType::I32
+                | nnc_ir::DType::I8
+                | nnc_ir::DType::U8
+                | nnc_ir::DType::Bool => {
                     BatchData::I32((0..n).map(|_| (rng.next_u64() % 2) as i32).collect())
                 }
                 _ => BatchData::F32((0..n).map(|_| rng.next_f64() as f32).collect()),

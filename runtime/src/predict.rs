@@ -308,7 +308,7 @@ pub fn format_value(value: f64, dtype: DType) -> String {
     match dtype {
         DType::F32 => format!("{:?}", value as f32),
         DType::F64 => format!("{value:?}"),
-        DType::I32 | DType::Bool => format!("{}", value as i64),
+        DType::I32 | DType::I8 | DType::U8 | DType::Bool => format!("{}", value as i64),
     }
 }
 

@@ -376,6 +376,7 @@ fn compute(
             match u {
                 UnaryOp::Neg => b.ins().fneg(x),
                 UnaryOp::Abs => b.ins().fabs(x),
+                UnaryOp::Round => b.ins().nearest(x),
                 UnaryOp::Sqrt => b.ins().sqrt(x),
                 UnaryOp::Exp => super::vmath::exp(b, ty(Kind::F32), x),
                 UnaryOp::Log => super::vmath::log(b, ty(Kind::F32), x),
@@ -478,6 +479,18 @@ fn compute(
                 (Kind::I32, Kind::F32) => b.ins().fcvt_from_sint(ty(Kind::F32), x),
                 _ => x,
             }
+        }
+        MapOp::Narrow(dtype) => {
+            let (x, from) = ins[0];
+            let x = match from {
+                Kind::F32 => b.ins().fcvt_to_sint_sat(ty(Kind::I32), x),
+                Kind::I32 => x,
+            };
+            let (lo, hi) = dtype.int_range().unwrap_or((0.0, 0.0));
+            let lo = constant(b, lo as i32 as u32, Kind::I32, vector);
+            let hi = constant(b, hi as i32 as u32, Kind::I32, vector);
+            let x = b.ins().smax(x, lo);
+            b.ins().smin(x, hi)
         }
     };
     Ok(v)

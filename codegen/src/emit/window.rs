@@ -684,7 +684,8 @@ impl Walk<'_> {
                 let vector = self.vectors(&sc, sx[0]);
                 let add = |b: &mut FunctionBuilder, acc: Value, x: Value| match self.dtype {
                     DType::F32 | DType::F64 => b.ins().fadd(acc, x),
-                    DType::I32 => b.ins().iadd(acc, x),
+                    // Byte operands are refused by type inference.
+                    DType::I32 | DType::I8 | DType::U8 => b.ins().iadd(acc, x),
                     // The sum of bools is true when any is: bool is 0/1.
                     DType::Bool => b.ins().bor(acc, x),
                 };

@@ -30,6 +30,9 @@ pub(crate) enum MapOp {
     Cast,
     /// `x != 0` as a bool (cast to bool).
     NonZero,
+    /// A cast to `i8` or `u8`: truncated toward zero and clamped to the
+    /// type's range, as the interpreter's `round_value`.
+    Narrow(DType),
 }
 
 impl MapOp {
@@ -47,6 +50,7 @@ pub(crate) fn elementwise(graph: &Graph, id: NodeId) -> Option<MapOp> {
         Op::Binary(op) => MapOp::Binary(*op),
         Op::Select => MapOp::Select,
         Op::Cast if node.ty.dtype == DType::Bool => MapOp::NonZero,
+        Op::Cast if node.ty.dtype.is_byte() => MapOp::Narrow(node.ty.dtype),
         Op::Cast => MapOp::Cast,
         _ => return None,
     })

@@ -14,7 +14,9 @@ impl Kind {
     pub fn of(d: DType) -> Kind {
         match d {
             DType::F32 | DType::F64 => Kind::F32,
-            DType::I32 | DType::Bool => Kind::I32,
+            // Quantized values are widened to a 4-byte word for now, as
+            // bool is: exact, not yet smaller.
+            DType::I32 | DType::I8 | DType::U8 | DType::Bool => Kind::I32,
         }
     }
 }

@@ -139,10 +139,11 @@ impl StateLayout {
     }
 }
 
-/// The JIT stores every element in 4 bytes: f32, i32, and bool as i32 0/1.
+/// The JIT stores every element in 4 bytes: f32, i32, i8 and u8 as i32
+/// values in their range, and bool as i32 0/1.
 fn check_dtype(dtype: DType, what: &str) -> Result<(), CodegenError> {
     match dtype {
-        DType::F32 | DType::I32 | DType::Bool => Ok(()),
+        DType::F32 | DType::I32 | DType::I8 | DType::U8 | DType::Bool => Ok(()),
         DType::F64 => Err(CodegenError::new(format!(
             "`{what}` is f64; the JIT computes in f32, i32 and bool (use --backend interp for f64)"
         ))),
@@ -341,6 +342,12 @@ pub fn plan_with(
             CodegenError::new(format!("no size is bound for the symbolic dim `{sym}`"))
         })?;
         check_dtype(node.ty.dtype, node.op.mnemonic())?;
+        if matches!(node.op, Op::MatMul) && !node.ty.dtype.is_float() {
+            return Err(CodegenError::new(
+                "the JIT multiplies f32 matrices only: the integer (i8/u8 -> i32) product \
+                 runs with --backend interp",
+            ));
+        }
         shapes.insert(id, shape);
     }
     let results = results(graph);

@@ -213,6 +213,9 @@ pub enum UnaryOp {
     Tanh,
     Sigmoid,
     Abs,
+    /// To the nearest integer, ties to even (`torch.round`, `nearbyint`
+    /// under the default rounding mode): what quantization rounds with.
+    Round,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -318,6 +321,7 @@ impl UnaryOp {
         UnaryOp::Tanh,
         UnaryOp::Sigmoid,
         UnaryOp::Abs,
+        UnaryOp::Round,
     ];
 }
 

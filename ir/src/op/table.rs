@@ -208,6 +208,8 @@ ops! {
                      units: 8, inline: true, recompute: false;
     "abs"         => Unary(UnaryOp::Abs),     Exactly(1), [], typed: false, Elementwise,
                      units: 1, inline: true, recompute: true;
+    "round"       => Unary(UnaryOp::Round),   Exactly(1), [], typed: false, Elementwise,
+                     units: 1, inline: true, recompute: true;
     "add"         => Binary(BinaryOp::Add),   Exactly(2), [], typed: false, Elementwise,
                      units: 1, inline: true, recompute: true;
     "sub"         => Binary(BinaryOp::Sub),   Exactly(2), [], typed: false, Elementwise,

@@ -50,6 +50,8 @@ impl Ty {
             DType::F64 => 1,
             DType::I32 => 2,
             DType::Bool => 3,
+            DType::I8 => 4,
+            DType::U8 => 5,
         };
         let dims = self
             .0
