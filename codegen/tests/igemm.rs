@@ -266,7 +266,7 @@ fn accumulate() {
 fn large_blocks() {
     // Crosses the KC, MC and NC block boundaries, one at a time and
     // (optimized builds only, to keep debug tests fast) all together.
-    assert!(MC < 150 && KC < 600 && NC < 1100);
+    const { assert!(MC < 150 && KC < 600 && NC < 1100) };
     let mut s = scratches();
     let mut shapes = vec![(150, 40, 37), (9, 1100, 9), (9, 40, 1100), (145, 33, 513)];
     if cfg!(not(debug_assertions)) {
@@ -318,7 +318,7 @@ fn exact_up_to_max_k_and_wrapping_beyond() {
     // kernel returns the same value modulo 2³².
     assert!(255 * 128 * MAX_EXACT_K as i64 <= 1 << 31);
     assert!(255 * 128 * (MAX_EXACT_K as i64 + 1) > 1 << 31);
-    assert!(MAX_EXACT_K >= 1 << 16);
+    const { assert!(MAX_EXACT_K >= 1 << 16) };
     let mut s = scratches();
     for k in [MAX_EXACT_K, MAX_EXACT_K + 1000] {
         let (m, n) = (2, 17);

@@ -240,7 +240,7 @@ pub(super) unsafe fn pack_words(
     let conv = |x: u8| if unsigned { x as i16 } else { x as i8 as i16 };
     // SAFETY (whole body): in bounds by the caller.
     unsafe {
-        if len < w || kc % 2 != 0 {
+        if len < w || !kc.is_multiple_of(2) {
             std::ptr::write_bytes(dst, 0, kc.div_ceil(2) * w * 2);
         }
         let mut done = 0;
@@ -287,7 +287,7 @@ pub(super) unsafe fn pack_words(
                 *d.add(1) = conv(*s.offset((2 * g + 1) as isize * ks));
             }
         }
-        if kc % 2 != 0 {
+        if !kc.is_multiple_of(2) {
             for i in 0..len {
                 *dst.add((full * w + i) * 2) =
                     conv(*src.offset(i as isize * ls + (kc - 1) as isize * ks));
