@@ -251,8 +251,10 @@ pub unsafe fn igemm(
 
 /// Products of at least this many operations (`2·m·n·k`) are split over
 /// the thread pool by [`igemm_threads`]: four times [`crate::sgemm`]'s
-/// threshold, because the int8 kernel does about four times the work per
-/// cycle while the hand-off costs the same.
+/// measured threshold, because the int8 kernel does about four times the
+/// work per cycle while the hand-off costs the same. Not yet measured for
+/// int8 on an idle machine (`cargo bench -p nnc-codegen --bench igemm`
+/// prints both thread counts).
 pub const PARALLEL_OPS: usize = 1 << 22;
 
 /// [`igemm_ex`] split over the thread pool ([`crate::threads`]) when the
