@@ -595,7 +595,11 @@ unsafe fn pack(
         let mut done = 0;
         if ks == 1 {
             // Each group is one unaligned 32-bit word of the source line.
-            for i in 0..len {
+            #[cfg(target_arch = "x86_64")]
+            let from = x86::transpose_words(dst, src, ls, len, w, full);
+            #[cfg(not(target_arch = "x86_64"))]
+            let from = 0;
+            for i in from..len {
                 let s = src.offset(i as isize * ls);
                 for g in 0..full {
                     let v = std::ptr::read_unaligned(s.add(4 * g) as *const u32);

@@ -216,6 +216,59 @@ pub(super) unsafe fn interleave_bytes(
     chunks * 16
 }
 
+/// `super::pack`'s byte layout for depths contiguous in memory (`ks = 1`:
+/// a row-major `a`, a column-major `b`), where each group is one 32-bit
+/// word of its line: 4 lines × 4 groups at a time, four 16-byte loads
+/// transposed as a 4×4 matrix of words and four 16-byte stores, where word
+/// by word takes 16 of each. Groups past the last 4 are copied word by
+/// word. Returns how many lines it packed (a multiple of 4); the caller
+/// packs the rest.
+///
+/// # Safety
+/// As `super::pack` (with `ks = 1`); SSE2 is part of x86-64.
+pub(super) unsafe fn transpose_words(
+    dst: *mut u8,
+    src: *const u8,
+    ls: isize,
+    len: usize,
+    w: usize,
+    full: usize,
+) -> usize {
+    let lines = len / 4 * 4;
+    let groups = full / 4 * 4;
+    // SAFETY (whole body): lines `< len` hold `4 · full` depths; `dst`
+    // holds `full` groups of `w` lines.
+    unsafe {
+        for i0 in (0..lines).step_by(4) {
+            let line: [*const u8; 4] = std::array::from_fn(|t| src.offset((i0 + t) as isize * ls));
+            for g0 in (0..groups).step_by(4) {
+                let x: [__m128i; 4] =
+                    std::array::from_fn(|t| _mm_loadu_si128(line[t].add(4 * g0) as *const _));
+                let t0 = _mm_unpacklo_epi32(x[0], x[1]);
+                let t1 = _mm_unpacklo_epi32(x[2], x[3]);
+                let t2 = _mm_unpackhi_epi32(x[0], x[1]);
+                let t3 = _mm_unpackhi_epi32(x[2], x[3]);
+                let y = [
+                    _mm_unpacklo_epi64(t0, t1),
+                    _mm_unpackhi_epi64(t0, t1),
+                    _mm_unpacklo_epi64(t2, t3),
+                    _mm_unpackhi_epi64(t2, t3),
+                ];
+                for (q, v) in y.into_iter().enumerate() {
+                    _mm_storeu_si128(dst.add(((g0 + q) * w + i0) * 4) as *mut _, v);
+                }
+            }
+            for g in groups..full {
+                for (t, l) in line.iter().enumerate() {
+                    let v = std::ptr::read_unaligned(l.add(4 * g) as *const u32);
+                    std::ptr::write_unaligned(dst.add((g * w + i0 + t) * 4) as *mut u32, v);
+                }
+            }
+        }
+    }
+    lines
+}
+
 /// `super::pack` for the AVX2 kernel: pairs of depths widened to `i16`
 /// (`u8` zero-extended when `unsigned`, else `i8` sign-extended), element
 /// `(i, p)` at `dst[((p / 2) * w + i) * 2 + p % 2]`, lines `len..w` and
