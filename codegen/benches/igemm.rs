@@ -15,45 +15,47 @@
 //!
 //! Measured 2026-12-07 on the 2-core AMD EPYC Zen 4 (family 25 model 17;
 //! `lscpu` says "AMD EPYC"), GOP/s, the best of three runs while another
-//! engineer's build loaded the machine (load average about 5): the
-//! one-thread columns are steady to about ±10% between runs; the two-thread
-//! columns are not (they reach 735–767 GOP/s int8 when the second core is
-//! free and fall back to one core's rate when it is not), so read them
-//! as an upper bound on what a split can give, not as the split's cost.
+//! engineer's build loaded the machine (load average 3.4–5): the
+//! one-thread columns varied by about ±10% between runs (the 1024³ square
+//! by more: 218–393 GOP/s int8); the two-thread columns depend on whether
+//! the second core was free at that moment (int8 then reaches 700–830
+//! GOP/s, else it falls back to one core's rate), so they are an upper
+//! bound on what a split gives, not a measure of its cost.
 //!
 //! | layout | m | k | n | MOP | f32 | i8 Vnni | i8 Avx2 | i8 Scalar | ratio | f32 2 thr | i8 2 thr | ratio |
 //! |---|---|---|---|---|---|---|---|---|---|---|---|---|
-//! | a @ b | 32 | 784 | 256 | 12.85 | 93.2 | 348.5 | 126.6 | 8.3 | 3.74 | 181.4 | 309.0 | 1.70 |
-//! | a @ b | 32 | 256 | 128 | 2.10 | 99.4 | 319.8 | 119.6 | 7.9 | 3.22 | 92.5 | 335.3 | 3.63 |
-//! | a @ b | 32 | 128 | 10 | 0.08 | 46.9 | 88.9 | 40.8 | 7.0 | 1.90 | 47.2 | 88.7 | 1.88 |
-//! | a @ b | 64 | 784 | 256 | 25.69 | 101.9 | 392.5 | 146.5 | 8.6 | 3.85 | 96.4 | 735.4 | 7.63 |
-//! | a @ b | 64 | 256 | 128 | 4.19 | 102.3 | 354.7 | 137.4 | 8.9 | 3.47 | 197.6 | 303.8 | 1.54 |
-//! | a @ b | 64 | 128 | 10 | 0.16 | 57.3 | 107.7 | 44.0 | 7.1 | 1.88 | 57.3 | 108.3 | 1.89 |
-//! | a @ b | 128 | 784 | 256 | 51.38 | 107.3 | 412.0 | 154.4 | 8.8 | 3.84 | 203.7 | 767.1 | 3.77 |
-//! | a @ b | 128 | 256 | 128 | 8.39 | 108.6 | 374.1 | 144.0 | 9.0 | 3.44 | 209.8 | 322.3 | 1.54 |
-//! | a @ b | 128 | 128 | 10 | 0.33 | 62.8 | 118.5 | 43.7 | 7.0 | 1.89 | 62.8 | 118.3 | 1.88 |
-//! | a @ b^T | 64 | 784 | 256 | 25.69 | 103.2 | 342.6 | 121.9 | 9.0 | 3.32 | 98.3 | 630.8 | 6.42 |
-//! | a @ b | 64 | 400 | 120 | 6.14 | 95.4 | 291.0 | 137.9 | 8.9 | 3.05 | 165.1 | 279.9 | 1.70 |
-//! | a @ b | 64 | 120 | 84 | 1.29 | 91.4 | 286.1 | 117.2 | 8.4 | 3.13 | 78.1 | 291.0 | 3.72 |
-//! | a @ b | 6 | 25 | 784 | 0.24 | 95.3 | 138.7 | 71.8 | 4.1 | 1.45 | 96.7 | 134.7 | 1.39 |
-//! | a @ b | 16 | 150 | 100 | 0.48 | 87.2 | 224.2 | 97.0 | 8.2 | 2.57 | 87.5 | 224.6 | 2.57 |
-//! | a @ b | 32 | 75 | 784 | 3.76 | 96.1 | 291.9 | 123.6 | 7.8 | 3.04 | 174.9 | 300.8 | 1.72 |
-//! | a @ b | 64 | 800 | 100 | 10.24 | 91.4 | 308.1 | 126.6 | 9.0 | 3.37 | 78.0 | 270.7 | 3.47 |
-//! | a @ b | 1 | 784 | 256 | 0.40 | 32.5 | 43.9 | 16.1 | 1.4 | 1.35 | 32.7 | 44.1 | 1.35 |
-//! | a @ b | 64 | 1600 | 1024 | 209.72 | 93.3 | 385.7 | 150.7 | — | 4.13 | 88.8 | 376.1 | 4.24 |
-//! | a @ b | 256 | 256 | 256 | 33.55 | 111.3 | 386.9 | 155.2 | 8.9 | 3.48 | 211.5 | 361.2 | 1.71 |
-//! | a @ b | 512 | 512 | 512 | 268.44 | 109.7 | 425.6 | 165.2 | — | 3.88 | 105.1 | 411.2 | 3.91 |
-//! | a @ b | 1024 | 1024 | 1024 | 2147.48 | 100.6 | 392.6 | 147.9 | — | 3.90 | 83.9 | 381.9 | 4.55 |
+//! | a @ b | 32 | 784 | 256 | 12.85 | 94.2 | 356.0 | 128.5 | 8.3 | 3.78 | 99.5 | 359.4 | 3.61 |
+//! | a @ b | 32 | 256 | 128 | 2.10 | 99.4 | 357.5 | 122.1 | 8.7 | 3.60 | 102.0 | 357.7 | 3.51 |
+//! | a @ b | 32 | 128 | 10 | 0.08 | 46.6 | 116.0 | 40.9 | 7.1 | 2.49 | 46.1 | 114.9 | 2.49 |
+//! | a @ b | 64 | 784 | 256 | 25.69 | 103.2 | 403.5 | 147.0 | 8.7 | 3.91 | 106.0 | 709.3 | 6.69 |
+//! | a @ b | 64 | 256 | 128 | 4.19 | 105.5 | 378.1 | 105.6 | 6.4 | 3.58 | 192.3 | 543.2 | 2.82 |
+//! | a @ b | 64 | 128 | 10 | 0.16 | 48.0 | 144.0 | 44.2 | 7.2 | 3.00 | 55.7 | 139.8 | 2.51 |
+//! | a @ b | 128 | 784 | 256 | 51.38 | 105.2 | 390.2 | 152.4 | 7.8 | 3.71 | 194.0 | 829.8 | 4.28 |
+//! | a @ b | 128 | 256 | 128 | 8.39 | 109.5 | 396.6 | 142.2 | 8.9 | 3.62 | 218.3 | 719.6 | 3.30 |
+//! | a @ b | 128 | 128 | 10 | 0.33 | 63.0 | 160.5 | 45.0 | 7.2 | 2.55 | 62.9 | 163.3 | 2.59 |
+//! | a @ b^T | 64 | 784 | 256 | 25.69 | 104.6 | 405.1 | 121.4 | 9.0 | 3.87 | 190.2 | 702.9 | 3.70 |
+//! | a @ b | 64 | 400 | 120 | 6.14 | 97.3 | 346.6 | 139.6 | 9.0 | 3.56 | 169.3 | 520.2 | 3.07 |
+//! | a @ b | 64 | 120 | 84 | 1.29 | 91.0 | 317.4 | 119.7 | 8.5 | 3.49 | 140.0 | 318.1 | 2.27 |
+//! | a @ b | 6 | 25 | 784 | 0.24 | 94.2 | 118.0 | 72.5 | 4.2 | 1.25 | 95.0 | 118.9 | 1.25 |
+//! | a @ b | 16 | 150 | 100 | 0.48 | 79.0 | 179.5 | 63.1 | 5.3 | 2.27 | 78.8 | 179.4 | 2.28 |
+//! | a @ b | 32 | 75 | 784 | 3.76 | 84.8 | 242.8 | 78.5 | 5.0 | 2.86 | 163.1 | 243.1 | 1.49 |
+//! | a @ b | 64 | 800 | 100 | 10.24 | 83.9 | 308.0 | 84.2 | 5.8 | 3.67 | 145.0 | 472.8 | 3.26 |
+//! | a @ b | 1 | 784 | 256 | 0.40 | 28.7 | 37.7 | 15.2 | 1.4 | 1.31 | 29.8 | 43.8 | 1.47 |
+//! | a @ b | 64 | 1600 | 1024 | 209.72 | 83.4 | 392.9 | 152.2 | — | 4.71 | 163.7 | 700.7 | 4.28 |
+//! | a @ b | 256 | 256 | 256 | 33.55 | 111.6 | 419.5 | 155.4 | 8.9 | 3.76 | 211.2 | 762.0 | 3.61 |
+//! | a @ b | 512 | 512 | 512 | 268.44 | 102.4 | 442.5 | 164.9 | — | 4.32 | 209.6 | 815.1 | 3.89 |
+//! | a @ b | 1024 | 1024 | 1024 | 2147.48 | 96.6 | 355.9 | 145.3 | — | 3.68 | 84.4 | 358.8 | 4.25 |
 //!
-//! VNNI int8 runs 3.0–4.1× f32 on the dense and square shapes (the
-//! instruction's ideal is 4×: 64 MACs per `vpdpbusd` against 16 per FMA),
-//! 385–426 GOP/s on the largest: 82–91% of 470, one zmm `vpdpbusd` per
-//! cycle at 3.67 GHz (Zen 4 runs it as two 256-bit halves). Narrow
-//! products gain less: `n = 10` fills 10 of a tile's 16 columns, `k = 25`
-//! pays packing for little work, and one row is a matrix-vector product
-//! bound by packing `b`. The exact AVX2 route (`vpmaddwd` on widened
-//! `i16`, plus a `vpaddd`, where f32 needs one FMA) gives 1.2–1.6× f32 on
-//! the dense and square shapes and less than f32 on the narrowest.
+//! VNNI int8 runs 3.5–4.7× f32 on the dense and square shapes (the
+//! instruction's ideal is 4×: 64 MACs per `vpdpbusd` against 16 per FMA;
+//! above it where f32 loses more to memory, as at 64×1600×1024), 390–443
+//! GOP/s on the largest: 83–94% of 470, one zmm `vpdpbusd` per cycle at
+//! 3.67 GHz (Zen 4 runs it as two 256-bit halves). Narrow products gain
+//! less: `n = 10` fills 10 of a tile's 16 columns, `k = 25` pays packing
+//! for little work, and one row is a matrix-vector product bound by
+//! packing `b`. The exact AVX2 route (`vpmaddwd` on widened `i16`, plus a
+//! `vpaddd`, where f32 needs one FMA) gives 1.2–1.8× f32 on the dense and
+//! square shapes and less than f32 on the narrow convolutions.
 
 use nnc_codegen::igemm::{self, igemm_threads};
 use nnc_codegen::sgemm::{self, sgemm_threads};
