@@ -28,11 +28,15 @@
 //! Every kernel computes in `i32` with wrapping additions (what `vpdpbusd`
 //! and `vpaddd` do), so all of them return bit-identical results: the true
 //! sum modulo 2³². That is the exact value whenever the true result fits in
-//! `i32`, which is guaranteed for `k ≤` [`MAX_EXACT_K`] (`255 · 128 · k <
-//! 2³¹`) and, in accumulate mode, when `c + a @ b` fits. Nothing saturates:
-//! AVX2's `vpmaddubsw` (which would saturate two-product sums at `i16`) is
-//! deliberately not used; the AVX2 kernel widens to `i16` and uses the
-//! exact `vpmaddwd`.
+//! `i32`, which is guaranteed for `k ≤` [`MAX_EXACT_K`] = 65793 (`255 ·
+//! 128 · k ≤ 2³¹`; so for every `k < 2¹⁶`) and, in accumulate mode, when
+//! `c + a @ b` fits. `k` is split into blocks of at most [`KC`] = 512
+//! depths, each summed in registers (at most `512 · 255 · 128 < 2²⁴` in
+//! magnitude, far from overflow) and added into `c` with a wrapping add,
+//! so no register sum can overflow or saturate whatever `k` is. Nothing
+//! saturates elsewhere either: AVX2's `vpmaddubsw` (which would saturate
+//! two-product sums at `i16`) is deliberately not used; the AVX2 kernel
+//! widens to `i16` and uses the exact `vpmaddwd`.
 
 use std::alloc::{alloc_zeroed, dealloc, Layout};
 
