@@ -25,6 +25,7 @@
 
 pub mod conv;
 pub mod emit;
+pub mod igemm;
 pub mod plan;
 pub mod sgemm;
 pub mod threads;
