@@ -756,6 +756,11 @@ mod tests {
             ("b".to_string(), t(DType::F64, &[], vec![0.1])),
             ("c".to_string(), t(DType::I32, &[3], vec![1.0, -2.0, 7.0])),
             ("d".to_string(), t(DType::Bool, &[2], vec![1.0, 0.0])),
+            (
+                "q.w".to_string(),
+                t(DType::I8, &[4], vec![-128.0, -1.0, 0.0, 127.0]),
+            ),
+            ("q.x".to_string(), t(DType::U8, &[3], vec![0.0, 128.0, 255.0])),
         ];
         let meta = Meta {
             epochs_done: 3,
@@ -768,6 +773,11 @@ mod tests {
         assert_eq!(ck.epochs_done, 3);
         assert_eq!(ck.params, vec!["a.w".to_string()]);
         assert_eq!(ck.tensors, tensors);
+        // A quantized value takes one byte in the file.
+        let st = safetensors::SafeTensors::deserialize(&fs::read(&path).unwrap())
+            .map(|f| (f.tensor("q.w").unwrap().data().len(), f.tensor("q.w").unwrap().dtype()))
+            .unwrap();
+        assert_eq!(st, (4, safetensors::Dtype::I8));
         assert_eq!(ck.fingerprint, fingerprint(&tensors));
         assert_eq!(ck.nnc_version, NNC_VERSION);
         assert_eq!(ck.loop_state, None, "written only when there is one");
