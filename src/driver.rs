@@ -488,11 +488,11 @@ pub fn quantize(
     .map_err(run_failure)?;
     for p in &report.products {
         out(&format!(
-            "quantized `{}`: activations u8 (scale {:.6}, zero point {}), weights i8 per column ({} scales)",
+            "quantized `{}`: activations u8 (scale {:.6}, zero point {}), weights i8 per output channel ({} scales)",
             p.weight,
             p.scale,
             p.zero_point,
-            p.columns.len()
+            p.channels.len()
         ));
     }
     out(&format!(

@@ -18,7 +18,7 @@
 //! | `loop_state` | only when the train block has `plateau` or `early_stop`: their state after the last epoch done, as JSON (`{"plateau": {"lr", "best", "bad_epochs", "cooldown_left"}, "early_stop": {"best", "best_epoch", "wait", "stopped_after"}}`), so a resumed run decides as an uninterrupted one |
 //! | `text` | only for data with text fields: a JSON object from field name to its vocabulary (`{"kind": "tokens", "options": {...}, "words": [...]}`, `words[k]` has id `k + 2`) or class names (`{"kind": "classes", "names": [...]}`), so `--predict` encodes raw text as training did |
 //! | `fitted` | only for data with `standardize` or `minmax`: a JSON object from field name to the list of its fitted transforms in pipeline order (`{"transform": "standardize", "per": "channel", "mean": [...], "std": [...]}`, `{"transform": "minmax", "per": "element", "min": [...], "max": [...]}`), fitted on the training samples, so evaluation and `--predict` scale as training did |
-//! | `quantization` | only in a quantized checkpoint (`nnc quantize`): a JSON list of the products computed in integers, `{"weight", "scale", "zero_point", "columns"}` (the weight's name, its activations' `u8` scale and zero point, each output column's `i8` scale); the weights named there are `I8` tensors |
+//! | `quantization` | only in a quantized checkpoint (`nnc quantize`): a JSON list of the products computed in integers, `{"weight", "scale", "zero_point", "channels"}` (the weight's name, its activations' `u8` scale and zero point, each output channel's `i8` scale); the weights named there are `I8` tensors |
 //!
 //! Saving writes `PATH.tmp.<pid>` next to `PATH`, syncs it, renames it over
 //! `PATH` and syncs the directory: a crash or a failed write leaves the

@@ -1,5 +1,5 @@
 //! Post-training quantization of a trained model (`nnc quantize`):
-//! calibrate the activations its dense products read over batches of its
+//! calibrate the activations its dense and convolution products read over batches of its
 //! training data, through either executor; quantize the weights per
 //! output column; write a checkpoint whose weights are `i8` and whose
 //! metadata records every quantized product ([`QuantizedProduct`]); and,
@@ -43,14 +43,15 @@ impl Method {
 
 /// One product computed in integers, as a quantized checkpoint records
 /// it: its weight's name, its activations' `u8` parameters and each
-/// output column's `i8` scale.
+/// output channel's `i8` scale (a dense weight's columns, a
+/// convolution's filters).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct QuantizedProduct {
     pub weight: String,
     pub scale: f64,
     pub zero_point: i32,
-    pub columns: Vec<f64>,
+    pub channels: Vec<f64>,
 }
 
 /// What `nnc quantize` did.
@@ -97,7 +98,7 @@ pub fn quantize(
 ) -> Result<QuantizeReport, RuntimeError> {
     if sites.is_empty() {
         return Err(RuntimeError::Setup(format!(
-            "model `{}` has no dense product to quantize (a matmul of activations by a rank-2 weight)",
+            "model `{}` has no dense or convolution product to quantize",
             module.name
         )));
     }
@@ -195,14 +196,14 @@ pub fn quantize(
                     site.weight
                 ))
             })?;
-        let (q, columns) = quantize_weight(&slot.1)
+        let (q, channels) = quantize_weight(&slot.1, site.layout)
             .map_err(|e| RuntimeError::Setup(format!("`{}`: {}", site.weight, e.message)))?;
         slot.1 = q;
         products.push(QuantizedProduct {
             weight: site.weight.clone(),
             scale: activation.scale,
             zero_point: activation.zero_point,
-            columns: columns.iter().map(|c| c.scale).collect(),
+            channels: channels.iter().map(|c| c.scale).collect(),
         });
     }
     let json = serde_json::to_string(&products)
@@ -294,8 +295,8 @@ pub fn apply(
             zero_point: p.zero_point,
             scheme: Scheme::AffineU8,
         };
-        let columns: Vec<QParams> = p
-            .columns
+        let channels: Vec<QParams> = p
+            .channels
             .iter()
             .map(|&scale| QParams {
                 scale,
@@ -303,7 +304,7 @@ pub fn apply(
                 scheme: Scheme::SymmetricI8,
             })
             .collect();
-        quantize_site(graph, &site, activation, weight, &columns)
+        quantize_site(graph, &site, activation, weight, &channels)
             .map_err(|e| RuntimeError::Setup(format!("`{}`: {}", p.weight, e.message)))?;
     }
     Ok(())

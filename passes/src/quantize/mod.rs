@@ -88,22 +88,6 @@ impl QParams {
     }
 }
 
-/// Per output channel symmetric `i8` parameters of a weight matrix `w`
-/// (`rows × cols`, row-major), one per column: a dense layer's `w: [in,
-/// out]` has its output channels as columns. PyTorch's
-/// `PerChannelMinMaxObserver(ch_axis, qint8, per_channel_symmetric)`.
-pub fn per_column_symmetric(w: &[f32], rows: usize, cols: usize) -> Vec<QParams> {
-    (0..cols)
-        .map(|j| {
-            let (lo, hi) = (0..rows).fold((0.0f32, 0.0f32), |(lo, hi), i| {
-                let v = w[i * cols + j];
-                (lo.min(v), hi.max(v))
-            });
-            QParams::from_range(lo as f64, hi as f64, Scheme::SymmetricI8)
-        })
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -153,19 +137,5 @@ mod tests {
         assert_eq!(u.quantize(100.0), 255);
         assert_eq!(u.quantize(0.0), 64);
         assert_eq!(u.dequantize(64), 0.0);
-    }
-
-    #[test]
-    fn weights_get_one_scale_per_output_column() {
-        // w: [2, 3]; columns' largest magnitudes 2, 0.5, 0.
-        let w = [1.0, -0.5, 0.0, -2.0, 0.25, 0.0];
-        let qs = per_column_symmetric(&w, 2, 3);
-        assert_eq!(qs[0].scale, (2.0f32 / 127.5) as f64);
-        assert_eq!(qs[1].scale, (0.5f32 / 127.5) as f64);
-        assert_eq!(qs[2].scale, f32::EPSILON as f64);
-        // `1 / scale` is the f32 63.749996, so -2 maps to -127.49999:
-        // -127 by ATen's formula (a true division would tie at -127.5).
-        assert_eq!(qs[0].quantize(-2.0), -127);
-        assert_eq!(qs[0].quantize(1.0), 64);
     }
 }
