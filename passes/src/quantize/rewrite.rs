@@ -419,7 +419,7 @@ mod tests {
                 0.0
             }
         };
-        for o in 0..2 {
+        for (o, channel) in channels.iter().enumerate() {
             for l in 0..4 {
                 let acc: i64 = (0..3)
                     .map(|k| {
@@ -427,7 +427,7 @@ mod tests {
                         (q - act.zero_point as i64) * qw.data[o * 3 + k] as i64
                     })
                     .sum();
-                let want = acc as f32 * (act.scale as f32 * channels[o].scale as f32);
+                let want = acc as f32 * (act.scale as f32 * channel.scale as f32);
                 assert_eq!(got.data[o * 4 + l], want as f64, "y[{o}, {l}]");
                 let float: f64 = (0..3)
                     .map(|k| at(l as isize + k as isize - 1) * wt.data[o * 3 + k])
