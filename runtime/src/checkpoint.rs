@@ -760,7 +760,10 @@ mod tests {
                 "q.w".to_string(),
                 t(DType::I8, &[4], vec![-128.0, -1.0, 0.0, 127.0]),
             ),
-            ("q.x".to_string(), t(DType::U8, &[3], vec![0.0, 128.0, 255.0])),
+            (
+                "q.x".to_string(),
+                t(DType::U8, &[3], vec![0.0, 128.0, 255.0]),
+            ),
         ];
         let meta = Meta {
             epochs_done: 3,
@@ -775,7 +778,12 @@ mod tests {
         assert_eq!(ck.tensors, tensors);
         // A quantized value takes one byte in the file.
         let st = safetensors::SafeTensors::deserialize(&fs::read(&path).unwrap())
-            .map(|f| (f.tensor("q.w").unwrap().data().len(), f.tensor("q.w").unwrap().dtype()))
+            .map(|f| {
+                (
+                    f.tensor("q.w").unwrap().data().len(),
+                    f.tensor("q.w").unwrap().dtype(),
+                )
+            })
             .unwrap();
         assert_eq!(st, (4, safetensors::Dtype::I8));
         assert_eq!(ck.fingerprint, fingerprint(&tensors));
