@@ -961,6 +961,32 @@ mod tests {
         g
     }
 
+    /// A batch of byte products splits by batch index at `igemm`'s
+    /// threshold (four times `sgemm`'s), and is never staged.
+    #[test]
+    fn byte_products_split_at_the_igemm_threshold() {
+        let units = |dtype: DType, [b, m, k, n]: [usize; 4]| {
+            let mut g = Graph::new("bytes");
+            let other = if dtype == DType::F32 {
+                dtype
+            } else {
+                DType::I8
+            };
+            let x = g.input("x", TensorType::new(dtype, shape_of(&[b, m, k])));
+            let w = g.input("w", TensorType::new(other, shape_of(&[b, k, n])));
+            let r = g.matmul(x, w).unwrap();
+            g.set_output("r", r);
+            let state = StateLayout::of(&[&g]).unwrap();
+            let plan = plan(&g, &HashMap::new(), &state).unwrap();
+            assert!(plan.staged.is_empty());
+            split::matmul_units(&g, &plan, r)
+        };
+        assert_eq!(units(DType::U8, [4, 64, 128, 96]), Some(4));
+        // 2.1 MFLOP: over sgemm's threshold, under igemm's.
+        assert_eq!(units(DType::F32, [4, 64, 64, 64]), Some(4));
+        assert_eq!(units(DType::U8, [4, 64, 64, 64]), None);
+    }
+
     #[test]
     fn an_elementwise_update_writes_its_slot_directly() {
         let g = sgd_like(false);
