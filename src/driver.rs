@@ -361,9 +361,37 @@ pub fn run_with(
     // first thing to fix.
     options.validate().map_err(run_failure)?;
     let src = read_source(path)?;
-    let module = compile_source(&src, settings.model.as_deref())?;
+    let mut module = compile_source(&src, settings.model.as_deref())?;
     let opt = settings.opt;
-    let programs = if options.predict.is_some() {
+    let quantized = match &options.weights {
+        Some(w) => quantized_products(w)?,
+        None => None,
+    };
+    let programs = if let Some((ckpt, products)) = &quantized {
+        if options.predict.is_none() && !options.eval {
+            return Err(Failure(diagnostic::render_plain(&format!(
+                "checkpoint `{}` is quantized: it evaluates (--eval) and predicts (--predict); \
+                 training starts from a float checkpoint",
+                ckpt.path.display()
+            ))));
+        }
+        // The integer products replace the float ones in every graph the
+        // run executes; nothing trains, so the step is the evaluation.
+        let q = |graph: &mut Graph| nnc_runtime::quantize::apply(graph, products, ckpt);
+        q(&mut module.forward).map_err(run_failure)?;
+        let forward = optimize(&module.forward, opt)?.0;
+        let evaluation = match module.train.as_mut() {
+            Some(spec) if options.predict.is_none() => {
+                q(&mut spec.evaluation).map_err(run_failure)?;
+                optimize(&spec.evaluation, opt)?.0
+            }
+            _ => forward.clone(),
+        };
+        nnc_runtime::Programs {
+            grouping: grouping(opt),
+            ..nnc_runtime::Programs::new(forward, evaluation.clone(), evaluation)
+        }
+    } else if options.predict.is_some() {
         nnc_runtime::Programs {
             // The grouping of the level, as for training and `bench`.
             grouping: grouping(opt),
@@ -398,6 +426,86 @@ pub fn run_with(
         ));
     }
     Ok(outcome)
+}
+
+/// The checkpoint at `path` and the products it quantizes, if it is a
+/// quantized one.
+fn quantized_products(
+    path: &Path,
+) -> Result<
+    Option<(
+        nnc_runtime::Checkpoint,
+        Vec<nnc_runtime::quantize::QuantizedProduct>,
+    )>,
+    Failure,
+> {
+    let ckpt = nnc_runtime::checkpoint::load(path).map_err(run_failure)?;
+    let products = nnc_runtime::quantize::recorded(&ckpt).map_err(run_failure)?;
+    Ok(products.map(|p| (ckpt, p)))
+}
+
+/// What `nnc quantize` was asked.
+#[derive(Debug, Clone)]
+pub struct QuantizeOptions {
+    pub weights: PathBuf,
+    pub output: PathBuf,
+    /// Training batches calibration observes.
+    pub batches: usize,
+    pub method: nnc_runtime::quantize::Method,
+    pub backend: Backend,
+    pub data_dir: Option<PathBuf>,
+    pub model: Option<String>,
+}
+
+/// `nnc quantize`: calibrates the dense products of the model in `path`
+/// on its training data with the weights of `options.weights`, and writes
+/// the quantized checkpoint; prints what it quantized and the sizes.
+pub fn quantize(
+    path: &Path,
+    options: &QuantizeOptions,
+    out: &mut dyn FnMut(&str),
+) -> Result<(), Failure> {
+    let src = read_source(path)?;
+    let module = compile_source(&src, options.model.as_deref())?;
+    let (graph, sites) = nnc_runtime::quantize::calibration_graph(&module.forward);
+    let level = OptLevel::O2;
+    let programs = nnc_runtime::Programs {
+        grouping: grouping(level),
+        ..nnc_runtime::Programs::inference(optimize(&graph, level)?.0)
+    };
+    let base = data_base(path, options.data_dir.as_deref());
+    let report = nnc_runtime::quantize::quantize(
+        &module,
+        programs,
+        &sites,
+        &base,
+        &options.weights,
+        &options.output,
+        options.backend,
+        options.batches,
+        options.method,
+    )
+    .map_err(run_failure)?;
+    for p in &report.products {
+        out(&format!(
+            "quantized `{}`: activations u8 (scale {:.6}, zero point {}), weights i8 per output channel ({} scales)",
+            p.weight,
+            p.scale,
+            p.zero_point,
+            p.channels.len()
+        ));
+    }
+    out(&format!(
+        "calibrated on {} samples ({}); weights {} bytes, {:.2}x of {} in f32; wrote {} ({} bytes)",
+        report.samples,
+        options.method.name(),
+        report.quantized_param_bytes,
+        report.quantized_param_bytes as f64 / report.f32_param_bytes.max(1) as f64,
+        report.f32_param_bytes,
+        options.output.display(),
+        report.file_bytes
+    ));
+    Ok(())
 }
 
 /// Shows a run's events: a line each, and a progress bar per epoch.

@@ -112,6 +112,32 @@ enum Command {
         #[arg(long, value_name = "N", value_parser = parse_threads)]
         threads: Option<usize>,
     },
+    /// Quantize a trained model to int8: calibrate its activations on training batches, quantize its dense weights per output column, write a checkpoint for `run --weights Q --eval` / `--predict`.
+    Quantize {
+        /// The `.nn` file.
+        file: PathBuf,
+        /// The trained (f32) checkpoint.
+        #[arg(long, value_name = "PATH")]
+        weights: PathBuf,
+        /// Where to write the quantized checkpoint.
+        #[arg(short = 'o', long = "output", value_name = "PATH")]
+        output: PathBuf,
+        /// Training batches to calibrate on.
+        #[arg(long, value_name = "N", default_value_t = 32)]
+        calibration_batches: usize,
+        /// How activation ranges are chosen: minmax, percentile (99.99, or percentile=P), or entropy.
+        #[arg(long, default_value = "minmax", value_parser = parse_method)]
+        method: nnc_runtime::quantize::Method,
+        /// How calibration executes the graphs.
+        #[arg(long, value_enum, default_value_t = Backend::Jit)]
+        backend: Backend,
+        /// Resolve the data block's relative paths here instead of next to FILE.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// The model to quantize when the file has several.
+        #[arg(long)]
+        model: Option<String>,
+    },
     /// Measure compile time, training-step and inference latency with the JIT.
     Bench {
         file: PathBuf,
@@ -281,6 +307,30 @@ fn main() -> ExitCode {
             };
             driver::run_with(&file, &settings, &mut |line| println!("{line}")).map(|_| ())
         }
+        Command::Quantize {
+            file,
+            weights,
+            output,
+            calibration_batches,
+            method,
+            backend,
+            data_dir,
+            model,
+        } => {
+            let options = driver::QuantizeOptions {
+                weights,
+                output,
+                batches: calibration_batches,
+                method,
+                backend: match backend {
+                    Backend::Jit => driver::Backend::Jit,
+                    Backend::Interp => driver::Backend::Interp,
+                },
+                data_dir,
+                model,
+            };
+            driver::quantize(&file, &options, &mut |line| println!("{line}"))
+        }
         Command::Bench {
             file,
             batch,
@@ -316,5 +366,21 @@ fn main() -> ExitCode {
             eprint!("{failure}");
             ExitCode::from(1)
         }
+    }
+}
+
+/// `minmax`, `entropy`, `percentile` (99.99) or `percentile=P`.
+fn parse_method(text: &str) -> Result<nnc_runtime::quantize::Method, String> {
+    use nnc_runtime::quantize::Method;
+    match text {
+        "minmax" => Ok(Method::MinMax),
+        "entropy" => Ok(Method::Entropy),
+        "percentile" => Ok(Method::Percentile(99.99)),
+        _ => match text.strip_prefix("percentile=").map(str::parse::<f64>) {
+            Some(Ok(p)) if p > 0.0 && p <= 100.0 => Ok(Method::Percentile(p)),
+            _ => Err(format!(
+                "expected minmax, entropy, percentile or percentile=P with 0 < P <= 100, found `{text}`"
+            )),
+        },
     }
 }

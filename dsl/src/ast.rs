@@ -506,8 +506,44 @@ fn write_infix(f: &mut fmt::Formatter<'_>, e: &Expr, outer: u8) -> fmt::Result {
             }
             f.write_str(")")
         }
-        // Rare in a dim; the S-expression form is still unambiguous.
-        _ => write!(f, "{e}"),
+        ExprKind::Float(x) => write!(f, "{x:?}"),
+        ExprKind::Str(s) => write!(f, "{s:?}"),
+        ExprKind::Bool(b) => write!(f, "{b}"),
+        ExprKind::List(items) => {
+            f.write_str("[")?;
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    f.write_str(", ")?;
+                }
+                write_infix(f, item, 0)?;
+            }
+            f.write_str("]")
+        }
+        // The loosest binding: parenthesized inside anything else.
+        ExprKind::Pipe { input, stage } => {
+            if outer > 0 {
+                f.write_str("(")?;
+            }
+            write_infix(f, input, 0)?;
+            write!(f, " -> {}", stage.callee)?;
+            if stage.parens || !stage.args.is_empty() {
+                f.write_str("(")?;
+                for (i, a) in stage.args.iter().enumerate() {
+                    if i > 0 {
+                        f.write_str(", ")?;
+                    }
+                    if let Some(n) = &a.name {
+                        write!(f, "{n}: ")?;
+                    }
+                    write_infix(f, &a.value, 0)?;
+                }
+                f.write_str(")")?;
+            }
+            if outer > 0 {
+                f.write_str(")")?;
+            }
+            Ok(())
+        }
     }
 }
 

@@ -1427,7 +1427,7 @@ fn lower_train(
         written: train
             .settings
             .iter()
-            .map(|s| (s.key.name.clone(), s.value.to_string()))
+            .map(|s| (s.key.name.clone(), ast::Infix(&s.value).to_string()))
             .collect(),
     })
 }

@@ -37,3 +37,27 @@ fn shuffle_must_be_a_bool() {
     );
     assert_eq!(&text[err.span.start..err.span.end], "0");
 }
+
+/// The settings as reports show them: in the source's syntax (calls,
+/// keywords, lists, pipes), numbers as parsed.
+#[test]
+fn settings_are_kept_in_source_syntax_for_reports() {
+    let spec = lower(
+        "    schedule = warmup(steps: 100) -> cosine()\n    metrics = [mae, rmse]\n    clip_grad_norm = 1e-8",
+    );
+    let written: Vec<(&str, &str)> = spec
+        .written
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    assert_eq!(
+        written,
+        [
+            ("loss", "mse(y, t)"),
+            ("optimizer", "sgd(lr: 0.1)"),
+            ("schedule", "warmup(steps: 100) -> cosine()"),
+            ("metrics", "[mae, rmse]"),
+            ("clip_grad_norm", "1e-8"),
+        ]
+    );
+}

@@ -1,6 +1,7 @@
 //! Graph-to-graph passes: reverse-mode autodiff, the construction of the
-//! whole training step (forward, loss, backward, optimizer update), and the
-//! optimizer (equality saturation with egg, `opt`).
+//! whole training step (forward, loss, backward, optimizer update), the
+//! optimizer (equality saturation with egg, `opt`), and quantization's
+//! parameters and calibration observers (`quantize`).
 //!
 //! Passes see only `nnc_ir`; they never know the source language or the
 //! machine the code will run on.
@@ -8,6 +9,7 @@
 pub mod autodiff;
 pub mod gradients;
 pub mod opt;
+pub mod quantize;
 pub mod train_step;
 
 pub use autodiff::{differentiate, gradients};

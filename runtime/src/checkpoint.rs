@@ -18,6 +18,7 @@
 //! | `loop_state` | only when the train block has `plateau` or `early_stop`: their state after the last epoch done, as JSON (`{"plateau": {"lr", "best", "bad_epochs", "cooldown_left"}, "early_stop": {"best", "best_epoch", "wait", "stopped_after"}}`), so a resumed run decides as an uninterrupted one |
 //! | `text` | only for data with text fields: a JSON object from field name to its vocabulary (`{"kind": "tokens", "options": {...}, "words": [...]}`, `words[k]` has id `k + 2`) or class names (`{"kind": "classes", "names": [...]}`), so `--predict` encodes raw text as training did |
 //! | `fitted` | only for data with `standardize` or `minmax`: a JSON object from field name to the list of its fitted transforms in pipeline order (`{"transform": "standardize", "per": "channel", "mean": [...], "std": [...]}`, `{"transform": "minmax", "per": "element", "min": [...], "max": [...]}`), fitted on the training samples, so evaluation and `--predict` scale as training did |
+//! | `quantization` | only in a quantized checkpoint (`nnc quantize`): a JSON list of the products computed in integers, `{"weight", "scale", "zero_point", "channels"}` (the weight's name, its activations' `u8` scale and zero point, each output channel's `i8` scale); the weights named there are `I8` tensors |
 //!
 //! Saving writes `PATH.tmp.<pid>` next to `PATH`, syncs it, renames it over
 //! `PATH` and syncs the directory: a crash or a failed write leaves the
@@ -49,6 +50,7 @@ pub mod keys {
     pub const TEXT: &str = "text";
     pub const LOOP_STATE: &str = "loop_state";
     pub const FITTED: &str = "fitted";
+    pub const QUANTIZATION: &str = "quantization";
 }
 
 /// The version written into checkpoints (the workspace version).
@@ -63,6 +65,8 @@ pub struct Meta {
     pub params: Vec<String>,
     /// The training loop's [`crate::train::LoopState`] as JSON, if any.
     pub loop_state: Option<String>,
+    /// What `nnc quantize` made integer, as JSON, if anything.
+    pub quantization: Option<String>,
 }
 
 /// How much of a checkpoint [`Checkpoint::apply`] restores.
@@ -93,6 +97,8 @@ pub struct Checkpoint {
     pub loop_state: Option<String>,
     /// The statistics of the data's fitted transforms (empty without any).
     pub fitted: FittedStats,
+    /// What `nnc quantize` made integer, as JSON, if anything.
+    pub quantization: Option<String>,
 }
 
 /// The names of a model's weights (as opposed to optimizer state), sorted:
@@ -258,6 +264,9 @@ pub fn save_with_data(
     }
     if let Some(state) = &meta.loop_state {
         metadata.insert(keys::LOOP_STATE.to_string(), state.clone());
+    }
+    if let Some(q) = &meta.quantization {
+        metadata.insert(keys::QUANTIZATION.to_string(), q.clone());
     }
     if !fitted.is_empty() {
         let json = serde_json::to_string(fitted)
@@ -542,6 +551,7 @@ pub fn load(path: &Path) -> Result<Checkpoint, RuntimeError> {
         tensors,
         vocabularies,
         loop_state: metadata.get(keys::LOOP_STATE).cloned(),
+        quantization: metadata.get(keys::QUANTIZATION).cloned(),
         fitted,
     })
 }

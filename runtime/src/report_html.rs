@@ -471,7 +471,7 @@ fn heat_map(title: &str, rows: &[Vec<f64>]) -> String {
                 mix(114.0),
                 mix(178.0),
                 exact(v),
-                exact(v)
+                count(v)
             );
             if cell >= 20.0 {
                 let _ = write!(
@@ -480,7 +480,7 @@ fn heat_map(title: &str, rows: &[Vec<f64>]) -> String {
                     x + cell / 2.0,
                     y + cell / 2.0 + 4.0,
                     if share > 0.5 { "#fff" } else { "#333" },
-                    exact(v)
+                    count(v)
                 );
             }
             out.push('\n');
@@ -553,14 +553,15 @@ fn summary_table(s: &Summary) -> String {
             esc(&r.name),
             esc(&r.layer),
             esc(&outputs.join(", ")),
-            r.params,
-            r.states
+            count(r.params as f64),
+            count(r.states as f64)
         );
     }
     let _ = writeln!(
         out,
         "<tr><th colspan=\"3\">total</th><th class=\"num\">{}</th><th class=\"num\">{}</th></tr>\n</table>",
-        s.params, s.states
+        count(s.params as f64),
+        count(s.states as f64)
     );
     out
 }
@@ -676,6 +677,23 @@ fn number(v: f64, key: &str) -> String {
         esc(key),
         exact(v)
     )
+}
+
+/// A count as people read one: `1,181,994`; a count that is not a whole
+/// number (it never is) as its exact value.
+fn count(v: f64) -> String {
+    if v.fract() != 0.0 || v.abs() >= 1e15 {
+        return exact(v);
+    }
+    let digits = format!("{:.0}", v.abs());
+    let mut out = String::from(if v < 0.0 { "-" } else { "" });
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
 }
 
 /// The shortest text that reads back to the same `f64`.
@@ -890,7 +908,16 @@ mod tests {
         assert!(cells.contains(&("0".into(), "1".into(), "1.0".into())));
         assert!(cells.contains(&("2".into(), "0".into(), "2.0".into())));
         // A row with no sample (class 2 predicted never) is still drawn.
-        assert!(out.contains("true 2, predicted 2: 0.0"));
+        assert!(out.contains("true 2, predicted 2: 0<"));
+    }
+
+    #[test]
+    fn counts_read_with_thousands_separators() {
+        assert_eq!(super::count(1_181_994.0), "1,181,994");
+        assert_eq!(super::count(857.0), "857");
+        assert_eq!(super::count(0.0), "0");
+        assert_eq!(super::count(-1234.0), "-1,234");
+        assert_eq!(super::count(2.5), "2.5");
     }
 
     #[test]

@@ -969,6 +969,7 @@ fn save_checkpoint(
         loop_state: loop_state
             .filter(|s| **s != LoopState::default())
             .map(LoopState::to_json),
+        quantization: None,
     };
     checkpoint::save_with_data(
         path,

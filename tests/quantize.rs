@@ -1,0 +1,180 @@
+//! `nnc quantize` end to end on the digits MLP (its data ships with the
+//! examples): train, quantize, evaluate the int8 model, and the errors a
+//! user can run into.
+
+use nnc::driver::{self, QuantizeOptions, RunOutcome, RunSettings};
+use nnc_runtime::quantize::Method;
+use nnc_runtime::{Backend, RunOptions, TrainOptions};
+use std::path::{Path, PathBuf};
+
+fn example(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("examples")
+        .join(format!("{name}.nn"))
+}
+
+/// A scratch directory, removed on drop.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new(tag: &str) -> Scratch {
+        let dir = std::env::temp_dir().join(format!("nnc-quantize-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        Scratch(dir)
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn settings(run: RunOptions) -> RunSettings {
+    RunSettings {
+        run,
+        ..Default::default()
+    }
+}
+
+/// The test accuracy of `digits_mlp` with `weights`, evaluated by `backend`.
+fn test_accuracy(weights: &Path, backend: Backend) -> f64 {
+    let run = RunOptions {
+        backend,
+        weights: Some(weights.to_path_buf()),
+        eval: true,
+        ..Default::default()
+    };
+    match driver::run_with(&example("digits_mlp"), &settings(run), &mut |_| {}) {
+        Ok(RunOutcome::Evaluated { test, .. }) => test.expect("a test split").accuracy.unwrap(),
+        Ok(other) => panic!("expected an evaluation, got {other:?}"),
+        Err(f) => panic!("{f}"),
+    }
+}
+
+fn quantize_options(weights: &Path, output: &Path) -> QuantizeOptions {
+    QuantizeOptions {
+        weights: weights.to_path_buf(),
+        output: output.to_path_buf(),
+        batches: 8,
+        method: Method::MinMax,
+        backend: Backend::Interp,
+        data_dir: None,
+        model: None,
+    }
+}
+
+#[test]
+fn an_int8_digits_mlp_scores_as_the_float_one() {
+    let dir = Scratch::new("digits");
+    let (f32_path, q_path) = (dir.path("d.safetensors"), dir.path("dq.safetensors"));
+    let run = RunOptions {
+        save: Some(f32_path.clone()),
+        train: TrainOptions {
+            epochs: Some(8),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    driver::run_with(&example("digits_mlp"), &settings(run), &mut |_| {}).unwrap();
+    let mut lines = Vec::new();
+    driver::quantize(
+        &example("digits_mlp"),
+        &quantize_options(&f32_path, &q_path),
+        &mut |l| lines.push(l.to_string()),
+    )
+    .unwrap();
+    assert!(lines[0].starts_with("quantized `dense.w`"), "{lines:?}");
+    assert!(lines[1].starts_with("quantized `dense_1.w`"), "{lines:?}");
+    assert!(
+        lines[2].contains("calibrated on 256 samples (minmax)"),
+        "{lines:?}"
+    );
+
+    let ckpt = nnc_runtime::checkpoint::load(&q_path).unwrap();
+    let dtype = |name: &str| {
+        ckpt.tensors
+            .iter()
+            .find(|(n, _)| n == name)
+            .unwrap()
+            .1
+            .dtype
+    };
+    assert_eq!(dtype("dense.w"), nnc_ir::DType::I8);
+    assert_eq!(dtype("dense.b"), nnc_ir::DType::F32);
+    assert!(
+        !ckpt.tensors.iter().any(|(n, _)| n.starts_with("adam")),
+        "no optimizer state"
+    );
+
+    let float = test_accuracy(&f32_path, Backend::Interp);
+    let int8 = test_accuracy(&q_path, Backend::Interp);
+    assert!(float > 0.9, "{float}");
+    assert!(
+        (float - int8).abs() <= 0.01,
+        "int8 {int8} against f32 {float}"
+    );
+
+    // Every calibration method gives a working model.
+    for method in [Method::Percentile(99.9), Method::Entropy] {
+        let path = dir.path("dm.safetensors");
+        let options = QuantizeOptions {
+            method,
+            ..quantize_options(&f32_path, &path)
+        };
+        driver::quantize(&example("digits_mlp"), &options, &mut |_| {}).unwrap();
+        let acc = test_accuracy(&path, Backend::Interp);
+        assert!(acc > float - 0.05, "{}: {acc}", method.name());
+    }
+
+    // A quantized checkpoint evaluates and predicts; it does not train or
+    // quantize again.
+    let run = RunOptions {
+        weights: Some(q_path.clone()),
+        ..Default::default()
+    };
+    let e = driver::run_with(&example("digits_mlp"), &settings(run), &mut |_| {}).unwrap_err();
+    assert!(e.to_string().contains("is quantized"), "{e}");
+    let e = driver::quantize(
+        &example("digits_mlp"),
+        &quantize_options(&q_path, &dir.path("again.safetensors")),
+        &mut |_| {},
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("already quantized"), "{e}");
+    let options = QuantizeOptions {
+        batches: 0,
+        ..quantize_options(&f32_path, &dir.path("none.safetensors"))
+    };
+    let e = driver::quantize(&example("digits_mlp"), &options, &mut |_| {}).unwrap_err();
+    assert!(e.to_string().contains("calibration data"), "{e}");
+}
+
+#[test]
+fn a_checkpoint_of_another_model_is_refused() {
+    let dir = Scratch::new("other");
+    let xor = dir.path("xor.safetensors");
+    let run = RunOptions {
+        save: Some(xor.clone()),
+        backend: Backend::Interp,
+        train: TrainOptions {
+            epochs: Some(1),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    driver::run_with(&example("xor"), &settings(run), &mut |_| {}).unwrap();
+    let e = driver::quantize(
+        &example("digits_mlp"),
+        &quantize_options(&xor, &dir.path("q.safetensors")),
+        &mut |_| {},
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("not `DigitsMLP`"), "{e}");
+    assert!(!dir.path("q.safetensors").exists(), "nothing written");
+}
