@@ -901,6 +901,16 @@ fn byte_matmul_is_exact() {
         let y = c.input(&name("y", ta, tb, &[]), rng.tensor(tb, &[2, 5, n]));
         let r = c.g.matmul(xt, y).unwrap();
         c.out(name("batched a^T", ta, tb, &[2, k, 5, n]), r, EXACT);
+        // A quantized convolution's form: a weight `[G, O/G, K]` on the
+        // left, broadcast over the samples of columns `[N, G, K, L]`.
+        let wl = c.param(&name("wl", ta, tb, &[]), rng.tensor(ta, &[2, 4, 27]));
+        let cols = c.input(&name("cols", ta, tb, &[]), rng.tensor(tb, &[3, 2, 27, 50]));
+        let r = c.g.matmul(wl, cols).unwrap();
+        c.out(
+            name("weight @ columns", ta, tb, &[3, 2, 4, 27, 50]),
+            r,
+            EXACT,
+        );
     }
     // The quantized dense layer: f32 activations quantized to u8 (scale,
     // zero point 128, round, saturating cast), times i8 weights, the sums
