@@ -119,6 +119,14 @@ fn an_int8_digits_mlp_scores_as_the_float_one() {
         (float - int8).abs() <= 0.01,
         "int8 {int8} against f32 {float}"
     );
+    // The JIT runs the integer products too (through `igemm`, exact); only
+    // its f32 arithmetic around them may round differently, so an
+    // activation within an ulp of a quantization step may differ.
+    let int8_jit = test_accuracy(&q_path, Backend::Jit);
+    assert!(
+        (int8_jit - int8).abs() <= 0.005,
+        "int8 on the JIT {int8_jit} against the interpreter's {int8}"
+    );
 
     // Every calibration method gives a working model.
     for method in [Method::Percentile(99.9), Method::Entropy] {

@@ -18,7 +18,8 @@
 //!   schedule (`emit::program`).
 //!
 //! And the host kernels they call: `sgemm` (packed SGEMM, AVX-512 / AVX2 /
-//! scalar) for the large products, `conv` (convolutions from the image),
+//! scalar) for the large products, `igemm` (int8 GEMM: byte products,
+//! exact `i32` sums), `conv` (convolutions from the image),
 //! `threads` (the thread pool parallel kernels split their work over).
 //! The old module paths (`nnc_codegen::group`, `matmul`, `vmath`, …) are
 //! re-exported.

@@ -6,7 +6,8 @@
 //! A call allocates nothing.
 
 use nnc_codegen::igemm::{
-    column_sums, igemm, igemm_ex, igemm_threads, Isa, Scratch, KC, MAX_EXACT_K, MC, NC,
+    column_sums, igemm, igemm_ex, igemm_threads, igemm_words, Isa, Scratch, Signs, KC, MAX_EXACT_K,
+    MC, NC,
 };
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
@@ -564,4 +565,104 @@ fn no_allocation() {
         }
         assert_eq!(allocs(), before, "{:?}: igemm allocated", s.isa());
     }
+}
+
+/// `igemm_words`: byte values held one per `i32` word, every sign mix
+/// (shifted into `u8 @ i8` and corrected), row- and column-major operands
+/// and result, overwrite and accumulate, against an `i64` loop; then the
+/// same calls again allocate nothing (the thread's buffers are grown).
+#[test]
+fn words_of_every_sign_mix() {
+    let range = |signed: bool| if signed { -128..=127 } else { 0..=255 };
+    let words = |len: usize, signed: bool, seed: u64| -> Vec<i32> {
+        bytes(len, seed)
+            .into_iter()
+            .map(|x| if signed { x as i8 as i32 } else { x as i32 })
+            .collect()
+    };
+    let extreme = |len: usize, signed: bool| vec![if signed { -128 } else { 255 }; len];
+    // Returns the allocations made inside `igemm_words`.
+    let run = |m: usize, n: usize, k: usize, extremes: bool| {
+        let mut allocated = 0;
+        for bits in 0..4 {
+            let signs = Signs::from_bits(bits);
+            assert_eq!(signs.bits(), bits);
+            let (sa, sb) = (signs.a_signed, !signs.b_unsigned);
+            let (a, b) = if extremes {
+                (extreme(m * k, sa), extreme(k * n, sb))
+            } else {
+                (
+                    words(m * k, sa, 11 + bits as u64),
+                    words(k * n, sb, 21 + bits as u64),
+                )
+            };
+            assert!(a.iter().all(|x| range(sa).contains(x)));
+            for &(ta, tb, tc) in &[
+                (false, false, false),
+                (true, false, true),
+                (false, true, false),
+                (true, true, true),
+            ] {
+                let (a_rs, a_cs) = if ta { (1, m as isize) } else { (k as isize, 1) };
+                let (b_rs, b_cs) = if tb { (1, k as isize) } else { (n as isize, 1) };
+                let (c_rs, c_cs) = if tc { (1, m as isize) } else { (n as isize, 1) };
+                let mut want = vec![0i64; m * n];
+                for i in 0..m {
+                    for j in 0..n {
+                        want[i * n + j] = (0..k)
+                            .map(|p| {
+                                let x = a[(i as isize * a_rs + p as isize * a_cs) as usize];
+                                let y = b[(p as isize * b_rs + j as isize * b_cs) as usize];
+                                x as i64 * y as i64
+                            })
+                            .sum();
+                    }
+                }
+                for accumulate in [false, true] {
+                    let mut c = vec![7i32; m * n];
+                    let before = allocs();
+                    // SAFETY: buffers sized for these views.
+                    unsafe {
+                        igemm_words(
+                            m,
+                            n,
+                            k,
+                            c.as_mut_ptr(),
+                            c_rs,
+                            c_cs,
+                            a.as_ptr(),
+                            a_rs,
+                            a_cs,
+                            b.as_ptr(),
+                            b_rs,
+                            b_cs,
+                            signs,
+                            accumulate,
+                        )
+                    };
+                    allocated += allocs() - before;
+                    for i in 0..m {
+                        for j in 0..n {
+                            let got = c[(i as isize * c_rs + j as isize * c_cs) as usize];
+                            let w = want[i * n + j] + if accumulate { 7 } else { 0 };
+                            assert_eq!(
+                                got as i64, w,
+                                "{signs:?} {m}×{n}×{k} ({ta}, {tb}, {tc}) acc {accumulate} \
+                                 at ({i}, {j})"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+        allocated
+    };
+    for &(m, n, k) in &[(1, 1, 1), (5, 7, 3), (37, 45, 600), (150, 33, 70)] {
+        run(m, n, k, false);
+    }
+    run(9, 40, 1100, true);
+    run(0, 3, 4, false);
+    run(3, 4, 0, false);
+    // Again with the thread's buffers grown: no allocation.
+    assert_eq!(run(37, 45, 600, false), 0, "igemm_words allocated");
 }

@@ -814,22 +814,155 @@ fn integer_reductions_are_rejected_with_an_error() {
     }
 }
 
+/// A tensor of one repeated pattern of byte values.
+fn pattern(dtype: DType, dims: &[usize], values: &[i64]) -> Tensor {
+    let n: usize = dims.iter().product();
+    let data = (0..n).map(|i| values[i % values.len()] as f64).collect();
+    tensor(dtype, dims, data)
+}
+
+/// The extreme values of a byte dtype, the largest in magnitude first.
+fn byte_extremes(dtype: DType) -> [i64; 2] {
+    match dtype {
+        DType::I8 => [-128, 127],
+        _ => [255, 0],
+    }
+}
+
+/// Byte matmuls (`i8`/`u8` operands, any mix) compile and give the
+/// interpreter's exact `i32` sums: `nnc_igemm` per product, with the sign
+/// corrections of `igemm::igemm_words` for everything but `u8 @ i8`.
 #[test]
-fn integer_matmul_is_rejected_with_an_error_or_exact() {
+fn byte_matmul_is_exact() {
     let mut rng = Rng(13);
-    let mut c = Case::new("matmul u8 i8");
-    let a = c.input("a", rng.tensor(DType::U8, &[3, 5]));
-    let b = c.param("b", rng.tensor(DType::I8, &[5, 4]));
-    let r = c.g.matmul(a, b).unwrap();
-    assert_eq!(c.g.ty(r).dtype, DType::I32);
-    c.out("a @ b", r, EXACT);
-    match compile(&c.g, &c.env) {
-        Ok(mut jit) => {
-            jit.feed(&c.g, &c.env);
-            jit.program.run().unwrap();
-            jit.compare("matmul u8 i8", &c.g, &c.env, &c.outputs);
+    let mut c = Case::new("byte matmul");
+    let pairs = [
+        (DType::U8, DType::I8),
+        (DType::I8, DType::I8),
+        (DType::U8, DType::U8),
+        (DType::I8, DType::U8),
+    ];
+    let name = |what: &str, ta: DType, tb: DType, dims: &[usize]| {
+        format!("{what} {ta} @ {tb} {}", dims_name(dims))
+    };
+    for (ta, tb) in pairs {
+        // Sizes from one element to past igemm's blocks (k > KC = 512,
+        // m > MC = 144) and its tiles' edges.
+        for (m, k, n) in [
+            (1, 1, 1),
+            (3, 5, 4),
+            (7, 33, 9),
+            (64, 300, 17),
+            (150, 600, 40),
+        ] {
+            let what = name("random", ta, tb, &[m, k, n]);
+            let a = c.input(&format!("a {what}"), rng.tensor(ta, &[m, k]));
+            let b = c.param(&format!("b {what}"), rng.tensor(tb, &[k, n]));
+            let r = c.g.matmul(a, b).unwrap();
+            assert_eq!(c.g.ty(r).dtype, DType::I32);
+            c.out(what, r, EXACT);
         }
-        Err(e) => assert!(e.message.contains("interp"), "unclear error: {}", e.message),
+        // The largest sums: every value at its extreme (255 · -128 · 1100
+        // for u8 @ i8), and alternating extremes, with k over two blocks.
+        let (xa, xb) = (byte_extremes(ta), byte_extremes(tb));
+        let dims = [9, 1100, 37];
+        for (what, va, vb) in [
+            ("extreme", &xa[..1], &xb[..1]),
+            ("mixed", &xa[..], &[xb[1], xb[0], xb[0]][..]),
+        ] {
+            let what = name(what, ta, tb, &dims);
+            let a = c.input(&format!("a {what}"), pattern(ta, &[9, 1100], va));
+            let b = c.param(&format!("b {what}"), pattern(tb, &[1100, 37], vb));
+            let r = c.g.matmul(a, b).unwrap();
+            c.out(what, r, EXACT);
+        }
+        // Transposed operands: `a` column-major, `b` column-major, both.
+        let (m, k, n) = (13, 70, 21);
+        let at = c.input(&name("at", ta, tb, &[]), rng.tensor(ta, &[k, m]));
+        let bt = c.param(&name("bt", ta, tb, &[]), rng.tensor(tb, &[n, k]));
+        let a = c.input(&name("a", ta, tb, &[]), rng.tensor(ta, &[m, k]));
+        let b = c.param(&name("b", ta, tb, &[]), rng.tensor(tb, &[k, n]));
+        let a_t = c.g.transpose(at, vec![1, 0]).unwrap();
+        let b_t = c.g.transpose(bt, vec![1, 0]).unwrap();
+        for (what, x, y) in [("a^T", a_t, b), ("b^T", a, b_t), ("a^T b^T", a_t, b_t)] {
+            let r = c.g.matmul(x, y).unwrap();
+            c.out(name(what, ta, tb, &[m, k, n]), r, EXACT);
+        }
+        // Batched: a weight broadcast over the batch, and one per index.
+        let x = c.input(&name("x", ta, tb, &[]), rng.tensor(ta, &[2, 3, k]));
+        let r = c.g.matmul(x, b).unwrap();
+        c.out(name("broadcast weight", ta, tb, &[2, 3, k, n]), r, EXACT);
+        let x = c.input(&name("x2", ta, tb, &[]), rng.tensor(ta, &[2, 5, k]));
+        let w = c.param(&name("w2", ta, tb, &[]), rng.tensor(tb, &[2, k, n]));
+        let r = c.g.matmul(x, w).unwrap();
+        c.out(name("batched", ta, tb, &[2, 5, k, n]), r, EXACT);
+        // A batch of transposed `a`s against a broadcast `b^T`.
+        let xt = c.g.transpose(x, vec![0, 2, 1]).unwrap();
+        let y = c.input(&name("y", ta, tb, &[]), rng.tensor(tb, &[2, 5, n]));
+        let r = c.g.matmul(xt, y).unwrap();
+        c.out(name("batched a^T", ta, tb, &[2, k, 5, n]), r, EXACT);
+        // A quantized convolution's form: a weight `[G, O/G, K]` on the
+        // left, broadcast over the samples of columns `[N, G, K, L]`.
+        let wl = c.param(&name("wl", ta, tb, &[]), rng.tensor(ta, &[2, 4, 27]));
+        let cols = c.input(&name("cols", ta, tb, &[]), rng.tensor(tb, &[3, 2, 27, 50]));
+        let r = c.g.matmul(wl, cols).unwrap();
+        c.out(
+            name("weight @ columns", ta, tb, &[3, 2, 4, 27, 50]),
+            r,
+            EXACT,
+        );
+    }
+    // The quantized dense layer: f32 activations quantized to u8 (scale,
+    // zero point 128, round, saturating cast), times i8 weights, the sums
+    // dequantized (cast to f32, times a per-column scale) by the kernels
+    // around the product; the product itself no output.
+    let (m, k, n) = (6, 45, 11);
+    let x = c.input("x", rng.tensor(DType::F32, &[2, m, k]));
+    let inv = c.g.scalar(70.0, DType::F32);
+    let zero = c.g.scalar(128.0, DType::F32);
+    let scaled = c.g.binary(BinaryOp::Mul, x, inv).unwrap();
+    let shifted = c.g.binary(BinaryOp::Add, scaled, zero).unwrap();
+    let rounded = c.g.unary(UnaryOp::Round, shifted).unwrap();
+    let q = c.g.cast(rounded, DType::U8).unwrap();
+    let w = c.param("wq", rng.tensor(DType::I8, &[k, n]));
+    let acc = c.g.matmul(q, w).unwrap();
+    let sums = c.g.cast(acc, DType::F32).unwrap();
+    let scale = c.param("scale", rng.tensor(DType::F32, &[n]));
+    let y = c.g.binary(BinaryOp::Mul, sums, scale).unwrap();
+    c.out("dequantized", y, EXACT);
+    c.check();
+}
+
+/// Byte products large enough to split over two threads: by `igemm`'s
+/// columns and rows (one product), and by batch index (a split kernel
+/// whose tasks each narrow into their own thread's buffers), with sign
+/// corrections; the same on one thread.
+#[test]
+fn byte_matmul_split_over_two_threads_is_exact() {
+    nnc_codegen::set_threads(2).unwrap();
+    let mut rng = Rng(44);
+    let mut c = Case::new("byte split");
+    let p = c.input("p", rng.tensor(DType::U8, &[128, 300]));
+    let w1 = c.param("w1", rng.tensor(DType::I8, &[300, 256]));
+    let w2 = c.param("w2", rng.tensor(DType::U8, &[300, 20]));
+    let m1 = c.g.matmul(p, w1).unwrap();
+    c.out("by columns", m1, EXACT);
+    let q = c.input("q", rng.tensor(DType::I8, &[700, 300]));
+    let m2 = c.g.matmul(q, w2).unwrap();
+    c.out("by rows", m2, EXACT);
+    let x = c.input("x", rng.tensor(DType::I8, &[4, 64, 128]));
+    let y = c.param("y", rng.tensor(DType::U8, &[4, 128, 96]));
+    let m3 = c.g.matmul(x, y).unwrap();
+    c.out("by batch", m3, EXACT);
+    let mut two = c.check();
+    two.program.run().unwrap();
+    two.compare("byte split, second run", &c.g, &c.env, &c.outputs);
+    nnc_codegen::set_threads(1).unwrap();
+    let one = c.check();
+    for name in ["by columns", "by rows", "by batch"] {
+        let a = two.program.output(name, &two.state).unwrap();
+        let b = one.program.output(name, &one.state).unwrap();
+        assert_eq!(a.data, b.data, "{name}: 1 and 2 threads differ");
     }
 }
 

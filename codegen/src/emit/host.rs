@@ -1,7 +1,7 @@
 //! The host functions kernels call ([`Host`]): their names and
 //! signatures, [`Calls`] (how a kernel body calls them) and its JIT
 //! implementation, and the functions themselves: `powf`, `sgemm` with the
-//! program's packing scratch, `nnc_parallel` (what a split kernel's
+//! program's packing scratch, `igemm` of bytes held as words, `nnc_parallel` (what a split kernel's
 //! trampoline calls to run its work units over the thread pool) and the
 //! convolutions of `crate::conv`. [`new_module`] links them into a JIT
 //! module.
@@ -15,13 +15,16 @@ use cranelift_module::{default_libcall_names, FuncId, Linkage, Module};
 use std::collections::HashMap;
 
 /// Host functions kernels call: `powf` (rare: optimizer bias corrections),
-/// `sgemm`, `parallel` (runs a kernel's range of work units over the
+/// `sgemm`, `igemm` (byte products), `parallel` (runs a kernel's range of work units over the
 /// thread pool: see [`MapSplit`]), and a convolution computed from the
 /// image (see [`crate::conv`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Host {
     Powf,
     Sgemm,
+    /// A byte `matmul` (`i8`/`u8` operands held as words, `i32` sums):
+    /// [`nnc_igemm`].
+    Igemm,
     Parallel,
     Conv2dRows,
     Conv2dWeightGrad,
@@ -38,6 +41,7 @@ impl Host {
         match self {
             Host::Powf => "nnc_powf",
             Host::Sgemm => "nnc_sgemm",
+            Host::Igemm => "nnc_igemm",
             Host::Parallel => "nnc_parallel",
             Host::Conv2dRows => "nnc_conv2d_rows",
             Host::Conv2dWeightGrad => "nnc_conv2d_weight_grad",
@@ -53,7 +57,9 @@ impl Host {
                 sig.params.push(AbiParam::new(types::F32));
                 sig.returns.push(AbiParam::new(types::F32));
             }
-            Host::Sgemm => {
+            // Shapes, three views, accumulate, and the packing scratch
+            // (`Sgemm`) or the operands' signs (`Igemm`).
+            Host::Sgemm | Host::Igemm => {
                 for _ in 0..14 {
                     sig.params.push(AbiParam::new(types::I64));
                 }
@@ -205,6 +211,54 @@ pub(crate) extern "C" fn nnc_sgemm(
     }
 }
 
+/// `c = a @ b` (or `c += a @ b`) of byte matrices held one value per
+/// `i32` word into exact `i32` sums, through `igemm`
+/// ([`crate::igemm::igemm_words`]: narrowed into byte buffers of the
+/// calling thread, grown once to the largest product, so a call allocates
+/// nothing after the first of its size; packing space of the thread too).
+/// Arguments as [`nnc_sgemm`]'s, strides in elements, but the last is the
+/// operands' signs ([`crate::igemm::Signs::bits`]) instead of a scratch.
+#[allow(clippy::too_many_arguments)]
+pub(crate) extern "C" fn nnc_igemm(
+    m: i64,
+    n: i64,
+    k: i64,
+    c: i64,
+    c_rs: i64,
+    c_cs: i64,
+    a: i64,
+    a_rs: i64,
+    a_cs: i64,
+    b: i64,
+    b_rs: i64,
+    b_cs: i64,
+    accumulate: i64,
+    signs: i64,
+) {
+    // SAFETY: the plan guarantees the three views are in bounds for these
+    // shapes and strides and that `c` overlaps neither operand; the
+    // operands are byte values of the dtypes `signs` names (casts to
+    // `i8`/`u8` saturate, and every other producer keeps values in range).
+    unsafe {
+        crate::igemm::igemm_words(
+            m as usize,
+            n as usize,
+            k as usize,
+            c as *mut i32,
+            c_rs as isize,
+            c_cs as isize,
+            a as *const i32,
+            a_rs as isize,
+            a_cs as isize,
+            b as *const i32,
+            b_rs as isize,
+            b_cs as isize,
+            crate::igemm::Signs::from_bits(signs),
+            accumulate != 0,
+        )
+    }
+}
+
 pub(crate) fn new_module() -> Result<JITModule, CodegenError> {
     let mut flags = settings::builder();
     let set = |f: &mut settings::Builder, k: &str, v: &str| {
@@ -221,6 +275,7 @@ pub(crate) fn new_module() -> Result<JITModule, CodegenError> {
     let mut jb = JITBuilder::with_isa(isa, default_libcall_names());
     jb.symbol(Host::Powf.name(), nnc_powf as *const u8);
     jb.symbol(Host::Sgemm.name(), nnc_sgemm as *const u8);
+    jb.symbol(Host::Igemm.name(), nnc_igemm as *const u8);
     jb.symbol(Host::Parallel.name(), nnc_parallel as *const u8);
     jb.symbol(Host::Copy.name(), nnc_copy as *const u8);
     jb.symbol(

@@ -2,18 +2,47 @@
 //! b`) from run-time batch loops, each product as Cranelift loops
 //! (`emit::matmul`), an `sgemm` call or a convolution from the image
 //! (`crate::conv`), as `plan::matmul` chooses; staged operands unfolded
-//! into scratch and staged results folded out of it per batch index.
+//! into scratch and staged results folded out of it per batch index. A
+//! byte product (`i8`/`u8` operands, `i32` sums) is always an `igemm` call
+//! per batch index ([`Operands::Bytes`]).
 
 use super::builder::{addr_at, emit_fill, emit_fill_range, emit_for, range_loop, store};
 use super::host::{Calls, Host};
 use super::{Addresses, Split};
+use crate::igemm::Signs;
 use crate::plan::matmul::{column_pieces, columns_per_plane, conv_rows, folds_batch, Stage};
 use crate::plan::View;
 use crate::CodegenError;
 use cranelift_codegen::ir::condcodes::IntCC;
 use cranelift_codegen::ir::{types, InstBuilder, Value};
 use cranelift_frontend::FunctionBuilder;
-use nnc_ir::{Graph, NodeId, Op};
+use nnc_ir::{DType, Graph, NodeId, Op};
+
+/// What a product multiplies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Operands {
+    /// f32 matrices: Cranelift loops, `sgemm` or a convolution.
+    F32,
+    /// Byte matrices held one value per `i32` word, summed exactly into
+    /// `i32`: always `nnc_igemm`, never staged (`nnc_ir::staging` stages
+    /// f32 products only) and never as Cranelift loops (which are
+    /// float-only).
+    Bytes(Signs),
+}
+
+impl Operands {
+    /// The operands of a matmul of `a` by `b`.
+    pub(crate) fn of(a: DType, b: DType) -> Operands {
+        if a.is_byte() && b.is_byte() {
+            Operands::Bytes(Signs {
+                a_signed: a == DType::I8,
+                b_unsigned: b == DType::U8,
+            })
+        } else {
+            Operands::F32
+        }
+    }
+}
 
 /// Emits the matmul `mm` (its operands' views from the plan) into the
 /// result view `c`, with the plan's staging; see [`emit_matmul`].
@@ -64,9 +93,11 @@ pub(crate) fn emit_matmul_node(
     };
     let stages = [stage(0)?, stage(1)?, stage(2)?];
     let (va, vb) = (&plan.views[&x], &plan.views[&y]);
+    let operands = Operands::of(graph.ty(x).dtype, graph.ty(y).dtype);
     emit_matmul(
         b,
         calls,
+        operands,
         (at.of(va), va),
         (at.of(vb), vb),
         c,
@@ -133,6 +164,10 @@ fn summed_into_depth(a: &View, bm: &View, c: &View) -> Option<[View; 3]> {
 /// dim (stride 0: a convolution's weight `[G, O/G, K]` against columns
 /// `[N, G, K, L]`) is read in place by every product, never copied.
 ///
+/// A byte product ([`Operands::Bytes`]) calls `nnc_igemm` per batch index
+/// (with the same batch folding, broadcasting and splitting), never
+/// staged and never as loops.
+///
 /// `accumulate` always takes the `sgemm` path (the Cranelift loops
 /// overwrite); `c` may then have stride 0 along batch dims, which sums the
 /// products of those dims into one matrix (a matmul fused with the
@@ -151,6 +186,7 @@ fn summed_into_depth(a: &View, bm: &View, c: &View) -> Option<[View; 3]> {
 pub(crate) fn emit_matmul(
     b: &mut FunctionBuilder,
     calls: &mut dyn Calls,
+    operands: Operands,
     a: (usize, &View),
     bm: (usize, &View),
     c: (usize, &View),
@@ -165,6 +201,7 @@ pub(crate) fn emit_matmul(
             return emit_matmul(
                 b,
                 calls,
+                operands,
                 (a.0, &a2),
                 (bm.0, &b2),
                 (c.0, &c2),
@@ -185,6 +222,11 @@ pub(crate) fn emit_matmul(
     let (b_rs, b_cs) = (bm.1.strides[rb - 2], bm.1.strides[rb - 1]);
     let (c_rs, c_cs) = (c.1.strides[rc - 2], c.1.strides[rc - 1]);
     let staging = stages.iter().any(Option::is_some);
+    if staging && operands != Operands::F32 {
+        return Err(CodegenError::new(
+            "internal error: a staged byte product (staging is for f32 only)",
+        ));
+    }
     let fold = folds_batch(a.1, bm.1, c.1, batch, staging);
     let folded = fold || batch.is_empty();
     let rows = if folded {
@@ -257,7 +299,9 @@ pub(crate) fn emit_matmul(
         None => b.ins().iconst(types::I64, scratch as i64),
     };
     let in_place = crate::sgemm::reads_b_in_place(rows, k, a_cs, b_rs, b_cs);
-    let small = !accumulate && crate::plan::matmul::product_in_loops(rows, n, k, in_place);
+    let small = operands == Operands::F32
+        && !accumulate
+        && crate::plan::matmul::product_in_loops(rows, n, k, in_place);
     // A split product summed over its batch: split by column pieces of
     // the staged `b` instead of by batch index (see `summed_units`).
     let by_planes = match (split, &stages) {
@@ -400,12 +444,17 @@ pub(crate) fn emit_matmul(
             ];
             let [m, n, k, c_rs, c_cs, a_rs, a_cs, b_rs, b_cs, acc] =
                 consts.map(|v| b.ins().iconst(types::I64, v));
-            let scratch = scratch_arg;
+            // `nnc_sgemm`'s last argument is its packing space; the byte
+            // product's is the operands' signs (it packs in its thread's).
+            let (host, last) = match operands {
+                Operands::F32 => (Host::Sgemm, scratch_arg),
+                Operands::Bytes(signs) => (Host::Igemm, b.ins().iconst(types::I64, signs.bits())),
+            };
             let [a, bm, c] = addrs;
             let args = [
-                m, n, k, c, c_rs, c_cs, a, a_rs, a_cs, bm, b_rs, b_cs, acc, scratch,
+                m, n, k, c, c_rs, c_cs, a, a_rs, a_cs, bm, b_rs, b_cs, acc, last,
             ];
-            calls.call(b, Host::Sgemm, &args);
+            calls.call(b, host, &args);
         }
         if let Some(st) = &stages[2] {
             let image = stage_image(b, st, at[2]);

@@ -499,10 +499,14 @@ impl Program {
     }
 }
 
-/// Whether `plan` or a loop body in it multiplies matrices (and so needs
-/// the GEMM packing scratch).
+/// Whether `plan` or a loop body in it multiplies f32 matrices (and so
+/// needs the `sgemm` packing scratch; byte products pack in their
+/// thread's, see `host::nnc_igemm`).
 fn has_matmul(plan: &Plan, graph: &Graph) -> bool {
-    let is_matmul = |id: &nnc_ir::NodeId| matches!(graph.node(*id).op, nnc_ir::Op::MatMul);
+    let is_matmul = |id: &nnc_ir::NodeId| {
+        let node = graph.node(*id);
+        matches!(node.op, nnc_ir::Op::MatMul) && node.ty.dtype.is_float()
+    };
     plan.fused.iter().any(is_matmul)
         || plan.kernels.iter().any(|k| match &k.body {
             Body::Scan(scan) => has_matmul(&scan.plan, &scan.body.graph),

@@ -37,8 +37,17 @@
 //! saturates elsewhere either: AVX2's `vpmaddubsw` (which would saturate
 //! two-product sums at `i16`) is deliberately not used; the AVX2 kernel
 //! widens to `i16` and uses the exact `vpmaddwd`.
+//!
+//! # Operands held as words
+//! [`igemm_words`] multiplies byte values held one per `i32` word (how the
+//! JIT stores `i8`/`u8` for now), of any sign mix: it narrows them into
+//! byte buffers of its thread, shifts `i8 @ x` and `x @ u8` into `u8 @ i8`
+//! and corrects with row and column sums (see `words.rs`).
 
 use std::alloc::{alloc_zeroed, dealloc, Layout};
+
+mod words;
+pub use words::{igemm_words, Signs};
 
 /// Depth of a packed block (upper bound; `k` is split into even blocks,
 /// each a multiple of 4 but the last). A 32-column VNNI panel of `b` is

@@ -342,12 +342,6 @@ pub fn plan_with(
             CodegenError::new(format!("no size is bound for the symbolic dim `{sym}`"))
         })?;
         check_dtype(node.ty.dtype, node.op.mnemonic())?;
-        if matches!(node.op, Op::MatMul) && !node.ty.dtype.is_float() {
-            return Err(CodegenError::new(
-                "the JIT multiplies f32 matrices only: the integer (i8/u8 -> i32) product \
-                 runs with --backend interp",
-            ));
-        }
         shapes.insert(id, shape);
     }
     let results = results(graph);
@@ -965,6 +959,32 @@ mod tests {
             g.set_output("later", later);
         }
         g
+    }
+
+    /// A batch of byte products splits by batch index at `igemm`'s
+    /// threshold (four times `sgemm`'s), and is never staged.
+    #[test]
+    fn byte_products_split_at_the_igemm_threshold() {
+        let units = |dtype: DType, [b, m, k, n]: [usize; 4]| {
+            let mut g = Graph::new("bytes");
+            let other = if dtype == DType::F32 {
+                dtype
+            } else {
+                DType::I8
+            };
+            let x = g.input("x", TensorType::new(dtype, shape_of(&[b, m, k])));
+            let w = g.input("w", TensorType::new(other, shape_of(&[b, k, n])));
+            let r = g.matmul(x, w).unwrap();
+            g.set_output("r", r);
+            let state = StateLayout::of(&[&g]).unwrap();
+            let plan = plan(&g, &HashMap::new(), &state).unwrap();
+            assert!(plan.staged.is_empty());
+            split::matmul_units(&g, &plan, r)
+        };
+        assert_eq!(units(DType::U8, [4, 64, 128, 96]), Some(4));
+        // 2.1 MFLOP: over sgemm's threshold, under igemm's.
+        assert_eq!(units(DType::F32, [4, 64, 64, 64]), Some(4));
+        assert_eq!(units(DType::U8, [4, 64, 64, 64]), None);
     }
 
     #[test]

@@ -144,5 +144,12 @@ pub(crate) fn matmul_units(graph: &Graph, plan: &Plan, mm: NodeId) -> Option<usi
         }
     }
     let flops = 2 * m * n * k * batch.iter().product::<usize>();
-    (flops >= crate::sgemm::PARALLEL_FLOPS).then_some(units)
+    // A byte product does about four times the work per cycle of an f32
+    // one: `igemm`'s own threshold.
+    let threshold = if graph.ty(mm).dtype.is_float() {
+        crate::sgemm::PARALLEL_FLOPS
+    } else {
+        crate::igemm::PARALLEL_OPS
+    };
+    (flops >= threshold).then_some(units)
 }
