@@ -14,7 +14,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("dsl", &["nnc-ir"]),
     ("passes", &["nnc-ir"]),
     ("codegen", &["nnc-ir"]),
-    ("runtime", &["nnc-ir", "nnc-codegen"]),
+    ("runtime", &["nnc-ir", "nnc-passes", "nnc-codegen"]),
     (
         ".",
         &[

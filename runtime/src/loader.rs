@@ -1444,10 +1444,10 @@ mod tests {
         let mut fold = parts.train.clone();
         fold.sort_unstable();
         fold.truncate(3);
-        let data = load_training(&spec, dir.path(), Holdout::Samples(fold.clone())).unwrap();
-        let Some([Fitted::MinMax { min, max, .. }]) = data.fitted.get("x").map(Vec::as_slice)
+        let fold_data = load_training(&spec, dir.path(), Holdout::Samples(fold.clone())).unwrap();
+        let Some([Fitted::MinMax { min, max, .. }]) = fold_data.fitted.get("x").map(Vec::as_slice)
         else {
-            panic!("{:?}", data.fitted);
+            panic!("{:?}", fold_data.fitted);
         };
         assert_eq!((min[0], max[0]), (fold[0] as f64, fold[2] as f64));
         let err = load_training(&spec, dir.path(), Holdout::Samples(vec![1, 20]))
