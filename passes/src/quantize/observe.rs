@@ -82,9 +82,22 @@ pub struct Percentile(pub f64);
 impl AbsHistogram {
     /// TensorRT's and TVM's resolution for entropy calibration.
     pub const BINS: usize = 2048;
-    /// The levels a clipped range is quantized to when comparing
-    /// distributions: 128, one side of `i8`.
+    /// The levels a clipped range of magnitudes is quantized to when
+    /// comparing distributions, for values of both signs: 128, one side
+    /// of `i8` (TensorRT's choice). Non-negative values (after a ReLU)
+    /// quantized to `u8` have all 256 levels on their one side:
+    /// [`AbsHistogram::levels`].
     pub const LEVELS: usize = 128;
+
+    /// The levels the magnitudes seen so far get: 256 when no value was
+    /// negative (an affine `u8` range starting at 0 spends every level on
+    /// them), else [`Self::LEVELS`].
+    pub fn levels(&self) -> usize {
+        match self.min_max.range() {
+            Some((lo, _)) if lo >= 0.0 => 2 * Self::LEVELS,
+            _ => Self::LEVELS,
+        }
+    }
 
     /// Folds `values` in; false if one is infinite.
     pub fn observe(&mut self, values: &[f32]) -> bool {
@@ -144,10 +157,10 @@ impl AbsHistogram {
     }
 
     /// The clipping threshold of least information loss: for each
-    /// candidate `i` from [`Self::LEVELS`] bins up, `P` is the first `i`
+    /// candidate `i` from [`Self::levels`] bins up, `P` is the first `i`
     /// bins with the counts beyond added to the last, `Q` is `P` merged
-    /// into 128 levels and spread back over the nonzero bins of each
-    /// level; the `i` with the smallest `KL(P || Q)` wins and the
+    /// into that many levels and spread back over the nonzero bins of
+    /// each level; the `i` with the smallest `KL(P || Q)` wins and the
     /// threshold is its upper edge (TensorRT's entropy calibrator, as
     /// MXNet's and TVM's `_get_optimal_threshold` implement it, over
     /// `|x|`). 0 before any value.
@@ -156,12 +169,13 @@ impl AbsHistogram {
         if total == 0 || self.limit == 0.0 {
             return 0.0;
         }
+        let levels = self.levels();
         let mut best = (f64::INFINITY, Self::BINS);
-        for i in Self::LEVELS..=Self::BINS {
+        for i in levels..=Self::BINS {
             let mut p: Vec<f64> = self.counts[..i].iter().map(|&c| c as f64).collect();
             let outliers: u64 = self.counts[i..].iter().sum();
             p[i - 1] += outliers as f64;
-            let q = Self::quantized(&self.counts[..i], &p);
+            let q = Self::quantized(&self.counts[..i], &p, levels);
             let kl = kl_divergence(&p, &q);
             if kl < best.0 {
                 best = (kl, i);
@@ -170,21 +184,17 @@ impl AbsHistogram {
         best.1 as f64 * self.width()
     }
 
-    /// `counts` merged into [`Self::LEVELS`] levels (the last level takes
+    /// `counts` merged into `levels` levels (the last level takes
     /// the remainder of the division) and each level's total spread
     /// evenly over the bins where `p` (the counts with the clipped ones in
     /// the last bin) is nonzero.
-    fn quantized(counts: &[u64], p: &[f64]) -> Vec<f64> {
+    fn quantized(counts: &[u64], p: &[f64], levels: usize) -> Vec<f64> {
         let n = counts.len();
-        let per = n / Self::LEVELS;
+        let per = n / levels;
         let mut q = vec![0.0; n];
-        for level in 0..Self::LEVELS {
+        for level in 0..levels {
             let start = level * per;
-            let end = if level == Self::LEVELS - 1 {
-                n
-            } else {
-                start + per
-            };
+            let end = if level == levels - 1 { n } else { start + per };
             let total: u64 = counts[start..end].iter().sum();
             let nonzero = p[start..end].iter().filter(|&&c| c > 0.0).count();
             if nonzero == 0 {
@@ -278,13 +288,23 @@ mod tests {
         let mut values = Vec::new();
         for i in 0..200_000 {
             let u = (i as f32 + 0.5) / 200_000.0;
-            values.push(60.0 * (1.0 - u.sqrt()));
+            // Both signs: magnitudes get the 128 levels of one side of i8.
+            let sign = if i % 2 == 0 { 1.0 } else { -1.0 };
+            values.push(sign * 60.0 * (1.0 - u.sqrt()));
         }
         values.push(200.0);
         h.observe(&values);
-        assert_eq!(h.limit, 400.0);
+        assert_eq!((h.limit, h.levels()), (400.0, 128));
         let t = h.entropy_threshold();
         assert!((30.0..80.0).contains(&t), "threshold {t}");
+        // Non-negative, the same magnitudes have 256 levels: candidates
+        // start at 256 bins (50), and the outlier is still clipped.
+        let mut h = AbsHistogram::default();
+        let magnitudes: Vec<f32> = values.iter().map(|v| v.abs()).collect();
+        h.observe(&magnitudes);
+        assert_eq!(h.levels(), 256);
+        let t = h.entropy_threshold();
+        assert!((50.0..150.0).contains(&t), "threshold {t}");
         // Without outliers the threshold keeps nearly every value.
         let mut h = AbsHistogram::default();
         let uniform: Vec<f32> = (0..20_000).map(|i| i as f32 / 20_000.0).collect();
