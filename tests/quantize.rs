@@ -140,6 +140,32 @@ fn an_int8_digits_mlp_scores_as_the_float_one() {
         assert!(acc > float - 0.05, "{}: {acc}", method.name());
     }
 
+    // It predicts the classes the float model predicts on these digits.
+    let samples = dir.path("p.csv");
+    let rows: Vec<String> = (0..8)
+        .map(|d| {
+            let pixels: Vec<String> = (0..64)
+                .map(|i| ((i * 7 + d * 13) % 17).to_string())
+                .collect();
+            pixels.join(",")
+        })
+        .collect();
+    std::fs::write(&samples, rows.join("\n")).unwrap();
+    let classes = |weights: &Path| {
+        let run = RunOptions {
+            weights: Some(weights.to_path_buf()),
+            predict: Some(samples.clone()),
+            ..Default::default()
+        };
+        match driver::run_with(&example("digits_mlp"), &settings(run), &mut |_| {}) {
+            Ok(RunOutcome::Predicted(p)) => p.iter().map(|p| p.class).collect::<Vec<_>>(),
+            other => panic!("{other:?}"),
+        }
+    };
+    let (f, q) = (classes(&f32_path), classes(&q_path));
+    let agree = f.iter().zip(&q).filter(|(a, b)| a == b).count();
+    assert!(agree >= 7, "{f:?} vs {q:?}");
+
     // A quantized checkpoint evaluates and predicts; it does not train or
     // quantize again.
     let run = RunOptions {
