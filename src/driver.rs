@@ -429,7 +429,8 @@ pub fn run_with(
 }
 
 /// The checkpoint at `path` and the products it quantizes, if it is a
-/// quantized one.
+/// quantized one; a float checkpoint is not read here (its header says
+/// so), only by the run.
 fn quantized_products(
     path: &Path,
 ) -> Result<
@@ -439,6 +440,10 @@ fn quantized_products(
     )>,
     Failure,
 > {
+    let key = nnc_runtime::checkpoint::keys::QUANTIZATION;
+    if nnc_runtime::checkpoint::header_value(path, key).is_none() {
+        return Ok(None);
+    }
     let ckpt = nnc_runtime::checkpoint::load(path).map_err(run_failure)?;
     let products = nnc_runtime::quantize::recorded(&ckpt).map_err(run_failure)?;
     Ok(products.map(|p| (ckpt, p)))

@@ -16,7 +16,12 @@ mod common;
 
 fn programs(name: &str) -> (Programs, nnc_ir::Optimizer) {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("examples/{name}.nn"));
-    let src = nnc_dsl::SourceFile::new(name, std::fs::read_to_string(path).unwrap());
+    programs_of(name, std::fs::read_to_string(path).unwrap())
+}
+
+/// The programs of the source `text`, unoptimized, and its optimizer.
+fn programs_of(name: &str, text: String) -> (Programs, nnc_ir::Optimizer) {
+    let src = nnc_dsl::SourceFile::new(name, text);
     let module = nnc::driver::compile_source(&src, None).unwrap();
     let step = nnc::driver::train_step(&module).unwrap();
     let spec = module.train.unwrap();
@@ -82,6 +87,19 @@ fn jit_matches_interpreter_on_every_example() {
     }
 }
 
+/// A synthetic batch of the forward program whose `f32` inputs span
+/// `[-4, 4)`: both signs, and past both ends of the `u8` ranges the
+/// quantizing tests choose.
+fn spread_batch(p: &Programs, size: usize, seed: u64) -> Batch {
+    let mut batch = Batch::synthetic(&p.forward, size, seed);
+    for f in &mut batch.fields {
+        if let nnc_runtime::BatchData::F32(v) = &mut f.data {
+            v.iter_mut().for_each(|x| *x = (*x - 0.5) * 8.0);
+        }
+    }
+    batch
+}
+
 /// Quantized values (`u8`, `i8`, their round trips) through the whole
 /// pipeline, optimizer included: the JIT's must equal the interpreter's
 /// exactly, from the same f32 activations.
@@ -104,21 +122,11 @@ data D {
 }
 train Q on D { loss = mse(h, t)  optimizer = sgd(lr: 0.1) }
 ";
-    let src = nnc_dsl::SourceFile::new("q.nn", text.to_string());
-    let module = nnc::driver::compile_source(&src, None).unwrap();
-    let step = nnc::driver::train_step(&module).unwrap();
-    let spec = module.train.unwrap();
-    let p = Programs::new(module.forward.clone(), spec.evaluation, step);
+    let (p, _) = programs_of("q.nn", text.to_string());
     let mut interp = Interpreter::new(p.clone(), 5).unwrap();
     let mut jit = Jit::new(p.clone(), 5).unwrap();
     for (seed, size) in [(0u64, 7usize), (1, 64)] {
-        let mut batch = Batch::synthetic(&p.forward, size, seed);
-        // Activations of both signs and past both ends of the u8 range.
-        for f in &mut batch.fields {
-            if let nnc_runtime::BatchData::F32(v) = &mut f.data {
-                v.iter_mut().for_each(|x| *x = (*x - 0.5) * 8.0);
-            }
-        }
+        let batch = spread_batch(&p, size, seed);
         let fa = interp.predict(&batch).unwrap();
         let fb = jit.predict(&batch).unwrap();
         let h = &fa.iter().find(|(n, _)| n == "h").unwrap().1;
@@ -171,20 +179,11 @@ data D {
 }
 train Q on D { loss = mse(h, t)  optimizer = sgd(lr: 0.1) }
 ";
-    let src = nnc_dsl::SourceFile::new("qmm.nn", text.to_string());
-    let module = nnc::driver::compile_source(&src, None).unwrap();
-    let step = nnc::driver::train_step(&module).unwrap();
-    let spec = module.train.unwrap();
-    let p = Programs::new(module.forward.clone(), spec.evaluation, step);
+    let (p, _) = programs_of("qmm.nn", text.to_string());
     let mut interp = Interpreter::new(p.clone(), 5).unwrap();
     let mut jit = Jit::new(p.clone(), 5).unwrap();
     for (seed, size) in [(0u64, 7usize), (1, 64)] {
-        let mut batch = Batch::synthetic(&p.forward, size, seed);
-        for f in &mut batch.fields {
-            if let nnc_runtime::BatchData::F32(v) = &mut f.data {
-                v.iter_mut().for_each(|x| *x = (*x - 0.5) * 8.0);
-            }
-        }
+        let batch = spread_batch(&p, size, seed);
         let fa = interp.predict(&batch).unwrap();
         let fb = jit.predict(&batch).unwrap();
         for ((na, ta), (nb, tb)) in fa.iter().zip(&fb) {

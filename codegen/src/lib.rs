@@ -30,6 +30,7 @@ pub mod igemm;
 pub mod plan;
 pub mod sgemm;
 pub mod threads;
+mod tile_split;
 pub mod vmath16;
 
 pub use emit::{matmul, program, random, vmath, window};

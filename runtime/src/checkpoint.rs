@@ -348,6 +348,29 @@ fn sync_dir(_dir: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
+/// The metadata value `key` of the checkpoint at `path`, read from its
+/// header alone (a large checkpoint's tensors are not read): what a caller
+/// needs before compiling, such as whether the weights are quantized.
+/// `None` when the key is absent or the file is not a readable
+/// safetensors file; [`load`] reports the latter with its location.
+pub fn header_value(path: &Path, key: &str) -> Option<String> {
+    use std::io::Read;
+    let mut file = fs::File::open(path).ok()?;
+    let mut word = [0u8; 8];
+    file.read_exact(&mut word).ok()?;
+    let header_len = usize::try_from(u64::from_le_bytes(word)).ok()?;
+    if header_len > file.metadata().ok()?.len() as usize {
+        return None;
+    }
+    let mut header = vec![0u8; header_len];
+    file.read_exact(&mut header).ok()?;
+    let json: serde_json::Value = serde_json::from_slice(&header).ok()?;
+    json.get("__metadata__")?
+        .get(key)?
+        .as_str()
+        .map(str::to_string)
+}
+
 /// Reads and checks a checkpoint: the safetensors structure (every error
 /// names the file and, where there is one, the byte offset), the nnc
 /// metadata, and that the stored fingerprint matches the tensors.
@@ -786,6 +809,9 @@ mod tests {
         assert_eq!(ck.epochs_done, 3);
         assert_eq!(ck.params, vec!["a.w".to_string()]);
         assert_eq!(ck.tensors, tensors);
+        assert_eq!(header_value(&path, keys::MODEL).as_deref(), Some("M"));
+        assert_eq!(header_value(&path, keys::QUANTIZATION), None);
+        assert_eq!(header_value(&dir.join("absent"), keys::MODEL), None);
         // A quantized value takes one byte in the file.
         let st = safetensors::SafeTensors::deserialize(&fs::read(&path).unwrap())
             .map(|f| {

@@ -302,10 +302,7 @@ pub unsafe fn igemm_threads(
     };
     let ops = 2usize.saturating_mul(m).saturating_mul(n).saturating_mul(k);
     let (mr, nr) = scratch.isa.tile();
-    let worst_share = |len: usize, unit: usize| {
-        let per = len.div_ceil(unit).div_ceil(threads) * unit;
-        per.min(len) as f64 * threads as f64 / len as f64
-    };
+    let worst_share = |len, unit| crate::tile_split::worst_share(len, unit, threads);
     let columns_ok = n.div_ceil(nr) >= threads;
     let rows_ok = m.div_ceil(mr) >= threads;
     let by_columns = columns_ok && (!rows_ok || worst_share(n, nr) <= worst_share(m, mr).max(1.15));
@@ -317,31 +314,21 @@ pub unsafe fn igemm_threads(
             )
         };
     }
-    let (len, unit) = if by_columns { (n, nr) } else { (m, mr) };
-    let tiles = len.div_ceil(unit);
-    let range = |t: usize| {
-        let start = (tiles * t / threads * unit).min(len);
-        let end = (tiles * (t + 1) / threads * unit).min(len);
-        (start, end)
-    };
+    let split = crate::tile_split::TileSplit::new(by_columns, (m, n), (mr, nr), threads);
     let isa = scratch.isa;
     let main_scratch = scratch as *mut Scratch as usize;
     let (c, a, b) = (c as usize, a as usize, b as usize);
     let task = move |t: usize| {
-        let (start, end) = range(t);
-        if start >= end {
+        let Some(block) = split.block(t, (c_rs, c_cs), a_rs, b_cs) else {
             return;
-        }
-        let (rows, cols) = if by_columns {
-            (m, end - start)
-        } else {
-            (end - start, n)
         };
-        let (c_at, a_at, b_at) = if by_columns {
-            (start as isize * c_cs, 0, start as isize * b_cs)
-        } else {
-            (start as isize * c_rs, start as isize * a_rs, 0)
-        };
+        let crate::tile_split::Block {
+            rows,
+            cols,
+            c_at,
+            a_at,
+            b_at,
+        } = block;
         let part = |scratch: &mut Scratch| {
             let (c, a, b) = (c as *mut i32, a as *const u8, b as *const i8);
             // SAFETY: a sub-block of the caller's views, in bounds by its

@@ -220,10 +220,7 @@ pub unsafe fn sgemm_threads(
     // split: columns won or tied on 17 of 21 shapes; the rows won where
     // `n` is a few tiles (84, 100, 120 columns).
     let (mr, nr) = scratch.isa.tile();
-    let worst_share = |len: usize, unit: usize| {
-        let per = len.div_ceil(unit).div_ceil(threads) * unit;
-        per.min(len) as f64 * threads as f64 / len as f64
-    };
+    let worst_share = |len, unit| crate::tile_split::worst_share(len, unit, threads);
     let columns_ok = n.div_ceil(nr) >= threads;
     let rows_ok = m.div_ceil(mr) >= threads;
     let (cols_share, rows_share) = (worst_share(n, nr), worst_share(m, mr));
@@ -243,34 +240,21 @@ pub unsafe fn sgemm_threads(
     }
     // `dots` is decided on the whole product so that every thread count
     // computes each element the same way.
-    let (len, unit) = if by_columns { (n, nr) } else { (m, mr) };
-    // Contiguous ranges of whole tiles, as even as the tiles allow.
-    let tiles = len.div_ceil(unit);
-    let range = |t: usize| {
-        let start = (tiles * t / threads * unit).min(len);
-        let end = (tiles * (t + 1) / threads * unit).min(len);
-        (start, end)
-    };
+    let split = crate::tile_split::TileSplit::new(by_columns, (m, n), (mr, nr), threads);
     let isa = scratch.isa;
     let main_scratch = scratch as *mut Scratch as usize;
     let (c, a, b) = (c as usize, a as usize, b as usize);
     let task = move |t: usize| {
-        let (start, end) = range(t);
-        if start >= end {
+        let Some(block) = split.block(t, (c_rs, c_cs), a_rs, b_cs) else {
             return;
-        }
-        // The task's block: columns `start..end` of `c` and `b`, or rows of
-        // `c` and `a`.
-        let (rows, cols) = if by_columns {
-            (m, end - start)
-        } else {
-            (end - start, n)
         };
-        let (c_at, a_at, b_at) = if by_columns {
-            (start as isize * c_cs, 0, start as isize * b_cs)
-        } else {
-            (start as isize * c_rs, start as isize * a_rs, 0)
-        };
+        let crate::tile_split::Block {
+            rows,
+            cols,
+            c_at,
+            a_at,
+            b_at,
+        } = block;
         let part = |scratch: &mut Scratch| {
             let (c, a, b) = (c as *mut f32, a as *const f32, b as *const f32);
             // SAFETY: a sub-block of the caller's views, in bounds by its
