@@ -1,6 +1,7 @@
 //! `nnc summary`: the model as a table of its calls, as Keras'
 //! `model.summary()` prints it.
 
+use nnc_ir::summary::thousands;
 use nnc_ir::{Module, Summary};
 
 /// The summary of `module` as text: a row per call of the model's body
@@ -58,19 +59,6 @@ fn render_summary(model: &str, s: &Summary) -> String {
         thousands(s.states),
         bytes(s.states),
     ));
-    out
-}
-
-/// `1234567` as `1,234,567`.
-fn thousands(n: usize) -> String {
-    let digits = n.to_string();
-    let mut out = String::new();
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(c);
-    }
     out
 }
 

@@ -102,6 +102,20 @@ fn elements(ty: &TensorType) -> usize {
     ty.shape.iter().map(|d| d.as_const().unwrap_or(0)).product()
 }
 
+/// `1234567` as `1,234,567`: counts as Keras's summary and our reports
+/// print them.
+pub fn thousands(n: usize) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::{LayerCall, Summary};

@@ -685,15 +685,8 @@ fn count(v: f64) -> String {
     if v.fract() != 0.0 || v.abs() >= 1e15 {
         return exact(v);
     }
-    let digits = format!("{:.0}", v.abs());
-    let mut out = String::from(if v < 0.0 { "-" } else { "" });
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
+    let sign = if v < 0.0 { "-" } else { "" };
+    format!("{sign}{}", nnc_ir::summary::thousands(v.abs() as usize))
 }
 
 /// The shortest text that reads back to the same `f64`.
