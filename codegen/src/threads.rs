@@ -93,8 +93,18 @@ pub fn run(n: usize, task: &(dyn Fn(usize) + Sync)) {
     };
     match pool {
         Some(pool) => pool.run(n, task),
-        None => (0..n).for_each(task),
+        None => serially(n, task),
     }
+}
+
+/// The tasks one after another on this thread. Several tasks count as a
+/// parallel region, so that a kernel they call runs serially as it would
+/// on a worker: a GEMM splitting again from a task here would take this
+/// thread's packing space a second time.
+fn serially(n: usize, task: &(dyn Fn(usize) + Sync)) {
+    let outer = IN_PARALLEL.with(|f| f.replace(f.get() || n > 1));
+    (0..n).for_each(task);
+    IN_PARALLEL.with(|f| f.set(outer));
 }
 
 /// The task a dispatch publishes: the closure (its lifetime erased: the
@@ -166,7 +176,8 @@ impl Pool {
     fn run(&self, n: usize, task: &(dyn Fn(usize) + Sync)) {
         let s = &*self.shared;
         let Ok(_guard) = s.dispatch.try_lock() else {
-            return (0..n).for_each(task);
+            // Another thread dispatches.
+            return serially(n, task);
         };
         let generation = s.generation.load(Ordering::Relaxed) + 1;
         // SAFETY (of the transmute): only the lifetime is erased; see `Job`.
@@ -309,6 +320,28 @@ mod tests {
             }
         }
         assert!(set_threads(0).is_err());
+    }
+
+    #[test]
+    fn tasks_run_serially_beside_another_dispatch_are_a_parallel_region() {
+        set_threads(2).unwrap();
+        let started = std::sync::Barrier::new(2);
+        std::thread::scope(|scope| {
+            // Holds the pool's dispatch for a while.
+            scope.spawn(|| {
+                run(2, &|t| {
+                    if t == 0 {
+                        started.wait();
+                        std::thread::sleep(std::time::Duration::from_millis(200));
+                    }
+                })
+            });
+            started.wait();
+            let nested = Mutex::new(Vec::new());
+            run(2, &|_| nested.lock().unwrap().push(in_parallel()));
+            assert_eq!(*nested.lock().unwrap(), [true, true]);
+            assert!(!in_parallel(), "restored after the region");
+        });
     }
 
     #[test]
