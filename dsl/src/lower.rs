@@ -133,6 +133,7 @@ pub fn compile_program(program: &Program, model: Option<&str>) -> Result<Module>
             layers,
             data: None,
             train: None,
+            changes: Vec::new(),
         });
     };
 
@@ -174,6 +175,7 @@ pub fn compile_program(program: &Program, model: Option<&str>) -> Result<Module>
         layers,
         data: Some(data),
         train: Some(spec),
+        changes: Vec::new(),
     })
 }
 

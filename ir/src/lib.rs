@@ -34,7 +34,7 @@ pub use module::{
     LEARNING_RATE, LOSS, RNG_KEY,
 };
 pub use module::{Anneal, Decay, EarlyStop, LrAt, Monitor, OneCycle, Plateau, Warmup};
-pub use module::{Augment, FitAxis};
+pub use module::{Augment, FitAxis, StructuralChange};
 pub use module::{GradClip, ADAGRAD_LR, ADAGRAD_STEP, ADAMW_DECAY};
 pub use op::{
     random_uniform, Arity, BinaryOp, Init, Literal, Op, OpClass, OpInfo, OpKind, ReduceOp, Ties,

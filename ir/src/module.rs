@@ -20,6 +20,27 @@ pub struct Module {
     pub layers: Vec<crate::LayerCall>,
     pub data: Option<DataSpec>,
     pub train: Option<TrainSpec>,
+    /// Structural compression applied to the source's model, in order
+    /// (`nnc prune`, `nnc factorize`): its graphs are the changed ones,
+    /// and every checkpoint of it records these so that a later run
+    /// applies them again before it loads the weights.
+    pub changes: Vec<StructuralChange>,
+}
+
+/// A change to a model's structure that its source does not say: the
+/// weights of a changed model fit only the changed graphs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StructuralChange {
+    /// Structured pruning: of the channels tied to the output axis of the
+    /// product weight `param` (a dense layer's units, a convolution's
+    /// filters, and everything that follows them: bias, batch norm, the
+    /// next layer's input rows), only `kept` remain, as indices into the
+    /// original channels in increasing order.
+    PruneChannels { param: String, kept: Vec<usize> },
+    /// Low-rank factorization: the product weight `param` is replaced by
+    /// two factors of inner size `rank`, params `{param}.u` and
+    /// `{param}.v`, multiplied in the order that costs the fewest FLOPs.
+    Factorize { param: String, rank: usize },
 }
 
 impl Module {

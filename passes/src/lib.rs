@@ -7,6 +7,7 @@
 //! machine the code will run on.
 
 pub mod autodiff;
+pub mod compress;
 pub mod gradients;
 pub mod opt;
 pub mod quantize;

@@ -101,6 +101,7 @@ fn line(dir: &Path) -> Line {
         name: "Line".into(),
         forward,
         layers: Vec::new(),
+        changes: Vec::new(),
         data: Some(DataSpec {
             name: "Points".into(),
             fields: vec![column("x", 0, 2), column("t", 2, 3)],
