@@ -21,6 +21,9 @@ pub struct BenchOptions {
     pub opt: OptLevel,
     /// Also time the training step kernel by kernel.
     pub profile: bool,
+    /// Bench the model as this checkpoint's structure says (pruned or
+    /// factorized).
+    pub weights: Option<std::path::PathBuf>,
 }
 
 impl Default for BenchOptions {
@@ -31,6 +34,7 @@ impl Default for BenchOptions {
             warmup: 20,
             opt: OptLevel::default(),
             profile: false,
+            weights: None,
         }
     }
 }
@@ -116,7 +120,10 @@ pub fn bench(path: &Path, options: &BenchOptions) -> Result<BenchReport, Failure
     let program = driver::parse_source(&src)?;
     let parse = timed(t);
     let t = Instant::now();
-    let module = driver::compile_program(&src, &program, None)?;
+    let mut module = driver::compile_program(&src, &program, None)?;
+    if let Some(w) = &options.weights {
+        driver::restructure_for(&mut module, w)?;
+    }
     let spec = driver::need_train(&module, "`nnc bench`")?.clone();
     let elaborate = timed(t);
     let t = Instant::now();

@@ -89,13 +89,16 @@ pub enum Emit {
 }
 
 /// How `nnc compile` optimizes and what it adds to the printed stage.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct CompileOptions {
     /// The optimization level of `--emit opt`.
     pub opt: OptLevel,
     /// `--explain`: print the optimizer's report (rule firings, saturation
     /// statistics) first, as `//` comments, which the IR parser skips.
     pub explain: bool,
+    /// `--weights`: compile the model as this checkpoint's structure
+    /// says (pruned or factorized), not as the source alone.
+    pub weights: Option<PathBuf>,
 }
 
 fn internal(e: impl std::fmt::Display) -> Failure {
@@ -136,7 +139,10 @@ pub fn emit_with(
             nnc_dsl::parse_program(src).map_err(|e| Failure(diagnostic::render(src, &e)))?;
         return Ok(program.to_string());
     }
-    let module = compile_source(src, model)?;
+    let mut module = compile_source(src, model)?;
+    if let Some(w) = &options.weights {
+        restructure_for(&mut module, w)?;
+    }
     match stage {
         Emit::Ast => unreachable!("handled above"),
         Emit::Ir => {
@@ -320,6 +326,9 @@ pub struct RunSettings {
     pub data_dir: Option<PathBuf>,
     /// `--model NAME`: which model of the file.
     pub model: Option<String>,
+    /// `--lr LR`: the optimizer's base learning rate instead of the
+    /// train block's.
+    pub lr: Option<f64>,
     pub run: nnc_runtime::RunOptions,
     /// How the graphs are optimized before they run (`-O0`..`-O2`).
     pub opt: OptLevel,
@@ -362,6 +371,19 @@ pub fn run_with(
     options.validate().map_err(run_failure)?;
     let src = read_source(path)?;
     let mut module = compile_source(&src, settings.model.as_deref())?;
+    // A pruned or factorized model's checkpoint (`--weights`, or the one
+    // `--resume` continues) says how its graphs differ from the source's.
+    let restored = match (&options.weights, options.resume, &options.save) {
+        (Some(w), _, _) => Some(w),
+        (None, true, Some(save)) => Some(save),
+        _ => None,
+    };
+    if let Some(ckpt) = restored {
+        restructure_for(&mut module, ckpt)?;
+    }
+    if let (Some(lr), Some(spec)) = (settings.lr, module.train.as_mut()) {
+        spec.optimizer = spec.optimizer.clone().with_lr(lr);
+    }
     let opt = settings.opt;
     let quantized = match &options.weights {
         Some(w) => quantized_products(w)?,
@@ -428,6 +450,23 @@ pub fn run_with(
     Ok(outcome)
 }
 
+/// Changes `module` as the checkpoint at `path` records (`nnc prune`,
+/// `nnc factorize`); most checkpoints record nothing. Only the header is
+/// read here; a missing or unreadable file is the run's to report.
+pub fn restructure_for(module: &mut Module, path: &Path) -> Result<(), Failure> {
+    let key = nnc_runtime::checkpoint::keys::STRUCTURE;
+    let Some(text) = nnc_runtime::checkpoint::header_value(path, key) else {
+        return Ok(());
+    };
+    let changes = nnc_runtime::checkpoint::parse_structure(&text).map_err(|e| {
+        run_failure(format!(
+            "`{}` is not a valid checkpoint: metadata `{key}`: {e}",
+            path.display()
+        ))
+    })?;
+    nnc_runtime::compress::restructure(module, path, &changes).map_err(run_failure)
+}
+
 /// The checkpoint at `path` and the products it quantizes, if it is a
 /// quantized one; a float checkpoint is not read here (its header says
 /// so), only by the run.
@@ -471,7 +510,8 @@ pub fn quantize(
     out: &mut dyn FnMut(&str),
 ) -> Result<(), Failure> {
     let src = read_source(path)?;
-    let module = compile_source(&src, options.model.as_deref())?;
+    let mut module = compile_source(&src, options.model.as_deref())?;
+    restructure_for(&mut module, &options.weights)?;
     let (graph, sites) = nnc_runtime::quantize::calibration_graph(&module.forward);
     let level = OptLevel::O2;
     let programs = nnc_runtime::Programs {

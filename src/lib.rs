@@ -2,6 +2,7 @@
 //! `dsl → ir → passes → runtime`, and renders every error one way.
 
 pub mod bench;
+pub mod compress;
 pub mod diagnostic;
 pub mod driver;
 pub mod summary;

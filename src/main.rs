@@ -46,6 +46,9 @@ enum Command {
         /// With `--emit opt`: first print which rules fired and the saturation statistics.
         #[arg(long)]
         explain: bool,
+        /// Compile the model as this checkpoint's structure says (after `nnc prune`).
+        #[arg(long, value_name = "PATH")]
+        weights: Option<PathBuf>,
     },
     /// Train the model as the file's `train` block says.
     Run {
@@ -60,6 +63,9 @@ enum Command {
         /// Override the number of epochs.
         #[arg(long)]
         epochs: Option<usize>,
+        /// Override the optimizer's base learning rate (a schedule scales it as before): fine-tuning a trained, pruned or factorized model at a smaller rate.
+        #[arg(long, value_name = "LR", value_parser = parse_lr)]
+        lr: Option<f64>,
         /// Override the batch size.
         #[arg(long)]
         batch: Option<usize>,
@@ -138,6 +144,32 @@ enum Command {
         #[arg(long)]
         model: Option<String>,
     },
+    /// Prune whole channels: remove the least salient output channels of the model's dense layers and convolutions, with everything tied to them (bias, batch norm, the next layer's inputs), and write the smaller model's checkpoint.
+    Prune {
+        /// The `.nn` file.
+        file: PathBuf,
+        /// The trained checkpoint.
+        #[arg(long, value_name = "PATH")]
+        weights: PathBuf,
+        /// Where to write the pruned checkpoint.
+        #[arg(short = 'o', long = "output", value_name = "PATH")]
+        output: PathBuf,
+        /// The fraction of each layer's channels removed, in [0, 1).
+        #[arg(long, value_name = "R")]
+        ratio: f64,
+        /// Only these layers, comma-separated: instance names (conv2d_1, as `nnc summary` shows them) or a prefix and * ('conv2d*'). Default: every layer that can be pruned.
+        #[arg(long, value_name = "NAMES", value_delimiter = ',')]
+        layers: Vec<String>,
+        /// How channels are ranked: l1 (the norm of each channel's weights) or bn (|gamma| of the batch norm that follows).
+        #[arg(long, default_value = "l1", value_parser = parse_saliency)]
+        saliency: nnc_runtime::compress::Saliency,
+        /// Rank the channels of all selected layers together (each layer's saliencies over their mean) and remove the --ratio least salient of them all, instead of --ratio of each layer.
+        #[arg(long)]
+        global: bool,
+        /// The model to prune when the file has several.
+        #[arg(long)]
+        model: Option<String>,
+    },
     /// Measure compile time, training-step and inference latency with the JIT.
     Bench {
         file: PathBuf,
@@ -159,6 +191,9 @@ enum Command {
         /// Threads the kernels split their work over (default: every core).
         #[arg(long, value_name = "N", value_parser = parse_threads)]
         threads: Option<usize>,
+        /// Bench the model as this checkpoint's structure says (after `nnc prune`).
+        #[arg(long, value_name = "PATH")]
+        weights: Option<PathBuf>,
     },
 }
 
@@ -233,6 +268,7 @@ fn main() -> ExitCode {
             model,
             opt,
             explain,
+            weights,
         } => {
             let stage = match emit {
                 EmitArg::Ast => Emit::Ast,
@@ -242,7 +278,11 @@ fn main() -> ExitCode {
                 EmitArg::Opt => Emit::Opt,
                 EmitArg::Kernels => Emit::Kernels,
             };
-            let options = CompileOptions { opt, explain };
+            let options = CompileOptions {
+                opt,
+                explain,
+                weights,
+            };
             driver::read_source(&file)
                 .and_then(|src| driver::emit_with(&src, stage, model.as_deref(), &options))
                 .map(|text| print!("{text}"))
@@ -252,6 +292,7 @@ fn main() -> ExitCode {
             backend,
             data_dir,
             epochs,
+            lr,
             batch,
             seed,
             model,
@@ -277,6 +318,7 @@ fn main() -> ExitCode {
             let settings = RunSettings {
                 data_dir,
                 model,
+                lr,
                 run: nnc_runtime::RunOptions {
                     backend: match backend {
                         Backend::Jit => driver::Backend::Jit,
@@ -306,6 +348,32 @@ fn main() -> ExitCode {
                 progress: nnc_runtime::progress::stdout_is_terminal(),
             };
             driver::run_with(&file, &settings, &mut |line| println!("{line}")).map(|_| ())
+        }
+        Command::Prune {
+            file,
+            weights,
+            output,
+            ratio,
+            layers,
+            saliency,
+            global,
+            model,
+        } => {
+            let options = nnc_runtime::compress::PruneOptions {
+                ratio,
+                layers,
+                saliency,
+                global,
+            };
+            nnc::compress::prune(
+                &file,
+                &weights,
+                &output,
+                &options,
+                model.as_deref(),
+                &mut |line| println!("{line}"),
+            )
+            .map(|_| ())
         }
         Command::Quantize {
             file,
@@ -339,6 +407,7 @@ fn main() -> ExitCode {
             profile,
             opt,
             threads,
+            weights,
         } => {
             if let Err(e) = start_threads(threads) {
                 eprint!("{e}");
@@ -348,6 +417,7 @@ fn main() -> ExitCode {
                 batch,
                 opt,
                 profile,
+                weights,
                 runs: runs.max(1),
                 ..Default::default()
             };
@@ -366,6 +436,25 @@ fn main() -> ExitCode {
             eprint!("{failure}");
             ExitCode::from(1)
         }
+    }
+}
+
+/// A positive, finite learning rate.
+fn parse_lr(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(lr) if lr > 0.0 && lr.is_finite() => Ok(lr),
+        _ => Err(format!("expected a positive learning rate, found `{text}`")),
+    }
+}
+
+/// `l1`, `bn` or `group`.
+fn parse_saliency(text: &str) -> Result<nnc_runtime::compress::Saliency, String> {
+    use nnc_runtime::compress::Saliency;
+    match text {
+        "l1" => Ok(Saliency::L1),
+        "bn" => Ok(Saliency::BatchNorm),
+        "group" => Ok(Saliency::Group),
+        _ => Err(format!("expected l1, bn or group, found `{text}`")),
     }
 }
 

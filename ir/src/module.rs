@@ -686,6 +686,20 @@ pub struct EarlyStop {
 
 impl Optimizer {
     /// The base learning rate.
+    /// The same optimizer at base learning rate `lr` (`nnc run --lr`:
+    /// fine-tuning a trained model at a smaller rate than it was
+    /// trained with).
+    pub fn with_lr(mut self, new: f64) -> Optimizer {
+        match &mut self {
+            Optimizer::Sgd { lr, .. }
+            | Optimizer::Adam { lr, .. }
+            | Optimizer::AdamW { lr, .. }
+            | Optimizer::RmsProp { lr, .. }
+            | Optimizer::Adagrad { lr, .. } => *lr = new,
+        }
+        self
+    }
+
     pub fn lr(&self) -> f64 {
         match *self {
             Optimizer::Sgd { lr, .. }

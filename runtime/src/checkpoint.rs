@@ -19,6 +19,7 @@
 //! | `text` | only for data with text fields: a JSON object from field name to its vocabulary (`{"kind": "tokens", "options": {...}, "words": [...]}`, `words[k]` has id `k + 2`) or class names (`{"kind": "classes", "names": [...]}`), so `--predict` encodes raw text as training did |
 //! | `fitted` | only for data with `standardize` or `minmax`: a JSON object from field name to the list of its fitted transforms in pipeline order (`{"transform": "standardize", "per": "channel", "mean": [...], "std": [...]}`, `{"transform": "minmax", "per": "element", "min": [...], "max": [...]}`), fitted on the training samples, so evaluation and `--predict` scale as training did |
 //! | `quantization` | only in a quantized checkpoint (`nnc quantize`): a JSON list of the products computed in integers, `{"weight", "scale", "zero_point", "channels"}` (the weight's name, its activations' `u8` scale and zero point, each output channel's `i8` scale); the weights named there are `I8` tensors |
+//! | `structure` | only for a model whose structure was changed (`nnc prune`, `nnc factorize`): a JSON list of the changes in the order they were made, `{"prune_channels": {"param", "kept"}}` or `{"factorize": {"param", "rank"}}` (see [`nnc_ir::StructuralChange`]); a run applies them to the source's model before it loads the tensors |
 //!
 //! Saving writes `PATH.tmp.<pid>` next to `PATH`, syncs it, renames it over
 //! `PATH` and syncs the directory: a crash or a failed write leaves the
@@ -28,7 +29,7 @@ use crate::data::text::Vocabularies;
 use crate::data::FittedStats;
 use crate::executor::{Executor, Programs};
 use crate::RuntimeError;
-use nnc_ir::{DType, Tensor, ADAM_STEP};
+use nnc_ir::{DType, StructuralChange, Tensor, ADAM_STEP};
 use safetensors::tensor::{Dtype, SafeTensorError, SafeTensors, View};
 use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -51,6 +52,7 @@ pub mod keys {
     pub const LOOP_STATE: &str = "loop_state";
     pub const FITTED: &str = "fitted";
     pub const QUANTIZATION: &str = "quantization";
+    pub const STRUCTURE: &str = "structure";
 }
 
 /// The version written into checkpoints (the workspace version).
@@ -67,6 +69,8 @@ pub struct Meta {
     pub loop_state: Option<String>,
     /// What `nnc quantize` made integer, as JSON, if anything.
     pub quantization: Option<String>,
+    /// How the model's structure differs from its source's.
+    pub structure: Vec<StructuralChange>,
 }
 
 /// How much of a checkpoint [`Checkpoint::apply`] restores.
@@ -99,6 +103,8 @@ pub struct Checkpoint {
     pub fitted: FittedStats,
     /// What `nnc quantize` made integer, as JSON, if anything.
     pub quantization: Option<String>,
+    /// How the model's structure differs from its source's.
+    pub structure: Vec<StructuralChange>,
 }
 
 /// The names of a model's weights (as opposed to optimizer state), sorted:
@@ -267,6 +273,12 @@ pub fn save_with_data(
     }
     if let Some(q) = &meta.quantization {
         metadata.insert(keys::QUANTIZATION.to_string(), q.clone());
+    }
+    if !meta.structure.is_empty() {
+        metadata.insert(
+            keys::STRUCTURE.to_string(),
+            structure_json(&meta.structure).to_string(),
+        );
     }
     if !fitted.is_empty() {
         let json = serde_json::to_string(fitted)
@@ -575,8 +587,76 @@ pub fn load(path: &Path) -> Result<Checkpoint, RuntimeError> {
         vocabularies,
         loop_state: metadata.get(keys::LOOP_STATE).cloned(),
         quantization: metadata.get(keys::QUANTIZATION).cloned(),
+        structure: match metadata.get(keys::STRUCTURE) {
+            Some(text) => parse_structure(text)
+                .map_err(|e| bad(format!("metadata `{}`: {e}", keys::STRUCTURE)))?,
+            None => Vec::new(),
+        },
         fitted,
     })
+}
+
+/// The structural changes as the `structure` metadata writes them.
+fn structure_json(changes: &[StructuralChange]) -> serde_json::Value {
+    use serde_json::json;
+    changes
+        .iter()
+        .map(|change| match change {
+            StructuralChange::PruneChannels { param, kept } => {
+                json!({"prune_channels": {"param": param, "kept": kept}})
+            }
+            StructuralChange::Factorize { param, rank } => {
+                json!({"factorize": {"param": param, "rank": rank}})
+            }
+        })
+        .collect()
+}
+
+/// Reads the `structure` metadata back.
+pub fn parse_structure(text: &str) -> Result<Vec<StructuralChange>, String> {
+    let value: serde_json::Value =
+        serde_json::from_str(text).map_err(|e| format!("not JSON: {e}"))?;
+    let items = value
+        .as_array()
+        .ok_or_else(|| "expected a list of changes".to_string())?;
+    items
+        .iter()
+        .enumerate()
+        .map(|(i, item)| {
+            let bad = |what: &str| format!("change {i}: {what}");
+            let (kind, body) = item
+                .as_object()
+                .filter(|o| o.len() == 1)
+                .and_then(|o| o.iter().next())
+                .ok_or_else(|| {
+                    bad("expected `{\"prune_channels\": ...}` or `{\"factorize\": ...}`")
+                })?;
+            let param = body
+                .get("param")
+                .and_then(|p| p.as_str())
+                .ok_or_else(|| bad("no `param` name"))?
+                .to_string();
+            let count = |v: &serde_json::Value| v.as_u64().map(|n| n as usize);
+            match kind.as_str() {
+                "prune_channels" => {
+                    let kept = body
+                        .get("kept")
+                        .and_then(|k| k.as_array())
+                        .and_then(|k| k.iter().map(count).collect::<Option<Vec<usize>>>())
+                        .ok_or_else(|| bad("`kept` is not a list of channel indices"))?;
+                    Ok(StructuralChange::PruneChannels { param, kept })
+                }
+                "factorize" => {
+                    let rank = body
+                        .get("rank")
+                        .and_then(count)
+                        .ok_or_else(|| bad("`rank` is not a count"))?;
+                    Ok(StructuralChange::Factorize { param, rank })
+                }
+                other => Err(bad(&format!("unknown change `{other}`"))),
+            }
+        })
+        .collect()
 }
 
 /// Checkpoints before the step count became an integer hold `adam.step`

@@ -6,6 +6,7 @@
 //! there to a trained model, its checkpoints and its report.
 
 pub mod checkpoint;
+pub mod compress;
 pub mod data;
 pub mod executor;
 pub mod folds;

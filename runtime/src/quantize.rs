@@ -213,6 +213,7 @@ pub fn quantize(
         params: tensors.iter().map(|(n, _)| n.clone()).collect(),
         loop_state: None,
         quantization: Some(json),
+        structure: module.changes.clone(),
     };
     checkpoint::save_with_data(
         output,

@@ -970,6 +970,7 @@ fn save_checkpoint(
             .filter(|s| **s != LoopState::default())
             .map(LoopState::to_json),
         quantization: None,
+        structure: cx.module.changes.clone(),
     };
     checkpoint::save_with_data(
         path,

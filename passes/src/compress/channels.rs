@@ -203,6 +203,36 @@ pub fn slice(
     Tensor::from_vec(t.dtype, &shape, data).map_err(|e| PassError::new(e.to_string()))
 }
 
+/// The L1 norm of each channel's entries of `t` along `lane`: a
+/// convolution's filter norms (Li et al., "Pruning Filters for Efficient
+/// ConvNets"), or `|γ|` of a batch norm's scale.
+pub fn l1_by_channel(t: &Tensor, lane: &Lane, channels: usize) -> Result<Vec<f64>, PassError> {
+    let axis_len = t.shape.get(lane.axis).copied().unwrap_or(0);
+    if axis_len != lane.size(channels) {
+        return Err(PassError::new(format!(
+            "a tensor of shape {:?} has no {channels} channels along axis {}",
+            t.shape, lane.axis
+        )));
+    }
+    let after: usize = t.shape[lane.axis + 1..].iter().product();
+    let mut norms = vec![0.0; channels];
+    for (i, v) in t.data.iter().enumerate() {
+        let position = (i / after) % axis_len;
+        norms[(position / lane.inner) % channels] += v.abs();
+    }
+    Ok(norms)
+}
+
+/// The `keep` channels of largest saliency, in increasing order (ties
+/// keep the lower index, so the choice is deterministic).
+pub fn most_salient(saliency: &[f64], keep: usize) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..saliency.len()).collect();
+    order.sort_by(|&a, &b| saliency[b].total_cmp(&saliency[a]).then(a.cmp(&b)));
+    let mut kept: Vec<usize> = order.into_iter().take(keep).collect();
+    kept.sort_unstable();
+    kept
+}
+
 /// The search: values reached with their lane, and those whose
 /// neighbours are still to be looked at.
 struct Walk<'g> {
@@ -298,17 +328,14 @@ impl Walk<'_> {
     fn check_leaf(&self, v: NodeId, lane: Lane) -> Result<(), PassError> {
         match &self.graph.node(v).op {
             Op::Input { name } => Err(self.fail(format!("reach the input `{name}`"))),
-            Op::Const(Literal::Dense(_)) => {
-                Err(self.fail("reach a constant tensor".to_string()))
-            }
+            Op::Const(Literal::Dense(_)) => Err(self.fail("reach a constant tensor".to_string())),
             Op::Iota { axis } if *axis == lane.axis => {
                 Err(self.fail("index an `iota` along their axis".to_string()))
             }
             Op::Scan { .. } => Err(self.fail("reach a loop (`scan`)".to_string())),
-            Op::Gather { .. } | Op::ScatterAdd { .. } => Err(self.fail(format!(
-                "reach `{}`",
-                self.graph.node(v).op.mnemonic()
-            ))),
+            Op::Gather { .. } | Op::ScatterAdd { .. } => {
+                Err(self.fail(format!("reach `{}`", self.graph.node(v).op.mnemonic())))
+            }
             _ => Ok(()),
         }
     }
@@ -654,12 +681,7 @@ graph forward {
     #[test]
     fn slicing_keeps_whole_blocks_of_a_flattened_channel() {
         // [2 rows, 3 channels x 2 inner] keeping channel 2.
-        let t = Tensor::from_vec(
-            DType::F32,
-            &[2, 6],
-            (0..12).map(f64::from).collect(),
-        )
-        .unwrap();
+        let t = Tensor::from_vec(DType::F32, &[2, 6], (0..12).map(f64::from).collect()).unwrap();
         let lane = Lane {
             axis: 1,
             outer: 1,
@@ -674,7 +696,10 @@ graph forward {
     fn the_last_layer_s_units_are_the_output_and_cannot_be_pruned() {
         let graph = parse_graph(CONV_NET).unwrap();
         let e = group(&graph, "dense.w").unwrap_err();
-        assert_eq!(e.message, "the channels of `dense.w` reach the output `logits`");
+        assert_eq!(
+            e.message,
+            "the channels of `dense.w` reach the output `logits`"
+        );
     }
 
     #[test]
@@ -705,7 +730,12 @@ graph forward {
         let b = Dim::Sym("B".into());
         let lane = Lane::plain(1);
         // [B, 64, 5, 5] -> [B, 1600]: channel blocks of 25.
-        let flat = regroup(&[b.clone(), c(64), c(5), c(5)], &[b.clone(), c(1600)], lane, 64);
+        let flat = regroup(
+            &[b.clone(), c(64), c(5), c(5)],
+            &[b.clone(), c(1600)],
+            lane,
+            64,
+        );
         assert_eq!(
             flat,
             Some(Lane {
@@ -715,7 +745,32 @@ graph forward {
             })
         );
         // [B, 64] -> [B, 8, 8] splits each channel index over two axes.
-        assert_eq!(regroup(&[b.clone(), c(64)], &[b, c(8), c(8)], lane, 64), None);
+        assert_eq!(
+            regroup(&[b.clone(), c(64)], &[b, c(8), c(8)], lane, 64),
+            None
+        );
+    }
+
+    #[test]
+    fn filter_norms_pick_the_channels_kept() {
+        let w = weights().remove(0).1;
+        let norms = l1_by_channel(&w, &Lane::plain(0), 4).unwrap();
+        let by_hand: Vec<f64> = w
+            .data
+            .chunks(27)
+            .map(|f| f.iter().map(|v| v.abs()).sum())
+            .collect();
+        assert_eq!(norms, by_hand);
+        assert_eq!(most_salient(&[0.5, 3.0, 1.0, 3.0], 2), vec![1, 3]);
+        assert_eq!(most_salient(&[1.0, 1.0, 1.0], 2), vec![0, 1]);
+        // A flattened channel's block of rows counts as one channel.
+        let rows = Tensor::from_vec(DType::F32, &[4, 1], vec![1.0, -2.0, 3.0, 0.5]).unwrap();
+        let lane = Lane {
+            axis: 0,
+            outer: 1,
+            inner: 2,
+        };
+        assert_eq!(l1_by_channel(&rows, &lane, 2).unwrap(), vec![3.0, 3.5]);
     }
 
     #[test]

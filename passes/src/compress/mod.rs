@@ -10,3 +10,53 @@ pub mod channels;
 pub mod lowrank;
 pub mod sparsity;
 pub mod svd;
+
+use crate::PassError;
+use nnc_ir::{Dim, Graph, Module, Op, StructuralChange};
+
+/// Applies `change` to `graph`.
+pub fn apply(graph: &mut Graph, change: &StructuralChange) -> Result<(), PassError> {
+    match change {
+        StructuralChange::PruneChannels { param, kept } => {
+            channels::shrink(graph, param, kept.len()).map(|_| ())
+        }
+        StructuralChange::Factorize { .. } => Err(PassError::new(
+            "low-rank factorization is not available in this build",
+        )),
+    }
+}
+
+/// Applies `changes`, in order, to every graph of `module` (the forward
+/// graph, and the training objective and evaluation graphs), and records
+/// them in `Module::changes`, after those already made.
+pub fn restructure(module: &mut Module, changes: &[StructuralChange]) -> Result<(), PassError> {
+    for change in changes {
+        apply(&mut module.forward, change)?;
+        if let Some(spec) = module.train.as_mut() {
+            apply(&mut spec.objective, change)?;
+            apply(&mut spec.evaluation, change)?;
+        }
+        module.changes.push(change.clone());
+    }
+    Ok(())
+}
+
+/// Multiply-adds of the products of `graph` for one sample (a symbolic
+/// dim counts 1): what structured pruning and factorization reduce.
+pub fn product_macs(graph: &Graph) -> usize {
+    let size = |d: &Dim| match d {
+        Dim::Const(n) => *n,
+        Dim::Sym(_) => 1,
+    };
+    graph
+        .topo_order()
+        .into_iter()
+        .filter(|&id| matches!(graph.node(id).op, Op::MatMul))
+        .map(|id| {
+            let result: usize = graph.ty(id).shape.iter().map(size).product();
+            let a = graph.operands(id)[0];
+            let k = graph.ty(a).shape.last().map_or(1, size);
+            result * k
+        })
+        .sum()
+}
