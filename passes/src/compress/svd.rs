@@ -1,1 +1,557 @@
-//! (being written)
+//! The thin singular value decomposition `A = U diag(s) Vᵀ` of a dense
+//! `f64` matrix, for low-rank factorization (`lowrank`): the truncated
+//! SVD is the best rank-`r` approximation in the Frobenius norm, and the
+//! singular values say how much of the weight each rank keeps
+//! ([`rank_for_energy`]).
+//!
+//! Method: the eigen-decomposition of the smaller Gram matrix (`AᵀA` of a
+//! tall matrix, `AAᵀ` of a wide one, by transposing), by Householder
+//! reduction to tridiagonal form and the implicit QL algorithm (EISPACK's
+//! `tred2`/`tql2`, as JAMA writes them), then `σᵢ = ‖A vᵢ‖` and
+//! `uᵢ = A vᵢ / σᵢ`. Cyclic or one-sided Jacobi would be simpler and more
+//! accurate for tiny singular values, but needs `O(n³)` work per sweep
+//! and several sweeps: minutes, not a second, for a `1600×1024`
+//! convolution weight. Every loop here runs over contiguous rows (the
+//! eigenvectors are kept as rows), which is what makes it fast.
+//!
+//! Accuracy: `U diag(s) Vᵀ` reconstructs `A` to about `ε·σ₁` (the columns
+//! `A vᵢ` are exact, only their lengths are split off); `V` is orthonormal
+//! to rounding; a singular value is accurate to about `ε·σ₁²/σᵢ` (the
+//! Gram matrix squares the condition), so values far below `√ε·σ₁` are
+//! noise, which never matters for truncation. `U`'s columns for small
+//! `σᵢ` (below `1e-4·σ₁`) are re-orthogonalized against the larger ones,
+//! and those of a zero `σᵢ` (a rank-deficient matrix) are completed to an
+//! orthonormal basis.
+
+/// A thin SVD of an `m×n` matrix, `k = min(m, n)`, all row-major.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Svd {
+    /// `m×k`, orthonormal columns.
+    pub u: Vec<f64>,
+    /// `k` singular values, descending, non-negative.
+    pub s: Vec<f64>,
+    /// `k×n`, orthonormal rows.
+    pub vt: Vec<f64>,
+}
+
+/// The thin SVD of the row-major `m×n` matrix `a` (finite values; see the
+/// module docs for the accuracy). An empty matrix has an empty SVD.
+pub fn svd(a: &[f64], m: usize, n: usize) -> Svd {
+    assert_eq!(
+        a.len(),
+        m * n,
+        "svd: a {m}×{n} matrix needs {} values",
+        m * n
+    );
+    if m == 0 || n == 0 {
+        return Svd {
+            u: Vec::new(),
+            s: Vec::new(),
+            vt: Vec::new(),
+        };
+    }
+    if m >= n {
+        return tall(a, m, n);
+    }
+    // A = (Aᵀ)ᵀ = (U' S V'ᵀ)ᵀ = V' S U'ᵀ.
+    let t = tall(&transpose(a, m, n), n, m);
+    Svd {
+        u: transpose(&t.vt, m, m),
+        s: t.s,
+        vt: transpose(&t.u, n, m),
+    }
+}
+
+/// The smallest `r` whose leading singular values hold at least the
+/// fraction `energy` of `Σ sᵢ²` (the squared Frobenius norm): `1` for an
+/// `energy` of 0 or below, or for a zero matrix; `s.len()` for 1 or above.
+/// `s` is descending, as [`svd`] returns it.
+pub fn rank_for_energy(s: &[f64], energy: f64) -> usize {
+    if s.is_empty() {
+        return 0;
+    }
+    let total: f64 = s.iter().map(|v| v * v).sum();
+    if energy >= 1.0 {
+        return s.len();
+    }
+    if total <= 0.0 || energy <= 0.0 {
+        return 1;
+    }
+    let want = energy * total;
+    let mut kept = 0.0;
+    for (i, v) in s.iter().enumerate() {
+        kept += v * v;
+        if kept >= want {
+            return i + 1;
+        }
+    }
+    s.len()
+}
+
+/// The SVD of a tall (or square) matrix, `m ≥ n ≥ 1`.
+fn tall(a: &[f64], m: usize, n: usize) -> Svd {
+    let at = transpose(a, m, n);
+    // The Gram matrix AᵀA (n×n): dot products of the columns of A.
+    let mut gram = vec![0.0; n * n];
+    for i in 0..n {
+        let ci = &at[i * m..(i + 1) * m];
+        for j in i..n {
+            let v = dot(ci, &at[j * m..(j + 1) * m]);
+            gram[i * n + j] = v;
+            gram[j * n + i] = v;
+        }
+    }
+    // Rows of `z` are the eigenvectors.
+    let (_, z) = symmetric_eigen(gram, n);
+    // Row i of `b` is A vᵢ (length m): the dot products of vᵢ with A's rows.
+    let mut b = vec![0.0; n * m];
+    for (i, row) in b.chunks_exact_mut(m).enumerate() {
+        let v = &z[i * n..(i + 1) * n];
+        for (r, out) in row.iter_mut().enumerate() {
+            *out = dot(v, &a[r * n..(r + 1) * n]);
+        }
+    }
+    let norms: Vec<f64> = b.chunks_exact(m).map(|c| dot(c, c).sqrt()).collect();
+    let mut order: Vec<usize> = (0..n).collect();
+    order.sort_by(|&x, &y| norms[y].total_cmp(&norms[x]).then(x.cmp(&y)));
+    let s: Vec<f64> = order.iter().map(|&i| norms[i]).collect();
+    let s1 = s[0];
+    // Below this a column's direction is noise: complete the basis.
+    let floor = s1 * f64::EPSILON * (m.max(n) as f64) * 16.0;
+    // Below this, uᵢ = A vᵢ / σᵢ loses orthogonality (≈ ε·σ₁²/σᵢ²).
+    let reorth = s1 * 1e-4;
+    let mut ucols = vec![0.0; n * m];
+    let mut next_unit = 0;
+    for (k, &i) in order.iter().enumerate() {
+        let (done, rest) = ucols.split_at_mut(k * m);
+        let col = &mut rest[..m];
+        if s[k] > floor {
+            for (c, &v) in col.iter_mut().zip(&b[i * m..(i + 1) * m]) {
+                *c = v / s[k];
+            }
+            if s[k] < reorth {
+                orthogonalize(col, done, m);
+            }
+        } else {
+            // A direction orthogonal to the columns so far: the first unit
+            // vector with a large part outside their span (one exists
+            // among any k + 1 of them, as k < m columns span < m dims).
+            loop {
+                col.iter_mut().for_each(|c| *c = 0.0);
+                col[next_unit % m] = 1.0;
+                next_unit += 1;
+                if orthogonalize(col, done, m) > 0.5 || next_unit > 2 * m {
+                    break;
+                }
+            }
+        }
+    }
+    let vt = order
+        .iter()
+        .flat_map(|&i| z[i * n..(i + 1) * n].iter().copied())
+        .collect();
+    Svd {
+        u: transpose(&ucols, n, m),
+        s,
+        vt,
+    }
+}
+
+/// Makes `col` orthogonal to the `done.len() / m` orthonormal columns in
+/// `done` (two passes of modified Gram-Schmidt) and normalizes it;
+/// returns the norm it had after the first projection (relative to 1).
+fn orthogonalize(col: &mut [f64], done: &[f64], m: usize) -> f64 {
+    let before = dot(col, col).sqrt();
+    let mut after_first = 0.0;
+    for pass in 0..2 {
+        for q in done.chunks_exact(m) {
+            let p = dot(col, q);
+            for (c, &v) in col.iter_mut().zip(q) {
+                *c -= p * v;
+            }
+        }
+        let norm = dot(col, col).sqrt();
+        if pass == 0 {
+            after_first = if before > 0.0 { norm / before } else { 0.0 };
+        }
+        if norm > 0.0 {
+            col.iter_mut().for_each(|c| *c /= norm);
+        }
+    }
+    after_first
+}
+
+/// The eigenvalues and eigenvectors (as the rows of an `n×n` matrix) of
+/// the symmetric `n×n` matrix `a`, unsorted.
+fn symmetric_eigen(a: Vec<f64>, n: usize) -> (Vec<f64>, Vec<f64>) {
+    let mut t = a;
+    let mut d = vec![0.0; n];
+    let mut e = vec![0.0; n];
+    tred2(&mut t, &mut d, &mut e, n);
+    tql2(&mut t, &mut d, &mut e, n);
+    (d, t)
+}
+
+/// Householder reduction of the symmetric matrix in `t` to tridiagonal
+/// form (diagonal `d`, subdiagonal `e[1..]`), accumulating the orthogonal
+/// transformation in `t`. JAMA's `tred2` on the transpose of its `V`, so
+/// that its inner loops run along rows: `t[j][k]` is JAMA's `V[k][j]`.
+fn tred2(t: &mut [f64], d: &mut [f64], e: &mut [f64], n: usize) {
+    let at = |j: usize, k: usize| j * n + k;
+    for j in 0..n {
+        d[j] = t[at(j, n - 1)];
+    }
+    for i in (1..n).rev() {
+        let scale: f64 = d[..i].iter().map(|v| v.abs()).sum();
+        let mut h = 0.0;
+        if scale == 0.0 {
+            e[i] = d[i - 1];
+            for j in 0..i {
+                d[j] = t[at(j, i - 1)];
+                t[at(j, i)] = 0.0;
+                t[at(i, j)] = 0.0;
+            }
+        } else {
+            for dk in d[..i].iter_mut() {
+                *dk /= scale;
+                h += *dk * *dk;
+            }
+            let f = d[i - 1];
+            let mut g = h.sqrt();
+            if f > 0.0 {
+                g = -g;
+            }
+            e[i] = scale * g;
+            h -= f * g;
+            d[i - 1] = f - g;
+            e[..i].iter_mut().for_each(|v| *v = 0.0);
+            for j in 0..i {
+                let f = d[j];
+                t[at(i, j)] = f;
+                let row = &t[at(j, 0)..at(j, n)];
+                let mut g = e[j] + row[j] * f;
+                for k in j + 1..i {
+                    g += row[k] * d[k];
+                    e[k] += row[k] * f;
+                }
+                e[j] = g;
+            }
+            let mut f = 0.0;
+            for j in 0..i {
+                e[j] /= h;
+                f += e[j] * d[j];
+            }
+            let hh = f / (h + h);
+            for j in 0..i {
+                e[j] -= hh * d[j];
+            }
+            for j in 0..i {
+                let (f, g) = (d[j], e[j]);
+                let row = &mut t[at(j, 0)..at(j, n)];
+                for k in j..i {
+                    row[k] -= f * e[k] + g * d[k];
+                }
+                d[j] = row[i - 1];
+                row[i] = 0.0;
+            }
+        }
+        d[i] = h;
+    }
+    // Accumulate the transformations.
+    for i in 0..n - 1 {
+        t[at(i, n - 1)] = t[at(i, i)];
+        t[at(i, i)] = 1.0;
+        let h = d[i + 1];
+        if h != 0.0 {
+            for k in 0..=i {
+                d[k] = t[at(i + 1, k)] / h;
+            }
+            let (head, tail) = t.split_at_mut(at(i + 1, 0));
+            let next = &tail[..=i];
+            for j in 0..=i {
+                let row = &mut head[at(j, 0)..at(j, 0) + i + 1];
+                let g = dot(next, row);
+                for (r, &dk) in row.iter_mut().zip(&d[..=i]) {
+                    *r -= g * dk;
+                }
+            }
+        }
+        for k in 0..=i {
+            t[at(i + 1, k)] = 0.0;
+        }
+    }
+    for j in 0..n {
+        d[j] = t[at(j, n - 1)];
+        t[at(j, n - 1)] = 0.0;
+    }
+    t[at(n - 1, n - 1)] = 1.0;
+    e[0] = 0.0;
+}
+
+/// The implicit QL algorithm on the tridiagonal `d`, `e` from [`tred2`]:
+/// `d` becomes the eigenvalues, the rows of `t` the eigenvectors. JAMA's
+/// `tql2` (on rows, as `tred2` above), without its final sort.
+fn tql2(t: &mut [f64], d: &mut [f64], e: &mut [f64], n: usize) {
+    for i in 1..n {
+        e[i - 1] = e[i];
+    }
+    e[n - 1] = 0.0;
+    let mut f = 0.0;
+    let mut tst1: f64 = 0.0;
+    let eps = f64::EPSILON;
+    for l in 0..n {
+        tst1 = tst1.max(d[l].abs() + e[l].abs());
+        let mut m = l;
+        while m < n - 1 && e[m].abs() > eps * tst1 {
+            m += 1;
+        }
+        if m > l {
+            // Convergence is quadratic and takes a few iterations; the cap
+            // only guards against non-finite input.
+            for _ in 0..64 {
+                let g = d[l];
+                let mut p = (d[l + 1] - g) / (2.0 * e[l]);
+                let mut r = p.hypot(1.0);
+                if p < 0.0 {
+                    r = -r;
+                }
+                d[l] = e[l] / (p + r);
+                d[l + 1] = e[l] * (p + r);
+                let dl1 = d[l + 1];
+                let mut h = g - d[l];
+                for di in d[l + 2..].iter_mut() {
+                    *di -= h;
+                }
+                f += h;
+                p = d[m];
+                let (mut c, mut c2, mut c3) = (1.0, 1.0, 1.0);
+                let el1 = e[l + 1];
+                let (mut s, mut s2) = (0.0, 0.0);
+                for i in (l..m).rev() {
+                    c3 = c2;
+                    c2 = c;
+                    s2 = s;
+                    let g = c * e[i];
+                    h = c * p;
+                    r = p.hypot(e[i]);
+                    e[i + 1] = s * r;
+                    s = e[i] / r;
+                    c = p / r;
+                    p = c * d[i] - s * g;
+                    d[i + 1] = h + s * (c * g + s * d[i]);
+                    let (lo, hi) = t.split_at_mut((i + 1) * n);
+                    let ri = &mut lo[i * n..];
+                    let ri1 = &mut hi[..n];
+                    for (a, b) in ri.iter_mut().zip(ri1.iter_mut()) {
+                        let h = *b;
+                        *b = s * *a + c * h;
+                        *a = c * *a - s * h;
+                    }
+                }
+                p = -s * s2 * c3 * el1 * e[l] / dl1;
+                e[l] = s * p;
+                d[l] = c * p;
+                if e[l].abs() <= eps * tst1 {
+                    break;
+                }
+            }
+        }
+        d[l] += f;
+        e[l] = 0.0;
+    }
+}
+
+/// `x · y` with four running sums (so the loop vectorizes).
+fn dot(x: &[f64], y: &[f64]) -> f64 {
+    let mut acc = [0.0f64; 4];
+    let (xc, yc) = (x.chunks_exact(4), y.chunks_exact(4));
+    let (xr, yr) = (xc.remainder(), yc.remainder());
+    for (a, b) in xc.zip(yc) {
+        for l in 0..4 {
+            acc[l] += a[l] * b[l];
+        }
+    }
+    let tail: f64 = xr.iter().zip(yr).map(|(a, b)| a * b).sum();
+    (acc[0] + acc[2]) + (acc[1] + acc[3]) + tail
+}
+
+/// The transpose of a row-major `m×n` matrix.
+fn transpose(a: &[f64], m: usize, n: usize) -> Vec<f64> {
+    let mut t = vec![0.0; m * n];
+    for i in 0..m {
+        for j in 0..n {
+            t[j * m + i] = a[i * n + j];
+        }
+    }
+    t
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// SplitMix64, uniform in `[-1, 1)`.
+    fn random(n: usize, seed: u64) -> Vec<f64> {
+        let mut state = seed;
+        (0..n)
+            .map(|_| {
+                state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+                let mut z = state;
+                z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+                z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+                z ^= z >> 31;
+                (z >> 11) as f64 / (1u64 << 52) as f64 - 1.0
+            })
+            .collect()
+    }
+
+    fn matmul(a: &[f64], b: &[f64], m: usize, k: usize, n: usize) -> Vec<f64> {
+        let mut c = vec![0.0; m * n];
+        for i in 0..m {
+            for p in 0..k {
+                for j in 0..n {
+                    c[i * n + j] += a[i * k + p] * b[p * n + j];
+                }
+            }
+        }
+        c
+    }
+
+    fn max_diff(a: &[f64], b: &[f64]) -> f64 {
+        a.iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0, f64::max)
+    }
+
+    /// `U diag(s) Vᵀ`.
+    fn reconstruct(d: &Svd, m: usize, n: usize) -> Vec<f64> {
+        let k = d.s.len();
+        let mut us = d.u.clone();
+        for i in 0..m {
+            for j in 0..k {
+                us[i * k + j] *= d.s[j];
+            }
+        }
+        matmul(&us, &d.vt, m, k, n)
+    }
+
+    /// Checks everything an SVD promises, to `tol`.
+    fn check(a: &[f64], m: usize, n: usize, tol: f64) -> Svd {
+        let d = svd(a, m, n);
+        let k = m.min(n);
+        assert_eq!((d.u.len(), d.s.len(), d.vt.len()), (m * k, k, k * n));
+        let err = max_diff(&reconstruct(&d, m, n), a);
+        assert!(err < tol, "{m}×{n}: reconstruction error {err}");
+        assert!(d.s.windows(2).all(|w| w[0] >= w[1]), "{:?}", d.s);
+        assert!(d.s.iter().all(|&v| v >= 0.0));
+        let eye: Vec<f64> = (0..k * k)
+            .map(|i| if i / k == i % k { 1.0 } else { 0.0 })
+            .collect();
+        let utu = matmul(&transpose(&d.u, m, k), &d.u, k, m, k);
+        let err = max_diff(&utu, &eye);
+        assert!(err < tol, "{m}×{n}: UᵀU is off the identity by {err}");
+        let vvt = matmul(&d.vt, &transpose(&d.vt, k, n), k, n, k);
+        let err = max_diff(&vvt, &eye);
+        assert!(err < tol, "{m}×{n}: VᵀV is off the identity by {err}");
+        d
+    }
+
+    #[test]
+    fn random_matrices_reconstruct() {
+        for (seed, &(m, n)) in [(1, 1), (1, 5), (5, 1), (7, 7), (40, 13), (13, 40), (64, 64)]
+            .iter()
+            .enumerate()
+        {
+            check(&random(m * n, seed as u64), m, n, 1e-9);
+        }
+    }
+
+    #[test]
+    fn rank_deficient_matrices_reconstruct_with_zero_singular_values() {
+        // A 30×20 matrix of rank 3, and its transpose.
+        let (m, n, r) = (30, 20, 3);
+        let a = matmul(&random(m * r, 11), &random(r * n, 12), m, r, n);
+        for (a, m, n) in [(a.clone(), m, n), (transpose(&a, m, n), n, m)] {
+            let d = check(&a, m, n, 1e-9);
+            assert!(d.s[r - 1] > 0.1, "{:?}", d.s);
+            assert!(d.s[r..].iter().all(|&v| v < 1e-9), "{:?}", d.s);
+        }
+        // A zero matrix, and one with zero columns.
+        let d = check(&[0.0; 12], 4, 3, 1e-12);
+        assert_eq!(d.s, [0.0; 3]);
+        let mut a = random(24, 13);
+        for row in a.chunks_exact_mut(4) {
+            row[1] = 0.0;
+            row[3] = 0.0;
+        }
+        let d = check(&a, 6, 4, 1e-9);
+        assert!(
+            d.s[1] > 1e-3 && d.s[2] < 1e-12 && d.s[3] < 1e-12,
+            "{:?}",
+            d.s
+        );
+    }
+
+    #[test]
+    fn known_decompositions() {
+        // diag(1, -3, 2): singular values 3, 2, 1, the sign in U or V.
+        let a = [1.0, 0.0, 0.0, 0.0, -3.0, 0.0, 0.0, 0.0, 2.0];
+        let d = check(&a, 3, 3, 1e-12);
+        assert!(max_diff(&d.s, &[3.0, 2.0, 1.0]) < 1e-12, "{:?}", d.s);
+        let (u0, v0) = (d.u[3], d.vt[1]);
+        assert!((u0 * v0 + 1.0).abs() < 1e-12, "u₀ ∥ e₁, v₀ ∥ e₁, u₀v₀ = -1");
+        // x yᵀ has one singular value ‖x‖‖y‖ with x/‖x‖ and y/‖y‖.
+        let (x, y) = ([1.0, 2.0, 2.0], [3.0, 0.0, 4.0, 0.0]);
+        let a: Vec<f64> = x
+            .iter()
+            .flat_map(|&p| y.iter().map(move |&q| p * q))
+            .collect();
+        let d = check(&a, 3, 4, 1e-12);
+        assert!((d.s[0] - 15.0).abs() < 1e-12 && d.s[1] < 1e-12, "{:?}", d.s);
+        let sign = d.u[0].signum();
+        for i in 0..3 {
+            assert!((d.u[i * 3] - sign * x[i] / 3.0).abs() < 1e-12);
+        }
+        for j in 0..4 {
+            assert!((d.vt[j] - sign * y[j] / 5.0).abs() < 1e-12);
+        }
+        // Repeated singular values: any orthonormal basis of the block.
+        let a = [2.0, 0.0, 0.0, 2.0, 0.0, 0.0];
+        let d = check(&a, 3, 2, 1e-12);
+        assert!(max_diff(&d.s, &[2.0, 2.0]) < 1e-12);
+        assert_eq!(svd(&[], 0, 3).s, Vec::<f64>::new());
+    }
+
+    #[test]
+    fn energy_picks_the_smallest_rank_that_holds_it() {
+        // Squares 16, 9, 4, 1 of 30.
+        let s = [4.0, 3.0, 2.0, 1.0];
+        assert_eq!(rank_for_energy(&s, 0.0), 1);
+        assert_eq!(rank_for_energy(&s, -1.0), 1);
+        assert_eq!(rank_for_energy(&s, 16.0 / 30.0), 1, "exactly reached");
+        assert_eq!(rank_for_energy(&s, 0.54), 2);
+        assert_eq!(rank_for_energy(&s, 25.0 / 30.0), 2);
+        assert_eq!(rank_for_energy(&s, 0.9), 3);
+        assert_eq!(rank_for_energy(&s, 0.99), 4);
+        assert_eq!(rank_for_energy(&s, 1.0), 4);
+        assert_eq!(rank_for_energy(&s, 2.0), 4);
+        assert_eq!(rank_for_energy(&[0.0, 0.0], 0.9), 1, "a zero matrix");
+        assert_eq!(rank_for_energy(&[5.0, 0.0, 0.0], 1.0 - 1e-12), 1);
+        assert_eq!(rank_for_energy(&[], 0.5), 0);
+    }
+
+    /// `cargo test -p nnc-passes --release -- --ignored --nocapture svd_timing`
+    #[test]
+    #[ignore]
+    fn svd_timing() {
+        for (m, n) in [(784, 512), (1600, 1024), (512, 784)] {
+            let a = random(m * n, 3);
+            let start = std::time::Instant::now();
+            let d = svd(&a, m, n);
+            let took = start.elapsed();
+            let err = max_diff(&reconstruct(&d, m, n), &a);
+            println!("svd {m}×{n}: {took:.2?}, reconstruction error {err:.1e}");
+        }
+    }
+}
