@@ -510,11 +510,11 @@ mod tests {
         let d = check(&a, 3, 4, 1e-12);
         assert!((d.s[0] - 15.0).abs() < 1e-12 && d.s[1] < 1e-12, "{:?}", d.s);
         let sign = d.u[0].signum();
-        for i in 0..3 {
-            assert!((d.u[i * 3] - sign * x[i] / 3.0).abs() < 1e-12);
+        for (i, xi) in x.iter().enumerate() {
+            assert!((d.u[i * 3] - sign * xi / 3.0).abs() < 1e-12);
         }
-        for j in 0..4 {
-            assert!((d.vt[j] - sign * y[j] / 5.0).abs() < 1e-12);
+        for (vj, yj) in d.vt.iter().zip(&y) {
+            assert!((vj - sign * yj / 5.0).abs() < 1e-12);
         }
         // Repeated singular values: any orthonormal basis of the block.
         let a = [2.0, 0.0, 0.0, 2.0, 0.0, 0.0];
