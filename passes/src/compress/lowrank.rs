@@ -754,4 +754,163 @@ mod tests {
         let nan = Tensor::from_vec(DType::F32, &[2, 2], vec![1.0, f64::NAN, 0.0, 1.0]).unwrap();
         assert!(e(&nan, Layout::Dense, 1).contains("NaN"));
     }
+
+    /// `examples/lenet.nn`'s objective as `nnc compile --emit ir` prints it:
+    /// the prelude's `conv2d` and `dense` as the elaborator writes them.
+    const LENET: &str = r#"graph objective {
+  %0 = input "image" : f32[B,1,28,28]
+  %1 = unfold %0 kernel=[5,5] stride=[1,1] padding=[2,2] dilation=[1,1] fill=0.0 : f32[B,1,5,5,28,28] @cols
+  %2 = param "conv2d.w" init=kaiming_uniform : f32[6,1,5,5]
+  %3 = reshape %2 : f32[1,6,25]
+  %4 = reshape %1 : f32[B,1,25,784]
+  %5 = matmul %3, %4 : f32[B,1,6,784] @y
+  %6 = reshape %5 : f32[B,6,28,28] @y
+  %7 = param "conv2d.b" init=zeros : f32[6]
+  %8 = reshape %7 : f32[6,1,1]
+  %9 = add %6, %8 : f32[B,6,28,28]
+  %10 = const 0.0 : f32[]
+  %11 = max %9, %10 : f32[B,6,28,28]
+  %12 = unfold %11 kernel=[2,2] stride=[2,2] padding=[0,0] dilation=[1,1] fill=-inf : f32[B,6,2,2,14,14] @cols
+  %13 = reduce_max %12 axes=[2,3] keepdim=false ties=first : f32[B,6,14,14]
+  %14 = unfold %13 kernel=[5,5] stride=[1,1] padding=[0,0] dilation=[1,1] fill=0.0 : f32[B,6,5,5,10,10] @cols
+  %15 = param "conv2d_1.w" init=kaiming_uniform : f32[16,6,5,5]
+  %16 = reshape %15 : f32[1,16,150]
+  %17 = reshape %14 : f32[B,1,150,100]
+  %18 = matmul %16, %17 : f32[B,1,16,100] @y
+  %19 = reshape %18 : f32[B,16,10,10] @y
+  %20 = param "conv2d_1.b" init=zeros : f32[16]
+  %21 = reshape %20 : f32[16,1,1]
+  %22 = add %19, %21 : f32[B,16,10,10]
+  %23 = const 0.0 : f32[]
+  %24 = max %22, %23 : f32[B,16,10,10]
+  %25 = unfold %24 kernel=[2,2] stride=[2,2] padding=[0,0] dilation=[1,1] fill=-inf : f32[B,16,2,2,5,5] @cols
+  %26 = reduce_max %25 axes=[2,3] keepdim=false ties=first : f32[B,16,5,5]
+  %27 = reshape %26 : f32[B,400]
+  %28 = param "dense.w" init=xavier_uniform : f32[400,120]
+  %29 = param "dense.b" init=zeros : f32[120]
+  %30 = matmul %27, %28 : f32[B,120]
+  %31 = add %30, %29 : f32[B,120]
+  %32 = const 0.0 : f32[]
+  %33 = max %31, %32 : f32[B,120]
+  %34 = param "dense_1.w" init=xavier_uniform : f32[120,84]
+  %35 = param "dense_1.b" init=zeros : f32[84]
+  %36 = matmul %33, %34 : f32[B,84]
+  %37 = add %36, %35 : f32[B,84]
+  %38 = const 0.0 : f32[]
+  %39 = max %37, %38 : f32[B,84]
+  %40 = param "dense_2.w" init=xavier_uniform : f32[84,10]
+  %41 = param "dense_2.b" init=zeros : f32[10]
+  %42 = matmul %39, %40 : f32[B,10]
+  %43 = add %42, %41 : f32[B,10] @logits
+  %44 = input "label" : i32[B]
+  %45 = reshape %44 : i32[B,1]
+  %46 = iota axis=0 : i32[10]
+  %47 = eq %45, %46 : bool[B,10]
+  %48 = cast %47 : f32[B,10]
+  %49 = reduce_max %43 axes=[1] keepdim=true : f32[B,1]
+  %50 = sub %43, %49 : f32[B,10] @z
+  %51 = exp %50 : f32[B,10]
+  %52 = reduce_sum %51 axes=[1] keepdim=true : f32[B,1]
+  %53 = log %52 : f32[B,1]
+  %54 = sub %50, %53 : f32[B,10]
+  %55 = mul %48, %54 : f32[B,10]
+  %56 = reduce_sum %55 axes=[1] keepdim=false : f32[B]
+  %57 = reduce_mean %56 axes=[0] keepdim=false : f32[]
+  %58 = neg %57 : f32[]
+  %59 = argmax %43 axis=1 : i32[B]
+  %60 = eq %59, %44 : bool[B]
+  %61 = cast %60 : f32[B]
+  %62 = reduce_mean %61 axes=[0] keepdim=false : f32[]
+  output logits = %43
+  output loss = %58
+  output accuracy = %62
+}
+"#;
+
+    #[test]
+    fn every_weight_of_lenet_factorizes() {
+        let objective = nnc_ir::text::parse_graph(LENET).unwrap();
+        let found = candidates(&objective);
+        let shapes: Vec<(&str, usize, usize, usize)> = found
+            .iter()
+            .map(|c| (c.param.as_str(), c.rows, c.cols, c.max_useful_rank()))
+            .collect();
+        assert_eq!(
+            shapes,
+            [
+                ("conv2d.w", 6, 25, 4),
+                ("conv2d_1.w", 16, 150, 14),
+                ("dense.w", 400, 120, 92),
+                ("dense_1.w", 120, 84, 49),
+                ("dense_2.w", 84, 10, 8),
+            ]
+        );
+        // Values for every param and a batch of two images.
+        let mut env = Env::new().with("image", f32s(&[2, 1, 28, 28], 7)).with(
+            "label",
+            Tensor::from_vec(DType::I32, &[2], vec![3.0, 8.0]).unwrap(),
+        );
+        for (id, name) in objective.params() {
+            let dims: Vec<usize> = objective
+                .ty(id)
+                .shape
+                .iter()
+                .filter_map(Dim::as_const)
+                .collect();
+            let Op::Param { init, .. } = &objective.node(id).op else {
+                unreachable!()
+            };
+            env.insert(name, nnc_ir::initialize(init, &dims, DType::F32, 1, name));
+        }
+        let logits = |g: &Graph, env: &Env| {
+            let values = eval(g, env, EvalOptions::F32).unwrap();
+            values.output("logits").unwrap().clone()
+        };
+        let before = logits(&objective, &env);
+        // At full rank, every layer computes what it did.
+        let mut full = objective.clone();
+        let mut full_env = env.clone();
+        for c in &found {
+            let (u, v) =
+                factor_weights(env.get(&c.param).unwrap(), c.layout, c.max_rank()).unwrap();
+            factorize(&mut full, &c.param, c.max_rank()).unwrap();
+            full_env.remove(&c.param);
+            full_env.insert(format!("{}.u", c.param), u);
+            full_env.insert(format!("{}.v", c.param), v);
+        }
+        verify(&full).unwrap();
+        let after = logits(&full, &full_env);
+        assert!(
+            after.max_abs_diff(&before) < 1e-4,
+            "{after:?} vs {before:?}"
+        );
+        // At the largest useful ranks, the factors train.
+        let mut g = objective.clone();
+        for c in &found {
+            factorize(&mut g, &c.param, c.max_useful_rank()).unwrap();
+        }
+        verify(&g).unwrap();
+        let grads = crate::gradient_graph(&g).unwrap();
+        for c in &found {
+            assert!(grads.output(&format!("grad.{}.u", c.param)).is_some());
+            assert!(grads.output(&format!("grad.{}.v", c.param)).is_some());
+            assert!(grads.output(&format!("grad.{}", c.param)).is_none());
+        }
+        // Each convolution's `v` is a convolution weight; each dense
+        // layer's factors are dense weights.
+        let again: Vec<String> = candidates(&g).into_iter().map(|c| c.param).collect();
+        assert_eq!(
+            again,
+            [
+                "conv2d.w.v",
+                "conv2d_1.w.v",
+                "dense.w.u",
+                "dense.w.v",
+                "dense_1.w.u",
+                "dense_1.w.v",
+                "dense_2.w.u",
+                "dense_2.w.v"
+            ]
+        );
+    }
 }
