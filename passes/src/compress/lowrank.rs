@@ -12,9 +12,9 @@
 //! Why: the product costs `rows·cols` multiply-adds per output position
 //! (per sample of a dense layer, per output pixel of a convolution), the
 //! factored one `r·(rows + cols)`, so it pays only below
-//! `rows·cols / (rows + cols)` ([`Candidate::max_useful_rank`]): below
-//! 309 for a `784×512` dense layer, below 57 for a 3×3 convolution of 64
-//! channels to 64 (`64×576`). The params shrink by the same ratio. A
+//! `rows·cols / (rows + cols)` ([`Candidate::max_useful_rank`]): up to
+//! rank 309 for a `784×512` dense layer, up to 57 for a 3×3 convolution
+//! of 64 channels to 64 (`64×576`). The params shrink by the same ratio. A
 //! factored convolution is a convolution of `r` filters (`v`, with the
 //! original's window) followed by a 1×1 convolution (`u`), so `v` keeps
 //! the weight's `[C, k...]` trailing axes and is itself a convolution
@@ -29,8 +29,8 @@
 //! graph: the factors are params like any other, and autodiff sees only
 //! matmuls and reshapes.
 //!
-//! Only grouped convolutions with one group factorize (a grouped weight is
-//! a block-diagonal matrix, whose factors would be per group).
+//! Only convolutions of one group factorize (a grouped weight is a
+//! block-diagonal matrix, whose factors would be per group).
 
 use super::svd::svd;
 use crate::quantize::rewrite::{sites, Layout, Site};

@@ -9,18 +9,22 @@
 //! reduction to tridiagonal form and the implicit QL algorithm (EISPACK's
 //! `tred2`/`tql2`, as JAMA writes them), then `σᵢ = ‖A vᵢ‖` and
 //! `uᵢ = A vᵢ / σᵢ`. Cyclic or one-sided Jacobi would be simpler and more
-//! accurate for tiny singular values, but needs `O(n³)` work per sweep
-//! and several sweeps: minutes, not a second, for a `1600×1024`
-//! convolution weight. Every loop here runs over contiguous rows (the
-//! eigenvectors are kept as rows), which is what makes it fast.
+//! accurate for tiny singular values, but needs `O(m·n²)` work per sweep
+//! and several sweeps: by estimate seconds for a `784×512` dense weight
+//! and half a minute for a `1600×1024` one, where this takes about 0.2 s
+//! and 2 s of one core (`svd_timing`, release). Every loop here runs over
+//! contiguous rows (the eigenvectors are kept as rows), and QL's
+//! rotations are applied to a band of columns at a time, in cache
+//! (`rotate_rows`).
 //!
 //! Accuracy: `U diag(s) Vᵀ` reconstructs `A` to about `ε·σ₁` (the columns
 //! `A vᵢ` are exact, only their lengths are split off); `V` is orthonormal
 //! to rounding; a singular value is accurate to about `ε·σ₁²/σᵢ` (the
 //! Gram matrix squares the condition), so values far below `√ε·σ₁` are
 //! noise, which never matters for truncation. `U`'s columns for small
-//! `σᵢ` (below `1e-4·σ₁`) are re-orthogonalized against the larger ones,
-//! and those of a zero `σᵢ` (a rank-deficient matrix) are completed to an
+//! `σᵢ` (below `1e-4·σ₁`) are re-orthogonalized against the larger ones
+//! (which moves their terms by about `ε·σ₁²/σᵢ`, at most `√ε·σ₁`), and
+//! those of a zero `σᵢ` (a rank-deficient matrix) are completed to an
 //! orthonormal basis.
 
 /// A thin SVD of an `m×n` matrix, `k = min(m, n)`, all row-major.
@@ -36,6 +40,9 @@ pub struct Svd {
 
 /// The thin SVD of the row-major `m×n` matrix `a` (finite values; see the
 /// module docs for the accuracy). An empty matrix has an empty SVD.
+///
+/// # Panics
+/// If `a` does not hold `m·n` values.
 pub fn svd(a: &[f64], m: usize, n: usize) -> Svd {
     assert_eq!(
         a.len(),
