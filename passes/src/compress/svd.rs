@@ -583,6 +583,25 @@ mod tests {
     }
 
     #[test]
+    fn graded_singular_values_come_back() {
+        // A = Q₁ diag(s) Q₂ᵀ with orthonormal Q₁ (40×6), Q₂ (6×6): three
+        // singular values under 1e-4·σ₁, whose columns of U are
+        // re-orthogonalized.
+        let s = [3.0, 1.0, 1e-2, 1e-5, 1e-6, 0.0];
+        let q1 = svd(&random(40 * 6, 21), 40, 6).u;
+        let q2t = svd(&random(36, 22), 6, 6).vt;
+        let mut scaled = q1.clone();
+        for (i, v) in scaled.iter_mut().enumerate() {
+            *v *= s[i % 6];
+        }
+        let a = matmul(&scaled, &q2t, 40, 6, 6);
+        let d = check(&a, 40, 6, 1e-9);
+        assert!(max_diff(&d.s, &s) < 1e-9, "{:?}", d.s);
+        let d = check(&transpose(&a, 40, 6), 6, 40, 1e-9);
+        assert!(max_diff(&d.s, &s) < 1e-9, "{:?}", d.s);
+    }
+
+    #[test]
     fn known_decompositions() {
         // diag(1, -3, 2): singular values 3, 2, 1, the sign in U or V.
         let a = [1.0, 0.0, 0.0, 0.0, -3.0, 0.0, 0.0, 0.0, 2.0];
