@@ -86,6 +86,9 @@ pub enum Emit {
     Opt,
     /// The training step's kernels: what each computes, its FLOPs and bytes.
     Kernels,
+    /// The same for the model's forward graph (inference) at the train
+    /// block's batch size.
+    InferenceKernels,
 }
 
 /// How `nnc compile` optimizes and what it adds to the printed stage.
@@ -189,6 +192,11 @@ pub fn emit_with(
             let batch = need_train(&module, "`--emit kernels`")?.batch;
             let (step, _) = optimize(&train_step(&module)?, options.opt)?;
             kernel_listing(&step, batch, options.opt)
+        }
+        Emit::InferenceKernels => {
+            let batch = need_train(&module, "`--emit inference-kernels`")?.batch;
+            let (forward, _) = optimize(&module.forward, options.opt)?;
+            kernel_listing(&forward, batch, options.opt)
         }
     }
 }

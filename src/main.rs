@@ -170,6 +170,34 @@ enum Command {
         #[arg(long)]
         model: Option<String>,
     },
+    /// Factorize weights: replace the model's dense and convolution weights W by truncated-SVD factors U V where that saves multiply-adds, and write the factorized model's checkpoint.
+    Factorize {
+        /// The `.nn` file.
+        file: PathBuf,
+        /// The trained checkpoint.
+        #[arg(long, value_name = "PATH")]
+        weights: PathBuf,
+        /// Where to write the factorized checkpoint.
+        #[arg(short = 'o', long = "output", value_name = "PATH")]
+        output: PathBuf,
+        /// Choose each rank as the smallest that keeps this fraction of the squared singular values, in (0, 1].
+        #[arg(
+            long,
+            value_name = "E",
+            conflicts_with = "rank",
+            required_unless_present = "rank"
+        )]
+        energy: Option<f64>,
+        /// Use this rank for every selected weight.
+        #[arg(long, value_name = "R")]
+        rank: Option<usize>,
+        /// Only these layers, comma-separated: instance names (dense, as `nnc summary` shows them) or a prefix and * ('dense*'). Default: every dense layer and convolution.
+        #[arg(long, value_name = "NAMES", value_delimiter = ',')]
+        layers: Vec<String>,
+        /// The model to factorize when the file has several.
+        #[arg(long)]
+        model: Option<String>,
+    },
     /// Measure compile time, training-step and inference latency with the JIT.
     Bench {
         file: PathBuf,
@@ -211,6 +239,8 @@ enum EmitArg {
     Opt,
     /// The training step's kernels (see -O) with their FLOPs and bytes.
     Kernels,
+    /// The forward (inference) graph's kernels at the train block's batch size.
+    InferenceKernels,
 }
 
 fn parse_level(s: &str) -> Result<OptLevel, String> {
@@ -277,6 +307,7 @@ fn main() -> ExitCode {
                 EmitArg::TrainStep => Emit::TrainStep,
                 EmitArg::Opt => Emit::Opt,
                 EmitArg::Kernels => Emit::Kernels,
+                EmitArg::InferenceKernels => Emit::InferenceKernels,
             };
             let options = CompileOptions {
                 opt,
@@ -370,6 +401,31 @@ fn main() -> ExitCode {
                 &weights,
                 &output,
                 &options,
+                model.as_deref(),
+                &mut |line| println!("{line}"),
+            )
+            .map(|_| ())
+        }
+        Command::Factorize {
+            file,
+            weights,
+            output,
+            energy,
+            rank,
+            layers,
+            model,
+        } => {
+            use nnc_runtime::compress::{FactorizeOptions, RankChoice};
+            let rank = match (energy, rank) {
+                (_, Some(r)) => RankChoice::Fixed(r),
+                (Some(e), None) => RankChoice::Energy(e),
+                (None, None) => unreachable!("clap requires --energy or --rank"),
+            };
+            nnc::compress::factorize(
+                &file,
+                &weights,
+                &output,
+                &FactorizeOptions { rank, layers },
                 model.as_deref(),
                 &mut |line| println!("{line}"),
             )

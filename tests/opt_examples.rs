@@ -54,6 +54,7 @@ fn optimized_training_steps() {
         let options = CompileOptions {
             opt: OptLevel::O2,
             explain: false,
+            weights: None,
         };
         let text = driver::emit_with(&src, Emit::Opt, None, &options).unwrap();
         let parsed = nnc_ir::parse_graph(&text).unwrap();
@@ -80,6 +81,7 @@ fn explain_prints_the_report_as_comments() {
     let options = CompileOptions {
         opt: OptLevel::O2,
         explain: true,
+        weights: None,
     };
     let text = driver::emit_with(&src, Emit::Opt, None, &options).unwrap();
     assert!(text.starts_with("// optimizer -O2:"), "{text}");
@@ -94,6 +96,7 @@ fn explain_prints_the_report_as_comments() {
     let o0 = CompileOptions {
         opt: OptLevel::O0,
         explain: false,
+        weights: None,
     };
     let text = driver::emit_with(&src, Emit::Opt, None, &o0).unwrap();
     let (ir, kernels) = text
@@ -117,6 +120,7 @@ fn emit_kernels_lists_fewer_kernels_and_bytes_at_o2() {
         let options = CompileOptions {
             opt,
             explain: false,
+            weights: None,
         };
         let text = driver::emit_with(&source(name), Emit::Kernels, None, &options).unwrap();
         let first = text.lines().next().unwrap();

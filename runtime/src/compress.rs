@@ -1,5 +1,6 @@
-//! Structural compression of a trained model (`nnc prune`): choose what
-//! to remove from the checkpoint's weights, change the module's graphs,
+//! Structural compression of a trained model (`nnc prune`, `nnc
+//! factorize`): choose what to remove or factor from the checkpoint's
+//! weights, change the module's graphs,
 //! and write the smaller checkpoint, whose `structure` metadata lets a
 //! later run (fine-tuning, evaluation, prediction, quantization) rebuild
 //! the same graphs from the unchanged source.
@@ -11,7 +12,7 @@
 use crate::checkpoint::{self, Checkpoint};
 use crate::RuntimeError;
 use nnc_ir::{Module, StructuralChange, Tensor};
-use nnc_passes::compress::{self, channels};
+use nnc_passes::compress::{self, channels, lowrank, svd};
 use std::collections::BTreeMap;
 use std::path::Path;
 
@@ -102,6 +103,37 @@ fn instance(param: &str) -> &str {
     param.rsplit_once('.').map_or(param, |(layer, _)| layer)
 }
 
+/// Whether `--layers` selects `weight`: `conv2d_1` names one layer,
+/// `conv2d*` every instance so named, nothing every layer.
+fn is_selected(layers: &[String], weight: &str) -> bool {
+    let inst = instance(weight);
+    layers.is_empty()
+        || layers
+            .iter()
+            .any(|pattern| match pattern.strip_suffix('*') {
+                Some(prefix) => inst.starts_with(prefix),
+                None => inst == pattern,
+            })
+}
+
+/// Refuses a `--layers` entry that selects none of `weights`.
+fn check_layers(layers: &[String], weights: &[&str], module: &Module) -> Result<(), RuntimeError> {
+    for wanted in layers {
+        if !weights
+            .iter()
+            .any(|w| is_selected(std::slice::from_ref(wanted), w))
+        {
+            let names: Vec<&str> = weights.iter().map(|w| instance(w)).collect();
+            return Err(RuntimeError::Setup(format!(
+                "`{wanted}` is not a dense layer or convolution of `{}` that this can change (those are: {})",
+                module.name,
+                names.join(", ")
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// Prunes the output channels of the selected layers of `module` (whose
 /// weights are `ckpt`'s), changes `module` to the smaller model, and
 /// writes its checkpoint to `output`: params and model state only (a
@@ -119,44 +151,16 @@ pub fn prune(
             options.ratio
         )));
     }
-    if ckpt.quantization.is_some() {
-        return Err(setup(format!(
-            "checkpoint `{}` is quantized: prune the float checkpoint, then quantize the pruned one",
-            ckpt.path.display()
-        )));
-    }
-    let mut tensors: BTreeMap<String, Tensor> = ckpt
-        .params
-        .iter()
-        .filter_map(|name| Some((name.clone(), ckpt.tensor(name)?.clone())))
-        .collect();
+    let mut tensors = float_weights(ckpt, "prune")?;
     // The graph that holds every param and state the groups tie together.
     let mut graph = match &module.train {
         Some(spec) => spec.objective.clone(),
         None => module.forward.clone(),
     };
-    // `conv2d_1` names one layer; `conv2d*` every instance so named.
-    let matches = |pattern: &str, weight: &str| {
-        let inst = instance(weight);
-        match pattern.strip_suffix('*') {
-            Some(prefix) => inst.starts_with(prefix),
-            None => inst == pattern,
-        }
-    };
-    let selected = |weight: &str| {
-        options.layers.is_empty() || options.layers.iter().any(|l| matches(l, weight))
-    };
     let candidates = channels::candidates(&graph);
-    for wanted in &options.layers {
-        if !candidates.iter().any(|(w, _)| matches(wanted, w)) {
-            let names: Vec<&str> = candidates.iter().map(|(w, _)| instance(w)).collect();
-            return Err(setup(format!(
-                "`{wanted}` is not a dense layer or convolution of `{}` (its layers with weights: {})",
-                module.name,
-                names.join(", ")
-            )));
-        }
-    }
+    let weights: Vec<&str> = candidates.iter().map(|(w, _)| w.as_str()).collect();
+    check_layers(&options.layers, &weights, module)?;
+    let selected = |weight: &str| is_selected(&options.layers, weight);
     let params_before = param_elements(&tensors, &ckpt.params, module);
     let macs_before = compress::product_macs(&module.forward);
     let mut changes = Vec::new();
@@ -254,7 +258,32 @@ pub fn prune(
         )));
     }
     restructure(module, output, &changes)?;
-    let tensors: Vec<(String, Tensor)> = tensors.into_iter().collect();
+    let file_bytes = save(module, ckpt, &tensors, output)?;
+    let names: Vec<String> = tensors.keys().cloned().collect();
+    Ok(PruneReport {
+        pruned,
+        skipped,
+        params_before,
+        params_after: param_elements(&tensors, &names, module),
+        macs_before,
+        macs_after: compress::product_macs(&module.forward),
+        file_bytes,
+    })
+}
+
+/// Writes the changed model's checkpoint: `tensors` (params and model
+/// state), the structure `module` now has, and what the data fitted
+/// (vocabularies, statistics) as `ckpt` recorded it. Returns its size.
+fn save(
+    module: &Module,
+    ckpt: &Checkpoint,
+    tensors: &BTreeMap<String, Tensor>,
+    output: &Path,
+) -> Result<u64, RuntimeError> {
+    let tensors: Vec<(String, Tensor)> = tensors
+        .iter()
+        .map(|(n, t)| (n.clone(), t.clone()))
+        .collect();
     let meta = checkpoint::Meta {
         epochs_done: ckpt.epochs_done,
         params: tensors.iter().map(|(n, _)| n.clone()).collect(),
@@ -270,16 +299,182 @@ pub fn prune(
         &ckpt.vocabularies,
         &ckpt.fitted,
     )?;
-    let names: Vec<String> = tensors.iter().map(|(n, _)| n.clone()).collect();
-    let tensors: BTreeMap<String, Tensor> = tensors.into_iter().collect();
-    Ok(PruneReport {
-        pruned,
+    Ok(std::fs::metadata(output).map(|m| m.len()).unwrap_or(0))
+}
+
+/// The float params and model state of `ckpt`, refusing a quantized one
+/// (`what` is the command).
+fn float_weights(ckpt: &Checkpoint, what: &str) -> Result<BTreeMap<String, Tensor>, RuntimeError> {
+    if ckpt.quantization.is_some() {
+        return Err(RuntimeError::Setup(format!(
+            "checkpoint `{}` is quantized: {what} the float checkpoint, then quantize the result",
+            ckpt.path.display()
+        )));
+    }
+    Ok(ckpt
+        .params
+        .iter()
+        .filter_map(|name| Some((name.clone(), ckpt.tensor(name)?.clone())))
+        .collect())
+}
+
+/// How the rank of each factorized weight is chosen.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum RankChoice {
+    /// The smallest rank whose singular values keep this fraction of the
+    /// squared ones' sum (the "energy"), in (0, 1].
+    Energy(f64),
+    /// This rank for every selected weight.
+    Fixed(usize),
+}
+
+/// What `nnc factorize` is asked.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FactorizeOptions {
+    pub rank: RankChoice,
+    /// Which layers, as for [`PruneOptions::layers`].
+    pub layers: Vec<String>,
+}
+
+/// One weight replaced by two factors.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FactorizedLayer {
+    pub weight: String,
+    /// The matrix it multiplies with.
+    pub rows: usize,
+    pub cols: usize,
+    pub rank: usize,
+    /// The fraction of the squared singular values the rank keeps.
+    pub energy: f64,
+}
+
+/// What `nnc factorize` did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FactorizeReport {
+    pub factorized: Vec<FactorizedLayer>,
+    /// Weights left whole, with why.
+    pub skipped: Vec<(String, String)>,
+    pub params_before: usize,
+    pub params_after: usize,
+    pub macs_before: usize,
+    pub macs_after: usize,
+    pub file_bytes: u64,
+}
+
+/// Replaces the selected product weights of `module` by truncated-SVD
+/// factors `W ≈ U V` wherever the rank saves multiply-adds, changes
+/// `module` to match and writes its checkpoint to `output`.
+pub fn factorize(
+    module: &mut Module,
+    ckpt: &Checkpoint,
+    options: &FactorizeOptions,
+    output: &Path,
+) -> Result<FactorizeReport, RuntimeError> {
+    let setup = RuntimeError::Setup;
+    match options.rank {
+        RankChoice::Energy(e) if !(e > 0.0 && e <= 1.0) => {
+            return Err(setup(format!(
+                "the energy a factorization keeps must be in (0, 1], not {e}"
+            )))
+        }
+        RankChoice::Fixed(0) => {
+            return Err(setup(
+                "a factorization's rank must be at least 1".to_string(),
+            ))
+        }
+        _ => {}
+    }
+    let mut tensors = float_weights(ckpt, "factorize")?;
+    let candidates = lowrank::candidates(&module.forward);
+    let weights: Vec<&str> = candidates.iter().map(|c| c.param.as_str()).collect();
+    check_layers(&options.layers, &weights, module)?;
+    let params_before = param_elements(&tensors, &ckpt.params, module);
+    let macs_before = compress::product_macs(&module.forward);
+    let mut factorized = Vec::new();
+    let mut skipped = Vec::new();
+    let mut changes = Vec::new();
+    for c in candidates {
+        if !is_selected(&options.layers, &c.param) {
+            skipped.push((c.param, "not selected".to_string()));
+            continue;
+        }
+        let w = tensors.get(&c.param).ok_or_else(|| {
+            setup(format!(
+                "checkpoint `{}` has no tensor `{}`",
+                ckpt.path.display(),
+                c.param
+            ))
+        })?;
+        let singular = svd::svd(&w.data, c.rows, c.cols).s;
+        let rank = match options.rank {
+            RankChoice::Energy(e) => svd::rank_for_energy(&singular, e),
+            RankChoice::Fixed(r) if r > c.max_rank() => {
+                return Err(setup(format!(
+                    "rank {r} is larger than the {}×{} matrix of `{}`",
+                    c.rows, c.cols, c.param
+                )))
+            }
+            RankChoice::Fixed(r) => r,
+        };
+        if rank > c.max_useful_rank() {
+            skipped.push((
+                c.param.clone(),
+                format!(
+                    "rank {rank} of its {}×{} matrix saves no multiply-adds ({} ≥ {})",
+                    c.rows,
+                    c.cols,
+                    c.factored_macs(rank),
+                    c.full_macs()
+                ),
+            ));
+            continue;
+        }
+        let squares: Vec<f64> = singular.iter().map(|s| s * s).collect();
+        let total: f64 = squares.iter().sum();
+        let energy = if total > 0.0 {
+            squares[..rank].iter().sum::<f64>() / total
+        } else {
+            1.0
+        };
+        let (u, v) = lowrank::factor_weights(w, c.layout, rank)
+            .map_err(|e| setup(format!("`{}`: {}", c.param, e.message)))?;
+        tensors.remove(&c.param);
+        tensors.insert(format!("{}.u", c.param), u);
+        tensors.insert(format!("{}.v", c.param), v);
+        changes.push(StructuralChange::Factorize {
+            param: c.param.clone(),
+            rank,
+        });
+        factorized.push(FactorizedLayer {
+            weight: c.param,
+            rows: c.rows,
+            cols: c.cols,
+            rank,
+            energy,
+        });
+    }
+    if factorized.is_empty() {
+        return Err(setup(format!(
+            "nothing of `{}` was factorized: {}",
+            module.name,
+            skipped
+                .iter()
+                .map(|(w, why)| format!("`{w}`: {why}"))
+                .collect::<Vec<_>>()
+                .join("; ")
+        )));
+    }
+    restructure(module, output, &changes)?;
+    let file_bytes = save(module, ckpt, &tensors, output)?;
+    let names: Vec<String> = tensors.keys().cloned().collect();
+    Ok(FactorizeReport {
+        factorized,
         skipped,
         params_before,
         params_after: param_elements(&tensors, &names, module),
         macs_before,
         macs_after: compress::product_macs(&module.forward),
-        file_bytes: std::fs::metadata(output).map(|m| m.len()).unwrap_or(0),
+        file_bytes,
     })
 }
 

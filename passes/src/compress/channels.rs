@@ -545,7 +545,7 @@ fn regroup(from: &[Dim], to: &[Dim], lane: Lane, channels: usize) -> Option<Lane
         let extent = stride * n;
         // The innermost axis whose extent holds a whole run of channels.
         if span <= extent {
-            let fits = stride <= step && step % stride == 0 && extent % span == 0;
+            let fits = stride <= step && step.is_multiple_of(stride) && extent.is_multiple_of(span);
             return fits.then(|| Lane {
                 axis: j,
                 outer: extent / span,

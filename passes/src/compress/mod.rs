@@ -20,9 +20,7 @@ pub fn apply(graph: &mut Graph, change: &StructuralChange) -> Result<(), PassErr
         StructuralChange::PruneChannels { param, kept } => {
             channels::shrink(graph, param, kept.len()).map(|_| ())
         }
-        StructuralChange::Factorize { .. } => Err(PassError::new(
-            "low-rank factorization is not available in this build",
-        )),
+        StructuralChange::Factorize { param, rank } => lowrank::factorize(graph, param, *rank),
     }
 }
 
