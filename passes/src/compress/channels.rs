@@ -120,14 +120,6 @@ pub fn group(graph: &Graph, seed: &str) -> Result<ChannelGroup, PassError> {
     while let Some(v) = walk.queue.pop_front() {
         walk.spread(v)?;
     }
-    for output in &graph.outputs {
-        if walk.lanes.contains_key(&output.node) {
-            return Err(PassError::new(format!(
-                "the channels of `{seed}` reach the output `{}`",
-                output.name
-            )));
-        }
-    }
     let leaves = walk
         .lanes
         .iter()
@@ -271,6 +263,11 @@ impl Walk<'_> {
                 )))
             }
             None => {}
+        }
+        // An output's shape is the model's interface: checked first, as
+        // the plainest reason a layer's channels must stay.
+        if let Some(output) = self.graph.outputs.iter().find(|o| o.node == v) {
+            return Err(self.fail(format!("reach the output `{}`", output.name)));
         }
         self.lanes.insert(v, lane);
         self.queue.push_back(v);
