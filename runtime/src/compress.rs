@@ -215,7 +215,16 @@ pub fn prune(
             ));
             continue;
         }
-        let saliency = saliency(&group, &tensors, options.saliency)?;
+        let saliency = match saliency(&group, &tensors, options.saliency) {
+            Ok(s) => s,
+            // Without `--layers`, a layer the saliency cannot rank (no
+            // batch norm for `bn`) stays whole.
+            Err(RuntimeError::Setup(why)) if options.layers.is_empty() => {
+                skipped.push((weight, why));
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
         let kept = channels::most_salient(&saliency, keep);
         for (name, lane) in &group.leaves {
             let t = tensors.get(name).ok_or_else(|| {
@@ -488,7 +497,13 @@ fn removed_globally(
 ) -> Result<BTreeMap<String, usize>, RuntimeError> {
     let mut all = Vec::new();
     for (i, group) in groups.iter().enumerate() {
-        let s = saliency(group, tensors, options.saliency)?;
+        let s = match saliency(group, tensors, options.saliency) {
+            Ok(s) => s,
+            // Ranked by nothing, it keeps every channel (and says why
+            // when its turn comes).
+            Err(_) if options.layers.is_empty() => continue,
+            Err(e) => return Err(e),
+        };
         let mean = s.iter().sum::<f64>() / s.len().max(1) as f64;
         let scale = if mean > 0.0 { 1.0 / mean } else { 1.0 };
         all.extend(s.iter().enumerate().map(|(c, v)| (v * scale, i, c)));

@@ -771,6 +771,34 @@ graph forward {
     }
 
     #[test]
+    fn a_running_statistic_is_pruned_with_the_batch_it_is_updated_from() {
+        let mut graph = parse_graph(
+            r#"
+graph objective {
+  %0 = input "x" : f32[B,8]
+  %1 = param "a.w" init=xavier_uniform : f32[8,6]
+  %2 = matmul %0, %1 : f32[B,6]
+  %3 = reduce_mean %2 axes=[0] keepdim=false : f32[6]
+  %4 = state "bn.running_mean" init=zeros : f32[6]
+  %5 = const 0.9 : f32[]
+  %6 = mul %4, %5 : f32[6]
+  %7 = add %6, %3 : f32[6]
+  %8 = param "b.w" init=xavier_uniform : f32[6,2]
+  %9 = matmul %2, %8 : f32[B,2]
+  output y = %9
+  update "bn.running_mean" = %7
+}
+"#,
+        )
+        .unwrap();
+        let g = shrink(&mut graph, "a.w", 4).unwrap();
+        let names: Vec<&str> = g.leaves.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, vec!["a.w", "bn.running_mean", "b.w"]);
+        let state = graph.find_leaf("bn.running_mean").unwrap();
+        assert_eq!(graph.ty(state).to_string(), "f32[4]");
+    }
+
+    #[test]
     fn shrinking_to_nothing_or_more_is_refused() {
         let mut graph = parse_graph(CONV_NET).unwrap();
         assert!(shrink(&mut graph, "conv.w", 0).is_err());
