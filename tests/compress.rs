@@ -253,6 +253,25 @@ fn bad_requests_are_refused_with_what_was_wrong() {
     assert!(e.contains("saves no multiply-adds"), "{e}");
     assert!(!out.exists(), "nothing is written when nothing changes");
 
+    // A checkpoint of another model.
+    let xor = dir.path("xor.safetensors");
+    let run = RunOptions {
+        save: Some(xor.clone()),
+        train: TrainOptions {
+            epochs: Some(1),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let xor_nn = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/xor.nn");
+    let settings = RunSettings {
+        run,
+        ..Default::default()
+    };
+    driver::run_with(&xor_nn, &settings, &mut |_| {}).unwrap();
+    let e = prune(&xor, &out, &half()).unwrap_err();
+    assert!(e.contains("is for model `Xor`, not `DigitsMLP`"), "{e}");
+
     // A checkpoint whose recorded structure the source cannot take.
     let broken = dir.path("broken.safetensors");
     let ckpt = nnc_runtime::checkpoint::load(&base).unwrap();
