@@ -64,6 +64,9 @@ pub struct BenchReport {
     pub train_step: Duration,
     pub infer_batch: Duration,
     pub infer_one: Duration,
+    /// Inference ran the int8 products of a quantized `--weights`
+    /// checkpoint (the training step stays in float: it cannot train).
+    pub int8_inference: bool,
     /// With `--profile`: each kernel of the training step with its median
     /// time, in schedule order.
     pub profile: Vec<KernelTime>,
@@ -121,8 +124,14 @@ pub fn bench(path: &Path, options: &BenchOptions) -> Result<BenchReport, Failure
     let parse = timed(t);
     let t = Instant::now();
     let mut module = driver::compile_program(&src, &program, None)?;
+    let mut int8_inference = false;
     if let Some(w) = &options.weights {
         driver::restructure_for(&mut module, w)?;
+        if let Some((ckpt, products)) = driver::quantized_products(w)? {
+            nnc_runtime::quantize::apply(&mut module.forward, &products, &ckpt)
+                .map_err(|e| Failure(format!("error: {e}\n")))?;
+            int8_inference = true;
+        }
     }
     let spec = driver::need_train(&module, "`nnc bench`")?.clone();
     let elaborate = timed(t);
@@ -207,6 +216,7 @@ pub fn bench(path: &Path, options: &BenchOptions) -> Result<BenchReport, Failure
         train_step,
         infer_batch,
         infer_one,
+        int8_inference,
         profile,
         loop_profile,
     })
@@ -266,14 +276,19 @@ impl BenchReport {
         let rss = self
             .peak_rss
             .map_or("unknown".to_string(), |b| format!("{:.1} MB", mb(b)));
+        let int8 = if self.int8_inference {
+            "  (int8 products)"
+        } else {
+            ""
+        };
         format!(
             "model {} (batch {}, {}, {} thread(s))\n\
              compile      {:8.2} ms  (training step, parse to native code; ms: {})\n\
              work         {} kernels, {:.2} MB moved, {:.1} MFLOP per train step\n\
              memory       arena {:.2} MB = {:.2}× the live-set bound {:.2} MB (no reuse: {:.2} MB); peak RSS {}\n\
              train step   {:8.3} ms  median\n\
-             inference    {:8.3} ms  batch {}\n\
-             inference    {:8.3} ms  batch 1\n",
+             inference    {:8.3} ms  batch {}{}\n\
+             inference    {:8.3} ms  batch 1{}\n",
             self.model,
             self.batch,
             self.opt,
@@ -291,7 +306,9 @@ impl BenchReport {
             ms(self.train_step),
             ms(self.infer_batch),
             self.batch,
+            int8,
             ms(self.infer_one),
+            int8,
         ) + &self.profile_text()
     }
 
@@ -302,7 +319,7 @@ impl BenchReport {
             .map(|(name, d)| format!("\"{name}\":{:.3}", ms(*d)))
             .collect();
         format!(
-            "{{\"model\":\"{}\",\"batch\":{},\"opt\":\"{}\",\"threads\":{},\"compile_ms\":{:.3},\"stages_ms\":{{{}}},\"kernels\":{},\"flops\":{},\"bytes_moved\":{},\"arena_bytes\":{},\"live_bytes\":{},\"unshared_bytes\":{},\"peak_rss_bytes\":{},\"train_step_ms\":{:.4},\"infer_batch_ms\":{:.4},\"infer_one_ms\":{:.4}}}\n",
+            "{{\"model\":\"{}\",\"batch\":{},\"opt\":\"{}\",\"threads\":{},\"compile_ms\":{:.3},\"stages_ms\":{{{}}},\"kernels\":{},\"flops\":{},\"bytes_moved\":{},\"arena_bytes\":{},\"live_bytes\":{},\"unshared_bytes\":{},\"peak_rss_bytes\":{},\"train_step_ms\":{:.4},\"infer_batch_ms\":{:.4},\"infer_one_ms\":{:.4},\"int8_inference\":{}}}\n",
             self.model.replace('"', "\\\""),
             self.batch,
             self.opt,
@@ -319,6 +336,7 @@ impl BenchReport {
             ms(self.train_step),
             ms(self.infer_batch),
             ms(self.infer_one),
+            self.int8_inference,
         )
     }
 

@@ -478,7 +478,7 @@ pub fn restructure_for(module: &mut Module, path: &Path) -> Result<(), Failure> 
 /// The checkpoint at `path` and the products it quantizes, if it is a
 /// quantized one; a float checkpoint is not read here (its header says
 /// so), only by the run.
-fn quantized_products(
+pub fn quantized_products(
     path: &Path,
 ) -> Result<
     Option<(
