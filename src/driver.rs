@@ -100,7 +100,8 @@ pub struct CompileOptions {
     /// statistics) first, as `//` comments, which the IR parser skips.
     pub explain: bool,
     /// `--weights`: compile the model as this checkpoint's structure
-    /// says (pruned or factorized), not as the source alone.
+    /// says (pruned or factorized), not as the source alone, and with a
+    /// quantized checkpoint's integer products in its forward graph.
     pub weights: Option<PathBuf>,
 }
 
@@ -145,6 +146,10 @@ pub fn emit_with(
     let mut module = compile_source(src, model)?;
     if let Some(w) = &options.weights {
         restructure_for(&mut module, w)?;
+        if let Some((ckpt, products)) = quantized_products(w)? {
+            nnc_runtime::quantize::apply(&mut module.forward, &products, &ckpt)
+                .map_err(run_failure)?;
+        }
     }
     match stage {
         Emit::Ast => unreachable!("handled above"),
