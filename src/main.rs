@@ -30,6 +30,9 @@ enum Command {
         /// The model to summarize when the file has several and no `train` block.
         #[arg(long)]
         model: Option<String>,
+        /// Summarize the model as this checkpoint's structure says (after `nnc prune` or `nnc factorize`).
+        #[arg(long, value_name = "PATH")]
+        weights: Option<PathBuf>,
     },
     /// Print a stage of the compilation.
     Compile {
@@ -289,8 +292,18 @@ fn main() -> ExitCode {
                     .sum();
                 println!("{}: ok — model {} with {params} params", src.path, m.name);
             }),
-        Command::Summary { file, model } => driver::read_source(&file)
+        Command::Summary {
+            file,
+            model,
+            weights,
+        } => driver::read_source(&file)
             .and_then(|src| driver::compile_source(&src, model.as_deref()))
+            .and_then(|mut m| {
+                if let Some(w) = &weights {
+                    driver::restructure_for(&mut m, w)?;
+                }
+                Ok(m)
+            })
             .map(|m| print!("{}", nnc::summary::render(&m))),
         Command::Compile {
             file,

@@ -689,6 +689,7 @@ impl<'a> Elaborator<'a> {
             name,
             layer: layer.to_string(),
             outputs,
+            values: tensors,
         });
     }
 

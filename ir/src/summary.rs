@@ -20,6 +20,10 @@ pub struct LayerCall {
     pub layer: String,
     /// The types of the values it returned.
     pub outputs: Vec<TensorType>,
+    /// Those values in `Module::forward`: a model whose structure was
+    /// changed after elaboration (`nnc prune`) shows their types as the
+    /// graph now has them.
+    pub values: Vec<crate::NodeId>,
 }
 
 /// One row of a [`Summary`].
@@ -77,7 +81,15 @@ impl Summary {
             .map(|c| SummaryRow {
                 name: c.name.clone(),
                 layer: c.layer.clone(),
-                outputs: c.outputs.clone(),
+                outputs: c
+                    .outputs
+                    .iter()
+                    .enumerate()
+                    .map(|(i, ty)| match c.values.get(i) {
+                        Some(&v) if forward.contains(v) => forward.ty(v).clone(),
+                        _ => ty.clone(),
+                    })
+                    .collect(),
                 params: owned(&c.name, true),
                 states: owned(&c.name, false),
             })
@@ -139,6 +151,7 @@ mod tests {
             name: name.into(),
             layer: layer.into(),
             outputs: vec![f32s(&[2])],
+            values: Vec::new(),
         };
         let calls = [
             call("dense", "dense"),
