@@ -69,7 +69,7 @@ fn close(got: f64, want: f64, tol: Tol) -> bool {
 
 fn unary_tol(u: UnaryOp) -> Tol {
     match u {
-        UnaryOp::Neg | UnaryOp::Abs | UnaryOp::Round => EXACT,
+        UnaryOp::Neg | UnaryOp::Abs | UnaryOp::Round | UnaryOp::Detach => EXACT,
         UnaryOp::Sqrt => ARITH,
         UnaryOp::Exp | UnaryOp::Log | UnaryOp::Tanh | UnaryOp::Sigmoid => TRANSC,
     }

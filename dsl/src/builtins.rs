@@ -121,6 +121,7 @@ pub(crate) fn call(e: &mut Elaborator, name: &str, args: Vec<ArgVal>, span: Span
         "sigmoid" => unary(UnaryOp::Sigmoid),
         "abs" => unary(UnaryOp::Abs),
         "round" => unary(UnaryOp::Round),
+        "detach" => unary(UnaryOp::Detach),
         _ => None,
     };
     if let Some(op) = unary_op {

@@ -895,6 +895,7 @@ fn unary(at: &At<'_>, op: UnaryOp, x: &Tensor) -> Result<Tensor, EvalError> {
         UnaryOp::Sigmoid => sigmoid,
         UnaryOp::Abs => f64::abs,
         UnaryOp::Round => f64::round_ties_even,
+        UnaryOp::Detach => |v| v,
     };
     Ok(tensor(
         x.dtype,

@@ -638,6 +638,8 @@ fn vjp(
                 // `torch.round`'s gradient. Quantization-aware training
                 // passes the gradient straight through in the prelude.
                 UnaryOp::Round => return Ok(vec![None]),
+                // What `detach` is for.
+                UnaryOp::Detach => return Ok(vec![None]),
                 UnaryOp::Neg => graph.neg(g)?,
                 UnaryOp::Exp => graph.mul(g, y)?,
                 UnaryOp::Log => graph.div(g, x[0])?,

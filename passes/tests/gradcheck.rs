@@ -256,8 +256,9 @@ impl Check {
 #[test]
 fn unary_ops() {
     for (k, &op) in UnaryOp::ALL.iter().enumerate() {
-        // Its gradient is zero: `round_passes_no_gradient` checks it.
-        if op == UnaryOp::Round {
+        // Their gradient is zero: `round_passes_no_gradient` and
+        // `detach_passes_no_gradient` check it.
+        if matches!(op, UnaryOp::Round | UnaryOp::Detach) {
             continue;
         }
         let mut c = Check::new(format!("unary {op}"), 100 + k as u64);
@@ -270,6 +271,30 @@ fn unary_ops() {
         let y = c.g.unary(op, x).unwrap();
         c.check_output(y);
     }
+}
+
+/// `y + detach(round(y) − y)` is `round(y)` with the gradient of `y`:
+/// the straight-through estimator fake quantization trains with.
+#[test]
+fn detach_passes_no_gradient() {
+    let xs = [-1.3, -0.2, 0.3, 1.1, 2.7];
+    let mut g = Graph::new("detach");
+    let x = g.param("x", ty(DType::F32, &[5]), Init::Zeros);
+    let y = g.mul(x, x).unwrap();
+    let r = g.unary(UnaryOp::Round, y).unwrap();
+    let d = g.sub(r, y).unwrap();
+    let stopped = g.unary(UnaryOp::Detach, d).unwrap();
+    let out = g.add_(y, stopped).unwrap();
+    let loss = g.reduce(ReduceOp::Sum, out, vec![0], false).unwrap();
+    let grads = gradients(&mut g, loss, &[x]).unwrap();
+    g.set_output("loss", loss);
+    g.set_output("grad.x", grads[0]);
+    let env = Env::new().with("x", Tensor::from_vec(DType::F32, &[5], xs.to_vec()).unwrap());
+    let values = eval(&g, &env, EvalOptions::EXACT).unwrap();
+    let rounded: f64 = xs.iter().map(|v: &f64| (v * v).round_ties_even()).sum();
+    assert_eq!(values.output("loss").unwrap().item().unwrap(), rounded);
+    let want: Vec<f64> = xs.iter().map(|v| 2.0 * v).collect();
+    assert_eq!(values.output("grad.x").unwrap().data, want);
 }
 
 /// `round` is flat between the half-integers: `x + round(x)` has the

@@ -377,6 +377,7 @@ fn compute(
                 UnaryOp::Neg => b.ins().fneg(x),
                 UnaryOp::Abs => b.ins().fabs(x),
                 UnaryOp::Round => b.ins().nearest(x),
+                UnaryOp::Detach => x,
                 UnaryOp::Sqrt => b.ins().sqrt(x),
                 UnaryOp::Exp => super::vmath::exp(b, ty(Kind::F32), x),
                 UnaryOp::Log => super::vmath::log(b, ty(Kind::F32), x),

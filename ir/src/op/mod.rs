@@ -216,6 +216,11 @@ pub enum UnaryOp {
     /// To the nearest integer, ties to even (`torch.round`, `nearbyint`
     /// under the default rounding mode): what quantization rounds with.
     Round,
+    /// The value itself, with no gradient (`torch.Tensor.detach`,
+    /// `jax.lax.stop_gradient`): `x + detach(f(x) − x)` computes `f(x)`
+    /// and passes the gradient straight through, as quantization-aware
+    /// training's fake quantization does.
+    Detach,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -322,6 +327,7 @@ impl UnaryOp {
         UnaryOp::Sigmoid,
         UnaryOp::Abs,
         UnaryOp::Round,
+        UnaryOp::Detach,
     ];
 }
 

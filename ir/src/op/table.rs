@@ -210,6 +210,8 @@ ops! {
                      units: 1, inline: true, recompute: true;
     "round"       => Unary(UnaryOp::Round),   Exactly(1), [], typed: false, Elementwise,
                      units: 1, inline: true, recompute: true;
+    "detach"      => Unary(UnaryOp::Detach),  Exactly(1), [], typed: false, Elementwise,
+                     units: 0, inline: true, recompute: true;
     "add"         => Binary(BinaryOp::Add),   Exactly(2), [], typed: false, Elementwise,
                      units: 1, inline: true, recompute: true;
     "sub"         => Binary(BinaryOp::Sub),   Exactly(2), [], typed: false, Elementwise,
