@@ -3,7 +3,7 @@
 
 use crate::diagnostic;
 use nnc_dsl::SourceFile;
-use nnc_ir::{Graph, Module};
+use nnc_ir::{Graph, Module, StructuralChange};
 pub use nnc_passes::OptLevel;
 use nnc_runtime::Event;
 pub use nnc_runtime::{Backend, Prediction, RunOutcome};
@@ -467,17 +467,23 @@ pub fn run_with(
 /// `nnc factorize`); most checkpoints record nothing. Only the header is
 /// read here; a missing or unreadable file is the run's to report.
 pub fn restructure_for(module: &mut Module, path: &Path) -> Result<(), Failure> {
+    let changes = structure_of(path)?;
+    nnc_runtime::compress::restructure(module, path, &changes).map_err(run_failure)
+}
+
+/// The structural changes the checkpoint at `path` records (from its
+/// header alone; none when it records none or cannot be read).
+pub fn structure_of(path: &Path) -> Result<Vec<StructuralChange>, Failure> {
     let key = nnc_runtime::checkpoint::keys::STRUCTURE;
     let Some(text) = nnc_runtime::checkpoint::header_value(path, key) else {
-        return Ok(());
+        return Ok(Vec::new());
     };
-    let changes = nnc_runtime::checkpoint::parse_structure(&text).map_err(|e| {
+    nnc_runtime::checkpoint::parse_structure(&text).map_err(|e| {
         run_failure(format!(
             "`{}` is not a valid checkpoint: metadata `{key}`: {e}",
             path.display()
         ))
-    })?;
-    nnc_runtime::compress::restructure(module, path, &changes).map_err(run_failure)
+    })
 }
 
 /// The checkpoint at `path` and the products it quantizes, if it is a
@@ -512,19 +518,40 @@ pub struct QuantizeOptions {
     pub backend: Backend,
     pub data_dir: Option<PathBuf>,
     pub model: Option<String>,
+    /// `--qat`: write the float checkpoint prepared for
+    /// quantization-aware training instead of the int8 one.
+    pub qat: bool,
 }
 
-/// `nnc quantize`: calibrates the dense products of the model in `path`
-/// on its training data with the weights of `options.weights`, and writes
-/// the quantized checkpoint; prints what it quantized and the sizes.
+/// `nnc quantize`: the int8 model of `options.weights` (the activations'
+/// ranges calibrated on the training data, or learned by a
+/// quantization-aware training the checkpoint comes from), or with
+/// `--qat` the float checkpoint prepared for that training; prints what
+/// it did and the sizes.
 pub fn quantize(
     path: &Path,
     options: &QuantizeOptions,
     out: &mut dyn FnMut(&str),
 ) -> Result<(), Failure> {
+    use nnc_runtime::quantize::{Ranges, Target};
     let src = read_source(path)?;
     let mut module = compile_source(&src, options.model.as_deref())?;
-    restructure_for(&mut module, &options.weights)?;
+    // A model trained with fake quantization converts from its products
+    // without it: the integer ones take their place.
+    let changes = structure_of(&options.weights)?;
+    let trained_quantized = changes.contains(&StructuralChange::FakeQuantize);
+    if trained_quantized && options.qat {
+        return Err(run_failure(format!(
+            "checkpoint `{}` is already prepared for quantization-aware training: fine-tune it with `nnc run --weights`, then quantize it without `--qat`",
+            options.weights.display()
+        )));
+    }
+    let changes: Vec<StructuralChange> = changes
+        .into_iter()
+        .filter(|c| *c != StructuralChange::FakeQuantize)
+        .collect();
+    nnc_runtime::compress::restructure(&mut module, &options.weights, &changes)
+        .map_err(run_failure)?;
     let (graph, sites) = nnc_runtime::quantize::calibration_graph(&module.forward);
     let level = OptLevel::O2;
     let programs = nnc_runtime::Programs {
@@ -532,6 +559,11 @@ pub fn quantize(
         ..nnc_runtime::Programs::inference(optimize(&graph, level)?.0)
     };
     let base = data_base(path, options.data_dir.as_deref());
+    let target = if options.qat {
+        Target::QatPrepared
+    } else {
+        Target::Int8
+    };
     let report = nnc_runtime::quantize::quantize(
         &module,
         programs,
@@ -542,8 +574,35 @@ pub fn quantize(
         options.backend,
         options.batches,
         options.method,
+        target,
     )
     .map_err(run_failure)?;
+    let ranges = match report.ranges {
+        Ranges::Calibrated { samples } => {
+            format!(
+                "calibrated on {samples} samples ({})",
+                options.method.name()
+            )
+        }
+        Ranges::Learned => "ranges learned in quantization-aware training".to_string(),
+    };
+    if target == Target::QatPrepared {
+        for p in &report.products {
+            out(&format!(
+                "fake-quantized `{}`: activations u8 (scale {:.6}, zero point {}), weights i8 per output channel",
+                p.weight, p.scale, p.zero_point
+            ));
+        }
+        out(&format!(
+            "{ranges}; wrote {} ({} bytes), a float checkpoint that trains quantized: fine-tune it with `nnc run {} --weights {} --lr LR --save T`, then `nnc quantize {} --weights T -o Q`",
+            options.output.display(),
+            report.file_bytes,
+            path.display(),
+            options.output.display(),
+            path.display()
+        ));
+        return Ok(());
+    }
     for p in &report.products {
         out(&format!(
             "quantized `{}`: activations u8 (scale {:.6}, zero point {}), weights i8 per output channel ({} scales)",
@@ -554,9 +613,7 @@ pub fn quantize(
         ));
     }
     out(&format!(
-        "calibrated on {} samples ({}); weights {} bytes, {:.2}x of {} in f32; wrote {} ({} bytes)",
-        report.samples,
-        options.method.name(),
+        "{ranges}; weights {} bytes, {:.2}x of {} in f32; wrote {} ({} bytes)",
         report.quantized_param_bytes,
         report.quantized_param_bytes as f64 / report.f32_param_bytes.max(1) as f64,
         report.f32_param_bytes,

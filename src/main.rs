@@ -146,6 +146,9 @@ enum Command {
         /// The model to quantize when the file has several.
         #[arg(long)]
         model: Option<String>,
+        /// Instead of the int8 model, write a float checkpoint prepared for quantization-aware training (fake quantization with the calibrated ranges): fine-tune it with `run --weights`, then quantize the result without --qat.
+        #[arg(long)]
+        qat: bool,
     },
     /// Prune whole channels: remove the least salient output channels of the model's dense layers and convolutions, with everything tied to them (bias, batch norm, the next layer's inputs), and write the smaller model's checkpoint.
     Prune {
@@ -453,6 +456,7 @@ fn main() -> ExitCode {
             backend,
             data_dir,
             model,
+            qat,
         } => {
             let options = driver::QuantizeOptions {
                 weights,
@@ -465,6 +469,7 @@ fn main() -> ExitCode {
                 },
                 data_dir,
                 model,
+                qat,
             };
             driver::quantize(&file, &options, &mut |line| println!("{line}"))
         }

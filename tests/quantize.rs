@@ -66,6 +66,7 @@ fn quantize_options(weights: &Path, output: &Path) -> QuantizeOptions {
         backend: Backend::Interp,
         data_dir: None,
         model: None,
+        qat: false,
     }
 }
 
@@ -211,4 +212,93 @@ fn a_checkpoint_of_another_model_is_refused() {
     .unwrap_err();
     assert!(e.to_string().contains("not `DigitsMLP`"), "{e}");
     assert!(!dir.path("q.safetensors").exists(), "nothing written");
+}
+
+/// Quantization-aware training: prepare (`--qat`), fine-tune with fake
+/// quantization, convert with the learned ranges. The converted int8
+/// model computes what the fake-quantized one did.
+#[test]
+fn a_digits_mlp_trained_quantized_converts_to_the_model_it_trained() {
+    let dir = Scratch::new("qat");
+    let float = dir.path("f.safetensors");
+    let run = RunOptions {
+        save: Some(float.clone()),
+        train: TrainOptions {
+            epochs: Some(4),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    driver::run_with(&example("digits_mlp"), &settings(run), &mut |_| {}).unwrap();
+
+    let prepared = dir.path("prepared.safetensors");
+    let mut lines = Vec::new();
+    let options = QuantizeOptions {
+        qat: true,
+        ..quantize_options(&float, &prepared)
+    };
+    driver::quantize(&example("digits_mlp"), &options, &mut |l| {
+        lines.push(l.to_string())
+    })
+    .unwrap();
+    assert!(
+        lines[0].starts_with("fake-quantized `dense.w`"),
+        "{lines:?}"
+    );
+    let ckpt = nnc_runtime::checkpoint::load(&prepared).unwrap();
+    assert_eq!(ckpt.structure, vec![nnc_ir::StructuralChange::FakeQuantize]);
+    let lo = ckpt.tensor("dense.w.act_min").unwrap().item().unwrap();
+    let hi = ckpt.tensor("dense.w.act_max").unwrap().item().unwrap();
+    assert!(
+        lo <= 0.0 && hi > 0.5,
+        "the scaled pixels' range: [{lo}, {hi}]"
+    );
+
+    // Fine-tuning trains the fake-quantized model and moves the ranges.
+    let trained = dir.path("trained.safetensors");
+    let run = RunOptions {
+        weights: Some(prepared.clone()),
+        save: Some(trained.clone()),
+        train: TrainOptions {
+            epochs: Some(2),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    driver::run_with(&example("digits_mlp"), &settings(run), &mut |_| {}).unwrap();
+    let after = nnc_runtime::checkpoint::load(&trained).unwrap();
+    let moved = after.tensor("dense_1.w.act_max").unwrap().item().unwrap();
+    let before = ckpt.tensor("dense_1.w.act_max").unwrap().item().unwrap();
+    assert_ne!(moved, before, "training moves the range states");
+    let fake = test_accuracy(&trained, Backend::Interp);
+
+    // Converting needs no calibration: the ranges are the learned ones.
+    let q = dir.path("q.safetensors");
+    let mut lines = Vec::new();
+    let options = QuantizeOptions {
+        batches: 0,
+        ..quantize_options(&trained, &q)
+    };
+    driver::quantize(&example("digits_mlp"), &options, &mut |l| {
+        lines.push(l.to_string())
+    })
+    .unwrap();
+    assert!(
+        lines[2].starts_with("ranges learned in quantization-aware training"),
+        "{lines:?}"
+    );
+    let converted = nnc_runtime::checkpoint::load(&q).unwrap();
+    assert!(converted.structure.is_empty());
+    assert!(converted.tensor("dense.w.act_min").is_none());
+    let int8 = test_accuracy(&q, Backend::Interp);
+    assert!((int8 - fake).abs() <= 0.005, "int8 {int8}, fake {fake}");
+    assert!(int8 > 0.9, "{int8}");
+
+    // Preparing twice is refused.
+    let options = QuantizeOptions {
+        qat: true,
+        ..quantize_options(&trained, &dir.path("again.safetensors"))
+    };
+    let e = driver::quantize(&example("digits_mlp"), &options, &mut |_| {}).unwrap_err();
+    assert!(e.to_string().contains("already prepared"), "{e}");
 }

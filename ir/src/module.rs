@@ -41,6 +41,13 @@ pub enum StructuralChange {
     /// two factors of inner size `rank`, params `{param}.u` and
     /// `{param}.v`, multiplied in the order that costs the fewest FLOPs.
     Factorize { param: String, rank: usize },
+    /// Quantization-aware training: every dense and convolution product
+    /// computes with its activations and weight fake quantized (the
+    /// integer model's values, the gradient passed straight through),
+    /// the activations' ranges held in the states `{weight}.act_min` and
+    /// `{weight}.act_max` (`nnc quantize --qat` prepares it; `nnc
+    /// quantize` of the trained checkpoint converts it).
+    FakeQuantize,
 }
 
 impl Module {

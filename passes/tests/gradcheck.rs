@@ -289,7 +289,10 @@ fn detach_passes_no_gradient() {
     let grads = gradients(&mut g, loss, &[x]).unwrap();
     g.set_output("loss", loss);
     g.set_output("grad.x", grads[0]);
-    let env = Env::new().with("x", Tensor::from_vec(DType::F32, &[5], xs.to_vec()).unwrap());
+    let env = Env::new().with(
+        "x",
+        Tensor::from_vec(DType::F32, &[5], xs.to_vec()).unwrap(),
+    );
     let values = eval(&g, &env, EvalOptions::EXACT).unwrap();
     let rounded: f64 = xs.iter().map(|v: &f64| (v * v).round_ties_even()).sum();
     assert_eq!(values.output("loss").unwrap().item().unwrap(), rounded);

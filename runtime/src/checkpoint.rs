@@ -19,7 +19,7 @@
 //! | `text` | only for data with text fields: a JSON object from field name to its vocabulary (`{"kind": "tokens", "options": {...}, "words": [...]}`, `words[k]` has id `k + 2`) or class names (`{"kind": "classes", "names": [...]}`), so `--predict` encodes raw text as training did |
 //! | `fitted` | only for data with `standardize` or `minmax`: a JSON object from field name to the list of its fitted transforms in pipeline order (`{"transform": "standardize", "per": "channel", "mean": [...], "std": [...]}`, `{"transform": "minmax", "per": "element", "min": [...], "max": [...]}`), fitted on the training samples, so evaluation and `--predict` scale as training did |
 //! | `quantization` | only in a quantized checkpoint (`nnc quantize`): a JSON list of the products computed in integers, `{"weight", "scale", "zero_point", "channels"}` (the weight's name, its activations' `u8` scale and zero point, each output channel's `i8` scale); the weights named there are `I8` tensors |
-//! | `structure` | only for a model whose structure was changed (`nnc prune`, `nnc factorize`): a JSON list of the changes in the order they were made, `{"prune_channels": {"param", "kept"}}` or `{"factorize": {"param", "rank"}}` (see [`nnc_ir::StructuralChange`]); a run applies them to the source's model before it loads the tensors |
+//! | `structure` | only for a model whose structure was changed (`nnc prune`, `nnc factorize`): a JSON list of the changes in the order they were made, `{"prune_channels": {"param", "kept"}}`, `{"factorize": {"param", "rank"}}` or `{"fake_quantize": {}}` (see [`nnc_ir::StructuralChange`]); a run applies them to the source's model before it loads the tensors |
 //!
 //! Saving writes `PATH.tmp.<pid>` next to `PATH`, syncs it, renames it over
 //! `PATH` and syncs the directory: a crash or a failed write leaves the
@@ -608,6 +608,7 @@ fn structure_json(changes: &[StructuralChange]) -> serde_json::Value {
             StructuralChange::Factorize { param, rank } => {
                 json!({"factorize": {"param": param, "rank": rank}})
             }
+            StructuralChange::FakeQuantize => json!({"fake_quantize": {}}),
         })
         .collect()
 }
@@ -629,8 +630,11 @@ pub fn parse_structure(text: &str) -> Result<Vec<StructuralChange>, String> {
                 .filter(|o| o.len() == 1)
                 .and_then(|o| o.iter().next())
                 .ok_or_else(|| {
-                    bad("expected `{\"prune_channels\": ...}` or `{\"factorize\": ...}`")
+                    bad("expected `{\"prune_channels\": ...}`, `{\"factorize\": ...}` or `{\"fake_quantize\": {}}`")
                 })?;
+            if kind == "fake_quantize" {
+                return Ok(StructuralChange::FakeQuantize);
+            }
             let param = body
                 .get("param")
                 .and_then(|p| p.as_str())

@@ -12,8 +12,9 @@
 use crate::checkpoint::{self, Checkpoint, Scope};
 use crate::executor::{Backend, Batch, Programs};
 use crate::RuntimeError;
-use nnc_ir::{DType, Graph, Module, Tensor};
+use nnc_ir::{DType, Graph, Module, StructuralChange, Tensor};
 use nnc_passes::quantize::observe::{AbsHistogram, Percentile};
+use nnc_passes::quantize::qat;
 use nnc_passes::quantize::rewrite::{quantize_site, quantize_weight, sites, Site};
 use nnc_passes::quantize::{QParams, Scheme};
 use serde::{Deserialize, Serialize};
@@ -58,8 +59,8 @@ pub struct QuantizedProduct {
 #[derive(Debug, Clone, PartialEq)]
 pub struct QuantizeReport {
     pub products: Vec<QuantizedProduct>,
-    /// Samples calibration observed.
-    pub samples: usize,
+    /// Where the activations' ranges came from.
+    pub ranges: Ranges,
     /// The weights' bytes (params only, no optimizer state or metadata)
     /// in `f32` and quantized: what the model needs to run.
     pub f32_param_bytes: u64,
@@ -80,10 +81,34 @@ pub fn calibration_graph(forward: &Graph) -> (Graph, Vec<Site>) {
     (g, found)
 }
 
-/// Calibrates `sites` of `module` (whose weights are `weights`) on up to
-/// `batches` batches of its training samples with `calibration` (from
-/// [`calibration_graph`]), quantizes, and writes the quantized checkpoint
-/// to `output` (atomically).
+/// What `nnc quantize` makes of a float checkpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    /// The int8 model (from calibrated ranges, or from the ranges a
+    /// quantization-aware training learned when the checkpoint has them).
+    Int8,
+    /// A float checkpoint prepared for quantization-aware training: the
+    /// calibrated ranges as the `{weight}.act_min` / `act_max` states and
+    /// the `FakeQuantize` structural change, for `nnc run --weights` to
+    /// fine-tune.
+    QatPrepared,
+}
+
+/// Where the activations' ranges came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ranges {
+    /// Calibration on this many training samples.
+    Calibrated { samples: usize },
+    /// The range states a quantization-aware training left.
+    Learned,
+}
+
+/// Quantizes `sites` of `module` (whose weights are `weights`): their
+/// activations' ranges are the ones quantization-aware training learned
+/// when `weights` has them, else calibrated on up to `batches` batches of
+/// the training samples with `calibration` (from [`calibration_graph`]);
+/// then writes the int8 checkpoint, or the QAT-prepared one (`target`), to
+/// `output` (atomically).
 #[allow(clippy::too_many_arguments)]
 pub fn quantize(
     module: &Module,
@@ -95,6 +120,7 @@ pub fn quantize(
     backend: Backend,
     batches: usize,
     method: Method,
+    target: Target,
 ) -> Result<QuantizeReport, RuntimeError> {
     if sites.is_empty() {
         return Err(RuntimeError::Setup(format!(
@@ -102,17 +128,160 @@ pub fn quantize(
             module.name
         )));
     }
-    if batches == 0 {
-        return Err(RuntimeError::Setup(
-            "quantizing needs calibration data: at least one batch".into(),
-        ));
-    }
     let ckpt = checkpoint::load(weights)?;
     if ckpt.quantization.is_some() {
         return Err(RuntimeError::Setup(format!(
             "checkpoint `{}` is already quantized",
             weights.display()
         )));
+    }
+    let learned: Option<Vec<(f64, f64)>> = sites
+        .iter()
+        .map(|site| {
+            let (lo, hi) = qat::range_states(&site.weight);
+            Some((ckpt.tensor(&lo)?.item()?, ckpt.tensor(&hi)?.item()?))
+        })
+        .collect();
+    let (ranges, source) = match learned {
+        Some(r) if target == Target::Int8 => (r, Ranges::Learned),
+        _ => {
+            let (r, samples) = calibrate(
+                module,
+                calibration,
+                sites,
+                data_base,
+                &ckpt,
+                backend,
+                batches,
+                method,
+            )?;
+            (r, Ranges::Calibrated { samples })
+        }
+    };
+    // Params and model state, without the ranges training kept: the
+    // integer model holds them as its products' constants.
+    let range_names: Vec<String> = sites
+        .iter()
+        .flat_map(|s| {
+            let (lo, hi) = qat::range_states(&s.weight);
+            [lo, hi]
+        })
+        .collect();
+    let mut tensors: Vec<(String, Tensor)> = ckpt
+        .tensors
+        .iter()
+        .filter(|(n, _)| ckpt.params.contains(n) && !range_names.contains(n))
+        .cloned()
+        .collect();
+    let mut products = Vec::with_capacity(sites.len());
+    let mut structure = module.changes.clone();
+    let quantization = match target {
+        Target::QatPrepared => {
+            for (site, &(lo, hi)) in sites.iter().zip(&ranges) {
+                let (lo_name, hi_name) = qat::range_states(&site.weight);
+                tensors.push((lo_name, Tensor::scalar(DType::F32, lo)));
+                tensors.push((hi_name, Tensor::scalar(DType::F32, hi)));
+                let activation = QParams::from_range(lo, hi, Scheme::AffineU8);
+                products.push(QuantizedProduct {
+                    weight: site.weight.clone(),
+                    scale: activation.scale,
+                    zero_point: activation.zero_point,
+                    channels: Vec::new(),
+                });
+            }
+            tensors.sort_by(|a, b| a.0.cmp(&b.0));
+            structure.push(StructuralChange::FakeQuantize);
+            None
+        }
+        Target::Int8 => {
+            for (site, &(lo, hi)) in sites.iter().zip(&ranges) {
+                let activation = QParams::from_range(lo, hi, Scheme::AffineU8);
+                let slot = tensors
+                    .iter_mut()
+                    .find(|(n, _)| *n == site.weight)
+                    .ok_or_else(|| {
+                        RuntimeError::Setup(format!(
+                            "checkpoint `{}` holds no weight `{}`",
+                            weights.display(),
+                            site.weight
+                        ))
+                    })?;
+                let (q, channels) = quantize_weight(&slot.1, site.layout).map_err(|e| {
+                    RuntimeError::Setup(format!("`{}`: {}", site.weight, e.message))
+                })?;
+                slot.1 = q;
+                products.push(QuantizedProduct {
+                    weight: site.weight.clone(),
+                    scale: activation.scale,
+                    zero_point: activation.zero_point,
+                    channels: channels.iter().map(|c| c.scale).collect(),
+                });
+            }
+            Some(
+                serde_json::to_string(&products)
+                    .map_err(|e| RuntimeError::Setup(format!("internal error: {e}")))?,
+            )
+        }
+    };
+    let meta = checkpoint::Meta {
+        epochs_done: ckpt.epochs_done,
+        params: tensors.iter().map(|(n, _)| n.clone()).collect(),
+        loop_state: None,
+        quantization,
+        structure,
+    };
+    checkpoint::save_with_data(
+        output,
+        &module.name,
+        &tensors,
+        &meta,
+        &ckpt.vocabularies,
+        &ckpt.fitted,
+    )?;
+    let bytes = |t: &Tensor| {
+        let width = match t.dtype {
+            DType::I8 | DType::U8 | DType::Bool => 1,
+            DType::F64 => 8,
+            DType::F32 | DType::I32 => 4,
+        };
+        (t.data.len() * width) as u64
+    };
+    let f32_param_bytes = ckpt
+        .tensors
+        .iter()
+        .filter(|(n, _)| ckpt.params.contains(n) && !range_names.contains(n))
+        .map(|(_, t)| bytes(t))
+        .sum();
+    Ok(QuantizeReport {
+        products,
+        ranges: source,
+        f32_param_bytes,
+        quantized_param_bytes: tensors
+            .iter()
+            .filter(|(n, _)| !range_names.contains(n))
+            .map(|(_, t)| bytes(t))
+            .sum(),
+        file_bytes: std::fs::metadata(output).map(|m| m.len()).unwrap_or(0),
+    })
+}
+
+/// Each site's activation range on up to `batches` training batches
+/// (clipped as `method` says), and the samples seen.
+#[allow(clippy::too_many_arguments)]
+fn calibrate(
+    module: &Module,
+    calibration: Programs,
+    sites: &[Site],
+    data_base: &Path,
+    ckpt: &Checkpoint,
+    backend: Backend,
+    batches: usize,
+    method: Method,
+) -> Result<(Vec<(f64, f64)>, usize), RuntimeError> {
+    if batches == 0 {
+        return Err(RuntimeError::Setup(
+            "quantizing needs calibration data: at least one batch".into(),
+        ));
     }
     let (spec, data_spec) = match (&module.train, &module.data) {
         (Some(t), Some(d)) => (t, d),
@@ -165,85 +334,25 @@ pub fn quantize(
         }
         samples += chunk.len();
     }
-
-    let mut products = Vec::with_capacity(sites.len());
-    let mut tensors: Vec<(String, Tensor)> = ckpt
-        .tensors
+    let ranges = sites
         .iter()
-        .filter(|(n, _)| ckpt.params.contains(n))
-        .cloned()
-        .collect();
-    for (site, observer) in sites.iter().zip(&observers) {
-        let Some((lo, hi)) = observer.min_max.range() else {
-            return Err(RuntimeError::Setup(format!(
-                "the activations of `{}` were never observed (NaN everywhere)",
-                site.weight
-            )));
-        };
-        let clip = match method {
-            Method::MinMax => f64::INFINITY,
-            Method::Percentile(p) => observer.percentile(Percentile(p)),
-            Method::Entropy => observer.entropy_threshold(),
-        };
-        let activation = QParams::from_range(lo.max(-clip), hi.min(clip), Scheme::AffineU8);
-        let slot = tensors
-            .iter_mut()
-            .find(|(n, _)| *n == site.weight)
-            .ok_or_else(|| {
-                RuntimeError::Setup(format!(
-                    "checkpoint `{}` holds no weight `{}`",
-                    weights.display(),
+        .zip(&observers)
+        .map(|(site, observer)| {
+            let Some((lo, hi)) = observer.min_max.range() else {
+                return Err(RuntimeError::Setup(format!(
+                    "the activations of `{}` were never observed (NaN everywhere)",
                     site.weight
-                ))
-            })?;
-        let (q, channels) = quantize_weight(&slot.1, site.layout)
-            .map_err(|e| RuntimeError::Setup(format!("`{}`: {}", site.weight, e.message)))?;
-        slot.1 = q;
-        products.push(QuantizedProduct {
-            weight: site.weight.clone(),
-            scale: activation.scale,
-            zero_point: activation.zero_point,
-            channels: channels.iter().map(|c| c.scale).collect(),
-        });
-    }
-    let json = serde_json::to_string(&products)
-        .map_err(|e| RuntimeError::Setup(format!("internal error: {e}")))?;
-    let meta = checkpoint::Meta {
-        epochs_done: ckpt.epochs_done,
-        params: tensors.iter().map(|(n, _)| n.clone()).collect(),
-        loop_state: None,
-        quantization: Some(json),
-        structure: module.changes.clone(),
-    };
-    checkpoint::save_with_data(
-        output,
-        &module.name,
-        &tensors,
-        &meta,
-        &ckpt.vocabularies,
-        &ckpt.fitted,
-    )?;
-    let bytes = |t: &Tensor| {
-        let width = match t.dtype {
-            DType::I8 | DType::U8 | DType::Bool => 1,
-            DType::F64 => 8,
-            DType::F32 | DType::I32 => 4,
-        };
-        (t.data.len() * width) as u64
-    };
-    let f32_param_bytes = ckpt
-        .tensors
-        .iter()
-        .filter(|(n, _)| ckpt.params.contains(n))
-        .map(|(_, t)| bytes(t))
-        .sum();
-    Ok(QuantizeReport {
-        products,
-        samples,
-        f32_param_bytes,
-        quantized_param_bytes: tensors.iter().map(|(_, t)| bytes(t)).sum(),
-        file_bytes: std::fs::metadata(output).map(|m| m.len()).unwrap_or(0),
-    })
+                )));
+            };
+            let clip = match method {
+                Method::MinMax => f64::INFINITY,
+                Method::Percentile(p) => observer.percentile(Percentile(p)),
+                Method::Entropy => observer.entropy_threshold(),
+            };
+            Ok((lo.max(-clip), hi.min(clip)))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok((ranges, samples))
 }
 
 /// The products a quantized checkpoint records; `None` for a float one.

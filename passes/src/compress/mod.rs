@@ -14,13 +14,21 @@ pub mod svd;
 use crate::PassError;
 use nnc_ir::{Dim, Graph, Module, Op, StructuralChange};
 
-/// Applies `change` to `graph`.
-pub fn apply(graph: &mut Graph, change: &StructuralChange) -> Result<(), PassError> {
+/// Applies `change` to `graph`; `training` says it is the objective
+/// (whose state updates fake quantization extends).
+pub fn apply(
+    graph: &mut Graph,
+    change: &StructuralChange,
+    training: bool,
+) -> Result<(), PassError> {
     match change {
         StructuralChange::PruneChannels { param, kept } => {
             channels::shrink(graph, param, kept.len()).map(|_| ())
         }
         StructuralChange::Factorize { param, rank } => lowrank::factorize(graph, param, *rank),
+        StructuralChange::FakeQuantize => {
+            crate::quantize::qat::fake_quantize(graph, training).map(|_| ())
+        }
     }
 }
 
@@ -29,10 +37,10 @@ pub fn apply(graph: &mut Graph, change: &StructuralChange) -> Result<(), PassErr
 /// them in `Module::changes`, after those already made.
 pub fn restructure(module: &mut Module, changes: &[StructuralChange]) -> Result<(), PassError> {
     for change in changes {
-        apply(&mut module.forward, change)?;
+        apply(&mut module.forward, change, false)?;
         if let Some(spec) = module.train.as_mut() {
-            apply(&mut spec.objective, change)?;
-            apply(&mut spec.evaluation, change)?;
+            apply(&mut spec.objective, change, true)?;
+            apply(&mut spec.evaluation, change, false)?;
         }
         module.changes.push(change.clone());
     }

@@ -11,6 +11,7 @@
 //! are; the result is kept as `f64` holding an `f32` value.
 
 pub mod observe;
+pub mod qat;
 pub mod rewrite;
 
 pub use observe::{AbsHistogram, MinMax, Percentile};
