@@ -197,11 +197,11 @@ graph objective {
         let wt = Tensor::from_vec(DType::F32, &[3, 2], w).unwrap();
         let (qw, channels) = quantize_weight(&wt, Layout::Dense).unwrap();
         for b in 0..2 {
-            for o in 0..2 {
+            for (o, channel) in channels.iter().enumerate() {
                 let mut acc = 0.0f32;
                 for i in 0..3 {
                     let xa = a.dequantize(a.quantize(x[b * 3 + i] as f32));
-                    let wq = channels[o].dequantize(qw.data[i * 2 + o] as i32);
+                    let wq = channel.dequantize(qw.data[i * 2 + o] as i32);
                     acc += xa * wq;
                 }
                 let got = y.data[b * 2 + o] as f32;
