@@ -37,9 +37,12 @@ WORKLOADS = [
     ("lenet-infer-b1", "lenet", 1, "infer"),
     ("lstm-b32", "lstm", 32, "train"),
     ("lstm-infer-b1", "lstm", 1, "infer"),
+    # Issue 16: int8 inference, nnc's integer products (`nnc bench --int8`)
+    # against ONNX Runtime running the statically quantized QDQ model.
+    ("lenet-int8-infer-b1", "lenet", 1, "infer-int8"),
 ]
 
-PEERS = {"train": ["torch", "jax"], "infer": ["torch", "jax", "ort"]}
+PEERS = {"train": ["torch", "jax"], "infer": ["torch", "jax", "ort"], "infer-int8": ["ort"]}
 
 
 def peers_of(model, mode):
@@ -58,6 +61,7 @@ TARGETS = {
     # sequence length 100, Adam.
     "lstm-b32": {"torch": 2.0, "jax": 1.0},
     "lstm-infer-b1": {"torch": 2.0},
+    "lenet-int8-infer-b1": {"ort": 1.0},
 }
 COMPILE_TARGET_MS = 100.0
 
@@ -347,7 +351,7 @@ def ort_worker(model, batch, mode, runs, threads):
     import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper
 
-    if mode != "infer":
+    if mode not in ("infer", "infer-int8"):
         raise SystemExit("ONNX Runtime is timed for inference only")
     rng = np.random.default_rng(0)
     inits, nodes = [], []
@@ -383,6 +387,8 @@ def ort_worker(model, batch, mode, runs, threads):
         [helper.make_tensor_value_info(h, TensorProto.FLOAT, None)], inits)
     onnx_model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     onnx_model.ir_version = 8
+    if mode == "infer-int8":
+        onnx_model = qdq(onnx_model, shape, rng)
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
@@ -392,6 +398,31 @@ def ort_worker(model, batch, mode, runs, threads):
     x = rng.standard_normal(shape).astype(np.float32)
     ms = median_ms(lambda: session.run(None, {"x": x}), runs, 50)
     return {"ms": ms, "version": f"onnxruntime {ort.__version__}"}
+
+
+def qdq(onnx_model, shape, rng):
+    """The model statically quantized as ONNX Runtime recommends for CPU:
+    QDQ format, u8 activations, s8 weights per channel, calibrated on a few
+    synthetic batches."""
+    import tempfile
+
+    import onnx
+    from onnxruntime.quantization import (CalibrationDataReader, QuantFormat, QuantType,
+                                          quantize_static)
+
+    class Batches(CalibrationDataReader):
+        def __init__(self):
+            self.left = [{"x": rng.standard_normal(shape).astype("float32")} for _ in range(8)]
+
+        def get_next(self):
+            return self.left.pop() if self.left else None
+
+    with tempfile.TemporaryDirectory() as tmp:
+        f32, q = os.path.join(tmp, "f32.onnx"), os.path.join(tmp, "qdq.onnx")
+        onnx.save(onnx_model, f32)
+        quantize_static(f32, q, Batches(), quant_format=QuantFormat.QDQ, per_channel=True,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+        return onnx.load(q)
 
 
 WORKERS = {"torch": torch_worker, "jax": jax_worker, "ort": ort_worker}
@@ -405,7 +436,7 @@ def run_json(cmd):
 
 
 def runs_for(model, mode):
-    if mode == "infer":
+    if mode.startswith("infer"):
         return 300 if model == "lstm" else 2000
     return {"mlp": 300, "lenet": 150, "cifar": 30, "lstm": 30}[model]
 
@@ -420,7 +451,7 @@ def main():
     ap.add_argument("--worker", choices=sorted(WORKERS))
     ap.add_argument("--model", choices=sorted(SAMPLE))
     ap.add_argument("--batch", type=int)
-    ap.add_argument("--mode", choices=["train", "infer"])
+    ap.add_argument("--mode", choices=["train", "infer", "infer-int8"])
     ap.add_argument("--runs", type=int)
     args = ap.parse_args()
 
@@ -446,6 +477,8 @@ def main():
                     cmd = [args.nnc, "bench", os.path.join(HERE, "models", f"{model}.nn"),
                            "--batch", str(max(batch, 1)), "--threads", str(args.threads),
                            "--runs", str(runs), "--json"]
+                    if mode == "infer-int8":
+                        cmd.append("--int8")
                     out = run_json(cmd)
                     ms = out["train_step_ms"] if mode == "train" else out["infer_one_ms"]
                     compile_ms.setdefault(f"nnc {model}", []).append(out["compile_ms"])

@@ -22,8 +22,11 @@ pub struct BenchOptions {
     /// Also time the training step kernel by kernel.
     pub profile: bool,
     /// Bench the model as this checkpoint's structure says (pruned or
-    /// factorized).
+    /// factorized), with its int8 products when it is quantized.
     pub weights: Option<std::path::PathBuf>,
+    /// Time inference through int8 products of made-up parameters
+    /// (`nnc_runtime::quantize::synthetic`): no checkpoint needed.
+    pub int8: bool,
 }
 
 impl Default for BenchOptions {
@@ -35,6 +38,7 @@ impl Default for BenchOptions {
             opt: OptLevel::default(),
             profile: false,
             weights: None,
+            int8: false,
         }
     }
 }
@@ -132,6 +136,11 @@ pub fn bench(path: &Path, options: &BenchOptions) -> Result<BenchReport, Failure
                 .map_err(|e| Failure(format!("error: {e}\n")))?;
             int8_inference = true;
         }
+    }
+    if options.int8 && !int8_inference {
+        nnc_runtime::quantize::synthetic(&mut module.forward)
+            .map_err(|e| Failure(format!("error: {e}\n")))?;
+        int8_inference = true;
     }
     let spec = driver::need_train(&module, "`nnc bench`")?.clone();
     let elaborate = timed(t);

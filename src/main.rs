@@ -225,9 +225,12 @@ enum Command {
         /// Threads the kernels split their work over (default: every core).
         #[arg(long, value_name = "N", value_parser = parse_threads)]
         threads: Option<usize>,
-        /// Bench the model as this checkpoint's structure says (after `nnc prune`).
+        /// Bench the model as this checkpoint's structure says (after `nnc prune`), and a quantized checkpoint's inference through its int8 products.
         #[arg(long, value_name = "PATH")]
         weights: Option<PathBuf>,
+        /// Time inference through int8 products with made-up quantization parameters (speed does not depend on them): no checkpoint needed.
+        #[arg(long)]
+        int8: bool,
     },
 }
 
@@ -482,6 +485,7 @@ fn main() -> ExitCode {
             opt,
             threads,
             weights,
+            int8,
         } => {
             if let Err(e) = start_threads(threads) {
                 eprint!("{e}");
@@ -492,6 +496,7 @@ fn main() -> ExitCode {
                 opt,
                 profile,
                 weights,
+                int8,
                 runs: runs.max(1),
                 ..Default::default()
             };

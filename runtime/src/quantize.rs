@@ -419,3 +419,41 @@ pub fn apply(
     }
     Ok(())
 }
+
+/// Rewrites every product of `graph` as an integer one with made-up
+/// parameters (activation scale 1/255, zero point 0; weight scales 1/127;
+/// zero weights for the corrections), for `nnc bench --int8`: what int8
+/// inference costs does not depend on the values, only on the graph, as
+/// the synthetic batches of a benchmark do not. Returns how many products.
+pub fn synthetic(graph: &mut Graph) -> Result<usize, RuntimeError> {
+    let found = sites(graph);
+    for site in &found {
+        let w = graph.find_leaf(&site.weight).ok_or_else(|| {
+            RuntimeError::Setup(format!("internal error: no param `{}`", site.weight))
+        })?;
+        let shape: Vec<usize> = graph
+            .ty(w)
+            .shape
+            .iter()
+            .map(|d| d.as_const().unwrap_or(1))
+            .collect();
+        let count = match site.layout {
+            nnc_passes::quantize::rewrite::Layout::Dense => shape[1],
+            nnc_passes::quantize::rewrite::Layout::Conv => shape[0],
+        };
+        let weight = Tensor::zeros(DType::I8, &shape);
+        let activation = QParams {
+            scale: 1.0 / 255.0,
+            zero_point: 0,
+            scheme: Scheme::AffineU8,
+        };
+        let channel = QParams {
+            scale: 1.0 / 127.0,
+            zero_point: 0,
+            scheme: Scheme::SymmetricI8,
+        };
+        quantize_site(graph, site, activation, &weight, &vec![channel; count])
+            .map_err(|e| RuntimeError::Setup(format!("`{}`: {}", site.weight, e.message)))?;
+    }
+    Ok(found.len())
+}
