@@ -778,6 +778,7 @@ pub fn train_partition(
     let mut order = Vec::with_capacity(parts.train.len());
     let per_epoch = Batches::new(parts.train.len(), batch_size, false)?.len();
     let lrs = LrSchedule::new(spec, epochs, per_epoch);
+    let pruning = crate::prune::Pruning::new(spec.prune.as_ref(), step, per_epoch, epochs)?;
     let mut state = options
         .resumed
         .clone()
@@ -838,6 +839,9 @@ pub fn train_partition(
             acc.add(m, indices.len());
             run_steps += 1;
             steps += 1;
+            if let Some(p) = &pruning {
+                p.after_step(exec, info.step)?;
+            }
             observer.after_step(&info, &m)?;
         }
         let validation = if parts.validation.is_empty() {
@@ -852,13 +856,21 @@ pub fn train_partition(
                 batch_size,
             )?)
         };
+        let mut train = acc.finish();
+        if let Some(p) = &pruning {
+            p.zero_masked(exec)?;
+            let weights = crate::prune::measure(exec, &p.weights)?;
+            train
+                .values
+                .push(("sparsity".into(), crate::prune::overall(&weights)));
+        }
         let report = EpochReport {
             epoch,
             epochs,
             lr: lrs.lr(epoch, 0, &state),
             steps,
             batches: total,
-            train: acc.finish(),
+            train,
             validation,
             seconds: start.elapsed().as_secs_f64(),
         };
