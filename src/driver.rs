@@ -56,8 +56,19 @@ pub fn compile_program(
 ) -> Result<Module, Failure> {
     let mut module = nnc_dsl::compile_program(program, model)
         .map_err(|e| Failure(diagnostic::render(src, &e)))?;
-    nnc_passes::compress::sparsity::apply(&mut module)
-        .map_err(|e| Failure(diagnostic::render_plain(&e.message)))?;
+    nnc_passes::compress::sparsity::apply(&mut module).map_err(|e| {
+        Failure(match e.span {
+            Some(at) => {
+                let span = nnc_dsl::Span::new(at.start as usize, at.end as usize);
+                let mut error = nnc_dsl::Error::new(span, e.message);
+                if let Some(help) = e.help {
+                    error = error.with_help(help);
+                }
+                diagnostic::render(src, &error)
+            }
+            None => diagnostic::render_plain(&e.message),
+        })
+    })?;
     for graph in module_graphs(&module) {
         nnc_ir::verify(graph).map_err(|e| {
             Failure(diagnostic::render_plain(&format!(

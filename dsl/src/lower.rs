@@ -2191,6 +2191,10 @@ fn lower_prune(el: &mut Elaborator, e: &Expr) -> Result<Prune> {
         end,
         every,
         scope,
+        span: Some(nnc_ir::Span {
+            start: e.span.start as u32,
+            end: e.span.end as u32,
+        }),
     })
 }
 

@@ -67,14 +67,21 @@ fn prune_lowers_with_tf_mot_defaults_and_is_written_as_given() {
     use nnc_ir::{Prune, PruneScope};
     assert_eq!(lower("").prune, None);
     let spec = lower("    prune = magnitude(sparsity: 0.8)");
+    let text = program("    prune = magnitude(sparsity: 0.8)");
+    let span = spec.prune.as_ref().and_then(|p| p.span).unwrap();
     assert_eq!(
-        spec.prune,
+        &text[span.start as usize..span.end as usize],
+        "magnitude(sparsity: 0.8)"
+    );
+    assert_eq!(
+        spec.prune.map(|p| Prune { span: None, ..p }),
         Some(Prune {
             sparsity: 0.8,
             start: 1,
             end: None,
             every: 100,
             scope: PruneScope::Layer,
+            span: None,
         })
     );
     assert_eq!(
@@ -84,13 +91,14 @@ fn prune_lowers_with_tf_mot_defaults_and_is_written_as_given() {
     let spec =
         lower("    prune = magnitude(sparsity: 0.5, start: 2, end: 2, every: 7, scope: global)");
     assert_eq!(
-        spec.prune,
+        spec.prune.map(|p| Prune { span: None, ..p }),
         Some(Prune {
             sparsity: 0.5,
             start: 2,
             end: Some(2),
             every: 7,
             scope: PruneScope::Global,
+            span: None,
         })
     );
     // `sparsity` is an int or a float; 0 prunes nothing.

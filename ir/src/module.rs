@@ -696,6 +696,9 @@ pub struct Prune {
     /// Steps between mask updates (TF-MOT's `frequency`).
     pub every: usize,
     pub scope: PruneScope,
+    /// Where the setting is written, for errors found after lowering
+    /// (a model without a weight to prune).
+    pub span: Option<crate::Span>,
 }
 
 /// Where the magnitude threshold applies.
@@ -1028,6 +1031,7 @@ mod tests {
             end,
             every,
             scope: PruneScope::Layer,
+            span: None,
         }
     }
 

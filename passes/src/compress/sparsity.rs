@@ -65,20 +65,38 @@ pub fn mask_weights(graph: &mut Graph, params: &[String]) -> Result<(), PassErro
 /// names (empty without pruning). The weights are those of the model's
 /// forward graph ([`pruned_weights`]); a pruning train block over a model
 /// without any is an error.
-pub fn apply(module: &mut Module) -> Result<Vec<String>, PassError> {
+pub fn apply(module: &mut Module) -> Result<Vec<String>, PruneError> {
     let Some(train) = module.train.as_mut().filter(|t| t.prune.is_some()) else {
         return Ok(Vec::new());
     };
     let weights = pruned_weights(&module.forward);
     if weights.is_empty() {
-        return Err(PassError::new(
-            "`prune` finds no weight to prune: it prunes the weights of dense layers and convolutions",
-        ));
+        return Err(PruneError {
+            message: "the model has no weight to prune".into(),
+            span: train.prune.as_ref().and_then(|p| p.span),
+            help: Some(
+                "`prune` prunes the product weights of dense layers and convolutions".into(),
+            ),
+        });
     }
-    mask_weights(&mut module.forward, &weights)?;
-    mask_weights(&mut train.objective, &weights)?;
-    mask_weights(&mut train.evaluation, &weights)?;
+    let internal = |e: PassError| PruneError {
+        message: format!("internal compiler error: {e}"),
+        span: None,
+        help: None,
+    };
+    mask_weights(&mut module.forward, &weights).map_err(internal)?;
+    mask_weights(&mut train.objective, &weights).map_err(internal)?;
+    mask_weights(&mut train.evaluation, &weights).map_err(internal)?;
     Ok(weights)
+}
+
+/// Why a module's pruning cannot be applied: located at the `prune`
+/// setting when the source's fault.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PruneError {
+    pub message: String,
+    pub span: Option<nnc_ir::Span>,
+    pub help: Option<String>,
 }
 
 /// How many elements to prune of `n` at `sparsity`: TF-MOT keeps
