@@ -32,8 +32,12 @@ impl Drop for Scratch {
 }
 
 /// The digits MLP of `examples/digits_mlp.nn` (64 → 32 → 10), pruned as
-/// `prune` says, written into `dir`.
+/// `prune` says (no pruning when empty), written into `dir`.
 fn source(dir: &Scratch, prune: &str, epochs: usize) -> PathBuf {
+    let prune = match prune {
+        "" => String::new(),
+        p => format!("prune     = {p}"),
+    };
     let text = format!(
         "model DigitsMLP {{
     input image: f32[B, 64]
@@ -54,7 +58,7 @@ train DigitsMLP on Digits {{
     epochs    = {epochs}
     seed      = 3
     metrics   = [accuracy]
-    prune     = {prune}
+    {prune}
 }}
 "
     );
@@ -223,4 +227,39 @@ fn global_pruning_has_one_threshold_and_resumes_from_its_masks() {
         s.weights[0].zeros * s.weights[1].size,
         s.weights[1].zeros * s.weights[0].size
     );
+}
+
+#[test]
+fn a_pruning_run_starts_from_weights_trained_without_pruning() {
+    let dir = Scratch::new("warm");
+    let dense = dir.path("dense.safetensors");
+    let flags = RunOptions {
+        save: Some(dense.clone()),
+        ..Default::default()
+    };
+    run(&source(&dir, "", 2), &settings(Backend::Jit, flags));
+    let path = source(&dir, "magnitude(sparsity: 0.5, end: 1, every: 15)", 2);
+    // Evaluated as it is, the dense model: its masks are ones.
+    let json = dir.path("eval.json");
+    let flags = RunOptions {
+        weights: Some(dense.clone()),
+        eval: true,
+        report: Some(json.clone()),
+        ..Default::default()
+    };
+    run(&path, &settings(Backend::Jit, flags));
+    assert_eq!(report(&json).sparsity.unwrap().overall, 0.0);
+    // Fine-tuned with pruning from those weights.
+    let json = dir.path("pruned.json");
+    let flags = RunOptions {
+        weights: Some(dense),
+        report: Some(json.clone()),
+        ..Default::default()
+    };
+    run(&path, &settings(Backend::Jit, flags));
+    let r = report(&json);
+    for w in &r.sparsity.unwrap().weights {
+        assert_eq!(w.zeros, pruned_count(w.size, 0.5), "{w:?}");
+    }
+    assert!(r.test.unwrap().accuracy.unwrap() > 0.85);
 }

@@ -25,8 +25,9 @@
 //! `accuracy` is `null` without the metric; `metrics` maps each other
 //! metric of the train block to its value over the whole set (`f1`,
 //! `precision_micro`, `top_3_accuracy`, `binary_accuracy`, `mae`, `rmse`,
-//! `r2`; empty during training epochs, whose batches report only the
-//! loss and accuracy); `per_class` is `{precision, recall, f1, support,
+//! `r2`; during training epochs, whose batches report only the loss and
+//! accuracy, empty but for `sparsity` with `prune`: the share of zeros
+//! of the pruned weights after the epoch); `per_class` is `{precision, recall, f1, support,
 //! confusion}` (lists by class; `confusion[true][predicted]`) when a
 //! classifier's `precision`, `recall`, `f1` or `confusion` is asked for,
 //! else `null`.

@@ -86,7 +86,8 @@ pub struct Metrics {
     /// `top_3_accuracy`: [`nnc_ir::SetMetric::value_name`]), in its order;
     /// measured on validation and test samples (and by `--eval`), not
     /// during a training epoch, whose batches only report the graph's
-    /// scalars.
+    /// scalars (a pruning run adds `sparsity` to an epoch's: the share of
+    /// zeros of the pruned weights after it).
     pub values: Vec<(String, f64)>,
     /// Per-class values and the confusion matrix, when a metric of a
     /// classifier asks for them (`precision`, `recall`, `f1`, `confusion`).
