@@ -54,8 +54,21 @@ pub fn compile_program(
     program: &nnc_dsl::Program,
     model: Option<&str>,
 ) -> Result<Module, Failure> {
-    let module = nnc_dsl::compile_program(program, model)
+    let mut module = nnc_dsl::compile_program(program, model)
         .map_err(|e| Failure(diagnostic::render(src, &e)))?;
+    nnc_passes::compress::sparsity::apply(&mut module).map_err(|e| {
+        Failure(match e.span {
+            Some(at) => {
+                let span = nnc_dsl::Span::new(at.start as usize, at.end as usize);
+                let mut error = nnc_dsl::Error::new(span, e.message);
+                if let Some(help) = e.help {
+                    error = error.with_help(help);
+                }
+                diagnostic::render(src, &error)
+            }
+            None => diagnostic::render_plain(&e.message),
+        })
+    })?;
     for graph in module_graphs(&module) {
         nnc_ir::verify(graph).map_err(|e| {
             Failure(diagnostic::render_plain(&format!(
@@ -911,6 +924,7 @@ pub fn format_epoch(r: &nnc_runtime::EpochReport) -> String {
     if let Some(a) = r.train.accuracy {
         s.push_str(&format!("  accuracy {:.2}%", a * 100.0));
     }
+    s.push_str(&format_set_values(&r.train, ""));
     if let Some(v) = &r.validation {
         s.push_str(&format!("  val_loss {:.4}", v.loss));
         if let Some(a) = v.accuracy {

@@ -11,7 +11,7 @@ use crate::span::{SourceFile, Span};
 use crate::value::Value;
 use nnc_ir::module::RNG_KEY;
 use nnc_ir::GradClip;
-use nnc_ir::{Anneal, Decay, EarlyStop, Monitor, OneCycle, Plateau, Warmup};
+use nnc_ir::{Anneal, Decay, EarlyStop, Monitor, OneCycle, Plateau, Prune, PruneScope, Warmup};
 use nnc_ir::{
     Average, DType, DataField, DataSpec, Graph, KFold, Metric, MetricTarget, Module, NodeId,
     Optimizer, Schedule, SetMetric, Source, TargetKind, TestSet, TextColumn, TextFormat, TrainSpec,
@@ -1261,13 +1261,14 @@ fn check_inputs_have_fields(
 
 // ------------------------------------------------------------------ train
 
-const SETTINGS: [&str; 12] = [
+const SETTINGS: [&str; 13] = [
     "loss",
     "optimizer",
     "clip_grad_value",
     "clip_grad_norm",
     "schedule",
     "early_stop",
+    "prune",
     "batch",
     "epochs",
     "seed",
@@ -1360,6 +1361,10 @@ fn lower_train(
     };
     let batch = positive(el, "batch", 32)?;
     let epochs = positive(el, "epochs", 1)?;
+    let prune = match settings.get("prune") {
+        None => None,
+        Some(s) => Some(lower_prune(el, &s.value)?),
+    };
     let seed = match settings.get("seed") {
         None => 0,
         Some(s) => match el.scalar_value(&s.value)? {
@@ -1425,6 +1430,7 @@ fn lower_train(
         kfold,
         schedule,
         early_stop,
+        prune,
         metrics,
         written: train
             .settings
@@ -2072,6 +2078,124 @@ fn lower_early_stop(el: &mut Elaborator, e: &Expr) -> Result<(EarlyStop, Written
         },
         monitor,
     ))
+}
+
+/// `prune = magnitude(sparsity: 0.8, start: 1, end: 4, every: 100,
+/// scope: layer)`: only `sparsity` is required; `end` defaults to the
+/// run's last epoch.
+fn lower_prune(el: &mut Elaborator, e: &Expr) -> Result<Prune> {
+    let expected = "expected `magnitude(sparsity: 0.8)`";
+    let (callee, args): (&ast::Ident, &[ast::Arg]) = match &e.kind {
+        ExprKind::Call { callee, args } => (callee, args),
+        ExprKind::Ident(id) => (id, &[]),
+        _ => return Err(Error::new(e.span, expected)),
+    };
+    if callee.name != "magnitude" {
+        let mut err = Error::new(
+            callee.span,
+            format!("unknown pruning method `{}`", callee.name),
+        )
+        .with_label("expected `magnitude`");
+        if let Some(h) = did_you_mean(&callee.name, ["magnitude"]) {
+            err = err.with_help(h);
+        }
+        return Err(err);
+    }
+    // `scope:` names a choice (`layer`, `global`), not a value.
+    let mut scope = PruneScope::Layer;
+    let mut rest = Vec::new();
+    for a in args {
+        if a.name.as_ref().is_none_or(|n| n.name != "scope") {
+            rest.push(a.clone());
+            continue;
+        }
+        let name = match &a.value.kind {
+            ExprKind::Ident(id) => id.name.clone(),
+            ExprKind::Str(s) => s.clone(),
+            _ => {
+                return Err(Error::new(a.value.span, "expected `layer` or `global`")
+                    .with_label("invalid `scope`"))
+            }
+        };
+        scope = match name.as_str() {
+            "layer" => PruneScope::Layer,
+            "global" => PruneScope::Global,
+            other => {
+                let mut err = Error::new(a.value.span, format!("unknown scope `{other}`"))
+                    .with_label("expected `layer` or `global`");
+                if let Some(h) = did_you_mean(other, ["layer", "global"]) {
+                    err = err.with_help(h);
+                }
+                return Err(err);
+            }
+        };
+    }
+    let s = named_args(el, callee, &rest, &["sparsity", "start", "end", "every"])?;
+    let sparsity = match &s[0] {
+        None => {
+            return Err(
+                Error::new(callee.span, "missing argument `sparsity` of `magnitude`")
+                    .with_help("the share of weights to prune: `magnitude(sparsity: 0.8)`"),
+            )
+        }
+        Some(_) => ranged(
+            &s[0],
+            "sparsity",
+            0.0,
+            |x| (0.0..1.0).contains(&x),
+            "in [0, 1)",
+        )?,
+    };
+    let positive = |a: &Option<Evaluated>, name: &str, default: usize| -> Result<usize> {
+        match a {
+            None => Ok(default),
+            Some(v) => match v.value {
+                Value::Int(n) if n >= 1 => Ok(n as usize),
+                ref other => Err(Error::new(
+                    v.span,
+                    format!(
+                        "`{name}` must be a positive int, found {}",
+                        match other {
+                            Value::Int(n) => n.to_string(),
+                            other => other.kind().to_string(),
+                        }
+                    ),
+                )
+                .with_label(format!("invalid `{name}`"))),
+            },
+        }
+    };
+    let start = positive(&s[1], "start", 1)?;
+    let end = match &s[2] {
+        None => None,
+        Some(v) => {
+            let end = positive(&s[2], "end", 1)?;
+            if end < start {
+                let mut err = Error::new(
+                    v.span,
+                    format!("pruning ends at epoch {end}, before it starts at epoch {start}"),
+                )
+                .with_label("`end` must be at least `start`");
+                if let Some(a) = &s[1] {
+                    err = err.with_secondary(a.span, "starts here");
+                }
+                return Err(err);
+            }
+            Some(end)
+        }
+    };
+    let every = positive(&s[3], "every", 100)?;
+    Ok(Prune {
+        sparsity,
+        start,
+        end,
+        every,
+        scope,
+        span: Some(nnc_ir::Span {
+            start: e.span.start as u32,
+            end: e.span.end as u32,
+        }),
+    })
 }
 
 /// `validate = split(f)` or `validate = kfold(k)`.

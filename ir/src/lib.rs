@@ -33,6 +33,7 @@ pub use module::{
     Transform, ADAM_BIAS_CORRECTION2_SQRT, ADAM_STEP, ADAM_STEP_SIZE, GRADIENT_PREFIX, HYPER,
     LEARNING_RATE, LOSS, RNG_KEY,
 };
+pub use module::{mask_name, Prune, PruneScope, PruneSteps};
 pub use module::{Anneal, Decay, EarlyStop, LrAt, Monitor, OneCycle, Plateau, Warmup};
 pub use module::{Augment, FitAxis, StructuralChange};
 pub use module::{GradClip, ADAGRAD_LR, ADAGRAD_STEP, ADAMW_DECAY};

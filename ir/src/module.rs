@@ -349,6 +349,9 @@ pub struct TrainSpec {
     pub schedule: Option<Schedule>,
     /// When to stop before `epochs`, watching a metric.
     pub early_stop: Option<EarlyStop>,
+    /// Gradual magnitude pruning of the product weights (`prune =
+    /// magnitude(...)`): their masks are model state.
+    pub prune: Option<Prune>,
     pub metrics: Vec<Metric>,
     /// The train block's settings as written (key, value), in order: what
     /// reports show, so a reader sees the recipe in the file's own words.
@@ -680,6 +683,99 @@ pub struct Plateau {
     pub min_lr: f64,
 }
 
+/// Unstructured magnitude pruning during training, gradual as in Zhu &
+/// Gupta (2017) and TF-MOT's `PolynomialDecay(initial_sparsity=0,
+/// final_sparsity=sparsity, power=3, begin_step, end_step, frequency)`:
+/// the product weights of dense layers and convolutions are read through
+/// a mask (state `{param}.mask`), which the training loop recomputes from
+/// the weights' magnitudes every `every` steps between the start of epoch
+/// `start` and the end of epoch `end`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Prune {
+    /// The final sparsity, in `[0, 1)`: the share of each weight's
+    /// elements (or of all of them, `Global`) that are zero at the end.
+    pub sparsity: f64,
+    /// The 1-based epoch at whose start pruning begins (sparsity 0 there).
+    pub start: usize,
+    /// The epoch at whose end the final sparsity is reached; `None`: the
+    /// run's last epoch.
+    pub end: Option<usize>,
+    /// Steps between mask updates (TF-MOT's `frequency`).
+    pub every: usize,
+    pub scope: PruneScope,
+    /// Where the setting is written, for errors found after lowering
+    /// (a model without a weight to prune).
+    pub span: Option<crate::Span>,
+}
+
+/// Where the magnitude threshold applies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PruneScope {
+    /// Each weight is pruned to the target on its own.
+    Layer,
+    /// One threshold over all pruned weights together
+    /// (`torch.nn.utils.prune.global_unstructured`).
+    Global,
+}
+
+impl fmt::Display for PruneScope {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            PruneScope::Layer => "layer",
+            PruneScope::Global => "global",
+        })
+    }
+}
+
+/// The name of the mask state of the pruned weight `param`.
+pub fn mask_name(param: &str) -> String {
+    format!("{param}.mask")
+}
+
+/// The steps of a pruning schedule in a run of `per_epoch` steps an
+/// epoch, `epochs` epochs: `begin` and `end` as optimizer steps taken.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PruneSteps {
+    pub begin: usize,
+    pub end: usize,
+}
+
+impl Prune {
+    /// The schedule in steps: pruning begins after `(start - 1)` epochs of
+    /// steps and ends after `end` epochs (the run's `epochs` without one).
+    pub fn steps(&self, per_epoch: usize, epochs: usize) -> PruneSteps {
+        let end_epoch = self.end.unwrap_or(epochs).max(self.start);
+        PruneSteps {
+            begin: (self.start - 1) * per_epoch,
+            end: end_epoch * per_epoch,
+        }
+    }
+
+    /// The target sparsity once `t` optimizer steps have been taken:
+    /// `s_f + (0 - s_f)(1 - (t - t0)/(t1 - t0))^3`, `t` clamped into
+    /// `[t0, t1]` (0 before, `s_f` after).
+    pub fn sparsity_at(&self, steps: PruneSteps, t: usize) -> f64 {
+        if t <= steps.begin {
+            return 0.0;
+        }
+        if t >= steps.end {
+            return self.sparsity;
+        }
+        let p = (t - steps.begin) as f64 / (steps.end - steps.begin) as f64;
+        self.sparsity * (1.0 - (1.0 - p).powi(3))
+    }
+
+    /// Whether the masks are recomputed once `t` steps have been taken:
+    /// every `every` steps after the begin step, and at the end step
+    /// itself (TF-MOT skips it when `end - begin` is not a multiple of its
+    /// frequency, and never reaches its final sparsity then).
+    pub fn updates_at(&self, steps: PruneSteps, t: usize) -> bool {
+        t > steps.begin
+            && t <= steps.end
+            && ((t - steps.begin).is_multiple_of(self.every) || t == steps.end)
+    }
+}
+
 /// Keras's `EarlyStopping(monitor, min_delta, patience, mode from the
 /// monitor, restore_best_weights)`.
 #[derive(Debug, Clone, PartialEq)]
@@ -948,10 +1044,46 @@ impl fmt::Display for Optimizer {
 
 #[cfg(test)]
 mod tests {
+
+    fn prune(sparsity: f64, start: usize, end: Option<usize>, every: usize) -> Prune {
+        Prune {
+            sparsity,
+            start,
+            end,
+            every,
+            scope: PruneScope::Layer,
+            span: None,
+        }
+    }
+
+    #[test]
+    fn the_pruning_schedule_is_zhu_and_gupta_cubic_between_its_epochs() {
+        // Epochs 2..=4 of 10 steps: steps 10 to 40.
+        let p = prune(0.8, 2, Some(4), 5);
+        let steps = p.steps(10, 6);
+        assert_eq!(steps, PruneSteps { begin: 10, end: 40 });
+        assert_eq!(p.sparsity_at(steps, 0), 0.0);
+        assert_eq!(p.sparsity_at(steps, 10), 0.0);
+        // Half way: 0.8 (1 - 0.5^3) = 0.7.
+        assert!((p.sparsity_at(steps, 25) - 0.7).abs() < 1e-12);
+        // A third of the way: 0.8 (1 - (2/3)^3) = 0.8 · 19/27.
+        assert!((p.sparsity_at(steps, 20) - 0.8 * 19.0 / 27.0).abs() < 1e-12);
+        assert_eq!(p.sparsity_at(steps, 40), 0.8);
+        assert_eq!(p.sparsity_at(steps, 55), 0.8);
+        let at: Vec<usize> = (0..60).filter(|&t| p.updates_at(steps, t)).collect();
+        assert_eq!(at, vec![15, 20, 25, 30, 35, 40]);
+        // The end step updates even off the frequency's grid.
+        let p = prune(0.5, 1, None, 7);
+        let steps = p.steps(10, 2);
+        assert_eq!(steps, PruneSteps { begin: 0, end: 20 });
+        let at: Vec<usize> = (0..30).filter(|&t| p.updates_at(steps, t)).collect();
+        assert_eq!(at, vec![7, 14, 20]);
+    }
     use super::{
         Anneal, Decay, LrAt, Monitor, OneCycle, Optimizer, Schedule, TextFormat, Warmup,
         ADAGRAD_LR, ADAMW_DECAY, ADAM_BIAS_CORRECTION2_SQRT, ADAM_STEP_SIZE, LEARNING_RATE,
     };
+    use super::{Prune, PruneScope, PruneSteps};
 
     fn adam(lr: f64, beta1: f64, beta2: f64) -> Optimizer {
         Optimizer::Adam {

@@ -785,7 +785,9 @@ impl Checkpoint {
     /// params `param_names` (see [`param_names`]). Refuses, changing
     /// nothing, a checkpoint of another model: another name, or tensors
     /// that differ (the error names the first). `Scope::Params` restores
-    /// only the params; `Scope::Everything` needs the optimizer state too.
+    /// only the params (a pruned model's masks that a checkpoint without
+    /// pruning lacks stay ones); `Scope::Everything` needs the optimizer
+    /// state too.
     pub fn apply(
         &self,
         exec: &mut dyn Executor,
@@ -794,8 +796,25 @@ impl Checkpoint {
         scope: Scope,
     ) -> Result<(), RuntimeError> {
         let state = exec.state();
-        let model_params: BTreeSet<&str> = param_names.iter().map(String::as_str).collect();
         let ckpt_params: BTreeSet<&str> = self.params.iter().map(String::as_str).collect();
+        let mut model_params: BTreeSet<&str> = param_names.iter().map(String::as_str).collect();
+        if scope == Scope::Params {
+            // A pruned model's masks (`w.mask` of a weight `w`) that the
+            // checkpoint lacks keep their ones: weights trained without
+            // pruning start a pruning run (or evaluate) unpruned.
+            let unmasked: Vec<&str> = model_params
+                .iter()
+                .copied()
+                .filter(|n| {
+                    n.strip_suffix(".mask")
+                        .is_some_and(|w| model_params.contains(w) && ckpt_params.contains(w))
+                        && !ckpt_params.contains(n)
+                })
+                .collect();
+            for n in unmasked {
+                model_params.remove(n);
+            }
+        }
         let in_scope = |name: &str, params: &BTreeSet<&str>| {
             scope == Scope::Everything || params.contains(name)
         };

@@ -15,6 +15,7 @@ pub mod loader;
 pub mod metrics;
 pub mod predict;
 pub mod progress;
+pub mod prune;
 pub mod quantize;
 pub mod report;
 pub mod report_html;

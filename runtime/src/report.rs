@@ -16,6 +16,7 @@
 //! | `total_seconds` | wall time from reading the source to the end of the run |
 //! | `compile_seconds` | from the start of parsing to the first executed step (parsing, lowering, autodiff, data loading; JIT compilation when there is one) |
 //! | `early_stop` | with `early_stop` in the train block: `{monitor, stopped_after, best_epoch, best, kept_epoch}` (the metric monitored, as written; the epoch after which training stopped, `null` when it ran every epoch; the best epoch and its monitored value; the epoch whose weights the model ends with), else `null` |
+//! | `sparsity` | with `prune` in the train block: `{target, scope, overall, weights}` (the final sparsity the schedule reaches, `layer` or `global`, the share of zeros over all pruned weights, and `[{name, size, zeros, sparsity}]` per pruned weight, counting the zeros of `w · mask`) of the model the run ends with (or evaluates), else `null` |
 //! | `peak_rss_bytes` | the process's peak resident set size (`VmHWM` of `/proc/self/status`), `null` where unavailable |
 //!
 //! | `cross_validation` | with `validate = kfold(k)`: `{k, folds, summary, per_class}`, else `null` (below) |
@@ -24,8 +25,9 @@
 //! `accuracy` is `null` without the metric; `metrics` maps each other
 //! metric of the train block to its value over the whole set (`f1`,
 //! `precision_micro`, `top_3_accuracy`, `binary_accuracy`, `mae`, `rmse`,
-//! `r2`; empty during training epochs, whose batches report only the
-//! loss and accuracy); `per_class` is `{precision, recall, f1, support,
+//! `r2`; during training epochs, whose batches report only the loss and
+//! accuracy, empty but for `sparsity` with `prune`: the share of zeros
+//! of the pruned weights after the epoch); `per_class` is `{precision, recall, f1, support,
 //! confusion}` (lists by class; `confusion[true][predicted]`) when a
 //! classifier's `precision`, `recall`, `f1` or `confusion` is asked for,
 //! else `null`.
@@ -197,6 +199,8 @@ pub struct Report {
     pub peak_rss_bytes: Option<u64>,
     #[serde(default)]
     pub early_stop: Option<EarlyStopEntry>,
+    #[serde(default)]
+    pub sparsity: Option<SparsityEntry>,
     pub cross_validation: Option<CrossValidationEntry>,
 }
 
@@ -208,6 +212,44 @@ pub struct EarlyStopEntry {
     pub best_epoch: usize,
     pub best: f64,
     pub kept_epoch: usize,
+}
+
+/// The sparsity of a pruned model.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SparsityEntry {
+    pub target: f64,
+    pub scope: String,
+    pub overall: f64,
+    pub weights: Vec<WeightSparsityEntry>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WeightSparsityEntry {
+    pub name: String,
+    pub size: usize,
+    pub zeros: usize,
+    pub sparsity: f64,
+}
+
+impl SparsityEntry {
+    pub fn new(prune: &nnc_ir::Prune, weights: &[crate::prune::WeightSparsity]) -> SparsityEntry {
+        SparsityEntry {
+            target: prune.sparsity,
+            scope: prune.scope.to_string(),
+            overall: crate::prune::overall(weights),
+            weights: weights
+                .iter()
+                .map(|w| WeightSparsityEntry {
+                    name: w.name.clone(),
+                    size: w.size,
+                    zeros: w.zeros,
+                    sparsity: w.sparsity(),
+                })
+                .collect(),
+        }
+    }
 }
 
 impl From<&EarlyStopOutcome> for EarlyStopEntry {
@@ -331,6 +373,7 @@ mod tests {
                 best: 0.25,
                 kept_epoch: 4,
             }),
+            sparsity: None,
             cross_validation: None,
         };
         let text = r.to_json();

@@ -57,6 +57,7 @@ impl HtmlReport<'_> {
         );
         out.push_str(&results_table(&json));
         out.push_str(&early_stop(&json));
+        out.push_str(&sparsity(&json));
         out.push_str(&curves(&json));
         out.push_str(&confusion_matrices(&json));
         out.push_str(&cross_validation(&json));
@@ -151,6 +152,40 @@ fn early_stop(json: &Value) -> String {
         int("best_epoch").unwrap_or(0),
         int("kept_epoch").unwrap_or(0)
     )
+}
+
+/// A pruned model's sparsity: the target, and each pruned weight's zeros.
+fn sparsity(json: &Value) -> String {
+    let Some(e) = json.get("sparsity").filter(|v| v.is_object()) else {
+        return String::new();
+    };
+    let num = |v: &Value, k: &str| v.get(k).and_then(Value::as_f64).unwrap_or(f64::NAN);
+    let mut out = String::from("<h2>Sparsity</h2>\n");
+    let _ = writeln!(
+        out,
+        "<p class=\"sparsity\">Magnitude pruning ({} scope) to a target of {}: {} of the pruned weights are zero.</p>",
+        esc(e.get("scope").and_then(Value::as_str).unwrap_or("")),
+        number(num(e, "target"), "target"),
+        number(num(e, "overall"), "overall")
+    );
+    out.push_str("<table class=\"sparsity\">\n<tr><th>weight</th><th>size</th><th>zeros</th><th>sparsity</th></tr>\n");
+    for w in e
+        .get("weights")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        let _ = writeln!(
+            out,
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            esc(w.get("name").and_then(Value::as_str).unwrap_or("")),
+            number(num(w, "size"), "size"),
+            number(num(w, "zeros"), "zeros"),
+            number(num(w, "sparsity"), "sparsity")
+        );
+    }
+    out.push_str("</table>\n");
+    out
 }
 
 /// A line chart per metric over the epochs (train and validation), and
@@ -761,6 +796,17 @@ mod tests {
                 best: 0.1358024679,
                 kept_epoch: 3,
             }),
+            sparsity: Some(crate::report::SparsityEntry {
+                target: 0.8,
+                scope: "layer".into(),
+                overall: 0.7996,
+                weights: vec![crate::report::WeightSparsityEntry {
+                    name: "dense.w".into(),
+                    size: 7840,
+                    zeros: 6272,
+                    sparsity: 0.8,
+                }],
+            }),
             cross_validation: None,
         }
     }
@@ -818,6 +864,27 @@ mod tests {
         );
         r.early_stop = None;
         assert!(!render(&r).contains("Early stopping"));
+    }
+
+    #[test]
+    fn a_pruned_models_sparsity_is_a_table_of_its_weights() {
+        let mut r = report();
+        let render = |r: &Report| {
+            HtmlReport {
+                report: r,
+                summary: &summary(),
+                settings: Vec::new(),
+            }
+            .render()
+        };
+        let html = render(&r);
+        assert!(html.contains("<h2>Sparsity</h2>"), "{html}");
+        assert!(
+            html.contains("<tr><td>dense.w</td><td><span data-key=\"size\" data-value=\"7840.0\">7840</span></td><td><span data-key=\"zeros\" data-value=\"6272.0\">6272</span></td>"),
+            "{html}"
+        );
+        r.sparsity = None;
+        assert!(!render(&r).contains("Sparsity"));
     }
 
     #[test]

@@ -471,6 +471,7 @@ impl<'m> Run<'m> {
             compile_seconds: 0.0,
             peak_rss_bytes: None,
             early_stop: None,
+            sparsity: None,
             cross_validation: None,
         };
         let cx = Context {
@@ -492,6 +493,11 @@ impl<'m> Run<'m> {
         } else {
             fit(&cx, exec.as_mut(), done_before, trace, &mut report, events)?
         };
+        if let Some(prune) = &spec.prune {
+            let weights =
+                crate::prune::measure(exec.as_ref(), &crate::prune::masked_weights(&step))?;
+            report.sparsity = Some(report::SparsityEntry::new(prune, &weights));
+        }
         // Parse, elaborate and build the step, then the executor's own compiling.
         report.compile_seconds = front_end.as_secs_f64() + exec.compile_time().as_secs_f64();
         report.total_seconds = started.elapsed().as_secs_f64();

@@ -86,7 +86,8 @@ pub struct Metrics {
     /// `top_3_accuracy`: [`nnc_ir::SetMetric::value_name`]), in its order;
     /// measured on validation and test samples (and by `--eval`), not
     /// during a training epoch, whose batches only report the graph's
-    /// scalars.
+    /// scalars (a pruning run adds `sparsity` to an epoch's: the share of
+    /// zeros of the pruned weights after it).
     pub values: Vec<(String, f64)>,
     /// Per-class values and the confusion matrix, when a metric of a
     /// classifier asks for them (`precision`, `recall`, `f1`, `confusion`).
@@ -778,6 +779,7 @@ pub fn train_partition(
     let mut order = Vec::with_capacity(parts.train.len());
     let per_epoch = Batches::new(parts.train.len(), batch_size, false)?.len();
     let lrs = LrSchedule::new(spec, epochs, per_epoch);
+    let pruning = crate::prune::Pruning::new(spec.prune.as_ref(), step, per_epoch, epochs)?;
     let mut state = options
         .resumed
         .clone()
@@ -838,6 +840,9 @@ pub fn train_partition(
             acc.add(m, indices.len());
             run_steps += 1;
             steps += 1;
+            if let Some(p) = &pruning {
+                p.after_step(exec, info.step)?;
+            }
             observer.after_step(&info, &m)?;
         }
         let validation = if parts.validation.is_empty() {
@@ -852,13 +857,21 @@ pub fn train_partition(
                 batch_size,
             )?)
         };
+        let mut train = acc.finish();
+        if let Some(p) = &pruning {
+            p.zero_masked(exec)?;
+            let weights = crate::prune::measure(exec, &p.weights)?;
+            train
+                .values
+                .push(("sparsity".into(), crate::prune::overall(&weights)));
+        }
         let report = EpochReport {
             epoch,
             epochs,
             lr: lrs.lr(epoch, 0, &state),
             steps,
             batches: total,
-            train: acc.finish(),
+            train,
             validation,
             seconds: start.elapsed().as_secs_f64(),
         };

@@ -127,6 +127,7 @@ fn line(dir: &Path) -> Line {
             kfold: None,
             schedule: None,
             early_stop: None,
+            prune: None,
             metrics: Vec::new(),
             written: vec![("optimizer".into(), "sgd(lr: 0.05)".into())],
         }),
