@@ -5,7 +5,9 @@
 use crate::diagnostic;
 use crate::driver::{compile_source, read_source, restructure_for, Failure};
 use nnc_ir::summary::thousands;
-use nnc_runtime::compress::{FactorizeOptions, FactorizeReport, PruneOptions, PruneReport};
+use nnc_runtime::compress::{
+    FactorizeOptions, FactorizeReport, PruneOptions, PruneReport, Savings,
+};
 use std::path::Path;
 
 fn failure(e: impl std::fmt::Display) -> Failure {
@@ -43,12 +45,7 @@ pub fn prune(
     for (weight, why) in &report.skipped {
         out(&format!("kept `{weight}` whole: {why}"));
     }
-    let sizes = Sizes {
-        params: (report.params_before, report.params_after),
-        macs: (report.macs_before, report.macs_after),
-        file_bytes: report.file_bytes,
-    };
-    sizes.show(path, output, out);
+    show(&report.savings, path, output, out);
     Ok(report)
 }
 
@@ -81,12 +78,7 @@ pub fn factorize(
     for (weight, why) in &report.skipped {
         out(&format!("kept `{weight}` whole: {why}"));
     }
-    let sizes = Sizes {
-        params: (report.params_before, report.params_after),
-        macs: (report.macs_before, report.macs_after),
-        file_bytes: report.file_bytes,
-    };
-    sizes.show(path, output, out);
+    show(&report.savings, path, output, out);
     Ok(report)
 }
 
@@ -113,30 +105,22 @@ fn load(
 }
 
 /// Before and after, as both commands print them.
-struct Sizes {
-    params: (usize, usize),
-    macs: (usize, usize),
-    file_bytes: u64,
-}
-
-impl Sizes {
-    fn show(&self, path: &Path, output: &Path, out: &mut dyn FnMut(&str)) {
-        let ratio = |(a, b): (usize, usize)| b as f64 / a.max(1) as f64;
-        out(&format!(
-            "params {} -> {} ({:.2}x); multiply-adds per sample {} -> {} ({:.2}x); wrote {} ({} bytes)",
-            thousands(self.params.0),
-            thousands(self.params.1),
-            ratio(self.params),
-            thousands(self.macs.0),
-            thousands(self.macs.1),
-            ratio(self.macs),
-            output.display(),
-            thousands(self.file_bytes as usize)
-        ));
-        out(&format!(
-            "fine-tune it with `nnc run {} --weights {} --save TUNED`; every run with it rebuilds the changed model from the source",
-            path.display(),
-            output.display()
-        ));
-    }
+fn show(savings: &Savings, path: &Path, output: &Path, out: &mut dyn FnMut(&str)) {
+    let ratio = |(a, b): (usize, usize)| b as f64 / a.max(1) as f64;
+    out(&format!(
+        "params {} -> {} ({:.2}x); multiply-adds per sample {} -> {} ({:.2}x); wrote {} ({} bytes)",
+        thousands(savings.params.0),
+        thousands(savings.params.1),
+        ratio(savings.params),
+        thousands(savings.macs.0),
+        thousands(savings.macs.1),
+        ratio(savings.macs),
+        output.display(),
+        thousands(savings.file_bytes as usize)
+    ));
+    out(&format!(
+        "fine-tune it with `nnc run {} --weights {} --save TUNED`; every run with it rebuilds the changed model from the source",
+        path.display(),
+        output.display()
+    ));
 }

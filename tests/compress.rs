@@ -9,30 +9,11 @@ use nnc_runtime::compress::{FactorizeOptions, PruneOptions, RankChoice, Saliency
 use nnc_runtime::{RunOptions, TrainOptions};
 use std::path::{Path, PathBuf};
 
+mod common;
+use common::Scratch;
+
 fn digits() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/digits_mlp.nn")
-}
-
-/// A scratch directory, removed on drop.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(tag: &str) -> Scratch {
-        let dir = std::env::temp_dir().join(format!("nnc-compress-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        Scratch(dir)
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 fn train(epochs: usize, weights: Option<&Path>, save: &Path) {

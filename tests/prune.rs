@@ -9,27 +9,8 @@ use nnc_passes::compress::sparsity::pruned_count;
 use nnc_runtime::{Report, RunOptions, TrainOptions};
 use std::path::{Path, PathBuf};
 
-/// A scratch directory, removed on drop.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(tag: &str) -> Scratch {
-        let dir = std::env::temp_dir().join(format!("nnc-prune-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        Scratch(dir)
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+mod common;
+use common::Scratch;
 
 /// The digits MLP of `examples/digits_mlp.nn` (64 → 32 → 10), pruned as
 /// `prune` says (no pruning when empty), written into `dir`.

@@ -67,19 +67,24 @@ pub struct PrunedLayer {
     pub tied: Vec<String>,
 }
 
+/// What a structural change saved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Savings {
+    /// Param elements of the model before and after.
+    pub params: (usize, usize),
+    /// Multiply-adds of the model's products per sample, before and after.
+    pub macs: (usize, usize),
+    /// The size of the checkpoint written.
+    pub file_bytes: u64,
+}
+
 /// What `nnc prune` did.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PruneReport {
     pub pruned: Vec<PrunedLayer>,
     /// Layers that were not selected or cannot be pruned, with why.
     pub skipped: Vec<(String, String)>,
-    /// Param elements of the model before and after.
-    pub params_before: usize,
-    pub params_after: usize,
-    /// Multiply-adds of the model's products per sample, before and after.
-    pub macs_before: usize,
-    pub macs_after: usize,
-    pub file_bytes: u64,
+    pub savings: Savings,
 }
 
 /// Applies the structural changes a checkpoint records to `module`.
@@ -161,8 +166,6 @@ pub fn prune(
     let weights: Vec<&str> = candidates.iter().map(|(w, _)| w.as_str()).collect();
     check_layers(&options.layers, &weights, module)?;
     let selected = |weight: &str| is_selected(&options.layers, weight);
-    let params_before = param_elements(&tensors, &ckpt.params, module);
-    let macs_before = compress::product_macs(&module.forward);
     let mut changes = Vec::new();
     let mut pruned = Vec::new();
     let mut skipped = Vec::new();
@@ -255,9 +258,28 @@ pub fn prune(
             kept,
         });
     }
-    if pruned.is_empty() {
-        return Err(setup(format!(
-            "nothing of `{}` was pruned: {}",
+    let savings = finish(module, ckpt, &tensors, output, &changes, &skipped, "pruned")?;
+    Ok(PruneReport {
+        pruned,
+        skipped,
+        savings,
+    })
+}
+
+/// Applies `changes` to `module` and writes its checkpoint of `tensors`;
+/// no change at all is an error that says why each layer was `skipped`.
+fn finish(
+    module: &mut Module,
+    ckpt: &Checkpoint,
+    tensors: &BTreeMap<String, Tensor>,
+    output: &Path,
+    changes: &[StructuralChange],
+    skipped: &[(String, String)],
+    what: &str,
+) -> Result<Savings, RuntimeError> {
+    if changes.is_empty() {
+        return Err(RuntimeError::Setup(format!(
+            "nothing of `{}` was {what}: {}",
             module.name,
             skipped
                 .iter()
@@ -266,18 +288,23 @@ pub fn prune(
                 .join("; ")
         )));
     }
-    restructure(module, output, &changes)?;
-    let file_bytes = save(module, ckpt, &tensors, output)?;
-    let names: Vec<String> = tensors.keys().cloned().collect();
-    Ok(PruneReport {
-        pruned,
-        skipped,
-        params_before,
-        params_after: param_elements(&tensors, &names, module),
-        macs_before,
-        macs_after: compress::product_macs(&module.forward),
+    let params_before = param_elements(tensors_of(ckpt), module);
+    let macs_before = compress::product_macs(&module.forward);
+    restructure(module, output, changes)?;
+    let file_bytes = save(module, ckpt, tensors, output)?;
+    Ok(Savings {
+        params: (params_before, param_elements(tensors.iter(), module)),
+        macs: (macs_before, compress::product_macs(&module.forward)),
         file_bytes,
     })
+}
+
+/// The checkpoint's params and model state.
+fn tensors_of(ckpt: &Checkpoint) -> impl Iterator<Item = (&String, &Tensor)> {
+    ckpt.tensors
+        .iter()
+        .filter(|(n, _)| ckpt.params.contains(n))
+        .map(|(n, t)| (n, t))
 }
 
 /// Writes the changed model's checkpoint: `tensors` (params and model
@@ -363,11 +390,7 @@ pub struct FactorizeReport {
     pub factorized: Vec<FactorizedLayer>,
     /// Weights left whole, with why.
     pub skipped: Vec<(String, String)>,
-    pub params_before: usize,
-    pub params_after: usize,
-    pub macs_before: usize,
-    pub macs_after: usize,
-    pub file_bytes: u64,
+    pub savings: Savings,
 }
 
 /// Replaces the selected product weights of `module` by truncated-SVD
@@ -397,8 +420,6 @@ pub fn factorize(
     let candidates = lowrank::candidates(&module.forward);
     let weights: Vec<&str> = candidates.iter().map(|c| c.param.as_str()).collect();
     check_layers(&options.layers, &weights, module)?;
-    let params_before = param_elements(&tensors, &ckpt.params, module);
-    let macs_before = compress::product_macs(&module.forward);
     let mut factorized = Vec::new();
     let mut skipped = Vec::new();
     let mut changes = Vec::new();
@@ -462,28 +483,19 @@ pub fn factorize(
             energy,
         });
     }
-    if factorized.is_empty() {
-        return Err(setup(format!(
-            "nothing of `{}` was factorized: {}",
-            module.name,
-            skipped
-                .iter()
-                .map(|(w, why)| format!("`{w}`: {why}"))
-                .collect::<Vec<_>>()
-                .join("; ")
-        )));
-    }
-    restructure(module, output, &changes)?;
-    let file_bytes = save(module, ckpt, &tensors, output)?;
-    let names: Vec<String> = tensors.keys().cloned().collect();
+    let savings = finish(
+        module,
+        ckpt,
+        &tensors,
+        output,
+        &changes,
+        &skipped,
+        "factorized",
+    )?;
     Ok(FactorizeReport {
         factorized,
         skipped,
-        params_before,
-        params_after: param_elements(&tensors, &names, module),
-        macs_before,
-        macs_after: compress::product_macs(&module.forward),
-        file_bytes,
+        savings,
     })
 }
 
@@ -528,19 +540,21 @@ fn removed_globally(
         .collect())
 }
 
-/// Elements of the trainable params among `names` (not model state).
-fn param_elements(tensors: &BTreeMap<String, Tensor>, names: &[String], module: &Module) -> usize {
+/// Elements of the trainable params of `module` among `tensors` (not
+/// model state).
+fn param_elements<'t>(
+    tensors: impl Iterator<Item = (&'t String, &'t Tensor)>,
+    module: &Module,
+) -> usize {
     let params: Vec<&str> = module
         .forward
         .params()
         .into_iter()
         .map(|(_, n)| n)
         .collect();
-    names
-        .iter()
-        .filter(|n| params.contains(&n.as_str()))
-        .filter_map(|n| tensors.get(n))
-        .map(Tensor::numel)
+    tensors
+        .filter(|(n, _)| params.contains(&n.as_str()))
+        .map(|(_, t)| t.numel())
         .sum()
 }
 
