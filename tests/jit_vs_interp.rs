@@ -200,3 +200,73 @@ train Q on D { loss = mse(h, t)  optimizer = sgd(lr: 0.1) }
         assert!(acc.data.iter().any(|&v| v != 0.0), "{acc}");
     }
 }
+
+/// A convolution network whose products run in integers (every site
+/// rewritten, `nnc_runtime::quantize::synthetic`): its image is quantized
+/// once per pixel and the bytes unfolded (fill = the zero point), then
+/// multiplied through `igemm`. The JIT must compute what the interpreter
+/// does, at a batch whose columns would be staged if they were `f32`.
+#[test]
+fn jit_runs_an_integer_convolution_network_as_the_interpreter() {
+    let text = "model C {
+    input image: f32[B, 2, 12, 12]
+    logits = image -> conv2d(4, kernel: 3, pad: 1) -> relu -> maxpool(2)
+        -> conv2d(6, kernel: 3) -> relu -> flatten -> dense(5)
+    output logits
+}
+data D {
+    image = idx(\"x.gz\")
+    label: i32 = idx(\"t.gz\")
+}
+train C on D { loss = cross_entropy(logits, label)  optimizer = sgd(lr: 0.1) }
+";
+    let (p, _) = programs_of("qconv.nn", text.to_string());
+    let mut forward = p.forward.clone();
+    assert_eq!(nnc_runtime::quantize::synthetic(&mut forward).unwrap(), 3);
+    let unfolds_bytes = forward.topo_order().into_iter().any(|n| {
+        matches!(forward.node(n).op, nnc_ir::Op::Unfold { .. })
+            && forward.ty(n).dtype == nnc_ir::DType::U8
+    });
+    assert!(
+        unfolds_bytes,
+        "the image is quantized before it is unfolded"
+    );
+    // Weights of both signs in both executors (an `i8` initializer rounds
+    // kaiming's small values to 0).
+    let weights: Vec<(String, nnc_ir::Tensor)> = forward
+        .params()
+        .into_iter()
+        .filter(|(id, _)| forward.ty(*id).dtype == nnc_ir::DType::I8)
+        .map(|(id, name)| {
+            let shape: Vec<usize> = forward
+                .ty(id)
+                .shape
+                .iter()
+                .map(|d| d.as_const().unwrap())
+                .collect();
+            let n: usize = shape.iter().product();
+            let data = (0..n).map(|i| ((i * 7 + 3) % 11) as f64 - 5.0).collect();
+            let t = nnc_ir::Tensor::from_vec(nnc_ir::DType::I8, &shape, data).unwrap();
+            (name.to_string(), t)
+        })
+        .collect();
+    let p = Programs::inference(forward);
+    let mut interp = Interpreter::new(p.clone(), 3).unwrap();
+    let mut jit = Jit::new(p.clone(), 3).unwrap();
+    for (name, t) in &weights {
+        interp.set_state(name, t.clone()).unwrap();
+        jit.set_state(name, t.clone()).unwrap();
+    }
+    for (seed, size) in [(0u64, 3usize), (1, 64)] {
+        let batch = spread_batch(&p, size, seed);
+        let a = interp.predict(&batch).unwrap();
+        let b = jit.predict(&batch).unwrap();
+        let (ta, tb) = (&a[0].1, &b[0].1);
+        assert!(
+            ta.allclose(tb, 1e-5, 1e-6),
+            "logits differ by {}",
+            ta.max_abs_diff(tb)
+        );
+        assert!(ta.data.iter().any(|&v| v != 0.0), "{ta}");
+    }
+}

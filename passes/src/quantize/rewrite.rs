@@ -146,6 +146,28 @@ pub fn quantize_weight(w: &Tensor, layout: Layout) -> Result<(Tensor, Vec<QParam
     Ok((tensor, params))
 }
 
+/// The image a convolution's columns unfold, with the window and the
+/// columns' view, when they are `reshape(unfold(image, fill = 0))` read
+/// by the product alone.
+fn unfolded_image(graph: &Graph, site: &Site) -> Option<(NodeId, nnc_ir::Window, nnc_ir::Shape)> {
+    if site.layout != Layout::Conv {
+        return None;
+    }
+    let view = site.activation;
+    if !matches!(graph.node(view).op, Op::Reshape) || graph.users(view).len() != 1 {
+        return None;
+    }
+    let cols = graph.operands(view)[0];
+    match &graph.node(cols).op {
+        Op::Unfold { window, fill } if *fill == 0.0 && graph.users(cols).len() == 1 => Some((
+            graph.operands(cols)[0],
+            window.clone(),
+            graph.ty(view).shape.clone(),
+        )),
+        _ => None,
+    }
+}
+
 /// Rewrites `site` in `graph` as an integer product (see the module
 /// docs), with the activations' parameters `activation` (affine `u8`)
 /// and the weight already quantized (`quantize_weight`).
@@ -200,13 +222,26 @@ pub fn quantize_site(
         TensorType::new(DType::I8, w_ty.shape.clone()),
         init,
     );
-    let x = site.activation;
-    let inv = graph.scalar(1.0 / activation.scale, DType::F32);
-    let scaled = graph.mul(x, inv)?;
-    let rounded = graph.unary(UnaryOp::Round, scaled)?;
-    let zx = graph.scalar(activation.zero_point as f64, DType::F32);
-    let shifted = graph.binary(BinaryOp::Add, rounded, zx)?;
-    let qx = graph.cast(shifted, DType::U8)?;
+    let quantized = |graph: &mut Graph, x: NodeId| -> Result<NodeId, PassError> {
+        let inv = graph.scalar(1.0 / activation.scale, DType::F32);
+        let scaled = graph.mul(x, inv)?;
+        let rounded = graph.unary(UnaryOp::Round, scaled)?;
+        let zx = graph.scalar(activation.zero_point as f64, DType::F32);
+        let shifted = graph.binary(BinaryOp::Add, rounded, zx)?;
+        Ok(graph.cast(shifted, DType::U8)?)
+    };
+    let qx = match unfolded_image(graph, site) {
+        // Quantizing commutes with unfolding (a zero fill quantizes to
+        // exactly the zero point): quantize the image, once per pixel
+        // rather than once per kernel position, and unfold the bytes.
+        Some((image, window, view)) => {
+            let q_image = quantized(graph, image)?;
+            let fill = activation.zero_point as f64;
+            let cols = graph.unfold(q_image, window, fill)?;
+            graph.reshape(cols, view)?
+        }
+        None => quantized(graph, site.activation)?,
+    };
     let operands = graph.operands(site.matmul);
     let (acc, channel_shape) = match site.layout {
         Layout::Dense => (graph.matmul(qx, qw)?, vec![Dim::Const(count)]),
