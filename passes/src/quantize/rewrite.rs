@@ -16,9 +16,11 @@
 //! can pass 2^24, where `f32` would round). The weight keeps its name
 //! with dtype `i8`, so a quantized checkpoint holds the same names at a
 //! quarter of the size; the scales and corrections are constants of the
-//! graph. A convolution's activations are its unfolded columns: their
-//! padding (`fill = 0`) quantizes to exactly `zx`, since every range holds
-//! 0.
+//! graph. A convolution's activations are its unfolded columns; when they
+//! are `unfold(image, fill = 0)` read by the product alone, the image is
+//! quantized instead (once per pixel, not once per kernel position) and
+//! its bytes unfolded with `fill = zx`: the same values, since 0
+//! quantizes to exactly `zx` (every range holds 0).
 //!
 //! This is the graph-to-graph half of quantization (values change, so it
 //! is not an e-graph rewrite); choosing where integer arithmetic pays and
