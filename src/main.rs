@@ -121,7 +121,7 @@ enum Command {
         #[arg(long, value_name = "N", value_parser = parse_threads)]
         threads: Option<usize>,
     },
-    /// Quantize a trained model to int8: calibrate its activations on training batches, quantize its dense weights per output column, write a checkpoint for `run --weights Q --eval` / `--predict`.
+    /// Quantize a trained model to int8: calibrate its activations on training batches (or take the ranges a quantization-aware training learned), quantize its dense and convolution weights per output channel, write a checkpoint for `run --weights Q --eval` / `--predict`; with --qat, prepare the float model for quantization-aware training instead.
     Quantize {
         /// The `.nn` file.
         file: PathBuf,
