@@ -3,8 +3,9 @@
 //! with the values it will have as integers — its activations fake
 //! quantized to affine `u8` and its weight per output channel to
 //! symmetric `i8` — and passes the gradient straight through the rounding
-//! (`x + detach(fq(x) − x)`, PyTorch's `FakeQuantize` estimator without
-//! its clipping mask), so the weights learn to live with the rounding.
+//! (`x·m + detach(fq(x) − x·m)`, `m` zero where the quantization clips,
+//! as PyTorch's `FakeQuantize` backward), so the weights learn to live
+//! with the rounding.
 //!
 //! The activations' range is model state, as batch norm's statistics
 //! are: `{weight}.act_min` and `{weight}.act_max` (scalars), which the
@@ -88,11 +89,29 @@ fn fake_quantize_site(graph: &mut Graph, site: &Site, training: bool) -> Result<
     Ok(())
 }
 
-/// `x + detach(fq(x) − x)`.
-fn straight_through(graph: &mut Graph, x: NodeId, fake: NodeId) -> Result<NodeId, PassError> {
-    let error = graph.sub(fake, x)?;
+/// `fake` forwards, and the gradient of `x` passes where the integer
+/// `q` (before clamping) is within `[qmin, qmax]` and stops where the
+/// quantization clips, as PyTorch's `FakeQuantize` backward does:
+/// `x·m + detach(fake − x·m)` with `m = [qmin ≤ q ≤ qmax]`.
+fn straight_through(
+    graph: &mut Graph,
+    x: NodeId,
+    fake: NodeId,
+    q: NodeId,
+    (qmin, qmax): (f64, f64),
+) -> Result<NodeId, PassError> {
+    let in_range = |graph: &mut Graph, op, bound| -> Result<NodeId, PassError> {
+        let bound = graph.scalar(bound, DType::F32);
+        let holds = graph.binary(op, q, bound)?;
+        Ok(graph.cast(holds, DType::F32)?)
+    };
+    let above = in_range(graph, BinaryOp::Ge, qmin)?;
+    let below = in_range(graph, BinaryOp::Le, qmax)?;
+    let mask = graph.mul(above, below)?;
+    let passed = graph.mul(x, mask)?;
+    let error = graph.sub(fake, passed)?;
     let stopped = graph.unary(UnaryOp::Detach, error)?;
-    Ok(graph.add_(x, stopped)?)
+    Ok(graph.add_(passed, stopped)?)
 }
 
 fn clamp(graph: &mut Graph, x: NodeId, lo: f64, hi: f64) -> Result<NodeId, PassError> {
@@ -125,12 +144,12 @@ fn fake_affine_u8(
     let one = graph.scalar(1.0, DType::F32);
     let inv = graph.div(one, scale)?;
     let scaled = graph.mul(x, inv)?;
-    let q = graph.unary(UnaryOp::Round, scaled)?;
-    let q = graph.add_(q, zp)?;
-    let q = clamp(graph, q, 0.0, 255.0)?;
+    let rounded = graph.unary(UnaryOp::Round, scaled)?;
+    let q_raw = graph.add_(rounded, zp)?;
+    let q = clamp(graph, q_raw, 0.0, 255.0)?;
     let centered = graph.sub(q, zp)?;
     let fake = graph.mul(centered, scale)?;
-    straight_through(graph, x, fake)
+    straight_through(graph, x, fake, q_raw, (0.0, 255.0))
 }
 
 /// The weight `w` fake quantized to symmetric `i8` per output channel
@@ -151,10 +170,10 @@ fn fake_symmetric_i8(graph: &mut Graph, w: NodeId, layout: Layout) -> Result<Nod
     let one = graph.scalar(1.0, DType::F32);
     let inv = graph.div(one, scale)?;
     let scaled = graph.mul(w, inv)?;
-    let q = graph.unary(UnaryOp::Round, scaled)?;
-    let q = clamp(graph, q, -128.0, 127.0)?;
+    let q_raw = graph.unary(UnaryOp::Round, scaled)?;
+    let q = clamp(graph, q_raw, -128.0, 127.0)?;
     let fake = graph.mul(q, scale)?;
-    straight_through(graph, w, fake)
+    straight_through(graph, w, fake, q_raw, (-128.0, 127.0))
 }
 
 #[cfg(test)]
@@ -238,6 +257,13 @@ graph objective {
         let grad = values.get(g.output("grad").unwrap()).unwrap();
         assert_eq!(grad.shape, vec![3, 2]);
         assert!(grad.data.iter().all(|v| v.is_finite()));
-        assert!(grad.data[0] != 0.0);
+        // Column 1's largest weight, 1.5, is 127.5 steps of its scale:
+        // it rounds to 128, past the i8 range, so the clipping stops its
+        // gradient (as in PyTorch); column 0's -0.9 rounds to -128, within.
+        assert_eq!(grad.data[3], 0.0, "{grad:?}");
+        assert!(
+            [0, 1, 2, 4, 5].iter().all(|&i| grad.data[i] != 0.0),
+            "{grad:?}"
+        );
     }
 }
