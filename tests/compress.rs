@@ -281,3 +281,40 @@ fn bad_requests_are_refused_with_what_was_wrong() {
         "{e}"
     );
 }
+
+/// A model trained with `prune = magnitude(...)` reads its weights
+/// through masks: structured pruning and factorization say so.
+#[test]
+fn a_masked_model_is_refused_with_the_reason() {
+    let dir = Scratch::new("masked");
+    let text = std::fs::read_to_string(digits()).unwrap().replace(
+        "    epochs    = 20\n",
+        "    epochs    = 1\n    prune     = magnitude(sparsity: 0.5)\n",
+    );
+    assert!(
+        text.contains("magnitude"),
+        "the recipe gained a prune setting"
+    );
+    let source = dir.write("masked.nn", &text);
+    let base = dir.path("masked.safetensors");
+    let run = RunOptions {
+        save: Some(base.clone()),
+        ..Default::default()
+    };
+    let settings = RunSettings {
+        run,
+        data_dir: Some(Path::new(env!("CARGO_MANIFEST_DIR")).join("examples")),
+        ..Default::default()
+    };
+    driver::run_with(&source, &settings, &mut |_| {}).unwrap();
+    let out = dir.path("out.safetensors");
+    let e = nnc::compress::prune(&source, &base, &out, &half(), None, &mut |_| {}).unwrap_err();
+    assert!(e.to_string().contains("read through the mask"), "{e}");
+    let options = FactorizeOptions {
+        rank: RankChoice::Fixed(4),
+        layers: Vec::new(),
+    };
+    let e =
+        nnc::compress::factorize(&source, &base, &out, &options, None, &mut |_| {}).unwrap_err();
+    assert!(e.to_string().contains("read through the mask"), "{e}");
+}

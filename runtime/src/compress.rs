@@ -277,6 +277,12 @@ fn finish(
     skipped: &[(String, String)],
     what: &str,
 ) -> Result<Savings, RuntimeError> {
+    if skipped.is_empty() && changes.is_empty() {
+        return Err(RuntimeError::Setup(format!(
+            "nothing of `{}` was {what}: it has no dense layer or convolution whose weight only its product reads (a weight read through the mask of `prune = magnitude(...)` is not one)",
+            module.name
+        )));
+    }
     if changes.is_empty() {
         return Err(RuntimeError::Setup(format!(
             "nothing of `{}` was {what}: {}",
