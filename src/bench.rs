@@ -128,15 +128,10 @@ pub fn bench(path: &Path, options: &BenchOptions) -> Result<BenchReport, Failure
     let parse = timed(t);
     let t = Instant::now();
     let mut module = driver::compile_program(&src, &program, None)?;
-    let mut int8_inference = false;
-    if let Some(w) = &options.weights {
-        driver::restructure_for(&mut module, w)?;
-        if let Some((ckpt, products)) = driver::quantized_products(w)? {
-            nnc_runtime::quantize::apply(&mut module.forward, &products, &ckpt)
-                .map_err(|e| Failure(format!("error: {e}\n")))?;
-            int8_inference = true;
-        }
-    }
+    let mut int8_inference = match &options.weights {
+        Some(w) => driver::as_checkpoint_has_it(&mut module, w)?,
+        None => false,
+    };
     if options.int8 && !int8_inference {
         nnc_runtime::quantize::synthetic(&mut module.forward)
             .map_err(|e| Failure(format!("error: {e}\n")))?;

@@ -158,11 +158,7 @@ pub fn emit_with(
     }
     let mut module = compile_source(src, model)?;
     if let Some(w) = &options.weights {
-        restructure_for(&mut module, w)?;
-        if let Some((ckpt, products)) = quantized_products(w)? {
-            nnc_runtime::quantize::apply(&mut module.forward, &products, &ckpt)
-                .map_err(run_failure)?;
-        }
+        as_checkpoint_has_it(&mut module, w)?;
     }
     match stage {
         Emit::Ast => unreachable!("handled above"),
@@ -482,6 +478,22 @@ pub fn run_with(
 pub fn restructure_for(module: &mut Module, path: &Path) -> Result<(), Failure> {
     let changes = structure_of(path)?;
     nnc_runtime::compress::restructure(module, path, &changes).map_err(run_failure)
+}
+
+/// `module` as the checkpoint at `path` has it for inference: its
+/// structural changes, and a quantized checkpoint's integer products in
+/// the forward graph (which then cannot train). Returns whether it is
+/// quantized.
+pub fn as_checkpoint_has_it(module: &mut Module, path: &Path) -> Result<bool, Failure> {
+    restructure_for(module, path)?;
+    match quantized_products(path)? {
+        Some((ckpt, products)) => {
+            nnc_runtime::quantize::apply(&mut module.forward, &products, &ckpt)
+                .map_err(run_failure)?;
+            Ok(true)
+        }
+        None => Ok(false),
+    }
 }
 
 /// The structural changes the checkpoint at `path` records (from its

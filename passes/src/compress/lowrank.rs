@@ -325,23 +325,9 @@ fn remove_dead(graph: &mut Graph, id: NodeId) {
 mod tests {
     use super::*;
     use crate::compress::svd::svd;
+    use crate::compress::svd::tests::random;
     use nnc_ir::interp::{eval, Env, EvalOptions};
     use nnc_ir::{shape_of, verify, Init, ReduceOp, UnaryOp, Window, GRADIENT_PREFIX, LOSS};
-
-    /// SplitMix64, uniform in `[-1, 1)`.
-    fn random(n: usize, seed: u64) -> Vec<f64> {
-        let mut state = seed;
-        (0..n)
-            .map(|_| {
-                state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
-                let mut z = state;
-                z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-                z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-                z ^= z >> 31;
-                (z >> 11) as f64 / (1u64 << 52) as f64 - 1.0
-            })
-            .collect()
-    }
 
     fn f32s(dims: &[usize], seed: u64) -> Tensor {
         let n = dims.iter().product();

@@ -476,11 +476,11 @@ fn transpose(a: &[f64], m: usize, n: usize) -> Vec<f64> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// SplitMix64, uniform in `[-1, 1)`.
-    fn random(n: usize, seed: u64) -> Vec<f64> {
+    pub(crate) fn random(n: usize, seed: u64) -> Vec<f64> {
         let mut state = seed;
         (0..n)
             .map(|_| {
