@@ -77,6 +77,9 @@ pub struct BenchReport {
     /// With `--profile`: each loop body kernel (`k23.k4`) with its median
     /// time per call, i.e. per trip.
     pub loop_profile: Vec<(String, KernelTime)>,
+    /// With `--profile`: each kernel of batch inference (the int8 one when
+    /// `int8_inference`), in schedule order.
+    pub infer_profile: Vec<KernelTime>,
 }
 
 /// One kernel of the training step and its median wall time.
@@ -181,17 +184,19 @@ pub fn bench(path: &Path, options: &BenchOptions) -> Result<BenchReport, Failure
     let infer_batch = time(options.runs, options.warmup, || {
         jit.predict(&forward_batch).map(|_| ()).map_err(fail)
     })?;
-    let (profile, loop_profile) = if options.profile {
-        let profile = profile_step(&mut jit, &batch, options.runs).map_err(fail)?;
+    let (profile, loop_profile, infer_profile) = if options.profile {
+        let profile = profile_kernels(options.runs, || jit.profile_step(&batch)).map_err(fail)?;
+        let infer = profile_kernels(options.runs, || jit.profile_predict(&forward_batch))
+            .map_err(fail)?;
         let bodies = jit
             .profile_loop_bodies(&batch, options.runs)
             .map_err(fail)?
             .into_iter()
             .map(|(kernel, name, time)| (name, KernelTime { kernel, time }))
             .collect();
-        (profile, bodies)
+        (profile, bodies, infer)
     } else {
-        (Vec::new(), Vec::new())
+        (Vec::new(), Vec::new(), Vec::new())
     };
     let one = Batch::synthetic(&module.forward, 1, 3);
     let infer_one = time(options.runs, options.warmup, || {
@@ -223,19 +228,19 @@ pub fn bench(path: &Path, options: &BenchOptions) -> Result<BenchReport, Failure
         int8_inference,
         profile,
         loop_profile,
+        infer_profile,
     })
 }
 
-/// Runs the training step kernel by kernel `runs` times (at least 5) and
+/// Runs a program kernel by kernel (`once`) `runs` times (at least 5) and
 /// returns each kernel's median time.
-fn profile_step(
-    jit: &mut Jit,
-    batch: &Batch,
+fn profile_kernels(
     runs: usize,
+    mut once: impl FnMut() -> Result<Vec<(nnc_codegen::KernelInfo, Duration)>, nnc_runtime::RuntimeError>,
 ) -> Result<Vec<KernelTime>, nnc_runtime::RuntimeError> {
     let mut kernels: Vec<(nnc_codegen::KernelInfo, Vec<Duration>)> = Vec::new();
     for run in 0..runs.max(5) {
-        for (i, (info, t)) in jit.profile_step(batch)?.into_iter().enumerate() {
+        for (i, (info, t)) in once()?.into_iter().enumerate() {
             if run == 0 {
                 kernels.push((info, Vec::with_capacity(runs)));
             }
@@ -350,32 +355,7 @@ impl BenchReport {
         if self.profile.is_empty() {
             return String::new();
         }
-        let total: Duration = self.profile.iter().map(|k| k.time).sum();
-        let mut rows: Vec<(usize, &KernelTime)> = self.profile.iter().enumerate().collect();
-        rows.sort_by(|a, b| b.1.time.cmp(&a.1.time).then(a.0.cmp(&b.0)));
-        let mut out = format!(
-            "profile      {:8.3} ms  sum of {} kernel medians, slowest first (#: schedule position)\n\
-             {:>5} {:>9} {:>6} {:>8} {:>8}  kernel\n",
-            ms(total),
-            self.profile.len(),
-            "#",
-            "ms",
-            "%",
-            "GFLOP/s",
-            "GB/s"
-        );
-        for (i, k) in rows {
-            let (gflops, gbytes) = k.rates();
-            out += &format!(
-                "{:>5} {:>9.4} {:>6.1} {:>8.2} {:>8.2}  {}\n",
-                i,
-                ms(k.time),
-                100.0 * k.time.as_secs_f64() / total.as_secs_f64().max(1e-12),
-                gflops,
-                gbytes,
-                k.kernel.label
-            );
-        }
+        let mut out = kernel_table("profile", "training step", &self.profile);
         if !self.loop_profile.is_empty() {
             out += &format!(
                 "loop bodies  per trip, in body order (k23.k4: kernel 4 of the body of the loop at #23)\n\
@@ -394,6 +374,43 @@ impl BenchReport {
                 );
             }
         }
+        let int8 = if self.int8_inference { ", int8 products" } else { "" };
+        out += &kernel_table(
+            "inference",
+            &format!("batch {}{int8}", self.batch),
+            &self.infer_profile,
+        );
         out
     }
+}
+
+/// One profile as a table: the kernels' medians, slowest first.
+fn kernel_table(title: &str, what: &str, kernels: &[KernelTime]) -> String {
+    let total: Duration = kernels.iter().map(|k| k.time).sum();
+    let mut rows: Vec<(usize, &KernelTime)> = kernels.iter().enumerate().collect();
+    rows.sort_by(|a, b| b.1.time.cmp(&a.1.time).then(a.0.cmp(&b.0)));
+    let mut out = format!(
+        "{title:<12} {:8.3} ms  {what}: sum of {} kernel medians, slowest first (#: schedule position)\n\
+         {:>5} {:>9} {:>6} {:>8} {:>8}  kernel\n",
+        ms(total),
+        kernels.len(),
+        "#",
+        "ms",
+        "%",
+        "GFLOP/s",
+        "GB/s"
+    );
+    for (i, k) in rows {
+        let (gflops, gbytes) = k.rates();
+        out += &format!(
+            "{:>5} {:>9.4} {:>6.1} {:>8.2} {:>8.2}  {}\n",
+            i,
+            ms(k.time),
+            100.0 * k.time.as_secs_f64() / total.as_secs_f64().max(1e-12),
+            gflops,
+            gbytes,
+            k.kernel.label
+        );
+    }
+    out
 }

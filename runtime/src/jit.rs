@@ -151,7 +151,24 @@ impl Jit {
         &mut self,
         batch: &Batch,
     ) -> Result<Vec<(nnc_codegen::KernelInfo, Duration)>, RuntimeError> {
-        let index = self.feed(Which::Step, batch)?;
+        self.profile(Which::Step, batch)
+    }
+
+    /// As [`Jit::profile_step`], for the inference program (what
+    /// [`Jit::predict`] runs).
+    pub fn profile_predict(
+        &mut self,
+        batch: &Batch,
+    ) -> Result<Vec<(nnc_codegen::KernelInfo, Duration)>, RuntimeError> {
+        self.profile(Which::Forward, batch)
+    }
+
+    fn profile(
+        &mut self,
+        which: Which,
+        batch: &Batch,
+    ) -> Result<Vec<(nnc_codegen::KernelInfo, Duration)>, RuntimeError> {
+        let index = self.feed(which, batch)?;
         let program = &mut self.compiled[index].program;
         let times = program
             .profile()
