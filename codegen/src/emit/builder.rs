@@ -2,6 +2,7 @@
 //! strided loop nests over coalesced dims, addresses, loads and stores,
 //! fills.
 
+use super::base::emit_addr;
 use crate::plan::View;
 use cranelift_codegen::ir::condcodes::IntCC;
 use cranelift_codegen::ir::{types, InstBuilder, MemFlagsData, Type, Value};
@@ -124,10 +125,7 @@ pub(crate) fn emit_nest_in(
     hook: &mut dyn FnMut(&mut FunctionBuilder, usize, &mut Vec<Value>),
     inner: &mut dyn FnMut(&mut FunctionBuilder, &[Value]),
 ) {
-    let addrs: Vec<Value> = ops
-        .iter()
-        .map(|o| b.ins().iconst(types::I64, o.addr as i64))
-        .collect();
+    let addrs: Vec<Value> = ops.iter().map(|o| emit_addr(b, o.addr)).collect();
     nest_level(b, dims, ops, 0, addrs, outer, hook, inner);
 }
 
@@ -197,7 +195,7 @@ pub(crate) fn emit_fill_range(
     vector: bool,
     value: f32,
 ) {
-    let base = b.ins().iconst(types::I64, addr as i64);
+    let base = emit_addr(b, addr);
     let (step, ty) = if vector {
         (4, types::F32X4)
     } else {
@@ -224,12 +222,12 @@ pub(crate) fn emit_fill(b: &mut FunctionBuilder, addr: usize, n: usize, value: f
     let mut ops = [out];
     let dims = coalesce(&[n], &mut ops);
     let Some(&n) = dims.first() else {
-        let a = b.ins().iconst(types::I64, addr as i64);
+        let a = emit_addr(b, addr);
         let v = b.ins().f32const(value);
         store(b, v, a);
         return;
     };
-    let base = b.ins().iconst(types::I64, addr as i64);
+    let base = emit_addr(b, addr);
     let v = b.ins().f32const(value);
     let vv = b.ins().splat(types::F32X4, v);
     let n = n as i64;

@@ -71,8 +71,9 @@ impl Host {
                 }
             }
             Host::Parallel => {
-                // The kernel's address, its work units, the most tasks.
-                for _ in 0..3 {
+                // The kernel's address, its work units, the most tasks,
+                // and the program's base addresses to pass on.
+                for _ in 0..3 + super::base::BASES {
                     sig.params.push(AbiParam::new(types::I64));
                 }
             }
@@ -126,13 +127,23 @@ impl Calls for HostCalls<'_> {
 }
 
 /// Runs a split kernel's `units` work units over the thread pool: one
-/// contiguous range per task, `kernel(start, end, task)`, with at most
-/// `max_tasks` tasks (the staging scratch the plan made room for) and no
-/// more than units or threads.
-pub(crate) extern "C" fn nnc_parallel(kernel: i64, units: i64, max_tasks: i64) {
+/// contiguous range per task, `kernel(state, work, scratch, start, end,
+/// task)` (the program's base addresses first, see `emit::base`), with at
+/// most `max_tasks` tasks (the staging scratch the plan made room for)
+/// and no more than units or threads.
+pub(crate) extern "C" fn nnc_parallel(
+    kernel: i64,
+    units: i64,
+    max_tasks: i64,
+    state: i64,
+    work: i64,
+    scratch: i64,
+) {
     // SAFETY: `kernel` is the address of a finalized function of this
-    // program's module with the signature `fn(i64, i64, i64)`.
-    let f: extern "C" fn(i64, i64, i64) = unsafe { std::mem::transmute(kernel as usize) };
+    // program's module with the signature `fn(i64, i64, i64, i64, i64,
+    // i64)`.
+    let f: extern "C" fn(i64, i64, i64, i64, i64, i64) =
+        unsafe { std::mem::transmute(kernel as usize) };
     let units = units.max(0) as usize;
     let tasks = crate::threads::threads()
         .min(units)
@@ -142,7 +153,7 @@ pub(crate) extern "C" fn nnc_parallel(kernel: i64, units: i64, max_tasks: i64) {
     crate::threads::run(tasks, &|t| {
         let (start, end) = range(t);
         if start < end {
-            f(start, end, t as i64);
+            f(state, work, scratch, start, end, t as i64);
         }
     });
 }

@@ -34,6 +34,7 @@
 //! loads are `readonly` + `can_move` (the kernel never writes them: `c`
 //! does not overlap its operands).
 
+use super::base::emit_addr;
 use crate::CodegenError;
 use cranelift_codegen::ir::condcodes::IntCC;
 use cranelift_codegen::ir::{types, BlockArg, InstBuilder, MemFlagsData, UserFuncName, Value};
@@ -100,9 +101,9 @@ pub fn emit_small_matmul(
     }
     let g = Geometry::new(m, n, k, c, a, bm);
     let dims: Vec<BatchDim> = batch.iter().copied().filter(|d| d.len > 1).collect();
-    let ac = b.ins().iconst(types::I64, a.addr as i64);
-    let bc = b.ins().iconst(types::I64, bm.addr as i64);
-    let cc = b.ins().iconst(types::I64, c.addr as i64);
+    let ac = emit_addr(b, a.addr);
+    let bc = emit_addr(b, bm.addr);
+    let cc = emit_addr(b, c.addr);
     batch_level(b, &g, &dims, [ac, bc, cc]);
 }
 

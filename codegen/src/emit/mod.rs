@@ -23,6 +23,7 @@
 //! parallel trampoline's `nnc_parallel`), `program` (the JIT module and
 //! the schedule).
 
+mod base;
 mod builder;
 mod elementwise;
 pub mod expr;

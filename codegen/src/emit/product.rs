@@ -6,6 +6,7 @@
 //! byte product (`i8`/`u8` operands, `i32` sums) is always an `igemm` call
 //! per batch index ([`Operands::Bytes`]).
 
+use super::base::emit_addr;
 use super::builder::{addr_at, emit_fill, emit_fill_range, emit_for, range_loop, store};
 use super::host::{Calls, Host};
 use super::{Addresses, Split};
@@ -292,11 +293,11 @@ pub(crate) fn emit_matmul(
         // space; the others pass 0 for their thread's own.
         Some(sp) => {
             let first = b.ins().icmp_imm_s(IntCC::Equal, sp.task, 0);
-            let own = b.ins().iconst(types::I64, scratch as i64);
+            let own = emit_addr(b, scratch);
             let zero = b.ins().iconst(types::I64, 0);
             b.ins().select(first, own, zero)
         }
-        None => b.ins().iconst(types::I64, scratch as i64),
+        None => emit_addr(b, scratch),
     };
     let in_place = crate::sgemm::reads_b_in_place(rows, k, a_cs, b_rs, b_cs);
     let small = operands == Operands::F32
@@ -340,7 +341,7 @@ pub(crate) fn emit_matmul(
                        piece: Option<(usize, usize)>|
      -> Result<(), CodegenError> {
         if let (Some((host, g)), Some(st)) = (&from_image, &stages[1]) {
-            let mut scratch = b.ins().iconst(types::I64, st.scratch as i64);
+            let mut scratch = emit_addr(b, st.scratch);
             if let Some(off) = task_offsets[1] {
                 scratch = b.ins().iadd(scratch, off);
             }
@@ -381,7 +382,7 @@ pub(crate) fn emit_matmul(
         let (p0, p1) = (j0 / per_plane, j1.div_ceil(per_plane));
         for (slot, stage) in stages.iter().enumerate() {
             if let Some(st) = stage {
-                addrs[slot] = b.ins().iconst(types::I64, bases[slot] as i64);
+                addrs[slot] = emit_addr(b, bases[slot]);
                 if let Some(off) = task_offsets[slot] {
                     addrs[slot] = b.ins().iadd(addrs[slot], off);
                 }
@@ -464,13 +465,13 @@ pub(crate) fn emit_matmul(
         }
         Ok(())
     };
+    // A staged slot walks plane indices; the others, addresses.
     let start: [Value; 3] = std::array::from_fn(|slot| {
-        let v = if stages[slot].is_some() {
-            first_plane[slot]
+        if stages[slot].is_some() {
+            b.ins().iconst(types::I64, first_plane[slot] as i64)
         } else {
-            bases[slot]
-        };
-        b.ins().iconst(types::I64, v as i64)
+            emit_addr(b, bases[slot])
+        }
     });
     let (Some(sp), Some((per_plane, planes))) = (split, by_planes) else {
         let outer = split.map(|sp| (sp.start, sp.end));
@@ -490,7 +491,7 @@ pub(crate) fn emit_matmul(
             b.switch_to_block(this);
             let columns = j0..j1;
             emit_for(b, 0, rows as i64, 1, &mut |b, i| {
-                let base = b.ins().iconst(types::I64, c.0 as i64);
+                let base = emit_addr(b, c.0);
                 let row = addr_at(b, base, i, c_rs * 4);
                 let zero = b.ins().f32const(0.0);
                 emit_for(
@@ -523,7 +524,7 @@ pub(crate) fn stage_image(b: &mut FunctionBuilder, st: &Stage, plane: Value) -> 
     let c = b.ins().iconst(types::I64, st.channels as i64);
     let n = b.ins().udiv(plane, c);
     let ch = b.ins().urem(plane, c);
-    let base = b.ins().iconst(types::I64, addr as i64);
+    let base = emit_addr(b, addr);
     let p = addr_at(b, base, n, view.strides[0] * 4);
     addr_at(b, p, ch, view.strides[1] * 4)
 }

@@ -3,6 +3,7 @@
 //! back into the model state. The schedule is native code end to end:
 //! running a step is one indirect call.
 
+use super::base::{base_args, push_base_params, tagged, Region, BASES};
 use super::host::{new_module, Calls, Host, HostCalls};
 use super::scan::emit_scan;
 use super::{emit_copy, emit_kernel, Addresses, Split};
@@ -145,9 +146,15 @@ pub struct CompileStats {
     pub bytes_moved: u64,
 }
 
+/// A compiled function of a program: the schedule, or one of its kernels,
+/// called with the program's base addresses (see `emit::base`).
+type Entry = unsafe extern "C" fn(usize, usize, usize);
+
 pub struct Program {
     module: Option<JITModule>,
-    entry: unsafe extern "C" fn(),
+    entry: Entry,
+    /// The state, work arena and packing scratch addresses the code runs on.
+    bases: [usize; 3],
     work: AlignedBuf,
     /// GEMM packing space (when the program has matrix products); boxed so
     /// its address, baked into the code, is stable.
@@ -155,17 +162,13 @@ pub struct Program {
     plan: Plan,
     /// Each kernel the schedule calls, in order, with a label (op and
     /// shape) for [`Program::profile`].
-    kernels: Vec<(String, unsafe extern "C" fn())>,
+    kernels: Vec<(String, Entry)>,
     /// What each of them covers, computes and moves.
     infos: Vec<crate::plan::summary::KernelInfo>,
     /// Each loop body's kernels (labelled as by
     /// [`loop_bodies`](crate::plan::summary::loop_bodies)), which the
     /// loop's kernel calls once per trip.
-    body_kernels: Vec<(
-        crate::plan::summary::KernelInfo,
-        String,
-        unsafe extern "C" fn(),
-    )>,
+    body_kernels: Vec<(crate::plan::summary::KernelInfo, String, Entry)>,
     graph_outputs: Vec<(String, View, DType)>,
     inputs: HashMap<String, (View, DType)>,
     pub stats: CompileStats,
@@ -209,16 +212,22 @@ impl Program {
         // A matmul may also run inside another node's kernel (one fused
         // into the `reduce_sum` of its batch).
         let mut scratch = has_matmul(&plan, graph).then(|| Box::new(crate::sgemm::Scratch::new()));
-        let at = Addresses {
-            state: state.addr(),
-            work: work.addr() + CONTROL,
-            scratch: scratch
+        // The code addresses buffers relative to these (see `emit::base`).
+        let bases = [
+            state.addr(),
+            work.addr(),
+            scratch
                 .as_mut()
                 .map_or(0, |s| &mut **s as *mut crate::sgemm::Scratch as usize),
+        ];
+        let at = Addresses {
+            state: tagged(Region::State, 0),
+            work: tagged(Region::Work, CONTROL),
+            scratch: tagged(Region::Scratch, 0),
             plan: &plan,
             layout: &state.layout,
         };
-        let status = work.addr();
+        let status = tagged(Region::Work, 0);
 
         let mut module = new_module()?;
         let mut host_ids: HashMap<Host, FuncId> = HashMap::new();
@@ -237,14 +246,16 @@ impl Program {
             (kernels, c.bodies)
         };
         // The schedule: call every kernel in order.
-        ctx.func.signature = module.make_signature();
+        ctx.func.signature = kernel_signature(&module);
         {
             let mut b = FunctionBuilder::new(&mut ctx.func, &mut fctx);
             let entry = b.create_block();
+            b.append_block_params_for_function_params(entry);
             b.switch_to_block(entry);
+            let bases = base_args(&b);
             for &k in &kernels {
                 let f = module.declare_func_in_func(k, b.func);
-                b.ins().call(f, &[]);
+                b.ins().call(f, &bases);
             }
             b.ins().return_(&[]);
             b.seal_all_blocks();
@@ -261,16 +272,16 @@ impl Program {
             .finalize_definitions()
             .map_err(|e| CodegenError::new(format!("cranelift: {e}")))?;
         let code = module.get_finalized_function(step_id);
-        // SAFETY: `step` was declared with the signature `fn()` and the
+        // SAFETY: `step` was declared with the signature of `Entry` and the
         // module stays alive (owned by the program) while it can be called.
-        let entry: unsafe extern "C" fn() = unsafe { std::mem::transmute(code) };
+        let entry: Entry = unsafe { std::mem::transmute(code) };
         let kernel_fns = kernels
             .iter()
             .zip(infos.iter().map(|i| i.label.clone()))
             .map(|(&k, label)| {
                 let code = module.get_finalized_function(k);
-                // SAFETY: every kernel was declared `fn()`, as `step` was.
-                let f: unsafe extern "C" fn() = unsafe { std::mem::transmute(code) };
+                // SAFETY: every kernel was declared as `step` was.
+                let f: Entry = unsafe { std::mem::transmute(code) };
                 (label, f)
             })
             .collect();
@@ -283,8 +294,8 @@ impl Program {
                 )));
             };
             let code = module.get_finalized_function(id);
-            // SAFETY: body kernels are declared `fn()` as well.
-            let f: unsafe extern "C" fn() = unsafe { std::mem::transmute(code) };
+            // SAFETY: body kernels are declared as `step` was.
+            let f: Entry = unsafe { std::mem::transmute(code) };
             body_kernels.push((info, name, f));
         }
 
@@ -313,6 +324,7 @@ impl Program {
         Ok(Program {
             module: Some(module),
             entry,
+            bases,
             work,
             _scratch: scratch,
             plan,
@@ -385,7 +397,7 @@ impl Program {
     pub fn run(&mut self) -> Result<(), Fault> {
         // SAFETY: the code was compiled for this program's arena and its
         // state buffer, both alive; inputs are plain data.
-        unsafe { (self.entry)() };
+        unsafe { (self.entry)(self.bases[0], self.bases[1], self.bases[2]) };
         let status = self.work.words_mut(0, 1);
         if status[0] != 0 {
             status[0] = 0;
@@ -413,7 +425,7 @@ impl Program {
         for (label, f) in &self.kernels {
             let t = Instant::now();
             // SAFETY: as in `run`: the kernels of the schedule, in its order.
-            unsafe { f() };
+            unsafe { f(self.bases[0], self.bases[1], self.bases[2]) };
             times.push((label.clone(), t.elapsed()));
         }
         let status = self.work.words_mut(0, 1);
@@ -435,6 +447,7 @@ impl Program {
         runs: usize,
     ) -> Vec<(crate::plan::summary::KernelInfo, String, Duration)> {
         let mut out = Vec::with_capacity(self.body_kernels.len());
+        let [state, work, scratch] = self.bases;
         for (info, name, f) in &self.body_kernels {
             let mut times: Vec<Duration> = (0..runs.max(1))
                 .map(|_| {
@@ -443,7 +456,7 @@ impl Program {
                     // the state and constants, all alive; it was compiled
                     // to run after the body's earlier kernels, whose
                     // results of the last trip are still in the region.
-                    unsafe { f() };
+                    unsafe { f(state, work, scratch) };
                     t.elapsed()
                 })
                 .collect();
@@ -529,7 +542,7 @@ fn fill_constants(work: &mut AlignedBuf, graph: &Graph, at: &Addresses) {
         }
         let view = &plan.views[&id];
         let words = plan::constant_words(graph, id, &view.shape);
-        let offset = at.of(view) - work.addr();
+        let offset = at.of(view) - tagged(Region::Work, 0);
         work.words_mut(offset, words.len()).copy_from_slice(&words);
     }
     for k in &plan.kernels {
@@ -584,9 +597,10 @@ impl Compiler<'_> {
             }
             let module = &mut *self.module;
             let ctx = &mut *self.ctx;
-            ctx.func.signature = module.make_signature();
-            // A kernel whose work splits takes `(start, end, task)`: work
-            // units and a task index; a trampoline runs it over the pool.
+            ctx.func.signature = kernel_signature(module);
+            // A kernel whose work splits also takes `(start, end, task)`:
+            // work units and a task index; a trampoline runs it over the
+            // pool.
             let split = matches!(step, Step::Kernel(k) if splits(&plan.kernels[*k], graph, plan));
             if split {
                 for _ in 0..3 {
@@ -597,12 +611,10 @@ impl Compiler<'_> {
             {
                 let mut b = FunctionBuilder::new(&mut ctx.func, self.fctx);
                 let entry = b.create_block();
-                if split {
-                    b.append_block_params_for_function_params(entry);
-                }
+                b.append_block_params_for_function_params(entry);
                 b.switch_to_block(entry);
                 let range = split.then(|| {
-                    let p = b.block_params(entry);
+                    let p = &b.block_params(entry)[BASES..];
                     Split {
                         start: p[0],
                         end: p[1],
@@ -669,10 +681,11 @@ impl Compiler<'_> {
             let units = units.unwrap_or(1);
             let module = &mut *self.module;
             let ctx = &mut *self.ctx;
-            ctx.func.signature = module.make_signature();
+            ctx.func.signature = kernel_signature(module);
             {
                 let mut b = FunctionBuilder::new(&mut ctx.func, self.fctx);
                 let entry = b.create_block();
+                b.append_block_params_for_function_params(entry);
                 b.switch_to_block(entry);
                 let f = module.declare_func_in_func(id, b.func);
                 let addr = b.ins().func_addr(types::I64, f);
@@ -683,7 +696,9 @@ impl Compiler<'_> {
                     ids: &mut *self.host_ids,
                     refs: HashMap::new(),
                 };
-                calls.call(&mut b, Host::Parallel, &[addr, n, tasks]);
+                let mut args = vec![addr, n, tasks];
+                args.extend(base_args(&b));
+                calls.call(&mut b, Host::Parallel, &args);
                 b.ins().return_(&[]);
                 b.seal_all_blocks();
                 b.finalize(module.target_config());
@@ -709,10 +724,11 @@ impl Compiler<'_> {
         }
         let module = &mut *self.module;
         let ctx = &mut *self.ctx;
-        ctx.func.signature = module.make_signature();
+        ctx.func.signature = kernel_signature(module);
         {
             let mut b = FunctionBuilder::new(&mut ctx.func, self.fctx);
             let entry = b.create_block();
+            b.append_block_params_for_function_params(entry);
             b.switch_to_block(entry);
             let refs: Vec<_> = body_steps
                 .iter()
@@ -743,4 +759,12 @@ impl Compiler<'_> {
         self.module.clear_context(self.ctx);
         Ok(id)
     }
+}
+
+/// The signature every function of a program starts from: the base
+/// addresses (see [`super::base`]), no result.
+fn kernel_signature(module: &impl Module) -> cranelift_codegen::ir::Signature {
+    let mut sig = module.make_signature();
+    push_base_params(&mut sig);
+    sig
 }

@@ -67,7 +67,7 @@ pub(crate) fn uniform(b: &mut FunctionBuilder, ty: Type, index: Value, seed: Val
 /// The seed of `stream` under the scalar i32 key at `key` (read when the
 /// kernel runs): `random_bits`' inner round, once per kernel.
 pub(crate) fn emit_seed(b: &mut FunctionBuilder, stream: u32, key: usize) -> Value {
-    let key_addr = b.ins().iconst(types::I64, key as i64);
+    let key_addr = super::base::emit_addr(b, key);
     let key = b.ins().load(types::I32, flags(), key_addr, 0);
     // The stream's half of the seed is known now.
     let stream_hash = lowbias32(stream.wrapping_add(0x9e37_79b9));

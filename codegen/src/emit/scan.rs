@@ -144,8 +144,9 @@ fn trip(
             )?;
         }
     }
+    let bases = super::base::base_args(b);
     for &f in body_steps {
-        b.ins().call(f, &[]);
+        b.ins().call(f, &bases);
     }
     for (r, n) in scan.members_of(|r| matches!(r, ScanResult::Ys(_))) {
         if let ScanResult::Ys(y) = r {

@@ -9,7 +9,7 @@ use cranelift_frontend::FunctionBuilder;
 
 /// Sets the program's status word (checked after each run).
 pub(crate) fn emit_fault(b: &mut FunctionBuilder, status_addr: usize, code: i64) {
-    let a = b.ins().iconst(types::I64, status_addr as i64);
+    let a = super::base::emit_addr(b, status_addr);
     let c = b.ins().iconst(types::I32, code);
     store(b, c, a);
 }

@@ -297,12 +297,12 @@ impl Walk<'_> {
         let x: Vec<Value> = self
             .x_addrs
             .iter()
-            .map(|&a| b.ins().iconst(types::I64, a as i64))
+            .map(|&a| super::base::emit_addr(b, a))
             .collect();
         let c: Vec<Value> = self
             .c_addrs
             .iter()
-            .map(|&a| b.ins().iconst(types::I64, a as i64))
+            .map(|&a| super::base::emit_addr(b, a))
             .collect();
         self.emit_in(b, env, &x, &c, range);
     }
