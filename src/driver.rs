@@ -358,6 +358,71 @@ pub struct RunSettings {
     pub progress: bool,
 }
 
+/// What `nnc compile -o` writes: an object file and its C header.
+#[derive(Debug, Clone)]
+pub struct ObjectSummary {
+    pub object: PathBuf,
+    pub header: PathBuf,
+    pub object_bytes: usize,
+    pub state_bytes: usize,
+    pub arena_bytes: usize,
+    pub prefix: String,
+}
+
+/// `nnc compile FILE --weights W -o OUT.o [--batch N]`: the model's
+/// inference, as the checkpoint has it (structure, int8 products), compiled
+/// ahead of time into `OUT.o` and its header `OUT.h`, whose C symbols start
+/// with `OUT`'s stem. Both files are written atomically.
+pub fn compile_object(
+    path: &Path,
+    model: Option<&str>,
+    weights: &Path,
+    out: &Path,
+    batch: usize,
+    opt: OptLevel,
+) -> Result<ObjectSummary, Failure> {
+    if batch == 0 {
+        return Err(run_failure("the batch size must be at least 1"));
+    }
+    let stem = out.file_stem().and_then(|s| s.to_str()).unwrap_or("");
+    let prefix: String = stem
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect();
+    if prefix.is_empty() || prefix.starts_with(|c: char| c.is_ascii_digit()) {
+        return Err(run_failure(format!(
+            "`{}`: the object's name starts its C symbols, so it must start with a letter or `_`",
+            out.display()
+        )));
+    }
+    let src = read_source(path)?;
+    let mut module = compile_source(&src, model)?;
+    as_checkpoint_has_it(&mut module, weights)?;
+    let programs = nnc_runtime::Programs {
+        // The grouping `nnc run --predict` compiles with: the same kernels.
+        grouping: grouping(opt),
+        ..nnc_runtime::Programs::inference(optimize(&module.forward, opt)?.0)
+    };
+    let seed = module.train.as_ref().map_or(0, |t| t.seed);
+    let artifact = nnc_runtime::aot::compile(programs, &module, seed, weights, batch, &prefix)
+        .map_err(run_failure)?;
+    let header = out.with_extension("h");
+    let write = |p: &Path, bytes: &[u8]| {
+        nnc_runtime::checkpoint::write_atomic(p, bytes)
+            .map_err(|e| run_failure(format!("cannot write `{}`: {e}", p.display())))
+    };
+    write(out, &artifact.object)?;
+    write(&header, artifact.header.as_bytes())?;
+    Ok(ObjectSummary {
+        object: out.to_path_buf(),
+        header,
+        object_bytes: artifact.object.len(),
+        state_bytes: artifact.state_bytes,
+        arena_bytes: artifact.arena_bytes,
+        prefix,
+    })
+}
+
 fn run_failure(e: impl std::fmt::Display) -> Failure {
     Failure(diagnostic::render_plain(&e.to_string()))
 }

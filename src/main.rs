@@ -49,9 +49,15 @@ enum Command {
         /// With `--emit opt`: first print which rules fired and the saturation statistics.
         #[arg(long)]
         explain: bool,
-        /// Compile the model as this checkpoint's structure says (after `nnc prune`).
+        /// Compile the model as this checkpoint's structure says (after `nnc prune`); with `-o`, the trained tensors the object embeds.
         #[arg(long, value_name = "PATH")]
         weights: Option<PathBuf>,
+        /// Compile inference ahead of time into this object file (and its C header beside it, `.h`): the JIT's kernels and the checkpoint's tensors, linked with `libnnc_kernels.a`. Needs `--weights`.
+        #[arg(short = 'o', long, value_name = "OUT.o", conflicts_with_all = ["emit", "explain"], requires = "weights")]
+        output: Option<PathBuf>,
+        /// With `-o`: the samples one `predict` call takes.
+        #[arg(long, default_value_t = 1, requires = "output")]
+        batch: usize,
     },
     /// Train the model as the file's `train` block says.
     Run {
@@ -318,24 +324,41 @@ fn main() -> ExitCode {
             opt,
             explain,
             weights,
+            output,
+            batch,
         } => {
-            let stage = match emit {
-                EmitArg::Ast => Emit::Ast,
-                EmitArg::Ir => Emit::Ir,
-                EmitArg::Grad => Emit::Grad,
-                EmitArg::TrainStep => Emit::TrainStep,
-                EmitArg::Opt => Emit::Opt,
-                EmitArg::Kernels => Emit::Kernels,
-                EmitArg::InferenceKernels => Emit::InferenceKernels,
-            };
-            let options = CompileOptions {
-                opt,
-                explain,
-                weights,
-            };
-            driver::read_source(&file)
-                .and_then(|src| driver::emit_with(&src, stage, model.as_deref(), &options))
-                .map(|text| print!("{text}"))
+            if let (Some(out), Some(w)) = (&output, &weights) {
+                driver::compile_object(&file, model.as_deref(), w, out, batch, opt).map(|o| {
+                    println!(
+                        "wrote {} ({} bytes, {} of them weights) and {}: C symbols `{}_*`, \
+                             {} bytes of arena per concurrent predict",
+                        o.object.display(),
+                        o.object_bytes,
+                        o.state_bytes,
+                        o.header.display(),
+                        o.prefix,
+                        o.arena_bytes
+                    )
+                })
+            } else {
+                let stage = match emit {
+                    EmitArg::Ast => Emit::Ast,
+                    EmitArg::Ir => Emit::Ir,
+                    EmitArg::Grad => Emit::Grad,
+                    EmitArg::TrainStep => Emit::TrainStep,
+                    EmitArg::Opt => Emit::Opt,
+                    EmitArg::Kernels => Emit::Kernels,
+                    EmitArg::InferenceKernels => Emit::InferenceKernels,
+                };
+                let options = CompileOptions {
+                    opt,
+                    explain,
+                    weights,
+                };
+                driver::read_source(&file)
+                    .and_then(|src| driver::emit_with(&src, stage, model.as_deref(), &options))
+                    .map(|text| print!("{text}"))
+            }
         }
         Command::Run {
             file,

@@ -24,19 +24,14 @@
 //! The old module paths (`nnc_codegen::group`, `matmul`, `vmath`, …) are
 //! re-exported.
 
-pub mod conv;
 pub mod emit;
-pub mod igemm;
 pub mod plan;
-pub mod sgemm;
-pub mod threads;
-mod tile_split;
-pub mod vmath16;
 
-pub use emit::{matmul, program, random, vmath, window};
+pub use emit::{matmul, object, program, random, vmath, window};
 pub use plan::{expr, group, summary};
 
 pub use group::GroupConfig;
+pub use nnc_kernels::{conv, igemm, sgemm, threads, vmath16};
 pub use plan::StateLayout;
 pub use program::{CompileStats, Fault, Program, StateBuffer};
 pub use summary::KernelInfo;

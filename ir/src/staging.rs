@@ -24,7 +24,7 @@ use crate::types::DType;
 /// Chosen by measurement: `CARGO_TARGET_DIR=... cargo bench -p nnc-codegen
 /// --bench matmul` (release, one thread, 2-core EPYC Zen 4 with AVX-512;
 /// GFLOP/s, median of 21 samples, mean of two runs) against `gemm::gemm`,
-/// which `cargo bench -p nnc-codegen --bench sgemm` shows our `sgemm`
+/// which `cargo bench -p nnc-kernels --bench sgemm` shows our `sgemm`
 /// matches within ±8% on these shapes:
 ///
 /// - Always below 16k multiply-adds (`m·n·k < 2^14`): there a packed
@@ -75,7 +75,7 @@ use crate::types::DType;
 /// layer's weight) its AVX-512 kernels run LeNet's conv1 (6×25 @ 25×784)
 /// at 75 GFLOP/s, these loops at 28; batch-1 inference (1×784 @ 784×256)
 /// at 26 against 27, and 4–8 rows at 93–97 against 43–46
-/// (`cargo bench -p nnc-codegen --bench sgemm`).
+/// (`cargo bench -p nnc-kernels --bench sgemm`).
 pub fn product_in_loops(m: usize, n: usize, k: usize, b_in_place: bool) -> bool {
     m * n * k < 1 << 14 || (m <= 8 && !b_in_place)
 }

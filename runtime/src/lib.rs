@@ -5,6 +5,7 @@
 //! and the graphs the passes built from it, and a [`Run`] takes it from
 //! there to a trained model, its checkpoints and its report.
 
+pub mod aot;
 pub mod checkpoint;
 pub mod compress;
 pub mod data;

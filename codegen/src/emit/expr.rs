@@ -191,7 +191,7 @@ pub const CHUNK: usize = 128;
 /// The `vmath16` function of a transcendental op.
 fn wide_func(op: MapOp) -> Option<crate::vmath16::Func> {
     match op {
-        MapOp::Unary(u) => crate::vmath16::Func::of(u),
+        MapOp::Unary(u) => crate::plan::expr::vmath16_func(u),
         _ => None,
     }
 }

@@ -29,6 +29,7 @@ mod elementwise;
 pub mod expr;
 pub mod host;
 pub mod matmul;
+pub mod object;
 mod product;
 pub mod program;
 pub mod random;

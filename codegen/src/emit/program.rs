@@ -109,6 +109,11 @@ impl StateBuffer {
     pub fn addr(&self) -> usize {
         self.buf.addr()
     }
+
+    /// The whole buffer, as compiled code reads it (for an object's data).
+    pub fn bytes(&self) -> &[u8] {
+        &self.buf.raw[self.buf.start..self.buf.start + self.buf.len]
+    }
 }
 
 fn word_value(w: u32, dtype: DType) -> f64 {
@@ -119,8 +124,9 @@ fn word_value(w: u32, dtype: DType) -> f64 {
 }
 
 /// The control block at the start of the work arena: a status word that
-/// kernels set on a fault (an index out of range).
-const CONTROL: usize = ALIGN;
+/// kernels set on a fault (an index out of range); an ahead-of-time
+/// object's C side keeps its packing space's pointer at byte 8.
+pub(crate) const CONTROL: usize = ALIGN;
 
 /// A fault a kernel reported while running.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -220,54 +226,10 @@ impl Program {
                 .as_mut()
                 .map_or(0, |s| &mut **s as *mut crate::sgemm::Scratch as usize),
         ];
-        let at = Addresses {
-            state: tagged(Region::State, 0),
-            work: tagged(Region::Work, CONTROL),
-            scratch: tagged(Region::Scratch, 0),
-            plan: &plan,
-            layout: &state.layout,
-        };
-        let status = tagged(Region::Work, 0);
-
+        let at = relocatable(&plan, &state.layout);
         let mut module = new_module()?;
-        let mut host_ids: HashMap<Host, FuncId> = HashMap::new();
-        let mut ctx = module.make_context();
-        let mut fctx = FunctionBuilderContext::new();
-        let (kernels, bodies) = {
-            let mut c = Compiler {
-                module: &mut module,
-                host_ids: &mut host_ids,
-                ctx: &mut ctx,
-                fctx: &mut fctx,
-                status,
-                bodies: Vec::new(),
-            };
-            let kernels = c.steps(graph, &at, "k")?;
-            (kernels, c.bodies)
-        };
-        // The schedule: call every kernel in order.
-        ctx.func.signature = kernel_signature(&module);
-        {
-            let mut b = FunctionBuilder::new(&mut ctx.func, &mut fctx);
-            let entry = b.create_block();
-            b.append_block_params_for_function_params(entry);
-            b.switch_to_block(entry);
-            let bases = base_args(&b);
-            for &k in &kernels {
-                let f = module.declare_func_in_func(k, b.func);
-                b.ins().call(f, &bases);
-            }
-            b.ins().return_(&[]);
-            b.seal_all_blocks();
-            b.finalize(module.target_config());
-        }
-        let step_id = module
-            .declare_function("step", Linkage::Local, &ctx.func.signature)
-            .map_err(|e| CodegenError::new(format!("cranelift: {e}")))?;
-        module.define_function(step_id, &mut ctx).map_err(|e| {
-            CodegenError::new(format!("cranelift could not compile the schedule: {e:?}"))
-        })?;
-        module.clear_context(&mut ctx);
+        let (step_id, kernels, bodies) =
+            compile_functions(&mut module, graph, &at, ("step", Linkage::Local))?;
         module
             .finalize_definitions()
             .map_err(|e| CodegenError::new(format!("cranelift: {e}")))?;
@@ -300,7 +262,9 @@ impl Program {
         }
 
         // Constants are data, written once.
-        fill_constants(&mut work, graph, &at);
+        each_constant(graph, &at, &mut |offset, words| {
+            work.words_mut(offset, words.len()).copy_from_slice(words)
+        });
         let inputs = plan
             .inputs
             .iter()
@@ -527,9 +491,9 @@ fn has_matmul(plan: &Plan, graph: &Graph) -> bool {
         })
 }
 
-/// Writes the constants of `at`'s plan, and of every loop body in it, into
-/// their buffers of the arena `work`.
-fn fill_constants(work: &mut AlignedBuf, graph: &Graph, at: &Addresses) {
+/// The constants of `at`'s plan, and of every loop body in it: each one's
+/// byte offset in the arena (from its start) and its words, for `write`.
+pub(crate) fn each_constant(graph: &Graph, at: &Addresses, write: &mut dyn FnMut(usize, &[u32])) {
     let plan = at.plan;
     for &id in &plan.constants {
         // The arena starts zeroed and a constant's buffer is its own for
@@ -542,14 +506,78 @@ fn fill_constants(work: &mut AlignedBuf, graph: &Graph, at: &Addresses) {
         }
         let view = &plan.views[&id];
         let words = plan::constant_words(graph, id, &view.shape);
-        let offset = at.of(view) - tagged(Region::Work, 0);
-        work.words_mut(offset, words.len()).copy_from_slice(&words);
+        write(at.of(view) - tagged(Region::Work, 0), &words);
     }
     for k in &plan.kernels {
         if let Body::Scan(scan) = &k.body {
-            fill_constants(work, &scan.body.graph, &body_addresses(at, scan));
+            each_constant(&scan.body.graph, &body_addresses(at, scan), write);
         }
     }
+}
+
+/// The addresses code compiled for `plan` uses: relative to the base
+/// arguments (see [`super::base`]), the arena's buffers after its control
+/// block.
+pub(crate) fn relocatable<'a>(plan: &'a Plan, layout: &'a StateLayout) -> Addresses<'a> {
+    Addresses {
+        state: tagged(Region::State, 0),
+        work: tagged(Region::Work, CONTROL),
+        scratch: tagged(Region::Scratch, 0),
+        plan,
+        layout,
+    }
+}
+
+/// Compiles every kernel of `at`'s plan into `module` and the schedule
+/// that calls them in order, named and linked as `schedule` says: the
+/// schedule's id, the kernels' (in order) and the loop bodies' (by name).
+/// Every function takes the base addresses (see [`super::base`]).
+#[allow(clippy::type_complexity)]
+pub(crate) fn compile_functions(
+    module: &mut dyn Module,
+    graph: &Graph,
+    at: &Addresses,
+    schedule: (&str, Linkage),
+) -> Result<(FuncId, Vec<FuncId>, Vec<(String, FuncId)>), CodegenError> {
+    let mut host_ids: HashMap<Host, FuncId> = HashMap::new();
+    let mut ctx = module.make_context();
+    let mut fctx = FunctionBuilderContext::new();
+    let (kernels, bodies) = {
+        let mut c = Compiler {
+            module: &mut *module,
+            host_ids: &mut host_ids,
+            ctx: &mut ctx,
+            fctx: &mut fctx,
+            status: tagged(Region::Work, 0),
+            bodies: Vec::new(),
+        };
+        let kernels = c.steps(graph, at, "k")?;
+        (kernels, c.bodies)
+    };
+    ctx.func.signature = kernel_signature(&*module);
+    {
+        let mut b = FunctionBuilder::new(&mut ctx.func, &mut fctx);
+        let entry = b.create_block();
+        b.append_block_params_for_function_params(entry);
+        b.switch_to_block(entry);
+        let bases = base_args(&b);
+        for &k in &kernels {
+            let f = module.declare_func_in_func(k, b.func);
+            b.ins().call(f, &bases);
+        }
+        b.ins().return_(&[]);
+        b.seal_all_blocks();
+        b.finalize(module.target_config());
+    }
+    let (name, linkage) = schedule;
+    let step_id = module
+        .declare_function(name, linkage, &ctx.func.signature)
+        .map_err(|e| CodegenError::new(format!("cranelift: {e}")))?;
+    module.define_function(step_id, &mut ctx).map_err(|e| {
+        CodegenError::new(format!("cranelift could not compile the schedule: {e:?}"))
+    })?;
+    module.clear_context(&mut ctx);
+    Ok((step_id, kernels, bodies))
 }
 
 /// The addresses of a loop body's plan: its arena is the loop's region.
@@ -565,7 +593,7 @@ fn body_addresses<'a>(at: &Addresses<'a>, scan: &'a ScanPlan) -> Addresses<'a> {
 
 /// Compiles the steps of a plan into functions of one JIT module.
 struct Compiler<'c> {
-    module: &'c mut JITModule,
+    module: &'c mut dyn Module,
     host_ids: &'c mut HashMap<Host, FuncId>,
     ctx: &'c mut Context,
     fctx: &'c mut FunctionBuilderContext,
@@ -763,7 +791,7 @@ impl Compiler<'_> {
 
 /// The signature every function of a program starts from: the base
 /// addresses (see [`super::base`]), no result.
-fn kernel_signature(module: &impl Module) -> cranelift_codegen::ir::Signature {
+fn kernel_signature(module: &dyn Module) -> cranelift_codegen::ir::Signature {
     let mut sig = module.make_signature();
     push_base_params(&mut sig);
     sig

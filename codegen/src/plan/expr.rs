@@ -135,7 +135,7 @@ impl Expr {
                 Instr::Apply {
                     op: MapOp::Unary(u),
                     ..
-                } => crate::vmath16::Func::of(*u).is_some(),
+                } => vmath16_func(*u).is_some(),
                 Instr::Apply {
                     op: MapOp::Binary(b),
                     ..
@@ -389,5 +389,20 @@ impl Build<'_, '_> {
             args,
             kind: Kind::of(graph.ty(n).dtype),
         }))
+    }
+}
+
+/// The sixteen-lane host function of a unary op, for the transcendental
+/// ones (the ops worth a call, and worth a thread: see
+/// `Expr::transcendentals`).
+pub fn vmath16_func(op: nnc_ir::UnaryOp) -> Option<crate::vmath16::Func> {
+    use crate::vmath16::Func;
+    use nnc_ir::UnaryOp;
+    match op {
+        UnaryOp::Exp => Some(Func::Exp),
+        UnaryOp::Log => Some(Func::Log),
+        UnaryOp::Tanh => Some(Func::Tanh),
+        UnaryOp::Sigmoid => Some(Func::Sigmoid),
+        _ => None,
     }
 }

@@ -266,7 +266,7 @@ pub unsafe fn igemm(
 /// the thread pool by [`igemm_threads`]: four times [`crate::sgemm`]'s
 /// measured threshold, because the int8 kernel does about four times the
 /// work per cycle while the hand-off costs the same. Not yet measured for
-/// int8 on an idle machine (`cargo bench -p nnc-codegen --bench igemm`
+/// int8 on an idle machine (`cargo bench -p nnc-kernels --bench igemm`
 /// prints both thread counts).
 pub const PARALLEL_OPS: usize = 1 << 22;
 

@@ -1,7 +1,7 @@
-//! `nnc_codegen::sgemm` against an f64 triple loop, for every kernel this
+//! `nnc_kernels::sgemm` against an f64 triple loop, for every kernel this
 //! CPU supports, many shapes and layouts; and a call allocates nothing.
 
-use nnc_codegen::sgemm::{sgemm, sgemm_ex, Isa, Scratch};
+use nnc_kernels::sgemm::{sgemm, sgemm_ex, Isa, Scratch};
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 

@@ -264,7 +264,8 @@ pub unsafe fn weight_grad(
 /// and its row stride, output channels, image, scratch, the 11 geometry
 /// arguments, the fill value's bits.
 #[allow(clippy::too_many_arguments)]
-pub(crate) extern "C" fn nnc_conv2d_weight_grad(
+#[no_mangle]
+pub extern "C" fn nnc_conv2d_weight_grad(
     grad: i64,
     grad_rs: i64,
     grad_cs: i64,
@@ -320,7 +321,8 @@ pub(crate) extern "C" fn nnc_conv2d_weight_grad(
 /// weight and its strides, output channels, scratch, the 11 geometry
 /// arguments ([`Rows::to_args`]), the fill value's bits.
 #[allow(clippy::too_many_arguments)]
-pub(crate) extern "C" fn nnc_conv2d_rows(
+#[no_mangle]
+pub extern "C" fn nnc_conv2d_rows(
     out: i64,
     out_rs: i64,
     image: i64,

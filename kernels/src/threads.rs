@@ -20,7 +20,6 @@
 //! identical for every thread count, not just for a fixed one. Kernels
 //! below a measured size stay on one thread (see `sgemm::PARALLEL_FLOPS`).
 
-use crate::CodegenError;
 use std::cell::Cell;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
@@ -33,6 +32,11 @@ use std::time::{Duration, Instant};
 pub const SPIN: Duration = Duration::from_millis(2);
 /// The first part of [`SPIN`], spent spinning.
 pub const SPIN_HOT: Duration = Duration::from_micros(100);
+
+/// Why the pool could not be set up.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct ThreadsError(String);
 
 static POOL: Mutex<Option<Arc<Pool>>> = Mutex::new(None);
 static THREADS: AtomicUsize = AtomicUsize::new(1);
@@ -51,10 +55,10 @@ pub fn available() -> usize {
 /// Sets how many threads parallel kernels use (the caller's included);
 /// `1` runs everything on the calling thread. Takes effect for the next
 /// kernel; programs need not be recompiled.
-pub fn set_threads(threads: usize) -> Result<(), CodegenError> {
+pub fn set_threads(threads: usize) -> Result<(), ThreadsError> {
     if threads == 0 {
-        return Err(CodegenError::new(
-            "the number of threads must be at least 1",
+        return Err(ThreadsError(
+            "the number of threads must be at least 1".into(),
         ));
     }
     let mut pool = POOL.lock().unwrap_or_else(|e| e.into_inner());
@@ -146,7 +150,7 @@ struct Pool {
 }
 
 impl Pool {
-    fn new(workers: usize) -> Result<Pool, CodegenError> {
+    fn new(workers: usize) -> Result<Pool, ThreadsError> {
         let shared = Arc::new(Shared {
             job: Mutex::new(None),
             claim: AtomicU64::new(0),
@@ -164,7 +168,7 @@ impl Pool {
             let handle = std::thread::Builder::new()
                 .name(format!("nnc-worker-{i}"))
                 .spawn(move || worker(&s))
-                .map_err(|e| CodegenError::new(format!("could not start a thread: {e}")))?;
+                .map_err(|e| ThreadsError(format!("could not start a thread: {e}")))?;
             handles.push(handle);
         }
         Ok(Pool {

@@ -14,7 +14,7 @@
 //! elements a loop sends here does not change its results. The test
 //! `codegen/tests/vmath.rs` checks the identity over swept inputs.
 
-use crate::emit::vmath::{
+use crate::vmath_constants::{
     EXP_MAX, EXP_MIN, EXP_P, LN2_HI, LN2_LO, LOG2E, LOG_OFF, LOG_Q, ROUND_MAGIC, SIGN_MASK,
     TANH_SWITCH, TANH_T,
 };
@@ -30,19 +30,6 @@ pub enum Func {
 }
 
 impl Func {
-    /// The function of a unary op, for the transcendental ones (the ops
-    /// worth a call, and worth a thread: see `plan::Expr::transcendentals`).
-    pub fn of(op: nnc_ir::UnaryOp) -> Option<Func> {
-        use nnc_ir::UnaryOp;
-        match op {
-            UnaryOp::Exp => Some(Func::Exp),
-            UnaryOp::Log => Some(Func::Log),
-            UnaryOp::Tanh => Some(Func::Tanh),
-            UnaryOp::Sigmoid => Some(Func::Sigmoid),
-            _ => None,
-        }
-    }
-
     fn from_code(code: i64) -> Option<Func> {
         [Func::Exp, Func::Log, Func::Tanh, Func::Sigmoid]
             .into_iter()
@@ -65,7 +52,8 @@ pub fn available() -> bool {
 /// Applies function `func` ([`Func`] as an integer) in place to the `n`
 /// floats at `ptr` (`n` a multiple of 16). Called by generated code only
 /// on CPUs where [`available`] holds.
-pub(crate) extern "C" fn nnc_vmath16(ptr: i64, func: i64, n: i64) {
+#[no_mangle]
+pub extern "C" fn nnc_vmath16(ptr: i64, func: i64, n: i64) {
     let Some(f) = Func::from_code(func) else {
         return;
     };

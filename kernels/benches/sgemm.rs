@@ -1,9 +1,9 @@
-//! `nnc_codegen::sgemm` (allocation-free, packed BLIS-style) vs `gemm::gemm`
+//! `nnc_kernels::sgemm` (allocation-free, packed BLIS-style) vs `gemm::gemm`
 //! on MLP, LeNet and CIFAR shapes and squares, on one thread
 //! (`Parallelism::None`) and on two (`sgemm_threads` over our pool against
 //! `Parallelism::Rayon(2)`).
 //!
-//! `cargo bench -p nnc-codegen --bench sgemm` (`SGEMM_ISA=avx2` or `scalar` for
+//! `cargo bench -p nnc-kernels --bench sgemm` (`SGEMM_ISA=avx2` or `scalar` for
 //! a fallback kernel)
 //!
 //! Each row: samples of enough calls to take about 2 ms, median per call over
@@ -11,7 +11,7 @@
 //! On two threads the pool's worker is hot (it spins between calls), as it
 //! is inside a training step.
 
-use nnc_codegen::sgemm::{sgemm_threads, Isa, Scratch};
+use nnc_kernels::sgemm::{sgemm_threads, Isa, Scratch};
 use std::hint::black_box;
 use std::time::Instant;
 
@@ -118,7 +118,7 @@ fn main() {
         let mut c = vec![0f32; m * n];
         let flops = 2.0 * (m * n * k) as f64;
         let mut ours = |threads: usize| {
-            nnc_codegen::set_threads(threads).expect("threads");
+            nnc_kernels::set_threads(threads).expect("threads");
             time(
                 // One thread: `sgemm_threads` calls `sgemm_ex` directly.
                 || unsafe {

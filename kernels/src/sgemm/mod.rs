@@ -216,7 +216,7 @@ pub unsafe fn sgemm_threads(
     // thread then packs its own panels of `b` and re-reads all of `a`);
     // the rows when the columns split unevenly (more than 15% over an even
     // share: 100 columns in 32-wide tiles give 64 + 36) and the rows split
-    // better. `cargo bench -p nnc-codegen --bench sgemm`, forcing each
+    // better. `cargo bench -p nnc-kernels --bench sgemm`, forcing each
     // split: columns won or tied on 17 of 21 shapes; the rows won where
     // `n` is a few tiles (84, 100, 120 columns).
     let (mr, nr) = scratch.isa.tile();
@@ -420,7 +420,7 @@ pub fn reads_b_in_place(m: usize, k: usize, a_cs: isize, b_rs: isize, b_cs: isiz
 /// Row-major `b` under one or two row panels: packing it would copy every
 /// element to read it once or twice, so full panels are read in place
 /// (rows `b_rs` apart); a partial last panel is still packed (zero-padded).
-/// `cargo bench -p nnc-codegen --bench sgemm`, one thread: LeNet's conv2
+/// `cargo bench -p nnc-kernels --bench sgemm`, one thread: LeNet's conv2
 /// (16×150 @ 150×100) 62 → 78–87 GFLOP/s, its conv1 (6×25 @ 25×784) 52 →
 /// 64 (75 with the 6-row kernel).
 fn direct_b(isa: Isa, m: usize, mr: usize, b_cs: isize) -> bool {

@@ -1,9 +1,9 @@
-//! `nnc_codegen::igemm` (u8 × i8 → i32, every kernel this CPU runs)
+//! `nnc_kernels::igemm` (u8 × i8 → i32, every kernel this CPU runs)
 //! against our f32 `sgemm` on the same shapes: the MLP's dense layers,
 //! LeNet's and CIFAR's (dense layers at batch 64, convolutions per sample
 //! as GEMM), and squares.
 //!
-//! `cargo bench -p nnc-codegen --bench igemm` (`IGEMM_ISA=vnni|avx2|scalar`
+//! `cargo bench -p nnc-kernels --bench igemm` (`IGEMM_ISA=vnni|avx2|scalar`
 //! benchmarks one int8 kernel only; the scalar kernel is skipped on
 //! products over 0.2 GOP, where it takes seconds).
 //!
@@ -58,8 +58,8 @@
 //! square shapes (mostly 1.4–1.5×) and up to f32's rate on the
 //! convolutions.
 
-use nnc_codegen::igemm::{self, igemm_threads};
-use nnc_codegen::sgemm::{self, sgemm_threads};
+use nnc_kernels::igemm::{self, igemm_threads};
+use nnc_kernels::sgemm::{self, sgemm_threads};
 use std::hint::black_box;
 use std::time::Instant;
 
@@ -162,7 +162,7 @@ fn main() {
         let mut cf = vec![0f32; m * n];
         let mut ci = vec![0i32; m * n];
         let mut f32_run = |threads: usize| {
-            nnc_codegen::set_threads(threads).expect("threads");
+            nnc_kernels::set_threads(threads).expect("threads");
             time(
                 || unsafe {
                     sgemm_threads(
@@ -187,7 +187,7 @@ fn main() {
         };
         let (f1, f2) = (f32_run(1), f32_run(2));
         let mut i8_run = |threads: usize, s: &mut igemm::Scratch| {
-            nnc_codegen::set_threads(threads).expect("threads");
+            nnc_kernels::set_threads(threads).expect("threads");
             time(
                 || unsafe {
                     igemm_threads(

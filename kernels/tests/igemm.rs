@@ -1,11 +1,11 @@
-//! `nnc_codegen::igemm` against an `i64` triple loop, for every kernel this
+//! `nnc_kernels::igemm` against an `i64` triple loop, for every kernel this
 //! CPU supports: results must be exactly equal (the true sum modulo 2³²,
 //! which is the true sum whenever it fits in `i32`). Shapes cross every
 //! tile and block edge; values span the full `u8` and `i8` ranges, and
 //! the extremes (255 × -128, 255 × 127) catch any `i16` saturation.
 //! A call allocates nothing.
 
-use nnc_codegen::igemm::{
+use nnc_kernels::igemm::{
     column_sums, igemm, igemm_ex, igemm_threads, igemm_words, Isa, Scratch, Signs, KC, MAX_EXACT_K,
     MC, NC,
 };
@@ -487,7 +487,7 @@ fn column_sums_checks_bounds() {
 
 #[test]
 fn two_threads_match_one() {
-    nnc_codegen::set_threads(2).expect("threads");
+    nnc_kernels::set_threads(2).expect("threads");
     for &(m, n, k) in &[(64, 256, 300), (200, 40, 300), (3, 700, 600)] {
         let a = bytes(m * k, 7);
         let b = signed(bytes(k * n, 8));
