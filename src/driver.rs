@@ -369,7 +369,7 @@ pub struct ObjectSummary {
     pub prefix: String,
 }
 
-/// `nnc compile FILE --weights W -o OUT.o [--batch N]`: the model's
+/// `nnc compile FILE --weights W -o OUT.o [--batch N] [--weights-external]`: the model's
 /// inference, as the checkpoint has it (structure, int8 products), compiled
 /// ahead of time into `OUT.o` and its header `OUT.h`, whose C symbols start
 /// with `OUT`'s stem. Both files are written atomically.
@@ -380,6 +380,7 @@ pub fn compile_object(
     out: &Path,
     batch: usize,
     opt: OptLevel,
+    external: bool,
 ) -> Result<ObjectSummary, Failure> {
     if batch == 0 {
         return Err(run_failure("the batch size must be at least 1"));
@@ -397,15 +398,23 @@ pub fn compile_object(
     }
     let src = read_source(path)?;
     let mut module = compile_source(&src, model)?;
-    as_checkpoint_has_it(&mut module, weights)?;
+    let int8 = as_checkpoint_has_it(&mut module, weights)?;
+    if int8 && external {
+        return Err(run_failure(format!(
+            "`{}` is quantized: its scales are compiled into the object's code, so its weights \
+             cannot be read at start (leave out --weights-external)",
+            weights.display()
+        )));
+    }
     let programs = nnc_runtime::Programs {
         // The grouping `nnc run --predict` compiles with: the same kernels.
         grouping: grouping(opt),
         ..nnc_runtime::Programs::inference(optimize(&module.forward, opt)?.0)
     };
     let seed = module.train.as_ref().map_or(0, |t| t.seed);
-    let artifact = nnc_runtime::aot::compile(programs, &module, seed, weights, batch, &prefix)
-        .map_err(run_failure)?;
+    let artifact =
+        nnc_runtime::aot::compile(programs, &module, seed, weights, batch, &prefix, external)
+            .map_err(run_failure)?;
     let header = out.with_extension("h");
     let write = |p: &Path, bytes: &[u8]| {
         nnc_runtime::checkpoint::write_atomic(p, bytes)

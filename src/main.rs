@@ -58,6 +58,9 @@ enum Command {
         /// With `-o`: the samples one `predict` call takes.
         #[arg(long, default_value_t = 1, requires = "output")]
         batch: usize,
+        /// With `-o`: leave the weights out of the object; the program reads a checkpoint of the model at start (`NAME_weights_load(path)`), so new weights need no recompiling. Not for quantized checkpoints, whose scales are compiled in.
+        #[arg(long, requires = "output")]
+        weights_external: bool,
     },
     /// Train the model as the file's `train` block says.
     Run {
@@ -326,18 +329,33 @@ fn main() -> ExitCode {
             weights,
             output,
             batch,
+            weights_external,
         } => {
             if let (Some(out), Some(w)) = (&output, &weights) {
-                driver::compile_object(&file, model.as_deref(), w, out, batch, opt).map(|o| {
+                driver::compile_object(
+                    &file,
+                    model.as_deref(),
+                    w,
+                    out,
+                    batch,
+                    opt,
+                    weights_external,
+                )
+                .map(|o| {
                     println!(
                         "wrote {} ({} bytes, {} of them weights) and {}: C symbols `{}_*`, \
-                             {} bytes of arena per concurrent predict",
+                             {} bytes of arena per concurrent predict{}",
                         o.object.display(),
                         o.object_bytes,
                         o.state_bytes,
                         o.header.display(),
                         o.prefix,
-                        o.arena_bytes
+                        o.arena_bytes,
+                        if weights_external {
+                            "; weights read at start (NAME_weights_load)"
+                        } else {
+                            ""
+                        }
                     )
                 })
             } else {

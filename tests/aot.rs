@@ -88,6 +88,73 @@ fn values(text: &str, header: bool) -> Vec<Vec<u32>> {
         .collect()
 }
 
+/// Compiles `model` with `weights` into an object (with `extra` options),
+/// builds the C example against it, and checks its predictions of
+/// `samples` equal `nnc run --predict`'s at the same batch, bit for bit.
+fn check(
+    dir: &Scratch,
+    model: &str,
+    weights: &Path,
+    samples: &Path,
+    library: &Path,
+    batch: usize,
+    extra: &[&str],
+) {
+    let source = root().join(format!("examples/{model}.nn"));
+    let what = format!(
+        "{model} with {} at batch {batch} {extra:?}",
+        weights.display()
+    );
+    let object = dir.path(&format!("{model}.o"));
+    let said = run(Command::new(NNC)
+        .arg("compile")
+        .arg(&source)
+        .arg("--weights")
+        .arg(weights)
+        .args([
+            "-o",
+            object.to_str().unwrap(),
+            "--batch",
+            &batch.to_string(),
+        ])
+        .args(extra));
+    assert!(said.contains(&format!("C symbols `{model}_*`")), "{said}");
+    let header = std::fs::read_to_string(dir.path(&format!("{model}.h"))).unwrap();
+    assert!(header.contains(&format!("#define {}_BATCH {batch}", model.to_uppercase())));
+    let exe = dir.path(&format!("predict_{model}"));
+    run(Command::new("cc")
+        .args(["-O2", "-std=c11", "-Wall", "-Werror", "-ffp-contract=off"])
+        .arg(format!("-DMODEL={model}"))
+        .arg("-I")
+        .arg(dir.path(""))
+        .arg(root().join("examples/c/predict.c"))
+        .arg(&object)
+        .arg(library)
+        .args(["-lpthread", "-ldl", "-lm", "-o"])
+        .arg(&exe));
+    // The weights path: read by an external-weights object, ignored by
+    // one that embeds them.
+    let c = run(Command::new(&exe).arg(samples).arg(weights));
+    let out = dir.path("predictions.csv");
+    run(Command::new(NNC)
+        .arg("run")
+        .arg(&source)
+        .arg("--weights")
+        .arg(weights)
+        .arg("--predict")
+        .arg(samples)
+        .arg("--predict-out")
+        .arg(&out)
+        .args(["--batch", &batch.to_string()]));
+    let nnc = std::fs::read_to_string(&out).unwrap();
+    let (c, nnc) = (values(&c, false), values(&nnc, true));
+    assert_eq!(c.len(), 11, "{what}: one row per sample");
+    assert_eq!(
+        c, nnc,
+        "{what}: the object's outputs and classes differ from `nnc run --predict`"
+    );
+}
+
 #[test]
 fn the_c_example_predicts_as_nnc_run_does_bit_for_bit() {
     if Command::new("cc").arg("--version").output().is_err() {
@@ -120,50 +187,62 @@ fn the_c_example_predicts_as_nnc_run_does_bit_for_bit() {
         ]));
         // Batch 1, and a batch of 4 that the last of 11 samples do not fill.
         for batch in [1, 4] {
-            let object = dir.path(&format!("{model}.o"));
-            let said = run(Command::new(NNC).arg("compile").arg(&source).args([
-                "--weights",
-                weights.to_str().unwrap(),
-                "-o",
-                object.to_str().unwrap(),
-                "--batch",
-                &batch.to_string(),
-            ]));
-            assert!(said.contains(&format!("C symbols `{model}_*`")), "{said}");
-            let header = std::fs::read_to_string(dir.path(&format!("{model}.h"))).unwrap();
-            assert!(header.contains(&format!("#define {}_BATCH {batch}", model.to_uppercase())));
-            let exe = dir.path(&format!("predict_{model}"));
-            run(Command::new("cc")
-                .args(["-O2", "-std=c11", "-Wall", "-Werror", "-ffp-contract=off"])
-                .arg(format!("-DMODEL={model}"))
-                .arg("-I")
-                .arg(dir.path(""))
-                .arg(root().join("examples/c/predict.c"))
-                .arg(&object)
-                .arg(&library)
-                .args(["-lpthread", "-ldl", "-lm", "-o"])
-                .arg(&exe));
-            let c = run(Command::new(&exe).arg(&samples));
-            let out = dir.path("predictions.csv");
-            run(Command::new(NNC).arg("run").arg(&source).args([
-                "--weights",
-                weights.to_str().unwrap(),
-                "--predict",
-                samples.to_str().unwrap(),
-                "--predict-out",
-                out.to_str().unwrap(),
-                "--batch",
-                &batch.to_string(),
-            ]));
-            let nnc = std::fs::read_to_string(&out).unwrap();
-            let (c, nnc) = (values(&c, false), values(&nnc, true));
-            assert_eq!(c.len(), 11, "{model} at batch {batch}: one row per sample");
-            assert_eq!(
-                c, nnc,
-                "{model} at batch {batch}: the object's outputs and classes differ from `nnc run --predict`"
-            );
+            check(&dir, model, &weights, &samples, &library, batch, &[]);
         }
+        // Weights read at start from the checkpoint instead of embedded.
+        check(
+            &dir,
+            model,
+            &weights,
+            &samples,
+            &library,
+            1,
+            &["--weights-external"],
+        );
     }
+    // The last object reads its weights at start: another model's
+    // checkpoint is refused there, naming the tensor it lacks.
+    let out = Command::new(dir.path("predict_lenet"))
+        .arg(&samples)
+        .arg(dir.path("mnist_mlp.safetensors"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("is not in the file"), "{err}");
+    // A quantized checkpoint compiles its int8 products, with the same
+    // results as `--predict`'s; its scales are code, so it cannot be
+    // read at start.
+    let quantized = dir.path("lenet_q.safetensors");
+    run(Command::new(NNC)
+        .arg("quantize")
+        .arg(root().join("examples/lenet.nn"))
+        .args([
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--calibration-batches",
+            "2",
+        ])
+        .arg("--weights")
+        .arg(dir.path("lenet.safetensors"))
+        .arg("-o")
+        .arg(&quantized));
+    check(&dir, "lenet", &quantized, &samples, &library, 1, &[]);
+    let out = Command::new(NNC)
+        .arg("compile")
+        .arg(root().join("examples/lenet.nn"))
+        .arg("--weights")
+        .arg(&quantized)
+        .args([
+            "-o",
+            dir.path("q.o").to_str().unwrap(),
+            "--weights-external",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("quantized"), "{err}");
     // Another model's checkpoint is refused, naming a tensor that differs.
     let out = Command::new(NNC)
         .arg("compile")

@@ -6,6 +6,8 @@
  *      target/release/libnnc_kernels.a -lpthread -ldl -lm -o predict
  *   ./predict t10k-images-idx3-ubyte          (IDX, not gzipped)
  *   ./predict samples.csv                     (one sample per row)
+ *   ./predict samples.csv lenet.safetensors   (an object compiled with
+ *                                              --weights-external)
  *
  * For each sample it prints the outputs (`%.9g`: every f32 exactly) and,
  * for a classifier's single output, the arg-max class, as CSV; these are
@@ -139,10 +141,17 @@ int main(int argc, char **argv) {
     size_t in_size = M(_input_size) / batch, out_size = M(_output_size) / batch;
     unsigned char *bytes;
     float *raw, *in, *out;
+    const void *weights;
     void *arena;
-    if (argc != 2) {
-        fprintf(stderr, "usage: %s SAMPLES.idx|SAMPLES.csv\n", argv[0]);
+    if (argc != 2 && argc != 3) {
+        fprintf(stderr, "usage: %s SAMPLES.idx|SAMPLES.csv [WEIGHTS.safetensors]\n", argv[0]);
         return 2;
+    }
+    /* Embedded weights ignore the path; external ones read it. */
+    weights = M(_weights_load)(argc == 3 ? argv[2] : NULL);
+    if (!weights) {
+        fprintf(stderr, "error: %s\n", nnc_last_error());
+        return 1;
     }
     bytes = slurp(argv[1], &len);
     if (len >= 2 && bytes[0] == 0 && bytes[1] == 0)
@@ -157,7 +166,7 @@ int main(int argc, char **argv) {
     in = calloc(M(_input_size), sizeof(float));
     out = malloc(M(_output_size) * sizeof(float));
     arena = aligned_alloc(64, (M(_arena_bytes) + 63) / 64 * 64);
-    if (!in || !out || !arena || M(_init)(arena) != 0) fail("out of memory", argv[1]);
+    if (!in || !out || !arena || M(_init)(arena, weights) != 0) fail("out of memory", argv[1]);
     for (s = 0; s < samples; s += batch) {
         size_t n = samples - s < batch ? samples - s : batch, k;
         /* A last, short batch is padded with zeros, whose outputs are not printed. */
@@ -176,6 +185,7 @@ int main(int argc, char **argv) {
         }
     }
     M(_free)(arena);
+    M(_weights_free)(weights);
     free(arena);
     free(in);
     free(out);

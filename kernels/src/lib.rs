@@ -3,7 +3,8 @@
 //! convolutions computed from the image (`conv`), sixteen-lane `exp`,
 //! `log`, `tanh` and `sigmoid` (`vmath16`), the thread pool kernels split
 //! their work over (`threads`), and the C entry points (`host`: the
-//! functions compiled code calls by name).
+//! functions compiled code calls by name; `weights`: a checkpoint read at
+//! a C program's start).
 //!
 //! Why a crate of its own: the JIT (`nnc_codegen`) links these by
 //! address, and an ahead-of-time object (`nnc compile -o model.o`) links
@@ -18,5 +19,6 @@ pub mod threads;
 mod tile_split;
 pub mod vmath16;
 pub mod vmath_constants;
+pub mod weights;
 
 pub use threads::{set_threads, ThreadsError};

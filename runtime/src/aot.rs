@@ -19,7 +19,8 @@ use std::path::Path;
 
 /// Compiles `programs.forward` for batches of `batch` samples with the
 /// tensors of the checkpoint at `weights` (of `module`), its C symbols
-/// starting with `prefix`. The header also gets `<prefix>_prepare`, the
+/// starting with `prefix`; with `external`, the object reads its weights
+/// from a checkpoint at start instead of embedding them. The header also gets `<prefix>_prepare`, the
 /// input field's data transforms in C, when they can be written so.
 pub fn compile(
     programs: Programs,
@@ -28,6 +29,7 @@ pub fn compile(
     weights: &Path,
     batch: usize,
     prefix: &str,
+    external: bool,
 ) -> Result<ObjectArtifact, RuntimeError> {
     if batch == 0 {
         return Err(RuntimeError::Setup(
@@ -70,7 +72,10 @@ pub fn compile(
             prepare_c(module, name, &sample, prefix)
         })
         .unwrap_or_default();
-    compile_object(&forward, &bindings, &state, &grouping, prefix, &prelude).map_err(codegen)
+    compile_object(
+        &forward, &bindings, &state, &grouping, prefix, &prelude, external,
+    )
+    .map_err(codegen)
 }
 
 /// One transform step in C on `v` (a float), element `j` of a sample.

@@ -7,13 +7,16 @@
 //! addresses as arguments (see [`super::base`]), so nothing in the object
 //! needs patching beyond the linker's relocations of calls (the host
 //! kernels, linked by name from `libnnc_kernels.a`) and of the two data
-//! symbols. The C side owns the arena (`<name>_ARENA_BYTES`, 64-byte
-//! aligned): `<name>_init` zeroes it, writes the constants and allocates
-//! the GEMM packing space (its pointer is kept in the arena's control
-//! block, beside the status word); `<name>_predict` copies the input in,
-//! runs the schedule on it and copies the outputs out, allocating
-//! nothing; `<name>_free` releases the packing space. Distinct arenas may
-//! run on distinct threads at once (the state is only read).
+//! symbols. The weights are the object's data, or (`--weights-external`)
+//! a safetensors file `<name>_weights_load(path)` reads at start. The C
+//! side owns the arena (`<name>_ARENA_BYTES`, 64-byte aligned):
+//! `<name>_init(arena, weights)` zeroes it, writes the constants and
+//! allocates the GEMM packing space (its pointer and the weights' are kept
+//! in the arena's control block, beside the status word);
+//! `<name>_predict` copies the input in, runs the schedule on it and
+//! copies the outputs out, allocating nothing; `<name>_free` releases the
+//! packing space. Distinct arenas may run on distinct threads at once
+//! (the weights are only read).
 
 use super::program::{compile_functions, each_constant, relocatable, StateBuffer, CONTROL};
 use crate::plan::{self, Base, Kind, View};
@@ -28,6 +31,8 @@ use std::fmt::Write as _;
 /// Where `<name>_init` keeps the packing space's pointer: the control
 /// block's second word pair (the status word is at 0).
 const SCRATCH_SLOT: usize = 8;
+/// Where `<name>_init` keeps the weights' address.
+const WEIGHTS_SLOT: usize = 16;
 
 /// A compiled object and the C header that describes it.
 #[derive(Debug, Clone)]
@@ -55,6 +60,9 @@ struct Port {
 /// `prefix` (a C identifier). Inputs and outputs must be f32 and
 /// contiguous (every forward graph's are). `prelude` is C code the header
 /// carries before its API (the input's data transforms, from the runtime).
+/// With `external`, the state is not embedded: the header's
+/// `<prefix>_weights_load(path)` reads it from a safetensors file at start
+/// (`nnc_kernels::weights`), by the table of `state`'s slots.
 pub fn compile_object(
     graph: &Graph,
     bindings: &HashMap<String, usize>,
@@ -62,6 +70,7 @@ pub fn compile_object(
     config: &GroupConfig,
     prefix: &str,
     prelude: &str,
+    external: bool,
 ) -> Result<ObjectArtifact, CodegenError> {
     if prefix.is_empty()
         || prefix.starts_with(|c: char| c.is_ascii_digit())
@@ -127,20 +136,46 @@ pub fn compile_object(
         segments.push((offset, blob.len(), words.len() * 4));
         blob.extend(words.iter().flat_map(|w| w.to_le_bytes()));
     });
-    let state_bytes = state.bytes().to_vec();
-    define_data(&mut module, &format!("{prefix}_state"), state_bytes)?;
+    if !external {
+        define_data(
+            &mut module,
+            &format!("{prefix}_state"),
+            state.bytes().to_vec(),
+        )?;
+    }
     define_data(&mut module, &format!("{prefix}_constants"), blob)?;
     let object = module
         .finish()
         .emit()
         .map_err(|e| CodegenError::new(format!("writing the object file: {e}")))?;
-    let header = header(prefix, arena_bytes, input, &outputs, &segments, prelude);
+    let weights = if external {
+        Weights::External(state)
+    } else {
+        Weights::Embedded
+    };
+    let header = header(
+        prefix,
+        arena_bytes,
+        input,
+        &outputs,
+        &segments,
+        prelude,
+        &weights,
+    );
     Ok(ObjectArtifact {
         object,
         header,
         arena_bytes,
-        state_bytes: state.bytes().len(),
+        state_bytes: if external { 0 } else { state.bytes().len() },
     })
+}
+
+/// Where an object's weights come from.
+enum Weights<'a> {
+    /// The object's `<prefix>_state` symbol.
+    Embedded,
+    /// A safetensors file read at start into this state's layout.
+    External(&'a StateBuffer),
 }
 
 /// An object module for this CPU (the kernels use its features, as the
@@ -186,6 +221,7 @@ fn header(
     outputs: &[Port],
     segments: &[(usize, usize, usize)],
     prelude: &str,
+    weights: &Weights,
 ) -> String {
     let upper = prefix.to_ascii_uppercase();
     let numel = |p: &Port| p.shape.iter().product::<usize>();
@@ -267,14 +303,58 @@ fn header(
     let _ = writeln!(
         w,
         "/* From the object. */\n\
-         extern const unsigned char {prefix}_state[];\n\
          extern const unsigned char {prefix}_constants[];\n\
          void {prefix}_run(const void *state, void *arena, void *packing);\n\
          /* From libnnc_kernels.a. */\n\
          void *nnc_scratch_new(void);\n\
          void nnc_scratch_free(void *packing);\n\
-         int nnc_set_threads(int64_t threads);\n"
+         int nnc_set_threads(int64_t threads);\n\
+         #ifndef NNC_TENSOR_SLOT\n#define NNC_TENSOR_SLOT\n\
+         typedef struct {{ const char *name; int32_t kind; size_t offset; size_t numel; }} nnc_tensor_slot;\n\
+         #endif\n\
+         unsigned char *nnc_load_weights(const char *path, const nnc_tensor_slot *slots, size_t n, size_t bytes);\n\
+         void nnc_free_weights(unsigned char *state, size_t bytes);\n\
+         const char *nnc_last_error(void);\n"
     );
+    match weights {
+        Weights::Embedded => {
+            let _ = writeln!(
+                w,
+                "/* The weights are embedded: {prefix}_weights_load ignores its path. */\n\
+                 extern const unsigned char {prefix}_state[];\n\
+                 static inline const void *{prefix}_weights_load(const char *path) {{\n    \
+                 (void)path;\n    return {prefix}_state;\n}}\n\
+                 static inline void {prefix}_weights_free(const void *weights) {{ (void)weights; }}\n"
+            );
+        }
+        Weights::External(state) => {
+            let slots: Vec<String> = state
+                .layout
+                .slots
+                .iter()
+                .map(|s| {
+                    let kind = i32::from(Kind::of(s.dtype) != Kind::F32);
+                    let numel: usize = s.shape.iter().product();
+                    format!("    {{\"{}\", {kind}, {}, {numel}}},", s.name, s.offset)
+                })
+                .collect();
+            let _ = writeln!(
+                w,
+                "/* The weights are read at start from a safetensors checkpoint of this model\n   \
+                 (`nnc run --save`): {prefix}_weights_load(path) returns them, or NULL with\n   \
+                 the reason in nnc_last_error(). */\n\
+                 #define {upper}_STATE_BYTES {}\n\
+                 static const nnc_tensor_slot {prefix}_slots[] = {{\n{}\n}};\n\
+                 static inline const void *{prefix}_weights_load(const char *path) {{\n    \
+                 return nnc_load_weights(path, {prefix}_slots, sizeof {prefix}_slots / sizeof {prefix}_slots[0],\n                            \
+                 {upper}_STATE_BYTES);\n}}\n\
+                 static inline void {prefix}_weights_free(const void *weights) {{\n    \
+                 nnc_free_weights((unsigned char *)weights, {upper}_STATE_BYTES);\n}}\n",
+                state.layout.bytes.max(1),
+                slots.join("\n")
+            );
+        }
+    }
     let _ = writeln!(
         w,
         "/* Where each constant goes in the arena: arena offset, blob offset, bytes. */"
@@ -309,13 +389,17 @@ fn header(
     let _ = write!(
         w,
         r#"
-/* Prepares an arena: zeroes it, writes the constants, allocates the GEMM
-   packing space. Returns 0, or -1 if the allocation failed. */
-static inline int {prefix}_init(void *arena) {{
+/* Prepares an arena to run with `weights` ({prefix}_weights_load's, which
+   must outlive it): zeroes it, writes the constants, allocates the GEMM
+   packing space. Returns 0, or -1 if the allocation failed or `weights`
+   is NULL. */
+static inline int {prefix}_init(void *arena, const void *weights) {{
     unsigned char *a = (unsigned char *)arena;
     size_t i;
     void *packing;
+    if (!weights) return -1;
     memset(a, 0, {upper}_ARENA_BYTES);
+    memcpy(a + {WEIGHTS_SLOT}, &weights, sizeof weights);
     for (i = 0; i < sizeof {prefix}_segments / sizeof {prefix}_segments[0]; i++)
         memcpy(a + {prefix}_segments[i][0], {prefix}_constants + {prefix}_segments[i][1],
                {prefix}_segments[i][2]);
@@ -331,10 +415,12 @@ static inline int {prefix}_init(void *arena) {{
 static inline int {prefix}_predict(const float *in, float *out, void *arena) {{
     unsigned char *a = (unsigned char *)arena;
     void *packing;
+    const void *weights;
     uint32_t status;
     memcpy(&packing, a + {SCRATCH_SLOT}, sizeof packing);
+    memcpy(&weights, a + {WEIGHTS_SLOT}, sizeof weights);
     memcpy(a + {}, in, {upper}_INPUT_SIZE * sizeof(float));
-    {prefix}_run({prefix}_state, a, packing);
+    {prefix}_run(weights, a, packing);
     memcpy(&status, a, sizeof status);
     if (status != 0) {{
         memset(a, 0, sizeof status);
@@ -343,7 +429,7 @@ static inline int {prefix}_predict(const float *in, float *out, void *arena) {{
 {copies}    return 0;
 }}
 
-/* Releases what {prefix}_init allocated. */
+/* Releases what {prefix}_init allocated (not the weights). */
 static inline void {prefix}_free(void *arena) {{
     unsigned char *a = (unsigned char *)arena;
     void *packing;

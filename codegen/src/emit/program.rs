@@ -125,7 +125,8 @@ fn word_value(w: u32, dtype: DType) -> f64 {
 
 /// The control block at the start of the work arena: a status word that
 /// kernels set on a fault (an index out of range); an ahead-of-time
-/// object's C side keeps its packing space's pointer at byte 8.
+/// object's C side keeps its packing space's pointer at byte 8 and its
+/// weights' at byte 16.
 pub(crate) const CONTROL: usize = ALIGN;
 
 /// A fault a kernel reported while running.
