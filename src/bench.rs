@@ -186,8 +186,8 @@ pub fn bench(path: &Path, options: &BenchOptions) -> Result<BenchReport, Failure
     })?;
     let (profile, loop_profile, infer_profile) = if options.profile {
         let profile = profile_kernels(options.runs, || jit.profile_step(&batch)).map_err(fail)?;
-        let infer = profile_kernels(options.runs, || jit.profile_predict(&forward_batch))
-            .map_err(fail)?;
+        let infer =
+            profile_kernels(options.runs, || jit.profile_predict(&forward_batch)).map_err(fail)?;
         let bodies = jit
             .profile_loop_bodies(&batch, options.runs)
             .map_err(fail)?
@@ -236,7 +236,8 @@ pub fn bench(path: &Path, options: &BenchOptions) -> Result<BenchReport, Failure
 /// returns each kernel's median time.
 fn profile_kernels(
     runs: usize,
-    mut once: impl FnMut() -> Result<Vec<(nnc_codegen::KernelInfo, Duration)>, nnc_runtime::RuntimeError>,
+    mut once: impl FnMut()
+        -> Result<Vec<(nnc_codegen::KernelInfo, Duration)>, nnc_runtime::RuntimeError>,
 ) -> Result<Vec<KernelTime>, nnc_runtime::RuntimeError> {
     let mut kernels: Vec<(nnc_codegen::KernelInfo, Vec<Duration>)> = Vec::new();
     for run in 0..runs.max(5) {
@@ -374,7 +375,11 @@ impl BenchReport {
                 );
             }
         }
-        let int8 = if self.int8_inference { ", int8 products" } else { "" };
+        let int8 = if self.int8_inference {
+            ", int8 products"
+        } else {
+            ""
+        };
         out += &kernel_table(
             "inference",
             &format!("batch {}{int8}", self.batch),

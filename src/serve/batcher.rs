@@ -1,0 +1,296 @@
+//! Dynamic batching: the one thread that owns the model gathers the
+//! requests waiting for it into a batch (up to `max_batch` samples, or
+//! what arrived within `max_delay` of the first), runs it once, and hands
+//! each request its rows.
+
+use nnc_ir::DType;
+use nnc_runtime::{Batch, BatchData, BatchField, Executor};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};
+use std::time::{Duration, Instant};
+use tokio::sync::oneshot;
+
+/// One output of one request: its rows of the batch's output.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Answer {
+    pub name: String,
+    pub dtype: DType,
+    /// `[samples, ...]`.
+    pub shape: Vec<usize>,
+    pub values: Vec<f64>,
+}
+
+/// A request's samples, already the model's input (through the data
+/// block's transforms), waiting for a batch.
+pub struct Job {
+    /// `[samples, ...sample]` of the input, and its values.
+    pub field: BatchField,
+    pub enqueued: Instant,
+    pub reply: oneshot::Sender<Result<Vec<Answer>, String>>,
+}
+
+impl Job {
+    pub fn samples(&self) -> usize {
+        self.field.shape.first().copied().unwrap_or(0)
+    }
+
+    fn sample_shape(&self) -> &[usize] {
+        self.field.shape.get(1..).unwrap_or_default()
+    }
+}
+
+pub enum Message {
+    Job(Job),
+    /// The server is shutting down: run what is waiting without waiting
+    /// for more.
+    Flush,
+}
+
+/// Takes jobs off the queue in batches.
+pub struct Gather {
+    rx: Receiver<Message>,
+    max_batch: usize,
+    max_delay: Duration,
+    /// A job that did not fit the last batch: the first of the next.
+    held: Option<Job>,
+    draining: bool,
+}
+
+impl Gather {
+    pub fn new(rx: Receiver<Message>, max_batch: usize, max_delay: Duration) -> Gather {
+        Gather {
+            rx,
+            max_batch: max_batch.max(1),
+            max_delay,
+            held: None,
+            draining: false,
+        }
+    }
+
+    /// The next batch: at least one job, more while they fit in
+    /// `max_batch` samples and arrive before `max_delay` after the first
+    /// was queued. `None` once every sender is gone and nothing waits.
+    pub fn next(&mut self) -> Option<Vec<Job>> {
+        let first = match self.held.take() {
+            Some(job) => job,
+            None => loop {
+                match self.rx.recv() {
+                    Ok(Message::Job(job)) => break job,
+                    Ok(Message::Flush) => self.draining = true,
+                    Err(_) => return None,
+                }
+            },
+        };
+        // From the first job's arrival, not from now: when the model was
+        // busy, the jobs queued meanwhile have waited long enough.
+        let deadline = first.enqueued + self.max_delay;
+        let mut total = first.samples();
+        let mut jobs = vec![first];
+        while total < self.max_batch {
+            let now = Instant::now();
+            let message = if self.draining || now >= deadline {
+                match self.rx.try_recv() {
+                    Ok(m) => m,
+                    Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
+                }
+            } else {
+                match self.rx.recv_timeout(deadline - now) {
+                    Ok(m) => m,
+                    Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => break,
+                }
+            };
+            match message {
+                Message::Flush => self.draining = true,
+                Message::Job(job) => {
+                    let fits = total + job.samples() <= self.max_batch
+                        && job.sample_shape() == jobs[0].sample_shape();
+                    if !fits {
+                        self.held = Some(job);
+                        break;
+                    }
+                    total += job.samples();
+                    jobs.push(job);
+                }
+            }
+        }
+        Some(jobs)
+    }
+}
+
+/// The batch sizes programs are compiled for: the powers of two below
+/// `max_batch`, and `max_batch`. A batch is padded to the next of them,
+/// so a handful of programs (compiled before the server answers) serve
+/// every size, at most twice the rows of work.
+pub fn sizes(max_batch: usize) -> Vec<usize> {
+    let max_batch = max_batch.max(1);
+    let mut sizes: Vec<usize> = (0..usize::BITS)
+        .map(|p| 1usize << p)
+        .take_while(|&s| s < max_batch)
+        .collect();
+    sizes.push(max_batch);
+    sizes
+}
+
+/// The size a batch of `samples` runs at.
+pub fn padded(samples: usize, sizes: &[usize]) -> usize {
+    sizes
+        .iter()
+        .copied()
+        .find(|&s| s >= samples)
+        .unwrap_or(samples)
+}
+
+/// Runs `jobs` as one batch of the input `input` padded to `size`, and
+/// answers each with its rows of every output in `outputs`' order.
+pub fn run_batch(
+    exec: &mut dyn Executor,
+    input: &str,
+    outputs: &[String],
+    jobs: Vec<Job>,
+    size: usize,
+    batch: &mut Batch,
+) {
+    let result = fill(input, &jobs, size, batch)
+        .and_then(|()| exec.predict(batch).map_err(|e| e.to_string()));
+    let tensors = match result {
+        Ok(t) => t,
+        Err(e) => {
+            for job in jobs {
+                let _ = job.reply.send(Err(e.clone()));
+            }
+            return;
+        }
+    };
+    let mut row = 0;
+    for job in jobs {
+        let samples = job.samples();
+        let mut answers = Vec::with_capacity(outputs.len());
+        for name in outputs {
+            let Some((_, t)) = tensors.iter().find(|(n, _)| n == name) else {
+                continue;
+            };
+            let per: usize = t.shape.iter().skip(1).product();
+            let values = t
+                .data
+                .get(row * per..(row + samples) * per)
+                .unwrap_or_default()
+                .to_vec();
+            let mut shape = vec![samples];
+            shape.extend(t.shape.iter().skip(1));
+            answers.push(Answer {
+                name: name.clone(),
+                dtype: t.dtype,
+                shape,
+                values,
+            });
+        }
+        row += samples;
+        // A caller that gave up (its connection closed) takes nothing.
+        let _ = job.reply.send(Ok(answers));
+    }
+}
+
+/// `batch` as the jobs' samples one after the other, then zeros up to
+/// `size` samples.
+fn fill(input: &str, jobs: &[Job], size: usize, batch: &mut Batch) -> Result<(), String> {
+    let Some(first) = jobs.first() else {
+        return Err("internal error: an empty batch".into());
+    };
+    let sample_shape = first.sample_shape().to_vec();
+    let per: usize = sample_shape.iter().product();
+    let mut shape = vec![size];
+    shape.extend(&sample_shape);
+    let mut data = match &first.field.data {
+        BatchData::F32(_) => BatchData::F32(Vec::with_capacity(size * per)),
+        BatchData::I32(_) => BatchData::I32(Vec::with_capacity(size * per)),
+        BatchData::F64(_) => BatchData::F64(Vec::with_capacity(size * per)),
+    };
+    for job in jobs {
+        match (&mut data, &job.field.data) {
+            (BatchData::F32(out), BatchData::F32(v)) => out.extend_from_slice(v),
+            (BatchData::I32(out), BatchData::I32(v)) => out.extend_from_slice(v),
+            (BatchData::F64(out), BatchData::F64(v)) => out.extend_from_slice(v),
+            _ => return Err("internal error: requests of different element types".into()),
+        }
+    }
+    match &mut data {
+        BatchData::F32(out) => out.resize(size * per, 0.0),
+        BatchData::I32(out) => out.resize(size * per, 0),
+        BatchData::F64(out) => out.resize(size * per, 0.0),
+    }
+    batch.size = size;
+    batch.fields.clear();
+    batch.fields.push(BatchField {
+        name: input.to_string(),
+        shape,
+        data,
+    });
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::mpsc;
+
+    fn job(samples: usize) -> (Job, oneshot::Receiver<Result<Vec<Answer>, String>>) {
+        let (reply, rx) = oneshot::channel();
+        let job = Job {
+            field: BatchField {
+                name: "x".into(),
+                shape: vec![samples, 2],
+                data: BatchData::F32(vec![0.0; samples * 2]),
+            },
+            enqueued: Instant::now(),
+            reply,
+        };
+        (job, rx)
+    }
+
+    #[test]
+    fn batches_hold_at_most_max_batch_samples_and_keep_the_order() {
+        let (tx, rx) = mpsc::channel();
+        let mut keep = Vec::new();
+        for n in [3, 4, 2, 9, 1] {
+            let (j, r) = job(n);
+            keep.push(r);
+            tx.send(Message::Job(j)).unwrap();
+        }
+        drop(tx);
+        let mut gather = Gather::new(rx, 8, Duration::from_secs(60));
+        let sizes: Vec<Vec<usize>> = std::iter::from_fn(|| gather.next())
+            .map(|b| b.iter().map(Job::samples).collect())
+            .collect();
+        // 9 samples alone exceed the limit and run alone.
+        assert_eq!(sizes, [vec![3, 4], vec![2], vec![9], vec![1]]);
+    }
+
+    #[test]
+    fn a_batch_stops_waiting_at_the_delay_and_on_a_flush() {
+        let (tx, rx) = mpsc::channel();
+        let (j, _r) = job(1);
+        tx.send(Message::Job(j)).unwrap();
+        let mut gather = Gather::new(rx, 64, Duration::from_millis(30));
+        let started = Instant::now();
+        assert_eq!(gather.next().map(|b| b.len()), Some(1));
+        assert!(started.elapsed() >= Duration::from_millis(25));
+
+        let (j, _r) = job(1);
+        tx.send(Message::Flush).unwrap();
+        tx.send(Message::Job(j)).unwrap();
+        let mut gather_long = gather;
+        gather_long.max_delay = Duration::from_secs(60);
+        let started = Instant::now();
+        assert_eq!(gather_long.next().map(|b| b.len()), Some(1));
+        assert!(started.elapsed() < Duration::from_secs(30));
+    }
+
+    #[test]
+    fn batches_pad_to_a_few_sizes() {
+        assert_eq!(sizes(64), [1, 2, 4, 8, 16, 32, 64]);
+        assert_eq!(sizes(48), [1, 2, 4, 8, 16, 32, 48]);
+        assert_eq!(sizes(1), [1]);
+        assert_eq!(padded(5, &sizes(64)), 8);
+        assert_eq!(padded(33, &sizes(48)), 48);
+        assert_eq!(padded(70, &sizes(64)), 70);
+    }
+}
