@@ -9,7 +9,8 @@
 #
 # Environment: DATA (the shared data folder, with mnist/), MNIST_MLP and
 # LENET (trained checkpoints, from `nnc run examples/NAME.nn --data-dir
-# DATA --save W`), SECONDS_PER_POINT (default 4), NNC (the binary).
+# DATA --save W`), SECONDS_PER_POINT (default 4), NNC (the binary),
+# MODELS (default "mnist_mlp lenet"), SERVE_ARGS (more `nnc serve` flags).
 # The load generator is wrk (`apt-get install -y wrk`), one thread, one
 # connection per client, every request answered before the next is sent.
 set -euo pipefail
@@ -59,14 +60,14 @@ PY
 
 printf '| model | batching | clients | requests/s | p50 ms | p99 ms |\n'
 printf '|---|---|---|---|---|---|\n'
-for model in mnist_mlp lenet; do
+for model in ${MODELS:-mnist_mlp lenet}; do
   w=${weights[$model]}
   if [ ! -f "$w" ]; then
     echo "| $model | skipped: no checkpoint at $w | | | | |"
     continue
   fi
   for max_batch in 64 1; do
-    "$nnc" serve "$root/examples/$model.nn" --weights "$w" --port 0 --max-batch "$max_batch" >"$work/server.log" 2>&1 &
+    "$nnc" serve "$root/examples/$model.nn" --weights "$w" --port 0 --max-batch "$max_batch" ${SERVE_ARGS:-} >"$work/server.log" 2>&1 &
     server=$!
     addr=
     for _ in $(seq 200); do

@@ -596,7 +596,7 @@ fn plan_field(
                 sample_shape.push(*n);
             }
             Transform::Normalize { mean, std } => {
-                transforms.push(normalize(mean, std, &sample_shape, &path, &f.name)?);
+                transforms.push(normalize(mean, std, &sample_shape, path, &f.name)?);
             }
         }
     }
@@ -643,7 +643,7 @@ fn fit_fields(
             Fit::Skip => {}
             Fit::Build => {
                 let training = text.training(dataset.len())?;
-                let fitted = fit_plan(&dataset, &f.name, plan, &training)?;
+                let fitted = fit_plan(dataset, &f.name, plan, &training)?;
                 text.fitted.insert(f.name.clone(), fitted);
             }
             Fit::Given => {

@@ -2,10 +2,17 @@
 //! requests waiting for it into a batch (up to `max_batch` samples, or
 //! what arrived within `max_delay` of the first), runs it once, and hands
 //! each request its rows.
+//!
+//! A batch waits only for requests the server is already receiving: with
+//! nothing on its way, waiting could only add latency (a lone client
+//! would pay the whole delay on every request), and requests that come
+//! later form the next batch while this one runs.
 
 use nnc_ir::DType;
 use nnc_runtime::{Batch, BatchData, BatchField, Executor};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
@@ -50,25 +57,38 @@ pub struct Gather {
     rx: Receiver<Message>,
     max_batch: usize,
     max_delay: Duration,
+    /// Requests being received and checked, not yet queued.
+    arriving: Arc<AtomicUsize>,
     /// A job that did not fit the last batch: the first of the next.
     held: Option<Job>,
     draining: bool,
 }
 
+/// How often a waiting batch looks whether requests are still arriving
+/// (one that fails its checks never comes).
+const POLL: Duration = Duration::from_micros(200);
+
 impl Gather {
-    pub fn new(rx: Receiver<Message>, max_batch: usize, max_delay: Duration) -> Gather {
+    pub fn new(
+        rx: Receiver<Message>,
+        max_batch: usize,
+        max_delay: Duration,
+        arriving: Arc<AtomicUsize>,
+    ) -> Gather {
         Gather {
             rx,
             max_batch: max_batch.max(1),
             max_delay,
+            arriving,
             held: None,
             draining: false,
         }
     }
 
     /// The next batch: at least one job, more while they fit in
-    /// `max_batch` samples and arrive before `max_delay` after the first
-    /// was queued. `None` once every sender is gone and nothing waits.
+    /// `max_batch` samples and are queued, or arriving, before
+    /// `max_delay` after the first was queued. `None` once every sender
+    /// is gone and nothing waits.
     pub fn next(&mut self) -> Option<Vec<Job>> {
         let first = match self.held.take() {
             Some(job) => job,
@@ -87,15 +107,18 @@ impl Gather {
         let mut jobs = vec![first];
         while total < self.max_batch {
             let now = Instant::now();
-            let message = if self.draining || now >= deadline {
-                match self.rx.try_recv() {
-                    Ok(m) => m,
-                    Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
-                }
-            } else {
-                match self.rx.recv_timeout(deadline - now) {
-                    Ok(m) => m,
-                    Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => break,
+            let done_waiting =
+                self.draining || now >= deadline || self.arriving.load(Ordering::SeqCst) == 0;
+            let message = match self.rx.try_recv() {
+                Ok(m) => m,
+                Err(TryRecvError::Disconnected) => break,
+                Err(TryRecvError::Empty) if done_waiting => break,
+                Err(TryRecvError::Empty) => {
+                    match self.rx.recv_timeout((deadline - now).min(POLL)) {
+                        Ok(m) => m,
+                        Err(RecvTimeoutError::Timeout) => continue,
+                        Err(RecvTimeoutError::Disconnected) => break,
+                    }
                 }
             };
             match message {
@@ -256,7 +279,10 @@ mod tests {
             tx.send(Message::Job(j)).unwrap();
         }
         drop(tx);
-        let mut gather = Gather::new(rx, 8, Duration::from_secs(60));
+        // Arriving requests that never come do not hold a batch past
+        // what is queued: a full one goes at once.
+        let arriving = Arc::new(AtomicUsize::new(0));
+        let mut gather = Gather::new(rx, 8, Duration::from_secs(60), arriving);
         let sizes: Vec<Vec<usize>> = std::iter::from_fn(|| gather.next())
             .map(|b| b.iter().map(Job::samples).collect())
             .collect();
@@ -265,22 +291,47 @@ mod tests {
     }
 
     #[test]
-    fn a_batch_stops_waiting_at_the_delay_and_on_a_flush() {
+    fn a_batch_waits_for_arriving_requests_until_the_delay_and_no_longer() {
         let (tx, rx) = mpsc::channel();
+        let arriving = Arc::new(AtomicUsize::new(0));
+        let mut gather = Gather::new(rx, 64, Duration::from_millis(300), arriving.clone());
+        // Nothing on its way: the lone job goes at once.
         let (j, _r) = job(1);
         tx.send(Message::Job(j)).unwrap();
-        let mut gather = Gather::new(rx, 64, Duration::from_millis(30));
         let started = Instant::now();
         assert_eq!(gather.next().map(|b| b.len()), Some(1));
-        assert!(started.elapsed() >= Duration::from_millis(25));
+        assert!(started.elapsed() < Duration::from_millis(250));
 
-        let (j, _r) = job(1);
-        tx.send(Message::Flush).unwrap();
+        // One on its way that arrives: the batch takes it.
+        arriving.store(1, Ordering::SeqCst);
+        let (j, _r1) = job(1);
         tx.send(Message::Job(j)).unwrap();
-        let mut gather_long = gather;
-        gather_long.max_delay = Duration::from_secs(60);
+        let (late, _r2) = job(2);
+        let sender = tx.clone();
+        let arrived = arriving.clone();
+        let t = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(20));
+            sender.send(Message::Job(late)).unwrap();
+            arrived.store(0, Ordering::SeqCst);
+        });
+        assert_eq!(gather.next().map(|b| b.len()), Some(2));
+        t.join().unwrap();
+
+        // One on its way that never comes: the batch waits the delay.
+        arriving.store(1, Ordering::SeqCst);
+        let (j, _r) = job(1);
+        tx.send(Message::Job(j)).unwrap();
         let started = Instant::now();
-        assert_eq!(gather_long.next().map(|b| b.len()), Some(1));
+        assert_eq!(gather.next().map(|b| b.len()), Some(1));
+        assert!(started.elapsed() >= Duration::from_millis(290));
+
+        // A flush stops the wait.
+        gather.max_delay = Duration::from_secs(60);
+        let (j, _r) = job(1);
+        tx.send(Message::Job(j)).unwrap();
+        tx.send(Message::Flush).unwrap();
+        let started = Instant::now();
+        assert_eq!(gather.next().map(|b| b.len()), Some(1));
         assert!(started.elapsed() < Duration::from_secs(30));
     }
 

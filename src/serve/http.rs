@@ -13,7 +13,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::Sender;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -26,6 +26,9 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Set when shutdown begins: new requests get 503, readiness fails.
     pub draining: AtomicBool,
+    /// Inference requests being received and checked, not yet queued:
+    /// what a batch may wait for.
+    pub arriving: Arc<AtomicUsize>,
     pub body_limit: usize,
 }
 
@@ -136,12 +139,34 @@ async fn infer(
     request: Request<Body>,
 ) -> Response {
     let started = Instant::now();
-    let response = answer(&state, &name, request).await;
+    let arriving = Arriving::new(&state.arriving);
+    let response = answer(&state, &name, request, arriving).await;
     state.metrics.infer_latency(started.elapsed());
     response
 }
 
-async fn answer(state: &AppState, name: &str, request: Request<Body>) -> Response {
+/// Counts a request as arriving until it is queued or refused.
+struct Arriving<'a>(&'a AtomicUsize);
+
+impl<'a> Arriving<'a> {
+    fn new(count: &'a AtomicUsize) -> Arriving<'a> {
+        count.fetch_add(1, Ordering::SeqCst);
+        Arriving(count)
+    }
+}
+
+impl Drop for Arriving<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+async fn answer(
+    state: &AppState,
+    name: &str,
+    request: Request<Body>,
+    arriving: Arriving<'_>,
+) -> Response {
     if state.draining.load(Ordering::SeqCst) {
         return error(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -173,6 +198,8 @@ async fn answer(state: &AppState, name: &str, request: Request<Body>) -> Respons
             .is_some_and(|tx| tx.send(Message::Job(model::job(field, reply))).is_ok()),
         Err(_) => false,
     };
+    // Queued (or refused): a batch no longer waits for it.
+    drop(arriving);
     if !queued {
         return error(
             StatusCode::SERVICE_UNAVAILABLE,

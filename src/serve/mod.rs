@@ -104,15 +104,18 @@ impl Server {
         )?;
         let metrics = Arc::new(metrics::Metrics::new(options.max_batch.max(1)));
         let (tx, rx) = mpsc::channel();
+        let arriving = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let batching = model::Batching {
             max_batch: options.max_batch.max(1),
             max_delay: options.max_delay,
+            arriving: arriving.clone(),
         };
         let state = Arc::new(http::AppState {
             model,
             jobs: Mutex::new(Some(tx)),
             metrics: metrics.clone(),
             draining: AtomicBool::new(false),
+            arriving,
             body_limit: options.body_limit,
         });
         let worker = model::start_worker(engine, batching, rx, metrics)?;

@@ -166,10 +166,12 @@ impl Model {
 }
 
 /// How the worker batches.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Batching {
     pub max_batch: usize,
     pub max_delay: Duration,
+    /// Requests on their way to the queue (see [`Gather`]).
+    pub arriving: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 /// Starts the thread that owns the model: it compiles the forward graph
@@ -221,7 +223,12 @@ pub fn start_worker(
                 }
             }
             let _ = ready_tx.send(Ok(()));
-            let mut gather = Gather::new(rx, batching.max_batch, batching.max_delay);
+            let mut gather = Gather::new(
+                rx,
+                batching.max_batch,
+                batching.max_delay,
+                batching.arriving,
+            );
             let mut batch = Batch::default();
             while let Some(jobs) = gather.next() {
                 let samples: usize = jobs.iter().map(Job::samples).sum();
