@@ -246,10 +246,10 @@ enum Command {
         #[arg(long, default_value_t = 8000)]
         port: u16,
         /// Samples per batch at most; 1 runs each request alone.
-        #[arg(long, value_name = "N", default_value_t = 64, value_parser = parse_max_batch)]
+        #[arg(long, value_name = "N", default_value_t = 64, value_parser = nnc::serve::parse_max_batch)]
         max_batch: usize,
         /// How long the first request of a batch waits for others, in milliseconds.
-        #[arg(long, value_name = "MS", default_value_t = 2.0, value_parser = parse_delay)]
+        #[arg(long, value_name = "MS", default_value_t = 2.0, value_parser = nnc::serve::parse_delay_ms)]
         max_delay_ms: f64,
         /// Larger request bodies are refused (413), in MiB.
         #[arg(long, value_name = "MIB", default_value_t = 16)]
@@ -610,21 +610,5 @@ fn parse_method(text: &str) -> Result<nnc_runtime::quantize::Method, String> {
                 "expected minmax, entropy, percentile or percentile=P with 0 < P <= 100, found `{text}`"
             )),
         },
-    }
-}
-
-/// A batch size of 1 or more.
-fn parse_max_batch(s: &str) -> Result<usize, String> {
-    match s.parse::<usize>() {
-        Ok(n) if n >= 1 => Ok(n),
-        _ => Err(format!("`{s}` is not a batch size (1 or more)")),
-    }
-}
-
-/// A delay of 0 ms or more.
-fn parse_delay(s: &str) -> Result<f64, String> {
-    match s.parse::<f64>() {
-        Ok(ms) if ms >= 0.0 && ms.is_finite() && ms <= 60_000.0 => Ok(ms),
-        _ => Err(format!("`{s}` is not a delay in milliseconds (0 to 60000)")),
     }
 }

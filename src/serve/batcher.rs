@@ -162,20 +162,30 @@ pub fn padded(samples: usize, sizes: &[usize]) -> usize {
         .unwrap_or(samples)
 }
 
-/// Runs `jobs` as one batch of the input `input` padded to `size`, and
-/// answers each with its rows of every output in `outputs`' order.
+/// One output over all the rows of a batch.
+struct Rows {
+    name: String,
+    dtype: DType,
+    /// The shape of one sample's values.
+    sample_shape: Vec<usize>,
+    values: Vec<f64>,
+}
+
+/// Runs `jobs` as one batch of the input `input`, and answers each with
+/// its rows of every output in `outputs`' order. The batch runs padded to
+/// the next of `sizes`; more samples than the largest (one request
+/// larger than `--max-batch`) run in pieces of that size, so no request
+/// makes the model compile at a size of its own.
 pub fn run_batch(
     exec: &mut dyn Executor,
     input: &str,
     outputs: &[String],
     jobs: Vec<Job>,
-    size: usize,
+    sizes: &[usize],
     batch: &mut Batch,
 ) {
-    let result = fill(input, &jobs, size, batch)
-        .and_then(|()| exec.predict(batch).map_err(|e| e.to_string()));
-    let tensors = match result {
-        Ok(t) => t,
+    let rows = match run_rows(exec, input, outputs, &jobs, sizes, batch) {
+        Ok(rows) => rows,
         Err(e) => {
             for job in jobs {
                 let _ = job.reply.send(Err(e.clone()));
@@ -186,60 +196,134 @@ pub fn run_batch(
     let mut row = 0;
     for job in jobs {
         let samples = job.samples();
-        let mut answers = Vec::with_capacity(outputs.len());
-        for name in outputs {
-            let Some((_, t)) = tensors.iter().find(|(n, _)| n == name) else {
-                continue;
-            };
-            let per: usize = t.shape.iter().skip(1).product();
-            let values = t
-                .data
-                .get(row * per..(row + samples) * per)
-                .unwrap_or_default()
-                .to_vec();
-            let mut shape = vec![samples];
-            shape.extend(t.shape.iter().skip(1));
-            answers.push(Answer {
-                name: name.clone(),
-                dtype: t.dtype,
-                shape,
-                values,
-            });
-        }
+        let answers = rows
+            .iter()
+            .map(|r| {
+                let per: usize = r.sample_shape.iter().product();
+                let values = r
+                    .values
+                    .get(row * per..(row + samples) * per)
+                    .unwrap_or_default()
+                    .to_vec();
+                let mut shape = vec![samples];
+                shape.extend(&r.sample_shape);
+                Answer {
+                    name: r.name.clone(),
+                    dtype: r.dtype,
+                    shape,
+                    values,
+                }
+            })
+            .collect();
         row += samples;
         // A caller that gave up (its connection closed) takes nothing.
         let _ = job.reply.send(Ok(answers));
     }
 }
 
-/// `batch` as the jobs' samples one after the other, then zeros up to
-/// `size` samples.
-fn fill(input: &str, jobs: &[Job], size: usize, batch: &mut Batch) -> Result<(), String> {
+/// Every output of the model on the jobs' samples, in order.
+fn run_rows(
+    exec: &mut dyn Executor,
+    input: &str,
+    outputs: &[String],
+    jobs: &[Job],
+    sizes: &[usize],
+    batch: &mut Batch,
+) -> Result<Vec<Rows>, String> {
     let Some(first) = jobs.first() else {
         return Err("internal error: an empty batch".into());
     };
     let sample_shape = first.sample_shape().to_vec();
     let per: usize = sample_shape.iter().product();
-    let mut shape = vec![size];
-    shape.extend(&sample_shape);
-    let mut data = match &first.field.data {
-        BatchData::F32(_) => BatchData::F32(Vec::with_capacity(size * per)),
-        BatchData::I32(_) => BatchData::I32(Vec::with_capacity(size * per)),
-        BatchData::F64(_) => BatchData::F64(Vec::with_capacity(size * per)),
-    };
-    for job in jobs {
-        match (&mut data, &job.field.data) {
-            (BatchData::F32(out), BatchData::F32(v)) => out.extend_from_slice(v),
-            (BatchData::I32(out), BatchData::I32(v)) => out.extend_from_slice(v),
-            (BatchData::F64(out), BatchData::F64(v)) => out.extend_from_slice(v),
-            _ => return Err("internal error: requests of different element types".into()),
+    let total: usize = jobs.iter().map(Job::samples).sum();
+    let largest = sizes.last().copied().unwrap_or(1).max(1);
+    let mut rows: Vec<Rows> = Vec::with_capacity(outputs.len());
+    let mut start = 0;
+    while start < total {
+        let n = (total - start).min(largest);
+        let size = padded(n, sizes);
+        fill(
+            input,
+            jobs,
+            start * per..(start + n) * per,
+            size,
+            &sample_shape,
+            batch,
+        )?;
+        let tensors = exec.predict(batch).map_err(|e| e.to_string())?;
+        for (k, name) in outputs.iter().enumerate() {
+            let Some((_, t)) = tensors.iter().find(|(n, _)| n == name) else {
+                return Err(format!("internal error: the model gave no output `{name}`"));
+            };
+            let out_per: usize = t.shape.iter().skip(1).product();
+            let values = t
+                .data
+                .get(..n * out_per)
+                .ok_or_else(|| format!("internal error: output `{name}` has too few rows"))?;
+            if k == rows.len() {
+                rows.push(Rows {
+                    name: name.clone(),
+                    dtype: t.dtype,
+                    sample_shape: t.shape.iter().skip(1).copied().collect(),
+                    values: Vec::with_capacity(total * out_per),
+                });
+            }
+            rows[k].values.extend_from_slice(values);
         }
+        start += n;
+    }
+    Ok(rows)
+}
+
+/// `batch` as the values `range` of the jobs' samples one after the
+/// other, then zeros up to `size` samples of `sample_shape`.
+fn fill(
+    input: &str,
+    jobs: &[Job],
+    range: std::ops::Range<usize>,
+    size: usize,
+    sample_shape: &[usize],
+    batch: &mut Batch,
+) -> Result<(), String> {
+    let per: usize = sample_shape.iter().product();
+    let len = size * per;
+    let mut data = match jobs.first().map(|j| &j.field.data) {
+        Some(BatchData::I32(_)) => BatchData::I32(Vec::with_capacity(len)),
+        Some(BatchData::F64(_)) => BatchData::F64(Vec::with_capacity(len)),
+        _ => BatchData::F32(Vec::with_capacity(len)),
+    };
+    // Where each job's values start among all the jobs' values.
+    let mut offset = 0;
+    for job in jobs {
+        let count = job.samples() * per;
+        let (from, to) = (range.start.max(offset), range.end.min(offset + count));
+        if from < to {
+            let piece = from - offset..to - offset;
+            let copied = match (&mut data, &job.field.data) {
+                (BatchData::F32(out), BatchData::F32(v)) => {
+                    v.get(piece).map(|p| out.extend_from_slice(p))
+                }
+                (BatchData::I32(out), BatchData::I32(v)) => {
+                    v.get(piece).map(|p| out.extend_from_slice(p))
+                }
+                (BatchData::F64(out), BatchData::F64(v)) => {
+                    v.get(piece).map(|p| out.extend_from_slice(p))
+                }
+                _ => None,
+            };
+            if copied.is_none() {
+                return Err("internal error: a request's values do not fit its shape".into());
+            }
+        }
+        offset += count;
     }
     match &mut data {
-        BatchData::F32(out) => out.resize(size * per, 0.0),
-        BatchData::I32(out) => out.resize(size * per, 0),
-        BatchData::F64(out) => out.resize(size * per, 0.0),
+        BatchData::F32(out) => out.resize(len, 0.0),
+        BatchData::I32(out) => out.resize(len, 0),
+        BatchData::F64(out) => out.resize(len, 0.0),
     }
+    let mut shape = vec![size];
+    shape.extend(sample_shape);
     batch.size = size;
     batch.fields.clear();
     batch.fields.push(BatchField {
@@ -333,6 +417,23 @@ mod tests {
         let started = Instant::now();
         assert_eq!(gather.next().map(|b| b.len()), Some(1));
         assert!(started.elapsed() < Duration::from_secs(30));
+    }
+
+    #[test]
+    fn a_piece_of_a_batch_takes_its_values_across_requests_then_zeros() {
+        let (mut a, _ra) = job(3);
+        let (mut b, _rb) = job(2);
+        a.field.data = BatchData::F32((0..6).map(|v| v as f32).collect());
+        b.field.data = BatchData::F32((6..10).map(|v| v as f32).collect());
+        let mut batch = Batch::default();
+        // Samples 2 and 3 of the five, padded to 4 samples.
+        fill("x", &[a, b], 4..8, 4, &[2], &mut batch).unwrap();
+        assert_eq!(batch.size, 4);
+        assert_eq!(batch.fields[0].shape, [4, 2]);
+        assert_eq!(
+            batch.fields[0].data,
+            BatchData::F32(vec![4.0, 5.0, 6.0, 7.0, 0.0, 0.0, 0.0, 0.0])
+        );
     }
 
     #[test]

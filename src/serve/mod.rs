@@ -280,3 +280,19 @@ pub fn serve(
     out("shut down: every request in flight was answered");
     Ok(())
 }
+
+/// `--max-batch`: 1 or more.
+pub fn parse_max_batch(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n) if n >= 1 => Ok(n),
+        _ => Err(format!("`{s}` is not a batch size (1 or more)")),
+    }
+}
+
+/// `--max-delay-ms`: 0 to 60,000 milliseconds.
+pub fn parse_delay_ms(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(ms) if ms >= 0.0 && ms.is_finite() && ms <= 60_000.0 => Ok(ms),
+        _ => Err(format!("`{s}` is not a delay in milliseconds (0 to 60000)")),
+    }
+}

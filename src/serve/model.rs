@@ -233,8 +233,7 @@ pub fn start_worker(
             while let Some(jobs) = gather.next() {
                 let samples: usize = jobs.iter().map(Job::samples).sum();
                 metrics.batch(samples, jobs.len());
-                let size = batcher::padded(samples, &sizes);
-                batcher::run_batch(exec.as_mut(), &input, &outputs, jobs, size, &mut batch);
+                batcher::run_batch(exec.as_mut(), &input, &outputs, jobs, &sizes, &mut batch);
             }
         })
         .map_err(|e| failure(format!("cannot start the model's thread: {e}")))?;
