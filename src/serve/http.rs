@@ -192,14 +192,16 @@ async fn answer(
         Err(e) => return error(StatusCode::BAD_REQUEST, e),
     };
     let (reply, answer) = oneshot::channel();
+    let job = model::job(field, reply);
+    // No longer arriving before it is queued: the model's thread, woken
+    // by the job, must not wait for the job itself.
+    drop(arriving);
     let queued = match state.jobs.lock() {
         Ok(jobs) => jobs
             .as_ref()
-            .is_some_and(|tx| tx.send(Message::Job(model::job(field, reply))).is_ok()),
+            .is_some_and(|tx| tx.send(Message::Job(job)).is_ok()),
         Err(_) => false,
     };
-    // Queued (or refused): a batch no longer waits for it.
-    drop(arriving);
     if !queued {
         return error(
             StatusCode::SERVICE_UNAVAILABLE,
