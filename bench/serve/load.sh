@@ -84,7 +84,13 @@ for model in ${MODELS:-mnist_mlp lenet}; do
     for clients in 1 8 64; do
       out=$(BODIES=$work/bodies.jsonl wrk -t1 -c"$clients" -d"${seconds}s" --timeout 10s \
         -s "$root/bench/serve/load.lua" "$url")
-      read -r _ requests _ rate p50 p99 failed <<<"$(grep '^RESULT' <<<"$out")"
+      result=$(grep '^RESULT' <<<"$out" || true)
+      if [ -z "$result" ]; then
+        echo "wrk gave no result:" >&2
+        echo "$out" >&2
+        exit 1
+      fi
+      read -r _ requests _ rate p50 p99 failed <<<"$result"
       if [ "$failed" != 0 ]; then
         echo "$failed of $requests requests failed:" >&2
         echo "$out" >&2
@@ -93,7 +99,13 @@ for model in ${MODELS:-mnist_mlp lenet}; do
       printf '| %s | %s | %d | %.0f | %.2f | %.2f |\n' "$model" "$label" "$clients" "$rate" "$p50" "$p99"
     done
     kill -TERM "$server"
-    wait "$server"
+    status=0
+    wait "$server" || status=$?
     server=
+    if [ "$status" != 0 ]; then
+      echo "nnc serve exited with status $status after SIGTERM:" >&2
+      cat "$work/server.log" >&2
+      exit 1
+    fi
   done
 done
