@@ -5,4 +5,5 @@ pub mod bench;
 pub mod compress;
 pub mod diagnostic;
 pub mod driver;
+pub mod serve;
 pub mod summary;

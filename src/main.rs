@@ -241,6 +241,38 @@ enum Command {
         #[arg(long)]
         int8: bool,
     },
+    /// Serve a trained model over HTTP with the open inference protocol (KServe v2): health, metadata and inference at /v2/..., Prometheus metrics at /metrics; concurrent requests run as one batch.
+    Serve {
+        /// The `.nn` file.
+        file: PathBuf,
+        /// The trained checkpoint (a pruned, factorized or quantized one too).
+        #[arg(long, value_name = "PATH")]
+        weights: PathBuf,
+        /// The address to listen on.
+        #[arg(long, default_value = "127.0.0.1")]
+        host: std::net::IpAddr,
+        /// The port to listen on (0: any free port, printed at start).
+        #[arg(long, default_value_t = 8000)]
+        port: u16,
+        /// Samples per batch at most; 1 runs each request alone.
+        #[arg(long, value_name = "N", default_value_t = 64, value_parser = nnc::serve::parse_max_batch)]
+        max_batch: usize,
+        /// How long the first request of a batch waits for others, in milliseconds.
+        #[arg(long, value_name = "MS", default_value_t = 2.0, value_parser = nnc::serve::parse_delay_ms)]
+        max_delay_ms: f64,
+        /// Larger request bodies are refused (413), in MiB.
+        #[arg(long, value_name = "MIB", default_value_t = 16)]
+        max_body_mb: usize,
+        /// The model to serve when the file has several.
+        #[arg(long)]
+        model: Option<String>,
+        /// Optimization level of the graphs: -O0 (none), -O1 (algebra), -O2 (everything).
+        #[arg(short = 'O', value_name = "LEVEL", default_value = "2", value_parser = parse_level)]
+        opt: OptLevel,
+        /// Threads the kernels split their work over (default: every core).
+        #[arg(long, value_name = "N", value_parser = parse_threads)]
+        threads: Option<usize>,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -548,6 +580,34 @@ fn main() -> ExitCode {
                     print!("{}", r.to_text())
                 }
             })
+        }
+        Command::Serve {
+            file,
+            weights,
+            host,
+            port,
+            max_batch,
+            max_delay_ms,
+            max_body_mb,
+            model,
+            opt,
+            threads,
+        } => {
+            if let Err(e) = start_threads(threads) {
+                eprint!("{e}");
+                return ExitCode::FAILURE;
+            }
+            let options = nnc::serve::ServeOptions {
+                host,
+                port,
+                max_batch,
+                max_delay: std::time::Duration::from_secs_f64(max_delay_ms / 1e3),
+                body_limit: max_body_mb.saturating_mul(1 << 20),
+                model,
+                opt,
+                ..nnc::serve::ServeOptions::new(weights)
+            };
+            nnc::serve::serve(&file, &options, &mut |line| println!("{line}"))
         }
     };
     match result {

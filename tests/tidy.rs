@@ -44,7 +44,8 @@ const DEV_EXCEPTIONS: &[(&str, &str, &str)] = &[
 ];
 
 /// Third-party crates a crate must never use: `passes` never see
-/// Cranelift; the e-graph engine stays in `passes`.
+/// Cranelift; the e-graph engine stays in `passes`; the HTTP server and
+/// its async runtime stay in the CLI (`nnc serve`).
 const BANNED: &[(&str, &str)] = &[
     ("passes", "cranelift"),
     // The host kernels are what an ahead-of-time object links without
@@ -57,6 +58,16 @@ const BANNED: &[(&str, &str)] = &[
     ("runtime", "egg"),
     ("codegen", "pest"),
     ("runtime", "pest"),
+    ("ir", "axum"),
+    ("dsl", "axum"),
+    ("passes", "axum"),
+    ("codegen", "axum"),
+    ("runtime", "axum"),
+    ("ir", "tokio"),
+    ("dsl", "tokio"),
+    ("passes", "tokio"),
+    ("codegen", "tokio"),
+    ("runtime", "tokio"),
 ];
 
 fn root() -> PathBuf {

@@ -346,224 +346,293 @@ fn load_fields(
 ) -> Result<Dataset, RuntimeError> {
     let mut loaded = Vec::new();
     for f in fields {
-        let (storage, shape, path) = match &f.source {
-            Source::Idx { path } => {
-                let path = base.join(path);
-                let array = data::idx::load(&path)?;
-                let (_, dims, storage, _) = array.into_parts();
-                (storage, dims.get(1..).unwrap_or_default().to_vec(), path)
-            }
-            Source::CsvColumns { path, from, to } => {
-                let path = base.join(path);
-                let table = cache.csv_table(&path)?;
-                (
-                    Storage::F32(table.columns(*from..*to)?),
-                    vec![to - from],
-                    path,
-                )
-            }
-            Source::CsvColumn { path, column } => {
-                let path = base.join(path);
-                let table = cache.csv_table(&path)?;
-                (Storage::I32(table.labels(*column)?), Vec::new(), path)
-            }
-            Source::Images {
+        let (storage, shape, path) = read_source(f, base, cache, text)?;
+        loaded.push(plan_field(f, storage, shape, &path, plans)?);
+    }
+    let dataset = Dataset::new(loaded)?;
+    fit_fields(fields, &dataset, plans, text)?;
+    Ok(dataset)
+}
+
+/// Samples already in memory for the one field `field` (its source is not
+/// read): `storage` holds samples of `shape`, which came from `origin`
+/// (named in errors). They go through the field's transforms with the
+/// fitted statistics `fitted` (a checkpoint's), exactly as the samples of
+/// a file do: the one path of `--predict` and `nnc serve`.
+pub(crate) fn samples_for_prediction(
+    field: &DataField,
+    storage: Storage,
+    shape: Vec<usize>,
+    origin: &Path,
+    fitted: FittedStats,
+) -> Result<LoadedData, RuntimeError> {
+    let mut text = TextContext {
+        holdout: None,
+        test_split: None,
+        vocabularies: Vocabularies::new(),
+        build: false,
+        fitted,
+        fit: Fit::Given,
+    };
+    let mut plans = HashMap::new();
+    let fields = std::slice::from_ref(field);
+    let loaded = plan_field(field, storage, shape, origin, &mut plans)?;
+    let train = Dataset::new([loaded])?;
+    fit_fields(fields, &train, &mut plans, &mut text)?;
+    Ok(LoadedData {
+        train,
+        test: None,
+        test_split: None,
+        vocabularies: text.vocabularies,
+        fitted: text.fitted,
+        plans,
+    })
+}
+
+/// The samples of `f`'s source, their shape and the file they came from.
+fn read_source(
+    f: &DataField,
+    base: &Path,
+    cache: &mut Cache,
+    text: &mut TextContext,
+) -> Result<(Storage, Vec<usize>, PathBuf), RuntimeError> {
+    Ok(match &f.source {
+        Source::Idx { path } => {
+            let path = base.join(path);
+            let array = data::idx::load(&path)?;
+            let (_, dims, storage, _) = array.into_parts();
+            (storage, dims.get(1..).unwrap_or_default().to_vec(), path)
+        }
+        Source::CsvColumns { path, from, to } => {
+            let path = base.join(path);
+            let table = cache.csv_table(&path)?;
+            (
+                Storage::F32(table.columns(*from..*to)?),
+                vec![to - from],
                 path,
-                grayscale,
-                size,
-            } => {
-                let path = base.join(path);
-                let options = data::ImageOptions {
-                    grayscale: *grayscale,
-                    size: *size,
-                };
-                let (pixels, shape) = cache.image_list(&path)?.decode(&options)?;
-                (Storage::U8(pixels), shape.to_vec(), path)
-            }
-            Source::ImageLabels { path } => {
-                let path = base.join(path);
-                let labels = cache.image_list(&path)?.labels();
-                (Storage::I32(labels), Vec::new(), path)
-            }
-            Source::Cifar { path } => {
-                let path = base.join(path);
-                let pixels = cache.cifar_pixels(&path)?;
-                (Storage::U8(pixels), data::cifar::SHAPE.to_vec(), path)
-            }
-            Source::CifarLabels { path } => {
-                let path = base.join(path);
-                let labels = cache.cifar(&path)?.labels.clone();
-                (Storage::U8(labels), Vec::new(), path)
-            }
-            Source::Text {
-                path,
-                format,
-                column,
-                length,
-                min_count,
-                max_size,
-                ngrams,
-            } => {
-                let path = base.join(path);
-                let table = cache.text_table(&path, *format)?;
-                let asked = VocabularyOptions {
-                    min_count: min_count.unwrap_or(1),
-                    max_size: *max_size,
-                    ngrams: ngrams.unwrap_or(1),
-                };
-                let vocabulary = if text.build {
-                    let col = table.column(column)?;
-                    let tokens = text::tokenize_column(table, col, asked.ngrams)?;
-                    let training = text.training(table.rows())?;
-                    let v = Vocabulary::build(&tokens, &training, asked, &path, column)?;
-                    let ids = v.encode(&tokens, *length);
-                    text.vocabularies
-                        .insert(f.name.clone(), FieldVocabulary::Tokens(v));
-                    ids
-                } else {
-                    let FieldVocabulary::Tokens(v) = text.given(&f.name, &path)? else {
-                        return Err(not_the_same_kind(&path, &f.name, "text", "text_labels"));
-                    };
-                    let built = v.options;
-                    let differs = [
-                        (
-                            "min_count",
-                            min_count.map(|m| m != built.min_count),
-                            built.min_count.to_string(),
-                        ),
-                        (
-                            "max_size",
-                            max_size.map(|m| Some(m) != built.max_size),
-                            built.max_size.map_or("no limit".into(), |m| m.to_string()),
-                        ),
-                        (
-                            "ngrams",
-                            ngrams.map(|n| n != built.ngrams),
-                            built.ngrams.to_string(),
-                        ),
-                    ];
-                    if let Some((option, _, was)) =
-                        differs.into_iter().find(|(_, d, _)| *d == Some(true))
-                    {
-                        return Err(RuntimeError::Setup(format!(
-                            "{}: field `{}` gives its own `{option}`, but its vocabulary was built \
-                             from the training samples with {option} {was}; leave it out",
-                            path.display(),
-                            f.name
-                        )));
-                    }
-                    let col = table.column(column)?;
-                    let tokens = text::tokenize_column(table, col, built.ngrams)?;
-                    v.encode(&tokens, *length)
-                };
-                (Storage::I32(vocabulary), vec![*length], path)
-            }
-            Source::TextLabels {
-                path,
-                format,
-                column,
-            } => {
-                let path = base.join(path);
-                let table = cache.text_table(&path, *format)?;
+            )
+        }
+        Source::CsvColumn { path, column } => {
+            let path = base.join(path);
+            let table = cache.csv_table(&path)?;
+            (Storage::I32(table.labels(*column)?), Vec::new(), path)
+        }
+        Source::Images {
+            path,
+            grayscale,
+            size,
+        } => {
+            let path = base.join(path);
+            let options = data::ImageOptions {
+                grayscale: *grayscale,
+                size: *size,
+            };
+            let (pixels, shape) = cache.image_list(&path)?.decode(&options)?;
+            (Storage::U8(pixels), shape.to_vec(), path)
+        }
+        Source::ImageLabels { path } => {
+            let path = base.join(path);
+            let labels = cache.image_list(&path)?.labels();
+            (Storage::I32(labels), Vec::new(), path)
+        }
+        Source::Cifar { path } => {
+            let path = base.join(path);
+            let pixels = cache.cifar_pixels(&path)?;
+            (Storage::U8(pixels), data::cifar::SHAPE.to_vec(), path)
+        }
+        Source::CifarLabels { path } => {
+            let path = base.join(path);
+            let labels = cache.cifar(&path)?.labels.clone();
+            (Storage::U8(labels), Vec::new(), path)
+        }
+        Source::Text {
+            path,
+            format,
+            column,
+            length,
+            min_count,
+            max_size,
+            ngrams,
+        } => {
+            let path = base.join(path);
+            let table = cache.text_table(&path, *format)?;
+            let asked = VocabularyOptions {
+                min_count: min_count.unwrap_or(1),
+                max_size: *max_size,
+                ngrams: ngrams.unwrap_or(1),
+            };
+            let vocabulary = if text.build {
                 let col = table.column(column)?;
-                let labels = if text.build {
-                    let training = text.training(table.rows())?;
-                    let classes = ClassNames::build(table, col, &training)?;
-                    let labels = classes.encode(table, col)?;
-                    text.vocabularies
-                        .insert(f.name.clone(), FieldVocabulary::Classes(classes));
-                    labels
-                } else {
-                    let FieldVocabulary::Classes(classes) = text.given(&f.name, &path)? else {
-                        return Err(not_the_same_kind(&path, &f.name, "text_labels", "text"));
-                    };
-                    classes.encode(table, col)?
+                let tokens = text::tokenize_column(table, col, asked.ngrams)?;
+                let training = text.training(table.rows())?;
+                let v = Vocabulary::build(&tokens, &training, asked, &path, column)?;
+                let ids = v.encode(&tokens, *length);
+                text.vocabularies
+                    .insert(f.name.clone(), FieldVocabulary::Tokens(v));
+                ids
+            } else {
+                let FieldVocabulary::Tokens(v) = text.given(&f.name, &path)? else {
+                    return Err(not_the_same_kind(&path, &f.name, "text", "text_labels"));
                 };
-                (Storage::I32(labels), Vec::new(), path)
-            }
-        };
-        let mut transforms = Vec::new();
-        let mut sample_shape = shape.clone();
-        let mut fits = Vec::new();
-        let located = |message: String| {
-            RuntimeError::Setup(format!("{}: field `{}`: {message}", path.display(), f.name))
-        };
-        for (stage, t) in f.transforms.iter().enumerate() {
-            match t {
-                Transform::Standardize { per } | Transform::MinMax { per } => {
-                    let sample_len: usize = sample_shape.iter().product();
-                    let features = match per {
-                        FitAxis::Element => sample_len,
-                        FitAxis::Channel if sample_shape.len() >= 2 => sample_shape[0],
-                        FitAxis::Channel => {
-                            return Err(located(format!(
+                let built = v.options;
+                let differs = [
+                    (
+                        "min_count",
+                        min_count.map(|m| m != built.min_count),
+                        built.min_count.to_string(),
+                    ),
+                    (
+                        "max_size",
+                        max_size.map(|m| Some(m) != built.max_size),
+                        built.max_size.map_or("no limit".into(), |m| m.to_string()),
+                    ),
+                    (
+                        "ngrams",
+                        ngrams.map(|n| n != built.ngrams),
+                        built.ngrams.to_string(),
+                    ),
+                ];
+                if let Some((option, _, was)) =
+                    differs.into_iter().find(|(_, d, _)| *d == Some(true))
+                {
+                    return Err(RuntimeError::Setup(format!(
+                        "{}: field `{}` gives its own `{option}`, but its vocabulary was built \
+                             from the training samples with {option} {was}; leave it out",
+                        path.display(),
+                        f.name
+                    )));
+                }
+                let col = table.column(column)?;
+                let tokens = text::tokenize_column(table, col, built.ngrams)?;
+                v.encode(&tokens, *length)
+            };
+            (Storage::I32(vocabulary), vec![*length], path)
+        }
+        Source::TextLabels {
+            path,
+            format,
+            column,
+        } => {
+            let path = base.join(path);
+            let table = cache.text_table(&path, *format)?;
+            let col = table.column(column)?;
+            let labels = if text.build {
+                let training = text.training(table.rows())?;
+                let classes = ClassNames::build(table, col, &training)?;
+                let labels = classes.encode(table, col)?;
+                text.vocabularies
+                    .insert(f.name.clone(), FieldVocabulary::Classes(classes));
+                labels
+            } else {
+                let FieldVocabulary::Classes(classes) = text.given(&f.name, &path)? else {
+                    return Err(not_the_same_kind(&path, &f.name, "text_labels", "text"));
+                };
+                classes.encode(table, col)?
+            };
+            (Storage::I32(labels), Vec::new(), path)
+        }
+    })
+}
+
+/// How field `f`, whose samples of `shape` in `storage` came from `path`,
+/// becomes batches (its plan, put in `plans`), and the loaded field.
+fn plan_field(
+    f: &DataField,
+    storage: Storage,
+    shape: Vec<usize>,
+    path: &Path,
+    plans: &mut HashMap<String, FieldPlan>,
+) -> Result<(String, Field), RuntimeError> {
+    let mut transforms = Vec::new();
+    let mut sample_shape = shape.clone();
+    let mut fits = Vec::new();
+    let located = |message: String| {
+        RuntimeError::Setup(format!("{}: field `{}`: {message}", path.display(), f.name))
+    };
+    for (stage, t) in f.transforms.iter().enumerate() {
+        match t {
+            Transform::Standardize { per } | Transform::MinMax { per } => {
+                let sample_len: usize = sample_shape.iter().product();
+                let features = match per {
+                    FitAxis::Element => sample_len,
+                    FitAxis::Channel if sample_shape.len() >= 2 => sample_shape[0],
+                    FitAxis::Channel => {
+                        return Err(located(format!(
                             "`per: \"channel\"` takes the first axis of samples of rank 2 or more \
                                  as channels, but these have shape {sample_shape:?}"
                         )))
-                        }
-                    };
-                    fits.push(PendingFit {
-                        position: transforms.len(),
-                        standardize: matches!(t, Transform::Standardize { .. }),
-                        per: Per::from(*per),
-                        features,
-                        sample_len,
-                    });
-                    transforms.push(data::Transform::normalize(0.0, 1.0));
-                }
-                Transform::Augment(op) => {
-                    let augment =
-                        ImageAugment::new(op.clone(), &sample_shape, stage).map_err(located)?;
-                    sample_shape = augment.output_shape(sample_shape.len());
-                    transforms.push(data::Transform::Augment(augment));
-                }
-                Transform::Reshape(dims) => {
-                    let have: usize = sample_shape.iter().product();
-                    let want: usize = dims.iter().product();
-                    if have != want {
-                        return Err(RuntimeError::Setup(format!(
+                    }
+                };
+                fits.push(PendingFit {
+                    position: transforms.len(),
+                    standardize: matches!(t, Transform::Standardize { .. }),
+                    per: Per::from(*per),
+                    features,
+                    sample_len,
+                });
+                transforms.push(data::Transform::normalize(0.0, 1.0));
+            }
+            Transform::Augment(op) => {
+                let augment =
+                    ImageAugment::new(op.clone(), &sample_shape, stage).map_err(located)?;
+                sample_shape = augment.output_shape(sample_shape.len());
+                transforms.push(data::Transform::Augment(augment));
+            }
+            Transform::Reshape(dims) => {
+                let have: usize = sample_shape.iter().product();
+                let want: usize = dims.iter().product();
+                if have != want {
+                    return Err(RuntimeError::Setup(format!(
                             "{}: field `{}` cannot be reshaped from {sample_shape:?} ({have} values per sample) to {dims:?} ({want})",
                             path.display(),
                             f.name
                         )));
-                    }
-                    sample_shape = dims.clone();
                 }
-                Transform::Scale(s) => transforms.push(data::Transform::scale(*s as f32)),
-                Transform::OneHot(n) => {
-                    transforms.push(data::Transform::one_hot(*n));
-                    sample_shape.push(*n);
-                }
-                Transform::Normalize { mean, std } => {
-                    transforms.push(normalize(mean, std, &sample_shape, &path, &f.name)?);
-                }
+                sample_shape = dims.clone();
+            }
+            Transform::Scale(s) => transforms.push(data::Transform::scale(*s as f32)),
+            Transform::OneHot(n) => {
+                transforms.push(data::Transform::one_hot(*n));
+                sample_shape.push(*n);
+            }
+            Transform::Normalize { mean, std } => {
+                transforms.push(normalize(mean, std, &sample_shape, path, &f.name)?);
             }
         }
-        if f.dtype == DType::F64 && !transforms.is_empty() {
-            return Err(RuntimeError::Setup(format!(
+    }
+    if f.dtype == DType::F64 && !transforms.is_empty() {
+        return Err(RuntimeError::Setup(format!(
                 "field `{}` is delivered as f64, which takes no transforms (scale, one_hot, normalize compute in f32): transform it in the model",
                 f.name
             )));
-        }
-        if f.dtype == DType::I32 && !transforms.is_empty() {
-            return Err(RuntimeError::Setup(format!(
+    }
+    if f.dtype == DType::I32 && !transforms.is_empty() {
+        return Err(RuntimeError::Setup(format!(
                 "field `{}` is delivered as i32, so it cannot be transformed (scale, one_hot, normalize make floats)",
                 f.name
             )));
-        }
-        let field = Field::new(storage, shape)?.with_source(&path);
-        loaded.push((f.name.clone(), field));
-        plans.insert(
-            f.name.clone(),
-            FieldPlan {
-                dtype: f.dtype,
-                transforms,
-                sample_shape,
-                fits,
-            },
-        );
     }
-    let dataset = Dataset::new(loaded)?;
+    let field = Field::new(storage, shape)?.with_source(path);
+    plans.insert(
+        f.name.clone(),
+        FieldPlan {
+            dtype: f.dtype,
+            transforms,
+            sample_shape,
+            fits,
+        },
+    );
+    Ok((f.name.clone(), field))
+}
+
+/// Puts the fitted statistics of `fields`' `standardize` and `minmax` in
+/// place: fitted on the samples trained on, or given, as `text` says.
+fn fit_fields(
+    fields: &[DataField],
+    dataset: &Dataset,
+    plans: &mut HashMap<String, FieldPlan>,
+    text: &mut TextContext,
+) -> Result<(), RuntimeError> {
     for f in fields {
         let plan = plans.get_mut(&f.name).filter(|p| !p.fits.is_empty());
         let (Some(plan), Some(path)) = (plan, dataset.field(&f.name).and_then(Field::source))
@@ -574,7 +643,7 @@ fn load_fields(
             Fit::Skip => {}
             Fit::Build => {
                 let training = text.training(dataset.len())?;
-                let fitted = fit_plan(&dataset, &f.name, plan, &training)?;
+                let fitted = fit_plan(dataset, &f.name, plan, &training)?;
                 text.fitted.insert(f.name.clone(), fitted);
             }
             Fit::Given => {
@@ -591,7 +660,7 @@ fn load_fields(
             }
         }
     }
-    Ok(dataset)
+    Ok(())
 }
 
 /// Fits each of `plan`'s fitted transforms in order on the samples

@@ -4,12 +4,12 @@
 
 use crate::checkpoint::{self, Checkpoint, Scope};
 use crate::data::text::FieldVocabulary;
-use crate::data::DataError;
+use crate::data::{DataError, FittedStats, Storage};
 use crate::executor::{Batch, Programs};
 use crate::loader::LoadedData;
 use crate::run::{Event, OptionsError, RunError, RunOptions, SampleShapeError};
 use nnc_ir::{
-    DType, DataField, DataSpec, Module, Source, Tensor, TensorType, TextColumn, TextFormat,
+    DType, DataField, DataSpec, Graph, Module, Source, Tensor, TensorType, TextColumn, TextFormat,
     Transform,
 };
 use std::path::Path;
@@ -44,31 +44,14 @@ pub(crate) fn predict(
     events: &mut dyn FnMut(Event<'_>),
 ) -> Result<Vec<Prediction>, RunError> {
     let forward = &programs.forward;
-    let inputs = forward.inputs();
-    let [(input_node, input_name)] = inputs.as_slice() else {
-        return Err(RunError::PredictInputs {
-            model: module.name.clone(),
-            inputs: inputs.iter().map(|(_, n)| n.to_string()).collect(),
-        });
-    };
-    let input_name = input_name.to_string();
-    let input_ty = forward.ty(*input_node).clone();
-
+    let ckpt = checkpoint::load(weights)?;
+    let encoder = SampleEncoder::new(module, forward, &ckpt)?;
+    let input_name = encoder.input().to_string();
     // The file's samples, as one data field through the training field's
     // transforms, or as text through the training vocabulary.
-    let field = module
-        .data
-        .as_ref()
-        .and_then(|d| d.fields.iter().find(|f| f.name == input_name));
-    let ckpt = checkpoint::load(weights)?;
-    let data = match field {
-        Some(
-            f @ DataField {
-                source: Source::Text { .. },
-                ..
-            },
-        ) => text_samples(f, input, &ckpt)?,
-        _ => file_samples(module, field, input, &input_name, &input_ty, &ckpt)?,
+    let data = match encoder.text_field() {
+        Some(f) => text_samples(f, input, &ckpt)?,
+        None => file_samples(&encoder, input)?,
     };
     data.check_inputs(forward)
         .map_err(|source| RunError::PredictData {
@@ -131,86 +114,158 @@ pub(crate) fn predict(
     Ok(predictions)
 }
 
-/// The samples of an IDX or CSV file for the input `input_name`, through
-/// the transforms of its training `field`.
-fn file_samples(
-    module: &Module,
-    field: Option<&DataField>,
-    input: &Path,
-    input_name: &str,
-    input_ty: &TensorType,
-    ckpt: &Checkpoint,
-) -> Result<LoadedData, RunError> {
-    // The file's samples, as one data field through the training field's
-    // transforms.
-    let path_text = input
-        .to_str()
-        .ok_or_else(|| RunError::PathNotUtf8 {
-            path: input.to_path_buf(),
-        })?
-        .to_string();
-    let (source, file_sample) = match crate::data::idx::load(input) {
-        Ok(array) => (
-            Source::Idx { path: path_text },
-            array.dims().get(1..).unwrap_or_default().to_vec(),
-        ),
+/// How raw samples become the forward graph's input: the data field that
+/// feeds the input in training gives its transforms (`scale`, `normalize`,
+/// fitted statistics from the checkpoint), and a sample of the right
+/// number of values is taken in any shape (an IDX image for a flat input,
+/// a CSV row for an image input). The one path from raw values to a batch
+/// of `--predict` (a file's samples) and `nnc serve` (a request's), so
+/// both give the same bits.
+#[derive(Debug, Clone)]
+pub struct SampleEncoder {
+    model: String,
+    input: String,
+    input_ty: TensorType,
+    field: Option<DataField>,
+    fitted: FittedStats,
+}
+
+impl SampleEncoder {
+    /// The encoder of `forward`'s one input, with the fitted statistics of
+    /// `ckpt`; a model of several inputs is refused.
+    pub fn new(
+        module: &Module,
+        forward: &Graph,
+        ckpt: &Checkpoint,
+    ) -> Result<SampleEncoder, RunError> {
+        let inputs = forward.inputs();
+        let [(input_node, input_name)] = inputs.as_slice() else {
+            return Err(RunError::PredictInputs {
+                model: module.name.clone(),
+                inputs: inputs.iter().map(|(_, n)| n.to_string()).collect(),
+            });
+        };
+        let field = module
+            .data
+            .as_ref()
+            .and_then(|d| d.fields.iter().find(|f| f.name == *input_name))
+            .cloned();
+        Ok(SampleEncoder {
+            model: module.name.clone(),
+            input: input_name.to_string(),
+            input_ty: forward.ty(*input_node).clone(),
+            field,
+            fitted: ckpt.fitted.clone(),
+        })
+    }
+
+    /// The graph input the samples feed.
+    pub fn input(&self) -> &str {
+        &self.input
+    }
+
+    /// The element type of raw samples: the training field's (`f32`
+    /// unless it says otherwise), else the input's.
+    pub fn dtype(&self) -> DType {
+        self.field.as_ref().map_or(self.input_ty.dtype, |f| f.dtype)
+    }
+
+    /// The training field when it reads text, which is encoded through a
+    /// vocabulary rather than taken as values.
+    pub fn text_field(&self) -> Option<&DataField> {
+        self.field
+            .as_ref()
+            .filter(|f| matches!(f.source, Source::Text { .. }))
+    }
+
+    /// The shape of one sample as the model takes it (the input's dims
+    /// after the batch), when it is fixed: constant dims and no `one_hot`
+    /// between the raw values and the input.
+    pub fn sample_shape(&self) -> Option<Vec<usize>> {
+        let one_hot = self.field.as_ref().is_some_and(|f| {
+            f.transforms
+                .iter()
+                .any(|t| matches!(t, Transform::OneHot(_)))
+        });
+        if one_hot {
+            return None;
+        }
+        self.input_ty
+            .shape
+            .iter()
+            .skip(1)
+            .map(|d| d.as_const())
+            .collect()
+    }
+
+    /// The samples in `storage`, each of shape `raw_sample`, through the
+    /// training field's transforms (`origin` names where they came from
+    /// in errors); a sample of another number of values than the model
+    /// takes is refused.
+    pub fn encode(
+        &self,
+        storage: Storage,
+        raw_sample: Vec<usize>,
+        origin: &Path,
+    ) -> Result<LoadedData, RunError> {
+        let mut transforms = self
+            .field
+            .as_ref()
+            .map(|f| f.transforms.clone())
+            .unwrap_or_default();
+        if let Some(want) = self.sample_shape() {
+            let (have_n, want_n): (usize, usize) =
+                (raw_sample.iter().product(), want.iter().product());
+            if have_n != want_n {
+                return Err(RunError::SampleShape(Box::new(SampleShapeError {
+                    path: origin.to_path_buf(),
+                    file_sample: raw_sample,
+                    model: self.model.clone(),
+                    input: self.input.clone(),
+                    model_sample: want,
+                })));
+            }
+            transforms.insert(0, Transform::Reshape(want));
+        }
+        let field = DataField {
+            name: self.input.clone(),
+            dtype: self.dtype(),
+            // Not read: the samples are given.
+            source: Source::Idx {
+                path: origin.display().to_string(),
+            },
+            transforms,
+        };
+        // Fitted transforms scale by the training samples' statistics,
+        // never by these samples'.
+        Ok(crate::loader::samples_for_prediction(
+            &field,
+            storage,
+            raw_sample,
+            origin,
+            self.fitted.clone(),
+        )?)
+    }
+}
+
+/// The samples of an IDX or CSV file (one sample per row), as `encoder`
+/// makes them the model's input.
+fn file_samples(encoder: &SampleEncoder, input: &Path) -> Result<LoadedData, RunError> {
+    let (storage, file_sample) = match crate::data::idx::load(input) {
+        Ok(array) => {
+            let (_, dims, storage, _) = array.into_parts();
+            (storage, dims.get(1..).unwrap_or_default().to_vec())
+        }
         Err(DataError::IdxBadMagic { .. }) => {
             let table = crate::data::csv::load(input, &Default::default())
                 .map_err(crate::RuntimeError::from)?;
             let cols = table.cols();
-            (
-                Source::CsvColumns {
-                    path: path_text,
-                    from: 0,
-                    to: cols,
-                },
-                vec![cols],
-            )
+            let values = table.columns(0..cols).map_err(crate::RuntimeError::from)?;
+            (Storage::F32(values), vec![cols])
         }
         Err(e) => return Err(crate::RuntimeError::from(e).into()),
     };
-    let mut transforms = field.map(|f| f.transforms.clone()).unwrap_or_default();
-    let input_sample: Option<Vec<usize>> = input_ty
-        .shape
-        .iter()
-        .skip(1)
-        .map(|d| d.as_const())
-        .collect();
-    let one_hot = transforms.iter().any(|t| matches!(t, Transform::OneHot(_)));
-    if let (Some(want), false) = (input_sample, one_hot) {
-        // A sample of the right size is taken in any shape (an IDX image
-        // for a flat input, a CSV row for an image input).
-        let (have_n, want_n): (usize, usize) =
-            (file_sample.iter().product(), want.iter().product());
-        if have_n != want_n {
-            return Err(RunError::SampleShape(Box::new(SampleShapeError {
-                path: input.to_path_buf(),
-                file_sample,
-                model: module.name.clone(),
-                input: input_name.to_string(),
-                model_sample: want,
-            })));
-        }
-        transforms.insert(0, Transform::Reshape(want));
-    }
-    let spec = DataSpec {
-        name: "predict".into(),
-        fields: vec![DataField {
-            name: input_name.to_string(),
-            dtype: field.map_or(input_ty.dtype, |f| f.dtype),
-            source,
-            transforms,
-        }],
-        test: None,
-    };
-    // Fitted transforms scale by the training samples' statistics, never
-    // by these samples'.
-    Ok(crate::loader::load_for_prediction(
-        &spec,
-        Path::new(""),
-        Default::default(),
-        ckpt.fitted.clone(),
-    )?)
+    encoder.encode(storage, file_sample, input)
 }
 
 /// The texts of `input` encoded with the vocabulary `ckpt` saved for the
