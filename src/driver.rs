@@ -386,10 +386,7 @@ pub fn compile_object(
         return Err(run_failure("the batch size must be at least 1"));
     }
     let stem = out.file_stem().and_then(|s| s.to_str()).unwrap_or("");
-    let prefix: String = stem
-        .chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
-        .collect();
+    let prefix = nnc_codegen::object::c_name(stem);
     if prefix.is_empty() || prefix.starts_with(|c: char| c.is_ascii_digit()) {
         return Err(run_failure(format!(
             "`{}`: the object's name starts its C symbols, so it must start with a letter or `_`",

@@ -90,7 +90,7 @@ pub fn compile_object(
 
     let arena_bytes = CONTROL + plan.arena_bytes;
     let port = |name: &str, view: &View, dtype: DType, what: &str| -> Result<Port, CodegenError> {
-        if Kind::of(dtype) != Kind::F32 || dtype != DType::F32 {
+        if dtype != DType::F32 {
             return Err(CodegenError::new(format!(
                 "{what} `{name}` is {dtype}: ahead-of-time objects take and give f32 only"
             )));
@@ -449,8 +449,9 @@ static inline void {prefix}_free(void *arena) {{
     h
 }
 
-/// A tensor name as a C identifier (`logits`, `out.probs` → `out_probs`).
-fn c_name(name: &str) -> String {
+/// A name as C identifier characters (`logits`, `out.probs` →
+/// `out_probs`): for the header's tensor names and the object's prefix.
+pub fn c_name(name: &str) -> String {
     name.chars()
         .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
         .collect()
